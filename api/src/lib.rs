@@ -1,0 +1,33 @@
+//! The HTTP surface: GraphQL, Graph webhooks, health, readiness and metrics.
+
+mod ops;
+
+use axum::Router;
+use sqlx::PgPool;
+use std::sync::Arc;
+use store::{CommandBus, Metrics};
+
+/// Everything a request handler may reach.
+pub struct App {
+    pub pool: PgPool,
+    pub bus: CommandBus,
+    pub metrics: Metrics,
+}
+
+/// Shared application state.
+#[derive(Clone)]
+pub struct AppState(pub Arc<App>);
+
+impl std::ops::Deref for AppState {
+    type Target = App;
+    fn deref(&self) -> &App {
+        &self.0
+    }
+}
+
+/// The service's router.
+pub fn router(state: AppState) -> Router {
+    ops::routes()
+        .layer(axum::middleware::from_fn_with_state(state.clone(), ops::track_requests))
+        .with_state(state)
+}

@@ -1,0 +1,118 @@
+//! Roles and the permissions they grant (R1.5).
+
+use serde::{Deserialize, Serialize};
+
+/// A member's role in an MSP workspace. `System` is the engine itself (workflows,
+/// schedules); it can never be minted into a user token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Owner,
+    Manager,
+    Operator,
+    Readonly,
+    System,
+}
+
+/// What a command needs from the caller's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Permission {
+    /// Register, rename, archive tenants.
+    ManageTenants,
+    /// Create connections, set or rotate credentials, make default, consent.
+    ManageConnections,
+    /// Start and cancel operations (resync, health check, ...).
+    StartOperations,
+    /// Internal progress of workflows: only the engine records it.
+    RecordProgress,
+}
+
+impl Role {
+    /// Whether this role may do what `permission` guards.
+    pub fn allows(self, permission: Permission) -> bool {
+        use Permission::*;
+        match self {
+            Role::System => true,
+            Role::Owner | Role::Manager => {
+                matches!(permission, ManageTenants | ManageConnections | StartOperations)
+            }
+            Role::Operator => matches!(permission, StartOperations),
+            Role::Readonly => false,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Manager => "manager",
+            Role::Operator => "operator",
+            Role::Readonly => "readonly",
+            Role::System => "system",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = UnknownRole;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "owner" => Ok(Role::Owner),
+            "manager" => Ok(Role::Manager),
+            "operator" => Ok(Role::Operator),
+            "readonly" => Ok(Role::Readonly),
+            "system" => Ok(Role::System),
+            _ => Err(UnknownRole(s.chars().take(32).collect())),
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown role `{0}` (expected owner, manager, operator or readonly)")]
+pub struct UnknownRole(pub String);
+
+/// Implemented by every aggregate's command type: the permission it requires. The command
+/// bus checks it against the caller's role before the aggregate sees the command, so a
+/// refusal writes nothing.
+pub trait Authorize {
+    fn permission(&self) -> Permission;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readonly_may_do_nothing_that_writes() {
+        for p in [
+            Permission::ManageTenants,
+            Permission::ManageConnections,
+            Permission::StartOperations,
+            Permission::RecordProgress,
+        ] {
+            assert!(!Role::Readonly.allows(p), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn operator_starts_operations_but_manages_nothing() {
+        assert!(Role::Operator.allows(Permission::StartOperations));
+        assert!(!Role::Operator.allows(Permission::ManageConnections));
+        assert!(!Role::Operator.allows(Permission::ManageTenants));
+    }
+
+    #[test]
+    fn owner_and_manager_manage_connections_but_not_workflow_progress() {
+        for r in [Role::Owner, Role::Manager] {
+            assert!(r.allows(Permission::ManageConnections));
+            assert!(r.allows(Permission::StartOperations));
+            assert!(!r.allows(Permission::RecordProgress));
+        }
+    }
+}

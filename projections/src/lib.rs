@@ -1,0 +1,1 @@
+//! tenantflow projections crate.

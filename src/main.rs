@@ -1,0 +1,92 @@
+//! `tenantflow`: the one binary. Parses the command line and calls into the crates.
+
+
+mod config;
+mod serve;
+mod telemetry;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use config::{Config, LogFormat, Overrides};
+
+/// An event-sourced workflow engine for MSPs who govern many Microsoft 365 tenants.
+///
+/// Without DATABASE_URL, tenantflow runs an embedded PostgreSQL cluster from the system's
+/// PostgreSQL binaries in its data directory. Configuration comes from defaults, then
+/// `--config FILE` (or ./tenantflow.toml), then TENANTFLOW_* environment variables, then
+/// these flags.
+#[derive(Debug, Parser)]
+#[command(name = "tenantflow", version, about, long_about)]
+struct Cli {
+    /// A TOML configuration file.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory for the embedded PostgreSQL cluster and keys [default: .tenantflow].
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Log format [default: pretty].
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service: database, migrations, projections, workflows and the HTTP API
+    /// (the default).
+    Serve {
+        /// HTTP listen address [default: 127.0.0.1:8080].
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Apply database migrations and exit.
+    Migrate,
+
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let listen = match &cli.command {
+        Some(Command::Serve { listen }) => *listen,
+        _ => None,
+    };
+    let overrides = Overrides {
+        data_dir: cli.data_dir.clone(),
+        listen,
+        log_format: cli.log_format,
+    };
+    let config = match Config::load(cli.config.as_deref(), &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("tenantflow: {e}");
+            }
+            return std::process::ExitCode::from(2);
+        }
+    };
+    telemetry::init(config.log_format, &config.log_filter);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command.unwrap_or(Command::Serve { listen: None }) {
+            Command::Serve { .. } => serve::serve(config).await,
+            Command::Migrate => serve::migrate_only(config).await,
+
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

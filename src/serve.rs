@@ -1,0 +1,115 @@
+//! Wiring: database (embedded or external), migrations, background consumers and the API.
+
+use anyhow::Context;
+use secrecy::ExposeSecret;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::PgPool;
+use std::str::FromStr;
+use std::sync::Arc;
+use store::{EmbeddedOptions, EmbeddedPostgres, Metrics};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+
+/// The database the service uses, and the embedded cluster behind it if we started one.
+pub struct Database {
+    pub pool: PgPool,
+    pub embedded: Option<EmbeddedPostgres>,
+}
+
+impl Database {
+    /// Connects to `DATABASE_URL`, or starts the embedded cluster and uses its
+    /// `tenantflow` database; then applies migrations.
+    pub async fn open(config: &Config, database: &str) -> anyhow::Result<Self> {
+        let (options, embedded) = match &config.database_url {
+            Some(url) => {
+                let options = PgConnectOptions::from_str(url.expose_secret())
+                    .context("DATABASE_URL is not a valid postgres:// URL")?;
+                tracing::info!(host = options.get_host(), "using the PostgreSQL server from DATABASE_URL");
+                (options, None)
+            }
+            None => {
+                let opts = EmbeddedOptions {
+                    data_dir: config.data_dir.clone(),
+                    ephemeral: false,
+                    remove_on_exit: false,
+                };
+                let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&opts))
+                    .await
+                    .context("embedded PostgreSQL start-up panicked")??;
+                let admin = store::connect(pg.connect_options("postgres"), 1).await?;
+                store::db::ensure_database(&admin, database).await?;
+                admin.close().await;
+                (pg.connect_options(database), Some(pg))
+            }
+        };
+        let pool = store::connect(options, config.database_max_connections).await?;
+        store::migrate(&pool).await?;
+        tracing::info!("database migrations are up to date");
+        Ok(Self { pool, embedded })
+    }
+
+    /// Closes the pool and stops the embedded cluster, if any.
+    pub async fn close(self) -> anyhow::Result<()> {
+        self.pool.close().await;
+        if let Some(pg) = self.embedded {
+            tokio::task::spawn_blocking(move || pg.stop()).await??;
+        }
+        Ok(())
+    }
+}
+
+/// `tenantflow migrate`.
+pub async fn migrate_only(config: Config) -> anyhow::Result<()> {
+    let db = Database::open(&config, "tenantflow").await?;
+    db.close().await
+}
+
+/// `tenantflow serve`.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let db = Database::open(&config, "tenantflow").await?;
+    let shutdown = CancellationToken::new();
+    let metrics = Metrics::new();
+    let bus = store::CommandBus::new(db.pool.clone(), domain::Services::system(), metrics.clone());
+    let state = api::AppState(Arc::new(api::App {
+        pool: db.pool.clone(),
+        bus,
+        metrics,
+    }));
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!("tenantflow is listening on http://{addr} (health: /healthz, readiness: /readyz, metrics: /metrics)");
+
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        signal.cancel();
+    });
+    let stop = shutdown.clone();
+    axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+        .context("HTTP server failed")?;
+    shutdown.cancel();
+    db.close().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,460 @@
+//! The command bus: loads an aggregate from its events, checks the caller's role, lets the
+//! aggregate decide, and appends the new events with optimistic concurrency.
+//!
+//! We drive cqrs-es aggregates by hand instead of through `CqrsFramework` because its
+//! persistence cannot join a caller's transaction, and several of our rules need two
+//! aggregates to change together (a scope lock and the run it admits; a tenant's default
+//! connection and the connections themselves). A [`UnitOfWork`] appends to several streams
+//! in one transaction; [`CommandBus::execute`] is the one-aggregate shortcut with retries.
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use domain::{Authorize, Permission, Role, Services};
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use std::collections::HashMap;
+use tracing::Instrument;
+
+use crate::metrics::{CommandLabels, Metrics};
+
+/// Who asks, on whose behalf, and why: stored as each event's metadata (a JSON object of
+/// strings, as postgres-es requires).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    pub workspace: String,
+    pub actor: String,
+    pub role: Role,
+    pub correlation_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<String>,
+    pub request_id: String,
+    /// A command carrying a key its aggregate has already applied succeeds without
+    /// appending anything (workflow steps may run twice after a crash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+impl Metadata {
+    /// Metadata for a fresh request by `actor` with `role` in `workspace`.
+    pub fn new(workspace: impl Into<String>, actor: impl Into<String>, role: Role) -> Self {
+        let request_id = uuid::Uuid::now_v7().to_string();
+        Self {
+            workspace: workspace.into(),
+            actor: actor.into(),
+            role,
+            correlation_id: request_id.clone(),
+            causation_id: None,
+            request_id,
+            idempotency_key: None,
+        }
+    }
+
+    pub fn with_idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    pub fn caused_by(mut self, causation_id: impl Into<String>) -> Self {
+        self.causation_id = Some(causation_id.into());
+        self
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let map: HashMap<&str, String> = [
+            ("workspace", Some(self.workspace.clone())),
+            ("actor", Some(self.actor.clone())),
+            ("role", Some(self.role.as_str().to_owned())),
+            ("correlation_id", Some(self.correlation_id.clone())),
+            ("causation_id", self.causation_id.clone()),
+            ("request_id", Some(self.request_id.clone())),
+            ("idempotency_key", self.idempotency_key.clone()),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect();
+        serde_json::to_value(map).unwrap_or_default()
+    }
+}
+
+/// Why a command did not go through.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError<E: std::error::Error> {
+    #[error("the role `{role}` may not do this (it needs {permission:?})")]
+    Forbidden { role: Role, permission: Permission },
+    #[error(transparent)]
+    Domain(E),
+    #[error("{aggregate_type} {aggregate_id} was changed concurrently; retry")]
+    Conflict {
+        aggregate_type: &'static str,
+        aggregate_id: String,
+    },
+    #[error("stored event {sequence} of {aggregate_type} {aggregate_id} cannot be read: {source}")]
+    Corrupt {
+        aggregate_type: &'static str,
+        aggregate_id: String,
+        sequence: i64,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl<E: domain::DomainError> BusError<E> {
+    /// The stable reason code users see for this failure.
+    pub fn reason_code(&self) -> domain::ReasonCode {
+        use domain::ReasonCode;
+        match self {
+            BusError::Forbidden { .. } => ReasonCode::Forbidden,
+            BusError::Domain(e) => e.reason_code(),
+            BusError::Conflict { .. } => ReasonCode::Conflict,
+            BusError::Corrupt { .. } | BusError::Database(_) => ReasonCode::InternalError,
+        }
+    }
+}
+
+impl<E: std::error::Error> BusError<E> {
+    fn outcome(&self) -> &'static str {
+        match self {
+            BusError::Forbidden { .. } => "forbidden",
+            BusError::Domain(_) => "rejected",
+            BusError::Conflict { .. } => "conflict",
+            BusError::Corrupt { .. } | BusError::Database(_) => "error",
+        }
+    }
+}
+
+/// The result of a command: the aggregate's state after it, its version (last sequence)
+/// and the events it appended (none when the command changed nothing or was a repeat).
+#[derive(Debug)]
+pub struct Committed<A: Aggregate> {
+    pub aggregate: A,
+    pub version: i64,
+    pub events: Vec<A::Event>,
+    /// True when the idempotency key had been applied before.
+    pub repeated: bool,
+}
+
+/// An aggregate as loaded from its stream.
+#[derive(Debug)]
+pub struct Loaded<A> {
+    pub aggregate: A,
+    pub version: i64,
+    idempotency_keys: Vec<String>,
+}
+
+/// Executes commands. Cheap to clone.
+#[derive(Clone)]
+pub struct CommandBus {
+    pool: PgPool,
+    services: Services,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for CommandBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CommandBus")
+    }
+}
+
+/// How often a one-aggregate command is re-decided after losing an optimistic race.
+const CONFLICT_RETRIES: usize = 8;
+
+impl CommandBus {
+    pub fn new(pool: PgPool, services: Services, metrics: Metrics) -> Self {
+        Self {
+            pool,
+            services,
+            metrics,
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn services(&self) -> &Services {
+        &self.services
+    }
+
+    /// Executes one command on one aggregate. A lost optimistic race is retried against
+    /// the new state (deciding is pure, so this is safe); a refusal is returned as is.
+    pub async fn execute<A>(
+        &self,
+        id: &str,
+        command: A::Command,
+        metadata: &Metadata,
+    ) -> Result<Committed<A>, BusError<A::Error>>
+    where
+        A: Aggregate<Services = Services>,
+        A::Command: Authorize + Clone + Send,
+    {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut conn = self.pool.acquire().await?;
+            let result = decide_and_append::<A>(&mut conn, &self.services, id, None, command.clone(), metadata).await;
+            match result {
+                Err(BusError::Conflict { .. }) if attempt < CONFLICT_RETRIES => {
+                    tracing::debug!(aggregate = A::TYPE, id, attempt, "optimistic conflict, retrying");
+                    continue;
+                }
+                other => {
+                    self.record(A::TYPE, outcome(&other));
+                    if let Ok(c) = &other {
+                        self.metrics.events_appended.inc_by(c.events.len() as u64);
+                    }
+                    return other;
+                }
+            }
+        }
+    }
+
+    /// Loads an aggregate's current state (for decisions made outside aggregates, such as
+    /// which connection a run uses).
+    pub async fn load<A: Aggregate>(&self, id: &str) -> Result<Loaded<A>, BusError<A::Error>> {
+        let mut conn = self.pool.acquire().await?;
+        load::<A>(&mut conn, id).await
+    }
+
+    /// Starts a transaction in which several commands append atomically.
+    pub async fn begin(&self) -> Result<UnitOfWork, sqlx::Error> {
+        Ok(UnitOfWork {
+            tx: self.pool.begin().await?,
+            bus: self.clone(),
+            appended: 0,
+        })
+    }
+
+    fn record(&self, aggregate: &'static str, outcome: &'static str) {
+        self.metrics
+            .commands
+            .get_or_create(&CommandLabels {
+                aggregate: aggregate.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+}
+
+fn outcome<T, E: std::error::Error>(result: &Result<T, BusError<E>>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(e) => e.outcome(),
+    }
+}
+
+/// Commands appended in one transaction: all or nothing. A conflict aborts the whole
+/// transaction; the caller starts over with a new unit of work.
+pub struct UnitOfWork {
+    tx: Transaction<'static, Postgres>,
+    bus: CommandBus,
+    appended: u64,
+}
+
+impl UnitOfWork {
+    /// Executes a command inside this transaction.
+    pub async fn execute<A>(
+        &mut self,
+        id: &str,
+        command: A::Command,
+        metadata: &Metadata,
+    ) -> Result<Committed<A>, BusError<A::Error>>
+    where
+        A: Aggregate<Services = Services>,
+        A::Command: Authorize + Send,
+    {
+        self.execute_expecting::<A>(id, None, command, metadata).await
+    }
+
+    /// Like [`execute`](Self::execute), but fails with a conflict unless the aggregate is
+    /// at `expected_version` (workflow steps record results against the run they read).
+    pub async fn execute_expecting<A>(
+        &mut self,
+        id: &str,
+        expected_version: Option<i64>,
+        command: A::Command,
+        metadata: &Metadata,
+    ) -> Result<Committed<A>, BusError<A::Error>>
+    where
+        A: Aggregate<Services = Services>,
+        A::Command: Authorize + Send,
+    {
+        let result = decide_and_append::<A>(&mut self.tx, &self.bus.services, id, expected_version, command, metadata).await;
+        if let Ok(c) = &result {
+            self.appended += c.events.len() as u64;
+        }
+        self.bus.record(A::TYPE, outcome(&result));
+        result
+    }
+
+    /// Loads an aggregate as this transaction sees it.
+    pub async fn load<A: Aggregate>(&mut self, id: &str) -> Result<Loaded<A>, BusError<A::Error>> {
+        load::<A>(&mut self.tx, id).await
+    }
+
+    /// The transaction, for writes that must commit with the events (e.g. the vault).
+    pub fn connection(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await?;
+        self.bus.metrics.events_appended.inc_by(self.appended);
+        Ok(())
+    }
+}
+
+async fn load<A: Aggregate>(conn: &mut PgConnection, id: &str) -> Result<Loaded<A>, BusError<A::Error>> {
+    let rows: Vec<(i64, serde_json::Value, Option<String>)> = sqlx::query_as(
+        "SELECT sequence, payload, metadata ->> 'idempotency_key' FROM events \
+         WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence",
+    )
+    .bind(A::TYPE)
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut aggregate = A::default();
+    let mut version = 0;
+    let mut idempotency_keys = Vec::new();
+    for (sequence, payload, key) in rows {
+        let event: A::Event = serde_json::from_value(payload).map_err(|source| BusError::Corrupt {
+            aggregate_type: A::TYPE,
+            aggregate_id: id.to_owned(),
+            sequence,
+            source,
+        })?;
+        aggregate.apply(event);
+        version = sequence;
+        idempotency_keys.extend(key);
+    }
+    Ok(Loaded {
+        aggregate,
+        version,
+        idempotency_keys,
+    })
+}
+
+async fn decide_and_append<A>(
+    conn: &mut PgConnection,
+    services: &Services,
+    id: &str,
+    expected_version: Option<i64>,
+    command: A::Command,
+    metadata: &Metadata,
+) -> Result<Committed<A>, BusError<A::Error>>
+where
+    A: Aggregate<Services = Services>,
+    A::Command: Authorize + Send,
+{
+    let span = tracing::info_span!(
+        "command",
+        aggregate = A::TYPE,
+        aggregate_id = id,
+        workspace = %metadata.workspace,
+        correlation_id = %metadata.correlation_id,
+    );
+    async move {
+        let permission = command.permission();
+        if !metadata.role.allows(permission) {
+            return Err(BusError::Forbidden {
+                role: metadata.role,
+                permission,
+            });
+        }
+        let loaded = load::<A>(conn, id).await?;
+        if expected_version.is_some_and(|v| v != loaded.version) {
+            return Err(BusError::Conflict {
+                aggregate_type: A::TYPE,
+                aggregate_id: id.to_owned(),
+            });
+        }
+        let Loaded {
+            mut aggregate,
+            version,
+            idempotency_keys,
+        } = loaded;
+        if let Some(key) = &metadata.idempotency_key {
+            if idempotency_keys.contains(key) {
+                return Ok(Committed {
+                    aggregate,
+                    version,
+                    events: Vec::new(),
+                    repeated: true,
+                });
+            }
+        }
+        let sink = EventSink::default();
+        aggregate
+            .handle(command, services, &sink)
+            .await
+            .map_err(BusError::Domain)?;
+        let events = sink.collect().await;
+        if events.is_empty() {
+            return Ok(Committed {
+                aggregate,
+                version,
+                events,
+                repeated: false,
+            });
+        }
+        append::<A>(conn, id, version, &events, metadata).await?;
+        Ok(Committed {
+            version: version + events.len() as i64,
+            aggregate,
+            events,
+            repeated: false,
+        })
+    }
+    .instrument(span)
+    .await
+}
+
+/// Appends events after `version` in one statement (atomic even outside a transaction).
+async fn append<A: Aggregate>(
+    conn: &mut PgConnection,
+    id: &str,
+    version: i64,
+    events: &[A::Event],
+    metadata: &Metadata,
+) -> Result<(), BusError<A::Error>> {
+    let meta = metadata.to_json();
+    let mut sequences = Vec::with_capacity(events.len());
+    let mut types = Vec::with_capacity(events.len());
+    let mut versions = Vec::with_capacity(events.len());
+    let mut payloads = Vec::with_capacity(events.len());
+    let mut metas = Vec::with_capacity(events.len());
+    for (i, event) in events.iter().enumerate() {
+        sequences.push(version + 1 + i as i64);
+        types.push(event.event_type());
+        versions.push(event.event_version());
+        payloads.push(serde_json::to_value(event).map_err(|source| BusError::Corrupt {
+            aggregate_type: A::TYPE,
+            aggregate_id: id.to_owned(),
+            sequence: version + 1 + i as i64,
+            source,
+        })?);
+        metas.push(meta.clone());
+    }
+    let result = sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+         SELECT $1, $2, s, t, v, p, m FROM UNNEST($3::bigint[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[]) AS u(s, t, v, p, m)",
+    )
+    .bind(A::TYPE)
+    .bind(id)
+    .bind(&sequences)
+    .bind(&types)
+    .bind(&versions)
+    .bind(&payloads)
+    .bind(&metas)
+    .execute(conn)
+    .await;
+    match result {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23505") => Err(BusError::Conflict {
+            aggregate_type: A::TYPE,
+            aggregate_id: id.to_owned(),
+        }),
+        Err(e) => Err(e.into()),
+    }
+}

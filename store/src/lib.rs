@@ -1,0 +1,16 @@
+//! Persistence: the PostgreSQL event store, the command bus, the gap-free global log,
+//! the credential vault, the embedded cluster and the service's metrics.
+
+pub mod bus;
+pub mod db;
+pub mod embedded;
+pub mod log;
+pub mod metrics;
+pub mod vault;
+
+pub use bus::{BusError, CommandBus, Committed, Loaded, Metadata, UnitOfWork};
+pub use db::{connect, migrate, DbError, MIGRATOR};
+pub use embedded::{EmbeddedError, EmbeddedOptions, EmbeddedPostgres};
+pub use log::{Consumer, ConsumerError, ConsumerRunner, Position, Progress, RunnerOptions, StoredEvent, Wakeups};
+pub use metrics::Metrics;
+pub use vault::{Vault, VaultError};

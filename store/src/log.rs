@@ -1,0 +1,367 @@
+//! The gap-free global event log and checkpointed catch-up consumers.
+//!
+//! Global positions are handed out at insert time, so they are not in commit order: a
+//! transaction that inserted position 10 may commit after one that inserted 11. A reader
+//! that simply followed positions would skip 10. We read in `(transaction_id,
+//! global_position)` order and only events whose transaction id is below the oldest
+//! transaction still running (`pg_snapshot_xmin(pg_current_snapshot())`): every such
+//! transaction has finished, and every transaction that can still commit has a larger id,
+//! so nothing can appear behind the checkpoint later.
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use sqlx::{PgConnection, PgPool};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{ConsumerLabels, Metrics};
+
+/// The channel the events table's insert trigger notifies.
+pub const EVENTS_CHANNEL: &str = "tenantflow_events";
+
+/// A place in the global order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct Position {
+    pub transaction_id: i64,
+    pub global_position: i64,
+}
+
+/// An event as stored, with its place in the global order.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub position: Position,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    pub payload: serde_json::Value,
+    pub metadata: serde_json::Value,
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl StoredEvent {
+    /// The workspace the event belongs to (from its metadata).
+    pub fn workspace(&self) -> Option<&str> {
+        self.meta("workspace")
+    }
+
+    /// A metadata field.
+    pub fn meta(&self, key: &str) -> Option<&str> {
+        self.metadata.get(key).and_then(|v| v.as_str())
+    }
+
+    /// Decodes the payload as an aggregate's event type.
+    pub fn decode<E: DeserializeOwned>(&self) -> Result<E, ConsumerError> {
+        serde_json::from_value(self.payload.clone()).map_err(|source| ConsumerError::Decode {
+            position: self.position,
+            event_type: self.event_type.clone(),
+            source,
+        })
+    }
+}
+
+/// Why a consumer could not apply a batch. The batch is rolled back and retried.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("event {event_type} at {position:?} cannot be decoded: {source}")]
+    Decode {
+        position: Position,
+        event_type: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("event at {position:?} was refused: {message}")]
+    Refused { position: Position, message: String },
+}
+
+const SELECT_EVENTS: &str = "SELECT transaction_id::text::bigint, global_position, aggregate_type, aggregate_id, \
+     sequence, event_type, event_version, payload, metadata, recorded_at FROM events";
+
+type EventRow = (
+    i64,
+    i64,
+    String,
+    String,
+    i64,
+    String,
+    String,
+    serde_json::Value,
+    serde_json::Value,
+    DateTime<Utc>,
+);
+
+fn from_row(r: EventRow) -> StoredEvent {
+    StoredEvent {
+        position: Position {
+            transaction_id: r.0,
+            global_position: r.1,
+        },
+        aggregate_type: r.2,
+        aggregate_id: r.3,
+        sequence: r.4,
+        event_type: r.5,
+        event_version: r.6,
+        payload: r.7,
+        metadata: r.8,
+        recorded_at: r.9,
+    }
+}
+
+/// Reads up to `limit` events after `after` that no running transaction can precede.
+pub async fn read_batch(conn: &mut PgConnection, after: Position, limit: i64) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    let rows: Vec<EventRow> = sqlx::query_as(&format!(
+        "{SELECT_EVENTS} WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
+           AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
+         ORDER BY transaction_id, global_position LIMIT $3"
+    ))
+    .bind(after.transaction_id.to_string())
+    .bind(after.global_position)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(from_row).collect())
+}
+
+/// A named catch-up consumer of the global log (a projection, the workflow task feed, the
+/// audit sealer). `handle` runs inside the transaction that also advances the checkpoint,
+/// so a batch's effects and the checkpoint commit together; it must be idempotent anyway.
+#[async_trait::async_trait]
+pub trait Consumer: Send + Sync + 'static {
+    fn name(&self) -> &str;
+    async fn handle(&self, tx: &mut PgConnection, events: &[StoredEvent]) -> Result<(), ConsumerError>;
+}
+
+/// Wakes consumers when events are committed (LISTEN/NOTIFY). Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Wakeups {
+    rx: watch::Receiver<u64>,
+    // Held by `none()` so `changed` waits instead of failing.
+    _sender: Option<Arc<watch::Sender<u64>>>,
+}
+
+impl Wakeups {
+    /// Listens on [`EVENTS_CHANNEL`] until `shutdown`; reconnects after errors.
+    pub fn listen(pool: PgPool, shutdown: CancellationToken) -> Self {
+        let (tx, rx) = watch::channel(0u64);
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                let listener = async {
+                    let mut l = sqlx::postgres::PgListener::connect_with(&pool).await?;
+                    l.listen(EVENTS_CHANNEL).await?;
+                    // Anything committed while we were not listening is picked up now.
+                    tx.send_modify(|v| *v += 1);
+                    loop {
+                        l.recv().await?;
+                        tx.send_modify(|v| *v += 1);
+                    }
+                    #[allow(unreachable_code)]
+                    Ok::<(), sqlx::Error>(())
+                };
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = listener => {
+                        if let Err(e) = r {
+                            tracing::warn!(error = %e, "event listener lost its connection; reconnecting");
+                        }
+                    }
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        });
+        Self { rx, _sender: None }
+    }
+
+    /// Wakeups that never fire: consumers then rely on polling alone.
+    pub fn none() -> Self {
+        let (tx, rx) = watch::channel(0u64);
+        Self {
+            rx,
+            _sender: Some(Arc::new(tx)),
+        }
+    }
+
+    /// Marks everything so far as seen.
+    pub fn mark_seen(&mut self) {
+        self.rx.borrow_and_update();
+    }
+
+    /// Waits for a notification newer than the last [`mark_seen`](Self::mark_seen), or
+    /// `timeout`, whichever comes first.
+    pub async fn wait(&mut self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.rx.changed()).await;
+    }
+}
+
+/// How a consumer runner paces itself.
+#[derive(Debug, Clone)]
+pub struct RunnerOptions {
+    pub batch_size: i64,
+    /// Polling fallback when no notification arrives.
+    pub poll_interval: Duration,
+    /// Longest pause between retries of a failing batch.
+    pub max_backoff: Duration,
+}
+
+impl Default for RunnerOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            poll_interval: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What one step of a consumer did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Applied this many events.
+    Consumed(usize),
+    /// Caught up.
+    Idle,
+    /// Another instance is advancing this consumer right now.
+    Busy,
+}
+
+/// Drives one consumer: batches from its checkpoint, one transaction per batch.
+pub struct ConsumerRunner {
+    pool: PgPool,
+    consumer: Arc<dyn Consumer>,
+    options: RunnerOptions,
+    metrics: Metrics,
+}
+
+impl ConsumerRunner {
+    pub fn new(pool: PgPool, consumer: Arc<dyn Consumer>, options: RunnerOptions, metrics: Metrics) -> Self {
+        Self {
+            pool,
+            consumer,
+            options,
+            metrics,
+        }
+    }
+
+    fn labels(&self) -> ConsumerLabels {
+        ConsumerLabels {
+            consumer: self.consumer.name().to_owned(),
+        }
+    }
+
+    /// Applies at most one batch.
+    pub async fn step(&self) -> Result<Progress, ConsumerError> {
+        let name = self.consumer.name();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO consumer_checkpoints (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        // The row lock makes this instance the only one advancing the consumer; others skip.
+        let checkpoint: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT transaction_id::text::bigint, global_position FROM consumer_checkpoints \
+             WHERE name = $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((transaction_id, global_position)) = checkpoint else {
+            return Ok(Progress::Busy);
+        };
+        let after = Position {
+            transaction_id,
+            global_position,
+        };
+        let events = read_batch(&mut tx, after, self.options.batch_size).await?;
+        let Some(last) = events.last().map(|e| e.position) else {
+            tx.rollback().await?;
+            self.metrics.consumer_lag.get_or_create(&self.labels()).set(0);
+            return Ok(Progress::Idle);
+        };
+        self.consumer.handle(&mut tx, &events).await?;
+        sqlx::query(
+            "UPDATE consumer_checkpoints SET transaction_id = $2::text::xid8, global_position = $3, \
+             events_consumed = events_consumed + $4, updated_at = now() WHERE name = $1",
+        )
+        .bind(name)
+        .bind(last.transaction_id.to_string())
+        .bind(last.global_position)
+        .bind(events.len() as i64)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.metrics
+            .consumer_events
+            .get_or_create(&self.labels())
+            .inc_by(events.len() as u64);
+        if (events.len() as i64) < self.options.batch_size {
+            self.metrics.consumer_lag.get_or_create(&self.labels()).set(0);
+        } else {
+            let lag = lag_after(&self.pool, last).await.unwrap_or(0);
+            self.metrics.consumer_lag.get_or_create(&self.labels()).set(lag);
+        }
+        Ok(Progress::Consumed(events.len()))
+    }
+
+    /// Runs until `shutdown`: applies batches while there are any, then waits for a
+    /// notification (or the poll interval). A failing batch is logged with its position
+    /// and retried with exponential backoff; other consumers are not affected.
+    pub async fn run(self, mut wakeups: Wakeups, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        let name = self.consumer.name().to_owned();
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            wakeups.mark_seen();
+            let pause = match self.step().await {
+                Ok(Progress::Consumed(_)) => {
+                    backoff = Duration::from_millis(100);
+                    continue;
+                }
+                Ok(Progress::Idle) | Ok(Progress::Busy) => None,
+                Err(error) => {
+                    self.metrics.consumer_failures.get_or_create(&self.labels()).inc();
+                    tracing::error!(consumer = %name, %error, retry_in = ?backoff, "consumer batch failed");
+                    let b = backoff;
+                    backoff = (backoff * 2).min(self.options.max_backoff);
+                    Some(b)
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = async {
+                    match pause {
+                        Some(b) => tokio::time::sleep(b).await,
+                        None => wakeups.wait(self.options.poll_interval).await,
+                    }
+                } => {}
+            }
+        }
+    }
+}
+
+/// Committed events after `position` (bounded count, for the lag metric).
+async fn lag_after(pool: &PgPool, position: Position) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT 1 FROM events WHERE (transaction_id, global_position) > ($1::text::xid8, $2) LIMIT 100000) t",
+    )
+    .bind(position.transaction_id.to_string())
+    .bind(position.global_position)
+    .fetch_one(pool)
+    .await
+}
+
+/// Reads events for auditors and rebuilds: everything committed, in global order, paged.
+pub async fn read_committed(pool: &PgPool, after: Position, limit: i64) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    read_batch(&mut conn, after, limit).await
+}

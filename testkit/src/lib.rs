@@ -1,0 +1,98 @@
+//! Test harness: one embedded PostgreSQL cluster per test binary, a fresh database per
+//! test, cloned from a template that already has every migration applied (fast).
+//!
+//! The cluster lives in a temporary directory and is stopped and removed by its watchdog
+//! when the test process exits, however it exits. Tests never need anything running
+//! beforehand.
+
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, PgConnection, PgPool};
+use std::sync::OnceLock;
+use store::{EmbeddedOptions, EmbeddedPostgres};
+
+const TEMPLATE: &str = "tenantflow_template";
+
+struct Cluster {
+    pg: EmbeddedPostgres,
+}
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+
+fn cluster() -> &'static Cluster {
+    CLUSTER.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!(
+            "tenantflow-test-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        let pg = EmbeddedPostgres::start(&EmbeddedOptions {
+            data_dir: dir,
+            ephemeral: true,
+            remove_on_exit: true,
+        })
+        .unwrap_or_else(|e| panic!("cannot start the test cluster: {e}"));
+        // Each #[tokio::test] has its own runtime, so the template is made on a runtime of
+        // its own and no connection outlives it.
+        let options = pg.connect_options("postgres");
+        let template = pg.connect_options(TEMPLATE);
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the test template")
+                .block_on(async move {
+                    let mut admin = PgConnection::connect_with(&options).await?;
+                    sqlx::query(&format!("CREATE DATABASE {TEMPLATE}")).execute(&mut admin).await?;
+                    let mut conn = PgConnection::connect_with(&template).await?;
+                    store::MIGRATOR.run(&mut conn).await?;
+                    conn.close().await?;
+                    admin.close().await?;
+                    Ok::<(), anyhow::Error>(())
+                })
+        })
+        .join()
+        .expect("template thread")
+        .unwrap_or_else(|e| panic!("cannot prepare the template database: {e:#}"));
+        Cluster { pg }
+    })
+}
+
+/// A fresh, migrated database for one test.
+pub struct TestDb {
+    pub name: String,
+    pub options: PgConnectOptions,
+}
+
+impl TestDb {
+    /// Creates a new database from the migrated template.
+    pub async fn new() -> Self {
+        let cluster = tokio::task::spawn_blocking(cluster).await.expect("cluster start");
+        let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect_with(&cluster.pg.connect_options("postgres"))
+            .await
+            .expect("connect to the test cluster");
+        sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE}"))
+            .execute(&mut admin)
+            .await
+            .expect("create a test database");
+        let _ = admin.close().await;
+        let options = cluster.pg.connect_options(&name);
+        Self { name, options }
+    }
+
+    /// A pool on this test's database.
+    pub async fn pool(&self) -> PgPool {
+        self.pool_of(10).await
+    }
+
+    /// A pool with `max` connections.
+    pub async fn pool_of(&self, max: u32) -> PgPool {
+        store::connect(self.options.clone(), max).await.expect("connect to the test database")
+    }
+
+    /// A `postgres://` URL for this database over loopback TCP (for child processes).
+    pub fn url(&self) -> String {
+        use secrecy::ExposeSecret;
+        cluster().pg.url(&self.name).expose_secret().to_owned()
+    }
+}
