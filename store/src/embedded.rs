@@ -64,7 +64,7 @@ pub struct EmbeddedOptions {
     pub data_dir: PathBuf,
     /// Trade durability for speed (fsync off). Only for throwaway test clusters.
     pub ephemeral: bool,
-    /// Remove the cluster directory when the cluster stops (test clusters).
+    /// Remove the data directory (cluster included) when the cluster stops (test clusters).
     pub remove_on_exit: bool,
 }
 
@@ -76,7 +76,8 @@ pub struct EmbeddedPostgres {
     password: SecretString,
     postgres: Child,
     watchdog: Option<Child>,
-    remove_on_exit: bool,
+    /// The data directory, when it is to be removed on exit.
+    remove_on_exit: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for EmbeddedPostgres {
@@ -141,7 +142,7 @@ impl EmbeddedPostgres {
             match spawn_postgres(&bin_dir, &cluster_dir, &log_path, port, run_as.as_ref(), options.ephemeral) {
                 Ok(mut postgres) => match wait_ready(&bin_dir, &cluster_dir, port, &mut postgres, &log_path) {
                     Ok(()) => {
-                        let watchdog = spawn_watchdog(postgres.id(), options.remove_on_exit.then_some(&cluster_dir))?;
+                        let watchdog = spawn_watchdog(postgres.id(), options.remove_on_exit.then_some(&data_dir))?;
                         tracing::info!(cluster_dir = %cluster_dir.display(), port, "embedded PostgreSQL is ready");
                         return Ok(Self {
                             cluster_dir,
@@ -150,7 +151,7 @@ impl EmbeddedPostgres {
                             password,
                             postgres,
                             watchdog: Some(watchdog),
-                            remove_on_exit: options.remove_on_exit,
+                            remove_on_exit: options.remove_on_exit.then(|| data_dir.clone()),
                         });
                     }
                     Err(e) => {
@@ -232,8 +233,8 @@ impl EmbeddedPostgres {
     }
 
     fn remove_if_ephemeral(&self) {
-        if self.remove_on_exit {
-            let _ = fs::remove_dir_all(&self.cluster_dir);
+        if let Some(dir) = &self.remove_on_exit {
+            let _ = fs::remove_dir_all(dir);
         }
     }
 }
