@@ -90,11 +90,14 @@ impl Config {
             .merge(Env::prefixed("TENANTFLOW_"))
             .merge(Env::raw().only(&["DATABASE_URL"]))
             .merge(Serialized::defaults(overrides));
-        figment.extract().map_err(|e| ConfigError::Invalid(Box::new(e)))
+        figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(Box::new(e)))
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's Jail API
 mod tests {
     use super::*;
 
@@ -112,7 +115,10 @@ mod tests {
     #[test]
     fn environment_beats_file_and_command_line_beats_environment() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("tf.toml", "listen = \"127.0.0.1:9000\"\nlog_filter = \"debug\"\n")?;
+            jail.create_file(
+                "tf.toml",
+                "listen = \"127.0.0.1:9000\"\nlog_filter = \"debug\"\n",
+            )?;
             jail.set_env("TENANTFLOW_LISTEN", "127.0.0.1:9001");
             let c = Config::load(Some(Path::new("tf.toml")), &Overrides::default()).expect("load");
             assert_eq!(c.listen.port(), 9001);
@@ -140,7 +146,11 @@ mod tests {
 
     #[test]
     fn a_missing_config_file_is_a_clear_error() {
-        let err = Config::load(Some(Path::new("/nonexistent/tf.toml")), &Overrides::default()).unwrap_err();
+        let err = Config::load(
+            Some(Path::new("/nonexistent/tf.toml")),
+            &Overrides::default(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("does not exist"));
     }
 

@@ -1,6 +1,5 @@
 //! `tenantflow`: the one binary. Parses the command line and calls into the crates.
 
-
 mod config;
 mod serve;
 mod telemetry;
@@ -43,7 +42,6 @@ enum Command {
     },
     /// Apply database migrations and exit.
     Migrate,
-
 }
 
 fn main() -> std::process::ExitCode {
@@ -79,7 +77,6 @@ fn main() -> std::process::ExitCode {
         match cli.command.unwrap_or(Command::Serve { listen: None }) {
             Command::Serve { .. } => serve::serve(config).await,
             Command::Migrate => serve::migrate_only(config).await,
-
         }
     });
     match result {

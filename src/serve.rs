@@ -25,7 +25,10 @@ impl Database {
             Some(url) => {
                 let options = PgConnectOptions::from_str(url.expose_secret())
                     .context("DATABASE_URL is not a valid postgres:// URL")?;
-                tracing::info!(host = options.get_host(), "using the PostgreSQL server from DATABASE_URL");
+                tracing::info!(
+                    host = options.get_host(),
+                    "using the PostgreSQL server from DATABASE_URL"
+                );
                 (options, None)
             }
             None => {
@@ -59,6 +62,24 @@ impl Database {
     }
 }
 
+/// The credential vault: the configured key, or one generated once into the data
+/// directory (0600).
+pub fn open_vault(config: &Config) -> anyhow::Result<store::Vault> {
+    let key = match &config.vault_key {
+        Some(k) => k.clone(),
+        None => {
+            std::fs::create_dir_all(&config.data_dir)
+                .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
+            let path = config.data_dir.join("vault.key");
+            if config.database_url.is_some() && !path.exists() {
+                tracing::warn!(path = %path.display(), "no vault_key configured: generating one; keep it safe, credentials cannot be read without it");
+            }
+            store::Vault::load_or_create_key_file(&path)?
+        }
+    };
+    Ok(store::Vault::from_base64(&key)?)
+}
+
 /// `tenantflow migrate`.
 pub async fn migrate_only(config: Config) -> anyhow::Result<()> {
     let db = Database::open(&config, "tenantflow").await?;
@@ -71,10 +92,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let metrics = Metrics::new();
     let bus = store::CommandBus::new(db.pool.clone(), domain::Services::system(), metrics.clone());
+    let vault = open_vault(&config)?;
     let state = api::AppState(Arc::new(api::App {
         pool: db.pool.clone(),
         bus,
         metrics,
+        vault,
     }));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -5,13 +5,14 @@ mod ops;
 use axum::Router;
 use sqlx::PgPool;
 use std::sync::Arc;
-use store::{CommandBus, Metrics};
+use store::{CommandBus, Metrics, Vault};
 
 /// Everything a request handler may reach.
 pub struct App {
     pub pool: PgPool,
     pub bus: CommandBus,
     pub metrics: Metrics,
+    pub vault: Vault,
 }
 
 /// Shared application state.
@@ -28,6 +29,9 @@ impl std::ops::Deref for AppState {
 /// The service's router.
 pub fn router(state: AppState) -> Router {
     ops::routes()
-        .layer(axum::middleware::from_fn_with_state(state.clone(), ops::track_requests))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ops::track_requests,
+        ))
         .with_state(state)
 }

@@ -47,14 +47,21 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.render(),
     )
 }
 
 /// Counts and times every request, labelled by route template (not raw path, so ids do
 /// not explode the label set).
-pub(crate) async fn track_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub(crate) async fn track_requests(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
     let method = req.method().to_string();
     let path = req
         .extensions()

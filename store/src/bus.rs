@@ -193,10 +193,23 @@ impl CommandBus {
         loop {
             attempt += 1;
             let mut conn = self.pool.acquire().await?;
-            let result = decide_and_append::<A>(&mut conn, &self.services, id, None, command.clone(), metadata).await;
+            let result = decide_and_append::<A>(
+                &mut conn,
+                &self.services,
+                id,
+                None,
+                command.clone(),
+                metadata,
+            )
+            .await;
             match result {
                 Err(BusError::Conflict { .. }) if attempt < CONFLICT_RETRIES => {
-                    tracing::debug!(aggregate = A::TYPE, id, attempt, "optimistic conflict, retrying");
+                    tracing::debug!(
+                        aggregate = A::TYPE,
+                        id,
+                        attempt,
+                        "optimistic conflict, retrying"
+                    );
                     continue;
                 }
                 other => {
@@ -264,7 +277,8 @@ impl UnitOfWork {
         A: Aggregate<Services = Services>,
         A::Command: Authorize + Send,
     {
-        self.execute_expecting::<A>(id, None, command, metadata).await
+        self.execute_expecting::<A>(id, None, command, metadata)
+            .await
     }
 
     /// Like [`execute`](Self::execute), but fails with a conflict unless the aggregate is
@@ -280,7 +294,15 @@ impl UnitOfWork {
         A: Aggregate<Services = Services>,
         A::Command: Authorize + Send,
     {
-        let result = decide_and_append::<A>(&mut self.tx, &self.bus.services, id, expected_version, command, metadata).await;
+        let result = decide_and_append::<A>(
+            &mut self.tx,
+            &self.bus.services,
+            id,
+            expected_version,
+            command,
+            metadata,
+        )
+        .await;
         if let Ok(c) = &result {
             self.appended += c.events.len() as u64;
         }
@@ -305,7 +327,10 @@ impl UnitOfWork {
     }
 }
 
-async fn load<A: Aggregate>(conn: &mut PgConnection, id: &str) -> Result<Loaded<A>, BusError<A::Error>> {
+async fn load<A: Aggregate>(
+    conn: &mut PgConnection,
+    id: &str,
+) -> Result<Loaded<A>, BusError<A::Error>> {
     let rows: Vec<(i64, serde_json::Value, Option<String>)> = sqlx::query_as(
         "SELECT sequence, payload, metadata ->> 'idempotency_key' FROM events \
          WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence",
@@ -318,12 +343,13 @@ async fn load<A: Aggregate>(conn: &mut PgConnection, id: &str) -> Result<Loaded<
     let mut version = 0;
     let mut idempotency_keys = Vec::new();
     for (sequence, payload, key) in rows {
-        let event: A::Event = serde_json::from_value(payload).map_err(|source| BusError::Corrupt {
-            aggregate_type: A::TYPE,
-            aggregate_id: id.to_owned(),
-            sequence,
-            source,
-        })?;
+        let event: A::Event =
+            serde_json::from_value(payload).map_err(|source| BusError::Corrupt {
+                aggregate_type: A::TYPE,
+                aggregate_id: id.to_owned(),
+                sequence,
+                source,
+            })?;
         aggregate.apply(event);
         version = sequence;
         idempotency_keys.extend(key);
@@ -428,12 +454,14 @@ async fn append<A: Aggregate>(
         sequences.push(version + 1 + i as i64);
         types.push(event.event_type());
         versions.push(event.event_version());
-        payloads.push(serde_json::to_value(event).map_err(|source| BusError::Corrupt {
-            aggregate_type: A::TYPE,
-            aggregate_id: id.to_owned(),
-            sequence: version + 1 + i as i64,
-            source,
-        })?);
+        payloads.push(
+            serde_json::to_value(event).map_err(|source| BusError::Corrupt {
+                aggregate_type: A::TYPE,
+                aggregate_id: id.to_owned(),
+                sequence: version + 1 + i as i64,
+                source,
+            })?,
+        );
         metas.push(meta.clone());
     }
     let result = sqlx::query(
@@ -451,10 +479,12 @@ async fn append<A: Aggregate>(
     .await;
     match result {
         Ok(_) => Ok(()),
-        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23505") => Err(BusError::Conflict {
-            aggregate_type: A::TYPE,
-            aggregate_id: id.to_owned(),
-        }),
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23505") => {
+            Err(BusError::Conflict {
+                aggregate_type: A::TYPE,
+                aggregate_id: id.to_owned(),
+            })
+        }
         Err(e) => Err(e.into()),
     }
 }

@@ -34,7 +34,10 @@ pub enum EmbeddedError {
     #[error("the system user `postgres` is needed to run PostgreSQL as root but does not exist; install the postgresql package or run tenantflow as an unprivileged user")]
     NoPostgresUser,
     #[error("{action} failed: {detail}")]
-    Command { action: &'static str, detail: String },
+    Command {
+        action: &'static str,
+        detail: String,
+    },
     #[error("I/O error at {path}: {source}")]
     Io {
         path: PathBuf,
@@ -125,11 +128,18 @@ impl EmbeddedPostgres {
         let password_file = data_dir.join("postgres.password");
         let initialized = cluster_dir.join("PG_VERSION").exists();
         let password = if initialized {
-            read_password(&password_file)
-                .ok_or_else(|| EmbeddedError::PasswordMissing(cluster_dir.clone(), password_file.clone()))?
+            read_password(&password_file).ok_or_else(|| {
+                EmbeddedError::PasswordMissing(cluster_dir.clone(), password_file.clone())
+            })?
         } else {
             let password = ensure_password(&password_file)?;
-            initdb(&bin_dir, &cluster_dir, &password, run_as.as_ref(), options.ephemeral)?;
+            initdb(
+                &bin_dir,
+                &cluster_dir,
+                &password,
+                run_as.as_ref(),
+                options.ephemeral,
+            )?;
             password
         };
         clear_stale_pid(&cluster_dir)?;
@@ -139,27 +149,39 @@ impl EmbeddedPostgres {
         // A port picked as free can be taken before PostgreSQL binds it: try a few.
         for _ in 0..3 {
             let port = free_port().map_err(io_err(&data_dir))?;
-            match spawn_postgres(&bin_dir, &cluster_dir, &log_path, port, run_as.as_ref(), options.ephemeral) {
-                Ok(mut postgres) => match wait_ready(&bin_dir, &cluster_dir, port, &mut postgres, &log_path) {
-                    Ok(()) => {
-                        let watchdog = spawn_watchdog(postgres.id(), options.remove_on_exit.then_some(&data_dir))?;
-                        tracing::info!(cluster_dir = %cluster_dir.display(), port, "embedded PostgreSQL is ready");
-                        return Ok(Self {
-                            cluster_dir,
-                            log_path,
-                            port,
-                            password,
-                            postgres,
-                            watchdog: Some(watchdog),
-                            remove_on_exit: options.remove_on_exit.then(|| data_dir.clone()),
-                        });
+            match spawn_postgres(
+                &bin_dir,
+                &cluster_dir,
+                &log_path,
+                port,
+                run_as.as_ref(),
+                options.ephemeral,
+            ) {
+                Ok(mut postgres) => {
+                    match wait_ready(&bin_dir, &cluster_dir, port, &mut postgres, &log_path) {
+                        Ok(()) => {
+                            let watchdog = spawn_watchdog(
+                                postgres.id(),
+                                options.remove_on_exit.then_some(&data_dir),
+                            )?;
+                            tracing::info!(cluster_dir = %cluster_dir.display(), port, "embedded PostgreSQL is ready");
+                            return Ok(Self {
+                                cluster_dir,
+                                log_path,
+                                port,
+                                password,
+                                postgres,
+                                watchdog: Some(watchdog),
+                                remove_on_exit: options.remove_on_exit.then(|| data_dir.clone()),
+                            });
+                        }
+                        Err(e) => {
+                            let _ = postgres.kill();
+                            let _ = postgres.wait();
+                            last_err = Some(e);
+                        }
                     }
-                    Err(e) => {
-                        let _ = postgres.kill();
-                        let _ = postgres.wait();
-                        last_err = Some(e);
-                    }
-                },
+                }
                 Err(e) => last_err = Some(e),
             }
         }
@@ -265,7 +287,11 @@ fn signal(pid: u32, sig: &str) -> Result<(), EmbeddedError> {
 
 /// Finds a directory holding `initdb`, `postgres` and `pg_ctl`.
 pub fn find_bin_dir() -> Option<PathBuf> {
-    let has_all = |d: &Path| ["initdb", "postgres", "pg_isready"].iter().all(|b| d.join(b).is_file());
+    let has_all = |d: &Path| {
+        ["initdb", "postgres", "pg_isready"]
+            .iter()
+            .all(|b| d.join(b).is_file())
+    };
     let mut candidates = Vec::new();
     if let Some(dir) = std::env::var_os("TENANTFLOW_PG_BINDIR") {
         candidates.push(PathBuf::from(dir));
@@ -284,7 +310,7 @@ pub fn find_bin_dir() -> Option<PathBuf> {
                 Some((v, e.path().join("bin")))
             })
             .collect();
-        versions.sort_by(|a, b| b.0.cmp(&a.0));
+        versions.sort_by_key(|v| std::cmp::Reverse(v.0));
         candidates.extend(versions.into_iter().map(|(_, p)| p));
     }
     if let Some(path) = std::env::var_os("PATH") {
@@ -294,7 +320,9 @@ pub fn find_bin_dir() -> Option<PathBuf> {
 }
 
 fn running_as_root() -> bool {
-    fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+    fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
 }
 
 fn postgres_user() -> Result<RunAs, EmbeddedError> {
@@ -397,7 +425,14 @@ fn initdb(
     let mut cmd = command(bin_dir, "initdb", run_as);
     cmd.arg("-D")
         .arg(cluster_dir)
-        .args(["-U", SUPERUSER, "--auth=scram-sha-256", "-E", "UTF8", "--no-locale"])
+        .args([
+            "-U",
+            SUPERUSER,
+            "--auth=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--no-locale",
+        ])
         .arg(format!("--pwfile={}", pwfile.display()));
     if ephemeral {
         cmd.arg("--no-sync");
@@ -422,15 +457,25 @@ fn initdb(
 /// is not a postgres serving this directory): remove it so the server can start.
 fn clear_stale_pid(cluster_dir: &Path) -> Result<(), EmbeddedError> {
     let pid_file = cluster_dir.join("postmaster.pid");
-    let Ok(content) = fs::read_to_string(&pid_file) else {
-        return Ok(());
-    };
-    let pid: Option<u32> = content.lines().next().and_then(|l| l.trim().parse().ok());
-    if let Some(pid) = pid {
-        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        if cmdline.contains("postgres") && cmdline.contains(&*cluster_dir.to_string_lossy()) {
-            return Err(EmbeddedError::AlreadyRunning(cluster_dir.to_owned(), pid));
+    // A server from a crashed tenantflow may still be shutting down (its watchdog stops
+    // it): give it a moment before calling the cluster busy.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let Ok(content) = fs::read_to_string(&pid_file) else {
+            return Ok(());
+        };
+        let pid: Option<u32> = content.lines().next().and_then(|l| l.trim().parse().ok());
+        let live = pid.filter(|pid| {
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            cmdline.contains("postgres") && cmdline.contains(&*cluster_dir.to_string_lossy())
+        });
+        match live {
+            None => break,
+            Some(pid) if Instant::now() >= deadline => {
+                return Err(EmbeddedError::AlreadyRunning(cluster_dir.to_owned(), pid))
+            }
+            Some(_) => std::thread::sleep(Duration::from_millis(100)),
         }
     }
     tracing::warn!(pid_file = %pid_file.display(), "removing a stale postmaster.pid left by a crash");
@@ -467,7 +512,14 @@ fn spawn_postgres(
         .arg(format!("unix_socket_directories={}", cluster_dir.display()))
         .args(["-c", "max_connections=200"]);
     if ephemeral {
-        cmd.args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]);
+        cmd.args([
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+        ]);
     }
     // Its own process group: a Ctrl-C in the terminal reaches tenantflow, which then shuts
     // PostgreSQL down after the API, instead of both racing.

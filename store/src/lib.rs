@@ -11,6 +11,9 @@ pub mod vault;
 pub use bus::{BusError, CommandBus, Committed, Loaded, Metadata, UnitOfWork};
 pub use db::{connect, migrate, DbError, MIGRATOR};
 pub use embedded::{EmbeddedError, EmbeddedOptions, EmbeddedPostgres};
-pub use log::{Consumer, ConsumerError, ConsumerRunner, Position, Progress, RunnerOptions, StoredEvent, Wakeups};
+pub use log::{
+    Consumer, ConsumerError, ConsumerRunner, Position, Progress, RunnerOptions, StoredEvent,
+    Wakeups,
+};
 pub use metrics::Metrics;
 pub use vault::{Vault, VaultError};

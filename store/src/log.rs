@@ -22,7 +22,18 @@ use crate::metrics::{ConsumerLabels, Metrics};
 pub const EVENTS_CHANNEL: &str = "tenantflow_events";
 
 /// A place in the global order.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct Position {
     pub transaction_id: i64,
     pub global_position: i64,
@@ -79,7 +90,8 @@ pub enum ConsumerError {
     Refused { position: Position, message: String },
 }
 
-const SELECT_EVENTS: &str = "SELECT transaction_id::text::bigint, global_position, aggregate_type, aggregate_id, \
+const SELECT_EVENTS: &str =
+    "SELECT transaction_id::text::bigint, global_position, aggregate_type, aggregate_id, \
      sequence, event_type, event_version, payload, metadata, recorded_at FROM events";
 
 type EventRow = (
@@ -113,7 +125,11 @@ fn from_row(r: EventRow) -> StoredEvent {
 }
 
 /// Reads up to `limit` events after `after` that no running transaction can precede.
-pub async fn read_batch(conn: &mut PgConnection, after: Position, limit: i64) -> Result<Vec<StoredEvent>, sqlx::Error> {
+pub async fn read_batch(
+    conn: &mut PgConnection,
+    after: Position,
+    limit: i64,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
     let rows: Vec<EventRow> = sqlx::query_as(&format!(
         "{SELECT_EVENTS} WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
            AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
@@ -133,7 +149,11 @@ pub async fn read_batch(conn: &mut PgConnection, after: Position, limit: i64) ->
 #[async_trait::async_trait]
 pub trait Consumer: Send + Sync + 'static {
     fn name(&self) -> &str;
-    async fn handle(&self, tx: &mut PgConnection, events: &[StoredEvent]) -> Result<(), ConsumerError>;
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        events: &[StoredEvent],
+    ) -> Result<(), ConsumerError>;
 }
 
 /// Wakes consumers when events are committed (LISTEN/NOTIFY). Cheap to clone.
@@ -242,7 +262,12 @@ pub struct ConsumerRunner {
 }
 
 impl ConsumerRunner {
-    pub fn new(pool: PgPool, consumer: Arc<dyn Consumer>, options: RunnerOptions, metrics: Metrics) -> Self {
+    pub fn new(
+        pool: PgPool,
+        consumer: Arc<dyn Consumer>,
+        options: RunnerOptions,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             pool,
             consumer,
@@ -261,10 +286,12 @@ impl ConsumerRunner {
     pub async fn step(&self) -> Result<Progress, ConsumerError> {
         let name = self.consumer.name();
         let mut tx = self.pool.begin().await?;
-        sqlx::query("INSERT INTO consumer_checkpoints (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO consumer_checkpoints (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
         // The row lock makes this instance the only one advancing the consumer; others skip.
         let checkpoint: Option<(i64, i64)> = sqlx::query_as(
             "SELECT transaction_id::text::bigint, global_position FROM consumer_checkpoints \
@@ -283,7 +310,10 @@ impl ConsumerRunner {
         let events = read_batch(&mut tx, after, self.options.batch_size).await?;
         let Some(last) = events.last().map(|e| e.position) else {
             tx.rollback().await?;
-            self.metrics.consumer_lag.get_or_create(&self.labels()).set(0);
+            self.metrics
+                .consumer_lag
+                .get_or_create(&self.labels())
+                .set(0);
             return Ok(Progress::Idle);
         };
         self.consumer.handle(&mut tx, &events).await?;
@@ -303,10 +333,16 @@ impl ConsumerRunner {
             .get_or_create(&self.labels())
             .inc_by(events.len() as u64);
         if (events.len() as i64) < self.options.batch_size {
-            self.metrics.consumer_lag.get_or_create(&self.labels()).set(0);
+            self.metrics
+                .consumer_lag
+                .get_or_create(&self.labels())
+                .set(0);
         } else {
             let lag = lag_after(&self.pool, last).await.unwrap_or(0);
-            self.metrics.consumer_lag.get_or_create(&self.labels()).set(lag);
+            self.metrics
+                .consumer_lag
+                .get_or_create(&self.labels())
+                .set(lag);
         }
         Ok(Progress::Consumed(events.len()))
     }
@@ -329,7 +365,10 @@ impl ConsumerRunner {
                 }
                 Ok(Progress::Idle) | Ok(Progress::Busy) => None,
                 Err(error) => {
-                    self.metrics.consumer_failures.get_or_create(&self.labels()).inc();
+                    self.metrics
+                        .consumer_failures
+                        .get_or_create(&self.labels())
+                        .inc();
                     tracing::error!(consumer = %name, %error, retry_in = ?backoff, "consumer batch failed");
                     let b = backoff;
                     backoff = (backoff * 2).min(self.options.max_backoff);
@@ -361,7 +400,11 @@ async fn lag_after(pool: &PgPool, position: Position) -> Result<i64, sqlx::Error
 }
 
 /// Reads events for auditors and rebuilds: everything committed, in global order, paged.
-pub async fn read_committed(pool: &PgPool, after: Position, limit: i64) -> Result<Vec<StoredEvent>, sqlx::Error> {
+pub async fn read_committed(
+    pool: &PgPool,
+    after: Position,
+    limit: i64,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
     let mut conn = pool.acquire().await?;
     read_batch(&mut conn, after, limit).await
 }

@@ -56,21 +56,49 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("tenantflow");
         let commands = Family::<CommandLabels, Counter>::default();
-        registry.register("commands", "Commands executed, by aggregate and outcome", commands.clone());
+        registry.register(
+            "commands",
+            "Commands executed, by aggregate and outcome",
+            commands.clone(),
+        );
         let events_appended = Counter::default();
-        registry.register("events_appended", "Events appended to the event store", events_appended.clone());
+        registry.register(
+            "events_appended",
+            "Events appended to the event store",
+            events_appended.clone(),
+        );
         let http_requests = Family::<HttpLabels, Counter>::default();
-        registry.register("http_requests", "HTTP requests served", http_requests.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests served",
+            http_requests.clone(),
+        );
         let http_duration = Family::<HttpLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.001, 2.0, 14))
         });
-        registry.register("http_request_duration_seconds", "HTTP request latency", http_duration.clone());
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency",
+            http_duration.clone(),
+        );
         let consumer_lag = Family::<ConsumerLabels, Gauge>::default();
-        registry.register("consumer_lag_events", "Committed events a consumer has not processed yet", consumer_lag.clone());
+        registry.register(
+            "consumer_lag_events",
+            "Committed events a consumer has not processed yet",
+            consumer_lag.clone(),
+        );
         let consumer_events = Family::<ConsumerLabels, Counter>::default();
-        registry.register("consumer_events", "Events processed by a consumer", consumer_events.clone());
+        registry.register(
+            "consumer_events",
+            "Events processed by a consumer",
+            consumer_events.clone(),
+        );
         let consumer_failures = Family::<ConsumerLabels, Counter>::default();
-        registry.register("consumer_failures", "Failed batches of a consumer (retried)", consumer_failures.clone());
+        registry.register(
+            "consumer_failures",
+            "Failed batches of a consumer (retried)",
+            consumer_failures.clone(),
+        );
         Self {
             registry: Arc::new(Mutex::new(registry)),
             commands,
@@ -84,7 +112,12 @@ impl Metrics {
     }
 
     /// Registers a further metric (other crates add theirs at wiring time).
-    pub fn register(&self, name: &str, help: &str, metric: impl prometheus_client::registry::Metric) {
+    pub fn register(
+        &self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
         let mut r = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         r.register(name, help, metric);
     }

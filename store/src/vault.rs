@@ -65,7 +65,9 @@ pub struct Vault {
 
 impl std::fmt::Debug for Vault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Vault").field("key_id", &self.key_id).finish_non_exhaustive()
+        f.debug_struct("Vault")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -78,7 +80,8 @@ impl Vault {
         let key: [u8; 32] = bytes.try_into().map_err(|_| VaultError::BadKey)?;
         let cipher = Aes256Gcm::new_from_slice(&key).map_err(|_| VaultError::BadKey)?;
         // Separate keys for encryption and fingerprints, both derived from the one secret.
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key).map_err(|_| VaultError::BadKey)?;
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&key).map_err(|_| VaultError::BadKey)?;
         mac.update(b"tenantflow credential fingerprint v1");
         let fingerprint_key: [u8; 32] = mac.finalize().into_bytes().into();
         let key_id = hex::encode(&Sha256::digest(key)[..4]);
@@ -119,11 +122,15 @@ impl Vault {
     /// A keyed fingerprint of a credential: equal credentials give equal fingerprints,
     /// and nothing about the secret can be learned from it without the key.
     pub fn fingerprint(&self, client_id: &str, secret: &SecretString) -> String {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.fingerprint_key).expect("HMAC takes any key length");
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.fingerprint_key)
+            .expect("HMAC takes any key length");
         mac.update(client_id.as_bytes());
         mac.update(&[0]);
         mac.update(secret.expose_secret().as_bytes());
-        format!("hmac-sha256:{}", hex::encode(&mac.finalize().into_bytes()[..16]))
+        format!(
+            "hmac-sha256:{}",
+            hex::encode(&mac.finalize().into_bytes()[..16])
+        )
     }
 
     /// Encrypts and stores a credential in the caller's transaction (so it commits with
@@ -174,14 +181,19 @@ impl Vault {
     }
 
     /// Decrypts a stored credential.
-    pub async fn fetch(&self, pool: &PgPool, credential_ref: Uuid) -> Result<Credential, VaultError> {
+    pub async fn fetch(
+        &self,
+        pool: &PgPool,
+        credential_ref: Uuid,
+    ) -> Result<Credential, VaultError> {
         let row: Option<(Uuid, String, Vec<u8>, Vec<u8>)> = sqlx::query_as(
             "SELECT connection_id, client_id, nonce, ciphertext FROM credential_vault WHERE id = $1",
         )
         .bind(credential_ref)
         .fetch_optional(pool)
         .await?;
-        let (connection_id, client_id, nonce, ciphertext) = row.ok_or(VaultError::NotFound(credential_ref))?;
+        let (connection_id, client_id, nonce, ciphertext) =
+            row.ok_or(VaultError::NotFound(credential_ref))?;
         if nonce.len() != 12 {
             return Err(VaultError::Decrypt(credential_ref, self.key_id.clone()));
         }
@@ -196,7 +208,8 @@ impl Vault {
                 },
             )
             .map_err(|_| VaultError::Decrypt(credential_ref, self.key_id.clone()))?;
-        let secret = String::from_utf8(plain).map_err(|_| VaultError::Decrypt(credential_ref, self.key_id.clone()))?;
+        let secret = String::from_utf8(plain)
+            .map_err(|_| VaultError::Decrypt(credential_ref, self.key_id.clone()))?;
         Ok(Credential {
             client_id,
             client_secret: SecretString::from(secret),
@@ -227,14 +240,20 @@ mod tests {
         let s = SecretString::from("super-secret-value".to_owned());
         let a = v.fingerprint("client", &s);
         assert_eq!(a, v.fingerprint("client", &s));
-        assert_ne!(a, v.fingerprint("client", &SecretString::from("other".to_owned())));
+        assert_ne!(
+            a,
+            v.fingerprint("client", &SecretString::from("other".to_owned()))
+        );
         assert!(!a.contains("super-secret-value"));
     }
 
     #[test]
     fn a_short_key_is_refused() {
         let key = base64::engine::general_purpose::STANDARD.encode([7u8; 16]);
-        assert!(matches!(Vault::from_base64(&SecretString::from(key)), Err(VaultError::BadKey)));
+        assert!(matches!(
+            Vault::from_base64(&SecretString::from(key)),
+            Err(VaultError::BadKey)
+        ));
     }
 
     #[test]

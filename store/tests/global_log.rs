@@ -21,9 +21,17 @@ impl Consumer for Recorder {
     fn name(&self) -> &str {
         "stress-recorder"
     }
-    async fn handle(&self, _tx: &mut sqlx::PgConnection, events: &[StoredEvent]) -> Result<(), ConsumerError> {
+    async fn handle(
+        &self,
+        _tx: &mut sqlx::PgConnection,
+        events: &[StoredEvent],
+    ) -> Result<(), ConsumerError> {
         let mut seen = self.seen.lock().unwrap();
-        seen.extend(events.iter().map(|e| (e.position, e.aggregate_id.clone(), e.sequence)));
+        seen.extend(
+            events
+                .iter()
+                .map(|e| (e.position, e.aggregate_id.clone(), e.sequence)),
+        );
         Ok(())
     }
 }
@@ -41,7 +49,11 @@ async fn writer(pool: sqlx::PgPool, id: usize) -> Vec<(String, i64)> {
             let mut rng = rand::thread_rng();
             (
                 rng.gen_range(1..=3),
-                if rng.gen_bool(0.3) { rng.gen_range(1..40) } else { 0 },
+                if rng.gen_bool(0.3) {
+                    rng.gen_range(1..40)
+                } else {
+                    0
+                },
                 rng.gen_bool(0.1),
                 format!("w{id}-a{}", t % 5),
             )
@@ -93,18 +105,28 @@ async fn a_concurrent_consumer_sees_every_committed_event_exactly_once_in_order(
         },
         Metrics::new(),
     );
-    let consumer = tokio::spawn(runner.run(Wakeups::listen(pool.clone(), shutdown.clone()), shutdown.clone()));
+    let consumer = tokio::spawn(runner.run(
+        Wakeups::listen(pool.clone(), shutdown.clone()),
+        shutdown.clone(),
+    ));
 
-    let writers: Vec<_> = (0..WRITERS).map(|i| tokio::spawn(writer(pool.clone(), i))).collect();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|i| tokio::spawn(writer(pool.clone(), i)))
+        .collect();
     let mut expected = BTreeSet::new();
     for w in writers {
         expected.extend(w.await.unwrap());
     }
-    assert!(expected.len() > WRITERS * TRANSACTIONS_PER_WRITER, "the writers committed events");
+    assert!(
+        expected.len() > WRITERS * TRANSACTIONS_PER_WRITER,
+        "the writers committed events"
+    );
 
     // Bounded wait for the consumer to catch up with everything committed.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while recorder.seen.lock().unwrap().len() < expected.len() && tokio::time::Instant::now() < deadline {
+    while recorder.seen.lock().unwrap().len() < expected.len()
+        && tokio::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     shutdown.cancel();
@@ -114,20 +136,33 @@ async fn a_concurrent_consumer_sees_every_committed_event_exactly_once_in_order(
     let seen_set: BTreeSet<(String, i64)> = seen.iter().map(|(_, a, s)| (a.clone(), *s)).collect();
     assert_eq!(seen_set.len(), seen.len(), "no event was delivered twice");
     let missing: Vec<_> = expected.difference(&seen_set).take(5).collect();
-    assert!(missing.is_empty(), "{} committed events never reached the consumer, e.g. {missing:?}", expected.len() - seen_set.len());
+    assert!(
+        missing.is_empty(),
+        "{} committed events never reached the consumer, e.g. {missing:?}",
+        expected.len() - seen_set.len()
+    );
     assert_eq!(seen_set, expected, "nothing uncommitted was delivered");
-    assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "delivered in global order");
+    assert!(
+        seen.windows(2).all(|w| w[0].0 < w[1].0),
+        "delivered in global order"
+    );
     let mut last: HashMap<&str, i64> = HashMap::new();
     for (_, agg, seq) in &seen {
         let prev = last.insert(agg, *seq).unwrap_or(0);
         assert!(*seq > prev, "{agg}: sequence {seq} after {prev}");
     }
 
-    let (consumed,): (i64,) = sqlx::query_as("SELECT events_consumed FROM consumer_checkpoints WHERE name = 'stress-recorder'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(consumed as usize, expected.len(), "the checkpoint counted every event once");
+    let (consumed,): (i64,) = sqlx::query_as(
+        "SELECT events_consumed FROM consumer_checkpoints WHERE name = 'stress-recorder'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        consumed as usize,
+        expected.len(),
+        "the checkpoint counted every event once"
+    );
 }
 
 #[tokio::test]
@@ -135,7 +170,12 @@ async fn a_second_instance_of_a_consumer_waits_while_the_first_holds_it() {
     let db = TestDb::new().await;
     let pool = db.pool().await;
     let recorder = Arc::new(Recorder::default());
-    let runner = ConsumerRunner::new(pool.clone(), recorder.clone(), RunnerOptions::default(), Metrics::new());
+    let runner = ConsumerRunner::new(
+        pool.clone(),
+        recorder.clone(),
+        RunnerOptions::default(),
+        Metrics::new(),
+    );
     sqlx::query("INSERT INTO consumer_checkpoints (name) VALUES ('stress-recorder')")
         .execute(&pool)
         .await

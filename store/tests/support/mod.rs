@@ -63,7 +63,12 @@ impl Aggregate for Counter {
     type Error = CounterError;
     type Services = Services;
 
-    async fn handle(&mut self, command: CounterCommand, _: &Services, sink: &EventSink<Self>) -> Result<(), CounterError> {
+    async fn handle(
+        &mut self,
+        command: CounterCommand,
+        _: &Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), CounterError> {
         match command {
             CounterCommand::Add(by) if by <= 0 => Err(CounterError::NotPositive),
             CounterCommand::Add(by) => {

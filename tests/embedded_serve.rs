@@ -1,0 +1,91 @@
+//! The binary with no DATABASE_URL: embedded PostgreSQL, health, readiness, clean stop,
+//! and a second start that reuses the cluster.
+
+mod common;
+
+use common::{postgres_processes_for, Server};
+use std::time::Duration;
+
+fn temp_data_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("tenantflow-e2e-{}", uuid::Uuid::new_v4().simple()))
+}
+
+async fn get(url: &str) -> (u16, String) {
+    let r = reqwest::get(url).await.expect("request");
+    (r.status().as_u16(), r.text().await.unwrap_or_default())
+}
+
+/// Waits (bounded) until the watchdog-free shutdown path has let PostgreSQL go.
+fn wait_no_postgres(dir: &std::path::Path) -> usize {
+    for _ in 0..100 {
+        if postgres_processes_for(dir) == 0 {
+            return 0;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    postgres_processes_for(dir)
+}
+
+#[tokio::test]
+async fn serve_runs_embedded_postgres_answers_health_and_stops_it_on_ctrl_c() {
+    let dir = temp_data_dir();
+    let dir_arg = dir.to_string_lossy().to_string();
+
+    let mut server = Server::start(&["--data-dir", &dir_arg], &[]);
+    assert_eq!(get(&format!("{}/healthz", server.base_url)).await.0, 200);
+    let (status, body) = get(&format!("{}/readyz", server.base_url)).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, metrics) = get(&format!("{}/metrics", server.base_url)).await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("tenantflow_http_requests_total"),
+        "{metrics}"
+    );
+    assert!(
+        postgres_processes_for(&dir) > 0,
+        "PostgreSQL runs from the data directory"
+    );
+    assert!(server
+        .log_text()
+        .contains("initialised a new PostgreSQL cluster"));
+
+    let status = server.signal_and_wait("INT");
+    assert!(status.success(), "clean exit on SIGINT: {status}");
+    assert_eq!(wait_no_postgres(&dir), 0, "no stray postgres processes");
+
+    // A second start reuses the cluster (no initdb) and its data.
+    let mut again = Server::start(&["--data-dir", &dir_arg], &[]);
+    assert_eq!(get(&format!("{}/readyz", again.base_url)).await.0, 200);
+    assert!(!again
+        .log_text()
+        .contains("initialised a new PostgreSQL cluster"));
+    assert!(again.signal_and_wait("TERM").success());
+    assert_eq!(wait_no_postgres(&dir), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_crashed_server_leaves_no_postgres_behind_and_the_next_start_recovers() {
+    let dir = temp_data_dir();
+    let dir_arg = dir.to_string_lossy().to_string();
+    let mut server = Server::start(&["--data-dir", &dir_arg], &[]);
+    assert_eq!(get(&format!("{}/readyz", server.base_url)).await.0, 200);
+    server.signal_and_wait("KILL");
+    // The watchdog notices the dead parent and stops PostgreSQL.
+    assert_eq!(wait_no_postgres(&dir), 0, "no stray postgres after kill -9");
+
+    let mut again = Server::start(&["--data-dir", &dir_arg], &[]);
+    assert_eq!(get(&format!("{}/readyz", again.base_url)).await.0, 200);
+    assert!(again.signal_and_wait("INT").success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_missing_config_file_is_a_clear_error_and_exit_code_2() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenantflow"))
+        .args(["--config", "/nonexistent/tenantflow.toml", "migrate"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+}
