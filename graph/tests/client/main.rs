@@ -1,0 +1,10 @@
+//! The Graph client against the simulator, over real HTTP.
+
+mod directory;
+mod faults;
+mod helpers;
+mod mail;
+mod paging;
+mod retries;
+mod simulator;
+mod tokens;
