@@ -33,6 +33,9 @@ pub struct Config {
     /// Base64 AES-256 key for the credential vault; generated into the data directory
     /// (0600) when unset.
     pub vault_key: Option<SecretString>,
+    /// HS256 secret for API bearer tokens; generated into the data directory (0600) when
+    /// unset.
+    pub jwt_secret: Option<SecretString>,
 }
 
 /// The defaults, as a serializable layer.

@@ -1,5 +1,6 @@
 //! `tenantflow`: the one binary. Parses the command line and calls into the crates.
 
+mod bench;
 mod config;
 mod serve;
 mod telemetry;
@@ -42,6 +43,24 @@ enum Command {
     },
     /// Apply database migrations and exit.
     Migrate,
+    /// Mint an API bearer token for local use (printed to stdout).
+    Token {
+        /// The MSP workspace the token is scoped to.
+        #[arg(long)]
+        workspace: String,
+        /// owner, manager, operator or readonly.
+        #[arg(long)]
+        role: domain::Role,
+        /// Who the token speaks for.
+        #[arg(long, default_value = "local-admin")]
+        subject: String,
+        /// Validity in hours.
+        #[arg(long, default_value_t = 12)]
+        ttl_hours: i64,
+    },
+    /// Measure performance; prints figures and writes them as JSON.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -77,6 +96,13 @@ fn main() -> std::process::ExitCode {
         match cli.command.unwrap_or(Command::Serve { listen: None }) {
             Command::Serve { .. } => serve::serve(config).await,
             Command::Migrate => serve::migrate_only(config).await,
+            Command::Bench(cmd) => bench::run(config, cmd).await,
+            Command::Token {
+                workspace,
+                role,
+                subject,
+                ttl_hours,
+            } => serve::print_token(&config, &workspace, role, &subject, ttl_hours),
         }
     });
     match result {

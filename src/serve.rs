@@ -15,6 +15,7 @@ use crate::config::Config;
 pub struct Database {
     pub pool: PgPool,
     pub embedded: Option<EmbeddedPostgres>,
+    connect_options: PgConnectOptions,
 }
 
 impl Database {
@@ -46,10 +47,41 @@ impl Database {
                 (pg.connect_options(database), Some(pg))
             }
         };
-        let pool = store::connect(options, config.database_max_connections).await?;
+        let pool = store::connect(options.clone(), config.database_max_connections).await?;
         store::migrate(&pool).await?;
         tracing::info!("database migrations are up to date");
-        Ok(Self { pool, embedded })
+        Ok(Self {
+            pool,
+            embedded,
+            connect_options: options,
+        })
+    }
+
+    /// Like [`open`](Self::open), but on a scratch database that is dropped and created
+    /// anew (benchmarks). With `DATABASE_URL`, the scratch database lives on that server.
+    pub async fn open_scratch(config: &Config, database: &str) -> anyhow::Result<Self> {
+        let admin_db = Self::open(config, "tenantflow").await?;
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            store::db::quote_ident(database)
+        ))
+        .execute(&admin_db.pool)
+        .await?;
+        sqlx::query(&format!(
+            "CREATE DATABASE {}",
+            store::db::quote_ident(database)
+        ))
+        .execute(&admin_db.pool)
+        .await?;
+        let options = admin_db.connect_options.clone().database(database);
+        let pool = store::connect(options, config.database_max_connections).await?;
+        store::migrate(&pool).await?;
+        admin_db.pool.close().await;
+        Ok(Self {
+            pool,
+            embedded: admin_db.embedded,
+            connect_options: admin_db.connect_options,
+        })
     }
 
     /// Closes the pool and stops the embedded cluster, if any.
@@ -62,21 +94,35 @@ impl Database {
     }
 }
 
+/// Reads a secret from the configuration, or from `<data_dir>/<file>`, generating it
+/// there (0600) the first time.
+fn secret_or_key_file(
+    config: &Config,
+    configured: &Option<secrecy::SecretString>,
+    file: &str,
+) -> anyhow::Result<secrecy::SecretString> {
+    if let Some(k) = configured {
+        return Ok(k.clone());
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
+    let path = config.data_dir.join(file);
+    if config.database_url.is_some() && !path.exists() {
+        tracing::warn!(path = %path.display(), "no {file} configured: generating one into the data directory; keep it safe");
+    }
+    Ok(store::Vault::load_or_create_key_file(&path)?)
+}
+
+/// The API's token authenticator.
+pub fn authenticator(config: &Config) -> anyhow::Result<api::auth::Authenticator> {
+    let secret = secret_or_key_file(config, &config.jwt_secret, "jwt.key")?;
+    Ok(api::auth::Authenticator::new(&secret))
+}
+
 /// The credential vault: the configured key, or one generated once into the data
 /// directory (0600).
 pub fn open_vault(config: &Config) -> anyhow::Result<store::Vault> {
-    let key = match &config.vault_key {
-        Some(k) => k.clone(),
-        None => {
-            std::fs::create_dir_all(&config.data_dir)
-                .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
-            let path = config.data_dir.join("vault.key");
-            if config.database_url.is_some() && !path.exists() {
-                tracing::warn!(path = %path.display(), "no vault_key configured: generating one; keep it safe, credentials cannot be read without it");
-            }
-            store::Vault::load_or_create_key_file(&path)?
-        }
-    };
+    let key = secret_or_key_file(config, &config.vault_key, "vault.key")?;
     Ok(store::Vault::from_base64(&key)?)
 }
 
@@ -135,4 +181,23 @@ async fn wait_for_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// `tenantflow token`.
+pub fn print_token(
+    config: &Config,
+    workspace: &str,
+    role: domain::Role,
+    subject: &str,
+    ttl_hours: i64,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(ttl_hours > 0, "--ttl-hours must be positive");
+    let token = authenticator(config)?
+        .mint(subject, workspace, role, chrono::Duration::hours(ttl_hours))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{token}");
+    }
+    Ok(())
 }

@@ -1,5 +1,6 @@
 //! The HTTP surface: GraphQL, Graph webhooks, health, readiness and metrics.
 
+pub mod auth;
 mod ops;
 
 use axum::Router;

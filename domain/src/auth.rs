@@ -35,7 +35,10 @@ impl Role {
         match self {
             Role::System => true,
             Role::Owner | Role::Manager => {
-                matches!(permission, ManageTenants | ManageConnections | StartOperations)
+                matches!(
+                    permission,
+                    ManageTenants | ManageConnections | StartOperations
+                )
             }
             Role::Operator => matches!(permission, StartOperations),
             Role::Readonly => false,

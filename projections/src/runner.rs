@@ -1,0 +1,116 @@
+//! Running projections live and rebuilding them from the event log.
+
+use sqlx::PgPool;
+use std::sync::Arc;
+use store::log::{read_batch, ConsumerRunner, RunnerOptions, Wakeups};
+use store::{Consumer, ConsumerError, Metrics, Position};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// A read model: a consumer plus the tables it owns (truncated on rebuild). Handlers must
+/// be idempotent: applying an event twice leaves the same rows.
+pub trait Projection: Consumer {
+    fn tables(&self) -> &'static [&'static str];
+}
+
+/// Starts one runner per projection. A failing projection retries with backoff without
+/// holding up the others.
+pub fn spawn_all(
+    pool: &PgPool,
+    projections: Vec<Arc<dyn Projection>>,
+    wakeups: &Wakeups,
+    metrics: &Metrics,
+    options: &RunnerOptions,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) {
+    for p in projections {
+        let consumer: Arc<dyn Consumer> = as_consumer(p);
+        let runner = ConsumerRunner::new(pool.clone(), consumer, options.clone(), metrics.clone());
+        tasks.spawn(runner.run(wakeups.clone(), shutdown.clone()));
+    }
+}
+
+fn as_consumer(p: Arc<dyn Projection>) -> Arc<dyn Consumer> {
+    struct Wrap(Arc<dyn Projection>);
+    #[async_trait::async_trait]
+    impl Consumer for Wrap {
+        fn name(&self) -> &str {
+            self.0.name()
+        }
+        async fn handle(
+            &self,
+            tx: &mut sqlx::PgConnection,
+            events: &[store::StoredEvent],
+        ) -> Result<(), ConsumerError> {
+            self.0.handle(tx, events).await
+        }
+    }
+    Arc::new(Wrap(p))
+}
+
+/// Reports rebuild progress: events replayed so far, and the total to replay.
+pub trait RebuildProgress {
+    fn start(&self, name: &str, total: u64);
+    fn advance(&self, replayed: u64);
+    fn finish(&self, replayed: u64);
+}
+
+/// Truncates a projection's tables and replays it from the start of the log, in one
+/// transaction: readers see the old tables until the new ones are complete, and the live
+/// runner of this projection (on any instance) waits on the checkpoint row meanwhile.
+/// Returns the number of events replayed.
+pub async fn rebuild(
+    pool: &PgPool,
+    projection: &dyn Projection,
+    batch_size: i64,
+    progress: &dyn RebuildProgress,
+) -> Result<u64, ConsumerError> {
+    let name = projection.name();
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO consumer_checkpoints (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(name)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("SELECT 1 FROM consumer_checkpoints WHERE name = $1 FOR UPDATE")
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&mut *tx)
+        .await?;
+    progress.start(name, total.max(0) as u64);
+    let tables = projection.tables().join(", ");
+    if !tables.is_empty() {
+        sqlx::query(&format!("TRUNCATE {tables}"))
+            .execute(&mut *tx)
+            .await?;
+    }
+    let mut position = Position::default();
+    let mut replayed = 0u64;
+    loop {
+        let events = read_batch(&mut tx, position, batch_size).await?;
+        let Some(last) = events.last().map(|e| e.position) else {
+            break;
+        };
+        projection.handle(&mut tx, &events).await?;
+        replayed += events.len() as u64;
+        position = last;
+        progress.advance(replayed);
+    }
+    sqlx::query(
+        "UPDATE consumer_checkpoints SET transaction_id = $2::text::xid8, global_position = $3, \
+         events_consumed = $4, updated_at = now() WHERE name = $1",
+    )
+    .bind(name)
+    .bind(position.transaction_id.to_string())
+    .bind(position.global_position)
+    .bind(replayed as i64)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    progress.finish(replayed);
+    Ok(replayed)
+}

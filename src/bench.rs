@@ -1,0 +1,224 @@
+//! `tenantflow bench`: performance figures printed and written as JSON.
+
+use anyhow::Context;
+use serde::Serialize;
+use sqlx::PgPool;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::serve::Database;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchCommand {
+    /// Command-bus append rate against plain single-row INSERTs of equally-shaped rows, at
+    /// the same concurrency, in a scratch database (`tenantflow_bench`, recreated each run).
+    Append {
+        /// Commands (and raw inserts) to execute.
+        #[arg(long, default_value_t = 5000)]
+        commands: usize,
+        /// Concurrent tasks.
+        #[arg(long, short = 'c', default_value_t = 4)]
+        concurrency: usize,
+        /// Where to write the JSON results.
+        #[arg(long, default_value = "bench-append.json")]
+        json: PathBuf,
+    },
+}
+
+/// Latency and throughput of one phase.
+#[derive(Debug, Serialize)]
+pub struct PhaseResult {
+    pub operations: usize,
+    pub seconds: f64,
+    pub per_second: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct AppendReport {
+    benchmark: &'static str,
+    concurrency: usize,
+    command_append: PhaseResult,
+    raw_insert: PhaseResult,
+    /// command_append.per_second / raw_insert.per_second
+    ratio: f64,
+    target_ratio: f64,
+}
+
+pub async fn run(config: Config, command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Append {
+            commands,
+            concurrency,
+            json,
+        } => append(config, commands, concurrency.max(1), json).await,
+    }
+}
+
+/// Runs `total` operations over `concurrency` tasks; `op(i)` performs operation `i`.
+pub async fn measure<F, Fut>(total: usize, concurrency: usize, op: F) -> anyhow::Result<PhaseResult>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let op = Arc::new(op);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let op = op.clone();
+            let next = next.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= total {
+                        return Ok::<_, anyhow::Error>(latencies);
+                    }
+                    let t = Instant::now();
+                    op(i).await?;
+                    latencies.push(t.elapsed());
+                }
+            })
+        })
+        .collect();
+    let mut latencies: Vec<Duration> = Vec::with_capacity(total);
+    for t in tasks {
+        latencies.extend(t.await.context("benchmark task panicked")??);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let pct = |p: f64| {
+        let idx =
+            ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len().max(1)) - 1;
+        latencies
+            .get(idx)
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(0.0)
+    };
+    Ok(PhaseResult {
+        operations: total,
+        seconds,
+        per_second: total as f64 / seconds,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+    })
+}
+
+/// A workspace-valid Entra tenant GUID for bench item `i` of `run`.
+fn bench_guid(run: u32, i: usize) -> String {
+    format!("{run:08x}-0000-4000-8000-{i:012x}")
+}
+
+async fn append(
+    config: Config,
+    total: usize,
+    concurrency: usize,
+    json: PathBuf,
+) -> anyhow::Result<()> {
+    let db = Database::open_scratch(&config, "tenantflow_bench").await?;
+    let pool = db.pool.clone();
+    let result = append_on(&pool, total, concurrency).await;
+    db.close().await?;
+    let report = result?;
+    tracing::info!(
+        concurrency,
+        "command append: {:.0}/s (p50 {:.2} ms, p99 {:.2} ms); raw insert: {:.0}/s (p50 {:.2} ms, p99 {:.2} ms); ratio {:.2} (target >= {:.1})",
+        report.command_append.per_second,
+        report.command_append.p50_ms,
+        report.command_append.p99_ms,
+        report.raw_insert.per_second,
+        report.raw_insert.p50_ms,
+        report.raw_insert.p99_ms,
+        report.ratio,
+        report.target_ratio,
+    );
+    let text = serde_json::to_string_pretty(&report)?;
+    std::fs::write(&json, &text).with_context(|| format!("cannot write {}", json.display()))?;
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{text}");
+    }
+    tracing::info!(path = %json.display(), "results written");
+    Ok(())
+}
+
+async fn append_on(
+    pool: &PgPool,
+    total: usize,
+    concurrency: usize,
+) -> anyhow::Result<AppendReport> {
+    use domain::tenant::{Tenant, TenantCommand};
+    use domain::Role;
+    use store::{CommandBus, Metadata, Metrics};
+
+    let bus = CommandBus::new(pool.clone(), domain::Services::system(), Metrics::new());
+    let run: u32 = rand::random();
+    let register = move |bus: CommandBus, i: usize| async move {
+        let guid = bench_guid(run, i);
+        let key = format!("bench:{guid}");
+        let command = TenantCommand::Register {
+            workspace: "bench".parse()?,
+            entra_tenant_id: guid.parse()?,
+            display_name: format!("Bench tenant {i}"),
+            primary_domain: format!("t{i}.bench.example"),
+        };
+        bus.execute::<Tenant>(&key, command, &Metadata::new("bench", "bench", Role::Owner))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(())
+    };
+
+    // The raw baseline inserts rows shaped like the command's event, with its metadata.
+    let sample_payload = serde_json::json!({"TenantRegistered": {
+        "workspace": "bench", "entra_tenant_id": bench_guid(0, 0),
+        "display_name": "Bench tenant 0", "primary_domain": "t0.bench.example",
+        "registered_at": chrono::Utc::now()}});
+    let sample_meta = serde_json::to_value(Metadata::new("bench", "bench", Role::Owner))?;
+    let raw = move |pool: PgPool, i: usize, payload: serde_json::Value, meta: serde_json::Value| async move {
+        sqlx::query(
+            "INSERT INTO bench_raw_inserts (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+             VALUES ('tenant', $1, 1, 'TenantRegistered', '1.0', $2, $3)",
+        )
+        .bind(format!("raw:{run}:{i}"))
+        .bind(payload)
+        .bind(meta)
+        .execute(&pool)
+        .await?;
+        Ok(())
+    };
+
+    let warmup = (total / 10).clamp(10, 500);
+    let (b, p, pl, m) = (
+        bus.clone(),
+        pool.clone(),
+        sample_payload.clone(),
+        sample_meta.clone(),
+    );
+    measure(warmup, concurrency, move |i| {
+        raw(p.clone(), total + i, pl.clone(), m.clone())
+    })
+    .await?;
+    measure(warmup, concurrency, move |i| register(b.clone(), total + i)).await?;
+
+    let (p, pl, m) = (pool.clone(), sample_payload, sample_meta);
+    let raw_insert = measure(total, concurrency, move |i| {
+        raw(p.clone(), i, pl.clone(), m.clone())
+    })
+    .await?;
+    let b = bus.clone();
+    let command_append = measure(total, concurrency, move |i| register(b.clone(), i)).await?;
+    let ratio = command_append.per_second / raw_insert.per_second;
+    Ok(AppendReport {
+        benchmark: "append",
+        concurrency,
+        command_append,
+        raw_insert,
+        ratio,
+        target_ratio: 0.5,
+    })
+}
