@@ -411,10 +411,10 @@ where
             }
         }
         let sink = EventSink::default();
-        aggregate
-            .handle(command, services, &sink)
-            .await
-            .map_err(BusError::Domain)?;
+        if let Err(refusal) = aggregate.handle(command, services, &sink).await {
+            tracing::debug!(%refusal, "command refused");
+            return Err(BusError::Domain(refusal));
+        }
         let events = sink.collect().await;
         if events.is_empty() {
             return Ok(Committed {
@@ -425,6 +425,11 @@ where
             });
         }
         append::<A>(conn, id, version, &events, metadata).await?;
+        tracing::debug!(
+            events = events.len(),
+            version = version + events.len() as i64,
+            "command applied"
+        );
         Ok(Committed {
             version: version + events.len() as i64,
             aggregate,

@@ -1,0 +1,574 @@
+//! Application services: the use cases behind mutations, workflows and the demo. Each one
+//! checks the caller's workspace, then appends through the bus, in one transaction when
+//! several streams (or the vault) must change together. Lost optimistic races are retried.
+
+use domain::connection::{ConnectionCommand, ProviderConnection};
+use domain::run::{NextStep, OperationRun, RunCommand, RunContext, RunOutcome};
+use domain::scope_lock::{scope_key, ScopeCommand, ScopeError, ScopeLock};
+use domain::tenant::{Tenant, TenantCommand, TenantEvent};
+use domain::{
+    ConnectionId, DomainError, EntraTenantId, Provider, ReasonCode, Role, RunId, TenantKey,
+    ValueError, WorkspaceId,
+};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::bus::{BusError, CommandBus, Metadata, UnitOfWork};
+use crate::vault::{StoredCredential, Vault, VaultError};
+
+/// Why a use case did not go through. `Display` is safe to show to the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("the role `{0}` may not do this")]
+    Forbidden(Role),
+    #[error("{message}")]
+    Refused { code: ReasonCode, message: String },
+    #[error("scope busy: run {active_run_id} ({active_run_type}) is active for this tenant")]
+    ScopeBusy {
+        active_run_id: RunId,
+        active_run_type: String,
+    },
+    #[error("the change conflicted with concurrent changes; retry")]
+    Conflict,
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl AppError {
+    /// The stable reason code of this failure.
+    pub fn reason_code(&self) -> ReasonCode {
+        match self {
+            AppError::Invalid(_) => ReasonCode::ValidationFailed,
+            AppError::NotFound(_) => ReasonCode::NotFound,
+            AppError::Forbidden(_) => ReasonCode::Forbidden,
+            AppError::Refused { code, .. } => *code,
+            AppError::ScopeBusy { .. } => ReasonCode::ScopeBusy,
+            AppError::Conflict => ReasonCode::Conflict,
+            AppError::Internal(_) => ReasonCode::InternalError,
+        }
+    }
+}
+
+impl From<ValueError> for AppError {
+    fn from(e: ValueError) -> Self {
+        AppError::Invalid(e.to_string())
+    }
+}
+
+impl From<sqlx::Error> for AppError {
+    fn from(e: sqlx::Error) -> Self {
+        AppError::Internal(Box::new(e))
+    }
+}
+
+impl From<VaultError> for AppError {
+    fn from(e: VaultError) -> Self {
+        AppError::Internal(Box::new(e))
+    }
+}
+
+impl<E: DomainError + Send + Sync + 'static> From<BusError<E>> for AppError {
+    fn from(e: BusError<E>) -> Self {
+        match e {
+            BusError::Forbidden { role, .. } => AppError::Forbidden(role),
+            BusError::Domain(d) => AppError::Refused {
+                code: d.reason_code(),
+                message: d.to_string(),
+            },
+            BusError::Conflict { .. } => AppError::Conflict,
+            other => AppError::Internal(Box::new(other)),
+        }
+    }
+}
+
+impl From<BusError<ScopeError>> for ScopeOrApp {
+    fn from(e: BusError<ScopeError>) -> Self {
+        match e {
+            BusError::Domain(ScopeError::Busy {
+                active_run_id,
+                active_run_type,
+            }) => ScopeOrApp(AppError::ScopeBusy {
+                active_run_id,
+                active_run_type,
+            }),
+            other => ScopeOrApp(other.into()),
+        }
+    }
+}
+
+struct ScopeOrApp(AppError);
+
+/// How many times a multi-stream use case starts over after losing an optimistic race.
+const RETRIES: usize = 8;
+
+/// Runs `attempt` until it does not end in a conflict (bounded).
+async fn retrying<T, F, Fut>(mut attempt: F) -> Result<T, AppError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, AppError>>,
+{
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match attempt().await {
+            Err(AppError::Conflict) if tries < RETRIES => continue,
+            other => return other,
+        }
+    }
+}
+
+fn workspace_of(meta: &Metadata) -> Result<WorkspaceId, AppError> {
+    Ok(meta.workspace.parse()?)
+}
+
+/// Engine-side metadata for effects a person's command causes (e.g. releasing a scope).
+fn as_system(meta: &Metadata) -> Metadata {
+    Metadata {
+        role: Role::System,
+        causation_id: Some(meta.request_id.clone()),
+        idempotency_key: None,
+        ..meta.clone()
+    }
+}
+
+/// Loads a tenant of the caller's workspace (a tenant of another workspace is "not found").
+async fn tenant_in(
+    uow: &mut UnitOfWork,
+    meta: &Metadata,
+    key: &TenantKey,
+) -> Result<Tenant, AppError> {
+    if key.workspace.as_str() != meta.workspace {
+        return Err(AppError::NotFound("tenant"));
+    }
+    let t = uow.load::<Tenant>(&key.to_string()).await?.aggregate;
+    if t.workspace.is_none() {
+        return Err(AppError::NotFound("tenant"));
+    }
+    Ok(t)
+}
+
+async fn connection_in(
+    uow: &mut UnitOfWork,
+    meta: &Metadata,
+    id: ConnectionId,
+) -> Result<(ProviderConnection, i64), AppError> {
+    let loaded = uow.load::<ProviderConnection>(&id.to_string()).await?;
+    match &loaded.aggregate.workspace {
+        Some(w) if w.as_str() == meta.workspace => Ok((loaded.aggregate, loaded.version)),
+        _ => Err(AppError::NotFound("connection")),
+    }
+}
+
+/// Registers a tenant in the caller's workspace.
+pub async fn register_tenant(
+    bus: &CommandBus,
+    meta: &Metadata,
+    entra_tenant_id: EntraTenantId,
+    display_name: &str,
+    primary_domain: &str,
+) -> Result<TenantKey, AppError> {
+    let workspace = workspace_of(meta)?;
+    let key = TenantKey::new(workspace.clone(), entra_tenant_id);
+    let command = TenantCommand::Register {
+        workspace,
+        entra_tenant_id,
+        display_name: display_name.to_owned(),
+        primary_domain: primary_domain.to_owned(),
+    };
+    bus.execute::<Tenant>(&key.to_string(), command, meta)
+        .await?;
+    Ok(key)
+}
+
+/// Renames or archives a tenant of the caller's workspace.
+pub async fn change_tenant(
+    bus: &CommandBus,
+    meta: &Metadata,
+    key: &TenantKey,
+    command: TenantCommand,
+) -> Result<(), AppError> {
+    if key.workspace.as_str() != meta.workspace {
+        return Err(AppError::NotFound("tenant"));
+    }
+    if bus
+        .load::<Tenant>(&key.to_string())
+        .await?
+        .aggregate
+        .workspace
+        .is_none()
+    {
+        return Err(AppError::NotFound("tenant"));
+    }
+    bus.execute::<Tenant>(&key.to_string(), command, meta)
+        .await?;
+    Ok(())
+}
+
+/// Creates a connection of a tenant: attached to the tenant (uniqueness, default) and
+/// created, in one transaction. The first connection of a provider is its default.
+pub async fn create_connection(
+    bus: &CommandBus,
+    meta: &Metadata,
+    tenant: &TenantKey,
+    provider: Provider,
+    entra_tenant_id: EntraTenantId,
+    display_name: &str,
+) -> Result<ConnectionId, AppError> {
+    let connection_id = ConnectionId::new();
+    retrying(|| async {
+        let mut uow = bus.begin().await?;
+        tenant_in(&mut uow, meta, tenant).await?;
+        let attached = uow
+            .execute::<Tenant>(
+                &tenant.to_string(),
+                TenantCommand::AttachConnection {
+                    connection_id,
+                    provider,
+                    entra_tenant_id,
+                },
+                meta,
+            )
+            .await?;
+        uow.execute::<ProviderConnection>(
+            &connection_id.to_string(),
+            ConnectionCommand::Create {
+                workspace: tenant.workspace.clone(),
+                tenant_key: tenant.clone(),
+                provider,
+                entra_tenant_id,
+                display_name: display_name.to_owned(),
+            },
+            meta,
+        )
+        .await?;
+        if attached.aggregate.default_connection(provider) == Some(connection_id) {
+            uow.execute::<ProviderConnection>(
+                &connection_id.to_string(),
+                ConnectionCommand::MarkDefault,
+                meta,
+            )
+            .await?;
+        }
+        uow.commit().await?;
+        Ok(connection_id)
+    })
+    .await
+}
+
+/// Stores a client credential in the vault and points the connection at it, atomically.
+/// The secret goes to the vault only; events get its reference and fingerprint.
+pub async fn set_credential(
+    bus: &CommandBus,
+    vault: &Vault,
+    meta: &Metadata,
+    connection_id: ConnectionId,
+    client_id: &str,
+    client_secret: &SecretString,
+    tenant_id: Option<EntraTenantId>,
+) -> Result<StoredCredential, AppError> {
+    let client_id = client_id.trim();
+    if client_id.is_empty() || client_id.len() > 200 {
+        return Err(AppError::Invalid(
+            "client id must be 1-200 characters".into(),
+        ));
+    }
+    let secret_len = client_secret.expose_secret().len();
+    if secret_len == 0 || secret_len > 2048 {
+        return Err(AppError::Invalid(
+            "client secret must be 1-2048 characters".into(),
+        ));
+    }
+    // Permission first, so a refused caller never reaches the vault.
+    if !meta.role.allows(domain::Permission::ManageConnections) {
+        return Err(AppError::Forbidden(meta.role));
+    }
+    retrying(|| async {
+        let mut uow = bus.begin().await?;
+        connection_in(&mut uow, meta, connection_id).await?;
+        let stored = vault
+            .store(
+                uow.connection(),
+                &meta.workspace,
+                connection_id.as_uuid(),
+                client_id,
+                client_secret,
+                &meta.actor,
+            )
+            .await?;
+        uow.execute::<ProviderConnection>(
+            &connection_id.to_string(),
+            ConnectionCommand::SetCredential {
+                credential_ref: stored.credential_ref,
+                fingerprint: stored.fingerprint.clone(),
+                tenant_id,
+            },
+            meta,
+        )
+        .await?;
+        uow.commit().await?;
+        Ok(stored)
+    })
+    .await
+}
+
+/// Makes a connection its tenant's default for its provider. The tenant's stream
+/// serializes concurrent changes; the old and new connections' flags change in the same
+/// transaction, so exactly one connection is default at every commit.
+pub async fn make_default(
+    bus: &CommandBus,
+    meta: &Metadata,
+    connection_id: ConnectionId,
+) -> Result<(), AppError> {
+    retrying(|| async {
+        let mut uow = bus.begin().await?;
+        let (connection, _) = connection_in(&mut uow, meta, connection_id).await?;
+        let tenant = connection
+            .tenant_key
+            .clone()
+            .ok_or(AppError::NotFound("connection"))?;
+        let done = uow
+            .execute::<Tenant>(
+                &tenant.to_string(),
+                TenantCommand::MakeDefaultConnection { connection_id },
+                meta,
+            )
+            .await?;
+        for event in &done.events {
+            if let TenantEvent::DefaultConnectionChanged {
+                previous, current, ..
+            } = event
+            {
+                if let Some(previous) = previous {
+                    uow.execute::<ProviderConnection>(
+                        &previous.to_string(),
+                        ConnectionCommand::UnmarkDefault,
+                        meta,
+                    )
+                    .await?;
+                }
+                uow.execute::<ProviderConnection>(
+                    &current.to_string(),
+                    ConnectionCommand::MarkDefault,
+                    meta,
+                )
+                .await?;
+            }
+        }
+        uow.commit().await?;
+        Ok(())
+    })
+    .await
+}
+
+/// Any other command on a connection of the caller's workspace (consent, disable, ...).
+pub async fn change_connection(
+    bus: &CommandBus,
+    meta: &Metadata,
+    connection_id: ConnectionId,
+    command: ConnectionCommand,
+) -> Result<ProviderConnection, AppError> {
+    let loaded = bus
+        .load::<ProviderConnection>(&connection_id.to_string())
+        .await?;
+    match &loaded.aggregate.workspace {
+        Some(w) if w.as_str() == meta.workspace => {}
+        _ => return Err(AppError::NotFound("connection")),
+    }
+    Ok(bus
+        .execute::<ProviderConnection>(&connection_id.to_string(), command, meta)
+        .await?
+        .aggregate)
+}
+
+/// What starting an operation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Started {
+    /// A new run was queued.
+    Queued(RunId),
+    /// A run of the same type was already active for the scope: that run (R2.2).
+    Deduplicated(RunId),
+    /// The run could not start; it is recorded and finalized as blocked (R2.3).
+    Blocked(RunId, ReasonCode),
+}
+
+impl Started {
+    pub fn run_id(&self) -> RunId {
+        match self {
+            Started::Queued(r) | Started::Deduplicated(r) | Started::Blocked(r, _) => *r,
+        }
+    }
+}
+
+/// Why a provider-backed run cannot start, with link-only next steps.
+fn precondition(
+    tenant: &TenantKey,
+    connection: Option<&ProviderConnection>,
+) -> Option<(ReasonCode, Vec<NextStep>)> {
+    let base = format!("/tenants/{tenant}");
+    let step = |label: &str, href: String| NextStep {
+        label: label.to_owned(),
+        href,
+    };
+    let Some(c) = connection else {
+        return Some((
+            ReasonCode::ProviderConnectionMissing,
+            vec![step(
+                "Add a Microsoft connection",
+                format!("{base}/connections/new"),
+            )],
+        ));
+    };
+    if c.status == domain::connection::ConnectionStatus::Disabled {
+        return Some((
+            ReasonCode::ProviderConnectionDisabled,
+            vec![step("Enable the connection", format!("{base}/connections"))],
+        ));
+    }
+    if c.credential.is_none() {
+        return Some((
+            ReasonCode::ProviderCredentialMissing,
+            vec![step(
+                "Set the connection's credential",
+                format!("{base}/connections"),
+            )],
+        ));
+    }
+    if !c.consent_granted {
+        return Some((
+            ReasonCode::ProviderConsentMissing,
+            vec![step("Grant admin consent", format!("{base}/connections"))],
+        ));
+    }
+    None
+}
+
+/// Starts (or dedupes to) a provider-backed operation on a tenant through its default
+/// Microsoft connection. The scope lock and the run are appended in one transaction.
+pub async fn start_operation(
+    bus: &CommandBus,
+    meta: &Metadata,
+    tenant: &TenantKey,
+    run_type: &str,
+    module: &str,
+) -> Result<Started, AppError> {
+    let workspace = workspace_of(meta)?;
+    retrying(|| async {
+        let mut uow = bus.begin().await?;
+        let t = tenant_in(&mut uow, meta, tenant).await?;
+        let connection_id = t.default_connection(Provider::Microsoft);
+        let connection = match connection_id {
+            Some(id) => Some(connection_in(&mut uow, meta, id).await?.0),
+            None => None,
+        };
+        let scope = connection
+            .as_ref()
+            .and_then(|c| c.entra_tenant_id)
+            .unwrap_or(tenant.entra_tenant_id);
+        let lock_id = scope_key(&workspace, scope);
+        let lock = uow.load::<ScopeLock>(&lock_id).await?.aggregate;
+        if let Some(active) = lock.active() {
+            if active.run_type == run_type {
+                return Ok(Started::Deduplicated(active.run_id));
+            }
+            return Err(AppError::ScopeBusy {
+                active_run_id: active.run_id,
+                active_run_type: active.run_type.clone(),
+            });
+        }
+        let run_id = RunId::new();
+        let context = RunContext {
+            provider: Provider::Microsoft,
+            connection_id,
+            target_scope: scope,
+            tenant_key: tenant.clone(),
+            module: module.to_owned(),
+        };
+        let blocked = precondition(tenant, connection.as_ref());
+        if blocked.is_none() {
+            let acquire = ScopeCommand::Acquire {
+                run_id,
+                run_type: run_type.to_owned(),
+            };
+            let acquired = uow
+                .execute::<ScopeLock>(&lock_id, acquire, meta)
+                .await
+                .map_err(|e| ScopeOrApp::from(e).0)?;
+            if acquired.aggregate.active().map(|a| a.run_id) != Some(run_id) {
+                // Someone else got there between our read and our append.
+                return Err(AppError::Conflict);
+            }
+        }
+        let queue = RunCommand::Queue {
+            workspace: workspace.clone(),
+            run_type: run_type.to_owned(),
+            context,
+            initiator: meta.actor.clone(),
+        };
+        uow.execute::<OperationRun>(&run_id.to_string(), queue, meta)
+            .await?;
+        let started = match blocked {
+            Some((reason, next_steps)) => {
+                uow.execute::<OperationRun>(
+                    &run_id.to_string(),
+                    RunCommand::Block { reason, next_steps },
+                    &as_system(meta),
+                )
+                .await?;
+                Started::Blocked(run_id, reason)
+            }
+            None => Started::Queued(run_id),
+        };
+        uow.commit().await?;
+        Ok(started)
+    })
+    .await
+}
+
+/// Asks a run to stop. A queued run is cancelled at once and its scope released in the
+/// same transaction; a running one stops at its next step.
+pub async fn cancel_run(
+    bus: &CommandBus,
+    meta: &Metadata,
+    run_id: RunId,
+) -> Result<OperationRun, AppError> {
+    retrying(|| async {
+        let mut uow = bus.begin().await?;
+        let run = uow
+            .load::<OperationRun>(&run_id.to_string())
+            .await?
+            .aggregate;
+        match &run.workspace {
+            Some(w) if w.as_str() == meta.workspace => {}
+            _ => return Err(AppError::NotFound("run")),
+        }
+        let done = uow
+            .execute::<OperationRun>(&run_id.to_string(), RunCommand::RequestCancel, meta)
+            .await?;
+        if done.aggregate.outcome == RunOutcome::Cancelled {
+            release_scope(&mut uow, &done.aggregate, run_id, &as_system(meta)).await?;
+        }
+        uow.commit().await?;
+        Ok(done.aggregate)
+    })
+    .await
+}
+
+/// Releases the scope a run held (idempotent). Workflows call this when a run completes.
+pub async fn release_scope(
+    uow: &mut UnitOfWork,
+    run: &OperationRun,
+    run_id: RunId,
+    meta: &Metadata,
+) -> Result<(), AppError> {
+    let (Some(workspace), Some(context)) = (&run.workspace, &run.context) else {
+        return Ok(());
+    };
+    let lock_id = scope_key(workspace, context.target_scope);
+    uow.execute::<ScopeLock>(&lock_id, ScopeCommand::Release { run_id }, meta)
+        .await
+        .map_err(|e| ScopeOrApp::from(e).0)?;
+    Ok(())
+}

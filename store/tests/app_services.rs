@@ -1,0 +1,537 @@
+//! The use cases against a real database: R1 and R2 rules that span aggregates, their
+//! behaviour under concurrency, and the secret never leaking.
+
+use domain::connection::{ConnectionCommand, ProviderConnection};
+use domain::run::{OperationRun, RunOutcome, RunStatus};
+use domain::tenant::Tenant;
+use domain::{EntraTenantId, Provider, ReasonCode, Role, Services, TenantKey};
+use secrecy::SecretString;
+use std::sync::Arc;
+use store::app::{self, AppError, Started};
+use store::{CommandBus, Metadata, Metrics, Vault};
+use testkit::TestDb;
+
+const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+const SECOND: &str = "0b6a2f51-7f0e-4e43-9b2e-52c0e2a1b0a1";
+const THIRD: &str = "1c2d3e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f";
+
+fn owner() -> Metadata {
+    Metadata::new("acme", "olivia@acme.example", Role::Owner)
+}
+
+fn guid(s: &str) -> EntraTenantId {
+    s.parse().unwrap()
+}
+
+fn vault() -> Vault {
+    Vault::from_base64(&SecretString::from(
+        "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".to_owned(),
+    ))
+    .unwrap()
+}
+
+async fn setup(db: &TestDb) -> (CommandBus, TenantKey) {
+    let bus = CommandBus::new(db.pool_of(25).await, Services::system(), Metrics::new());
+    let key = app::register_tenant(&bus, &owner(), guid(TENANT), "Contoso", "contoso.com")
+        .await
+        .unwrap();
+    (bus, key)
+}
+
+/// A tenant with a connection that has a credential and consent.
+async fn ready(db: &TestDb) -> (CommandBus, TenantKey, domain::ConnectionId) {
+    let (bus, key) = setup(db).await;
+    let c = app::create_connection(
+        &bus,
+        &owner(),
+        &key,
+        Provider::Microsoft,
+        guid(TENANT),
+        "Contoso Graph",
+    )
+    .await
+    .unwrap();
+    app::set_credential(
+        &bus,
+        &vault(),
+        &owner(),
+        c,
+        "client-1",
+        &SecretString::from("s".to_owned()),
+        None,
+    )
+    .await
+    .unwrap();
+    app::change_connection(
+        &bus,
+        &owner(),
+        c,
+        ConnectionCommand::GrantConsent {
+            scopes: vec!["Policy.Read.All".into()],
+        },
+    )
+    .await
+    .unwrap();
+    (bus, key, c)
+}
+
+async fn count(bus: &CommandBus, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(bus.pool()).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_tenant_id_that_is_not_a_guid_is_refused_before_anything_is_written() {
+    let err = "contoso.onmicrosoft.com"
+        .parse::<EntraTenantId>()
+        .unwrap_err();
+    assert!(err.to_string().contains("GUID"));
+}
+
+#[tokio::test]
+async fn the_first_connection_is_the_default_and_duplicates_are_refused() {
+    let db = TestDb::new().await;
+    let (bus, key) = setup(&db).await;
+    let c1 = app::create_connection(
+        &bus,
+        &owner(),
+        &key,
+        Provider::Microsoft,
+        guid(TENANT),
+        "Main",
+    )
+    .await
+    .unwrap();
+    let c2 = app::create_connection(
+        &bus,
+        &owner(),
+        &key,
+        Provider::Microsoft,
+        guid(SECOND),
+        "Second",
+    )
+    .await
+    .unwrap();
+    let t = bus
+        .load::<Tenant>(&key.to_string())
+        .await
+        .unwrap()
+        .aggregate;
+    assert_eq!(t.default_connection(Provider::Microsoft), Some(c1));
+    assert!(
+        bus.load::<ProviderConnection>(&c1.to_string())
+            .await
+            .unwrap()
+            .aggregate
+            .is_default
+    );
+    assert!(
+        !bus.load::<ProviderConnection>(&c2.to_string())
+            .await
+            .unwrap()
+            .aggregate
+            .is_default
+    );
+
+    let before = count(&bus, "SELECT count(*) FROM events").await;
+    let err = app::create_connection(
+        &bus,
+        &owner(),
+        &key,
+        Provider::Microsoft,
+        guid(SECOND),
+        "Again",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.reason_code(), ReasonCode::AlreadyExists);
+    assert_eq!(
+        count(&bus, "SELECT count(*) FROM events").await,
+        before,
+        "a refusal writes nothing"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_make_default_leaves_exactly_one_default() {
+    let db = TestDb::new().await;
+    let (bus, key) = setup(&db).await;
+    let mut ids = Vec::new();
+    for (g, n) in [(TENANT, "A"), (SECOND, "B"), (THIRD, "C")] {
+        ids.push(
+            app::create_connection(&bus, &owner(), &key, Provider::Microsoft, guid(g), n)
+                .await
+                .unwrap(),
+        );
+    }
+    let bus = Arc::new(bus);
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let bus = bus.clone();
+            let id = ids[i % 3];
+            tokio::spawn(async move { app::make_default(&bus, &owner(), id).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let t = bus
+        .load::<Tenant>(&key.to_string())
+        .await
+        .unwrap()
+        .aggregate;
+    let mut defaults = Vec::new();
+    for id in &ids {
+        if bus
+            .load::<ProviderConnection>(&id.to_string())
+            .await
+            .unwrap()
+            .aggregate
+            .is_default
+        {
+            defaults.push(*id);
+        }
+    }
+    assert_eq!(defaults.len(), 1, "exactly one default connection");
+    assert_eq!(t.default_connection(Provider::Microsoft), Some(defaults[0]));
+}
+
+#[tokio::test]
+async fn twenty_concurrent_starts_for_one_scope_yield_exactly_one_run() {
+    let db = TestDb::new().await;
+    let (bus, key, _) = ready(&db).await;
+    let bus = Arc::new(bus);
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let (bus, key) = (bus.clone(), key.clone());
+            tokio::spawn(async move {
+                app::start_operation(&bus, &owner(), &key, "policy.resync", "policies").await
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap().unwrap());
+    }
+    let queued: Vec<_> = results
+        .iter()
+        .filter(|r| matches!(r, Started::Queued(_)))
+        .collect();
+    assert_eq!(queued.len(), 1, "{results:?}");
+    let run = queued[0].run_id();
+    assert!(
+        results.iter().all(|r| r.run_id() == run),
+        "every caller got the one active run"
+    );
+    assert_eq!(
+        count(
+            &bus,
+            "SELECT count(*) FROM events WHERE event_type = 'RunQueued'"
+        )
+        .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn concurrent_starts_of_different_types_admit_one_and_name_it_to_the_others() {
+    let db = TestDb::new().await;
+    let (bus, key, _) = ready(&db).await;
+    let bus = Arc::new(bus);
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let (bus, key) = (bus.clone(), key.clone());
+            let ty = if i % 2 == 0 {
+                "policy.resync"
+            } else {
+                "license.refresh"
+            };
+            tokio::spawn(async move { app::start_operation(&bus, &owner(), &key, ty, "m").await })
+        })
+        .collect();
+    let mut runs = std::collections::BTreeSet::new();
+    let mut busy = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(s) => {
+                runs.insert(s.run_id());
+            }
+            Err(AppError::ScopeBusy { active_run_id, .. }) => {
+                busy += 1;
+                runs.insert(active_run_id);
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(runs.len(), 1, "one active run, named to every caller");
+    assert!(busy > 0);
+    assert_eq!(
+        count(
+            &bus,
+            "SELECT count(*) FROM events WHERE event_type = 'RunQueued'"
+        )
+        .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_tenant_without_a_connection_gets_a_blocked_run_with_next_steps() {
+    let db = TestDb::new().await;
+    let (bus, key) = setup(&db).await;
+    let started = app::start_operation(&bus, &owner(), &key, "policy.resync", "policies")
+        .await
+        .unwrap();
+    let Started::Blocked(run_id, reason) = started else {
+        panic!("expected blocked, got {started:?}")
+    };
+    assert_eq!(reason, ReasonCode::ProviderConnectionMissing);
+    let run = bus
+        .load::<OperationRun>(&run_id.to_string())
+        .await
+        .unwrap()
+        .aggregate;
+    assert_eq!(
+        (run.status, run.outcome),
+        (RunStatus::Completed, RunOutcome::Blocked)
+    );
+    assert!(run.next_steps.iter().all(|s| s.href.starts_with('/')));
+    // A blocked run holds no scope: a real start can follow once fixed.
+    let c = app::create_connection(&bus, &owner(), &key, Provider::Microsoft, guid(TENANT), "G")
+        .await
+        .unwrap();
+    let started = app::start_operation(&bus, &owner(), &key, "policy.resync", "policies")
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            started,
+            Started::Blocked(_, ReasonCode::ProviderCredentialMissing)
+        ),
+        "{started:?}"
+    );
+    app::set_credential(
+        &bus,
+        &vault(),
+        &owner(),
+        c,
+        "client",
+        &SecretString::from("x".to_owned()),
+        None,
+    )
+    .await
+    .unwrap();
+    let started = app::start_operation(&bus, &owner(), &key, "policy.resync", "policies")
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            started,
+            Started::Blocked(_, ReasonCode::ProviderConsentMissing)
+        ),
+        "{started:?}"
+    );
+}
+
+#[tokio::test]
+async fn cancelling_a_queued_run_frees_its_scope() {
+    let db = TestDb::new().await;
+    let (bus, key, _) = ready(&db).await;
+    let first = app::start_operation(&bus, &owner(), &key, "policy.resync", "p")
+        .await
+        .unwrap();
+    let op = Metadata::new("acme", "oscar", Role::Operator);
+    let run = app::cancel_run(&bus, &op, first.run_id()).await.unwrap();
+    assert_eq!(run.outcome, RunOutcome::Cancelled);
+    let second = app::start_operation(&bus, &owner(), &key, "license.refresh", "l")
+        .await
+        .unwrap();
+    assert!(matches!(second, Started::Queued(_)));
+}
+
+#[tokio::test]
+async fn roles_are_enforced_and_refusals_write_nothing() {
+    let db = TestDb::new().await;
+    let (bus, key, c) = ready(&db).await;
+    let before = count(&bus, "SELECT count(*) FROM events").await;
+    let vault_before = count(&bus, "SELECT count(*) FROM credential_vault").await;
+    let readonly = Metadata::new("acme", "rita", Role::Readonly);
+    let operator = Metadata::new("acme", "oscar", Role::Operator);
+
+    let e = app::create_connection(
+        &bus,
+        &operator,
+        &key,
+        Provider::Microsoft,
+        guid(SECOND),
+        "x",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.reason_code(), ReasonCode::Forbidden);
+    let e = app::set_credential(
+        &bus,
+        &vault(),
+        &operator,
+        c,
+        "id",
+        &SecretString::from("s".to_owned()),
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.reason_code(), ReasonCode::Forbidden);
+    let e = app::make_default(&bus, &operator, c).await.unwrap_err();
+    assert_eq!(e.reason_code(), ReasonCode::Forbidden);
+    let e = app::start_operation(&bus, &readonly, &key, "policy.resync", "p")
+        .await
+        .unwrap_err();
+    assert_eq!(e.reason_code(), ReasonCode::Forbidden);
+    let e = app::register_tenant(&bus, &operator, guid(SECOND), "X", "x.example")
+        .await
+        .unwrap_err();
+    assert_eq!(e.reason_code(), ReasonCode::Forbidden);
+
+    assert_eq!(count(&bus, "SELECT count(*) FROM events").await, before);
+    assert_eq!(
+        count(&bus, "SELECT count(*) FROM credential_vault").await,
+        vault_before
+    );
+    // An operator may start operations.
+    assert!(
+        app::start_operation(&bus, &operator, &key, "policy.resync", "p")
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn another_workspace_cannot_see_or_touch_a_tenant_or_connection() {
+    let db = TestDb::new().await;
+    let (bus, key, c) = ready(&db).await;
+    let intruder = Metadata::new("evil", "eve", Role::Owner);
+    let e = app::start_operation(&bus, &intruder, &key, "policy.resync", "p")
+        .await
+        .unwrap_err();
+    assert_eq!(e.reason_code(), ReasonCode::NotFound);
+    let e = app::make_default(&bus, &intruder, c).await.unwrap_err();
+    assert_eq!(e.reason_code(), ReasonCode::NotFound);
+    let e = app::set_credential(
+        &bus,
+        &vault(),
+        &intruder,
+        c,
+        "id",
+        &SecretString::from("s".to_owned()),
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.reason_code(), ReasonCode::NotFound);
+}
+
+/// Captures every log line the process writes while `f` runs.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_secret_never_reaches_events_logs_debug_output_or_errors() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_subscriber::EnvFilter::new("trace"))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(move || writer.clone())
+                .with_ansi(false),
+        );
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    const SECRET: &str = "Sup3r-S3cret~Value.0123456789abcdef";
+    let db = TestDb::new().await;
+    let (bus, key) = setup(&db).await;
+    let c = app::create_connection(&bus, &owner(), &key, Provider::Microsoft, guid(TENANT), "G")
+        .await
+        .unwrap();
+    let secret = SecretString::from(SECRET.to_owned());
+    let stored = app::set_credential(
+        &bus,
+        &vault(),
+        &owner(),
+        c,
+        "client-1",
+        &secret,
+        Some(guid(TENANT)),
+    )
+    .await
+    .unwrap();
+    // Rotation, and a refused attempt (wrong tenant id) with the same secret.
+    app::set_credential(&bus, &vault(), &owner(), c, "client-1", &secret, None)
+        .await
+        .unwrap();
+    let refused = app::set_credential(
+        &bus,
+        &vault(),
+        &owner(),
+        c,
+        "client-1",
+        &secret,
+        Some(guid(SECOND)),
+    )
+    .await
+    .unwrap_err();
+
+    let all_events: Vec<String> = sqlx::query_scalar("SELECT row_to_json(e)::text FROM events e")
+        .fetch_all(bus.pool())
+        .await
+        .unwrap();
+    assert!(
+        all_events.iter().any(|e| e.contains(&stored.fingerprint)),
+        "events carry the fingerprint"
+    );
+    assert!(all_events.iter().any(|e| e.contains("CredentialRotated")));
+    for e in &all_events {
+        assert!(!e.contains(SECRET), "secret in an event: {e}");
+    }
+    let vault_rows: Vec<String> =
+        sqlx::query_scalar("SELECT row_to_json(v)::text FROM credential_vault v")
+            .fetch_all(bus.pool())
+            .await
+            .unwrap();
+    assert_eq!(vault_rows.len(), 2, "rotation keeps history");
+    assert!(
+        vault_rows.iter().all(|r| !r.contains(SECRET)),
+        "stored encrypted"
+    );
+
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("command applied"),
+        "the capture saw the commands"
+    );
+    assert!(logs.contains("command refused"), "and the refusal");
+    assert!(!logs.contains(SECRET), "secret in the logs");
+    assert!(!refused.to_string().contains(SECRET));
+    assert!(!format!("{refused:?}").contains(SECRET));
+    let decrypted = vault()
+        .fetch(bus.pool(), stored.credential_ref)
+        .await
+        .unwrap();
+    assert!(!format!("{decrypted:?}").contains(SECRET));
+    use secrecy::ExposeSecret;
+    assert_eq!(
+        decrypted.client_secret.expose_secret(),
+        SECRET,
+        "the vault round-trips"
+    );
+}
