@@ -37,7 +37,18 @@ CREATE TABLE rm_connections (
     entra_tenant_id        uuid        NOT NULL,
     display_name           text        NOT NULL,
     is_default             boolean     NOT NULL DEFAULT false,
-    status                 text        NOT NULL,
+    -- The facts the status follows from, kept so the status can be derived the way the
+    -- ProviderConnection aggregate derives it: disabled wins, then a standing error, then
+    -- consent and a credential together (names as the domain's serde spells them).
+    disabled               boolean     NOT NULL DEFAULT false,
+    errored                boolean     NOT NULL DEFAULT false,
+    status                 text        NOT NULL GENERATED ALWAYS AS (
+        CASE
+            WHEN disabled THEN 'disabled'
+            WHEN errored THEN 'error'
+            WHEN consent_granted AND credential_ref IS NOT NULL THEN 'connected'
+            ELSE 'needs_consent'
+        END) STORED,
     health_status          text        NOT NULL,
     consent_granted        boolean     NOT NULL DEFAULT false,
     scopes_granted         jsonb       NOT NULL DEFAULT '[]',
@@ -60,6 +71,7 @@ CREATE TABLE rm_runs (
     tenant_key      text,
     status          text        NOT NULL,
     outcome         text        NOT NULL,
+    cancel_requested boolean    NOT NULL DEFAULT false,
     context         jsonb       NOT NULL,
     initiator       text        NOT NULL,
     summary_counts  jsonb       NOT NULL DEFAULT '{}',
@@ -85,7 +97,12 @@ CREATE TABLE rm_run_steps (
     message      text,
     summary      jsonb,
     retry_at     timestamptz,
+    -- When the attempt began (NULL if it was recorded without a start), and when its
+    -- last event happened.
+    started_at   timestamptz,
     recorded_at  timestamptz NOT NULL,
+    -- The run's sequence of the event that last wrote this row.
+    version      bigint      NOT NULL,
     PRIMARY KEY (run_id, step, attempt)
 );
 
@@ -101,9 +118,13 @@ CREATE TABLE rm_audit_log (
     aggregate_id    text        NOT NULL,
     tenant_key      text,
     correlation_id  text,
+    causation_id    text,
     request_id      text
 );
 CREATE INDEX rm_audit_log_workspace ON rm_audit_log (workspace_id, global_position DESC);
+CREATE INDEX rm_audit_log_tenant ON rm_audit_log (workspace_id, tenant_key, global_position DESC);
+-- The projection finds an aggregate's tenant from its earlier rows.
+CREATE INDEX rm_audit_log_aggregate ON rm_audit_log (aggregate_type, aggregate_id, global_position);
 
 DO $$
 DECLARE t text;

@@ -2,6 +2,7 @@
 
 mod bench;
 mod config;
+mod rebuild;
 mod serve;
 mod telemetry;
 
@@ -43,6 +44,29 @@ enum Command {
     },
     /// Apply database migrations and exit.
     Migrate,
+    /// Truncate read models and replay them from the event log, with progress.
+    Rebuild {
+        /// Read models to rebuild (tenants, connections, runs, audit_log).
+        names: Vec<String>,
+        /// Rebuild every read model.
+        #[arg(long, conflicts_with = "names")]
+        all: bool,
+    },
+    /// Run the Microsoft Graph simulator alone: a seeded fleet of fake tenants speaking
+    /// Graph's wire formats, with fault injection (admin API under /_sim).
+    GraphSim {
+        /// Port on 127.0.0.1 (0 picks a free one).
+        #[arg(long, default_value_t = 8081)]
+        port: u16,
+        /// Customer tenants in the fleet.
+        #[arg(long, default_value_t = 5)]
+        tenants: usize,
+        /// Seed of the fleet (same seed, same fleet).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Print the GraphQL schema (SDL).
+    Schema,
     /// Mint an API bearer token for local use (printed to stdout).
     Token {
         /// The MSP workspace the token is scoped to.
@@ -97,6 +121,25 @@ fn main() -> std::process::ExitCode {
             Command::Serve { .. } => serve::serve(config).await,
             Command::Migrate => serve::migrate_only(config).await,
             Command::Bench(cmd) => bench::run(config, cmd).await,
+            Command::Rebuild { names, all } => rebuild::run(config, names, all).await,
+            Command::GraphSim {
+                port,
+                tenants,
+                seed,
+            } => graph::sim::run_standalone(graph::sim::StandaloneOptions {
+                port,
+                tenants,
+                seed,
+            })
+            .await
+            .map_err(anyhow::Error::from),
+            Command::Schema => {
+                #[allow(clippy::print_stdout)]
+                {
+                    print!("{}", api::graphql::sdl());
+                }
+                Ok(())
+            }
             Command::Token {
                 workspace,
                 role,

@@ -28,7 +28,10 @@ pub async fn run(config: Config, names: Vec<String>, all: bool) -> anyhow::Resul
     let chosen: Vec<Arc<dyn projections::Projection>> = if all {
         available
     } else {
-        anyhow::ensure!(!names.is_empty(), "name a read model to rebuild, or pass --all");
+        anyhow::ensure!(
+            !names.is_empty(),
+            "name a read model to rebuild, or pass --all"
+        );
         let mut chosen = Vec::new();
         for n in &names {
             let p = available
@@ -45,9 +48,11 @@ pub async fn run(config: Config, names: Vec<String>, all: bool) -> anyhow::Resul
     };
     let db = Database::open(&config, "tenantflow").await?;
     let bar = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template("{msg:>14} [{bar:40}] {pos}/{len} events ({per_sec}, eta {eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg:>14} [{bar:40}] {pos}/{len} events ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     let progress = Bar(bar.clone());
     let mut result = Ok(());

@@ -138,18 +138,36 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let metrics = Metrics::new();
     let bus = store::CommandBus::new(db.pool.clone(), domain::Services::system(), metrics.clone());
-    let vault = open_vault(&config)?;
     let state = api::AppState(Arc::new(api::App {
         pool: db.pool.clone(),
         bus,
-        metrics,
-        vault,
+        metrics: metrics.clone(),
+        vault: open_vault(&config)?,
+        auth: authenticator(&config)?,
+        runs: api::graphql::RunFeed::listen(db.pool.clone(), shutdown.clone()),
+        schema: api::graphql::schema(),
     }));
+
+    // Catch-up projections, woken by NOTIFY from the events table.
+    let mut background = tokio::task::JoinSet::new();
+    let wakeups = store::Wakeups::listen(db.pool.clone(), shutdown.clone());
+    projections::spawn_all(
+        &db.pool,
+        projections::all(),
+        &wakeups,
+        &metrics,
+        &store::RunnerOptions::default(),
+        &shutdown,
+        &mut background,
+    );
+
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!("tenantflow is listening on http://{addr} (health: /healthz, readiness: /readyz, metrics: /metrics)");
+    tracing::info!(
+        "tenantflow is listening on http://{addr} (GraphiQL: http://{addr}/graphql, health: /healthz, readiness: /readyz, metrics: /metrics)"
+    );
 
     let signal = shutdown.clone();
     tokio::spawn(async move {
@@ -163,6 +181,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .context("HTTP server failed")?;
     shutdown.cancel();
+    while background.join_next().await.is_some() {}
     db.close().await?;
     tracing::info!("stopped");
     Ok(())

@@ -1,6 +1,9 @@
-//! The HTTP surface: GraphQL, Graph webhooks, health, readiness and metrics.
+//! The HTTP surface: GraphQL (queries, mutations, subscriptions), health, readiness and
+//! metrics.
 
 pub mod auth;
+pub mod graphql;
+mod http;
 mod ops;
 
 use axum::Router;
@@ -14,6 +17,9 @@ pub struct App {
     pub bus: CommandBus,
     pub metrics: Metrics,
     pub vault: Vault,
+    pub auth: auth::Authenticator,
+    pub runs: graphql::RunFeed,
+    pub schema: graphql::TenantflowSchema,
 }
 
 /// Shared application state.
@@ -30,6 +36,7 @@ impl std::ops::Deref for AppState {
 /// The service's router.
 pub fn router(state: AppState) -> Router {
     ops::routes()
+        .merge(http::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             ops::track_requests,

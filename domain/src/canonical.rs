@@ -2,10 +2,11 @@
 
 use sha2::{Digest, Sha256};
 
-/// The RFC 8785 canonical form of a JSON value: sorted keys, no whitespace, canonical
-/// numbers. Two values equal as JSON give the same string.
+/// The RFC 8785 canonical form of a JSON value: keys sorted by UTF-16 code units, no
+/// whitespace, ECMAScript number formatting, minimal string escapes. Two values equal as
+/// JSON give the same string.
 pub fn canonical_json(value: &serde_json::Value) -> String {
-    // Serializing a `serde_json::Value` cannot fail.
+    // Only non-finite numbers fail, and a `serde_json::Value` cannot hold one.
     serde_json_canonicalizer::to_string(value).unwrap_or_default()
 }
 
@@ -30,6 +31,43 @@ mod tests {
     #[test]
     fn numbers_are_canonical() {
         assert_eq!(canonical_json(&json!({"n": 1.0e2})), r#"{"n":100}"#);
+    }
+
+    #[test]
+    fn the_rfc_8785_example_canonicalizes_as_published() {
+        // RFC 8785, section 3.2.2 (input) and 3.2.3 (output).
+        let input = r#"{
+            "numbers": [333333333.33333329, 1E30, 4.50, 2e-3, 0.000000000000000000000000001],
+            "string": "\u20ac$\u000F\u000aA'\u0042\u0022\u005c\\\"\/",
+            "literals": [null, true, false]
+        }"#;
+        let value: serde_json::Value = serde_json::from_str(input).unwrap();
+        assert_eq!(
+            canonical_json(&value),
+            r#"{"literals":[null,true,false],"numbers":[333333333.3333333,1e+30,4.5,0.002,1e-27],"string":"€$\u000f\nA'B\"\\\\\"/"}"#
+        );
+    }
+
+    #[test]
+    fn keys_sort_by_utf16_code_units_not_code_points() {
+        // From the sorting example of RFC 8785, section 3.2.3: U+1F600 is the surrogate
+        // pair D83D DE00 in UTF-16, so it sorts before U+FB33 although its code point is
+        // higher.
+        let v = json!({"\u{fb33}": 1, "\u{1f600}": 2, "\u{20ac}": 3});
+        assert_eq!(
+            canonical_json(&v),
+            "{\"\u{20ac}\":3,\"\u{1f600}\":2,\"\u{fb33}\":1}"
+        );
+    }
+
+    #[test]
+    fn the_hash_of_a_snapshot_ignores_key_order() {
+        let a = json!({"id": "p1", "state": "enabled"});
+        let b = json!({"state": "enabled", "id": "p1"});
+        assert_eq!(
+            sha256_hex(canonical_json(&a).as_bytes()),
+            sha256_hex(canonical_json(&b).as_bytes())
+        );
     }
 
     #[test]

@@ -82,11 +82,7 @@ impl ReasonCode {
     }
 }
 
-impl std::fmt::Display for ReasonCode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+display_as_str!(ReasonCode);
 
 #[cfg(test)]
 mod tests {

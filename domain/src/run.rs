@@ -1,23 +1,45 @@
 //! The OperationRun aggregate (R2): one operationally relevant action and its lifecycle.
-//! Its events are also the workflow history (steps completed or failed, with attempts).
+//! Aggregate id: the [`RunId`](crate::RunId). Its events are also the workflow history:
+//! steps started, completed or failed, with their attempts.
+//!
+//! Status goes queued -> running -> completed; the outcome says how it completed. Every
+//! other move is refused with [`RunError::InvalidTransition`]. Messages and step
+//! summaries are sanitized before they reach an event (R2.4).
+
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 
-use crate::sanitize::sanitize_message;
-use crate::values::{ConnectionId, EntraTenantId, Provider, TenantKey, WorkspaceId};
+use crate::canonical::canonical_json;
+use crate::sanitize::{sanitize_json, sanitize_message};
+use crate::values::{
+    clean_name, is_machine_name, ConnectionId, EntraTenantId, Provider, TenantKey, WorkspaceId,
+    MAX_NAME,
+};
 use crate::{Authorize, DomainError, Permission, ReasonCode, Services};
+
+/// The largest step summary, in bytes of canonical JSON: summaries are counts and ids,
+/// never payloads.
+pub const MAX_STEP_SUMMARY: usize = 4096;
+/// The most named counts, or failures, a run records.
+const MAX_ENTRIES: usize = 100;
+/// The most next steps a blocked run offers.
+const MAX_NEXT_STEPS: usize = 10;
+const MAX_HREF: usize = 500;
 
 /// Where a run acts: provider, connection, target scope and module (R2.1).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunContext {
     pub provider: Provider,
+    /// `None` when the run was blocked for want of a connection.
     pub connection_id: Option<ConnectionId>,
+    /// The Entra tenant the run acts on; with the workspace, the scope it locks.
     pub target_scope: EntraTenantId,
     pub tenant_key: TenantKey,
+    /// A machine name such as `conditional_access`.
     pub module: String,
 }
 
@@ -25,10 +47,11 @@ pub struct RunContext {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NextStep {
     pub label: String,
+    /// A relative path starting with '/': never a URL of another site.
     pub href: String,
 }
 
-/// Why a run (or one of its parts) failed.
+/// Why a run (or one of its parts) failed. The message is sanitized when recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailureSummary {
     pub reason: ReasonCode,
@@ -36,20 +59,31 @@ pub struct FailureSummary {
     pub step: Option<String>,
 }
 
+/// What can be asked of a run. People queue and cancel runs; the engine records the rest.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunCommand {
+    /// Records a new run. The caller acquires the scope lock in the same transaction.
     Queue {
         workspace: WorkspaceId,
+        /// A machine name such as `policy.resync`.
         run_type: String,
         context: RunContext,
+        /// Who asked: a user id, or the schedule that started it.
         initiator: String,
     },
     Start,
+    /// An attempt of a step begins. Replaying the same start records nothing.
+    StartStep {
+        step: String,
+        attempt: u32,
+    },
+    /// An attempt of a step succeeded, with a small summary (counts, ids).
     CompleteStep {
         step: String,
         attempt: u32,
         summary: serde_json::Value,
     },
+    /// An attempt of a step failed; `retry_at` says when the next attempt is due.
     FailStep {
         step: String,
         attempt: u32,
@@ -75,7 +109,7 @@ pub enum RunCommand {
     /// A person asks to stop the run: a queued run is cancelled at once, a running one at
     /// its next step.
     RequestCancel,
-    /// The workflow stops a run whose cancellation was requested.
+    /// The workflow stops the run (after a request, or on its own).
     Cancel,
 }
 
@@ -83,11 +117,20 @@ impl Authorize for RunCommand {
     fn permission(&self) -> Permission {
         match self {
             RunCommand::Queue { .. } | RunCommand::RequestCancel => Permission::StartOperations,
-            _ => Permission::RecordProgress,
+            RunCommand::Start
+            | RunCommand::StartStep { .. }
+            | RunCommand::CompleteStep { .. }
+            | RunCommand::FailStep { .. }
+            | RunCommand::Succeed { .. }
+            | RunCommand::PartiallySucceed { .. }
+            | RunCommand::Fail { .. }
+            | RunCommand::Block { .. }
+            | RunCommand::Cancel => Permission::RecordProgress,
         }
     }
 }
 
+/// What happened to a run. Persisted: variants and fields are never renamed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum RunEvent {
     RunQueued {
@@ -98,6 +141,11 @@ pub enum RunEvent {
         queued_at: DateTime<Utc>,
     },
     RunStarted {
+        at: DateTime<Utc>,
+    },
+    RunStepStarted {
+        step: String,
+        attempt: u32,
         at: DateTime<Utc>,
     },
     RunStepCompleted {
@@ -145,6 +193,7 @@ impl DomainEvent for RunEvent {
         match self {
             RunEvent::RunQueued { .. } => "RunQueued",
             RunEvent::RunStarted { .. } => "RunStarted",
+            RunEvent::RunStepStarted { .. } => "RunStepStarted",
             RunEvent::RunStepCompleted { .. } => "RunStepCompleted",
             RunEvent::RunStepFailed { .. } => "RunStepFailed",
             RunEvent::RunSucceeded { .. } => "RunSucceeded",
@@ -161,6 +210,7 @@ impl DomainEvent for RunEvent {
     }
 }
 
+/// Where a run is in its life (R2.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
@@ -170,6 +220,18 @@ pub enum RunStatus {
     Completed,
 }
 
+impl RunStatus {
+    /// The stable snake_case spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Queued => "queued",
+            RunStatus::Running => "running",
+            RunStatus::Completed => "completed",
+        }
+    }
+}
+
+/// How a run ended; `pending` until it completes (R2.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunOutcome {
@@ -182,20 +244,55 @@ pub enum RunOutcome {
     Blocked,
 }
 
+impl RunOutcome {
+    /// The stable snake_case spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunOutcome::Pending => "pending",
+            RunOutcome::Succeeded => "succeeded",
+            RunOutcome::PartiallySucceeded => "partially_succeeded",
+            RunOutcome::Failed => "failed",
+            RunOutcome::Cancelled => "cancelled",
+            RunOutcome::Blocked => "blocked",
+        }
+    }
+}
+
+display_as_str!(RunStatus, RunOutcome, StepStatus);
+
+/// Why a run command was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RunError {
     #[error("the run does not exist")]
     NotFound,
     #[error("the run already exists")]
     AlreadyExists,
-    #[error("a run that is {status:?} cannot {action}")]
+    #[error("a {status} run cannot {action}")]
     InvalidTransition {
         status: RunStatus,
         action: &'static str,
     },
-    #[error("the run type must be 1-64 characters of a-z, 0-9, '.' and '_'")]
+    #[error("the run type must be 1-64 characters of a-z, 0-9, '.', '_' and '-'")]
     InvalidRunType,
-    #[error("next steps are links inside the product: a label and a path starting with '/'")]
+    #[error("the module must be 1-64 characters of a-z, 0-9, '.', '_' and '-'")]
+    InvalidModule,
+    #[error("the initiator must be 1-200 characters")]
+    InvalidInitiator,
+    #[error("a step needs a name of 1-64 characters of a-z, 0-9, '.', '_' and '-', and an attempt from 1")]
+    InvalidStep,
+    #[error("step {step} already completed")]
+    StepCompleted { step: String },
+    #[error("attempt {attempt} of step {step} is stale: attempt {latest} is already recorded")]
+    StaleAttempt {
+        step: String,
+        attempt: u32,
+        latest: u32,
+    },
+    #[error("invalid summary: {0}")]
+    InvalidSummary(&'static str),
+    #[error(
+        "next steps are links inside the product: a label and a path starting with '/', at most 10"
+    )]
     InvalidNextStep,
     #[error("the run's target tenant belongs to another workspace")]
     WorkspaceMismatch,
@@ -206,8 +303,38 @@ impl DomainError for RunError {
         match self {
             RunError::NotFound => ReasonCode::NotFound,
             RunError::AlreadyExists => ReasonCode::AlreadyExists,
-            RunError::InvalidTransition { .. } => ReasonCode::InvalidTransition,
-            _ => ReasonCode::ValidationFailed,
+            RunError::InvalidTransition { .. } | RunError::StepCompleted { .. } => {
+                ReasonCode::InvalidTransition
+            }
+            // Another worker recorded a later attempt: a lost race, not bad input.
+            RunError::StaleAttempt { .. } => ReasonCode::Conflict,
+            RunError::InvalidRunType
+            | RunError::InvalidModule
+            | RunError::InvalidInitiator
+            | RunError::InvalidStep
+            | RunError::InvalidSummary(_)
+            | RunError::InvalidNextStep
+            | RunError::WorkspaceMismatch => ReasonCode::ValidationFailed,
+        }
+    }
+}
+
+/// Where a step's last recorded attempt stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Started,
+    Completed,
+    Failed,
+}
+
+impl StepStatus {
+    /// The stable snake_case spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Started => "started",
+            StepStatus::Completed => "completed",
+            StepStatus::Failed => "failed",
         }
     }
 }
@@ -217,11 +344,12 @@ impl DomainError for RunError {
 pub struct StepState {
     pub step: String,
     pub attempt: u32,
-    pub completed: bool,
+    pub status: StepStatus,
     pub reason: Option<ReasonCode>,
     pub retry_at: Option<DateTime<Utc>>,
 }
 
+/// A run's state, folded from its events.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct OperationRun {
     pub workspace: Option<WorkspaceId>,
@@ -231,6 +359,7 @@ pub struct OperationRun {
     pub status: RunStatus,
     pub outcome: RunOutcome,
     pub cancel_requested: bool,
+    /// In the order they first ran.
     pub steps: Vec<StepState>,
     pub summary_counts: BTreeMap<String, i64>,
     pub failure_summary: Vec<FailureSummary>,
@@ -242,10 +371,12 @@ pub struct OperationRun {
 }
 
 impl OperationRun {
+    /// Whether the run was queued.
     pub fn exists(&self) -> bool {
         self.queued_at.is_some()
     }
 
+    /// Whether the run is queued or running.
     pub fn is_active(&self) -> bool {
         self.exists() && self.status != RunStatus::Completed
     }
@@ -269,6 +400,37 @@ impl OperationRun {
         }
     }
 
+    /// Whether recording `next` for `attempt` of `step` is new (`true`), a replay of what
+    /// is already recorded (`false`: workflows re-issue steps after a crash), or refused.
+    fn step_is_new(&self, step: &str, attempt: u32, next: StepStatus) -> Result<bool, RunError> {
+        use StepStatus::*;
+        self.require(&[RunStatus::Running], "record a step")?;
+        if !is_machine_name(step) || attempt == 0 {
+            return Err(RunError::InvalidStep);
+        }
+        let Some(last) = self.step(step) else {
+            return Ok(true);
+        };
+        let stale = || RunError::StaleAttempt {
+            step: step.to_owned(),
+            attempt,
+            latest: last.attempt,
+        };
+        match (last.status, next) {
+            (Completed, Completed) if attempt == last.attempt => Ok(false),
+            (Completed, _) => Err(RunError::StepCompleted {
+                step: step.to_owned(),
+            }),
+            _ if attempt > last.attempt => Ok(true),
+            _ if attempt < last.attempt => Err(stale()),
+            // The same attempt: a replay, the end of a started attempt, or a failed
+            // attempt reused (the next attempt needs the next number).
+            (Started, Started) | (Failed, Failed) => Ok(false),
+            (Started, _) => Ok(true),
+            (Failed, _) => Err(stale()),
+        }
+    }
+
     fn record_step(&mut self, state: StepState) {
         match self.steps.iter_mut().find(|s| s.step == state.step) {
             Some(s) => *s = state,
@@ -283,19 +445,51 @@ impl OperationRun {
     }
 }
 
-fn valid_run_type(t: &str) -> bool {
-    !t.is_empty()
-        && t.len() <= 64
-        && t.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_')
+fn check_counts(counts: &BTreeMap<String, i64>) -> Result<(), RunError> {
+    if counts.len() > MAX_ENTRIES {
+        return Err(RunError::InvalidSummary("at most 100 named counts"));
+    }
+    if !counts.keys().all(|k| is_machine_name(k)) {
+        return Err(RunError::InvalidSummary(
+            "count names are 1-64 characters of a-z, 0-9, '.', '_' and '-'",
+        ));
+    }
+    Ok(())
 }
 
-fn sanitize_failure(f: FailureSummary) -> FailureSummary {
-    FailureSummary {
+fn sanitize_failure(f: FailureSummary) -> Result<FailureSummary, RunError> {
+    if f.step.as_deref().is_some_and(|s| !is_machine_name(s)) {
+        return Err(RunError::InvalidStep);
+    }
+    Ok(FailureSummary {
         reason: f.reason,
         message: sanitize_message(&f.message),
         step: f.step,
+    })
+}
+
+fn clean_next_steps(steps: Vec<NextStep>) -> Result<Vec<NextStep>, RunError> {
+    if steps.len() > MAX_NEXT_STEPS {
+        return Err(RunError::InvalidNextStep);
     }
+    steps
+        .into_iter()
+        .map(|s| {
+            let label = clean_name(&s.label, MAX_NAME).ok_or(RunError::InvalidNextStep)?;
+            // A path of this site only: "//host" and "/\host" are other sites to a browser.
+            let href_ok = s.href.starts_with('/')
+                && !s.href.starts_with("//")
+                && !s.href.contains('\\')
+                && s.href.len() <= MAX_HREF
+                && !s.href.chars().any(|c| c.is_whitespace() || c.is_control());
+            href_ok
+                .then_some(NextStep {
+                    label,
+                    href: s.href,
+                })
+                .ok_or(RunError::InvalidNextStep)
+        })
+        .collect()
 }
 
 impl Aggregate for OperationRun {
@@ -323,17 +517,22 @@ impl Aggregate for OperationRun {
                 if self.exists() {
                     return Err(RunError::AlreadyExists);
                 }
-                if !valid_run_type(&run_type) {
+                if !is_machine_name(&run_type) {
                     return Err(RunError::InvalidRunType);
+                }
+                if !is_machine_name(&context.module) {
+                    return Err(RunError::InvalidModule);
                 }
                 if context.tenant_key.workspace != workspace {
                     return Err(RunError::WorkspaceMismatch);
                 }
+                let initiator =
+                    clean_name(&initiator, MAX_NAME).ok_or(RunError::InvalidInitiator)?;
                 let event = RunEvent::RunQueued {
                     workspace,
                     run_type,
                     context,
-                    initiator: initiator.chars().take(200).collect(),
+                    initiator,
                     queued_at: at,
                 };
                 sink.write(event, self).await;
@@ -342,19 +541,32 @@ impl Aggregate for OperationRun {
                 self.require(&[Queued], "start")?;
                 sink.write(RunEvent::RunStarted { at }, self).await;
             }
+            RunCommand::StartStep { step, attempt } => {
+                if self.step_is_new(&step, attempt, StepStatus::Started)? {
+                    let event = RunEvent::RunStepStarted { step, attempt, at };
+                    sink.write(event, self).await;
+                }
+            }
             RunCommand::CompleteStep {
                 step,
                 attempt,
                 summary,
             } => {
-                self.require(&[Running], "record a step")?;
-                let event = RunEvent::RunStepCompleted {
-                    step,
-                    attempt,
-                    summary,
-                    at,
-                };
-                sink.write(event, self).await;
+                if self.step_is_new(&step, attempt, StepStatus::Completed)? {
+                    let summary = sanitize_json(&summary);
+                    if canonical_json(&summary).len() > MAX_STEP_SUMMARY {
+                        return Err(RunError::InvalidSummary(
+                            "a step summary is at most 4 KiB of JSON",
+                        ));
+                    }
+                    let event = RunEvent::RunStepCompleted {
+                        step,
+                        attempt,
+                        summary,
+                        at,
+                    };
+                    sink.write(event, self).await;
+                }
             }
             RunCommand::FailStep {
                 step,
@@ -363,19 +575,21 @@ impl Aggregate for OperationRun {
                 message,
                 retry_at,
             } => {
-                self.require(&[Running], "record a step")?;
-                let event = RunEvent::RunStepFailed {
-                    step,
-                    attempt,
-                    reason,
-                    message: sanitize_message(&message),
-                    retry_at,
-                    at,
-                };
-                sink.write(event, self).await;
+                if self.step_is_new(&step, attempt, StepStatus::Failed)? {
+                    let event = RunEvent::RunStepFailed {
+                        step,
+                        attempt,
+                        reason,
+                        message: sanitize_message(&message),
+                        retry_at,
+                        at,
+                    };
+                    sink.write(event, self).await;
+                }
             }
             RunCommand::Succeed { summary_counts } => {
                 self.require(&[Running], "succeed")?;
+                check_counts(&summary_counts)?;
                 sink.write(RunEvent::RunSucceeded { summary_counts, at }, self)
                     .await;
             }
@@ -384,7 +598,14 @@ impl Aggregate for OperationRun {
                 failures,
             } => {
                 self.require(&[Running], "partially succeed")?;
-                let failures = failures.into_iter().map(sanitize_failure).collect();
+                check_counts(&summary_counts)?;
+                if failures.len() > MAX_ENTRIES {
+                    return Err(RunError::InvalidSummary("at most 100 failures"));
+                }
+                let failures = failures
+                    .into_iter()
+                    .map(sanitize_failure)
+                    .collect::<Result<_, _>>()?;
                 let event = RunEvent::RunPartiallySucceeded {
                     summary_counts,
                     failures,
@@ -393,36 +614,23 @@ impl Aggregate for OperationRun {
                 sink.write(event, self).await;
             }
             RunCommand::Fail { failure } => {
+                // A queued run may fail too: its workflow can find a problem before it
+                // starts work.
                 self.require(&[Queued, Running], "fail")?;
                 let event = RunEvent::RunFailed {
-                    failure: sanitize_failure(failure),
+                    failure: sanitize_failure(failure)?,
                     at,
                 };
                 sink.write(event, self).await;
             }
             RunCommand::Block { reason, next_steps } => {
                 self.require(&[Queued], "be blocked")?;
-                let valid = next_steps.len() <= 10
-                    && next_steps.iter().all(|s| {
-                        !s.label.trim().is_empty()
-                            && s.label.len() <= 200
-                            && s.href.starts_with('/')
-                            && !s.href.starts_with("//")
-                            && s.href.len() <= 500
-                            && !s.href.chars().any(|c| c.is_whitespace() || c.is_control())
-                    });
-                if !valid {
-                    return Err(RunError::InvalidNextStep);
-                }
-                sink.write(
-                    RunEvent::RunBlocked {
-                        reason,
-                        next_steps,
-                        at,
-                    },
-                    self,
-                )
-                .await;
+                let event = RunEvent::RunBlocked {
+                    reason,
+                    next_steps: clean_next_steps(next_steps)?,
+                    at,
+                };
+                sink.write(event, self).await;
             }
             RunCommand::RequestCancel => {
                 self.require(&[Queued, Running], "be cancelled")?;
@@ -459,10 +667,17 @@ impl Aggregate for OperationRun {
                 self.status = RunStatus::Running;
                 self.started_at = Some(at);
             }
+            RunEvent::RunStepStarted { step, attempt, .. } => self.record_step(StepState {
+                step,
+                attempt,
+                status: StepStatus::Started,
+                reason: None,
+                retry_at: None,
+            }),
             RunEvent::RunStepCompleted { step, attempt, .. } => self.record_step(StepState {
                 step,
                 attempt,
-                completed: true,
+                status: StepStatus::Completed,
                 reason: None,
                 retry_at: None,
             }),
@@ -475,7 +690,7 @@ impl Aggregate for OperationRun {
             } => self.record_step(StepState {
                 step,
                 attempt,
-                completed: false,
+                status: StepStatus::Failed,
                 reason: Some(reason),
                 retry_at,
             }),
@@ -514,32 +729,34 @@ impl Aggregate for OperationRun {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::FixedClock;
-    use chrono::TimeZone;
+    use crate::testing::{
+        assert_event_types_match_payload_tags, guid, now, services, tenant_key, workspace,
+    };
     use cqrs_es::test::TestFramework;
-    use std::sync::Arc;
+    use serde_json::json;
 
     type F = TestFramework<OperationRun>;
 
-    fn now() -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 11, 23, 9, 0, 0).unwrap()
-    }
-    fn services() -> Services {
-        Services::new(Arc::new(FixedClock::at(now())))
-    }
     fn context() -> RunContext {
-        let guid: EntraTenantId = "72f988bf-86f1-41af-91ab-2d7cd011db47".parse().unwrap();
         RunContext {
             provider: Provider::Microsoft,
             connection_id: Some(ConnectionId(uuid::Uuid::from_u128(1))),
-            target_scope: guid,
-            tenant_key: format!("acme:{guid}").parse().unwrap(),
+            target_scope: guid(),
+            tenant_key: tenant_key(),
             module: "policies".into(),
+        }
+    }
+    fn queue() -> RunCommand {
+        RunCommand::Queue {
+            workspace: workspace(),
+            run_type: "policy.resync".into(),
+            context: context(),
+            initiator: "alice".into(),
         }
     }
     fn queued() -> RunEvent {
         RunEvent::RunQueued {
-            workspace: "acme".parse().unwrap(),
+            workspace: workspace(),
             run_type: "policy.resync".into(),
             context: context(),
             initiator: "alice".into(),
@@ -549,6 +766,13 @@ mod tests {
     fn started() -> RunEvent {
         RunEvent::RunStarted { at: now() }
     }
+    fn running() -> Vec<RunEvent> {
+        vec![queued(), started()]
+    }
+    fn with(mut events: Vec<RunEvent>, more: RunEvent) -> Vec<RunEvent> {
+        events.push(more);
+        events
+    }
     fn state(events: Vec<RunEvent>) -> OperationRun {
         let mut r = OperationRun::default();
         for e in events {
@@ -556,37 +780,161 @@ mod tests {
         }
         r
     }
+    fn start_step(attempt: u32) -> RunCommand {
+        RunCommand::StartStep {
+            step: "fetch".into(),
+            attempt,
+        }
+    }
+    fn step_started(attempt: u32) -> RunEvent {
+        RunEvent::RunStepStarted {
+            step: "fetch".into(),
+            attempt,
+            at: now(),
+        }
+    }
+    fn complete_step(attempt: u32) -> RunCommand {
+        RunCommand::CompleteStep {
+            step: "fetch".into(),
+            attempt,
+            summary: json!({"policies": 3}),
+        }
+    }
+    fn step_completed(attempt: u32) -> RunEvent {
+        RunEvent::RunStepCompleted {
+            step: "fetch".into(),
+            attempt,
+            summary: json!({"policies": 3}),
+            at: now(),
+        }
+    }
+    fn fail_step(attempt: u32) -> RunCommand {
+        RunCommand::FailStep {
+            step: "fetch".into(),
+            attempt,
+            reason: ReasonCode::GraphThrottled,
+            message: "429".into(),
+            retry_at: None,
+        }
+    }
+    fn step_failed(attempt: u32) -> RunEvent {
+        RunEvent::RunStepFailed {
+            step: "fetch".into(),
+            attempt,
+            reason: ReasonCode::GraphThrottled,
+            message: "429".into(),
+            retry_at: None,
+            at: now(),
+        }
+    }
+    fn failure(message: &str) -> FailureSummary {
+        FailureSummary {
+            reason: ReasonCode::GraphUnavailable,
+            message: message.into(),
+            step: Some("fetch".into()),
+        }
+    }
+    fn counts(n: i64) -> BTreeMap<String, i64> {
+        BTreeMap::from([("policies".to_owned(), n)])
+    }
+    /// One of each command but `Queue`.
+    fn every_command_after_queue() -> Vec<RunCommand> {
+        vec![
+            RunCommand::Start,
+            start_step(1),
+            complete_step(1),
+            fail_step(1),
+            RunCommand::Succeed {
+                summary_counts: counts(1),
+            },
+            RunCommand::PartiallySucceed {
+                summary_counts: counts(1),
+                failures: vec![],
+            },
+            RunCommand::Fail {
+                failure: failure("x"),
+            },
+            RunCommand::Block {
+                reason: ReasonCode::ProviderConnectionMissing,
+                next_steps: vec![],
+            },
+            RunCommand::RequestCancel,
+            RunCommand::Cancel,
+        ]
+    }
+    fn blocked(next_steps: Vec<NextStep>) -> RunEvent {
+        RunEvent::RunBlocked {
+            reason: ReasonCode::ProviderConnectionMissing,
+            next_steps,
+            at: now(),
+        }
+    }
+    fn link(label: &str, href: &str) -> NextStep {
+        NextStep {
+            label: label.into(),
+            href: href.into(),
+        }
+    }
 
     #[test]
     fn a_run_is_queued_pending() {
         F::with(services())
             .given_no_previous_events()
-            .when(RunCommand::Queue {
-                workspace: "acme".parse().unwrap(),
-                run_type: "policy.resync".into(),
-                context: context(),
-                initiator: "alice".into(),
-            })
+            .when(queue())
             .then_expect_events(vec![queued()]);
         let r = state(vec![queued()]);
         assert_eq!(
             (r.status, r.outcome),
             (RunStatus::Queued, RunOutcome::Pending)
         );
+        assert_eq!(r.context, Some(context()));
         assert!(r.is_active());
     }
 
     #[test]
-    fn a_malformed_run_type_is_refused() {
+    fn a_run_cannot_be_queued_twice() {
         F::with(services())
-            .given_no_previous_events()
-            .when(RunCommand::Queue {
-                workspace: "acme".parse().unwrap(),
-                run_type: "Policy Resync!".into(),
-                context: context(),
-                initiator: "alice".into(),
-            })
-            .then_expect_error(RunError::InvalidRunType);
+            .given(vec![queued()])
+            .when(queue())
+            .then_expect_error(RunError::AlreadyExists);
+    }
+
+    #[test]
+    fn a_malformed_run_type_module_or_initiator_is_refused() {
+        let cases = [
+            (
+                "Policy Resync!",
+                "policies",
+                "alice",
+                RunError::InvalidRunType,
+            ),
+            (
+                "policy.resync",
+                "Conditional Access",
+                "alice",
+                RunError::InvalidModule,
+            ),
+            (
+                "policy.resync",
+                "policies",
+                "  ",
+                RunError::InvalidInitiator,
+            ),
+        ];
+        for (run_type, module, initiator, error) in cases {
+            F::with(services())
+                .given_no_previous_events()
+                .when(RunCommand::Queue {
+                    workspace: workspace(),
+                    run_type: run_type.into(),
+                    context: RunContext {
+                        module: module.into(),
+                        ..context()
+                    },
+                    initiator: initiator.into(),
+                })
+                .then_expect_error(error);
+        }
     }
 
     #[test]
@@ -603,49 +951,120 @@ mod tests {
     }
 
     #[test]
+    fn commands_on_a_missing_run_are_refused() {
+        for command in [RunCommand::Start, start_step(1), RunCommand::RequestCancel] {
+            F::with(services())
+                .given_no_previous_events()
+                .when(command)
+                .then_expect_error(RunError::NotFound);
+        }
+    }
+
+    #[test]
+    fn a_queued_run_starts_running() {
+        F::with(services())
+            .given(vec![queued()])
+            .when(RunCommand::Start)
+            .then_expect_events(vec![started()]);
+        let r = state(running());
+        assert_eq!(r.status, RunStatus::Running);
+        assert_eq!(r.started_at, Some(now()));
+    }
+
+    #[test]
+    fn a_running_run_cannot_start_again() {
+        F::with(services())
+            .given(running())
+            .when(RunCommand::Start)
+            .then_expect_error(RunError::InvalidTransition {
+                status: RunStatus::Running,
+                action: "start",
+            });
+    }
+
+    #[test]
     fn a_run_goes_queued_running_completed_with_timestamps() {
-        let r = state(vec![
-            queued(),
-            started(),
+        F::with(services())
+            .given(running())
+            .when(RunCommand::Succeed {
+                summary_counts: counts(3),
+            })
+            .then_expect_events(vec![RunEvent::RunSucceeded {
+                summary_counts: counts(3),
+                at: now(),
+            }]);
+        let r = state(with(
+            running(),
             RunEvent::RunSucceeded {
-                summary_counts: BTreeMap::from([("policies".into(), 3)]),
+                summary_counts: counts(3),
                 at: now(),
             },
-        ]);
+        ));
         assert_eq!(
             (r.status, r.outcome),
             (RunStatus::Completed, RunOutcome::Succeeded)
         );
-        assert_eq!(r.started_at, Some(now()));
-        assert_eq!(r.completed_at, Some(now()));
+        assert_eq!((r.started_at, r.completed_at), (Some(now()), Some(now())));
         assert_eq!(r.summary_counts["policies"], 3);
         assert!(!r.is_active());
     }
 
     #[test]
-    fn a_completed_run_cannot_start_again() {
-        F::with(services())
-            .given(vec![
-                queued(),
-                started(),
-                RunEvent::RunCancelled { at: now() },
-            ])
-            .when(RunCommand::Start)
-            .then_expect_error(RunError::InvalidTransition {
-                status: RunStatus::Completed,
-                action: "start",
-            });
+    fn only_a_running_run_succeeds() {
+        let cases = [
+            (
+                RunCommand::Succeed {
+                    summary_counts: counts(1),
+                },
+                "a queued run cannot succeed",
+            ),
+            (
+                RunCommand::PartiallySucceed {
+                    summary_counts: counts(1),
+                    failures: vec![],
+                },
+                "a queued run cannot partially succeed",
+            ),
+        ];
+        for (command, message) in cases {
+            F::with(services())
+                .given(vec![queued()])
+                .when(command)
+                .then_expect_error_message(message);
+        }
+    }
+
+    #[test]
+    fn a_completed_run_refuses_every_transition() {
+        for command in every_command_after_queue() {
+            let result = F::with(services())
+                .given(with(running(), RunEvent::RunCancelled { at: now() }))
+                .when(command.clone())
+                .inspect_result();
+            match result {
+                Err(RunError::InvalidTransition { status, .. }) => {
+                    assert_eq!(status, RunStatus::Completed, "{command:?}")
+                }
+                other => panic!("{command:?} gave {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn transition_errors_read_as_a_sentence() {
+        let e = RunError::InvalidTransition {
+            status: RunStatus::Completed,
+            action: "start",
+        };
+        assert_eq!(e.to_string(), "a completed run cannot start");
+        assert_eq!(e.reason_code(), ReasonCode::InvalidTransition);
     }
 
     #[test]
     fn steps_are_only_recorded_while_running() {
         F::with(services())
             .given(vec![queued()])
-            .when(RunCommand::CompleteStep {
-                step: "token".into(),
-                attempt: 1,
-                summary: serde_json::json!({}),
-            })
+            .when(complete_step(1))
             .then_expect_error(RunError::InvalidTransition {
                 status: RunStatus::Queued,
                 action: "record a step",
@@ -653,10 +1072,130 @@ mod tests {
     }
 
     #[test]
+    fn a_step_is_started_then_completed() {
+        F::with(services())
+            .given(running())
+            .when(start_step(1))
+            .then_expect_events(vec![step_started(1)]);
+        F::with(services())
+            .given(with(running(), step_started(1)))
+            .when(complete_step(1))
+            .then_expect_events(vec![step_completed(1)]);
+        let r = state(vec![
+            queued(),
+            started(),
+            step_started(1),
+            step_completed(1),
+        ]);
+        assert_eq!(
+            r.step("fetch").map(|s| s.status),
+            Some(StepStatus::Completed)
+        );
+    }
+
+    #[test]
+    fn a_step_summary_is_sanitized() {
+        F::with(services())
+            .given(running())
+            .when(RunCommand::CompleteStep {
+                step: "token".into(),
+                attempt: 1,
+                summary: json!({"access_token": "abc", "note": "Bearer xyz"}),
+            })
+            .then_expect_events(vec![RunEvent::RunStepCompleted {
+                step: "token".into(),
+                attempt: 1,
+                summary: json!({"access_token": "[redacted]", "note": "Bearer [redacted]"}),
+                at: now(),
+            }]);
+    }
+
+    #[test]
+    fn an_oversized_step_summary_is_refused() {
+        // About 14 bytes per id: 400 ids are well over 4 KiB.
+        let ids: Vec<String> = (0..400).map(|i| format!("policy-{i:04}")).collect();
+        F::with(services())
+            .given(running())
+            .when(RunCommand::CompleteStep {
+                step: "fetch".into(),
+                attempt: 1,
+                summary: json!({ "ids": ids }),
+            })
+            .then_expect_error(RunError::InvalidSummary(
+                "a step summary is at most 4 KiB of JSON",
+            ));
+    }
+
+    #[test]
+    fn a_malformed_step_name_or_attempt_zero_is_refused() {
+        for (step, attempt) in [("Fetch Policies", 1), ("fetch", 0)] {
+            F::with(services())
+                .given(running())
+                .when(RunCommand::StartStep {
+                    step: step.into(),
+                    attempt,
+                })
+                .then_expect_error(RunError::InvalidStep);
+        }
+    }
+
+    #[test]
+    fn replaying_a_recorded_step_records_nothing() {
+        let cases = [
+            (step_started(1), start_step(1)),
+            (step_completed(1), complete_step(1)),
+            (step_failed(1), fail_step(1)),
+        ];
+        for (recorded, replayed) in cases {
+            F::with(services())
+                .given(with(running(), recorded))
+                .when(replayed)
+                .then_expect_events(vec![]);
+        }
+    }
+
+    #[test]
+    fn a_stale_attempt_is_refused_as_a_conflict() {
+        let stale = RunError::StaleAttempt {
+            step: "fetch".into(),
+            attempt: 1,
+            latest: 2,
+        };
+        for command in [start_step(1), complete_step(1), fail_step(1)] {
+            F::with(services())
+                .given(vec![queued(), started(), step_failed(1), step_started(2)])
+                .when(command)
+                .then_expect_error(stale.clone());
+        }
+        assert_eq!(stale.reason_code(), ReasonCode::Conflict);
+        // A failed attempt is over: its number cannot start or complete again.
+        F::with(services())
+            .given(with(running(), step_failed(1)))
+            .when(complete_step(1))
+            .then_expect_error(RunError::StaleAttempt {
+                step: "fetch".into(),
+                attempt: 1,
+                latest: 1,
+            });
+    }
+
+    #[test]
+    fn a_completed_step_does_not_run_again() {
+        for command in [start_step(2), complete_step(2), fail_step(2)] {
+            F::with(services())
+                .given(with(running(), step_completed(1)))
+                .when(command)
+                .then_expect_error(RunError::StepCompleted {
+                    step: "fetch".into(),
+                });
+        }
+    }
+
+    #[test]
     fn a_failed_step_keeps_its_reason_retry_time_and_a_sanitized_message() {
         let retry = now() + chrono::Duration::seconds(5);
         F::with(services())
-            .given(vec![queued(), started()])
+            .given(with(running(), step_started(2)))
             .when(RunCommand::FailStep {
                 step: "fetch".into(),
                 attempt: 2,
@@ -675,30 +1214,110 @@ mod tests {
     }
 
     #[test]
+    fn a_retry_starts_the_next_attempt() {
+        F::with(services())
+            .given(with(running(), step_failed(1)))
+            .when(start_step(2))
+            .then_expect_events(vec![step_started(2)]);
+        let r = state(vec![queued(), started(), step_failed(1), step_started(2)]);
+        let step = r.step("fetch").unwrap();
+        assert_eq!((step.attempt, step.status), (2, StepStatus::Started));
+        assert_eq!(r.steps.len(), 1);
+    }
+
+    #[test]
+    fn a_partially_successful_run_keeps_counts_and_sanitized_failures() {
+        F::with(services())
+            .given(running())
+            .when(RunCommand::PartiallySucceed {
+                summary_counts: counts(2),
+                failures: vec![failure("tenant x: password=hunter2")],
+            })
+            .then_expect_events(vec![RunEvent::RunPartiallySucceeded {
+                summary_counts: counts(2),
+                failures: vec![failure("tenant x: password=[redacted]")],
+                at: now(),
+            }]);
+        let r = state(with(
+            running(),
+            RunEvent::RunPartiallySucceeded {
+                summary_counts: counts(2),
+                failures: vec![failure("x")],
+                at: now(),
+            },
+        ));
+        assert_eq!(r.outcome, RunOutcome::PartiallySucceeded);
+        assert_eq!(r.failure_summary, vec![failure("x")]);
+    }
+
+    #[test]
+    fn summary_counts_must_be_few_and_named_like_machines() {
+        let badly_named = BTreeMap::from([("Policies Created".to_owned(), 1)]);
+        let too_many = (0..=MAX_ENTRIES).map(|i| (format!("c{i}"), 1)).collect();
+        for summary_counts in [badly_named, too_many] {
+            let result = F::with(services())
+                .given(running())
+                .when(RunCommand::Succeed { summary_counts })
+                .inspect_result();
+            assert!(
+                matches!(result, Err(RunError::InvalidSummary(_))),
+                "{result:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_failed_run_keeps_a_sanitized_failure_summary() {
+        F::with(services())
+            .given(running())
+            .when(RunCommand::Fail {
+                failure: failure("502 from graph, secret=abc"),
+            })
+            .then_expect_events(vec![RunEvent::RunFailed {
+                failure: failure("502 from graph, secret=[redacted]"),
+                at: now(),
+            }]);
+        let r = state(with(
+            running(),
+            RunEvent::RunFailed {
+                failure: failure("x"),
+                at: now(),
+            },
+        ));
+        assert_eq!(
+            (r.status, r.outcome),
+            (RunStatus::Completed, RunOutcome::Failed)
+        );
+        assert_eq!(r.failure_summary, vec![failure("x")]);
+    }
+
+    #[test]
+    fn a_queued_run_can_fail_before_it_starts() {
+        F::with(services())
+            .given(vec![queued()])
+            .when(RunCommand::Fail {
+                failure: failure("x"),
+            })
+            .then_expect_events(vec![RunEvent::RunFailed {
+                failure: failure("x"),
+                at: now(),
+            }]);
+    }
+
+    #[test]
     fn a_queued_run_is_blocked_with_a_reason_and_link_only_next_steps() {
-        let steps = vec![NextStep {
-            label: "Add a Microsoft connection".into(),
-            href: "/tenants/acme/connections/new".into(),
-        }];
+        let steps = vec![link(
+            "Add a Microsoft connection",
+            "/tenants/acme/connections/new",
+        )];
         F::with(services())
             .given(vec![queued()])
             .when(RunCommand::Block {
                 reason: ReasonCode::ProviderConnectionMissing,
-                next_steps: steps.clone(),
+                next_steps: vec![link(" Add a Microsoft connection ", &steps[0].href)],
             })
-            .then_expect_events(vec![RunEvent::RunBlocked {
-                reason: ReasonCode::ProviderConnectionMissing,
-                next_steps: steps.clone(),
-                at: now(),
-            }]);
-        let r = state(vec![
-            queued(),
-            RunEvent::RunBlocked {
-                reason: ReasonCode::ProviderConnectionMissing,
-                next_steps: steps,
-                at: now(),
-            },
-        ]);
+            .then_expect_events(vec![blocked(steps.clone())]);
+        let r = state(vec![queued(), blocked(steps.clone())]);
         assert_eq!(
             (r.status, r.outcome),
             (RunStatus::Completed, RunOutcome::Blocked)
@@ -707,24 +1326,29 @@ mod tests {
             r.blocked_reason,
             Some(ReasonCode::ProviderConnectionMissing)
         );
+        assert_eq!(r.next_steps, steps);
+        assert_eq!(r.completed_at, Some(now()));
+        assert_eq!(r.started_at, None);
     }
 
     #[test]
     fn next_steps_that_leave_the_product_are_refused() {
-        for href in [
-            "https://evil.example/",
-            "//evil.example",
-            "javascript:alert(1)",
-            "/a b",
-        ] {
+        let bad = [
+            link("x", "https://evil.example/"),
+            link("x", "//evil.example"),
+            link("x", "/\\evil.example"),
+            link("x", "javascript:alert(1)"),
+            link("x", "/a b"),
+            link(" ", "/tenants"),
+            link("x", &format!("/{}", "a".repeat(MAX_HREF))),
+        ];
+        let too_many = vec![link("x", "/x"); MAX_NEXT_STEPS + 1];
+        for next_steps in bad.into_iter().map(|s| vec![s]).chain([too_many]) {
             F::with(services())
                 .given(vec![queued()])
                 .when(RunCommand::Block {
                     reason: ReasonCode::ProviderConsentMissing,
-                    next_steps: vec![NextStep {
-                        label: "x".into(),
-                        href: href.into(),
-                    }],
+                    next_steps,
                 })
                 .then_expect_error(RunError::InvalidNextStep);
         }
@@ -733,7 +1357,7 @@ mod tests {
     #[test]
     fn a_running_run_cannot_be_blocked() {
         F::with(services())
-            .given(vec![queued(), started()])
+            .given(running())
             .when(RunCommand::Block {
                 reason: ReasonCode::ProviderConsentMissing,
                 next_steps: vec![],
@@ -750,59 +1374,96 @@ mod tests {
             .given(vec![queued()])
             .when(RunCommand::RequestCancel)
             .then_expect_events(vec![RunEvent::RunCancelled { at: now() }]);
+        let r = state(vec![queued(), RunEvent::RunCancelled { at: now() }]);
+        assert_eq!(
+            (r.status, r.outcome),
+            (RunStatus::Completed, RunOutcome::Cancelled)
+        );
     }
 
     #[test]
     fn cancelling_a_running_run_is_a_request_recorded_once() {
         F::with(services())
-            .given(vec![queued(), started()])
+            .given(running())
             .when(RunCommand::RequestCancel)
             .then_expect_events(vec![RunEvent::RunCancelRequested { at: now() }]);
+        let requested = with(running(), RunEvent::RunCancelRequested { at: now() });
+        assert!(state(requested.clone()).cancel_requested);
+        assert!(state(requested.clone()).is_active());
         F::with(services())
-            .given(vec![
-                queued(),
-                started(),
-                RunEvent::RunCancelRequested { at: now() },
-            ])
+            .given(requested)
             .when(RunCommand::RequestCancel)
             .then_expect_events(vec![]);
     }
 
     #[test]
-    fn a_failed_run_keeps_a_sanitized_failure_summary() {
+    fn the_workflow_cancels_a_running_run() {
         F::with(services())
-            .given(vec![queued(), started()])
-            .when(RunCommand::Fail {
-                failure: FailureSummary {
-                    reason: ReasonCode::GraphUnavailable,
-                    message: "502 from graph, secret=abc".into(),
-                    step: Some("fetch".into()),
-                },
-            })
-            .then_expect_events(vec![RunEvent::RunFailed {
-                failure: FailureSummary {
-                    reason: ReasonCode::GraphUnavailable,
-                    message: "502 from graph, secret=[redacted]".into(),
-                    step: Some("fetch".into()),
-                },
-                at: now(),
-            }]);
+            .given(with(running(), RunEvent::RunCancelRequested { at: now() }))
+            .when(RunCommand::Cancel)
+            .then_expect_events(vec![RunEvent::RunCancelled { at: now() }]);
     }
 
     #[test]
     fn people_queue_and_cancel_runs_only_the_engine_records_progress() {
-        assert_eq!(
-            RunCommand::RequestCancel.permission(),
-            Permission::StartOperations
-        );
-        assert_eq!(RunCommand::Start.permission(), Permission::RecordProgress);
-        assert_eq!(
-            RunCommand::Block {
-                reason: ReasonCode::ProviderConnectionMissing,
-                next_steps: vec![]
-            }
-            .permission(),
-            Permission::RecordProgress
-        );
+        assert_eq!(queue().permission(), Permission::StartOperations);
+        for c in every_command_after_queue() {
+            let expected = match c {
+                RunCommand::RequestCancel => Permission::StartOperations,
+                _ => Permission::RecordProgress,
+            };
+            assert_eq!(c.permission(), expected, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn statuses_and_outcomes_are_spelled_in_snake_case() {
+        for s in [RunStatus::Queued, RunStatus::Running, RunStatus::Completed] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        for o in [
+            RunOutcome::Pending,
+            RunOutcome::Succeeded,
+            RunOutcome::PartiallySucceeded,
+            RunOutcome::Failed,
+            RunOutcome::Cancelled,
+            RunOutcome::Blocked,
+        ] {
+            assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
+        }
+        for s in [
+            StepStatus::Started,
+            StepStatus::Completed,
+            StepStatus::Failed,
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.to_string());
+        }
+    }
+
+    #[test]
+    fn event_types_match_their_stored_tags() {
+        assert_event_types_match_payload_tags(&[
+            queued(),
+            started(),
+            step_started(1),
+            step_completed(1),
+            step_failed(1),
+            RunEvent::RunSucceeded {
+                summary_counts: counts(1),
+                at: now(),
+            },
+            RunEvent::RunPartiallySucceeded {
+                summary_counts: counts(1),
+                failures: vec![],
+                at: now(),
+            },
+            RunEvent::RunFailed {
+                failure: failure("x"),
+                at: now(),
+            },
+            blocked(vec![]),
+            RunEvent::RunCancelRequested { at: now() },
+            RunEvent::RunCancelled { at: now() },
+        ]);
     }
 }

@@ -1,24 +1,31 @@
-//! The ScopeLock aggregate (R2.2): at most one active run per target scope. Starting the
-//! same operation type again returns the active run (dedupe); another type is refused as
-//! scope busy, naming the active run. The caller appends `Acquire` and the run's `Queue`
-//! in one transaction, so optimistic concurrency on this stream serializes starts.
+//! The ScopeLock aggregate (R2.2): at most one active run per target scope. Aggregate id:
+//! [`scope_key`], `{workspace}:{entra tenant guid}`.
+//!
+//! Starting the same operation type again returns the active run (dedupe, no events);
+//! another type is refused as scope busy, naming the active run. The caller appends
+//! `Acquire` and the run's `Queue` in one transaction, so optimistic concurrency on this
+//! stream lets exactly one of many concurrent starts through.
 
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 
-use crate::values::{EntraTenantId, RunId, WorkspaceId};
+use crate::values::{is_machine_name, EntraTenantId, RunId, WorkspaceId};
 use crate::{Authorize, DomainError, Permission, ReasonCode, Services};
 
-/// The aggregate id of a scope lock.
+/// The aggregate id of the scope lock of `scope` in `workspace`.
 pub fn scope_key(workspace: &WorkspaceId, scope: EntraTenantId) -> String {
     format!("{workspace}:{scope}")
 }
 
+/// What can be asked of a scope lock.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ScopeCommand {
+    /// Takes the scope for `run_id`. Held by a run of the same type: no events, and the
+    /// caller reads [`ScopeLock::active`] for the run to return.
     Acquire { run_id: RunId, run_type: String },
+    /// Frees the scope if `run_id` holds it; otherwise nothing (idempotent).
     Release { run_id: RunId },
 }
 
@@ -31,6 +38,7 @@ impl Authorize for ScopeCommand {
     }
 }
 
+/// What happened to a scope lock. Persisted: variants and fields are never renamed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ScopeEvent {
     ScopeAcquired {
@@ -57,18 +65,25 @@ impl DomainEvent for ScopeEvent {
     }
 }
 
+/// Why a scope lock command was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ScopeError {
+    /// Another operation type is active for the scope.
     #[error("scope busy: run {active_run_id} ({active_run_type}) is active for this scope")]
     Busy {
         active_run_id: RunId,
         active_run_type: String,
     },
+    #[error("the run type must be 1-64 characters of a-z, 0-9, '.', '_' and '-'")]
+    InvalidRunType,
 }
 
 impl DomainError for ScopeError {
     fn reason_code(&self) -> ReasonCode {
-        ReasonCode::ScopeBusy
+        match self {
+            ScopeError::Busy { .. } => ReasonCode::ScopeBusy,
+            ScopeError::InvalidRunType => ReasonCode::ValidationFailed,
+        }
     }
 }
 
@@ -79,6 +94,7 @@ pub struct ActiveRun {
     pub run_type: String,
 }
 
+/// A scope lock's state, folded from its events.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct ScopeLock {
     pub active: Option<ActiveRun>,
@@ -106,27 +122,29 @@ impl Aggregate for ScopeLock {
     ) -> Result<(), ScopeError> {
         let at = services.clock.now();
         match command {
-            ScopeCommand::Acquire { run_id, run_type } => match &self.active {
-                None => {
-                    sink.write(
-                        ScopeEvent::ScopeAcquired {
+            ScopeCommand::Acquire { run_id, run_type } => {
+                if !is_machine_name(&run_type) {
+                    return Err(ScopeError::InvalidRunType);
+                }
+                match &self.active {
+                    None => {
+                        let event = ScopeEvent::ScopeAcquired {
                             run_id,
                             run_type,
                             at,
-                        },
-                        self,
-                    )
-                    .await
+                        };
+                        sink.write(event, self).await;
+                    }
+                    // Same type: dedupe, the caller reads the active run from the state.
+                    Some(active) if active.run_type == run_type => {}
+                    Some(active) => {
+                        return Err(ScopeError::Busy {
+                            active_run_id: active.run_id,
+                            active_run_type: active.run_type.clone(),
+                        })
+                    }
                 }
-                // Same type: dedupe, the caller reads the active run from the state.
-                Some(active) if active.run_type == run_type => {}
-                Some(active) => {
-                    return Err(ScopeError::Busy {
-                        active_run_id: active.run_id,
-                        active_run_type: active.run_type.clone(),
-                    })
-                }
-            },
+            }
             ScopeCommand::Release { run_id } => {
                 if self.active.as_ref().is_some_and(|a| a.run_id == run_id) {
                     sink.write(ScopeEvent::ScopeReleased { run_id, at }, self)
@@ -150,70 +168,96 @@ impl Aggregate for ScopeLock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::FixedClock;
-    use chrono::TimeZone;
+    use crate::testing::{assert_event_types_match_payload_tags, guid, now, services, workspace};
     use cqrs_es::test::TestFramework;
-    use std::sync::Arc;
 
     type F = TestFramework<ScopeLock>;
 
-    fn now() -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 11, 23, 9, 0, 0).unwrap()
-    }
-    fn services() -> Services {
-        Services::new(Arc::new(FixedClock::at(now())))
-    }
     fn run(n: u128) -> RunId {
         RunId(uuid::Uuid::from_u128(n))
     }
-    fn acquired(n: u128, t: &str) -> ScopeEvent {
+    fn acquire(n: u128, run_type: &str) -> ScopeCommand {
+        ScopeCommand::Acquire {
+            run_id: run(n),
+            run_type: run_type.into(),
+        }
+    }
+    fn acquired(n: u128, run_type: &str) -> ScopeEvent {
         ScopeEvent::ScopeAcquired {
             run_id: run(n),
-            run_type: t.into(),
+            run_type: run_type.into(),
             at: now(),
         }
+    }
+    fn released(n: u128) -> ScopeEvent {
+        ScopeEvent::ScopeReleased {
+            run_id: run(n),
+            at: now(),
+        }
+    }
+    fn state(events: Vec<ScopeEvent>) -> ScopeLock {
+        let mut l = ScopeLock::default();
+        for e in events {
+            l.apply(e);
+        }
+        l
+    }
+
+    #[test]
+    fn the_scope_key_is_the_workspace_and_the_entra_tenant() {
+        assert_eq!(
+            scope_key(&workspace(), guid()),
+            "acme:72f988bf-86f1-41af-91ab-2d7cd011db47"
+        );
     }
 
     #[test]
     fn a_free_scope_is_acquired() {
         F::with(services())
             .given_no_previous_events()
-            .when(ScopeCommand::Acquire {
-                run_id: run(1),
-                run_type: "policy.resync".into(),
-            })
+            .when(acquire(1, "policy.resync"))
             .then_expect_events(vec![acquired(1, "policy.resync")]);
+        let active = state(vec![acquired(1, "policy.resync")]).active().cloned();
+        assert_eq!(active.map(|a| a.run_id), Some(run(1)));
     }
 
     #[test]
     fn the_same_type_dedupes_to_the_active_run_without_events() {
         F::with(services())
             .given(vec![acquired(1, "policy.resync")])
-            .when(ScopeCommand::Acquire {
-                run_id: run(2),
-                run_type: "policy.resync".into(),
-            })
+            .when(acquire(2, "policy.resync"))
             .then_expect_events(vec![]);
+        // What the caller returns: the run already holding the scope.
+        let lock = state(vec![acquired(1, "policy.resync")]);
+        assert_eq!(lock.active().map(|a| a.run_id), Some(run(1)));
     }
 
     #[test]
     fn another_type_is_refused_as_scope_busy_naming_the_active_run() {
-        F::with(services())
-            .given(vec![acquired(1, "policy.resync")])
-            .when(ScopeCommand::Acquire {
-                run_id: run(2),
-                run_type: "license.refresh".into(),
-            })
-            .then_expect_error(ScopeError::Busy {
-                active_run_id: run(1),
-                active_run_type: "policy.resync".into(),
-            });
-        let e = ScopeError::Busy {
+        let busy = ScopeError::Busy {
             active_run_id: run(1),
             active_run_type: "policy.resync".into(),
         };
-        assert!(e.to_string().contains(&run(1).to_string()));
-        assert_eq!(e.reason_code(), ReasonCode::ScopeBusy);
+        F::with(services())
+            .given(vec![acquired(1, "policy.resync")])
+            .when(acquire(2, "license.refresh"))
+            .then_expect_error(busy.clone());
+        assert_eq!(
+            busy.to_string(),
+            format!(
+                "scope busy: run {} (policy.resync) is active for this scope",
+                run(1)
+            )
+        );
+        assert_eq!(busy.reason_code(), ReasonCode::ScopeBusy);
+    }
+
+    #[test]
+    fn a_malformed_run_type_is_refused() {
+        F::with(services())
+            .given_no_previous_events()
+            .when(acquire(1, "Policy Resync"))
+            .then_expect_error(ScopeError::InvalidRunType);
     }
 
     #[test]
@@ -225,36 +269,36 @@ mod tests {
         F::with(services())
             .given(vec![acquired(1, "policy.resync")])
             .when(ScopeCommand::Release { run_id: run(1) })
-            .then_expect_events(vec![ScopeEvent::ScopeReleased {
-                run_id: run(1),
-                at: now(),
-            }]);
+            .then_expect_events(vec![released(1)]);
         F::with(services())
-            .given(vec![
-                acquired(1, "policy.resync"),
-                ScopeEvent::ScopeReleased {
-                    run_id: run(1),
-                    at: now(),
-                },
-            ])
+            .given(vec![acquired(1, "policy.resync"), released(1)])
             .when(ScopeCommand::Release { run_id: run(1) })
             .then_expect_events(vec![]);
+        assert_eq!(
+            state(vec![acquired(1, "policy.resync"), released(1)]).active(),
+            None
+        );
     }
 
     #[test]
     fn a_released_scope_can_be_acquired_by_another_type() {
         F::with(services())
-            .given(vec![
-                acquired(1, "policy.resync"),
-                ScopeEvent::ScopeReleased {
-                    run_id: run(1),
-                    at: now(),
-                },
-            ])
-            .when(ScopeCommand::Acquire {
-                run_id: run(2),
-                run_type: "license.refresh".into(),
-            })
+            .given(vec![acquired(1, "policy.resync"), released(1)])
+            .when(acquire(2, "license.refresh"))
             .then_expect_events(vec![acquired(2, "license.refresh")]);
+    }
+
+    #[test]
+    fn people_acquire_scopes_and_the_engine_releases_them() {
+        assert_eq!(acquire(1, "x").permission(), Permission::StartOperations);
+        assert_eq!(
+            ScopeCommand::Release { run_id: run(1) }.permission(),
+            Permission::RecordProgress
+        );
+    }
+
+    #[test]
+    fn event_types_match_their_stored_tags() {
+        assert_event_types_match_payload_tags(&[acquired(1, "x"), released(1)]);
     }
 }

@@ -1,18 +1,27 @@
 //! The Tenant aggregate (R1.1, R1.2): a managed Entra tenant in an MSP workspace, and the
-//! owner of its connections' uniqueness and default per provider.
+//! owner of its connections' uniqueness and of the default connection per provider.
+//!
+//! Aggregate id: the [`TenantKey`](crate::TenantKey) string, `{workspace}:{entra guid}`.
+//! Uniqueness and the default live here, on one stream, so optimistic concurrency makes
+//! "attach" and "make default" atomic without a database constraint.
+
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 
-use crate::values::{clean_name, ConnectionId, EntraTenantId, Provider, WorkspaceId};
+use crate::values::{
+    clean_domain, clean_name, ConnectionId, EntraTenantId, Provider, WorkspaceId, MAX_NAME,
+};
 use crate::{Authorize, DomainError, Permission, ReasonCode, Services};
 
-const MAX_NAME: usize = 200;
-
+/// What can be asked of a tenant.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TenantCommand {
+    /// Registers the tenant in a workspace. The Entra tenant id is already a validated
+    /// GUID; the primary domain is a label.
     Register {
         workspace: WorkspaceId,
         entra_tenant_id: EntraTenantId,
@@ -30,10 +39,13 @@ pub enum TenantCommand {
         provider: Provider,
         entra_tenant_id: EntraTenantId,
     },
+    /// Makes an attached connection its provider's default. Already default: no events.
+    /// The caller marks and unmarks the two connections in the same transaction.
     MakeDefaultConnection {
         connection_id: ConnectionId,
     },
-    /// A resync finished (written by the resync workflow).
+    /// A resync finished at `at` (written by the resync workflow, which replays with the
+    /// time it first recorded).
     RecordResync {
         at: DateTime<Utc>,
     },
@@ -45,6 +57,7 @@ impl Authorize for TenantCommand {
             TenantCommand::Register { .. }
             | TenantCommand::Rename { .. }
             | TenantCommand::Archive => Permission::ManageTenants,
+            // Issued as part of creating a connection or making one default.
             TenantCommand::AttachConnection { .. }
             | TenantCommand::MakeDefaultConnection { .. } => Permission::ManageConnections,
             TenantCommand::RecordResync { .. } => Permission::RecordProgress,
@@ -52,6 +65,7 @@ impl Authorize for TenantCommand {
     }
 }
 
+/// What happened to a tenant. Persisted: variants and fields are never renamed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum TenantEvent {
     TenantRegistered {
@@ -72,6 +86,7 @@ pub enum TenantEvent {
         provider: Provider,
         entra_tenant_id: EntraTenantId,
     },
+    /// The provider's default moved from `previous` (if any) to `current`.
     DefaultConnectionChanged {
         provider: Provider,
         previous: Option<ConnectionId>,
@@ -99,6 +114,7 @@ impl DomainEvent for TenantEvent {
     }
 }
 
+/// Why a tenant command was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TenantError {
     #[error("the tenant is not registered")]
@@ -107,8 +123,10 @@ pub enum TenantError {
     AlreadyRegistered,
     #[error("the tenant is archived")]
     Archived,
-    #[error("{0} must be 1-200 characters")]
+    #[error("the {0} must be 1-200 characters, without control characters")]
     InvalidName(&'static str),
+    #[error("the primary domain must be a domain name such as contoso.com")]
+    InvalidDomain,
     #[error("the tenant already has a {provider} connection for Entra tenant {entra_tenant_id}")]
     DuplicateConnection {
         provider: Provider,
@@ -126,11 +144,14 @@ impl DomainError for TenantError {
                 ReasonCode::AlreadyExists
             }
             TenantError::Archived => ReasonCode::InvalidTransition,
-            TenantError::InvalidName(_) => ReasonCode::ValidationFailed,
+            TenantError::InvalidName(_) | TenantError::InvalidDomain => {
+                ReasonCode::ValidationFailed
+            }
         }
     }
 }
 
+/// Where a tenant is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TenantStatus {
@@ -140,6 +161,19 @@ pub enum TenantStatus {
     Archived,
 }
 
+impl TenantStatus {
+    /// The stable snake_case spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TenantStatus::Unregistered => "unregistered",
+            TenantStatus::Active => "active",
+            TenantStatus::Archived => "archived",
+        }
+    }
+}
+
+display_as_str!(TenantStatus);
+
 /// A connection as the tenant knows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttachedConnection {
@@ -148,34 +182,43 @@ pub struct AttachedConnection {
     pub entra_tenant_id: EntraTenantId,
 }
 
+/// A tenant's state, folded from its events.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Tenant {
+    /// `None` until registered.
     pub workspace: Option<WorkspaceId>,
     pub entra_tenant_id: Option<EntraTenantId>,
     pub display_name: String,
     pub primary_domain: String,
     pub status: TenantStatus,
     pub connections: Vec<AttachedConnection>,
-    pub defaults: Vec<(Provider, ConnectionId)>,
+    /// One default per provider, by construction.
+    pub defaults: BTreeMap<Provider, ConnectionId>,
     pub last_resynced_at: Option<DateTime<Utc>>,
 }
 
 impl Tenant {
     /// The default connection for `provider`, if any.
     pub fn default_connection(&self, provider: Provider) -> Option<ConnectionId> {
-        self.defaults
-            .iter()
-            .find(|(p, _)| *p == provider)
-            .map(|(_, c)| *c)
+        self.defaults.get(&provider).copied()
     }
 
-    fn active(&self) -> Result<(), TenantError> {
+    /// The attached connection `id`, if it is one of this tenant's.
+    pub fn connection(&self, id: ConnectionId) -> Option<&AttachedConnection> {
+        self.connections.iter().find(|c| c.connection_id == id)
+    }
+
+    fn require_active(&self) -> Result<(), TenantError> {
         match self.status {
             TenantStatus::Unregistered => Err(TenantError::NotRegistered),
             TenantStatus::Archived => Err(TenantError::Archived),
             TenantStatus::Active => Ok(()),
         }
     }
+}
+
+fn display_name(name: &str) -> Result<String, TenantError> {
+    clean_name(name, MAX_NAME).ok_or(TenantError::InvalidName("display name"))
 }
 
 impl Aggregate for Tenant {
@@ -195,51 +238,48 @@ impl Aggregate for Tenant {
             TenantCommand::Register {
                 workspace,
                 entra_tenant_id,
-                display_name,
+                display_name: name,
                 primary_domain,
             } => {
                 if self.status != TenantStatus::Unregistered {
                     return Err(TenantError::AlreadyRegistered);
                 }
-                let display_name = clean_name(&display_name, MAX_NAME)
-                    .ok_or(TenantError::InvalidName("display name"))?;
-                let primary_domain = clean_name(&primary_domain, MAX_NAME)
-                    .ok_or(TenantError::InvalidName("primary domain"))?;
                 let event = TenantEvent::TenantRegistered {
                     workspace,
                     entra_tenant_id,
-                    display_name,
-                    primary_domain: primary_domain.to_ascii_lowercase(),
+                    display_name: display_name(&name)?,
+                    primary_domain: clean_domain(&primary_domain)
+                        .ok_or(TenantError::InvalidDomain)?,
                     registered_at: services.clock.now(),
                 };
                 sink.write(event, self).await;
             }
-            TenantCommand::Rename { display_name } => {
-                self.active()?;
-                let display_name = clean_name(&display_name, MAX_NAME)
-                    .ok_or(TenantError::InvalidName("display name"))?;
-                if display_name != self.display_name {
-                    sink.write(TenantEvent::TenantRenamed { display_name }, self)
-                        .await;
+            TenantCommand::Rename { display_name: name } => {
+                self.require_active()?;
+                let name = display_name(&name)?;
+                if name != self.display_name {
+                    let event = TenantEvent::TenantRenamed { display_name: name };
+                    sink.write(event, self).await;
                 }
             }
             TenantCommand::Archive => {
-                self.active()?;
-                let at = services.clock.now();
-                sink.write(TenantEvent::TenantArchived { archived_at: at }, self)
-                    .await;
+                self.require_active()?;
+                let event = TenantEvent::TenantArchived {
+                    archived_at: services.clock.now(),
+                };
+                sink.write(event, self).await;
             }
             TenantCommand::AttachConnection {
                 connection_id,
                 provider,
                 entra_tenant_id,
             } => {
-                self.active()?;
-                if self
-                    .connections
-                    .iter()
-                    .any(|c| c.provider == provider && c.entra_tenant_id == entra_tenant_id)
-                {
+                self.require_active()?;
+                let duplicate = self.connections.iter().any(|c| {
+                    c.connection_id == connection_id
+                        || (c.provider == provider && c.entra_tenant_id == entra_tenant_id)
+                });
+                if duplicate {
                     return Err(TenantError::DuplicateConnection {
                         provider,
                         entra_tenant_id,
@@ -262,11 +302,9 @@ impl Aggregate for Tenant {
                 }
             }
             TenantCommand::MakeDefaultConnection { connection_id } => {
-                self.active()?;
+                self.require_active()?;
                 let provider = self
-                    .connections
-                    .iter()
-                    .find(|c| c.connection_id == connection_id)
+                    .connection(connection_id)
                     .map(|c| c.provider)
                     .ok_or(TenantError::UnknownConnection(connection_id))?;
                 let previous = self.default_connection(provider);
@@ -280,7 +318,7 @@ impl Aggregate for Tenant {
                 }
             }
             TenantCommand::RecordResync { at } => {
-                self.active()?;
+                self.require_active()?;
                 sink.write(TenantEvent::TenantResynced { at }, self).await;
             }
         }
@@ -316,8 +354,7 @@ impl Aggregate for Tenant {
             TenantEvent::DefaultConnectionChanged {
                 provider, current, ..
             } => {
-                self.defaults.retain(|(p, _)| *p != provider);
-                self.defaults.push((provider, current));
+                self.defaults.insert(provider, current);
             }
             TenantEvent::TenantResynced { at } => self.last_resynced_at = Some(at),
         }
@@ -327,36 +364,42 @@ impl Aggregate for Tenant {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::FixedClock;
-    use chrono::TimeZone;
+    use crate::testing::{
+        assert_event_types_match_payload_tags, guid, now, other_guid, services, workspace,
+    };
     use cqrs_es::test::TestFramework;
-    use std::sync::Arc;
 
     type F = TestFramework<Tenant>;
 
-    fn now() -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 11, 23, 9, 0, 0).unwrap()
-    }
-    fn services() -> Services {
-        Services::new(Arc::new(FixedClock::at(now())))
-    }
-    fn guid() -> EntraTenantId {
-        "72f988bf-86f1-41af-91ab-2d7cd011db47".parse().unwrap()
-    }
-    fn other_guid() -> EntraTenantId {
-        "0b6a2f51-7f0e-4e43-9b2e-52c0e2a1b0a1".parse().unwrap()
+    fn register(display_name: &str, primary_domain: &str) -> TenantCommand {
+        TenantCommand::Register {
+            workspace: workspace(),
+            entra_tenant_id: guid(),
+            display_name: display_name.into(),
+            primary_domain: primary_domain.into(),
+        }
     }
     fn registered() -> TenantEvent {
         TenantEvent::TenantRegistered {
-            workspace: "acme".parse().unwrap(),
+            workspace: workspace(),
             entra_tenant_id: guid(),
             display_name: "Contoso".into(),
             primary_domain: "contoso.com".into(),
             registered_at: now(),
         }
     }
+    fn archived() -> TenantEvent {
+        TenantEvent::TenantArchived { archived_at: now() }
+    }
     fn conn(n: u128) -> ConnectionId {
         ConnectionId(uuid::Uuid::from_u128(n))
+    }
+    fn attach(n: u128, entra: EntraTenantId) -> TenantCommand {
+        TenantCommand::AttachConnection {
+            connection_id: conn(n),
+            provider: Provider::Microsoft,
+            entra_tenant_id: entra,
+        }
     }
     fn attached(n: u128, entra: EntraTenantId) -> TenantEvent {
         TenantEvent::ConnectionAttached {
@@ -372,17 +415,21 @@ mod tests {
             current: conn(current),
         }
     }
+    /// A tenant with connection 1 (default, `guid`) and connection 2 (`other_guid`).
+    fn with_two_connections() -> Vec<TenantEvent> {
+        vec![
+            registered(),
+            attached(1, guid()),
+            default_changed(None, 1),
+            attached(2, other_guid()),
+        ]
+    }
 
     #[test]
     fn a_tenant_is_registered_with_trimmed_names_and_a_lowercase_domain() {
         F::with(services())
             .given_no_previous_events()
-            .when(TenantCommand::Register {
-                workspace: "acme".parse().unwrap(),
-                entra_tenant_id: guid(),
-                display_name: "  Contoso ".into(),
-                primary_domain: "Contoso.COM".into(),
-            })
+            .when(register("  Contoso ", "Contoso.COM"))
             .then_expect_events(vec![registered()]);
     }
 
@@ -390,12 +437,7 @@ mod tests {
     fn a_tenant_cannot_be_registered_twice() {
         F::with(services())
             .given(vec![registered()])
-            .when(TenantCommand::Register {
-                workspace: "acme".parse().unwrap(),
-                entra_tenant_id: guid(),
-                display_name: "Contoso".into(),
-                primary_domain: "contoso.com".into(),
-            })
+            .when(register("Contoso", "contoso.com"))
             .then_expect_error(TenantError::AlreadyRegistered);
     }
 
@@ -403,13 +445,29 @@ mod tests {
     fn an_empty_display_name_is_refused() {
         F::with(services())
             .given_no_previous_events()
-            .when(TenantCommand::Register {
-                workspace: "acme".parse().unwrap(),
-                entra_tenant_id: guid(),
-                display_name: "   ".into(),
-                primary_domain: "contoso.com".into(),
-            })
+            .when(register("   ", "contoso.com"))
             .then_expect_error(TenantError::InvalidName("display name"));
+    }
+
+    #[test]
+    fn a_display_name_longer_than_200_characters_is_refused() {
+        F::with(services())
+            .given_no_previous_events()
+            .when(register(&"é".repeat(201), "contoso.com"))
+            .then_expect_error(TenantError::InvalidName("display name"));
+        F::with(services())
+            .given_no_previous_events()
+            .when(register(&"é".repeat(200), "contoso.com"))
+            .inspect_result()
+            .unwrap();
+    }
+
+    #[test]
+    fn a_primary_domain_that_is_not_a_domain_is_refused() {
+        F::with(services())
+            .given_no_previous_events()
+            .when(register("Contoso", "not a domain"))
+            .then_expect_error(TenantError::InvalidDomain);
     }
 
     #[test]
@@ -423,6 +481,18 @@ mod tests {
     }
 
     #[test]
+    fn a_tenant_is_renamed_to_a_trimmed_name() {
+        F::with(services())
+            .given(vec![registered()])
+            .when(TenantCommand::Rename {
+                display_name: " Contoso Ltd ".into(),
+            })
+            .then_expect_events(vec![TenantEvent::TenantRenamed {
+                display_name: "Contoso Ltd".into(),
+            }]);
+    }
+
+    #[test]
     fn renaming_to_the_same_name_records_nothing() {
         F::with(services())
             .given(vec![registered()])
@@ -433,27 +503,50 @@ mod tests {
     }
 
     #[test]
-    fn an_archived_tenant_refuses_changes() {
+    fn a_tenant_is_archived_once() {
         F::with(services())
-            .given(vec![
-                registered(),
-                TenantEvent::TenantArchived { archived_at: now() },
-            ])
-            .when(TenantCommand::Rename {
-                display_name: "New".into(),
-            })
+            .given(vec![registered()])
+            .when(TenantCommand::Archive)
+            .then_expect_events(vec![archived()]);
+        F::with(services())
+            .given(vec![registered(), archived()])
+            .when(TenantCommand::Archive)
             .then_expect_error(TenantError::Archived);
+    }
+
+    #[test]
+    fn an_archived_tenant_refuses_changes() {
+        let commands = [
+            TenantCommand::Rename {
+                display_name: "New".into(),
+            },
+            attach(1, guid()),
+            TenantCommand::MakeDefaultConnection {
+                connection_id: conn(1),
+            },
+            TenantCommand::RecordResync { at: now() },
+        ];
+        for command in commands {
+            F::with(services())
+                .given(vec![registered(), attached(1, guid()), archived()])
+                .when(command)
+                .then_expect_error(TenantError::Archived);
+        }
+    }
+
+    #[test]
+    fn an_unregistered_tenant_takes_no_connections() {
+        F::with(services())
+            .given_no_previous_events()
+            .when(attach(1, guid()))
+            .then_expect_error(TenantError::NotRegistered);
     }
 
     #[test]
     fn the_first_connection_of_a_provider_becomes_its_default() {
         F::with(services())
             .given(vec![registered()])
-            .when(TenantCommand::AttachConnection {
-                connection_id: conn(1),
-                provider: Provider::Microsoft,
-                entra_tenant_id: guid(),
-            })
+            .when(attach(1, guid()))
             .then_expect_events(vec![attached(1, guid()), default_changed(None, 1)]);
     }
 
@@ -465,27 +558,15 @@ mod tests {
                 attached(1, guid()),
                 default_changed(None, 1),
             ])
-            .when(TenantCommand::AttachConnection {
-                connection_id: conn(2),
-                provider: Provider::Microsoft,
-                entra_tenant_id: other_guid(),
-            })
+            .when(attach(2, other_guid()))
             .then_expect_events(vec![attached(2, other_guid())]);
     }
 
     #[test]
     fn a_duplicate_provider_and_entra_tenant_is_refused() {
         F::with(services())
-            .given(vec![
-                registered(),
-                attached(1, guid()),
-                default_changed(None, 1),
-            ])
-            .when(TenantCommand::AttachConnection {
-                connection_id: conn(2),
-                provider: Provider::Microsoft,
-                entra_tenant_id: guid(),
-            })
+            .given(with_two_connections())
+            .when(attach(3, guid()))
             .then_expect_error(TenantError::DuplicateConnection {
                 provider: Provider::Microsoft,
                 entra_tenant_id: guid(),
@@ -493,14 +574,21 @@ mod tests {
     }
 
     #[test]
+    fn the_same_connection_cannot_be_attached_twice() {
+        let third: EntraTenantId = "5d3c1a9e-2b4f-4c6d-8e0f-1a2b3c4d5e6f".parse().unwrap();
+        F::with(services())
+            .given(with_two_connections())
+            .when(attach(2, third))
+            .then_expect_error(TenantError::DuplicateConnection {
+                provider: Provider::Microsoft,
+                entra_tenant_id: third,
+            });
+    }
+
+    #[test]
     fn making_another_connection_default_names_the_previous_one() {
         F::with(services())
-            .given(vec![
-                registered(),
-                attached(1, guid()),
-                default_changed(None, 1),
-                attached(2, other_guid()),
-            ])
+            .given(with_two_connections())
             .when(TenantCommand::MakeDefaultConnection {
                 connection_id: conn(2),
             })
@@ -510,11 +598,7 @@ mod tests {
     #[test]
     fn making_the_current_default_default_again_records_nothing() {
         F::with(services())
-            .given(vec![
-                registered(),
-                attached(1, guid()),
-                default_changed(None, 1),
-            ])
+            .given(with_two_connections())
             .when(TenantCommand::MakeDefaultConnection {
                 connection_id: conn(1),
             })
@@ -534,32 +618,95 @@ mod tests {
     #[test]
     fn state_tracks_exactly_one_default_per_provider() {
         let mut t = Tenant::default();
-        for e in [
-            registered(),
-            attached(1, guid()),
-            default_changed(None, 1),
-            attached(2, other_guid()),
-            default_changed(Some(1), 2),
-        ] {
+        let mut events = with_two_connections();
+        events.push(default_changed(Some(1), 2));
+        for e in events {
             t.apply(e);
         }
+        assert_eq!(t.status, TenantStatus::Active);
         assert_eq!(t.default_connection(Provider::Microsoft), Some(conn(2)));
         assert_eq!(t.defaults.len(), 1);
+        assert_eq!(
+            t.connection(conn(1)).map(|c| c.entra_tenant_id),
+            Some(guid())
+        );
+    }
+
+    #[test]
+    fn a_resync_is_recorded_as_last_resynced_at() {
+        let at = now() - chrono::Duration::minutes(3);
+        F::with(services())
+            .given(vec![registered()])
+            .when(TenantCommand::RecordResync { at })
+            .then_expect_events(vec![TenantEvent::TenantResynced { at }]);
+        let mut t = Tenant::default();
+        t.apply(registered());
+        t.apply(TenantEvent::TenantResynced { at });
+        assert_eq!(t.last_resynced_at, Some(at));
+    }
+
+    #[test]
+    fn managing_tenants_and_their_connections_needs_the_matching_permission() {
+        let manage_tenants = [
+            register("Contoso", "contoso.com"),
+            TenantCommand::Rename {
+                display_name: "X".into(),
+            },
+            TenantCommand::Archive,
+        ];
+        for c in manage_tenants {
+            assert_eq!(c.permission(), Permission::ManageTenants, "{c:?}");
+        }
+        let manage_connections = [
+            attach(1, guid()),
+            TenantCommand::MakeDefaultConnection {
+                connection_id: conn(1),
+            },
+        ];
+        for c in manage_connections {
+            assert_eq!(c.permission(), Permission::ManageConnections, "{c:?}");
+        }
+        assert_eq!(
+            TenantCommand::RecordResync { at: now() }.permission(),
+            Permission::RecordProgress
+        );
+    }
+
+    #[test]
+    fn event_types_match_their_stored_tags() {
+        let mut events = with_two_connections();
+        events.extend([
+            TenantEvent::TenantRenamed {
+                display_name: "x".into(),
+            },
+            archived(),
+            TenantEvent::TenantResynced { at: now() },
+        ]);
+        assert_event_types_match_payload_tags(&events);
     }
 
     #[test]
     fn refusals_map_to_stable_reason_codes() {
-        assert_eq!(
-            TenantError::NotRegistered.reason_code(),
-            ReasonCode::NotFound
-        );
-        assert_eq!(
-            TenantError::AlreadyRegistered.reason_code(),
-            ReasonCode::AlreadyExists
-        );
-        assert_eq!(
-            TenantError::InvalidName("x").reason_code(),
-            ReasonCode::ValidationFailed
-        );
+        let cases = [
+            (TenantError::NotRegistered, ReasonCode::NotFound),
+            (
+                TenantError::UnknownConnection(conn(1)),
+                ReasonCode::NotFound,
+            ),
+            (TenantError::AlreadyRegistered, ReasonCode::AlreadyExists),
+            (
+                TenantError::DuplicateConnection {
+                    provider: Provider::Microsoft,
+                    entra_tenant_id: guid(),
+                },
+                ReasonCode::AlreadyExists,
+            ),
+            (TenantError::Archived, ReasonCode::InvalidTransition),
+            (TenantError::InvalidName("x"), ReasonCode::ValidationFailed),
+            (TenantError::InvalidDomain, ReasonCode::ValidationFailed),
+        ];
+        for (error, code) in cases {
+            assert_eq!(error.reason_code(), code, "{error}");
+        }
     }
 }

@@ -5,7 +5,10 @@ use std::fmt;
 use std::str::FromStr;
 use uuid::Uuid;
 
-/// Why a value was refused.
+use crate::{DomainError, ReasonCode};
+
+/// Why a value was refused. Each message says what is expected, never echoing more than
+/// a short prefix of the input.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ValueError {
     #[error(
@@ -22,16 +25,23 @@ pub enum ValueError {
     Provider(String),
 }
 
+impl DomainError for ValueError {
+    fn reason_code(&self) -> ReasonCode {
+        ReasonCode::ValidationFailed
+    }
+}
+
 fn short(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
-/// An MSP workspace: the unit of isolation.
+/// An MSP workspace: the unit of isolation. A slug: `[a-z0-9][a-z0-9-]{0,62}`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct WorkspaceId(String);
 
 impl WorkspaceId {
+    /// The slug.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -68,12 +78,14 @@ impl fmt::Display for WorkspaceId {
     }
 }
 
-/// The canonical id of a Microsoft tenant: its Entra tenant GUID, lowercase.
+/// The canonical id of a Microsoft tenant: its Entra tenant GUID, lowercase (R1.1).
+/// Domains change and a tenant may have many, so they are display labels only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct EntraTenantId(Uuid);
 
 impl EntraTenantId {
+    /// The GUID.
     pub fn as_uuid(&self) -> Uuid {
         self.0
     }
@@ -131,6 +143,7 @@ macro_rules! uuid_id {
             pub fn new() -> Self {
                 Self(Uuid::now_v7())
             }
+            /// The UUID.
             pub fn as_uuid(&self) -> Uuid {
                 self.0
             }
@@ -176,6 +189,7 @@ pub struct TenantKey {
 }
 
 impl TenantKey {
+    /// The key of `entra_tenant_id` in `workspace`.
     pub fn new(workspace: WorkspaceId, entra_tenant_id: EntraTenantId) -> Self {
         Self {
             workspace,
@@ -222,6 +236,7 @@ pub enum Provider {
 }
 
 impl Provider {
+    /// The stable snake_case spelling.
     pub fn as_str(self) -> &'static str {
         match self {
             Provider::Microsoft => "microsoft",
@@ -239,17 +254,43 @@ impl FromStr for Provider {
     }
 }
 
-impl fmt::Display for Provider {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+display_as_str!(Provider);
 
-/// A display name or label: trimmed, non-empty, at most `max` characters.
+/// The longest display name, in characters.
+pub(crate) const MAX_NAME: usize = 200;
+
+/// A display name or label: trimmed, non-empty, at most `max` characters, no control
+/// characters. `None` when the input cannot be one.
 pub fn clean_name(s: &str, max: usize) -> Option<String> {
     let t = s.trim();
     (!t.is_empty() && t.chars().count() <= max && !t.chars().any(char::is_control))
         .then(|| t.to_owned())
+}
+
+/// A machine name: an operation type (`policy.resync`), module, step or count name.
+/// 1-64 characters of a-z, 0-9, '.', '_' and '-', starting with a letter or digit, so
+/// that names compare as plain strings (runs and scope locks match types this way).
+pub(crate) fn is_machine_name(s: &str) -> bool {
+    s.len() <= 64
+        && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        })
+}
+
+/// A DNS name such as `contoso.com` or `contoso.onmicrosoft.com`, trimmed and lowercased:
+/// at least two labels of a-z, 0-9 and inner '-', at most 253 characters.
+pub(crate) fn clean_domain(s: &str) -> Option<String> {
+    let d = s.trim().to_ascii_lowercase();
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    (d.len() <= 253 && d.contains('.') && d.split('.').all(label_ok)).then_some(d)
 }
 
 #[cfg(test)]
@@ -298,5 +339,76 @@ mod tests {
         assert_eq!(clean_name("   ", 10), None);
         assert_eq!(clean_name("x\u{7}y", 10), None);
         assert_eq!(clean_name(&"x".repeat(11), 10), None);
+    }
+
+    #[test]
+    fn ids_refuse_bad_input_when_deserialized_too() {
+        assert!(serde_json::from_str::<EntraTenantId>(r#""contoso.com""#).is_err());
+        assert!(serde_json::from_str::<WorkspaceId>(r#""Acme MSP""#).is_err());
+        assert!(serde_json::from_str::<TenantKey>(r#""acme:contoso.com""#).is_err());
+        let id: EntraTenantId =
+            serde_json::from_str(r#""72F988BF-86F1-41AF-91AB-2D7CD011DB47""#).unwrap();
+        assert_eq!(
+            serde_json::to_string(&id).unwrap(),
+            r#""72f988bf-86f1-41af-91ab-2d7cd011db47""#
+        );
+    }
+
+    #[test]
+    fn uuid_ids_parse_and_print_hyphenated() {
+        let c = ConnectionId::new();
+        assert_eq!(c.to_string().parse::<ConnectionId>().unwrap(), c);
+        assert_eq!(serde_json::to_string(&c).unwrap(), format!("\"{c}\""));
+        assert_eq!(
+            "nope".parse::<RunId>().unwrap_err(),
+            ValueError::Uuid("nope".into())
+        );
+    }
+
+    #[test]
+    fn providers_are_snake_case() {
+        assert_eq!(
+            "microsoft".parse::<Provider>().unwrap(),
+            Provider::Microsoft
+        );
+        assert_eq!(
+            serde_json::to_string(&Provider::Microsoft).unwrap(),
+            r#""microsoft""#
+        );
+        assert!("google".parse::<Provider>().is_err());
+    }
+
+    #[test]
+    fn machine_names_have_one_spelling() {
+        for ok in [
+            "policy.resync",
+            "connection.health_check",
+            "fetch-policies",
+            "m",
+        ] {
+            assert!(is_machine_name(ok), "{ok}");
+        }
+        for bad in ["", "Policy.Resync", "policy resync", ".x", &"x".repeat(65)] {
+            assert!(!is_machine_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn value_errors_are_validation_failures() {
+        assert_eq!(
+            ValueError::EntraTenantId.reason_code(),
+            ReasonCode::ValidationFailed
+        );
+    }
+
+    #[test]
+    fn domains_are_lowercased_dns_names() {
+        assert_eq!(
+            clean_domain(" Contoso.OnMicrosoft.com ").as_deref(),
+            Some("contoso.onmicrosoft.com")
+        );
+        for bad in ["contoso", "contoso..com", "-x.com", "a b.com", "x.com/", ""] {
+            assert_eq!(clean_domain(bad), None, "{bad}");
+        }
     }
 }

@@ -1,6 +1,38 @@
 //! Read models: named catch-up consumers of the global log that write plain tables
 //! (defined in `migrations/`), and their rebuild from history (R8.1, R9.2).
+//!
+//! | projection    | tables                       | from                        |
+//! |---------------|------------------------------|-----------------------------|
+//! | `tenants`     | `rm_tenants`                 | tenant events               |
+//! | `connections` | `rm_connections`             | provider connection events  |
+//! | `runs`        | `rm_runs`, `rm_run_steps`    | operation run events        |
+//! | `audit_log`   | `rm_audit_log`               | every event                 |
+//!
+//! Every row carries its `workspace_id` (row-level security keys on it) and, except audit
+//! and step rows, the `version` (aggregate sequence) last applied, so replaying an event
+//! changes nothing. The runs projection notifies [`RUNS_CHANNEL`] for live run progress.
 
+mod audit_log;
+mod connections;
+mod event;
 mod runner;
+mod runs;
+mod tenants;
 
+use std::sync::Arc;
+
+pub use audit_log::AuditLog;
+pub use connections::Connections;
 pub use runner::{rebuild, spawn_all, Projection, RebuildProgress};
+pub use runs::{Runs, RUNS_CHANNEL};
+pub use tenants::Tenants;
+
+/// Every read model, for the service (live) and `tenantflow rebuild NAME|--all`.
+pub fn all() -> Vec<Arc<dyn Projection>> {
+    vec![
+        Arc::new(Tenants),
+        Arc::new(Connections),
+        Arc::new(Runs),
+        Arc::new(AuditLog),
+    ]
+}

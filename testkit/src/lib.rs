@@ -42,7 +42,9 @@ fn cluster() -> &'static Cluster {
                 .expect("a runtime for the test template")
                 .block_on(async move {
                     let mut admin = PgConnection::connect_with(&options).await?;
-                    sqlx::query(&format!("CREATE DATABASE {TEMPLATE}")).execute(&mut admin).await?;
+                    sqlx::query(&format!("CREATE DATABASE {TEMPLATE}"))
+                        .execute(&mut admin)
+                        .await?;
                     let mut conn = PgConnection::connect_with(&template).await?;
                     store::MIGRATOR.run(&mut conn).await?;
                     conn.close().await?;
@@ -66,7 +68,9 @@ pub struct TestDb {
 impl TestDb {
     /// Creates a new database from the migrated template.
     pub async fn new() -> Self {
-        let cluster = tokio::task::spawn_blocking(cluster).await.expect("cluster start");
+        let cluster = tokio::task::spawn_blocking(cluster)
+            .await
+            .expect("cluster start");
         let name = format!("test_{}", uuid::Uuid::new_v4().simple());
         let mut admin = PgConnection::connect_with(&cluster.pg.connect_options("postgres"))
             .await
@@ -87,7 +91,9 @@ impl TestDb {
 
     /// A pool with `max` connections.
     pub async fn pool_of(&self, max: u32) -> PgPool {
-        store::connect(self.options.clone(), max).await.expect("connect to the test database")
+        store::connect(self.options.clone(), max)
+            .await
+            .expect("connect to the test database")
     }
 
     /// A `postgres://` URL for this database over loopback TCP (for child processes).

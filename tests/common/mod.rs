@@ -1,5 +1,6 @@
 //! Running the real `tenantflow` binary as a child process.
 #![allow(dead_code)]
+pub mod graphql;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

@@ -1,0 +1,33 @@
+//! Mapping failures to GraphQL errors with a stable `code` extension.
+
+use async_graphql::ErrorExtensions;
+use store::app::AppError;
+
+/// A GraphQL error for a use-case failure. Internal failures are logged here, once, and
+/// shown as an opaque message.
+pub(crate) fn app_error(e: AppError) -> async_graphql::Error {
+    let code = e.reason_code();
+    if let AppError::Internal(source) = &e {
+        tracing::error!(error = %source, "request failed");
+    }
+    let active = match &e {
+        AppError::ScopeBusy { active_run_id, .. } => Some(active_run_id.to_string()),
+        _ => None,
+    };
+    async_graphql::Error::new(e.to_string()).extend_with(|_, ext| {
+        ext.set("code", code.as_str());
+        if let Some(run) = &active {
+            ext.set("activeRunId", run.as_str());
+        }
+    })
+}
+
+/// A GraphQL error for bad input.
+pub(crate) fn invalid(message: impl Into<String>) -> async_graphql::Error {
+    app_error(AppError::Invalid(message.into()))
+}
+
+/// A database failure while reading.
+pub(crate) fn internal(e: sqlx::Error) -> async_graphql::Error {
+    app_error(AppError::Internal(Box::new(e)))
+}

@@ -1,0 +1,45 @@
+//! The GraphQL API (R8.2–R8.4): queries over read models, mutations that map to the
+//! application services, and live run progress over WebSocket.
+
+mod errors;
+mod feed;
+mod mutation;
+mod page;
+mod query;
+mod subscription;
+mod types;
+
+use async_graphql::Schema;
+
+pub use feed::{RunFeed, RunNotice};
+pub use mutation::{MutationRoot, RequestId};
+pub use query::QueryRoot;
+pub use subscription::SubscriptionRoot;
+
+/// The schema type.
+pub type TenantflowSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
+
+/// Deepest query accepted.
+pub const MAX_DEPTH: usize = 12;
+/// Most complex query accepted (each field costs 1, lists multiply by their page size).
+pub const MAX_COMPLEXITY: usize = 5000;
+/// Largest page a list returns.
+pub const MAX_PAGE: i32 = 100;
+
+/// Builds the schema. Request data (the app state and the caller) is attached per request.
+pub fn schema() -> TenantflowSchema {
+    Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
+        .limit_depth(MAX_DEPTH)
+        .limit_complexity(MAX_COMPLEXITY)
+        .finish()
+}
+
+/// The schema in SDL (committed as `api/schema.graphql`; `tenantflow schema` prints it).
+pub fn sdl() -> String {
+    schema().sdl()
+}
+
+/// Request data carrying the HTTP request id into mutations' metadata.
+pub fn mutation_request_id(id: String) -> RequestId {
+    RequestId(id)
+}

@@ -1,0 +1,293 @@
+//! Mutations: each maps to an application service (a command), checked against the
+//! caller's role and workspace. Refusals come back as errors with a stable `code`
+//! extension and change nothing.
+
+use async_graphql::{Context, InputObject, Object};
+use domain::connection::ConnectionCommand;
+use domain::tenant::TenantCommand;
+use domain::{ConnectionId, EntraTenantId, Provider, RunId, TenantKey};
+use secrecy::SecretString;
+use store::app::{self, Started};
+use store::Metadata;
+
+use super::errors::{app_error, invalid};
+use super::query::{caller, state};
+use super::types::*;
+
+fn meta(ctx: &Context<'_>) -> async_graphql::Result<Metadata> {
+    let c = caller(ctx)?;
+    let mut m = Metadata::new(c.workspace.clone(), c.subject.clone(), c.role);
+    if let Ok(request_id) = ctx.data::<RequestId>() {
+        m.request_id = request_id.0.clone();
+        m.correlation_id = request_id.0.clone();
+    }
+    Ok(m)
+}
+
+/// The HTTP request's id (from `x-request-id`, or generated).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+fn tenant_key(id: &str) -> async_graphql::Result<TenantKey> {
+    id.parse()
+        .map_err(|e: domain::ValueError| invalid(e.to_string()))
+}
+
+fn entra(id: &str) -> async_graphql::Result<EntraTenantId> {
+    id.parse()
+        .map_err(|e: domain::ValueError| invalid(e.to_string()))
+}
+
+fn connection_id(id: &str) -> async_graphql::Result<ConnectionId> {
+    id.parse()
+        .map_err(|e: domain::ValueError| invalid(e.to_string()))
+}
+
+fn run_id(id: &str) -> async_graphql::Result<RunId> {
+    id.parse()
+        .map_err(|e: domain::ValueError| invalid(e.to_string()))
+}
+
+#[derive(InputObject)]
+pub struct RegisterTenantInput {
+    /// The Entra tenant GUID (domains are labels only).
+    pub entra_tenant_id: String,
+    pub display_name: String,
+    pub primary_domain: String,
+}
+
+#[derive(InputObject)]
+pub struct CreateConnectionInput {
+    #[graphql(name = "tenantId")]
+    pub tenant_id: String,
+    pub entra_tenant_id: String,
+    pub display_name: String,
+}
+
+/// A client credential. The secret is stored encrypted and never returned.
+#[derive(InputObject)]
+pub struct CredentialInput {
+    pub connection_id: String,
+    pub client_id: String,
+    #[graphql(secret)]
+    pub client_secret: String,
+    /// Optional; must equal the connection's Entra tenant.
+    pub tenant_id: Option<String>,
+}
+
+pub struct MutationRoot;
+
+#[Object]
+impl MutationRoot {
+    /// Registers a tenant in the caller's workspace (Owner, Manager).
+    async fn register_tenant(
+        &self,
+        ctx: &Context<'_>,
+        input: RegisterTenantInput,
+    ) -> async_graphql::Result<TenantPayload> {
+        let id = entra(&input.entra_tenant_id)?;
+        let key = app::register_tenant(
+            &state(ctx)?.bus,
+            &meta(ctx)?,
+            id,
+            &input.display_name,
+            &input.primary_domain,
+        )
+        .await
+        .map_err(app_error)?;
+        Ok(TenantPayload {
+            id: key.to_string(),
+        })
+    }
+
+    async fn rename_tenant(
+        &self,
+        ctx: &Context<'_>,
+        id: String,
+        display_name: String,
+    ) -> async_graphql::Result<TenantPayload> {
+        let key = tenant_key(&id)?;
+        app::change_tenant(
+            &state(ctx)?.bus,
+            &meta(ctx)?,
+            &key,
+            TenantCommand::Rename { display_name },
+        )
+        .await
+        .map_err(app_error)?;
+        Ok(TenantPayload {
+            id: key.to_string(),
+        })
+    }
+
+    async fn archive_tenant(
+        &self,
+        ctx: &Context<'_>,
+        id: String,
+    ) -> async_graphql::Result<TenantPayload> {
+        let key = tenant_key(&id)?;
+        app::change_tenant(&state(ctx)?.bus, &meta(ctx)?, &key, TenantCommand::Archive)
+            .await
+            .map_err(app_error)?;
+        Ok(TenantPayload {
+            id: key.to_string(),
+        })
+    }
+
+    /// Adds a Microsoft connection to a tenant (Owner, Manager). The first one becomes
+    /// the default.
+    async fn create_connection(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateConnectionInput,
+    ) -> async_graphql::Result<ConnectionPayload> {
+        let key = tenant_key(&input.tenant_id)?;
+        let id = app::create_connection(
+            &state(ctx)?.bus,
+            &meta(ctx)?,
+            &key,
+            Provider::Microsoft,
+            entra(&input.entra_tenant_id)?,
+            &input.display_name,
+        )
+        .await
+        .map_err(app_error)?;
+        Ok(ConnectionPayload { id: id.as_uuid() })
+    }
+
+    /// Sets (or rotates) a connection's client credential (Owner, Manager).
+    async fn set_credential(
+        &self,
+        ctx: &Context<'_>,
+        input: CredentialInput,
+    ) -> async_graphql::Result<CredentialPayload> {
+        let id = connection_id(&input.connection_id)?;
+        let tenant = input.tenant_id.as_deref().map(entra).transpose()?;
+        let secret = SecretString::from(input.client_secret);
+        let s = state(ctx)?;
+        let stored = app::set_credential(
+            &s.bus,
+            &s.vault,
+            &meta(ctx)?,
+            id,
+            &input.client_id,
+            &secret,
+            tenant,
+        )
+        .await
+        .map_err(app_error)?;
+        Ok(CredentialPayload {
+            connection_id: id.as_uuid(),
+            fingerprint: stored.fingerprint,
+        })
+    }
+
+    /// Makes a connection its tenant's default (Owner, Manager); atomic.
+    async fn make_default_connection(
+        &self,
+        ctx: &Context<'_>,
+        id: String,
+    ) -> async_graphql::Result<ConnectionPayload> {
+        let id = connection_id(&id)?;
+        app::make_default(&state(ctx)?.bus, &meta(ctx)?, id)
+            .await
+            .map_err(app_error)?;
+        Ok(ConnectionPayload { id: id.as_uuid() })
+    }
+
+    /// Records that admin consent was granted with these scopes (Owner, Manager).
+    async fn grant_consent(
+        &self,
+        ctx: &Context<'_>,
+        id: String,
+        scopes: Vec<String>,
+    ) -> async_graphql::Result<ConnectionPayload> {
+        let id = connection_id(&id)?;
+        app::change_connection(
+            &state(ctx)?.bus,
+            &meta(ctx)?,
+            id,
+            ConnectionCommand::GrantConsent { scopes },
+        )
+        .await
+        .map_err(app_error)?;
+        Ok(ConnectionPayload { id: id.as_uuid() })
+    }
+
+    async fn revoke_consent(
+        &self,
+        ctx: &Context<'_>,
+        id: String,
+    ) -> async_graphql::Result<ConnectionPayload> {
+        let id = connection_id(&id)?;
+        app::change_connection(
+            &state(ctx)?.bus,
+            &meta(ctx)?,
+            id,
+            ConnectionCommand::RevokeConsent,
+        )
+        .await
+        .map_err(app_error)?;
+        Ok(ConnectionPayload { id: id.as_uuid() })
+    }
+
+    /// Starts a Conditional Access resync of a tenant (Owner, Manager, Operator), or
+    /// returns the active one.
+    async fn resync_tenant(
+        &self,
+        ctx: &Context<'_>,
+        id: String,
+    ) -> async_graphql::Result<StartRunPayload> {
+        start(ctx, &id, "policy.resync", "conditional_access").await
+    }
+
+    /// Starts an operation of a given type on a tenant.
+    async fn start_operation(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(name = "tenantId")] tenant_id: String,
+        #[graphql(name = "type")] run_type: String,
+        module: String,
+    ) -> async_graphql::Result<StartRunPayload> {
+        start(ctx, &tenant_id, &run_type, &module).await
+    }
+
+    /// Cancels a run: at once when queued, at its next step when running.
+    async fn cancel_run(
+        &self,
+        ctx: &Context<'_>,
+        id: String,
+    ) -> async_graphql::Result<CancelRunPayload> {
+        let id = run_id(&id)?;
+        let run = app::cancel_run(&state(ctx)?.bus, &meta(ctx)?, id)
+            .await
+            .map_err(app_error)?;
+        Ok(CancelRunPayload {
+            run_id: id.as_uuid(),
+            cancelled: run.outcome == domain::run::RunOutcome::Cancelled,
+            cancel_requested: run.cancel_requested,
+        })
+    }
+}
+
+async fn start(
+    ctx: &Context<'_>,
+    tenant: &str,
+    run_type: &str,
+    module: &str,
+) -> async_graphql::Result<StartRunPayload> {
+    let key = tenant_key(tenant)?;
+    let started = app::start_operation(&state(ctx)?.bus, &meta(ctx)?, &key, run_type, module)
+        .await
+        .map_err(app_error)?;
+    let (status, reason) = match &started {
+        Started::Queued(_) => (StartStatus::Queued, None),
+        Started::Deduplicated(_) => (StartStatus::Deduplicated, None),
+        Started::Blocked(_, r) => (StartStatus::Blocked, Some(r.as_str().to_owned())),
+    };
+    Ok(StartRunPayload {
+        run_id: started.run_id().as_uuid(),
+        status,
+        reason_code: reason,
+    })
+}

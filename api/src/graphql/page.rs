@@ -1,0 +1,86 @@
+//! Relay-style cursor pagination: opaque cursors over a keyset, bounded page sizes.
+
+use async_graphql::connection::{Connection, Edge};
+use async_graphql::OutputType;
+use base64::Engine;
+
+use super::errors::invalid;
+use super::MAX_PAGE;
+
+/// A validated page request: how many rows, after which key.
+pub(crate) struct PageRequest {
+    pub first: i64,
+    pub after: Option<Vec<serde_json::Value>>,
+}
+
+impl PageRequest {
+    pub fn parse(first: Option<i32>, after: Option<String>) -> async_graphql::Result<Self> {
+        let first = first.unwrap_or(20);
+        if !(1..=MAX_PAGE).contains(&first) {
+            return Err(invalid(format!("`first` must be between 1 and {MAX_PAGE}")));
+        }
+        let after = after.map(|c| decode(&c)).transpose()?;
+        Ok(Self {
+            first: first as i64,
+            after,
+        })
+    }
+
+    /// Rows to fetch: one more than the page, to know whether another page follows.
+    pub fn limit(&self) -> i64 {
+        self.first + 1
+    }
+
+    /// The `i`-th key of the `after` cursor as a string.
+    pub fn key_str(&self, i: usize) -> async_graphql::Result<Option<String>> {
+        match &self.after {
+            None => Ok(None),
+            Some(k) => k
+                .get(i)
+                .and_then(|v| v.as_str())
+                .map(|s| Some(s.to_owned()))
+                .ok_or_else(|| invalid("invalid cursor")),
+        }
+    }
+
+    /// The `i`-th key of the `after` cursor as an integer.
+    pub fn key_i64(&self, i: usize) -> async_graphql::Result<Option<i64>> {
+        match &self.after {
+            None => Ok(None),
+            Some(k) => k
+                .get(i)
+                .and_then(|v| v.as_i64())
+                .map(Some)
+                .ok_or_else(|| invalid("invalid cursor")),
+        }
+    }
+}
+
+pub(crate) fn encode(key: &[serde_json::Value]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::Value::Array(key.to_vec()).to_string())
+}
+
+fn decode(cursor: &str) -> async_graphql::Result<Vec<serde_json::Value>> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| invalid("invalid cursor"))?;
+    match serde_json::from_slice(&bytes) {
+        Ok(serde_json::Value::Array(a)) => Ok(a),
+        _ => Err(invalid("invalid cursor")),
+    }
+}
+
+/// Builds a connection from up to `limit` rows; `key` gives each row's cursor key.
+pub(crate) fn connection<T: OutputType>(
+    req: &PageRequest,
+    mut rows: Vec<T>,
+    key: impl Fn(&T) -> Vec<serde_json::Value>,
+) -> Connection<String, T> {
+    let has_next = rows.len() as i64 > req.first;
+    rows.truncate(req.first as usize);
+    let mut c = Connection::new(req.after.is_some(), has_next);
+    c.edges
+        .extend(rows.into_iter().map(|r| Edge::new(encode(&key(&r)), r)));
+    c
+}

@@ -1,0 +1,382 @@
+//! Queries: answered from read models only, never from Microsoft (R2.5). Every read runs
+//! in a transaction as `tenantflow_reader` with the caller's workspace set, so row-level
+//! security filters rows even where a query's own filter is wrong (R8.3).
+
+use async_graphql::connection::Connection;
+use async_graphql::{Context, InputObject, Object};
+use chrono::{DateTime, Utc};
+use sqlx::{Postgres, QueryBuilder, Transaction};
+use uuid::Uuid;
+
+use super::errors::{internal, invalid};
+use super::page::{connection, PageRequest};
+use super::types::*;
+use crate::auth::Caller;
+use crate::AppState;
+
+/// The caller of this request (always present: the HTTP layer refuses anonymous ones).
+pub(crate) fn caller<'a>(ctx: &'a Context<'_>) -> async_graphql::Result<&'a Caller> {
+    ctx.data::<Caller>().map_err(|_| invalid("unauthenticated"))
+}
+
+pub(crate) fn state<'a>(ctx: &'a Context<'_>) -> async_graphql::Result<&'a AppState> {
+    ctx.data::<AppState>()
+}
+
+/// A read transaction confined to the caller's workspace by row-level security.
+pub(crate) async fn reader(
+    ctx: &Context<'_>,
+) -> async_graphql::Result<Transaction<'static, Postgres>> {
+    reader_for(&state(ctx)?.pool, &caller(ctx)?.workspace).await
+}
+
+/// A read transaction as `tenantflow_reader` with `app.workspace` set to `workspace`.
+pub(crate) async fn reader_for(
+    pool: &sqlx::PgPool,
+    workspace: &str,
+) -> async_graphql::Result<Transaction<'static, Postgres>> {
+    let mut tx = pool.begin().await.map_err(internal)?;
+    sqlx::query("SET LOCAL ROLE tenantflow_reader")
+        .execute(&mut *tx)
+        .await
+        .map_err(internal)?;
+    sqlx::query("SELECT set_config('app.workspace', $1, true)")
+        .bind(workspace)
+        .execute(&mut *tx)
+        .await
+        .map_err(internal)?;
+    Ok(tx)
+}
+
+fn parse_uuid(s: &str, what: &str) -> async_graphql::Result<Uuid> {
+    Uuid::try_parse(s.trim()).map_err(|_| {
+        invalid(format!(
+            "`{}` is not a valid {what} id",
+            s.chars().take(40).collect::<String>()
+        ))
+    })
+}
+
+#[derive(InputObject, Default)]
+pub struct RunFilter {
+    #[graphql(name = "tenantId")]
+    pub tenant_id: Option<String>,
+    #[graphql(name = "type")]
+    pub run_type: Option<String>,
+    pub status: Option<String>,
+    pub outcome: Option<String>,
+    pub queued_after: Option<DateTime<Utc>>,
+    pub queued_before: Option<DateTime<Utc>>,
+}
+
+#[derive(InputObject, Default)]
+pub struct EventFilter {
+    pub aggregate_type: Option<String>,
+    pub aggregate_id: Option<String>,
+    pub event_type: Option<String>,
+    #[graphql(name = "tenantId")]
+    pub tenant_id: Option<String>,
+    pub recorded_after: Option<DateTime<Utc>>,
+    pub recorded_before: Option<DateTime<Utc>>,
+}
+
+const RUN_STATUSES: &[&str] = &["queued", "running", "completed"];
+const RUN_OUTCOMES: &[&str] = &[
+    "pending",
+    "succeeded",
+    "partially_succeeded",
+    "failed",
+    "cancelled",
+    "blocked",
+];
+
+pub struct QueryRoot;
+
+#[Object]
+impl QueryRoot {
+    /// Tenants of the caller's workspace, by display name.
+    async fn tenants(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Connection<String, TenantNode>> {
+        let page = PageRequest::parse(first, after)?;
+        let caller = caller(ctx)?;
+        let mut q = QueryBuilder::<Postgres>::new(format!(
+            "SELECT {TENANT_COLUMNS} FROM rm_tenants WHERE workspace_id = "
+        ));
+        q.push_bind(&caller.workspace);
+        if let (Some(name), Some(key)) = (page.key_str(0)?, page.key_str(1)?) {
+            q.push(" AND (display_name, tenant_key) > (")
+                .push_bind(name)
+                .push(", ")
+                .push_bind(key)
+                .push(")");
+        }
+        q.push(" ORDER BY display_name, tenant_key LIMIT ")
+            .push_bind(page.limit());
+        let mut tx = reader(ctx).await?;
+        let rows: Vec<TenantNode> = q
+            .build_query_as()
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(internal)?;
+        Ok(connection(&page, rows, |t| {
+            vec![t.display_name.clone().into(), t.tenant_key.clone().into()]
+        }))
+    }
+
+    /// One tenant by its key (`<workspace>:<guid>`).
+    async fn tenant(
+        &self,
+        ctx: &Context<'_>,
+        id: String,
+    ) -> async_graphql::Result<Option<TenantNode>> {
+        let key: domain::TenantKey = id
+            .parse()
+            .map_err(|e: domain::ValueError| invalid(e.to_string()))?;
+        let mut tx = reader(ctx).await?;
+        sqlx::query_as(&format!(
+            "SELECT {TENANT_COLUMNS} FROM rm_tenants WHERE tenant_key = $1"
+        ))
+        .bind(key.to_string())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(internal)
+    }
+
+    /// Provider connections of the caller's workspace (optionally of one tenant).
+    async fn connections(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(name = "tenantId")] tenant_id: Option<String>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Connection<String, ConnectionNode>> {
+        let page = PageRequest::parse(first, after)?;
+        let caller = caller(ctx)?;
+        let mut q = QueryBuilder::<Postgres>::new(format!(
+            "SELECT {CONNECTION_COLUMNS} FROM rm_connections WHERE workspace_id = "
+        ));
+        q.push_bind(&caller.workspace);
+        if let Some(t) = tenant_id {
+            q.push(" AND tenant_key = ").push_bind(t);
+        }
+        if let (Some(at), Some(id)) = (page.key_str(0)?, page.key_str(1)?) {
+            let at: DateTime<Utc> = at.parse().map_err(|_| invalid("invalid cursor"))?;
+            q.push(" AND (created_at, connection_id) > (")
+                .push_bind(at)
+                .push(", ")
+                .push_bind(parse_uuid(&id, "connection")?)
+                .push(")");
+        }
+        q.push(" ORDER BY created_at, connection_id LIMIT ")
+            .push_bind(page.limit());
+        let mut tx = reader(ctx).await?;
+        let rows: Vec<ConnectionNode> = q
+            .build_query_as()
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(internal)?;
+        Ok(connection(&page, rows, |c| {
+            vec![
+                c.created_at.to_rfc3339().into(),
+                c.connection_id.to_string().into(),
+            ]
+        }))
+    }
+
+    /// Operation runs, newest first, with filters.
+    async fn runs(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<RunFilter>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Connection<String, RunNode>> {
+        let page = PageRequest::parse(first, after)?;
+        let f = filter.unwrap_or_default();
+        if let Some(s) = &f.status {
+            if !RUN_STATUSES.contains(&s.as_str()) {
+                return Err(invalid(format!(
+                    "unknown status; expected one of {}",
+                    RUN_STATUSES.join(", ")
+                )));
+            }
+        }
+        if let Some(o) = &f.outcome {
+            if !RUN_OUTCOMES.contains(&o.as_str()) {
+                return Err(invalid(format!(
+                    "unknown outcome; expected one of {}",
+                    RUN_OUTCOMES.join(", ")
+                )));
+            }
+        }
+        let caller = caller(ctx)?;
+        let mut q = QueryBuilder::<Postgres>::new(format!(
+            "SELECT {RUN_COLUMNS} FROM rm_runs WHERE workspace_id = "
+        ));
+        q.push_bind(&caller.workspace);
+        if let Some(t) = f.tenant_id {
+            q.push(" AND tenant_key = ").push_bind(t);
+        }
+        if let Some(t) = f.run_type {
+            q.push(" AND run_type = ").push_bind(t);
+        }
+        if let Some(s) = f.status {
+            q.push(" AND status = ").push_bind(s);
+        }
+        if let Some(o) = f.outcome {
+            q.push(" AND outcome = ").push_bind(o);
+        }
+        if let Some(t) = f.queued_after {
+            q.push(" AND queued_at >= ").push_bind(t);
+        }
+        if let Some(t) = f.queued_before {
+            q.push(" AND queued_at < ").push_bind(t);
+        }
+        if let (Some(at), Some(id)) = (page.key_str(0)?, page.key_str(1)?) {
+            let at: DateTime<Utc> = at.parse().map_err(|_| invalid("invalid cursor"))?;
+            q.push(" AND (queued_at, run_id) < (")
+                .push_bind(at)
+                .push(", ")
+                .push_bind(parse_uuid(&id, "run")?)
+                .push(")");
+        }
+        q.push(" ORDER BY queued_at DESC, run_id DESC LIMIT ")
+            .push_bind(page.limit());
+        let mut tx = reader(ctx).await?;
+        let rows: Vec<RunNode> = q
+            .build_query_as()
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(internal)?;
+        Ok(connection(&page, rows, |r| {
+            vec![r.queued_at.to_rfc3339().into(), r.run_id.to_string().into()]
+        }))
+    }
+
+    /// One run with its steps.
+    async fn run(&self, ctx: &Context<'_>, id: String) -> async_graphql::Result<Option<RunNode>> {
+        let id = parse_uuid(&id, "run")?;
+        let mut tx = reader(ctx).await?;
+        sqlx::query_as(&format!(
+            "SELECT {RUN_COLUMNS} FROM rm_runs WHERE run_id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(internal)
+    }
+
+    /// Who did what, when, to which tenant: newest first.
+    async fn audit_log(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(name = "tenantId")] tenant_id: Option<String>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Connection<String, AuditEntry>> {
+        let page = PageRequest::parse(first, after)?;
+        let caller = caller(ctx)?;
+        let mut q = QueryBuilder::<Postgres>::new(
+            "SELECT global_position, recorded_at, actor, role, action, aggregate_type, aggregate_id, tenant_key, correlation_id \
+             FROM rm_audit_log WHERE workspace_id = ",
+        );
+        q.push_bind(&caller.workspace);
+        if let Some(t) = tenant_id {
+            q.push(" AND tenant_key = ").push_bind(t);
+        }
+        if let Some(p) = page.key_i64(0)? {
+            q.push(" AND global_position < ").push_bind(p);
+        }
+        q.push(" ORDER BY global_position DESC LIMIT ")
+            .push_bind(page.limit());
+        let mut tx = reader(ctx).await?;
+        let rows: Vec<AuditEntry> = q
+            .build_query_as()
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(internal)?;
+        Ok(connection(&page, rows, |a| vec![a.global_position.into()]))
+    }
+
+    /// The event streams themselves, in global order (R9.1), for auditors.
+    async fn events(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<EventFilter>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Connection<String, EventNode>> {
+        let page = PageRequest::parse(first, after)?;
+        let f = filter.unwrap_or_default();
+        let caller = caller(ctx)?;
+        let mut q = QueryBuilder::<Postgres>::new(
+            "SELECT e.global_position, e.transaction_id::text AS transaction_id, e.aggregate_type, e.aggregate_id, e.sequence, \
+             e.event_type, e.event_version, e.payload, e.metadata, e.recorded_at FROM events e WHERE e.metadata ->> 'workspace' = ",
+        );
+        q.push_bind(&caller.workspace);
+        if let Some(t) = f.aggregate_type {
+            q.push(" AND e.aggregate_type = ").push_bind(t);
+        }
+        if let Some(t) = f.aggregate_id {
+            q.push(" AND e.aggregate_id = ").push_bind(t);
+        }
+        if let Some(t) = f.event_type {
+            q.push(" AND e.event_type = ").push_bind(t);
+        }
+        if let Some(t) = f.tenant_id {
+            q.push(" AND e.global_position IN (SELECT global_position FROM rm_audit_log WHERE tenant_key = ")
+                .push_bind(t)
+                .push(")");
+        }
+        if let Some(t) = f.recorded_after {
+            q.push(" AND e.recorded_at >= ").push_bind(t);
+        }
+        if let Some(t) = f.recorded_before {
+            q.push(" AND e.recorded_at < ").push_bind(t);
+        }
+        if let (Some(tx_id), Some(pos)) = (page.key_i64(0)?, page.key_i64(1)?) {
+            q.push(" AND (e.transaction_id, e.global_position) > (")
+                .push_bind(tx_id.to_string())
+                .push("::text::xid8, ")
+                .push_bind(pos)
+                .push(")");
+        }
+        // Only what no running transaction can still precede: the order is final.
+        q.push(" AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())");
+        q.push(" ORDER BY e.transaction_id, e.global_position LIMIT ")
+            .push_bind(page.limit());
+        let mut tx = reader(ctx).await?;
+        let rows: Vec<EventNode> = q
+            .build_query_as()
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(internal)?;
+        Ok(connection(&page, rows, |e| {
+            vec![
+                e.transaction_id.parse::<i64>().unwrap_or_default().into(),
+                e.global_position.into(),
+            ]
+        }))
+    }
+
+    /// Who the caller is.
+    async fn me(&self, ctx: &Context<'_>) -> async_graphql::Result<Me> {
+        let c = caller(ctx)?;
+        Ok(Me {
+            subject: c.subject.clone(),
+            workspace: c.workspace.clone(),
+            role: c.role.as_str().to_owned(),
+        })
+    }
+}
+
+#[derive(async_graphql::SimpleObject)]
+pub struct Me {
+    pub subject: String,
+    pub workspace: String,
+    pub role: String,
+}

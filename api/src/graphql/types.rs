@@ -1,0 +1,199 @@
+//! GraphQL object types: rows of the read models. Secrets have no column to come from.
+
+use async_graphql::{ComplexObject, Context, Enum, SimpleObject};
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::errors::internal;
+use super::query::reader;
+
+#[derive(Debug, Clone, SimpleObject, sqlx::FromRow)]
+#[graphql(complex, name = "Tenant")]
+pub struct TenantNode {
+    /// The tenant key: `<workspace>:<entra tenant guid>`.
+    #[graphql(name = "id")]
+    pub tenant_key: String,
+    pub entra_tenant_id: Uuid,
+    pub display_name: String,
+    pub primary_domain: String,
+    pub status: String,
+    pub registered_at: DateTime<Utc>,
+    pub archived_at: Option<DateTime<Utc>>,
+    pub last_resynced_at: Option<DateTime<Utc>>,
+}
+
+#[ComplexObject]
+impl TenantNode {
+    /// The tenant's provider connections.
+    async fn connections(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ConnectionNode>> {
+        let mut tx = reader(ctx).await?;
+        sqlx::query_as::<_, ConnectionNode>(&format!(
+            "SELECT {CONNECTION_COLUMNS} FROM rm_connections WHERE tenant_key = $1 ORDER BY created_at, connection_id LIMIT 100"
+        ))
+        .bind(&self.tenant_key)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(internal)
+    }
+}
+
+pub(crate) const TENANT_COLUMNS: &str =
+    "tenant_key, entra_tenant_id, display_name, primary_domain, status, registered_at, archived_at, last_resynced_at";
+
+#[derive(Debug, Clone, SimpleObject, sqlx::FromRow)]
+#[graphql(name = "Connection")]
+pub struct ConnectionNode {
+    #[graphql(name = "id")]
+    pub connection_id: Uuid,
+    #[graphql(name = "tenantId")]
+    pub tenant_key: String,
+    pub provider: String,
+    pub entra_tenant_id: Uuid,
+    pub display_name: String,
+    pub is_default: bool,
+    pub status: String,
+    pub health_status: String,
+    pub consent_granted: bool,
+    pub scopes_granted: serde_json::Value,
+    /// A keyed fingerprint of the current credential (never the secret).
+    pub credential_fingerprint: Option<String>,
+    pub credential_set_at: Option<DateTime<Utc>>,
+    pub credential_set_by: Option<String>,
+    pub last_health_check_at: Option<DateTime<Utc>>,
+    pub last_error_reason_code: Option<String>,
+    pub last_error_message: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+pub(crate) const CONNECTION_COLUMNS: &str = "connection_id, tenant_key, provider, entra_tenant_id, display_name, is_default, \
+     status, health_status, consent_granted, scopes_granted, credential_fingerprint, credential_set_at, credential_set_by, \
+     last_health_check_at, last_error_reason_code, last_error_message, created_at";
+
+#[derive(Debug, Clone, SimpleObject, sqlx::FromRow)]
+#[graphql(complex, name = "Run")]
+pub struct RunNode {
+    #[graphql(name = "id")]
+    pub run_id: Uuid,
+    #[graphql(name = "type")]
+    pub run_type: String,
+    #[graphql(name = "tenantId")]
+    pub tenant_key: Option<String>,
+    pub status: String,
+    pub outcome: String,
+    pub context: serde_json::Value,
+    pub initiator: String,
+    pub summary_counts: serde_json::Value,
+    pub failure_summary: Option<serde_json::Value>,
+    pub reason_code: Option<String>,
+    pub next_steps: serde_json::Value,
+    pub queued_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+pub(crate) const RUN_COLUMNS: &str =
+    "run_id, run_type, tenant_key, status, outcome, context, initiator, summary_counts, \
+     failure_summary, reason_code, next_steps, queued_at, started_at, completed_at";
+
+#[ComplexObject]
+impl RunNode {
+    /// Every recorded step attempt, in order.
+    async fn steps(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<RunStep>> {
+        let mut tx = reader(ctx).await?;
+        sqlx::query_as::<_, RunStep>(
+            "SELECT step, attempt, status, reason_code, message, retry_at, recorded_at FROM rm_run_steps \
+             WHERE run_id = $1 ORDER BY recorded_at, step, attempt LIMIT 500",
+        )
+        .bind(self.run_id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(internal)
+    }
+}
+
+#[derive(Debug, Clone, SimpleObject, sqlx::FromRow)]
+pub struct RunStep {
+    pub step: String,
+    pub attempt: i32,
+    pub status: String,
+    pub reason_code: Option<String>,
+    pub message: Option<String>,
+    pub retry_at: Option<DateTime<Utc>>,
+    pub recorded_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, SimpleObject, sqlx::FromRow)]
+pub struct AuditEntry {
+    pub global_position: i64,
+    pub recorded_at: DateTime<Utc>,
+    pub actor: String,
+    pub role: String,
+    pub action: String,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    #[graphql(name = "tenantId")]
+    pub tenant_key: Option<String>,
+    pub correlation_id: Option<String>,
+}
+
+/// An event as stored, for auditors (R9.1).
+#[derive(Debug, Clone, SimpleObject, sqlx::FromRow)]
+#[graphql(name = "Event")]
+pub struct EventNode {
+    pub global_position: i64,
+    /// The committing transaction; with `globalPosition`, the global order.
+    pub transaction_id: String,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    pub payload: serde_json::Value,
+    pub metadata: serde_json::Value,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// What a start request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+pub enum StartStatus {
+    /// A new run was queued.
+    Queued,
+    /// A run of this type was already active for the tenant: that run is returned.
+    Deduplicated,
+    /// The run could not start and was recorded as blocked.
+    Blocked,
+}
+
+#[derive(Debug, Clone, SimpleObject)]
+pub struct StartRunPayload {
+    pub run_id: Uuid,
+    pub status: StartStatus,
+    pub reason_code: Option<String>,
+}
+
+#[derive(Debug, Clone, SimpleObject)]
+pub struct TenantPayload {
+    /// The tenant key.
+    pub id: String,
+}
+
+#[derive(Debug, Clone, SimpleObject)]
+pub struct ConnectionPayload {
+    pub id: Uuid,
+}
+
+#[derive(Debug, Clone, SimpleObject)]
+pub struct CredentialPayload {
+    pub connection_id: Uuid,
+    /// The new credential's fingerprint.
+    pub fingerprint: String,
+}
+
+#[derive(Debug, Clone, SimpleObject)]
+pub struct CancelRunPayload {
+    pub run_id: Uuid,
+    /// The run was queued and is now cancelled.
+    pub cancelled: bool,
+    /// The run is running and stops at its next step.
+    pub cancel_requested: bool,
+}

@@ -1,0 +1,172 @@
+//! What every projection needs from a stored event: its payload decoded as a domain event
+//! (or skipped, loudly, when the domain has no such event), its metadata and aggregate id,
+//! the snake_case names of domain enums, and the version-guarded statement shape.
+
+use cqrs_es::Aggregate;
+use serde::de::{self, DeserializeOwned, Visitor};
+use serde::Serialize;
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
+use sqlx::{Encode, Postgres, Type};
+use store::{ConsumerError, StoredEvent};
+
+/// The events of aggregate `A` in a batch, in order, decoded (see [`decode`]).
+pub(crate) fn events_of<'e, A: Aggregate>(
+    consumer: &'e str,
+    events: &'e [StoredEvent],
+) -> impl Iterator<Item = Result<(&'e StoredEvent, A::Event), ConsumerError>> + 'e {
+    events
+        .iter()
+        .filter(|e| e.aggregate_type == A::TYPE)
+        .filter_map(move |e| {
+            decode::<A::Event>(consumer, e)
+                .transpose()
+                .map(|r| r.map(|d| (e, d)))
+        })
+}
+
+/// Decodes `event` as `E` (an aggregate's event enum). `Ok(None)` when `E` has no variant
+/// of that name, e.g. an event written by a newer version: the caller skips it, and this
+/// logs the skip with its position so nothing is skipped silently. A known event type
+/// whose payload does not decode is an error (the runner retries and logs it).
+pub(crate) fn decode<E: DeserializeOwned>(
+    consumer: &str,
+    event: &StoredEvent,
+) -> Result<Option<E>, ConsumerError> {
+    if !variants::<E>().contains(&event.event_type.as_str()) {
+        tracing::warn!(
+            consumer,
+            aggregate_type = %event.aggregate_type,
+            event_type = %event.event_type,
+            global_position = event.position.global_position,
+            transaction_id = event.position.transaction_id,
+            "skipping an event type this projection does not know"
+        );
+        return Ok(None);
+    }
+    event.decode().map(Some)
+}
+
+/// A statement about one read-model row: `$1` is the row's key and `$2` the aggregate
+/// sequence of `event`, for the `version < $2` guard that makes replays change nothing.
+pub(crate) fn versioned<'q, K>(
+    sql: &'q str,
+    key: K,
+    event: &StoredEvent,
+) -> Query<'q, Postgres, PgArguments>
+where
+    K: 'q + Encode<'q, Postgres> + Type<Postgres> + Send,
+{
+    sqlx::query(sql).bind(key).bind(event.sequence)
+}
+
+/// The event's aggregate id as a UUID (connections and runs are keyed by one).
+pub(crate) fn uuid_id(event: &StoredEvent) -> Result<uuid::Uuid, ConsumerError> {
+    event
+        .aggregate_id
+        .parse()
+        .map_err(|_| ConsumerError::Refused {
+            position: event.position,
+            message: format!("the {} id is not a UUID", event.aggregate_type),
+        })
+}
+
+/// A metadata field every event written by the command bus has.
+pub(crate) fn required_meta<'e>(
+    event: &'e StoredEvent,
+    key: &str,
+) -> Result<&'e str, ConsumerError> {
+    event.meta(key).ok_or_else(|| ConsumerError::Refused {
+        position: event.position,
+        message: format!("the event's metadata has no `{key}`"),
+    })
+}
+
+/// The name serde gives a unit variant of a domain enum (`HealthStatus::Healthy` is
+/// `"healthy"`), so read models spell statuses exactly as events and the API do.
+pub(crate) fn serde_name<T: Serialize>(
+    event: &StoredEvent,
+    value: &T,
+) -> Result<String, ConsumerError> {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => Ok(name),
+        _ => Err(ConsumerError::Refused {
+            position: event.position,
+            message: format!("a value of {} has no name", std::any::type_name::<T>()),
+        }),
+    }
+}
+
+/// The variant names of an externally tagged enum, as its `Deserialize` impl declares them
+/// (the derive passes them to `deserialize_enum`). This keeps "does the domain know this
+/// event type?" in step with the domain without a hand-kept list.
+fn variants<E: DeserializeOwned>() -> &'static [&'static str] {
+    let mut found: &'static [&'static str] = &[];
+    // The probe always ends in an error: it only records what it was asked for.
+    let _ = E::deserialize(VariantProbe(&mut found));
+    found
+}
+
+struct VariantProbe<'a>(&'a mut &'static [&'static str]);
+
+impl<'de> de::Deserializer<'de> for VariantProbe<'_> {
+    type Error = de::value::Error;
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        variants: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        *self.0 = variants;
+        Err(de::Error::custom("variant probe"))
+    }
+
+    fn deserialize_any<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value, Self::Error> {
+        Err(de::Error::custom("not an enum"))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct seq tuple tuple_struct map struct identifier
+        ignored_any
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::connection::{ConnectionEvent, HealthStatus};
+    use domain::run::RunEvent;
+    use domain::tenant::TenantEvent;
+
+    #[test]
+    fn the_variants_of_a_domain_event_enum_are_its_event_types() {
+        let names = variants::<TenantEvent>();
+        assert!(names.contains(&"TenantRegistered"));
+        assert!(names.contains(&"TenantResynced"));
+        assert!(variants::<ConnectionEvent>().contains(&"ConnectionMadeDefault"));
+        assert!(variants::<RunEvent>().contains(&"RunCancelled"));
+        assert!(!names.contains(&"RunCancelled"));
+    }
+
+    #[test]
+    fn unit_variants_are_named_as_serde_spells_them() {
+        let event = StoredEvent {
+            position: store::Position::default(),
+            aggregate_type: "provider_connection".into(),
+            aggregate_id: "c".into(),
+            sequence: 1,
+            event_type: "HealthChecked".into(),
+            event_version: "1.0".into(),
+            payload: serde_json::Value::Null,
+            metadata: serde_json::Value::Null,
+            recorded_at: chrono::Utc::now(),
+        };
+        assert_eq!(
+            serde_name(&event, &HealthStatus::Healthy).unwrap(),
+            "healthy"
+        );
+        assert!(serde_name(&event, &42).is_err());
+    }
+}

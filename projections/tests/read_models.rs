@@ -1,0 +1,632 @@
+//! Each read model against a history made through the real use cases: what its rows show,
+//! that they match the aggregates, carry their workspace, never hold a secret, and that a
+//! reader sees only its workspace's rows.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use domain::connection::{ConnectionCommand, ProviderConnection};
+use domain::run::{FailureSummary, OperationRun, RunCommand};
+use domain::tenant::Tenant;
+use domain::{ConnectionId, ReasonCode, RunId};
+use projections::RUNS_CHANNEL;
+use serde_json::{json, Value};
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use store::{app, CommandBus};
+use support::*;
+use testkit::TestDb;
+
+#[tokio::test]
+async fn every_read_model_is_listed_once_with_the_tables_it_owns() {
+    let all = projections::all();
+    let names: Vec<&str> = all.iter().map(|p| p.name()).collect();
+    assert_eq!(names, ["tenants", "connections", "runs", "audit_log"]);
+    let owned: Vec<&str> = all
+        .iter()
+        .flat_map(|p| p.tables().iter().copied())
+        .collect();
+    let expected: Vec<&str> = TABLES.iter().map(|(t, _)| *t).collect();
+    assert_eq!(owned, expected, "each table has exactly one owner");
+}
+
+#[tokio::test]
+async fn the_tenants_read_model_shows_registrations_renames_archives_and_resyncs() {
+    let db = TestDb::new().await;
+    let bus = bus(&db).await;
+    let h = history(&bus).await;
+    catch_up(bus.pool(), Arc::new(projections::Tenants)).await;
+
+    let contoso = row(
+        bus.pool(),
+        "rm_tenants",
+        "tenant_key",
+        &h.contoso.to_string(),
+    )
+    .await;
+    assert_eq!(contoso["workspace_id"], "acme");
+    assert_eq!(contoso["entra_tenant_id"], CONTOSO);
+    assert_eq!(contoso["display_name"], "Contoso");
+    assert_eq!(contoso["primary_domain"], "contoso.com");
+    assert_eq!(contoso["status"], "active");
+    assert!(contoso["registered_at"].is_string());
+    assert!(contoso["last_resynced_at"].is_string());
+    assert!(contoso["archived_at"].is_null());
+
+    let northwind = row(
+        bus.pool(),
+        "rm_tenants",
+        "tenant_key",
+        &h.northwind.to_string(),
+    )
+    .await;
+    assert_eq!(northwind["display_name"], "Northwind Traders");
+    assert_eq!(northwind["status"], "archived");
+    assert!(northwind["archived_at"].is_string());
+
+    for key in [&h.contoso, &h.fabrikam, &h.northwind, &h.globex_contoso] {
+        let loaded = bus.load::<Tenant>(&key.to_string()).await.unwrap();
+        let row = row(bus.pool(), "rm_tenants", "tenant_key", &key.to_string()).await;
+        assert_eq!(row["status"], json!(loaded.aggregate.status));
+        assert_eq!(row["display_name"], loaded.aggregate.display_name);
+        assert_eq!(
+            row["version"], loaded.version,
+            "{key}: every tenant event advances the row"
+        );
+        let resynced = loaded
+            .aggregate
+            .last_resynced_at
+            .map(|t| t.timestamp_micros());
+        assert_eq!(
+            Some(&row["last_resynced_at"])
+                .filter(|v| !v.is_null())
+                .map(micros),
+            resynced
+        );
+    }
+}
+
+/// Compares a connection's row with the aggregate's state, field by field.
+async fn assert_connection_row_matches_the_aggregate(bus: &CommandBus, id: ConnectionId) {
+    let loaded = bus
+        .load::<ProviderConnection>(&id.to_string())
+        .await
+        .unwrap();
+    let c = loaded.aggregate;
+    let row = row(
+        bus.pool(),
+        "rm_connections",
+        "connection_id",
+        &id.to_string(),
+    )
+    .await;
+    let at = |v: &Value| Some(v).filter(|v| !v.is_null()).map(micros);
+    assert_eq!(row["workspace_id"], json!(c.workspace));
+    assert_eq!(row["tenant_key"], json!(c.tenant_key));
+    assert_eq!(row["provider"], json!(c.provider));
+    assert_eq!(row["entra_tenant_id"], json!(c.entra_tenant_id));
+    assert_eq!(row["display_name"], c.display_name);
+    assert_eq!(row["status"], json!(c.status), "{id}");
+    assert_eq!(row["health_status"], json!(c.health_status));
+    assert_eq!(row["is_default"], c.is_default);
+    assert_eq!(row["consent_granted"], c.consent_granted);
+    assert_eq!(row["scopes_granted"], json!(c.scopes_granted));
+    let credential = c.credential.as_ref();
+    assert_eq!(
+        row["credential_ref"],
+        json!(credential.map(|k| k.credential_ref))
+    );
+    assert_eq!(
+        row["credential_fingerprint"],
+        json!(credential.map(|k| &k.fingerprint))
+    );
+    assert_eq!(
+        at(&row["credential_set_at"]),
+        credential.map(|k| k.set_at.timestamp_micros())
+    );
+    assert_eq!(
+        at(&row["last_health_check_at"]),
+        c.last_health_check_at.map(|t| t.timestamp_micros())
+    );
+    assert_eq!(
+        row["last_error_reason_code"],
+        json!(c.last_error_reason_code)
+    );
+    assert_eq!(row["last_error_message"], json!(c.last_error_message));
+    assert_eq!(row["version"], loaded.version);
+}
+
+#[tokio::test]
+async fn the_connections_read_model_follows_each_connections_status_default_and_credential() {
+    let db = TestDb::new().await;
+    let bus = bus(&db).await;
+    let h = history(&bus).await;
+    let pool = bus.pool().clone();
+    catch_up(&pool, Arc::new(projections::Connections)).await;
+
+    let primary = row(
+        &pool,
+        "rm_connections",
+        "connection_id",
+        &h.primary.to_string(),
+    )
+    .await;
+    assert_eq!(primary["status"], "connected");
+    assert_eq!(primary["health_status"], "healthy");
+    assert_eq!(primary["is_default"], true);
+    assert_eq!(primary["credential_set_by"], "alice");
+    assert_eq!(primary["last_error_reason_code"], "graph_throttled");
+    let partner = row(
+        &pool,
+        "rm_connections",
+        "connection_id",
+        &h.partner.to_string(),
+    )
+    .await;
+    assert_eq!(partner["status"], "needs_consent");
+    assert_eq!(partner["is_default"], false);
+    assert!(partner["credential_ref"].is_null());
+
+    // The two statuses the history leaves out: a standing error, and disabled.
+    let engine = engine("acme");
+    let errored = ConnectionCommand::RecordError {
+        reason: ReasonCode::ProviderAuthFailed,
+        message: "invalid_client".into(),
+    };
+    app::change_connection(&bus, &engine, h.partner, errored)
+        .await
+        .unwrap();
+    let globex = owner("globex");
+    app::change_connection(
+        &bus,
+        &globex,
+        h.globex_connection,
+        ConnectionCommand::Disable,
+    )
+    .await
+    .unwrap();
+    catch_up(&pool, Arc::new(projections::Connections)).await;
+
+    let statuses: BTreeSet<String> = sqlx::query_scalar("SELECT status FROM rm_connections")
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(
+        statuses,
+        BTreeSet::from(["connected".into(), "error".into(), "disabled".into()])
+    );
+    for id in [h.primary, h.partner, h.globex_connection] {
+        assert_connection_row_matches_the_aggregate(&bus, id).await;
+    }
+}
+
+#[tokio::test]
+async fn no_read_model_ever_contains_the_client_secret() {
+    let db = TestDb::new().await;
+    let bus = bus(&db).await;
+    history(&bus).await;
+    catch_up_all(bus.pool()).await;
+
+    let mut conn = bus.pool().acquire().await.unwrap();
+    let tables = snapshot(&mut conn).await;
+    let fingerprints: Vec<&str> = tables["rm_connections"]
+        .iter()
+        .filter_map(|c| c["credential_fingerprint"].as_str())
+        .collect();
+    assert_eq!(fingerprints.len(), 2, "two connections have a credential");
+    assert!(fingerprints.iter().all(|f| f.starts_with("hmac-sha256:")));
+    for (table, rows) in tables {
+        let text = serde_json::to_string(&rows).unwrap();
+        assert!(!rows.is_empty(), "{table} has rows");
+        assert!(!text.contains(SECRET), "{table} holds the secret");
+    }
+}
+
+#[tokio::test]
+async fn the_runs_read_model_shows_each_runs_status_outcome_and_step_attempts() {
+    let db = TestDb::new().await;
+    let bus = bus(&db).await;
+    let h = history(&bus).await;
+    // The two endings the history leaves out.
+    let failed = queued(&bus, &h.contoso).await;
+    progress(&bus, failed, RunCommand::Start).await;
+    fail(&bus, failed).await;
+    release(&bus, failed).await;
+    let partial = queued(&bus, &h.contoso).await;
+    progress(&bus, partial, RunCommand::Start).await;
+    let partially = RunCommand::PartiallySucceed {
+        summary_counts: BTreeMap::from([("policies".to_owned(), 3)]),
+        failures: vec![FailureSummary {
+            reason: ReasonCode::GraphNotFound,
+            message: "one policy vanished".into(),
+            step: Some("fetch".into()),
+        }],
+    };
+    progress(&bus, partial, partially).await;
+    let pool = bus.pool().clone();
+    catch_up(&pool, Arc::new(projections::Runs)).await;
+
+    let run = |id: RunId| {
+        let pool = pool.clone();
+        async move { row(&pool, "rm_runs", "run_id", &id.to_string()).await }
+    };
+    let succeeded = run(h.succeeded).await;
+    assert_eq!(succeeded["workspace_id"], "acme");
+    assert_eq!(succeeded["run_type"], "policy.resync");
+    assert_eq!(succeeded["tenant_key"], h.contoso.to_string());
+    assert_eq!(succeeded["context"]["tenant_key"], h.contoso.to_string());
+    assert_eq!(succeeded["context"]["module"], "policies");
+    assert_eq!(succeeded["initiator"], "alice");
+    assert_eq!(
+        (&succeeded["status"], &succeeded["outcome"]),
+        (&json!("completed"), &json!("succeeded"))
+    );
+    assert_eq!(succeeded["summary_counts"], json!({ "policies": 12 }));
+    assert!(succeeded["started_at"].is_string() && succeeded["completed_at"].is_string());
+
+    let steps: Vec<Value> = rows(&mut pool.acquire().await.unwrap(), "rm_run_steps")
+        .await
+        .into_iter()
+        .filter(|s| s["run_id"] == h.succeeded.to_string())
+        .collect();
+    let attempts: Vec<(&Value, &Value, &Value, &Value)> = steps
+        .iter()
+        .map(|s| (&s["step"], &s["attempt"], &s["status"], &s["reason_code"]))
+        .collect();
+    assert_eq!(
+        attempts,
+        [
+            (
+                &json!("fetch"),
+                &json!(1),
+                &json!("completed"),
+                &Value::Null
+            ),
+            (
+                &json!("store"),
+                &json!(1),
+                &json!("failed"),
+                &json!("graph_throttled")
+            ),
+            (
+                &json!("store"),
+                &json!(2),
+                &json!("completed"),
+                &Value::Null
+            ),
+        ]
+    );
+    assert_eq!(steps[0]["summary"], json!({ "policies": 12 }));
+    assert!(steps[0]["started_at"].is_string() && steps[1]["started_at"].is_string());
+    assert!(steps[1]["retry_at"].is_string());
+    assert!(steps[2]["started_at"].is_null());
+    assert!(steps.iter().all(|s| s["workspace_id"] == "acme"));
+
+    let cancelled_queued = run(h.cancelled_queued).await;
+    assert_eq!(cancelled_queued["outcome"], "cancelled");
+    assert!(cancelled_queued["started_at"].is_null());
+    let cancelled_running = run(h.cancelled_running).await;
+    assert_eq!(cancelled_running["outcome"], "cancelled");
+    assert_eq!(cancelled_running["cancel_requested"], true);
+    let interrupted = row(
+        &pool,
+        "rm_run_steps",
+        "run_id",
+        &h.cancelled_running.to_string(),
+    )
+    .await;
+    assert_eq!(
+        (&interrupted["step"], &interrupted["status"]),
+        (&json!("fetch"), &json!("started"))
+    );
+
+    let blocked = run(h.blocked).await;
+    assert_eq!(blocked["tenant_key"], h.fabrikam.to_string());
+    assert_eq!(blocked["outcome"], "blocked");
+    assert_eq!(blocked["reason_code"], "provider_connection_missing");
+    let href = blocked["next_steps"][0]["href"].as_str().unwrap();
+    assert!(href.starts_with(&format!("/tenants/{}", h.fabrikam)));
+
+    let failed_row = run(failed).await;
+    assert_eq!(failed_row["outcome"], "failed");
+    assert_eq!(failed_row["reason_code"], "graph_unavailable");
+    assert_eq!(failed_row["failure_summary"][0]["step"], "fetch");
+    let partial_row = run(partial).await;
+    assert_eq!(partial_row["outcome"], "partially_succeeded");
+    assert_eq!(partial_row["summary_counts"], json!({ "policies": 3 }));
+    assert_eq!(
+        partial_row["failure_summary"][0]["reason"],
+        "graph_not_found"
+    );
+
+    for id in [
+        h.succeeded,
+        h.cancelled_queued,
+        h.cancelled_running,
+        h.blocked,
+        failed,
+        partial,
+    ] {
+        let loaded = bus.load::<OperationRun>(&id.to_string()).await.unwrap();
+        let row = run(id).await;
+        assert_eq!(row["status"], json!(loaded.aggregate.status));
+        assert_eq!(row["outcome"], json!(loaded.aggregate.outcome));
+        assert_eq!(row["cancel_requested"], loaded.aggregate.cancel_requested);
+        assert_eq!(row["version"], loaded.version, "{id}");
+    }
+}
+
+#[tokio::test]
+async fn the_audit_log_records_who_did_what_to_which_tenant_for_every_event() {
+    let db = TestDb::new().await;
+    let bus = bus(&db).await;
+    let h = history(&bus).await;
+    let pool = bus.pool().clone();
+    catch_up(&pool, Arc::new(projections::AuditLog)).await;
+
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let events = log_length(&pool).await;
+    let faithful = count(
+        "SELECT count(*) FROM events e JOIN rm_audit_log a USING (global_position) \
+         WHERE a.workspace_id = e.metadata->>'workspace' AND a.actor = e.metadata->>'actor' \
+           AND a.role = e.metadata->>'role' AND a.action = e.event_type \
+           AND a.aggregate_type = e.aggregate_type AND a.aggregate_id = e.aggregate_id \
+           AND a.recorded_at = e.recorded_at \
+           AND a.request_id IS NOT DISTINCT FROM e.metadata->>'request_id' \
+           AND a.correlation_id IS NOT DISTINCT FROM e.metadata->>'correlation_id' \
+           AND a.causation_id IS NOT DISTINCT FROM e.metadata->>'causation_id'",
+    )
+    .await;
+    assert_eq!(faithful, events, "one faithful row per event");
+    assert_eq!(
+        count("SELECT count(*) FROM rm_audit_log WHERE tenant_key IS NULL").await,
+        0,
+        "every event of this history concerns a tenant"
+    );
+
+    let tenant_of = |aggregate_type: &'static str, id: String| {
+        let pool = pool.clone();
+        async move {
+            let keys: Vec<String> = sqlx::query_scalar(
+                "SELECT DISTINCT tenant_key FROM rm_audit_log \
+                 WHERE aggregate_type = $1 AND aggregate_id = $2",
+            )
+            .bind(aggregate_type)
+            .bind(id)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            keys
+        }
+    };
+    let contoso = vec![h.contoso.to_string()];
+    assert_eq!(
+        tenant_of("provider_connection", h.partner.to_string()).await,
+        contoso
+    );
+    assert_eq!(
+        tenant_of("operation_run", h.succeeded.to_string()).await,
+        contoso
+    );
+    assert_eq!(
+        tenant_of("operation_run", h.blocked.to_string()).await,
+        vec![h.fabrikam.to_string()]
+    );
+    assert_eq!(
+        tenant_of("scope_lock", format!("acme:{CONTOSO}")).await,
+        contoso,
+        "scope locks belong to their runs' tenant"
+    );
+
+    // The engine's block of a run is attributed to the person's request that caused it.
+    let (role, actor, caused_by): (String, String, Option<String>) = sqlx::query_as(
+        "SELECT role, actor, causation_id FROM rm_audit_log \
+         WHERE aggregate_id = $1 AND action = 'RunBlocked'",
+    )
+    .bind(h.blocked.to_string())
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let queued_by: String = sqlx::query_scalar(
+        "SELECT request_id FROM rm_audit_log WHERE aggregate_id = $1 AND action = 'RunQueued'",
+    )
+    .bind(h.blocked.to_string())
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((role.as_str(), actor.as_str()), ("system", "alice"));
+    assert_eq!(caused_by, Some(queued_by));
+}
+
+#[tokio::test]
+async fn every_row_carries_the_workspace_of_what_it_shows() {
+    let db = TestDb::new().await;
+    let bus = bus(&db).await;
+    let h = history(&bus).await;
+    let pool = bus.pool().clone();
+    catch_up_all(&pool).await;
+
+    for (table, _) in TABLES {
+        let workspaces: BTreeSet<String> =
+            sqlx::query_scalar(&format!("SELECT DISTINCT workspace_id FROM {table}"))
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+                .into_iter()
+                .collect();
+        let expected: BTreeSet<String> =
+            if *table == "rm_tenants" || *table == "rm_connections" || *table == "rm_audit_log" {
+                BTreeSet::from(["acme".into(), "globex".into()])
+            } else {
+                BTreeSet::from(["acme".into()])
+            };
+        assert_eq!(workspaces, expected, "{table}");
+    }
+    for table in ["rm_tenants", "rm_connections", "rm_runs"] {
+        let foreign: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM {table} WHERE tenant_key NOT LIKE workspace_id || ':%'"
+        ))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            foreign, 0,
+            "{table}: a row's tenant is in the row's workspace"
+        );
+    }
+    let globex = row(
+        &pool,
+        "rm_connections",
+        "connection_id",
+        &h.globex_connection.to_string(),
+    )
+    .await;
+    assert_eq!(globex["workspace_id"], "globex");
+    let audit: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT workspace_id FROM rm_audit_log WHERE tenant_key = $1")
+            .bind(h.globex_contoso.to_string())
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(audit, ["globex"]);
+}
+
+/// What a reader (an API transaction) sees of a table with `app.workspace` set to
+/// `workspace`, or unset.
+async fn visible(pool: &PgPool, workspace: Option<&str>, table: &str) -> Vec<String> {
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL ROLE tenantflow_reader")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    if let Some(w) = workspace {
+        sqlx::query("SELECT set_config('app.workspace', $1, true)")
+            .bind(w)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    // No WHERE clause: the policy alone decides.
+    let seen: Vec<String> = sqlx::query_scalar(&format!(
+        "SELECT workspace_id FROM {table} ORDER BY workspace_id"
+    ))
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    tx.rollback().await.unwrap();
+    seen
+}
+
+#[tokio::test]
+async fn a_reader_sees_only_the_rows_of_the_workspace_set_for_its_transaction() {
+    let db = TestDb::new().await;
+    let bus = bus(&db).await;
+    let h = history(&bus).await;
+    let pool = bus.pool().clone();
+    catch_up_all(&pool).await;
+
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL ROLE tenantflow_reader")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("SELECT set_config('app.workspace', 'acme', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let keys: BTreeSet<String> = sqlx::query_scalar("SELECT tenant_key FROM rm_tenants")
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    tx.rollback().await.unwrap();
+    let acme: BTreeSet<String> = [&h.contoso, &h.fabrikam, &h.northwind]
+        .iter()
+        .map(|k| k.to_string())
+        .collect();
+    assert_eq!(
+        keys, acme,
+        "globex's tenant for the same Entra tenant is hidden"
+    );
+
+    for (table, _) in TABLES {
+        let acme_rows = visible(&pool, Some("acme"), table).await;
+        assert!(!acme_rows.is_empty(), "{table}");
+        assert!(acme_rows.iter().all(|w| w == "acme"), "{table}");
+        let globex_rows = visible(&pool, Some("globex"), table).await;
+        assert!(globex_rows.iter().all(|w| w == "globex"), "{table}");
+        assert_eq!(
+            visible(&pool, None, table).await,
+            Vec::<String>::new(),
+            "{table}"
+        );
+    }
+}
+
+/// The next notification on [`RUNS_CHANNEL`], as JSON.
+async fn next_run_notification(listener: &mut PgListener) -> Value {
+    let n = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+        .await
+        .expect("a run notification")
+        .unwrap();
+    serde_json::from_str(n.payload()).unwrap()
+}
+
+#[tokio::test]
+async fn run_changes_are_announced_on_the_runs_channel_when_their_batch_commits() {
+    let db = TestDb::new().await;
+    let bus = bus(&db).await;
+    let pool = bus.pool().clone();
+    let mut listener = PgListener::connect_with(&pool).await.unwrap();
+    listener.listen(RUNS_CHANNEL).await.unwrap();
+    let h = history(&bus).await;
+    catch_up(&pool, Arc::new(projections::Runs)).await;
+
+    let runs = [
+        (h.succeeded, &h.contoso),
+        (h.cancelled_queued, &h.contoso),
+        (h.cancelled_running, &h.contoso),
+        (h.blocked, &h.fabrikam),
+    ];
+    let mut announced = HashSet::new();
+    while announced.len() < runs.len() {
+        let n = next_run_notification(&mut listener).await;
+        let (id, tenant) = runs
+            .iter()
+            .find(|(id, _)| n["run_id"] == id.to_string())
+            .unwrap_or_else(|| panic!("an unknown run was announced: {n}"));
+        assert_eq!(n["workspace"], "acme");
+        assert_eq!(n["tenant_key"], tenant.to_string());
+        announced.insert(*id);
+    }
+
+    // Replaying the log changes no row, so it announces nothing: the next notification
+    // is the next real change.
+    let consumer = projections::Runs;
+    let mut tx = pool.begin().await.unwrap();
+    let events = store::log::read_batch(&mut tx, store::Position::default(), 10_000)
+        .await
+        .unwrap();
+    store::Consumer::handle(&consumer, &mut tx, &events)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let next = queued(&bus, &h.contoso).await;
+    catch_up(&pool, Arc::new(projections::Runs)).await;
+    let n = next_run_notification(&mut listener).await;
+    assert_eq!(n["run_id"], next.to_string());
+}

@@ -1,0 +1,237 @@
+//! Replays: applying events again changes nothing, a rebuild reproduces the live tables,
+//! and a bad event stops its projection without losing its place.
+
+mod support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use sqlx::PgPool;
+use store::log::{read_batch, ConsumerRunner, RunnerOptions};
+use store::{ConsumerError, Metrics, Position, Progress};
+use support::*;
+use testkit::TestDb;
+
+#[derive(Default)]
+struct Counted {
+    total: AtomicU64,
+    finished: AtomicU64,
+}
+
+impl projections::RebuildProgress for Counted {
+    fn start(&self, _name: &str, total: u64) {
+        self.total.store(total, Ordering::SeqCst);
+    }
+    fn advance(&self, _replayed: u64) {}
+    fn finish(&self, replayed: u64) {
+        self.finished.store(replayed, Ordering::SeqCst);
+    }
+}
+
+async fn live_tables(
+    pool: &PgPool,
+) -> std::collections::HashMap<&'static str, Vec<serde_json::Value>> {
+    snapshot(&mut pool.acquire().await.unwrap()).await
+}
+
+#[tokio::test]
+async fn applying_events_again_in_any_order_or_twice_over_leaves_identical_rows() {
+    let db = TestDb::new().await;
+    let bus = bus(&db).await;
+    history(&bus).await;
+    let pool = bus.pool().clone();
+    catch_up_all(&pool).await;
+    let live = live_tables(&pool).await;
+
+    let mut tx = pool.begin().await.unwrap();
+    let events = read_batch(&mut tx, Position::default(), 10_000)
+        .await
+        .unwrap();
+    assert_eq!(events.len() as i64, log_length(&pool).await);
+    // Old events over up-to-date rows: nothing moves backwards, whether the whole log is
+    // applied again or each event alone, newest first.
+    for consumer in consumers() {
+        consumer.handle(&mut tx, &events).await.unwrap();
+        for event in events.iter().rev() {
+            let one = std::slice::from_ref(event);
+            consumer.handle(&mut tx, one).await.unwrap();
+        }
+    }
+    assert_eq!(snapshot(&mut tx).await, live);
+    // From empty tables, the same batch applied twice in one transaction.
+    for p in projections::all() {
+        let tables = p.tables().join(", ");
+        sqlx::query(&format!("TRUNCATE {tables}"))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    for consumer in consumers() {
+        consumer.handle(&mut tx, &events).await.unwrap();
+        consumer.handle(&mut tx, &events).await.unwrap();
+    }
+    assert_eq!(snapshot(&mut tx).await, live);
+    tx.rollback().await.unwrap();
+}
+
+#[tokio::test]
+async fn rebuilding_every_read_model_reproduces_the_tables_built_live() {
+    let db = TestDb::new().await;
+    let bus = bus(&db).await;
+    history(&bus).await;
+    let pool = bus.pool().clone();
+    catch_up_all(&pool).await;
+    let live = live_tables(&pool).await;
+    let events = log_length(&pool).await as u64;
+
+    // One event per batch puts a batch boundary between every two events, including
+    // those of one transaction (a scope acquired, then its run queued).
+    for batch_size in [1, 1000] {
+        for p in projections::all() {
+            let progress = Counted::default();
+            let replayed = projections::rebuild(&pool, p.as_ref(), batch_size, &progress)
+                .await
+                .unwrap();
+            assert_eq!(replayed, events, "{}", p.name());
+            assert_eq!(progress.total.load(Ordering::SeqCst), events);
+            assert_eq!(progress.finished.load(Ordering::SeqCst), events);
+            assert_eq!(consumed(&pool, p.name()).await as u64, events);
+        }
+        assert_eq!(live_tables(&pool).await, live, "batches of {batch_size}");
+    }
+    // The live runners continue where the rebuild stopped: nothing is applied again.
+    for consumer in consumers() {
+        let runner = ConsumerRunner::new(
+            pool.clone(),
+            consumer,
+            RunnerOptions::default(),
+            Metrics::new(),
+        );
+        assert_eq!(runner.step().await.unwrap(), Progress::Idle);
+    }
+}
+
+/// Appends an event straight to the log (the command bus would never write these).
+async fn append_raw(
+    pool: &PgPool,
+    aggregate_id: &str,
+    event_type: &str,
+    payload: serde_json::Value,
+) -> i64 {
+    let metadata = json!({
+        "workspace": "acme", "actor": "mallory", "role": "owner",
+        "correlation_id": "c-1", "request_id": "r-1",
+    });
+    sqlx::query_scalar(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, \
+         payload, metadata) VALUES ('tenant', $1, 1, $2, '1.0', $3, $4) RETURNING global_position",
+    )
+    .bind(aggregate_id)
+    .bind(event_type)
+    .bind(payload)
+    .bind(metadata)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+async fn checkpoint(pool: &PgPool, name: &str) -> (i64, i64, i64) {
+    sqlx::query_as(
+        "SELECT transaction_id::text::bigint, global_position, events_consumed \
+         FROM consumer_checkpoints WHERE name = $1",
+    )
+    .bind(name)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn an_event_that_cannot_be_decoded_stops_its_projection_without_advancing_its_checkpoint() {
+    let db = TestDb::new().await;
+    let bus = bus(&db).await;
+    history(&bus).await;
+    let pool = bus.pool().clone();
+    catch_up_all(&pool).await;
+    let before = checkpoint(&pool, "tenants").await;
+    let tenants_before = live_tables(&pool).await["rm_tenants"].clone();
+
+    let bad = append_raw(
+        &pool,
+        &format!("acme:{NORTHWIND}-x"),
+        "TenantRenamed",
+        json!({ "TenantRenamed": { "display_name": 42 } }),
+    )
+    .await;
+
+    let runner = ConsumerRunner::new(
+        pool.clone(),
+        Arc::new(projections::Tenants),
+        RunnerOptions::default(),
+        Metrics::new(),
+    );
+    // Bounded: other tests' open transactions may hold the new event back for a moment.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let error = loop {
+        match runner.step().await {
+            Err(e) => break e,
+            Ok(progress) => {
+                assert_eq!(progress, Progress::Idle);
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the bad event was never read"
+                );
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    match error {
+        ConsumerError::Decode {
+            position,
+            event_type,
+            ..
+        } => {
+            assert_eq!(position.global_position, bad);
+            assert_eq!(event_type, "TenantRenamed");
+        }
+        other => panic!("expected a decode error, got {other}"),
+    }
+    assert_eq!(checkpoint(&pool, "tenants").await, before);
+    assert_eq!(live_tables(&pool).await["rm_tenants"], tenants_before);
+    // It fails the same way on every retry, and holds no other projection up.
+    assert!(runner.step().await.is_err());
+    assert_eq!(checkpoint(&pool, "tenants").await, before);
+    catch_up(&pool, Arc::new(projections::Connections)).await;
+    catch_up(&pool, Arc::new(projections::AuditLog)).await;
+    let recorded: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM rm_audit_log WHERE global_position = $1")
+            .bind(bad)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(recorded, 1, "the audit log records it without decoding it");
+}
+
+#[tokio::test]
+async fn an_event_type_the_domain_does_not_know_is_skipped_and_the_projection_moves_on() {
+    let db = TestDb::new().await;
+    let bus = bus(&db).await;
+    history(&bus).await;
+    let pool = bus.pool().clone();
+    catch_up_all(&pool).await;
+    let tenants_before = live_tables(&pool).await["rm_tenants"].clone();
+
+    append_raw(
+        &pool,
+        &format!("acme:{NORTHWIND}-y"),
+        "TenantMerged",
+        json!({ "TenantMerged": { "into": "elsewhere" } }),
+    )
+    .await;
+    catch_up(&pool, Arc::new(projections::Tenants)).await;
+
+    assert_eq!(live_tables(&pool).await["rm_tenants"], tenants_before);
+    assert_eq!(consumed(&pool, "tenants").await, log_length(&pool).await);
+}

@@ -1,0 +1,132 @@
+//! A dashboard-like GraphQL client for end-to-end tests.
+#![allow(dead_code)]
+
+use serde_json::{json, Value};
+use std::time::Duration;
+
+use super::Server;
+
+pub const JWT_SECRET: &str = "e2e-test-jwt-secret-0123456789abcdef";
+pub const VAULT_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+
+/// Starts the real binary on a fresh test database.
+pub async fn start_server() -> (Server, testkit::TestDb) {
+    let db = testkit::TestDb::new().await;
+    let dir =
+        std::env::temp_dir().join(format!("tenantflow-e2e-{}", uuid::Uuid::new_v4().simple()));
+    let dir = dir.to_string_lossy().to_string();
+    let url = db.url();
+    let server = tokio::task::spawn_blocking(move || {
+        Server::start(
+            &["--data-dir", &dir],
+            &[
+                ("DATABASE_URL", &url),
+                ("TENANTFLOW_JWT_SECRET", JWT_SECRET),
+                ("TENANTFLOW_VAULT_KEY", VAULT_KEY),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    (server, db)
+}
+
+pub fn token(workspace: &str, role: domain::Role) -> String {
+    let auth = api::auth::Authenticator::new(&secrecy::SecretString::from(JWT_SECRET.to_owned()));
+    auth.mint("e2e-user", workspace, role, chrono::Duration::hours(1))
+        .unwrap()
+}
+
+/// A caller of the API with one token.
+pub struct Client {
+    pub base_url: String,
+    pub token: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(server: &Server, workspace: &str, role: domain::Role) -> Self {
+        Self {
+            base_url: server.base_url.clone(),
+            token: token(workspace, role),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Posts a query; returns the whole response body (data and errors).
+    pub async fn post(&self, query: &str, variables: Value) -> Value {
+        let r = self
+            .http
+            .post(format!("{}/graphql", self.base_url))
+            .bearer_auth(&self.token)
+            .json(&json!({ "query": query, "variables": variables }))
+            .send()
+            .await
+            .expect("graphql request");
+        assert!(r.status().is_success(), "HTTP {}", r.status());
+        r.json().await.expect("graphql json")
+    }
+
+    /// Posts and expects no errors; returns `data`.
+    pub async fn ok(&self, query: &str, variables: Value) -> Value {
+        let body = self.post(query, variables).await;
+        assert!(body.get("errors").is_none(), "unexpected errors: {body}");
+        body["data"].clone()
+    }
+
+    /// Posts and expects an error; returns its `code` extension.
+    pub async fn error_code(&self, query: &str, variables: Value) -> String {
+        let body = self.post(query, variables).await;
+        let errors = body["errors"]
+            .as_array()
+            .unwrap_or_else(|| panic!("expected an error: {body}"));
+        errors[0]["extensions"]["code"]
+            .as_str()
+            .unwrap_or("<none>")
+            .to_owned()
+    }
+
+    /// Re-runs `query` until `done(data)` holds (read models catch up asynchronously).
+    pub async fn eventually(
+        &self,
+        query: &str,
+        variables: Value,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        for _ in 0..200 {
+            let data = self.ok(query, variables.clone()).await;
+            if done(&data) {
+                return data;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("condition never held for {query}");
+    }
+}
+
+pub const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+
+pub const REGISTER: &str = "mutation($e: String!, $n: String!) { registerTenant(input: {entraTenantId: $e, displayName: $n, primaryDomain: \"contoso.com\"}) { id } }";
+pub const CREATE_CONNECTION: &str = "mutation($t: String!, $e: String!) { createConnection(input: {tenantId: $t, entraTenantId: $e, displayName: \"Graph\"}) { id } }";
+pub const SET_CREDENTIAL: &str = "mutation($c: String!, $s: String!) { setCredential(input: {connectionId: $c, clientId: \"app-1\", clientSecret: $s}) { connectionId fingerprint } }";
+pub const GRANT: &str =
+    "mutation($c: String!) { grantConsent(id: $c, scopes: [\"Policy.Read.All\"]) { id } }";
+pub const RESYNC: &str =
+    "mutation($t: String!) { resyncTenant(id: $t) { runId status reasonCode } }";
+pub const CANCEL: &str =
+    "mutation($r: String!) { cancelRun(id: $r) { runId cancelled cancelRequested } }";
+
+/// Registers a tenant with a ready connection; returns (tenant id, connection id).
+pub async fn ready_tenant(c: &Client, entra: &str, secret: &str) -> (String, String) {
+    let t = c.ok(REGISTER, json!({"e": entra, "n": "Contoso"})).await["registerTenant"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let conn = c.ok(CREATE_CONNECTION, json!({"t": t, "e": entra})).await["createConnection"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    c.ok(SET_CREDENTIAL, json!({"c": conn, "s": secret})).await;
+    c.ok(GRANT, json!({"c": conn})).await;
+    (t, conn)
+}

@@ -1,0 +1,413 @@
+//! The API as a dashboard drives it: the real binary, a real database, HTTP and WebSocket.
+
+mod common;
+
+use common::graphql::*;
+use domain::Role;
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+const SECRET: &str = "e2e-Client-Secret~0123456789-abcdef";
+
+async fn event_count(db: &testkit::TestDb) -> i64 {
+    let pool = db.pool().await;
+    sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+}
+
+/// A graphql-transport-ws subscription.
+async fn subscribe(
+    base_url: &str,
+    token: &str,
+    query: &str,
+    variables: Value,
+) -> impl futures::Stream<Item = Value> {
+    let url = format!("{}/graphql/ws", base_url.replacen("http://", "ws://", 1));
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("websocket");
+    let init =
+        json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {token}")}});
+    ws.send(Message::Text(init.to_string().into()))
+        .await
+        .unwrap();
+    loop {
+        let m = ws.next().await.unwrap().unwrap();
+        if let Message::Text(t) = m {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            assert_eq!(v["type"], "connection_ack", "{v}");
+            break;
+        }
+    }
+    let sub = json!({"id": "1", "type": "subscribe", "payload": {"query": query, "variables": variables}});
+    ws.send(Message::Text(sub.to_string().into()))
+        .await
+        .unwrap();
+    ws.filter_map(|m| async move {
+        match m {
+            Ok(Message::Text(t)) => {
+                let v: Value = serde_json::from_str(&t).ok()?;
+                (v["type"] == "next").then(|| v["payload"]["data"].clone())
+            }
+            _ => None,
+        }
+    })
+}
+
+async fn next_within(stream: &mut (impl futures::Stream<Item = Value> + Unpin)) -> Value {
+    tokio::time::timeout(std::time::Duration::from_secs(20), stream.next())
+        .await
+        .expect("a subscription update in time")
+        .expect("the subscription is open")
+}
+
+#[tokio::test]
+async fn a_dashboard_registers_connects_starts_a_run_and_watches_it_live() {
+    let (server, db) = start_server().await;
+    let c = Client::new(&server, "acme", Role::Owner);
+    let (tenant, conn) = ready_tenant(&c, TENANT, SECRET).await;
+
+    // The read models catch up: the tenant and its ready, default connection.
+    let q = "query($t: String!) { tenant(id: $t) { id displayName status connections { id isDefault status consentGranted credentialFingerprint } } }";
+    let data = c
+        .eventually(q, json!({"t": tenant}), |d| {
+            d["tenant"]["connections"][0]["status"] == "connected"
+        })
+        .await;
+    let connection = &data["tenant"]["connections"][0];
+    assert_eq!(connection["id"], conn.as_str());
+    assert_eq!(connection["isDefault"], true);
+    assert!(connection["credentialFingerprint"]
+        .as_str()
+        .unwrap()
+        .starts_with("hmac-sha256:"));
+
+    let started = c.ok(RESYNC, json!({"t": tenant})).await["resyncTenant"].clone();
+    assert_eq!(started["status"], "QUEUED");
+    let run_id = started["runId"].as_str().unwrap().to_owned();
+    // Starting again dedupes to the same run.
+    let again = c.ok(RESYNC, json!({"t": tenant})).await["resyncTenant"].clone();
+    assert_eq!(
+        (again["status"].as_str(), again["runId"].as_str()),
+        (Some("DEDUPLICATED"), Some(run_id.as_str()))
+    );
+
+    c.eventually(
+        "query($r: String!) { run(id: $r) { id } }",
+        json!({"r": run_id}),
+        |d| !d["run"].is_null(),
+    )
+    .await;
+    let mut updates = Box::pin(
+        subscribe(
+            &server.base_url,
+            &c.token,
+            "subscription($r: String) { runUpdated(runId: $r) { id status outcome } }",
+            json!({"r": run_id}),
+        )
+        .await,
+    );
+    let first = next_within(&mut updates).await;
+    assert_eq!(first["runUpdated"]["status"], "queued");
+
+    c.ok(CANCEL, json!({"r": run_id})).await;
+    let next = next_within(&mut updates).await;
+    assert_eq!(next["runUpdated"]["id"], run_id.as_str());
+    assert_eq!(next["runUpdated"]["status"], "completed");
+    assert_eq!(next["runUpdated"]["outcome"], "cancelled");
+
+    // The audit log says who did what; nothing anywhere shows the secret.
+    let audit = c
+        .eventually(
+            "{ auditLog(first: 50) { edges { node { action actor tenantId } } } }",
+            json!({}),
+            |d| {
+                d["auditLog"]["edges"]
+                    .as_array()
+                    .is_some_and(|e| e.iter().any(|x| x["node"]["action"] == "RunCancelled"))
+            },
+        )
+        .await;
+    assert!(audit.to_string().contains("CredentialSet"));
+    let everything = c
+        .ok(
+            "{ tenants { edges { node { id connections { id credentialFingerprint lastErrorMessage } } } } \
+               events(first: 100) { edges { node { eventType payload metadata } } } }",
+            json!({}),
+        )
+        .await;
+    assert!(!everything.to_string().contains(SECRET));
+    assert!(!server.log_text().contains(SECRET));
+    let pool = db.pool().await;
+    let dump: Vec<String> = sqlx::query_scalar("SELECT row_to_json(e)::text FROM events e")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert!(dump.iter().all(|e| !e.contains(SECRET)));
+}
+
+#[tokio::test]
+async fn requests_without_a_valid_token_get_401_with_a_clear_message() {
+    let (server, _db) = start_server().await;
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{}/graphql", server.base_url))
+        .json(&json!({"query": "{ me { workspace } }"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.text().await.unwrap().contains("missing bearer token"));
+    let r = http
+        .post(format!("{}/graphql", server.base_url))
+        .bearer_auth("not-a-token")
+        .json(&json!({"query": "{ me { workspace } }"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // GraphiQL is served for people.
+    let page = http
+        .get(format!("{}/graphql", server.base_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+}
+
+#[tokio::test]
+async fn every_mutation_is_allowed_or_denied_by_role() {
+    let (server, db) = start_server().await;
+    let owner = Client::new(&server, "acme", Role::Owner);
+    let (tenant, conn) = ready_tenant(&owner, TENANT, SECRET).await;
+
+    // (mutation, variables, roles allowed)
+    let other = "0b6a2f51-7f0e-4e43-9b2e-52c0e2a1b0a1";
+    let cases: Vec<(&str, Value, &[Role])> = vec![
+        (REGISTER, json!({"e": other, "n": "X"}), &[Role::Owner, Role::Manager]),
+        ("mutation($t: String!) { renameTenant(id: $t, displayName: \"Renamed\") { id } }", json!({"t": tenant}), &[Role::Owner, Role::Manager]),
+        (CREATE_CONNECTION, json!({"t": tenant, "e": other}), &[Role::Owner, Role::Manager]),
+        (SET_CREDENTIAL, json!({"c": conn, "s": "another-secret"}), &[Role::Owner, Role::Manager]),
+        ("mutation($c: String!) { makeDefaultConnection(id: $c) { id } }", json!({"c": conn}), &[Role::Owner, Role::Manager]),
+        (GRANT, json!({"c": conn}), &[Role::Owner, Role::Manager]),
+        (RESYNC, json!({"t": tenant}), &[Role::Owner, Role::Manager, Role::Operator]),
+        ("mutation($t: String!) { startOperation(tenantId: $t, type: \"policy.resync\", module: \"ca\") { runId } }", json!({"t": tenant}), &[Role::Owner, Role::Manager, Role::Operator]),
+    ];
+    for role in [Role::Readonly, Role::Operator, Role::Manager, Role::Owner] {
+        let c = Client::new(&server, "acme", role);
+        for (mutation, vars, allowed) in &cases {
+            let before = event_count(&db).await;
+            let body = c.post(mutation, vars.clone()).await;
+            let code = body["errors"][0]["extensions"]["code"]
+                .as_str()
+                .map(str::to_owned);
+            if allowed.contains(&role) {
+                // Allowed: never refused for the role (it may still be a no-op or a dedupe).
+                assert_ne!(
+                    code.as_deref(),
+                    Some("forbidden"),
+                    "{role:?} should be allowed: {mutation}: {body}"
+                );
+            } else {
+                assert_eq!(
+                    code.as_deref(),
+                    Some("forbidden"),
+                    "{role:?} should be denied: {mutation}: {body}"
+                );
+                assert_eq!(
+                    event_count(&db).await,
+                    before,
+                    "a denied mutation wrote nothing"
+                );
+            }
+        }
+    }
+    // Everyone may read.
+    let reader = Client::new(&server, "acme", Role::Readonly);
+    reader
+        .ok(
+            "{ tenants { edges { node { id } } } runs { edges { node { id } } } }",
+            json!({}),
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn one_workspace_never_sees_another_workspaces_data() {
+    let (server, _db) = start_server().await;
+    let acme = Client::new(&server, "acme", Role::Owner);
+    let globex = Client::new(&server, "globex", Role::Owner);
+    let (acme_tenant, acme_conn) = ready_tenant(&acme, TENANT, SECRET).await;
+    let acme_run = acme.ok(RESYNC, json!({"t": acme_tenant})).await["resyncTenant"]["runId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (globex_tenant, _) =
+        ready_tenant(&globex, "0b6a2f51-7f0e-4e43-9b2e-52c0e2a1b0a1", "g-secret").await;
+
+    let lists = "{ tenants { edges { node { id } } } connections { edges { node { id tenantId } } } \
+                   runs { edges { node { id tenantId } } } auditLog { edges { node { aggregateId tenantId } } } \
+                   events { edges { node { aggregateId metadata } } } }";
+    let seen = acme
+        .eventually(lists, json!({}), |d| {
+            d["runs"]["edges"].as_array().is_some_and(|e| !e.is_empty())
+        })
+        .await;
+    globex
+        .eventually(lists, json!({}), |d| {
+            d["connections"]["edges"]
+                .as_array()
+                .is_some_and(|e| !e.is_empty())
+        })
+        .await;
+    let theirs = globex.ok(lists, json!({})).await.to_string();
+    assert!(seen.to_string().contains(&acme_tenant));
+    assert!(
+        !seen.to_string().contains(&globex_tenant),
+        "acme sees nothing of globex"
+    );
+    assert!(
+        !theirs.contains(&acme_tenant)
+            && !theirs.contains(&acme_conn)
+            && !theirs.contains(&acme_run)
+    );
+    assert!(!theirs.contains("\"acme\""));
+
+    // Direct lookups by id and filters naming the other workspace's ids find nothing.
+    let by_id = globex
+        .ok(
+            "query($t: String!, $r: String!) { tenant(id: $t) { id } run(id: $r) { id } \
+               runs(filter: {tenantId: $t}) { edges { node { id } } } connections(tenantId: $t) { edges { node { id } } } \
+               events(filter: {aggregateId: $t}) { edges { node { aggregateId } } } }",
+            json!({"t": acme_tenant, "r": acme_run}),
+        )
+        .await;
+    assert!(
+        by_id["tenant"].is_null() && by_id["run"].is_null(),
+        "{by_id}"
+    );
+    assert_eq!(by_id["runs"]["edges"], json!([]));
+    assert_eq!(by_id["connections"]["edges"], json!([]));
+    assert_eq!(by_id["events"]["edges"], json!([]));
+    // And mutations on the other workspace's objects are refused as not found.
+    assert_eq!(
+        globex.error_code(RESYNC, json!({"t": acme_tenant})).await,
+        "not_found"
+    );
+    assert_eq!(
+        globex.error_code(CANCEL, json!({"r": acme_run})).await,
+        "not_found"
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_error_and_changes_nothing() {
+    let (server, db) = start_server().await;
+    let c = Client::new(&server, "acme", Role::Owner);
+    let before = event_count(&db).await;
+
+    let body = c
+        .post(REGISTER, json!({"e": "contoso.com", "n": "Contoso"}))
+        .await;
+    assert_eq!(body["errors"][0]["extensions"]["code"], "validation_failed");
+    assert!(body["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("GUID"));
+    assert_eq!(
+        c.error_code(RESYNC, json!({"t": "not-a-tenant"})).await,
+        "validation_failed"
+    );
+    assert_eq!(
+        c.error_code(CANCEL, json!({"r": "123"})).await,
+        "validation_failed"
+    );
+    assert_eq!(
+        c.error_code("{ runs(first: 1000) { edges { node { id } } } }", json!({}))
+            .await,
+        "validation_failed"
+    );
+    assert_eq!(
+        c.error_code(
+            "{ runs(filter: {status: \"bogus\"}) { edges { node { id } } } }",
+            json!({})
+        )
+        .await,
+        "validation_failed"
+    );
+    assert_eq!(
+        c.error_code(
+            "{ tenants(after: \"!!notacursor\") { edges { cursor } } }",
+            json!({})
+        )
+        .await,
+        "validation_failed"
+    );
+    assert_eq!(
+        c.error_code(REGISTER, json!({"e": TENANT, "n": "   "}))
+            .await,
+        "validation_failed"
+    );
+
+    let deep = format!(
+        "{{ __schema {{ types {{ fields {{ type {{ {} name {} }} }} }} }} }}",
+        "ofType { ".repeat(12),
+        "} ".repeat(12)
+    );
+    let body = c.post(&deep, json!({})).await;
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("nested too deep"),
+        "{body}"
+    );
+    let unknown_field = c
+        .post("{ tenants { edges { node { secret } } } }", json!({}))
+        .await;
+    assert!(unknown_field["errors"].is_array());
+
+    assert_eq!(event_count(&db).await, before, "nothing was written");
+}
+
+#[tokio::test]
+async fn lists_page_with_cursors() {
+    let (server, _db) = start_server().await;
+    let c = Client::new(&server, "acme", Role::Owner);
+    let guids = [
+        "11111111-1111-4111-8111-111111111111",
+        "22222222-2222-4222-8222-222222222222",
+        "33333333-3333-4333-8333-333333333333",
+    ];
+    for (i, g) in guids.iter().enumerate() {
+        c.ok(REGISTER, json!({"e": g, "n": format!("Tenant {i}")}))
+            .await;
+    }
+    let q = "query($a: String) { tenants(first: 2, after: $a) { edges { cursor node { displayName } } pageInfo { hasNextPage endCursor } } }";
+    let first = c
+        .eventually(q, json!({"a": null}), |d| {
+            d["tenants"]["pageInfo"]["hasNextPage"] == true
+        })
+        .await;
+    assert_eq!(first["tenants"]["edges"].as_array().unwrap().len(), 2);
+    let cursor = first["tenants"]["pageInfo"]["endCursor"].clone();
+    let second = c.ok(q, json!({"a": cursor})).await;
+    let names: Vec<_> = second["tenants"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["node"]["displayName"].clone())
+        .collect();
+    assert_eq!(names, vec![json!("Tenant 2")]);
+    assert_eq!(second["tenants"]["pageInfo"]["hasNextPage"], false);
+}
