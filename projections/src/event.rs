@@ -29,7 +29,7 @@ pub(crate) fn events_of<'e, A: Aggregate>(
 /// of that name, e.g. an event written by a newer version: the caller skips it, and this
 /// logs the skip with its position so nothing is skipped silently. A known event type
 /// whose payload does not decode is an error (the runner retries and logs it).
-pub(crate) fn decode<E: DeserializeOwned>(
+fn decode<E: DeserializeOwned>(
     consumer: &str,
     event: &StoredEvent,
 ) -> Result<Option<E>, ConsumerError> {

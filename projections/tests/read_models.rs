@@ -35,9 +35,7 @@ async fn every_read_model_is_listed_once_with_the_tables_it_owns() {
 
 #[tokio::test]
 async fn the_tenants_read_model_shows_registrations_renames_archives_and_resyncs() {
-    let db = TestDb::new().await;
-    let bus = bus(&db).await;
-    let h = history(&bus).await;
+    let (_db, bus, h) = with_history().await;
     catch_up(bus.pool(), Arc::new(projections::Tenants)).await;
 
     let contoso = row(
@@ -141,9 +139,7 @@ async fn assert_connection_row_matches_the_aggregate(bus: &CommandBus, id: Conne
 
 #[tokio::test]
 async fn the_connections_read_model_follows_each_connections_status_default_and_credential() {
-    let db = TestDb::new().await;
-    let bus = bus(&db).await;
-    let h = history(&bus).await;
+    let (_db, bus, h) = with_history().await;
     let pool = bus.pool().clone();
     catch_up(&pool, Arc::new(projections::Connections)).await;
 
@@ -207,10 +203,7 @@ async fn the_connections_read_model_follows_each_connections_status_default_and_
 
 #[tokio::test]
 async fn no_read_model_ever_contains_the_client_secret() {
-    let db = TestDb::new().await;
-    let bus = bus(&db).await;
-    history(&bus).await;
-    catch_up_all(bus.pool()).await;
+    let (_db, bus, _) = projected_history().await;
 
     let mut conn = bus.pool().acquire().await.unwrap();
     let tables = snapshot(&mut conn).await;
@@ -229,9 +222,7 @@ async fn no_read_model_ever_contains_the_client_secret() {
 
 #[tokio::test]
 async fn the_runs_read_model_shows_each_runs_status_outcome_and_step_attempts() {
-    let db = TestDb::new().await;
-    let bus = bus(&db).await;
-    let h = history(&bus).await;
+    let (_db, bus, h) = with_history().await;
     // The two endings the history leaves out.
     let failed = queued(&bus, &h.contoso).await;
     progress(&bus, failed, RunCommand::Start).await;
@@ -363,9 +354,7 @@ async fn the_runs_read_model_shows_each_runs_status_outcome_and_step_attempts() 
 
 #[tokio::test]
 async fn the_audit_log_records_who_did_what_to_which_tenant_for_every_event() {
-    let db = TestDb::new().await;
-    let bus = bus(&db).await;
-    let h = history(&bus).await;
+    let (_db, bus, h) = with_history().await;
     let pool = bus.pool().clone();
     catch_up(&pool, Arc::new(projections::AuditLog)).await;
 
@@ -453,11 +442,8 @@ async fn the_audit_log_records_who_did_what_to_which_tenant_for_every_event() {
 
 #[tokio::test]
 async fn every_row_carries_the_workspace_of_what_it_shows() {
-    let db = TestDb::new().await;
-    let bus = bus(&db).await;
-    let h = history(&bus).await;
+    let (_db, bus, h) = projected_history().await;
     let pool = bus.pool().clone();
-    catch_up_all(&pool).await;
 
     for (table, _) in TABLES {
         let workspaces: BTreeSet<String> =
@@ -532,11 +518,8 @@ async fn visible(pool: &PgPool, workspace: Option<&str>, table: &str) -> Vec<Str
 
 #[tokio::test]
 async fn a_reader_sees_only_the_rows_of_the_workspace_set_for_its_transaction() {
-    let db = TestDb::new().await;
-    let bus = bus(&db).await;
-    let h = history(&bus).await;
+    let (_db, bus, h) = projected_history().await;
     let pool = bus.pool().clone();
-    catch_up_all(&pool).await;
 
     let mut tx = pool.begin().await.unwrap();
     sqlx::query("SET LOCAL ROLE tenantflow_reader")

@@ -12,7 +12,6 @@ use sqlx::PgPool;
 use store::log::{read_batch, ConsumerRunner, RunnerOptions};
 use store::{ConsumerError, Metrics, Position, Progress};
 use support::*;
-use testkit::TestDb;
 
 #[derive(Default)]
 struct Counted {
@@ -30,20 +29,11 @@ impl projections::RebuildProgress for Counted {
     }
 }
 
-async fn live_tables(
-    pool: &PgPool,
-) -> std::collections::HashMap<&'static str, Vec<serde_json::Value>> {
-    snapshot(&mut pool.acquire().await.unwrap()).await
-}
-
 #[tokio::test]
 async fn applying_events_again_in_any_order_or_twice_over_leaves_identical_rows() {
-    let db = TestDb::new().await;
-    let bus = bus(&db).await;
-    history(&bus).await;
+    let (_db, bus, _) = projected_history().await;
     let pool = bus.pool().clone();
-    catch_up_all(&pool).await;
-    let live = live_tables(&pool).await;
+    let live = snapshot_of(&pool).await;
 
     let mut tx = pool.begin().await.unwrap();
     let events = read_batch(&mut tx, Position::default(), 10_000)
@@ -78,12 +68,9 @@ async fn applying_events_again_in_any_order_or_twice_over_leaves_identical_rows(
 
 #[tokio::test]
 async fn rebuilding_every_read_model_reproduces_the_tables_built_live() {
-    let db = TestDb::new().await;
-    let bus = bus(&db).await;
-    history(&bus).await;
+    let (_db, bus, _) = projected_history().await;
     let pool = bus.pool().clone();
-    catch_up_all(&pool).await;
-    let live = live_tables(&pool).await;
+    let live = snapshot_of(&pool).await;
     let events = log_length(&pool).await as u64;
 
     // One event per batch puts a batch boundary between every two events, including
@@ -99,7 +86,7 @@ async fn rebuilding_every_read_model_reproduces_the_tables_built_live() {
             assert_eq!(progress.finished.load(Ordering::SeqCst), events);
             assert_eq!(consumed(&pool, p.name()).await as u64, events);
         }
-        assert_eq!(live_tables(&pool).await, live, "batches of {batch_size}");
+        assert_eq!(snapshot_of(&pool).await, live, "batches of {batch_size}");
     }
     // The live runners continue where the rebuild stopped: nothing is applied again.
     for consumer in consumers() {
@@ -150,13 +137,10 @@ async fn checkpoint(pool: &PgPool, name: &str) -> (i64, i64, i64) {
 
 #[tokio::test]
 async fn an_event_that_cannot_be_decoded_stops_its_projection_without_advancing_its_checkpoint() {
-    let db = TestDb::new().await;
-    let bus = bus(&db).await;
-    history(&bus).await;
+    let (_db, bus, _) = projected_history().await;
     let pool = bus.pool().clone();
-    catch_up_all(&pool).await;
     let before = checkpoint(&pool, "tenants").await;
-    let tenants_before = live_tables(&pool).await["rm_tenants"].clone();
+    let tenants_before = snapshot_of(&pool).await["rm_tenants"].clone();
 
     let bad = append_raw(
         &pool,
@@ -199,7 +183,7 @@ async fn an_event_that_cannot_be_decoded_stops_its_projection_without_advancing_
         other => panic!("expected a decode error, got {other}"),
     }
     assert_eq!(checkpoint(&pool, "tenants").await, before);
-    assert_eq!(live_tables(&pool).await["rm_tenants"], tenants_before);
+    assert_eq!(snapshot_of(&pool).await["rm_tenants"], tenants_before);
     // It fails the same way on every retry, and holds no other projection up.
     assert!(runner.step().await.is_err());
     assert_eq!(checkpoint(&pool, "tenants").await, before);
@@ -216,12 +200,9 @@ async fn an_event_that_cannot_be_decoded_stops_its_projection_without_advancing_
 
 #[tokio::test]
 async fn an_event_type_the_domain_does_not_know_is_skipped_and_the_projection_moves_on() {
-    let db = TestDb::new().await;
-    let bus = bus(&db).await;
-    history(&bus).await;
+    let (_db, bus, _) = projected_history().await;
     let pool = bus.pool().clone();
-    catch_up_all(&pool).await;
-    let tenants_before = live_tables(&pool).await["rm_tenants"].clone();
+    let tenants_before = snapshot_of(&pool).await["rm_tenants"].clone();
 
     append_raw(
         &pool,
@@ -232,6 +213,6 @@ async fn an_event_type_the_domain_does_not_know_is_skipped_and_the_projection_mo
     .await;
     catch_up(&pool, Arc::new(projections::Tenants)).await;
 
-    assert_eq!(live_tables(&pool).await["rm_tenants"], tenants_before);
+    assert_eq!(snapshot_of(&pool).await["rm_tenants"], tenants_before);
     assert_eq!(consumed(&pool, "tenants").await, log_length(&pool).await);
 }

@@ -7,7 +7,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 /// The channel the runs projection notifies.
-pub const RUNS_CHANNEL: &str = "tenantflow_runs";
+pub use projections::RUNS_CHANNEL;
 
 /// A run row changed.
 #[derive(Debug, Clone, Deserialize)]

@@ -60,6 +60,21 @@ pub async fn bus(db: &TestDb) -> CommandBus {
     CommandBus::new(db.pool().await, Services::system(), Metrics::new())
 }
 
+/// A fresh database with [`history`] in it.
+pub async fn with_history() -> (TestDb, CommandBus, History) {
+    let db = TestDb::new().await;
+    let bus = bus(&db).await;
+    let history = history(&bus).await;
+    (db, bus, history)
+}
+
+/// A fresh database with [`history`] in it and every read model caught up.
+pub async fn projected_history() -> (TestDb, CommandBus, History) {
+    let (db, bus, history) = with_history().await;
+    catch_up_all(bus.pool()).await;
+    (db, bus, history)
+}
+
 /// What [`history`] made.
 pub struct History {
     /// acme's tenant with two connections and three runs.
@@ -143,39 +158,24 @@ pub async fn history(bus: &CommandBus) -> History {
         .unwrap();
     // Rotation: a second credential for the primary connection.
     set_credential(bus, &acme, primary).await;
-    app::change_connection(
-        bus,
-        &engine("acme"),
-        primary,
+    for command in [
         ConnectionCommand::RecordHealthCheck {
             health: HealthStatus::Degraded,
             scopes_granted: vec!["Policy.Read.All".into(), "User.Read.All".into()],
         },
-    )
-    .await
-    .unwrap();
-    app::change_connection(
-        bus,
-        &engine("acme"),
-        primary,
         ConnectionCommand::RecordError {
             reason: ReasonCode::GraphThrottled,
             message: "429 from graph".into(),
         },
-    )
-    .await
-    .unwrap();
-    app::change_connection(
-        bus,
-        &engine("acme"),
-        primary,
         ConnectionCommand::RecordHealthCheck {
             health: HealthStatus::Healthy,
             scopes_granted: vec!["Policy.Read.All".into()],
         },
-    )
-    .await
-    .unwrap();
+    ] {
+        app::change_connection(bus, &engine("acme"), primary, command)
+            .await
+            .unwrap();
+    }
 
     let succeeded = queued(bus, &contoso).await;
     for command in [
@@ -427,6 +427,11 @@ pub async fn snapshot(conn: &mut PgConnection) -> HashMap<&'static str, Vec<Valu
         all.insert(*table, rows(conn, table).await);
     }
     all
+}
+
+/// Every read-model table's rows, on a connection of `pool`.
+pub async fn snapshot_of(pool: &PgPool) -> HashMap<&'static str, Vec<Value>> {
+    snapshot(&mut pool.acquire().await.unwrap()).await
 }
 
 /// One row by key, as JSON.
