@@ -2,6 +2,7 @@
 
 mod bench;
 mod config;
+mod demo;
 mod rebuild;
 mod serve;
 mod telemetry;

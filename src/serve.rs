@@ -138,11 +138,17 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let metrics = Metrics::new();
     let bus = store::CommandBus::new(db.pool.clone(), domain::Services::system(), metrics.clone());
+    let vault = open_vault(&config)?;
+    let demo = if config.demo_enabled() {
+        Some(crate::demo::start(&bus, &vault, config.demo_tenants).await?)
+    } else {
+        None
+    };
     let state = api::AppState(Arc::new(api::App {
         pool: db.pool.clone(),
         bus,
         metrics: metrics.clone(),
-        vault: open_vault(&config)?,
+        vault,
         auth: authenticator(&config)?,
         runs: api::graphql::RunFeed::listen(db.pool.clone(), shutdown.clone()),
         schema: api::graphql::schema(),
@@ -169,6 +175,24 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         "tenantflow is listening on http://{addr} (GraphiQL: http://{addr}/graphql, health: /healthz, readiness: /readyz, metrics: /metrics)"
     );
 
+    if demo.is_some() {
+        let token = authenticator(&config)?
+            .mint(
+                "demo-user",
+                crate::demo::WORKSPACE,
+                domain::Role::Owner,
+                chrono::Duration::hours(12),
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        #[allow(clippy::print_stdout)]
+        {
+            println!(
+                "\ntenantflow demo is running.\n  GraphiQL:  http://{addr}/graphql\n  Token (owner of workspace `{}`, 12 h; paste as header `Authorization: Bearer <token>`):\n  {token}\n  Try: {{ tenants {{ edges {{ node {{ id displayName connections {{ status isDefault }} }} }} }} }}\n",
+                crate::demo::WORKSPACE
+            );
+        }
+    }
+
     let signal = shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -182,6 +206,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .context("HTTP server failed")?;
     shutdown.cancel();
     while background.join_next().await.is_some() {}
+    if let Some(sim) = demo {
+        sim.shutdown().await;
+    }
     db.close().await?;
     tracing::info!("stopped");
     Ok(())

@@ -31,7 +31,8 @@ async fn serve_runs_embedded_postgres_answers_health_and_stops_it_on_ctrl_c() {
     let dir = temp_data_dir();
     let dir_arg = dir.to_string_lossy().to_string();
 
-    let mut server = Server::start(&["--data-dir", &dir_arg], &[]);
+    let env = [("TENANTFLOW_JWT_SECRET", common::graphql::JWT_SECRET)];
+    let mut server = Server::start(&["--data-dir", &dir_arg], &env);
     assert_eq!(get(&format!("{}/healthz", server.base_url)).await.0, 200);
     let (status, body) = get(&format!("{}/readyz", server.base_url)).await;
     assert_eq!(status, 200, "{body}");

@@ -23,6 +23,7 @@ pub async fn start_server() -> (Server, testkit::TestDb) {
                 ("DATABASE_URL", &url),
                 ("TENANTFLOW_JWT_SECRET", JWT_SECRET),
                 ("TENANTFLOW_VAULT_KEY", VAULT_KEY),
+                ("TENANTFLOW_DEMO", "false"),
             ],
         )
     })
