@@ -50,16 +50,37 @@ async fn serve_runs_embedded_postgres_answers_health_and_stops_it_on_ctrl_c() {
         .log_text()
         .contains("initialised a new PostgreSQL cluster"));
 
+    // The demo: the simulator's fleet is registered with ready connections.
+    let demo = common::graphql::Client::new(&server, "demo", domain::Role::Readonly);
+    let q = "{ tenants { edges { node { id connections { status isDefault } } } } }";
+    let data = demo
+        .eventually(q, serde_json::json!({}), |d| {
+            let edges = d["tenants"]["edges"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            edges.len() == 5
+                && edges
+                    .iter()
+                    .all(|e| e["node"]["connections"][0]["status"] == "connected")
+        })
+        .await;
+    assert_eq!(data["tenants"]["edges"].as_array().unwrap().len(), 5);
+
     let status = server.signal_and_wait("INT");
     assert!(status.success(), "clean exit on SIGINT: {status}");
     assert_eq!(wait_no_postgres(&dir), 0, "no stray postgres processes");
 
     // A second start reuses the cluster (no initdb) and its data.
-    let mut again = Server::start(&["--data-dir", &dir_arg], &[]);
+    let mut again = Server::start(&["--data-dir", &dir_arg], &env);
     assert_eq!(get(&format!("{}/readyz", again.base_url)).await.0, 200);
     assert!(!again
         .log_text()
         .contains("initialised a new PostgreSQL cluster"));
+    assert!(
+        again.log_text().contains("added=0"),
+        "the demo adds nothing on a restart"
+    );
     assert!(again.signal_and_wait("TERM").success());
     assert_eq!(wait_no_postgres(&dir), 0);
     let _ = std::fs::remove_dir_all(&dir);
