@@ -21,6 +21,7 @@ pub mod auth;
 pub mod canonical;
 pub mod clock;
 pub mod connection;
+pub mod policy;
 pub mod reason;
 pub mod run;
 pub mod sanitize;

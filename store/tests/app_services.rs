@@ -8,27 +8,13 @@ use domain::{EntraTenantId, Provider, ReasonCode, Role, Services, TenantKey};
 use secrecy::SecretString;
 use std::sync::Arc;
 use store::app::{self, AppError, Started};
-use store::{CommandBus, Metadata, Metrics, Vault};
+use store::{CommandBus, Metadata, Metrics};
 use testkit::TestDb;
 
-const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
-const SECOND: &str = "0b6a2f51-7f0e-4e43-9b2e-52c0e2a1b0a1";
+mod support;
+use support::{guid, owner, vault, SECOND, TENANT};
+
 const THIRD: &str = "1c2d3e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f";
-
-fn owner() -> Metadata {
-    Metadata::new("acme", "olivia@acme.example", Role::Owner)
-}
-
-fn guid(s: &str) -> EntraTenantId {
-    s.parse().unwrap()
-}
-
-fn vault() -> Vault {
-    Vault::from_base64(&SecretString::from(
-        "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".to_owned(),
-    ))
-    .unwrap()
-}
 
 async fn setup(db: &TestDb) -> (CommandBus, TenantKey) {
     let bus = CommandBus::new(db.pool_of(25).await, Services::system(), Metrics::new());

@@ -1,30 +1,15 @@
 //! A secret never leaks: the only test in this binary, because it installs a log capture
 //! and other tests' threads must not race its callsite registration.
 
-use domain::{EntraTenantId, Provider, Role, Services};
+use domain::{Provider, Services};
 use secrecy::SecretString;
 use std::sync::Arc;
 use store::app;
-use store::{CommandBus, Metadata, Metrics, Vault};
+use store::{CommandBus, Metrics};
 use testkit::TestDb;
 
-const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
-const SECOND: &str = "0b6a2f51-7f0e-4e43-9b2e-52c0e2a1b0a1";
-
-fn owner() -> Metadata {
-    Metadata::new("acme", "olivia@acme.example", Role::Owner)
-}
-
-fn guid(s: &str) -> EntraTenantId {
-    s.parse().unwrap()
-}
-
-fn vault() -> Vault {
-    Vault::from_base64(&SecretString::from(
-        "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".to_owned(),
-    ))
-    .unwrap()
-}
+mod support;
+use support::{guid, owner, vault, SECOND, TENANT};
 
 /// Captures every log line the process writes while `f` runs.
 #[derive(Clone, Default)]
