@@ -58,9 +58,11 @@ pub async fn run(config: Config, names: Vec<String>, all: bool) -> anyhow::Resul
     let mut result = Ok(());
     for p in &chosen {
         match projections::rebuild(&db.pool, p.as_ref(), 1000, &progress).await {
-            Ok(n) => {
-                bar.println(format!("{}: replayed {n} events", p.name()));
-            }
+            Ok(n) => tracing::info!(
+                read_model = p.name(),
+                events = n,
+                "rebuilt: replayed {n} events"
+            ),
             Err(e) => {
                 result = Err(anyhow::anyhow!("rebuilding {} failed: {e}", p.name()));
                 break;

@@ -192,8 +192,22 @@ async fn every_mutation_is_allowed_or_denied_by_role() {
 
     // (mutation, variables, roles allowed)
     let other = "0b6a2f51-7f0e-4e43-9b2e-52c0e2a1b0a1";
+    let archivable = "44444444-4444-4444-8444-444444444444";
+    let archivable = owner
+        .ok(REGISTER, json!({"e": archivable, "n": "Old"}))
+        .await["registerTenant"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let run = owner.ok(RESYNC, json!({"t": tenant})).await["resyncTenant"]["runId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let cases: Vec<(&str, Value, &[Role])> = vec![
         (REGISTER, json!({"e": other, "n": "X"}), &[Role::Owner, Role::Manager]),
+        ("mutation($t: String!) { archiveTenant(id: $t) { id } }", json!({"t": archivable}), &[Role::Owner, Role::Manager]),
+        ("mutation($c: String!) { revokeConsent(id: $c) { id } }", json!({"c": conn}), &[Role::Owner, Role::Manager]),
+        (CANCEL, json!({"r": run}), &[Role::Owner, Role::Manager, Role::Operator]),
         ("mutation($t: String!) { renameTenant(id: $t, displayName: \"Renamed\") { id } }", json!({"t": tenant}), &[Role::Owner, Role::Manager]),
         (CREATE_CONNECTION, json!({"t": tenant, "e": other}), &[Role::Owner, Role::Manager]),
         (SET_CREDENTIAL, json!({"c": conn, "s": "another-secret"}), &[Role::Owner, Role::Manager]),
@@ -410,4 +424,69 @@ async fn lists_page_with_cursors() {
         .collect();
     assert_eq!(names, vec![json!("Tenant 2")]);
     assert_eq!(second["tenants"]["pageInfo"]["hasNextPage"], false);
+}
+
+#[tokio::test]
+async fn rebuild_replays_every_read_model_to_the_same_rows() {
+    let (server, db) = start_server().await;
+    let c = Client::new(&server, "acme", Role::Owner);
+    let (tenant, _) = ready_tenant(&c, TENANT, SECRET).await;
+    let run = c.ok(RESYNC, json!({"t": tenant})).await["resyncTenant"]["runId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    c.ok(CANCEL, json!({"r": run})).await;
+    let q = "query($r: String!) { run(id: $r) { outcome } auditLog(first: 100) { edges { node { globalPosition } } } }";
+    c.eventually(q, json!({"r": run}), |d| d["run"]["outcome"] == "cancelled")
+        .await;
+
+    let pool = db.pool().await;
+    let dump = || async {
+        let mut all = Vec::new();
+        for (table, key) in [
+            ("rm_tenants", "tenant_key"),
+            ("rm_connections", "connection_id"),
+            ("rm_runs", "run_id"),
+            ("rm_run_steps", "run_id, step, attempt"),
+            ("rm_audit_log", "global_position"),
+        ] {
+            let rows: Vec<String> = sqlx::query_scalar(&format!(
+                "SELECT row_to_json(t)::text FROM {table} t ORDER BY {key}"
+            ))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            all.push(rows);
+        }
+        all
+    };
+    let live = dump().await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenantflow"))
+        .args(["rebuild", "--all"])
+        .env("DATABASE_URL", db.url())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        printed.contains("read_model=\"runs\"") && printed.contains("rebuilt: replayed"),
+        "{printed}"
+    );
+    assert_eq!(
+        dump().await,
+        live,
+        "rebuilt read models equal the live ones"
+    );
+
+    let unknown = std::process::Command::new(env!("CARGO_BIN_EXE_tenantflow"))
+        .args(["rebuild", "nonsense"])
+        .env("DATABASE_URL", db.url())
+        .output()
+        .unwrap();
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown read model"));
 }

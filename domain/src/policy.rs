@@ -370,24 +370,23 @@ pub struct Capabilities {
 /// `Warning` count; P1/P2 are found through service plans provisioned with `Success`, since
 /// bundles such as E3 and E5 carry them.
 pub fn capabilities(skus: &[Value]) -> Capabilities {
-    let field = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_owned);
+    let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_owned);
     let mut caps = Capabilities::default();
-    let usable = skus.iter().filter(|sku| {
-        field(sku, "capabilityStatus")
-            .is_some_and(|s| s.eq_ignore_ascii_case("Enabled") || s.eq_ignore_ascii_case("Warning"))
-    });
-    for sku in usable {
+    for sku in skus {
+        let status = text(sku, "capabilityStatus").unwrap_or_default();
+        if !matches!(status.as_str(), "Enabled" | "Warning") {
+            continue;
+        }
         caps.skus
-            .extend(field(sku, "skuPartNumber").or_else(|| field(sku, "skuId")));
+            .extend(text(sku, "skuPartNumber").or_else(|| text(sku, "skuId")));
         let plans = sku.get("servicePlans").and_then(Value::as_array);
         for plan in plans.into_iter().flatten() {
-            if !field(plan, "provisioningStatus").is_some_and(|s| s.eq_ignore_ascii_case("Success"))
-            {
-                continue;
+            if text(plan, "provisioningStatus").as_deref() == Some("Success") {
+                // Compared ignoring case: GUIDs are case-insensitive.
+                let id = text(plan, "servicePlanId").unwrap_or_default();
+                caps.ca_p1 |= id.eq_ignore_ascii_case(AAD_PREMIUM);
+                caps.ca_p2 |= id.eq_ignore_ascii_case(AAD_PREMIUM_P2);
             }
-            let id = field(plan, "servicePlanId").unwrap_or_default();
-            caps.ca_p1 |= id.eq_ignore_ascii_case(AAD_PREMIUM);
-            caps.ca_p2 |= id.eq_ignore_ascii_case(AAD_PREMIUM_P2);
         }
     }
     caps.ca_p1 |= caps.ca_p2;
@@ -421,6 +420,19 @@ mod tests {
         })
     }
 
+    /// `policy` with the member at `pointer` (whose parent exists) set to `value`.
+    fn with(mut policy: Value, pointer: &str, value: Value) -> Value {
+        let (parent, key) = pointer.rsplit_once('/').unwrap();
+        let parent = policy.pointer_mut(parent).unwrap().as_object_mut().unwrap();
+        parent.insert(key.to_owned(), value);
+        policy
+    }
+
+    /// Policy `a` ("MFA") with one member set.
+    fn mfa_with(pointer: &str, value: Value) -> Value {
+        with(graph_policy("a", "MFA"), pointer, value)
+    }
+
     fn curated(raw: &[Value]) -> Vec<CuratedPolicy> {
         curate(raw).unwrap()
     }
@@ -429,34 +441,26 @@ mod tests {
         PolicySnapshot::of(curated(raw)).hash
     }
 
-    /// The policy with the member at `pointer` (whose parent must exist) set to `value`.
-    fn with(mut policy: Value, pointer: &str, value: Value) -> Value {
-        let (parent, key) = pointer.rsplit_once('/').unwrap();
-        let parent = policy.pointer_mut(parent).unwrap().as_object_mut().unwrap();
-        parent.insert(key.to_owned(), value);
-        policy
+    fn fields(before: &[Value], after: &[Value]) -> Vec<String> {
+        let d = diff(&curated(before), &curated(after));
+        d.modified
+            .into_iter()
+            .flat_map(|m| m.changed_fields)
+            .collect()
     }
 
     #[test]
     fn curation_keeps_the_known_fields_sorted_by_id() {
         let policies = curated(&[graph_policy("b", "Block legacy"), graph_policy("a", "MFA")]);
-        assert_eq!(policies.len(), 2);
-        assert_eq!(
-            (policies[0].id.as_str(), policies[1].id.as_str()),
-            ("a", "b")
-        );
+        let ids: Vec<&str> = policies.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
         let p = &policies[0];
-        assert_eq!(
-            (p.display_name.as_str(), p.state.as_str()),
-            ("MFA", "enabled")
-        );
+        assert_eq!((&*p.display_name, &*p.state), ("MFA", "enabled"));
         assert_eq!(p.created_date_time.as_deref(), Some("2023-02-01T10:00:00Z"));
         assert_eq!(p.modified_date_time, None);
         assert_eq!(p.conditions["users"]["excludeUsers"], json!(["u-1", "u-2"]));
-        assert_eq!(
-            p.grant_controls["builtInControls"],
-            json!(["compliantDevice", "mfa"])
-        );
+        let controls = &p.grant_controls["builtInControls"];
+        assert_eq!(controls, &json!(["compliantDevice", "mfa"]));
         assert_eq!(p.session_controls, Value::Null);
     }
 
@@ -477,7 +481,7 @@ mod tests {
     }
 
     #[test]
-    fn serialized_policy_uses_graph_names_and_hashes_all_but_modified_date_time() {
+    fn a_stored_policy_uses_graph_names_and_hashes_all_but_modified_date_time() {
         let policy = &curated(&[graph_policy("a", "MFA")])[0];
         let stored = serde_json::to_value(policy).unwrap();
         let mut stored_keys: Vec<&String> = stored.as_object().unwrap().keys().collect();
@@ -507,142 +511,10 @@ mod tests {
     }
 
     #[test]
-    fn the_order_of_an_ordered_array_still_counts() {
-        let raw = with(
-            graph_policy("a", "MFA"),
-            "/conditions/custom",
-            json!([1, 2]),
-        );
-        let swapped = with(raw.clone(), "/conditions/custom", json!([2, 1]));
-        assert_ne!(hash(&[raw]), hash(&[swapped]));
-    }
-
-    #[test]
-    fn modified_date_time_alone_does_not_change_the_hash_but_is_kept() {
-        let original = curated(&[graph_policy("a", "MFA")]);
-        let stamp = json!("2026-11-20T08:00:00Z");
-        let resaved = curated(&[with(graph_policy("a", "MFA"), "/modifiedDateTime", stamp)]);
-        assert_eq!(
-            PolicySnapshot::of(resaved.clone()).hash,
-            PolicySnapshot::of(original.clone()).hash
-        );
-        assert_eq!(
-            resaved[0].modified_date_time.as_deref(),
-            Some("2026-11-20T08:00:00Z")
-        );
-        assert!(diff(&original, &resaved).is_empty());
-    }
-
-    #[test]
-    fn a_changed_state_changes_the_hash_and_the_diff_names_state() {
-        let before = curated(&[graph_policy("a", "MFA")]);
-        let disabled = with(graph_policy("a", "MFA"), "/state", json!("disabled"));
-        let after = curated(&[disabled]);
-        assert_ne!(
-            PolicySnapshot::of(before.clone()).hash,
-            PolicySnapshot::of(after.clone()).hash
-        );
-        let d = diff(&before, &after);
-        assert_eq!(
-            d.modified,
-            [ModifiedPolicy {
-                id: "a".into(),
-                display_name: "MFA".into(),
-                changed_fields: vec!["state".into()],
-            }]
-        );
-        assert!(d.added.is_empty() && d.removed.is_empty());
-    }
-
-    #[test]
-    fn the_hash_is_sha256_hex_of_the_canonical_policies() {
-        let snapshot = PolicySnapshot::of(curated(&[graph_policy("a", "MFA")]));
-        assert_eq!(snapshot.hash.len(), 64);
-        assert!(snapshot
-            .hash
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
-        let views = Value::Array(vec![snapshot.policies[0].hashed_view()]);
-        assert_eq!(snapshot.hash, sha256_hex(canonical_json(&views).as_bytes()));
-    }
-
-    #[test]
-    fn snapshot_of_sorts_its_policies_whatever_the_input_order() {
-        let mut policies = curated(&[graph_policy("a", "A"), graph_policy("b", "B")]);
-        let sorted = PolicySnapshot::of(policies.clone());
-        policies.reverse();
-        assert_eq!(PolicySnapshot::of(policies), sorted);
-        assert_eq!(PolicySnapshot::of(Vec::new()).hash, sha256_hex(b"[]"));
-    }
-
-    #[test]
-    fn the_diff_reports_added_removed_and_modified_policies_with_their_fields() {
-        let before = curated(&[graph_policy("a", "Kept"), graph_policy("b", "Gone")]);
-        let changed = with(
-            graph_policy("a", "Kept!"),
-            "/conditions/users/excludeUsers",
-            json!(["u-3"]),
-        );
-        let changed = with(changed, "/grantControls/builtInControls", json!(["block"]));
-        let changed = with(
-            changed,
-            "/sessionControls",
-            json!({"signInFrequency": {"value": 4}}),
-        );
-        let after = curated(&[changed, graph_policy("c", "New")]);
-        let d = diff(&before, &after);
-        let named = |id: &str, name: &str| PolicyRef {
-            id: id.into(),
-            display_name: name.into(),
-        };
-        assert_eq!(d.added, [named("c", "New")]);
-        assert_eq!(d.removed, [named("b", "Gone")]);
-        assert_eq!(d.modified.len(), 1);
-        assert_eq!(d.modified[0].display_name, "Kept!");
-        assert_eq!(
-            d.modified[0].changed_fields,
-            [
-                "conditions.users.excludeUsers",
-                "displayName",
-                "grantControls.builtInControls",
-                "sessionControls.signInFrequency.value",
-            ]
-        );
-        assert!(!d.is_empty());
-        assert!(diff(&after, &after).is_empty());
-    }
-
-    #[test]
-    fn changed_fields_are_capped_with_a_trailing_marker() {
-        let many: Map<String, Value> = (0..60).map(|i| (format!("k{i:02}"), json!(i))).collect();
-        let before = curated(&[graph_policy("a", "MFA")]);
-        let after = curated(&[with(
-            graph_policy("a", "MFA"),
-            "/sessionControls",
-            Value::Object(many),
-        )]);
-        let fields = &diff(&before, &after).modified[0].changed_fields;
-        assert_eq!(fields.len(), MAX_CHANGED_FIELDS + 1);
-        assert_eq!(fields[0], "sessionControls.k00");
-        assert_eq!(fields.last().map(String::as_str), Some(MORE_FIELDS));
-    }
-
-    #[test]
-    fn a_leaf_that_became_an_object_is_named_by_its_path() {
-        let before = curated(&[with(
-            graph_policy("a", "MFA"),
-            "/conditions/devices",
-            json!("x"),
-        )]);
-        let after = curated(&[with(
-            graph_policy("a", "MFA"),
-            "/conditions/devices",
-            json!({"deviceFilter": {"mode": "include"}}),
-        )]);
-        assert_eq!(
-            diff(&before, &after).modified[0].changed_fields,
-            ["conditions.devices"]
-        );
+    fn the_order_of_an_array_not_known_as_a_set_still_counts() {
+        let one_two = mfa_with("/conditions/custom", json!([1, 2]));
+        let two_one = mfa_with("/conditions/custom", json!([2, 1]));
+        assert_ne!(hash(&[one_two]), hash(&[two_one]));
     }
 
     #[test]
@@ -659,57 +531,132 @@ mod tests {
     }
 
     #[test]
+    fn modified_date_time_alone_does_not_change_the_hash_but_is_kept() {
+        let original = [graph_policy("a", "MFA")];
+        let resaved = [mfa_with("/modifiedDateTime", json!("2026-11-20T08:00:00Z"))];
+        assert_eq!(hash(&resaved), hash(&original));
+        let kept = &curated(&resaved)[0].modified_date_time;
+        assert_eq!(kept.as_deref(), Some("2026-11-20T08:00:00Z"));
+        assert!(diff(&curated(&original), &curated(&resaved)).is_empty());
+    }
+
+    #[test]
+    fn a_changed_state_changes_the_hash_and_the_diff_names_state() {
+        let before = [graph_policy("a", "MFA")];
+        let after = [mfa_with("/state", json!("disabled"))];
+        assert_ne!(hash(&before), hash(&after));
+        let d = diff(&curated(&before), &curated(&after));
+        let expected = ModifiedPolicy {
+            id: "a".into(),
+            display_name: "MFA".into(),
+            changed_fields: vec!["state".into()],
+        };
+        assert_eq!(d.modified, [expected]);
+        assert!(d.added.is_empty() && d.removed.is_empty());
+    }
+
+    #[test]
+    fn the_hash_is_sha256_hex_of_the_canonical_policies_in_id_order() {
+        let mut policies = curated(&[graph_policy("a", "A"), graph_policy("b", "B")]);
+        let snapshot = PolicySnapshot::of(policies.clone());
+        let views: Vec<Value> = policies.iter().map(CuratedPolicy::hashed_view).collect();
+        let expected = sha256_hex(canonical_json(&Value::Array(views)).as_bytes());
+        assert_eq!(snapshot.hash, expected);
+        policies.reverse();
+        assert_eq!(PolicySnapshot::of(policies), snapshot);
+        assert_eq!(PolicySnapshot::of(Vec::new()).hash, sha256_hex(b"[]"));
+    }
+
+    #[test]
+    fn the_diff_reports_added_removed_and_modified_policies_with_their_fields() {
+        let before = curated(&[graph_policy("a", "Kept"), graph_policy("b", "Gone")]);
+        let changed = with(
+            graph_policy("a", "Kept!"),
+            "/conditions/users/excludeUsers",
+            json!([]),
+        );
+        let changed = with(changed, "/grantControls/builtInControls", json!(["block"]));
+        let changed = with(
+            changed,
+            "/sessionControls",
+            json!({"signInFrequency": {"value": 4}}),
+        );
+        let after = curated(&[changed, graph_policy("c", "New")]);
+        let d = diff(&before, &after);
+        let named = |id: &str, name: &str| PolicyRef {
+            id: id.into(),
+            display_name: name.into(),
+        };
+        assert_eq!(
+            (d.added, d.removed),
+            (vec![named("c", "New")], vec![named("b", "Gone")])
+        );
+        assert_eq!(d.modified.len(), 1);
+        assert_eq!(d.modified[0].display_name, "Kept!");
+        let expected = [
+            "conditions.users.excludeUsers",
+            "displayName",
+            "grantControls.builtInControls",
+            "sessionControls.signInFrequency.value",
+        ];
+        assert_eq!(d.modified[0].changed_fields, expected);
+        assert!(diff(&after, &after).is_empty());
+    }
+
+    #[test]
+    fn a_leaf_that_became_an_object_is_named_by_its_path() {
+        let before = mfa_with("/conditions/devices", json!("x"));
+        let after = mfa_with(
+            "/conditions/devices",
+            json!({"deviceFilter": {"mode": "include"}}),
+        );
+        assert_eq!(fields(&[before], &[after]), ["conditions.devices"]);
+    }
+
+    #[test]
+    fn changed_fields_are_capped_with_a_trailing_marker() {
+        let many: Map<String, Value> = (0..60).map(|i| (format!("k{i:02}"), json!(i))).collect();
+        let after = mfa_with("/sessionControls", Value::Object(many));
+        let fields = fields(&[graph_policy("a", "MFA")], &[after]);
+        assert_eq!(fields.len(), MAX_CHANGED_FIELDS + 1);
+        assert_eq!(fields[0], "sessionControls.k00");
+        assert_eq!(fields[MAX_CHANGED_FIELDS], MORE_FIELDS);
+    }
+
+    #[test]
     fn malformed_input_errors_name_the_index_without_echoing_the_payload() {
-        let secretish = "s3cr3t-display-name";
+        let secret = "s3cr3t-display-name";
+        let invalid = |field| PolicyError::InvalidField { index: 1, field };
         let cases = [
             (
                 json!("not an object"),
                 PolicyError::NotAnObject { index: 1 },
             ),
             (
-                json!({"displayName": secretish, "state": "enabled"}),
-                PolicyError::InvalidField {
-                    index: 1,
-                    field: "id",
-                },
+                json!({"displayName": secret, "state": "enabled"}),
+                invalid("id"),
             ),
             (
-                json!({"id": "x", "displayName": "  ", "state": "enabled"}),
-                PolicyError::InvalidField {
-                    index: 1,
-                    field: "displayName",
-                },
+                json!({"id": "x", "displayName": " ", "state": "on"}),
+                invalid("displayName"),
             ),
             (
-                json!({"id": "x", "displayName": secretish, "state": 3}),
-                PolicyError::InvalidField {
-                    index: 1,
-                    field: "state",
-                },
+                json!({"id": "x", "displayName": secret, "state": 3}),
+                invalid("state"),
             ),
             (
-                with(
-                    graph_policy("x", secretish),
-                    "/conditions",
-                    json!([secretish]),
-                ),
-                PolicyError::InvalidField {
-                    index: 1,
-                    field: "conditions",
-                },
+                mfa_with("/conditions", json!([secret])),
+                invalid("conditions"),
             ),
             (
-                with(graph_policy("x", secretish), "/createdDateTime", json!(7)),
-                PolicyError::InvalidField {
-                    index: 1,
-                    field: "createdDateTime",
-                },
+                mfa_with("/createdDateTime", json!(7)),
+                invalid("createdDateTime"),
             ),
         ];
         for (bad, expected) in cases {
-            let err = curate(&[graph_policy("a", "MFA"), bad]).unwrap_err();
+            let err = curate(&[graph_policy("z", "Other"), bad]).unwrap_err();
             assert_eq!(err, expected);
-            assert!(!err.to_string().contains(secretish), "{err}");
+            assert!(!err.to_string().contains(secret), "{err}");
             assert_eq!(err.reason_code(), ReasonCode::GraphMalformedResponse);
         }
     }
@@ -717,45 +664,33 @@ mod tests {
     #[test]
     fn duplicate_ids_are_refused() {
         let raw = [
-            graph_policy("a", "One"),
-            graph_policy("b", "Two"),
-            graph_policy("a", "Three"),
+            graph_policy("a", "1"),
+            graph_policy("b", "2"),
+            graph_policy("a", "3"),
         ];
-        assert_eq!(
-            curate(&raw),
-            Err(PolicyError::DuplicateId {
-                first: 0,
-                second: 2
-            })
-        );
+        let expected = PolicyError::DuplicateId {
+            first: 0,
+            second: 2,
+        };
+        assert_eq!(curate(&raw), Err(expected));
+    }
+
+    fn alert_allowed_minutes_after_the_last(minutes: i64) -> bool {
+        AlertThrottle::may_alert(Some(now() - TimeDelta::minutes(minutes)), now())
     }
 
     #[test]
-    fn the_first_change_of_a_tenant_may_alert() {
+    fn an_alert_within_the_hour_holds_the_next_one_back() {
+        assert!(!alert_allowed_minutes_after_the_last(59));
+        assert!(!alert_allowed_minutes_after_the_last(0));
+        assert!(!alert_allowed_minutes_after_the_last(-5));
+    }
+
+    #[test]
+    fn the_first_alert_or_one_an_hour_later_goes_through() {
         assert!(AlertThrottle::may_alert(None, now()));
-    }
-
-    #[test]
-    fn an_alert_59_minutes_ago_holds_the_next_one_back() {
-        let last = now() - TimeDelta::minutes(59);
-        assert!(!AlertThrottle::may_alert(Some(last), now()));
-        assert!(!AlertThrottle::may_alert(Some(now()), now()));
-        assert!(!AlertThrottle::may_alert(
-            Some(now() + TimeDelta::minutes(5)),
-            now()
-        ));
-    }
-
-    #[test]
-    fn an_alert_60_minutes_ago_lets_the_next_one_through() {
-        assert!(AlertThrottle::may_alert(
-            Some(now() - TimeDelta::minutes(60)),
-            now()
-        ));
-        assert!(AlertThrottle::may_alert(
-            Some(now() - TimeDelta::days(2)),
-            now()
-        ));
+        assert!(alert_allowed_minutes_after_the_last(60));
+        assert!(alert_allowed_minutes_after_the_last(2 * 24 * 60));
     }
 
     fn sku(part: &str, status: &str, plans: &[(&str, &str)]) -> Value {
@@ -771,17 +706,14 @@ mod tests {
         let e5 = sku(
             "SPE_E5",
             "Enabled",
-            &[(AAD_PREMIUM_P2, "Success"), ("other", "Success")],
+            &[(AAD_PREMIUM_P2, "Success"), ("x", "Success")],
         );
-        let caps = capabilities(&[e5]);
-        assert_eq!(
-            caps,
-            Capabilities {
-                ca_p1: true,
-                ca_p2: true,
-                skus: vec!["SPE_E5".into()]
-            }
-        );
+        let expected = Capabilities {
+            ca_p1: true,
+            ca_p2: true,
+            skus: vec!["SPE_E5".into()],
+        };
+        assert_eq!(capabilities(&[e5]), expected);
     }
 
     #[test]
@@ -795,12 +727,8 @@ mod tests {
 
     #[test]
     fn a_disabled_plan_grants_nothing() {
-        let e5 = sku(
-            "SPE_E5",
-            "Enabled",
-            &[(AAD_PREMIUM_P2, "Disabled"), (AAD_PREMIUM, "PendingInput")],
-        );
-        let caps = capabilities(&[e5]);
+        let plans = [(AAD_PREMIUM_P2, "Disabled"), (AAD_PREMIUM, "PendingInput")];
+        let caps = capabilities(&[sku("SPE_E5", "Enabled", &plans)]);
         assert!(!caps.ca_p1 && !caps.ca_p2);
         assert_eq!(caps.skus, ["SPE_E5"]);
     }
@@ -808,9 +736,7 @@ mod tests {
     #[test]
     fn a_suspended_sku_grants_nothing_and_is_not_listed() {
         let e5 = sku("SPE_E5", "Suspended", &[(AAD_PREMIUM_P2, "Success")]);
-        assert_eq!(
-            capabilities(&[e5, json!("junk"), json!({})]),
-            Capabilities::default()
-        );
+        let caps = capabilities(&[e5, json!("junk"), json!({})]);
+        assert_eq!(caps, Capabilities::default());
     }
 }

@@ -455,6 +455,10 @@ pub async fn start_operation(
     module: &str,
 ) -> Result<Started, AppError> {
     let workspace = workspace_of(meta)?;
+    // Checked first: a dedupe answer must not reach a role that may not start anything.
+    if !meta.role.allows(domain::Permission::StartOperations) {
+        return Err(AppError::Forbidden(meta.role));
+    }
     retrying(|| async {
         let mut uow = bus.begin().await?;
         let t = tenant_in(&mut uow, meta, tenant).await?;
