@@ -1,0 +1,136 @@
+//! The task table: which runs need work and when, with leases so several instances share
+//! the work and a crashed instance's work is picked up again (R7.1, R7.2).
+
+use chrono::{DateTime, Utc};
+use domain::run::{OperationRun, RunEvent};
+use sqlx::{PgConnection, PgPool};
+use std::time::Duration;
+use store::{Consumer, ConsumerError, StoredEvent};
+use uuid::Uuid;
+
+/// Keeps `workflow_tasks` in step with the runs: a queued run gets a task due now, a step
+/// failure moves it to the retry time, a cancellation request makes it due now, and a
+/// completed run's task goes away. Idempotent: inserts ignore existing tasks and updates
+/// only ever set values derived from the event.
+pub struct TaskFeed;
+
+pub const FEED: &str = "workflow_tasks";
+
+#[async_trait::async_trait]
+impl Consumer for TaskFeed {
+    fn name(&self) -> &str {
+        FEED
+    }
+
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        events: &[StoredEvent],
+    ) -> Result<(), ConsumerError> {
+        for e in events
+            .iter()
+            .filter(|e| e.aggregate_type == <OperationRun as cqrs_es::Aggregate>::TYPE)
+        {
+            let run_id = Uuid::try_parse(&e.aggregate_id).map_err(|_| ConsumerError::Refused {
+                position: e.position,
+                message: "run id is not a UUID".into(),
+            })?;
+            match e.decode::<RunEvent>()? {
+                RunEvent::RunQueued {
+                    workspace,
+                    run_type,
+                    queued_at,
+                    ..
+                } => {
+                    sqlx::query(
+                        "INSERT INTO workflow_tasks (run_id, workspace_id, run_type, due_at) VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT (run_id) DO NOTHING",
+                    )
+                    .bind(run_id)
+                    .bind(workspace.as_str())
+                    .bind(run_type)
+                    .bind(queued_at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                RunEvent::RunStepFailed {
+                    retry_at: Some(at), ..
+                } => {
+                    sqlx::query("UPDATE workflow_tasks SET due_at = GREATEST(due_at, $2), updated_at = now() WHERE run_id = $1")
+                        .bind(run_id)
+                        .bind(at)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                RunEvent::RunCancelRequested { at } => {
+                    sqlx::query("UPDATE workflow_tasks SET due_at = LEAST(due_at, $2), updated_at = now() WHERE run_id = $1")
+                        .bind(run_id)
+                        .bind(at)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                RunEvent::RunSucceeded { .. }
+                | RunEvent::RunPartiallySucceeded { .. }
+                | RunEvent::RunFailed { .. }
+                | RunEvent::RunBlocked { .. }
+                | RunEvent::RunCancelled { .. } => {
+                    sqlx::query("DELETE FROM workflow_tasks WHERE run_id = $1")
+                        .bind(run_id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A claimed task: the runner holds its lease until `lease_until`.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Task {
+    pub run_id: Uuid,
+    pub workspace_id: String,
+    pub run_type: String,
+    pub lease_until: DateTime<Utc>,
+}
+
+/// Claims the most overdue task that nobody holds (or whose lease expired).
+pub async fn claim(
+    pool: &PgPool,
+    owner: &str,
+    lease: Duration,
+) -> Result<Option<Task>, sqlx::Error> {
+    sqlx::query_as(
+        "UPDATE workflow_tasks t SET lease_owner = $1, lease_until = now() + make_interval(secs => $2), \
+             claims = claims + 1, updated_at = now() \
+         WHERE t.run_id = (SELECT run_id FROM workflow_tasks \
+             WHERE due_at <= now() AND (lease_until IS NULL OR lease_until < now()) \
+             ORDER BY due_at FOR UPDATE SKIP LOCKED LIMIT 1) \
+         RETURNING t.run_id, t.workspace_id, t.run_type, t.lease_until",
+    )
+    .bind(owner)
+    .bind(lease.as_secs_f64())
+    .fetch_optional(pool)
+    .await
+}
+
+/// Gives a task back, due again at `due_at`. Only the lease holder can; returns whether
+/// it still held the lease (a runner that lost it must not assume anything).
+pub async fn release(
+    pool: &PgPool,
+    run_id: Uuid,
+    owner: &str,
+    due_at: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE workflow_tasks SET lease_owner = NULL, lease_until = NULL, due_at = $3, updated_at = now() \
+         WHERE run_id = $1 AND lease_owner = $2",
+    )
+    .bind(run_id)
+    .bind(owner)
+    .bind(due_at)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

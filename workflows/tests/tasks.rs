@@ -1,0 +1,208 @@
+//! The task table against a real database: fed from the log, claimed once, leases expire.
+
+use domain::connection::ConnectionCommand;
+use domain::{Provider, Role, Services};
+use secrecy::SecretString;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+use store::app::{self, Started};
+use store::log::{ConsumerRunner, RunnerOptions};
+use store::{CommandBus, Metadata, Metrics, Progress, Vault};
+use testkit::TestDb;
+use uuid::Uuid;
+use workflows::tasks::{claim, release, TaskFeed};
+
+fn owner() -> Metadata {
+    Metadata::new("acme", "olivia", Role::Owner)
+}
+
+/// Runs the task feed until it has consumed every event. (Idle alone is not enough: other
+/// tests' open transactions on the shared cluster hold the readable log back for a moment.)
+async fn feed(pool: &sqlx::PgPool) {
+    let runner = ConsumerRunner::new(
+        pool.clone(),
+        Arc::new(TaskFeed),
+        RunnerOptions::default(),
+        Metrics::new(),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
+        if runner.step().await.unwrap() == Progress::Idle {
+            let (consumed, total): (i64, i64) = sqlx::query_as(
+                "SELECT (SELECT events_consumed FROM consumer_checkpoints WHERE name = 'workflow_tasks'), \
+                        (SELECT count(*) FROM events)",
+            )
+            .fetch_one(pool)
+            .await
+            .unwrap();
+            if consumed == total {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    panic!("the task feed did not catch up");
+}
+
+async fn queued_run(bus: &CommandBus) -> Uuid {
+    let vault = Vault::from_base64(&SecretString::from(
+        "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".to_owned(),
+    ))
+    .unwrap();
+    let guid = "72f988bf-86f1-41af-91ab-2d7cd011db47".parse().unwrap();
+    let key = app::register_tenant(bus, &owner(), guid, "Contoso", "contoso.com")
+        .await
+        .unwrap();
+    let c = app::create_connection(bus, &owner(), &key, Provider::Microsoft, guid, "G")
+        .await
+        .unwrap();
+    app::set_credential(
+        bus,
+        &vault,
+        &owner(),
+        c,
+        "client",
+        &SecretString::from("s".to_owned()),
+        None,
+    )
+    .await
+    .unwrap();
+    app::change_connection(
+        bus,
+        &owner(),
+        c,
+        ConnectionCommand::GrantConsent {
+            scopes: vec!["Policy.Read.All".into()],
+        },
+    )
+    .await
+    .unwrap();
+    match app::start_operation(bus, &owner(), &key, "policy.resync", "ca")
+        .await
+        .unwrap()
+    {
+        Started::Queued(r) => r.as_uuid(),
+        other => panic!("expected a queued run, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_queued_run_gets_a_task_and_a_cancelled_run_loses_it() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let bus = CommandBus::new(pool.clone(), Services::system(), Metrics::new());
+    let run = queued_run(&bus).await;
+    feed(&pool).await;
+    let task = claim(&pool, "runner-a", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .expect("a due task");
+    assert_eq!(task.run_id, run);
+    assert_eq!(task.run_type, "policy.resync");
+    assert!(release(&pool, run, "runner-a", chrono::Utc::now())
+        .await
+        .unwrap());
+
+    app::cancel_run(&bus, &owner(), domain::RunId(run))
+        .await
+        .unwrap();
+    feed(&pool).await;
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM workflow_tasks")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "a completed run needs no more work");
+}
+
+async fn insert_tasks(pool: &sqlx::PgPool, n: usize, due_in_secs: i64) -> BTreeSet<Uuid> {
+    let mut ids = BTreeSet::new();
+    for _ in 0..n {
+        let id = Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO workflow_tasks (run_id, workspace_id, run_type, due_at) \
+             VALUES ($1, 'acme', 'policy.resync', now() + make_interval(secs => $2))",
+        )
+        .bind(id)
+        .bind(due_in_secs as f64)
+        .execute(pool)
+        .await
+        .unwrap();
+        ids.insert(id);
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_runners_never_claim_the_same_task() {
+    let db = TestDb::new().await;
+    let pool = db.pool_of(12).await;
+    let ids = insert_tasks(&pool, 40, -1).await;
+    let runners: Vec<_> = (0..8)
+        .map(|i| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                while let Some(t) = claim(&pool, &format!("runner-{i}"), Duration::from_secs(60))
+                    .await
+                    .unwrap()
+                {
+                    mine.push(t.run_id);
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut claimed = Vec::new();
+    for r in runners {
+        claimed.extend(r.await.unwrap());
+    }
+    let unique: BTreeSet<_> = claimed.iter().copied().collect();
+    assert_eq!(claimed.len(), unique.len(), "no task was claimed twice");
+    assert_eq!(unique, ids, "every task was claimed");
+}
+
+#[tokio::test]
+async fn a_task_is_not_claimed_before_it_is_due() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    insert_tasks(&pool, 1, 3600).await;
+    assert!(claim(&pool, "runner-a", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_claimed_by_another_runner_and_the_old_holder_cannot_release_it() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let ids = insert_tasks(&pool, 1, -1).await;
+    let id = *ids.iter().next().unwrap();
+    let first = claim(&pool, "crashed", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.run_id, id);
+    // While the lease holds, nobody else gets the task.
+    assert!(claim(&pool, "other", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .is_none());
+    // The holder crashed; its lease runs out.
+    sqlx::query("UPDATE workflow_tasks SET lease_until = now() - interval '1 second'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let second = claim(&pool, "other", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .expect("reclaimed");
+    assert_eq!(second.run_id, id);
+    assert!(!release(&pool, id, "crashed", chrono::Utc::now())
+        .await
+        .unwrap());
+    assert!(release(&pool, id, "other", chrono::Utc::now())
+        .await
+        .unwrap());
+}
