@@ -8,6 +8,7 @@ use axum::http::HeaderMap;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use tracing::Instrument;
 
 use crate::auth::AuthError;
 use crate::graphql::mutation_request_id;
@@ -44,14 +45,14 @@ async fn graphql(
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let span = tracing::info_span!("graphql", workspace = %caller.workspace, subject = %caller.subject, request_id = %request_id);
-    let _enter = span.enter();
     let req = req
         .into_inner()
         .data(state.clone())
         .data(state.runs.clone())
         .data(caller)
         .data(mutation_request_id(request_id));
-    GraphQLResponse::from(state.schema.execute(req).await).into_response()
+    // The span follows the future (an entered guard would leak across awaits).
+    GraphQLResponse::from(state.schema.execute(req).instrument(span).await).into_response()
 }
 
 /// Subscriptions: the token comes in the `connection_init` payload, as
