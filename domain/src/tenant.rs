@@ -12,6 +12,7 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 
+use crate::policy::{self, AlertThrottle, Capabilities, CuratedPolicy, PolicyDiff, PolicySnapshot};
 use crate::values::{
     clean_domain, clean_name, ConnectionId, EntraTenantId, Provider, WorkspaceId, MAX_NAME,
 };
@@ -49,6 +50,37 @@ pub enum TenantCommand {
     RecordResync {
         at: DateTime<Utc>,
     },
+    /// Records curated Conditional Access policies (R3.2–R3.4). The same hash as the last
+    /// snapshot writes nothing (the state keeps the existing snapshot id); a new hash
+    /// writes a snapshot with its diff, an alert at most once an hour, and for an import
+    /// the policy intent.
+    RecordSnapshot {
+        snapshot_id: uuid::Uuid,
+        policies: Vec<CuratedPolicy>,
+        source: SnapshotSource,
+    },
+    /// Records the capabilities its licenses give (R3.5).
+    RecordLicenses {
+        capabilities: Capabilities,
+    },
+}
+
+/// Where a snapshot's policies came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotSource {
+    /// Read from the tenant through Graph.
+    Graph,
+    /// Imported: the policies also become the tenant's intended state.
+    Import,
+}
+
+/// The last snapshot, as the tenant remembers it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotRef {
+    pub snapshot_id: uuid::Uuid,
+    pub hash: String,
+    pub policies: Vec<CuratedPolicy>,
 }
 
 impl Authorize for TenantCommand {
@@ -60,7 +92,9 @@ impl Authorize for TenantCommand {
             // Issued as part of creating a connection or making one default.
             TenantCommand::AttachConnection { .. }
             | TenantCommand::MakeDefaultConnection { .. } => Permission::ManageConnections,
-            TenantCommand::RecordResync { .. } => Permission::RecordProgress,
+            TenantCommand::RecordResync { .. }
+            | TenantCommand::RecordSnapshot { .. }
+            | TenantCommand::RecordLicenses { .. } => Permission::RecordProgress,
         }
     }
 }
@@ -95,6 +129,33 @@ pub enum TenantEvent {
     TenantResynced {
         at: DateTime<Utc>,
     },
+    /// Curated policies with their hash and what changed since the previous snapshot
+    /// (never the raw Graph response).
+    PolicySnapshotted {
+        snapshot_id: uuid::Uuid,
+        hash: String,
+        policies: Vec<CuratedPolicy>,
+        /// None for the first snapshot.
+        diff: Option<PolicyDiff>,
+        source: SnapshotSource,
+        taken_at: DateTime<Utc>,
+    },
+    /// `policy.changed_in_portal`: the policies changed outside tenantflow. At most one
+    /// per snapshot, so the snapshot id identifies the alert.
+    PolicyDriftDetected {
+        snapshot_id: uuid::Uuid,
+        kind: String,
+        raised_at: DateTime<Utc>,
+    },
+    /// An imported snapshot became the tenant's intended policies.
+    PolicyIntentSeeded {
+        snapshot_id: uuid::Uuid,
+        hash: String,
+    },
+    LicensesRefreshed {
+        capabilities: Capabilities,
+        at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for TenantEvent {
@@ -106,6 +167,10 @@ impl DomainEvent for TenantEvent {
             TenantEvent::ConnectionAttached { .. } => "ConnectionAttached",
             TenantEvent::DefaultConnectionChanged { .. } => "DefaultConnectionChanged",
             TenantEvent::TenantResynced { .. } => "TenantResynced",
+            TenantEvent::PolicySnapshotted { .. } => "PolicySnapshotted",
+            TenantEvent::PolicyDriftDetected { .. } => "PolicyDriftDetected",
+            TenantEvent::PolicyIntentSeeded { .. } => "PolicyIntentSeeded",
+            TenantEvent::LicensesRefreshed { .. } => "LicensesRefreshed",
         }
         .to_owned()
     }
@@ -195,6 +260,9 @@ pub struct Tenant {
     /// One default per provider, by construction.
     pub defaults: BTreeMap<Provider, ConnectionId>,
     pub last_resynced_at: Option<DateTime<Utc>>,
+    pub last_snapshot: Option<SnapshotRef>,
+    pub last_alert_at: Option<DateTime<Utc>>,
+    pub capabilities: Option<Capabilities>,
 }
 
 impl Tenant {
@@ -321,6 +389,56 @@ impl Aggregate for Tenant {
                 self.require_active()?;
                 sink.write(TenantEvent::TenantResynced { at }, self).await;
             }
+            TenantCommand::RecordSnapshot {
+                snapshot_id,
+                policies,
+                source,
+            } => {
+                self.require_active()?;
+                let snapshot = PolicySnapshot::of(policies);
+                if self
+                    .last_snapshot
+                    .as_ref()
+                    .is_some_and(|s| s.hash == snapshot.hash)
+                {
+                    // Unchanged: nothing new; the last snapshot id stands.
+                    return Ok(());
+                }
+                let now = services.clock.now();
+                let diff = self
+                    .last_snapshot
+                    .as_ref()
+                    .map(|s| policy::diff(&s.policies, &snapshot.policies));
+                let drifted = diff.is_some();
+                let hash = snapshot.hash.clone();
+                let event = TenantEvent::PolicySnapshotted {
+                    snapshot_id,
+                    hash: snapshot.hash,
+                    policies: snapshot.policies,
+                    diff,
+                    source,
+                    taken_at: now,
+                };
+                sink.write(event, self).await;
+                if drifted && AlertThrottle::may_alert(self.last_alert_at, now) {
+                    let alert = TenantEvent::PolicyDriftDetected {
+                        snapshot_id,
+                        kind: AlertThrottle::ALERT.to_owned(),
+                        raised_at: now,
+                    };
+                    sink.write(alert, self).await;
+                }
+                if source == SnapshotSource::Import {
+                    sink.write(TenantEvent::PolicyIntentSeeded { snapshot_id, hash }, self)
+                        .await;
+                }
+            }
+            TenantCommand::RecordLicenses { capabilities } => {
+                self.require_active()?;
+                let at = services.clock.now();
+                sink.write(TenantEvent::LicensesRefreshed { capabilities, at }, self)
+                    .await;
+            }
         }
         Ok(())
     }
@@ -357,6 +475,25 @@ impl Aggregate for Tenant {
                 self.defaults.insert(provider, current);
             }
             TenantEvent::TenantResynced { at } => self.last_resynced_at = Some(at),
+            TenantEvent::PolicySnapshotted {
+                snapshot_id,
+                hash,
+                policies,
+                ..
+            } => {
+                self.last_snapshot = Some(SnapshotRef {
+                    snapshot_id,
+                    hash,
+                    policies,
+                })
+            }
+            TenantEvent::PolicyDriftDetected { raised_at, .. } => {
+                self.last_alert_at = Some(raised_at)
+            }
+            TenantEvent::PolicyIntentSeeded { .. } => {}
+            TenantEvent::LicensesRefreshed { capabilities, .. } => {
+                self.capabilities = Some(capabilities)
+            }
         }
     }
 }
@@ -367,7 +504,9 @@ mod tests {
     use crate::testing::{
         assert_event_types_match_payload_tags, guid, now, other_guid, services, workspace,
     };
+    use crate::FixedClock;
     use cqrs_es::test::TestFramework;
+    use std::sync::Arc;
 
     type F = TestFramework<Tenant>;
 
@@ -708,5 +847,165 @@ mod tests {
         for (error, code) in cases {
             assert_eq!(error.reason_code(), code, "{error}");
         }
+    }
+
+    fn policy(id: &str, state: &str) -> CuratedPolicy {
+        let raw = serde_json::json!({
+            "id": id, "displayName": format!("Policy {id}"), "state": state,
+            "conditions": {"users": {"includeUsers": ["All"]}},
+            "grantControls": {"operator": "OR", "builtInControls": ["mfa"]},
+            "sessionControls": null
+        });
+        policy::curate(&[raw]).unwrap().remove(0)
+    }
+
+    fn snapshot_id(n: u128) -> uuid::Uuid {
+        uuid::Uuid::from_u128(n)
+    }
+
+    fn snapshotted(t: &mut Tenant, id: u128, policies: Vec<CuratedPolicy>, at: DateTime<Utc>) {
+        let s = PolicySnapshot::of(policies);
+        t.apply(TenantEvent::PolicySnapshotted {
+            snapshot_id: snapshot_id(id),
+            hash: s.hash,
+            policies: s.policies,
+            diff: None,
+            source: SnapshotSource::Graph,
+            taken_at: at,
+        });
+    }
+
+    async fn record(
+        t: &mut Tenant,
+        id: u128,
+        policies: Vec<CuratedPolicy>,
+        source: SnapshotSource,
+        at: DateTime<Utc>,
+    ) -> Vec<TenantEvent> {
+        let sink = EventSink::default();
+        let services = Services::new(Arc::new(FixedClock::at(at)));
+        t.handle(
+            TenantCommand::RecordSnapshot {
+                snapshot_id: snapshot_id(id),
+                policies,
+                source,
+            },
+            &services,
+            &sink,
+        )
+        .await
+        .unwrap();
+        sink.collect().await
+    }
+
+    fn active_tenant() -> Tenant {
+        let mut t = Tenant::default();
+        t.apply(registered());
+        t
+    }
+
+    #[tokio::test]
+    async fn the_first_snapshot_is_recorded_without_a_diff_or_an_alert() {
+        let mut t = active_tenant();
+        let events = record(
+            &mut t,
+            1,
+            vec![policy("a", "enabled")],
+            SnapshotSource::Graph,
+            now(),
+        )
+        .await;
+        assert_eq!(events.len(), 1);
+        assert!(matches!(
+            &events[0],
+            TenantEvent::PolicySnapshotted { diff: None, .. }
+        ));
+        assert_eq!(
+            t.last_snapshot.as_ref().unwrap().snapshot_id,
+            snapshot_id(1)
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_snapshot_writes_nothing_and_keeps_the_existing_id() {
+        let mut t = active_tenant();
+        snapshotted(&mut t, 1, vec![policy("a", "enabled")], now());
+        let events = record(
+            &mut t,
+            2,
+            vec![policy("a", "enabled")],
+            SnapshotSource::Graph,
+            now(),
+        )
+        .await;
+        assert!(events.is_empty());
+        assert_eq!(t.last_snapshot.unwrap().snapshot_id, snapshot_id(1));
+    }
+
+    #[tokio::test]
+    async fn a_changed_snapshot_names_the_changed_field_and_raises_one_alert_per_hour() {
+        let mut t = active_tenant();
+        snapshotted(&mut t, 1, vec![policy("a", "enabled")], now());
+        let events = record(
+            &mut t,
+            2,
+            vec![policy("a", "disabled")],
+            SnapshotSource::Graph,
+            now(),
+        )
+        .await;
+        let TenantEvent::PolicySnapshotted {
+            diff: Some(diff), ..
+        } = &events[0]
+        else {
+            panic!("expected a snapshot with a diff: {events:?}")
+        };
+        assert_eq!(diff.modified[0].changed_fields, vec!["state".to_owned()]);
+        assert!(
+            matches!(&events[1], TenantEvent::PolicyDriftDetected { snapshot_id: s, .. } if *s == snapshot_id(2))
+        );
+
+        let soon = now() + chrono::Duration::minutes(30);
+        let events = record(
+            &mut t,
+            3,
+            vec![policy("a", "enabled")],
+            SnapshotSource::Graph,
+            soon,
+        )
+        .await;
+        assert_eq!(
+            events.len(),
+            1,
+            "a second change within the hour raises no alert"
+        );
+
+        let later = now() + chrono::Duration::minutes(61);
+        let events = record(
+            &mut t,
+            4,
+            vec![policy("a", "disabled")],
+            SnapshotSource::Graph,
+            later,
+        )
+        .await;
+        assert_eq!(events.len(), 2, "after an hour, a change alerts again");
+    }
+
+    #[tokio::test]
+    async fn an_imported_snapshot_also_seeds_the_policy_intent() {
+        let mut t = active_tenant();
+        let events = record(
+            &mut t,
+            1,
+            vec![policy("a", "enabled")],
+            SnapshotSource::Import,
+            now(),
+        )
+        .await;
+        assert!(matches!(
+            events.last(),
+            Some(TenantEvent::PolicyIntentSeeded { .. })
+        ));
     }
 }

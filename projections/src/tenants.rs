@@ -82,9 +82,14 @@ async fn apply(
             .bind(serde_name(e, &TenantStatus::Archived)?)
             .bind(archived_at),
         TenantEvent::TenantResynced { at } => versioned(RESYNCED, key, e).bind(at),
-        TenantEvent::ConnectionAttached { .. } | TenantEvent::DefaultConnectionChanged { .. } => {
-            versioned(TOUCH, key, e)
-        }
+        // Snapshots, alerts and licenses get read models of their own with the resync
+        // workflow; here they only advance the version.
+        TenantEvent::ConnectionAttached { .. }
+        | TenantEvent::DefaultConnectionChanged { .. }
+        | TenantEvent::PolicySnapshotted { .. }
+        | TenantEvent::PolicyDriftDetected { .. }
+        | TenantEvent::PolicyIntentSeeded { .. }
+        | TenantEvent::LicensesRefreshed { .. } => versioned(TOUCH, key, e),
     };
     query.execute(&mut *tx).await?;
     Ok(())
