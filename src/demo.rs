@@ -1,6 +1,6 @@
 //! The demo: with no Microsoft Graph configured, `tenantflow serve` starts the built-in
-//! Graph simulator with a small fleet and registers its tenants, connections and
-//! credentials in the `demo` workspace, so a new user has something to look at at once.
+//! Graph simulator with a small fleet, registers its tenants, connections and credentials in
+//! the `demo` workspace and starts a resync of each, so a new user sees the product work.
 
 use anyhow::Context;
 use domain::connection::{ConnectionCommand, ProviderConnection};
@@ -40,6 +40,18 @@ pub async fn start(
         if register(bus, vault, &meta, entra, &t).await? {
             added += 1;
         }
+        // A resync per tenant, run by the workflow engine against the simulator (an active
+        // one is returned instead of starting another).
+        let key = TenantKey::new(WORKSPACE.parse()?, entra);
+        app::start_operation(
+            bus,
+            &meta,
+            &key,
+            workflows::resync::RUN_TYPE,
+            "conditional_access",
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("demo: resync of {}: {e}", t.display_name))?;
     }
     tracing::info!(
         graph_base = %sim.graph_base(),

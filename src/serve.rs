@@ -144,6 +144,36 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
+    let graph_config = match (&demo, &config.login_base_url, &config.graph_base_url) {
+        (Some(sim), _, _) => sim.graph_config(),
+        (None, None, None) => graph::GraphConfig::microsoft(),
+        (None, login, graph_url) => {
+            let defaults = graph::GraphConfig::microsoft();
+            let parse = |u: &Option<String>,
+                         default: &url::Url,
+                         what: &str|
+             -> anyhow::Result<url::Url> {
+                match u {
+                    Some(u) => url::Url::parse(u).with_context(|| format!("{what} is not a URL")),
+                    None => Ok(default.clone()),
+                }
+            };
+            graph::GraphConfig::with_bases(
+                parse(login, &defaults.login_base, "login_base_url")?,
+                parse(graph_url, &defaults.graph_base, "graph_base_url")?,
+            )
+        }
+    };
+    let graph_client =
+        Arc::new(graph::GraphClient::new(graph_config).map_err(|e| anyhow::anyhow!("{e}"))?);
+    let engine = workflows::Engine {
+        bus: bus.clone(),
+        vault: vault.clone(),
+        graph: graph_client,
+        owner: format!("{}-{}", hostname(), std::process::id()),
+        lease: std::time::Duration::from_secs(60),
+        backoff: workflows::Backoff::default(),
+    };
     let state = api::AppState(Arc::new(api::App {
         pool: db.pool.clone(),
         bus,
@@ -166,6 +196,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         &shutdown,
         &mut background,
     );
+    // The workflow task feed and the engine that advances runs.
+    let feed = store::ConsumerRunner::new(
+        db.pool.clone(),
+        Arc::new(workflows::TaskFeed),
+        store::RunnerOptions::default(),
+        metrics.clone(),
+    );
+    background.spawn(feed.run(wakeups.clone(), shutdown.clone()));
+    background.spawn(engine.run(wakeups.clone(), shutdown.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -246,4 +285,12 @@ pub fn print_token(
         println!("{token}");
     }
     Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "tenantflow".to_owned())
 }

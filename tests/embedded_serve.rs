@@ -66,6 +66,13 @@ async fn serve_runs_embedded_postgres_answers_health_and_stops_it_on_ctrl_c() {
         })
         .await;
     assert_eq!(data["tenants"]["edges"].as_array().unwrap().len(), 5);
+    // ... and each resync runs to success against the simulator.
+    let runs = "{ runs { edges { node { type outcome } } } }";
+    demo.eventually(runs, serde_json::json!({}), |d| {
+        let edges = d["runs"]["edges"].as_array().cloned().unwrap_or_default();
+        edges.len() == 5 && edges.iter().all(|e| e["node"]["outcome"] == "succeeded")
+    })
+    .await;
 
     let status = server.signal_and_wait("INT");
     assert!(status.success(), "clean exit on SIGINT: {status}");

@@ -102,7 +102,7 @@ impl From<BusError<ScopeError>> for ScopeOrApp {
 struct ScopeOrApp(AppError);
 
 /// How many times a multi-stream use case starts over after losing an optimistic race.
-const RETRIES: usize = 8;
+const RETRIES: usize = crate::bus::CONFLICT_RETRIES;
 
 /// Runs `attempt` until it does not end in a conflict (bounded).
 async fn retrying<T, F, Fut>(mut attempt: F) -> Result<T, AppError>
@@ -114,7 +114,7 @@ where
     loop {
         tries += 1;
         match attempt().await {
-            Err(AppError::Conflict) if tries < RETRIES => continue,
+            Err(AppError::Conflict) if tries < RETRIES => crate::bus::conflict_pause(tries).await,
             other => return other,
         }
     }

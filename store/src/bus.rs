@@ -157,8 +157,18 @@ impl std::fmt::Debug for CommandBus {
     }
 }
 
-/// How often a one-aggregate command is re-decided after losing an optimistic race.
-const CONFLICT_RETRIES: usize = 8;
+/// How often a one-aggregate command is re-decided after losing an optimistic race. Every
+/// round has a winner, so this bounds how many writers one stream can take at once.
+pub const CONFLICT_RETRIES: usize = 32;
+
+/// A short random pause before re-deciding after a lost race, growing with the attempt, so
+/// contenders on a hot stream spread out instead of colliding again in lockstep.
+pub async fn conflict_pause(attempt: usize) {
+    use rand::Rng;
+    let ceiling_ms = (1u64 << attempt.min(6)).min(50);
+    let ms = rand::thread_rng().gen_range(0..=ceiling_ms);
+    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+}
 
 impl CommandBus {
     pub fn new(pool: PgPool, services: Services, metrics: Metrics) -> Self {
@@ -210,6 +220,7 @@ impl CommandBus {
                         attempt,
                         "optimistic conflict, retrying"
                     );
+                    conflict_pause(attempt).await;
                     continue;
                 }
                 other => {

@@ -9,13 +9,21 @@ use super::Server;
 pub const JWT_SECRET: &str = "e2e-test-jwt-secret-0123456789abcdef";
 pub const VAULT_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
-/// Starts the real binary on a fresh test database.
-pub async fn start_server() -> (Server, testkit::TestDb) {
+/// Starts the real binary on a fresh test database, talking to a Graph simulator in this
+/// process (never to Microsoft).
+pub async fn start_server() -> (Server, testkit::TestDb, graph::sim::SimHandle) {
     let db = testkit::TestDb::new().await;
+    let sim = graph::sim::spawn(graph::sim::SimConfig {
+        tenants: 2,
+        seed: 11,
+        ..graph::sim::SimConfig::default()
+    })
+    .await;
     let dir =
         std::env::temp_dir().join(format!("tenantflow-e2e-{}", uuid::Uuid::new_v4().simple()));
     let dir = dir.to_string_lossy().to_string();
     let url = db.url();
+    let (login, graph_base) = (sim.login_base().to_string(), sim.graph_base().to_string());
     let server = tokio::task::spawn_blocking(move || {
         Server::start(
             &["--data-dir", &dir],
@@ -23,13 +31,14 @@ pub async fn start_server() -> (Server, testkit::TestDb) {
                 ("DATABASE_URL", &url),
                 ("TENANTFLOW_JWT_SECRET", JWT_SECRET),
                 ("TENANTFLOW_VAULT_KEY", VAULT_KEY),
-                ("TENANTFLOW_DEMO", "false"),
+                ("TENANTFLOW_LOGIN_BASE_URL", &login),
+                ("TENANTFLOW_GRAPH_BASE_URL", &graph_base),
             ],
         )
     })
     .await
     .unwrap();
-    (server, db)
+    (server, db, sim)
 }
 
 pub fn token(workspace: &str, role: domain::Role) -> String {
@@ -110,6 +119,7 @@ pub const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 pub const REGISTER: &str = "mutation($e: String!, $n: String!) { registerTenant(input: {entraTenantId: $e, displayName: $n, primaryDomain: \"contoso.com\"}) { id } }";
 pub const CREATE_CONNECTION: &str = "mutation($t: String!, $e: String!) { createConnection(input: {tenantId: $t, entraTenantId: $e, displayName: \"Graph\"}) { id } }";
 pub const SET_CREDENTIAL: &str = "mutation($c: String!, $s: String!) { setCredential(input: {connectionId: $c, clientId: \"app-1\", clientSecret: $s}) { connectionId fingerprint } }";
+pub const SET_CREDENTIAL_AS: &str = "mutation($c: String!, $id: String!, $s: String!) { setCredential(input: {connectionId: $c, clientId: $id, clientSecret: $s}) { connectionId fingerprint } }";
 pub const GRANT: &str =
     "mutation($c: String!) { grantConsent(id: $c, scopes: [\"Policy.Read.All\"]) { id } }";
 pub const RESYNC: &str =
@@ -119,6 +129,27 @@ pub const CANCEL: &str =
 
 /// Registers a tenant with a ready connection; returns (tenant id, connection id).
 pub async fn ready_tenant(c: &Client, entra: &str, secret: &str) -> (String, String) {
+    ready_tenant_as(c, entra, "app-1", secret).await
+}
+
+/// Registers one of the simulator's tenants with its real (simulated) credentials.
+pub async fn ready_sim_tenant(c: &Client, t: &graph::sim::SimTenant) -> (String, String) {
+    use secrecy::ExposeSecret;
+    ready_tenant_as(
+        c,
+        &t.tenant_id.to_string(),
+        &t.client_id,
+        t.client_secret.expose_secret(),
+    )
+    .await
+}
+
+async fn ready_tenant_as(
+    c: &Client,
+    entra: &str,
+    client_id: &str,
+    secret: &str,
+) -> (String, String) {
     let t = c.ok(REGISTER, json!({"e": entra, "n": "Contoso"})).await["registerTenant"]["id"]
         .as_str()
         .unwrap()
@@ -127,7 +158,11 @@ pub async fn ready_tenant(c: &Client, entra: &str, secret: &str) -> (String, Str
         .as_str()
         .unwrap()
         .to_owned();
-    c.ok(SET_CREDENTIAL, json!({"c": conn, "s": secret})).await;
+    c.ok(
+        SET_CREDENTIAL_AS,
+        json!({"c": conn, "id": client_id, "s": secret}),
+    )
+    .await;
     c.ok(GRANT, json!({"c": conn})).await;
     (t, conn)
 }
