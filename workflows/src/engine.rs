@@ -417,8 +417,14 @@ impl Engine {
             resync::LICENSES => {
                 let app = self.credentials(run).await?;
                 let skus = self.graph.list_subscribed_skus(&app).await.map_err(|e| {
+                    // The token already worked for the policies: a 401 or 403 here means the
+                    // app lacks the directory permission licenses need.
                     e.remap(
                         ReasonCode::ProviderPermissionMissing,
+                        ReasonCode::LicensePermissionMissing,
+                    )
+                    .remap(
+                        ReasonCode::ProviderAuthFailed,
                         ReasonCode::LicensePermissionMissing,
                     )
                 })?;

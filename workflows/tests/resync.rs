@@ -268,3 +268,72 @@ async fn throttling_is_retried_after_retry_after_and_then_succeeds() {
         "the retry waited for Retry-After"
     );
 }
+
+#[tokio::test]
+async fn a_persistent_502_fails_the_run_with_graph_unavailable_after_its_retries_and_stores_nothing(
+) {
+    let w = world().await;
+    w.sim
+        .inject(Fault::ServerError { status: 502 }.on(Endpoint::ListConditionalAccessPolicies));
+    let run = w.resync().await;
+    assert_eq!(run.outcome, RunOutcome::Failed);
+    assert_eq!(run.failure_summary[0].reason, ReasonCode::GraphUnavailable);
+    let step = run
+        .steps
+        .iter()
+        .find(|s| s.step == workflows::resync::SNAPSHOT)
+        .unwrap();
+    assert_eq!(
+        step.attempt,
+        workflows::resync::PLAN.steps[0].max_attempts,
+        "retried up to its limit"
+    );
+    assert_eq!(w.count("PolicySnapshotted").await, 0);
+    assert!(
+        w.tenant().await.last_resynced_at.is_none(),
+        "nothing partial is left behind"
+    );
+}
+
+#[tokio::test]
+async fn a_response_without_value_fails_the_run_as_malformed_and_stores_nothing() {
+    let w = world().await;
+    w.sim
+        .inject(Fault::MissingValue.on(Endpoint::ListConditionalAccessPolicies));
+    let run = w.resync().await;
+    assert_eq!(run.outcome, RunOutcome::Failed);
+    assert_eq!(
+        run.failure_summary[0].reason,
+        ReasonCode::GraphMalformedResponse
+    );
+    assert_eq!(w.count("PolicySnapshotted").await, 0);
+    assert_eq!(w.count("TenantResynced").await, 0);
+}
+
+#[tokio::test]
+async fn a_scope_is_free_again_after_a_run_completes() {
+    let w = world().await;
+    w.resync().await;
+    // A different operation type may start now that the resync released the scope.
+    let next = app::start_operation(&w.bus, &owner(), &w.tenant, "license.refresh", "licenses")
+        .await
+        .unwrap();
+    assert!(matches!(next, Started::Queued(_)), "{next:?}");
+}
+
+#[tokio::test]
+async fn a_license_401_is_reported_as_a_missing_license_permission_and_is_not_fatal() {
+    let w = world().await;
+    w.sim
+        .inject(Fault::Unauthorized.on(Endpoint::ListSubscribedSkus));
+    let run = w.resync().await;
+    assert_eq!(run.outcome, RunOutcome::PartiallySucceeded);
+    assert_eq!(
+        run.failure_summary[0].reason,
+        ReasonCode::LicensePermissionMissing
+    );
+    assert!(
+        w.tenant().await.last_snapshot.is_some(),
+        "the snapshot stands"
+    );
+}
