@@ -25,8 +25,8 @@ async fn projections_caught_up(db: &testkit::TestDb) {
     let pool = db.pool().await;
     for _ in 0..400 {
         let done: Option<bool> = sqlx::query_scalar(
-            "SELECT bool_and(events_consumed = (SELECT count(*) FROM events)) AND count(*) = 4 \
-             FROM consumer_checkpoints WHERE name IN ('tenants', 'connections', 'runs', 'audit_log')",
+            "SELECT bool_and(events_consumed = (SELECT count(*) FROM events)) AND count(*) = 5 \
+             FROM consumer_checkpoints WHERE name IN ('tenants', 'connections', 'runs', 'audit_log', 'policies')",
         )
         .fetch_one(&pool)
         .await
@@ -148,6 +148,23 @@ async fn a_dashboard_registers_connects_starts_a_run_and_watches_it_live() {
         )
         .await;
     assert!(steps.to_string().contains("snapshot_policies"), "{steps}");
+
+    // The snapshot and the licenses it found, from their read models.
+    let q = "query($t: String!) { snapshots(tenantId: $t) { edges { node { id hash policyCount diff source runId } } } \
+               licenses(tenantId: $t) { caP1 caP2 } }";
+    let data = c
+        .eventually(q, json!({"t": tenant}), |d| {
+            d["snapshots"]["edges"]
+                .as_array()
+                .is_some_and(|e| e.len() == 1)
+                && !d["licenses"].is_null()
+        })
+        .await;
+    let snapshot = &data["snapshots"]["edges"][0]["node"];
+    assert!(snapshot["policyCount"].as_i64().unwrap() > 0);
+    assert_eq!(snapshot["hash"].as_str().unwrap().len(), 64);
+    assert!(snapshot["diff"].is_null(), "the first snapshot has no diff");
+    assert_eq!(snapshot["runId"], run_id.as_str());
 
     // The audit log says who did what; nothing anywhere shows the secret.
     let audit = c
@@ -473,6 +490,9 @@ async fn rebuild_replays_every_read_model_to_the_same_rows() {
             ("rm_runs", "run_id"),
             ("rm_run_steps", "run_id, step, attempt"),
             ("rm_audit_log", "global_position"),
+            ("rm_policy_snapshots", "snapshot_id"),
+            ("rm_alerts", "snapshot_id"),
+            ("rm_licenses", "tenant_key"),
         ] {
             let rows: Vec<String> = sqlx::query_scalar(&format!(
                 "SELECT row_to_json(t)::text FROM {table} t ORDER BY {key}"

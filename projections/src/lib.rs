@@ -7,6 +7,7 @@
 //! | `connections` | `rm_connections`             | provider connection events  |
 //! | `runs`        | `rm_runs`, `rm_run_steps`    | operation run events        |
 //! | `audit_log`   | `rm_audit_log`               | every event                 |
+//! | `policies`    | `rm_policy_snapshots`, `rm_alerts`, `rm_licenses` | tenant events (resync) |
 //!
 //! Every row carries its `workspace_id` (row-level security keys on it) and, except audit
 //! and step rows, the `version` (aggregate sequence) last applied, so replaying an event
@@ -15,6 +16,7 @@
 mod audit_log;
 mod connections;
 mod event;
+mod policies;
 mod runner;
 mod runs;
 mod tenants;
@@ -23,6 +25,7 @@ use std::sync::Arc;
 
 pub use audit_log::AuditLog;
 pub use connections::Connections;
+pub use policies::Policies;
 pub use runner::{rebuild, spawn_all, Projection, RebuildProgress};
 pub use runs::{Runs, RUNS_CHANNEL};
 pub use tenants::Tenants;
@@ -34,5 +37,6 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
         Arc::new(Connections),
         Arc::new(Runs),
         Arc::new(AuditLog),
+        Arc::new(Policies),
     ]
 }

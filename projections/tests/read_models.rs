@@ -24,7 +24,10 @@ use testkit::TestDb;
 async fn every_read_model_is_listed_once_with_the_tables_it_owns() {
     let all = projections::all();
     let names: Vec<&str> = all.iter().map(|p| p.name()).collect();
-    assert_eq!(names, ["tenants", "connections", "runs", "audit_log"]);
+    assert_eq!(
+        names,
+        ["tenants", "connections", "runs", "audit_log", "policies"]
+    );
     let owned: Vec<&str> = all
         .iter()
         .flat_map(|p| p.tables().iter().copied())

@@ -363,6 +363,103 @@ impl QueryRoot {
         }))
     }
 
+    /// A tenant's policy snapshots, newest first, with their diffs.
+    async fn snapshots(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(name = "tenantId")] tenant_id: String,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Connection<String, SnapshotNode>> {
+        let page = PageRequest::parse(first, after)?;
+        let caller = caller(ctx)?;
+        let mut q = QueryBuilder::<Postgres>::new(format!(
+            "SELECT {SNAPSHOT_COLUMNS} FROM rm_policy_snapshots WHERE workspace_id = "
+        ));
+        q.push_bind(&caller.workspace)
+            .push(" AND tenant_key = ")
+            .push_bind(tenant_id);
+        if let (Some(at), Some(id)) = (page.key_str(0)?, page.key_str(1)?) {
+            let at: DateTime<Utc> = at.parse().map_err(|_| invalid("invalid cursor"))?;
+            q.push(" AND (taken_at, snapshot_id) < (")
+                .push_bind(at)
+                .push(", ")
+                .push_bind(parse_uuid(&id, "snapshot")?)
+                .push(")");
+        }
+        q.push(" ORDER BY taken_at DESC, snapshot_id DESC LIMIT ")
+            .push_bind(page.limit());
+        let mut tx = reader(ctx).await?;
+        let rows: Vec<SnapshotNode> = q
+            .build_query_as()
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(internal)?;
+        Ok(connection(&page, rows, |s| {
+            vec![
+                s.taken_at.to_rfc3339().into(),
+                s.snapshot_id.to_string().into(),
+            ]
+        }))
+    }
+
+    /// Drift alerts of the caller's workspace (optionally of one tenant), newest first.
+    async fn alerts(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(name = "tenantId")] tenant_id: Option<String>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Connection<String, Alert>> {
+        let page = PageRequest::parse(first, after)?;
+        let caller = caller(ctx)?;
+        let mut q = QueryBuilder::<Postgres>::new(
+            "SELECT snapshot_id, tenant_key, kind, raised_at FROM rm_alerts WHERE workspace_id = ",
+        );
+        q.push_bind(&caller.workspace);
+        if let Some(t) = tenant_id {
+            q.push(" AND tenant_key = ").push_bind(t);
+        }
+        if let (Some(at), Some(id)) = (page.key_str(0)?, page.key_str(1)?) {
+            let at: DateTime<Utc> = at.parse().map_err(|_| invalid("invalid cursor"))?;
+            q.push(" AND (raised_at, snapshot_id) < (")
+                .push_bind(at)
+                .push(", ")
+                .push_bind(parse_uuid(&id, "alert")?)
+                .push(")");
+        }
+        q.push(" ORDER BY raised_at DESC, snapshot_id DESC LIMIT ")
+            .push_bind(page.limit());
+        let mut tx = reader(ctx).await?;
+        let rows: Vec<Alert> = q
+            .build_query_as()
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(internal)?;
+        Ok(connection(&page, rows, |a| {
+            vec![
+                a.raised_at.to_rfc3339().into(),
+                a.snapshot_id.to_string().into(),
+            ]
+        }))
+    }
+
+    /// A tenant's license capabilities, as of its last refresh.
+    async fn licenses(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(name = "tenantId")] tenant_id: String,
+    ) -> async_graphql::Result<Option<Licenses>> {
+        let mut tx = reader(ctx).await?;
+        sqlx::query_as(
+            "SELECT tenant_key, ca_p1, ca_p2, skus, refreshed_at FROM rm_licenses WHERE tenant_key = $1",
+        )
+        .bind(tenant_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(internal)
+    }
+
     /// Who the caller is.
     async fn me(&self, ctx: &Context<'_>) -> async_graphql::Result<Me> {
         let c = caller(ctx)?;

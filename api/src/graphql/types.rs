@@ -197,3 +197,51 @@ pub struct CancelRunPayload {
     /// The run is running and stops at its next step.
     pub cancel_requested: bool,
 }
+
+/// A snapshot of a tenant's curated Conditional Access policies (never the raw response).
+#[derive(Debug, Clone, SimpleObject, sqlx::FromRow)]
+#[graphql(name = "PolicySnapshot")]
+pub struct SnapshotNode {
+    #[graphql(name = "id")]
+    pub snapshot_id: Uuid,
+    #[graphql(name = "tenantId")]
+    pub tenant_key: String,
+    /// SHA-256 of the RFC 8785 canonical JSON of the policies.
+    pub hash: String,
+    pub policy_count: i32,
+    pub policies: serde_json::Value,
+    /// Policies added, removed and modified (with the fields that changed) since the
+    /// previous snapshot; null for the first.
+    pub diff: Option<serde_json::Value>,
+    pub source: String,
+    pub taken_at: DateTime<Utc>,
+    /// The run that took it.
+    pub run_id: Option<String>,
+}
+
+pub(crate) const SNAPSHOT_COLUMNS: &str =
+    "snapshot_id, tenant_key, hash, policy_count, policies, diff, source, taken_at, run_id";
+
+/// A `policy.changed_in_portal` alert (at most one per tenant per hour).
+#[derive(Debug, Clone, SimpleObject, sqlx::FromRow)]
+pub struct Alert {
+    /// The snapshot that revealed the change.
+    pub snapshot_id: Uuid,
+    #[graphql(name = "tenantId")]
+    pub tenant_key: String,
+    pub kind: String,
+    pub raised_at: DateTime<Utc>,
+}
+
+/// What a tenant's licenses allow (capability gating).
+#[derive(Debug, Clone, SimpleObject, sqlx::FromRow)]
+pub struct Licenses {
+    #[graphql(name = "tenantId")]
+    pub tenant_key: String,
+    /// Entra ID P1: Conditional Access.
+    pub ca_p1: bool,
+    /// Entra ID P2: risk-based Conditional Access.
+    pub ca_p2: bool,
+    pub skus: serde_json::Value,
+    pub refreshed_at: DateTime<Utc>,
+}

@@ -34,6 +34,9 @@ pub const TABLES: &[(&str, &str)] = &[
     ("rm_runs", "run_id"),
     ("rm_run_steps", "run_id, step, attempt"),
     ("rm_audit_log", "global_position"),
+    ("rm_policy_snapshots", "snapshot_id"),
+    ("rm_alerts", "snapshot_id"),
+    ("rm_licenses", "tenant_key"),
 ];
 
 pub fn guid(s: &str) -> EntraTenantId {
@@ -130,6 +133,35 @@ pub async fn history(bus: &CommandBus) -> History {
         &contoso.to_string(),
         TenantCommand::RecordResync {
             at: chrono::Utc::now(),
+        },
+        &engine("acme"),
+    )
+    .await
+    .unwrap();
+
+    // Two snapshots (the second with a diff and a drift alert) and a license refresh.
+    for state in ["enabled", "disabled"] {
+        let raw = serde_json::json!({
+            "id": "p1", "displayName": "MFA for admins", "state": state,
+            "conditions": {"users": {"includeUsers": ["All"]}},
+            "grantControls": {"operator": "OR", "builtInControls": ["mfa"]}
+        });
+        bus.execute::<Tenant>(
+            &contoso.to_string(),
+            TenantCommand::RecordSnapshot {
+                snapshot_id: uuid::Uuid::now_v7(),
+                policies: domain::policy::curate(&[raw]).unwrap(),
+                source: domain::tenant::SnapshotSource::Graph,
+            },
+            &engine("acme"),
+        )
+        .await
+        .unwrap();
+    }
+    bus.execute::<Tenant>(
+        &contoso.to_string(),
+        TenantCommand::RecordLicenses {
+            capabilities: domain::policy::capabilities(&[]),
         },
         &engine("acme"),
     )
@@ -386,6 +418,7 @@ pub fn consumers() -> Vec<Arc<dyn Consumer>> {
         Arc::new(projections::Connections),
         Arc::new(projections::Runs),
         Arc::new(projections::AuditLog),
+        Arc::new(projections::Policies),
     ]
 }
 

@@ -1,0 +1,124 @@
+//! The resync read models: `rm_policy_snapshots` (curated policies, hash, diff),
+//! `rm_alerts` (drift alerts) and `rm_licenses` (capabilities), from tenant events.
+
+use domain::tenant::{Tenant, TenantEvent};
+use sqlx::PgConnection;
+use store::{Consumer, ConsumerError, StoredEvent};
+
+use crate::event::{events_of, required_meta, serde_name, versioned};
+use crate::Projection;
+
+/// Projects snapshots, alerts and licenses.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Policies;
+
+const NAME: &str = "policies";
+
+const SNAPSHOT: &str = "\
+    INSERT INTO rm_policy_snapshots (snapshot_id, workspace_id, tenant_key, hash, policy_count, \
+        policies, diff, source, taken_at, run_id, global_position) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (snapshot_id) DO NOTHING";
+const ALERT: &str = "\
+    INSERT INTO rm_alerts (snapshot_id, workspace_id, tenant_key, kind, raised_at) \
+    VALUES ($1, $2, $3, $4, $5) ON CONFLICT (snapshot_id) DO NOTHING";
+const LICENSES: &str = "\
+    INSERT INTO rm_licenses AS l (tenant_key, version, workspace_id, ca_p1, ca_p2, skus, refreshed_at) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7) \
+    ON CONFLICT (tenant_key) DO UPDATE SET version = EXCLUDED.version, ca_p1 = EXCLUDED.ca_p1, \
+        ca_p2 = EXCLUDED.ca_p2, skus = EXCLUDED.skus, refreshed_at = EXCLUDED.refreshed_at \
+    WHERE l.version < EXCLUDED.version";
+
+#[async_trait::async_trait]
+impl Consumer for Policies {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        events: &[StoredEvent],
+    ) -> Result<(), ConsumerError> {
+        for decoded in events_of::<Tenant>(NAME, events) {
+            let (e, event) = decoded?;
+            apply(tx, e, event).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Projection for Policies {
+    fn tables(&self) -> &'static [&'static str] {
+        &["rm_policy_snapshots", "rm_alerts", "rm_licenses"]
+    }
+}
+
+fn json<T: serde::Serialize>(
+    e: &StoredEvent,
+    value: &T,
+) -> Result<serde_json::Value, ConsumerError> {
+    serde_json::to_value(value).map_err(|err| ConsumerError::Refused {
+        position: e.position,
+        message: format!("cannot encode a read-model value: {err}"),
+    })
+}
+
+async fn apply(
+    tx: &mut PgConnection,
+    e: &StoredEvent,
+    event: TenantEvent,
+) -> Result<(), ConsumerError> {
+    let workspace = required_meta(e, "workspace")?;
+    let tenant = e.aggregate_id.as_str();
+    match event {
+        TenantEvent::PolicySnapshotted {
+            snapshot_id,
+            hash,
+            policies,
+            diff,
+            source,
+            taken_at,
+        } => {
+            sqlx::query(SNAPSHOT)
+                .bind(snapshot_id)
+                .bind(workspace)
+                .bind(tenant)
+                .bind(hash)
+                .bind(policies.len() as i32)
+                .bind(json(e, &policies)?)
+                .bind(diff.as_ref().map(|d| json(e, d)).transpose()?)
+                .bind(serde_name(e, &source)?)
+                .bind(taken_at)
+                .bind(e.meta("correlation_id"))
+                .bind(e.position.global_position)
+                .execute(&mut *tx)
+                .await?;
+        }
+        TenantEvent::PolicyDriftDetected {
+            snapshot_id,
+            kind,
+            raised_at,
+        } => {
+            sqlx::query(ALERT)
+                .bind(snapshot_id)
+                .bind(workspace)
+                .bind(tenant)
+                .bind(kind)
+                .bind(raised_at)
+                .execute(&mut *tx)
+                .await?;
+        }
+        TenantEvent::LicensesRefreshed { capabilities, at } => {
+            versioned(LICENSES, tenant, e)
+                .bind(workspace)
+                .bind(capabilities.ca_p1)
+                .bind(capabilities.ca_p2)
+                .bind(json(e, &capabilities.skus)?)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
