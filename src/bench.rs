@@ -26,6 +26,20 @@ pub enum BenchCommand {
         #[arg(long, default_value = "bench-append.json")]
         json: PathBuf,
     },
+    /// Fleet resync throughput: every tenant of a simulated fleet resynced by the workflow
+    /// engine, against a bare loop that fetches the same policy pages and inserts one row
+    /// per tenant, at the same concurrency, in a scratch database.
+    Resync {
+        /// Tenants in the simulated fleet.
+        #[arg(long, default_value_t = 1000)]
+        tenants: usize,
+        /// Engine instances (and bare-loop tasks) working at once.
+        #[arg(long, short = 'c', default_value_t = 4)]
+        concurrency: usize,
+        /// Where to write the JSON results.
+        #[arg(long, default_value = "bench-resync.json")]
+        json: PathBuf,
+    },
 }
 
 /// Latency and throughput of one phase.
@@ -56,6 +70,11 @@ pub async fn run(config: Config, command: BenchCommand) -> anyhow::Result<()> {
             concurrency,
             json,
         } => append(config, commands, concurrency.max(1), json).await,
+        BenchCommand::Resync {
+            tenants,
+            concurrency,
+            json,
+        } => crate::bench_resync::run(config, tenants.max(1), concurrency.max(1), json).await,
     }
 }
 

@@ -1,6 +1,7 @@
 //! `tenantflow`: the one binary. Parses the command line and calls into the crates.
 
 mod bench;
+mod bench_resync;
 mod config;
 mod demo;
 mod rebuild;

@@ -140,13 +140,14 @@ impl Engine {
     }
 
     async fn advance_run(&self, run_id: RunId) -> Result<chrono::DateTime<Utc>, EngineError> {
+        // Loaded once; afterwards each recorded event hands back the run's new state.
+        let loaded = self
+            .bus
+            .load::<OperationRun>(&run_id.to_string())
+            .await
+            .map_err(AppError::from)?;
+        let (mut run, mut version) = (loaded.aggregate, loaded.version);
         for _ in 0..32 {
-            let loaded = self
-                .bus
-                .load::<OperationRun>(&run_id.to_string())
-                .await
-                .map_err(AppError::from)?;
-            let (run, version) = (loaded.aggregate, loaded.version);
             let Some(plan) = plan_for(&run.run_type) else {
                 if run.is_active() {
                     self.finish(
@@ -173,22 +174,23 @@ impl Engine {
                 Decision::Done => return Ok(Utc::now() + chrono::Duration::days(1)),
                 Decision::WaitUntil(at) => return Ok(at),
                 Decision::Start => {
-                    self.record(&run, run_id, version, "start", RunCommand::Start)
+                    (run, version) = self
+                        .record(&run, run_id, version, "start", RunCommand::Start)
                         .await?
                 }
                 Decision::Perform { step, attempt } => {
-                    self.record(
-                        &run,
-                        run_id,
-                        version,
-                        &format!("{step}:{attempt}:start"),
-                        RunCommand::StartStep {
-                            step: step.to_owned(),
-                            attempt,
-                        },
-                    )
-                    .await?;
-                    let version = version + 1;
+                    (run, version) = self
+                        .record(
+                            &run,
+                            run_id,
+                            version,
+                            &format!("{step}:{attempt}:start"),
+                            RunCommand::StartStep {
+                                step: step.to_owned(),
+                                attempt,
+                            },
+                        )
+                        .await?;
                     let outcome = self.perform(step, attempt, &run, run_id).await;
                     let command = match outcome {
                         Ok(summary) => RunCommand::CompleteStep {
@@ -218,38 +220,34 @@ impl Engine {
                             }
                         }
                     };
-                    // Loaded again: the StartStep above may have been a repeat.
-                    let version = self
-                        .bus
-                        .load::<OperationRun>(&run_id.to_string())
-                        .await
-                        .map(|l| l.version)
-                        .unwrap_or(version);
-                    self.record(
-                        &run,
-                        run_id,
-                        version,
-                        &format!("{step}:{attempt}:end"),
-                        command,
-                    )
-                    .await?;
+                    (run, version) = self
+                        .record(
+                            &run,
+                            run_id,
+                            version,
+                            &format!("{step}:{attempt}:end"),
+                            command,
+                        )
+                        .await?;
                 }
                 Decision::Cancel => {
-                    self.finish(&run, run_id, version, "cancel", RunCommand::Cancel)
+                    (run, version) = self
+                        .finish(&run, run_id, version, "cancel", RunCommand::Cancel)
                         .await?
                 }
                 Decision::Succeed => {
                     let counts = summary_counts(&run);
-                    self.finish(
-                        &run,
-                        run_id,
-                        version,
-                        "succeed",
-                        RunCommand::Succeed {
-                            summary_counts: counts,
-                        },
-                    )
-                    .await?
+                    (run, version) = self
+                        .finish(
+                            &run,
+                            run_id,
+                            version,
+                            "succeed",
+                            RunCommand::Succeed {
+                                summary_counts: counts,
+                            },
+                        )
+                        .await?
                 }
                 Decision::PartiallySucceed { failed_steps } => {
                     let failures = failed_steps
@@ -261,17 +259,18 @@ impl Engine {
                         })
                         .collect();
                     let counts = summary_counts(&run);
-                    self.finish(
-                        &run,
-                        run_id,
-                        version,
-                        "partial",
-                        RunCommand::PartiallySucceed {
-                            summary_counts: counts,
-                            failures,
-                        },
-                    )
-                    .await?
+                    (run, version) = self
+                        .finish(
+                            &run,
+                            run_id,
+                            version,
+                            "partial",
+                            RunCommand::PartiallySucceed {
+                                summary_counts: counts,
+                                failures,
+                            },
+                        )
+                        .await?
                 }
                 Decision::Fail { step, reason } => {
                     let failure = FailureSummary {
@@ -279,7 +278,8 @@ impl Engine {
                         message: format!("step {step} failed"),
                         step: Some(step.to_owned()),
                     };
-                    self.finish(&run, run_id, version, "fail", RunCommand::Fail { failure })
+                    (run, version) = self
+                        .finish(&run, run_id, version, "fail", RunCommand::Fail { failure })
                         .await?
                 }
             }
@@ -295,14 +295,15 @@ impl Engine {
         version: i64,
         key: &str,
         command: RunCommand,
-    ) -> Result<(), EngineError> {
+    ) -> Result<(OperationRun, i64), EngineError> {
         let meta = self.meta(run, run_id, format!("{run_id}:{key}"));
         let mut uow = self.bus.begin().await?;
-        uow.execute_expecting::<OperationRun>(&run_id.to_string(), Some(version), command, &meta)
+        let done = uow
+            .execute_expecting::<OperationRun>(&run_id.to_string(), Some(version), command, &meta)
             .await
             .map_err(AppError::from)?;
         uow.commit().await?;
-        Ok(())
+        Ok((done.aggregate, done.version))
     }
 
     /// Completes the run and frees its scope, in one transaction.
@@ -313,7 +314,7 @@ impl Engine {
         version: i64,
         key: &str,
         command: RunCommand,
-    ) -> Result<(), EngineError> {
+    ) -> Result<(OperationRun, i64), EngineError> {
         let meta = self.meta(run, run_id, format!("{run_id}:{key}"));
         let mut uow = self.bus.begin().await?;
         let done = uow
@@ -323,7 +324,7 @@ impl Engine {
         app::release_scope(&mut uow, &done.aggregate, run_id, &meta).await?;
         uow.commit().await?;
         tracing::info!(outcome = ?done.aggregate.outcome, "run completed");
-        Ok(())
+        Ok((done.aggregate, done.version))
     }
 
     async fn credentials(&self, run: &OperationRun) -> Result<AppCredentials, StepFailure> {
