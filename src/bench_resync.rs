@@ -134,18 +134,26 @@ async fn resync(
         };
         workers.spawn(engine.run(wakeups.clone(), shutdown.clone()));
     }
+    // A fleet resync starts a run per tenant, with the same concurrency.
     let started = Instant::now();
-    for key in &keys {
-        app::start_operation(
-            &bus,
-            &meta,
-            key,
-            workflows::resync::RUN_TYPE,
-            "conditional_access",
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
+    let keys = Arc::new(keys);
+    let (b, k, m) = (bus.clone(), keys.clone(), meta.clone());
+    measure(keys.len(), concurrency, move |i| {
+        let (bus, keys, meta) = (b.clone(), k.clone(), m.clone());
+        async move {
+            app::start_operation(
+                &bus,
+                &meta,
+                &keys[i],
+                workflows::resync::RUN_TYPE,
+                "conditional_access",
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(())
+        }
+    })
+    .await?;
     let deadline = started + Duration::from_secs(1800);
     loop {
         let done: i64 = sqlx::query_scalar(

@@ -179,25 +179,28 @@ impl Engine {
                         .await?
                 }
                 Decision::Perform { step, attempt } => {
-                    (run, version) = self
-                        .record(
-                            &run,
-                            run_id,
-                            version,
-                            &format!("{step}:{attempt}:start"),
-                            RunCommand::StartStep {
-                                step: step.to_owned(),
-                                attempt,
-                            },
-                        )
-                        .await?;
-                    let outcome = self.perform(step, attempt, &run, run_id).await;
-                    let command = match outcome {
-                        Ok(summary) => RunCommand::CompleteStep {
-                            step: step.to_owned(),
-                            attempt,
-                            summary,
-                        },
+                    // No "step started" event: a step interrupted by a crash is simply
+                    // performed again with the same attempt (its effect is idempotent), and
+                    // one commit fewer per step matters for fleet-wide resyncs.
+                    let outcome = match self.perform(step, &run).await {
+                        Ok(effect) => {
+                            self.complete(&run, run_id, version, step, attempt, effect)
+                                .await
+                        }
+                        Err(f) => Err(f),
+                    };
+                    match outcome {
+                        Ok(next) => (run, version) = next,
+                        // The run changed meanwhile (e.g. a cancellation request): nothing
+                        // was committed; decide again from its new state.
+                        Err(f) if f.reason == ReasonCode::Conflict => {
+                            let loaded = self
+                                .bus
+                                .load::<OperationRun>(&run_id.to_string())
+                                .await
+                                .map_err(AppError::from)?;
+                            (run, version) = (loaded.aggregate, loaded.version);
+                        }
                         Err(f) => {
                             let max = plan.step(step).map(|s| s.max_attempts).unwrap_or(1);
                             let retry_at = (f.transient && attempt < max).then(|| {
@@ -211,24 +214,24 @@ impl Engine {
                                     .unwrap_or_default()
                             });
                             tracing::warn!(step, attempt, reason = %f.reason, retry = retry_at.is_some(), "step failed");
-                            RunCommand::FailStep {
+                            let command = RunCommand::FailStep {
                                 step: step.to_owned(),
                                 attempt,
                                 reason: f.reason,
                                 message: f.message,
                                 retry_at,
-                            }
+                            };
+                            (run, version) = self
+                                .record(
+                                    &run,
+                                    run_id,
+                                    version,
+                                    &format!("{step}:{attempt}:end"),
+                                    command,
+                                )
+                                .await?;
                         }
-                    };
-                    (run, version) = self
-                        .record(
-                            &run,
-                            run_id,
-                            version,
-                            &format!("{step}:{attempt}:end"),
-                            command,
-                        )
-                        .await?;
+                    }
                 }
                 Decision::Cancel => {
                     (run, version) = self
@@ -370,18 +373,9 @@ impl Engine {
         ))
     }
 
-    async fn perform(
-        &self,
-        step: &str,
-        attempt: u32,
-        run: &OperationRun,
-        run_id: RunId,
-    ) -> Result<serde_json::Value, StepFailure> {
-        let context = run.context.as_ref().ok_or_else(|| {
-            StepFailure::permanent(ReasonCode::InternalError, "the run has no context")
-        })?;
-        let tenant_id = context.tenant_key.to_string();
-        let meta = self.meta(run, run_id, format!("{run_id}:{step}:{attempt}"));
+    /// The outside work of a step (Graph calls, never inside a transaction). What it
+    /// found is returned as the command to apply to the tenant.
+    async fn perform(&self, step: &str, run: &OperationRun) -> Result<TenantCommand, StepFailure> {
         match step {
             resync::SNAPSHOT => {
                 let app = self.credentials(run).await?;
@@ -393,27 +387,11 @@ impl Engine {
                 let policies: Vec<CuratedPolicy> = policy::curate(&raw).map_err(|e| {
                     StepFailure::permanent(ReasonCode::GraphMalformedResponse, e.to_string())
                 })?;
-                let count = policies.len();
-                let done = self
-                    .bus
-                    .execute::<Tenant>(
-                        &tenant_id,
-                        TenantCommand::RecordSnapshot {
-                            snapshot_id: Uuid::now_v7(),
-                            policies,
-                            source: SnapshotSource::Graph,
-                        },
-                        &meta,
-                    )
-                    .await
-                    .map_err(bus_failure)?;
-                let snapshot_id = done.aggregate.last_snapshot.as_ref().map(|s| s.snapshot_id);
-                let unchanged = done.events.is_empty() && !done.repeated;
-                Ok(serde_json::json!({
-                    "snapshot_id": snapshot_id,
-                    "unchanged": unchanged,
-                    "policy_count": count,
-                }))
+                Ok(TenantCommand::RecordSnapshot {
+                    snapshot_id: Uuid::now_v7(),
+                    policies,
+                    source: SnapshotSource::Graph,
+                })
             }
             resync::LICENSES => {
                 let app = self.credentials(run).await?;
@@ -433,32 +411,83 @@ impl Engine {
                     .iter()
                     .filter_map(|s| serde_json::to_value(s).ok())
                     .collect();
-                let capabilities = policy::capabilities(&raw);
-                let summary =
-                    serde_json::json!({ "ca_p1": capabilities.ca_p1, "ca_p2": capabilities.ca_p2 });
-                self.bus
-                    .execute::<Tenant>(
-                        &tenant_id,
-                        TenantCommand::RecordLicenses { capabilities },
-                        &meta,
-                    )
-                    .await
-                    .map_err(bus_failure)?;
-                Ok(summary)
+                Ok(TenantCommand::RecordLicenses {
+                    capabilities: policy::capabilities(&raw),
+                })
             }
-            resync::RECORD => {
-                let at = run.started_at.unwrap_or_else(Utc::now);
-                self.bus
-                    .execute::<Tenant>(&tenant_id, TenantCommand::RecordResync { at }, &meta)
-                    .await
-                    .map_err(bus_failure)?;
-                Ok(serde_json::json!({}))
-            }
+            resync::RECORD => Ok(TenantCommand::RecordResync {
+                at: run.started_at.unwrap_or_else(Utc::now),
+            }),
             other => Err(StepFailure::permanent(
                 ReasonCode::InternalError,
                 format!("unknown step {other}"),
             )),
         }
+    }
+
+    /// Applies a step's effect to the tenant and completes the step, in one transaction:
+    /// either both are recorded or neither. The effect carries the idempotency key of this
+    /// step attempt, so a step performed again after a crash changes the tenant only once.
+    async fn complete(
+        &self,
+        run: &OperationRun,
+        run_id: RunId,
+        version: i64,
+        step: &str,
+        attempt: u32,
+        effect: TenantCommand,
+    ) -> Result<(OperationRun, i64), StepFailure> {
+        let tenant_id = run
+            .context
+            .as_ref()
+            .map(|c| c.tenant_key.to_string())
+            .ok_or_else(|| {
+                StepFailure::permanent(ReasonCode::InternalError, "the run has no context")
+            })?;
+        let meta = self.meta(run, run_id, format!("{run_id}:{step}:{attempt}"));
+        let mut uow = self
+            .bus
+            .begin()
+            .await
+            .map_err(|e| AppError::Internal(Box::new(e)))?;
+        let (count, is_snapshot) = match &effect {
+            TenantCommand::RecordSnapshot { policies, .. } => (policies.len(), true),
+            _ => (0, false),
+        };
+        let done = uow
+            .execute::<Tenant>(&tenant_id, effect, &meta)
+            .await
+            .map_err(bus_failure)?;
+        let summary = if is_snapshot {
+            serde_json::json!({
+                "snapshot_id": done.aggregate.last_snapshot.as_ref().map(|s| s.snapshot_id),
+                "unchanged": done.events.is_empty() && !done.repeated,
+                "policy_count": count,
+            })
+        } else if let Some(c) = &done.aggregate.capabilities {
+            serde_json::json!({ "ca_p1": c.ca_p1, "ca_p2": c.ca_p2 })
+        } else {
+            serde_json::json!({})
+        };
+        let command = RunCommand::CompleteStep {
+            step: step.to_owned(),
+            attempt,
+            summary,
+        };
+        let run_meta = self.meta(run, run_id, format!("{run_id}:{step}:{attempt}:end"));
+        let recorded = uow
+            .execute_expecting::<OperationRun>(
+                &run_id.to_string(),
+                Some(version),
+                command,
+                &run_meta,
+            )
+            .await
+            .map_err(bus_failure)?;
+        uow.commit()
+            .await
+            .map_err(|e| AppError::Internal(Box::new(e)))?;
+        Ok((recorded.aggregate, recorded.version))
     }
 
     /// Runs until `shutdown`: advances every due task, then waits for new events or the
