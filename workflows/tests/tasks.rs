@@ -30,7 +30,7 @@ async fn feed(pool: &sqlx::PgPool) {
     while tokio::time::Instant::now() < deadline {
         if runner.step().await.unwrap() == Progress::Idle {
             let (consumed, total): (i64, i64) = sqlx::query_as(
-                "SELECT (SELECT events_consumed FROM consumer_checkpoints WHERE name = 'workflow_tasks'), \
+                "SELECT COALESCE((SELECT events_consumed FROM consumer_checkpoints WHERE name = 'workflow_tasks'), 0), \
                         (SELECT count(*) FROM events)",
             )
             .fetch_one(pool)
