@@ -299,14 +299,7 @@ impl Engine {
         key: &str,
         command: RunCommand,
     ) -> Result<(OperationRun, i64), EngineError> {
-        let meta = self.meta(run, run_id, format!("{run_id}:{key}"));
-        let mut uow = self.bus.begin().await?;
-        let done = uow
-            .execute_expecting::<OperationRun>(&run_id.to_string(), Some(version), command, &meta)
-            .await
-            .map_err(AppError::from)?;
-        uow.commit().await?;
-        Ok((done.aggregate, done.version))
+        self.append(run, run_id, version, key, command, false).await
     }
 
     /// Completes the run and frees its scope, in one transaction.
@@ -318,15 +311,32 @@ impl Engine {
         key: &str,
         command: RunCommand,
     ) -> Result<(OperationRun, i64), EngineError> {
+        let done = self
+            .append(run, run_id, version, key, command, true)
+            .await?;
+        tracing::info!(outcome = ?done.0.outcome, "run completed");
+        Ok(done)
+    }
+
+    async fn append(
+        &self,
+        run: &OperationRun,
+        run_id: RunId,
+        version: i64,
+        key: &str,
+        command: RunCommand,
+        release_scope: bool,
+    ) -> Result<(OperationRun, i64), EngineError> {
         let meta = self.meta(run, run_id, format!("{run_id}:{key}"));
         let mut uow = self.bus.begin().await?;
         let done = uow
             .execute_expecting::<OperationRun>(&run_id.to_string(), Some(version), command, &meta)
             .await
             .map_err(AppError::from)?;
-        app::release_scope(&mut uow, &done.aggregate, run_id, &meta).await?;
+        if release_scope {
+            app::release_scope(&mut uow, &done.aggregate, run_id, &meta).await?;
+        }
         uow.commit().await?;
-        tracing::info!(outcome = ?done.aggregate.outcome, "run completed");
         Ok((done.aggregate, done.version))
     }
 
