@@ -11,7 +11,7 @@ use axum::Router;
 use tracing::Instrument;
 
 use crate::auth::AuthError;
-use crate::graphql::mutation_request_id;
+use crate::graphql::RequestId;
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -50,7 +50,7 @@ async fn graphql(
         .data(state.clone())
         .data(state.runs.clone())
         .data(caller)
-        .data(mutation_request_id(request_id));
+        .data(RequestId(request_id));
     // The span follows the future (an entered guard would leak across awaits).
     GraphQLResponse::from(state.schema.execute(req).instrument(span).await).into_response()
 }

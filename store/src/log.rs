@@ -158,11 +158,7 @@ pub trait Consumer: Send + Sync + 'static {
 
 /// Wakes consumers when events are committed (LISTEN/NOTIFY). Cheap to clone.
 #[derive(Clone, Debug)]
-pub struct Wakeups {
-    rx: watch::Receiver<u64>,
-    // Held by `none()` so `changed` waits instead of failing.
-    _sender: Option<Arc<watch::Sender<u64>>>,
-}
+pub struct Wakeups(watch::Receiver<u64>);
 
 impl Wakeups {
     /// Listens on [`EVENTS_CHANNEL`] until `shutdown`; reconnects after errors.
@@ -198,27 +194,18 @@ impl Wakeups {
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         });
-        Self { rx, _sender: None }
-    }
-
-    /// Wakeups that never fire: consumers then rely on polling alone.
-    pub fn none() -> Self {
-        let (tx, rx) = watch::channel(0u64);
-        Self {
-            rx,
-            _sender: Some(Arc::new(tx)),
-        }
+        Self(rx)
     }
 
     /// Marks everything so far as seen.
     pub fn mark_seen(&mut self) {
-        self.rx.borrow_and_update();
+        self.0.borrow_and_update();
     }
 
     /// Waits for a notification newer than the last [`mark_seen`](Self::mark_seen), or
     /// `timeout`, whichever comes first.
     pub async fn wait(&mut self, timeout: Duration) {
-        let _ = tokio::time::timeout(timeout, self.rx.changed()).await;
+        let _ = tokio::time::timeout(timeout, self.0.changed()).await;
     }
 }
 
@@ -397,14 +384,4 @@ async fn lag_after(pool: &PgPool, position: Position) -> Result<i64, sqlx::Error
     .bind(position.global_position)
     .fetch_one(pool)
     .await
-}
-
-/// Reads events for auditors and rebuilds: everything committed, in global order, paged.
-pub async fn read_committed(
-    pool: &PgPool,
-    after: Position,
-    limit: i64,
-) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    let mut conn = pool.acquire().await?;
-    read_batch(&mut conn, after, limit).await
 }

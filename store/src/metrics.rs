@@ -6,7 +6,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CommandLabels {
@@ -29,7 +29,8 @@ pub struct ConsumerLabels {
 /// Every metric tenantflow exports. Cheap to clone (all handles are shared).
 #[derive(Clone)]
 pub struct Metrics {
-    registry: Arc<Mutex<Registry>>,
+    /// Complete once built: nothing registers later, so no lock is needed.
+    registry: Arc<Registry>,
     pub commands: Family<CommandLabels, Counter>,
     pub events_appended: Counter,
     pub http_requests: Family<HttpLabels, Counter>,
@@ -100,7 +101,7 @@ impl Metrics {
             consumer_failures.clone(),
         );
         Self {
-            registry: Arc::new(Mutex::new(registry)),
+            registry: Arc::new(registry),
             commands,
             events_appended,
             http_requests,
@@ -111,23 +112,11 @@ impl Metrics {
         }
     }
 
-    /// Registers a further metric (other crates add theirs at wiring time).
-    pub fn register(
-        &self,
-        name: &str,
-        help: &str,
-        metric: impl prometheus_client::registry::Metric,
-    ) {
-        let mut r = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-        r.register(name, help, metric);
-    }
-
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let r = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &r);
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
 }

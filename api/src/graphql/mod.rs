@@ -38,8 +38,3 @@ pub fn schema() -> TenantflowSchema {
 pub fn sdl() -> String {
     schema().sdl()
 }
-
-/// Request data carrying the HTTP request id into mutations' metadata.
-pub fn mutation_request_id(id: String) -> RequestId {
-    RequestId(id)
-}
