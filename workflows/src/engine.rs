@@ -147,6 +147,7 @@ impl Engine {
             .await
             .map_err(AppError::from)?;
         let (mut run, mut version) = (loaded.aggregate, loaded.version);
+        let mut credentials = None;
         for _ in 0..32 {
             let Some(plan) = plan_for(&run.run_type) else {
                 if run.is_active() {
@@ -182,7 +183,7 @@ impl Engine {
                     // No "step started" event: a step interrupted by a crash is simply
                     // performed again with the same attempt (its effect is idempotent), and
                     // one commit fewer per step matters for fleet-wide resyncs.
-                    let outcome = match self.perform(step, &run).await {
+                    let outcome = match self.perform(step, &run, &mut credentials).await {
                         Ok(effect) => {
                             self.complete(&run, run_id, version, step, attempt, effect)
                                 .await
@@ -385,11 +386,23 @@ impl Engine {
 
     /// The outside work of a step (Graph calls, never inside a transaction). What it
     /// found is returned as the command to apply to the tenant.
-    async fn perform(&self, step: &str, run: &OperationRun) -> Result<TenantCommand, StepFailure> {
+    /// `app` caches the run's credentials for its later steps: the connection and the vault
+    /// are read once per run, not once per step.
+    async fn perform(
+        &self,
+        step: &str,
+        run: &OperationRun,
+        app: &mut Option<AppCredentials>,
+    ) -> Result<TenantCommand, StepFailure> {
+        if app.is_none() && matches!(step, resync::SNAPSHOT | resync::LICENSES) {
+            *app = Some(self.credentials(run).await?);
+        }
         match step {
             resync::SNAPSHOT => {
-                let app = self.credentials(run).await?;
-                let fetched = self.graph.list_conditional_access_policies(&app).await?;
+                let app = app.as_ref().ok_or_else(|| {
+                    StepFailure::permanent(ReasonCode::ProviderCredentialMissing, "no credential")
+                })?;
+                let fetched = self.graph.list_conditional_access_policies(app).await?;
                 let raw: Vec<serde_json::Value> = fetched
                     .into_iter()
                     .map(|p| serde_json::Value::Object(p.json))
@@ -404,8 +417,10 @@ impl Engine {
                 })
             }
             resync::LICENSES => {
-                let app = self.credentials(run).await?;
-                let skus = self.graph.list_subscribed_skus(&app).await.map_err(|e| {
+                let app = app.as_ref().ok_or_else(|| {
+                    StepFailure::permanent(ReasonCode::ProviderCredentialMissing, "no credential")
+                })?;
+                let skus = self.graph.list_subscribed_skus(app).await.map_err(|e| {
                     // The token already worked for the policies: a 401 or 403 here means the
                     // app lacks the directory permission licenses need.
                     e.remap(
