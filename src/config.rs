@@ -46,6 +46,11 @@ pub struct Config {
     pub demo: bool,
     /// Tenants in the demo fleet.
     pub demo_tenants: usize,
+    /// Workflow runs this instance advances at the same time.
+    pub workflow_workers: usize,
+    /// How long a claimed workflow task stays leased to this instance; after a crash its
+    /// runs are picked up again this long after the claim.
+    pub workflow_lease_seconds: u64,
 }
 
 impl Config {
@@ -65,6 +70,8 @@ struct Defaults {
     database_max_connections: u32,
     demo: bool,
     demo_tenants: usize,
+    workflow_workers: usize,
+    workflow_lease_seconds: u64,
 }
 
 impl Default for Defaults {
@@ -77,6 +84,8 @@ impl Default for Defaults {
             database_max_connections: 20,
             demo: true,
             demo_tenants: 5,
+            workflow_workers: 4,
+            workflow_lease_seconds: 60,
         }
     }
 }

@@ -166,14 +166,17 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let graph_client =
         Arc::new(graph::GraphClient::new(graph_config).map_err(|e| anyhow::anyhow!("{e}"))?);
-    let engine = workflows::Engine {
-        bus: bus.clone(),
-        vault: vault.clone(),
-        graph: graph_client,
-        owner: format!("{}-{}", hostname(), std::process::id()),
-        lease: std::time::Duration::from_secs(60),
-        backoff: workflows::Backoff::default(),
-    };
+    let workers = config.workflow_workers.max(1);
+    let engines: Vec<workflows::Engine> = (0..workers)
+        .map(|i| workflows::Engine {
+            bus: bus.clone(),
+            vault: vault.clone(),
+            graph: graph_client.clone(),
+            owner: format!("{}-{}-{i}", hostname(), std::process::id()),
+            lease: std::time::Duration::from_secs(config.workflow_lease_seconds.max(1)),
+            backoff: workflows::Backoff::default(),
+        })
+        .collect();
     let state = api::AppState(Arc::new(api::App {
         pool: db.pool.clone(),
         bus,
@@ -204,7 +207,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         metrics.clone(),
     );
     background.spawn(feed.run(wakeups.clone(), shutdown.clone()));
-    background.spawn(engine.run(wakeups.clone(), shutdown.clone()));
+    for engine in engines {
+        background.spawn(engine.run(wakeups.clone(), shutdown.clone()));
+    }
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
