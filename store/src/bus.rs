@@ -321,6 +321,40 @@ impl UnitOfWork {
         result
     }
 
+    /// Appends what `staged` decided, in one statement, against the version it was
+    /// decided on: a conflict if the stream moved meanwhile (the whole unit of work is
+    /// then void). Afterwards `staged` holds nothing pending.
+    pub async fn append_staged<A: Aggregate>(
+        &mut self,
+        staged: &mut Staged<A>,
+    ) -> Result<(), BusError<A::Error>> {
+        if staged.pending.is_empty() {
+            return Ok(());
+        }
+        let rows = staged.pending.iter().map(|(e, m)| (e, m));
+        append_rows::<A>(&mut self.tx, &staged.id, staged.base_version, rows).await?;
+        let n = staged.pending.len() as i64;
+        staged.base_version += n;
+        self.appended += n as u64;
+        staged.pending.clear();
+        Ok(())
+    }
+
+    /// Loads an aggregate as this transaction sees it, to decide several commands on it
+    /// and append them together (idempotency keys are checked).
+    pub async fn stage<A: Aggregate<Services = Services>>(
+        &mut self,
+        id: &str,
+    ) -> Result<Staged<A>, BusError<A::Error>>
+    where
+        A::Command: Authorize,
+    {
+        let loaded = load::<A>(&mut self.tx, id).await?;
+        let mut staged = Staged::new(id, loaded.aggregate, loaded.version);
+        staged.keys = loaded.idempotency_keys;
+        Ok(staged)
+    }
+
     /// Loads an aggregate as this transaction sees it.
     pub async fn load<A: Aggregate>(&mut self, id: &str) -> Result<Loaded<A>, BusError<A::Error>> {
         load::<A>(&mut self.tx, id).await
@@ -335,6 +369,109 @@ impl UnitOfWork {
         self.tx.commit().await?;
         self.bus.metrics.events_appended.inc_by(self.appended);
         Ok(())
+    }
+}
+
+/// Commands decided against a state the caller already holds (no reload), kept until a
+/// unit of work appends them together with [`UnitOfWork::append_staged`]. For a single
+/// writer that carries an aggregate across several decisions, such as the workflow engine
+/// with its run: each decision costs no query, and a concurrent change still surfaces as
+/// a conflict when appending. Idempotency keys are not checked here: the caller decides
+/// from the very state the keys were applied to.
+#[derive(Debug, Clone)]
+pub struct Staged<A: Aggregate> {
+    id: String,
+    state: A,
+    base_version: i64,
+    pending: Vec<(A::Event, serde_json::Value)>,
+    /// Idempotency keys applied to the stream (when loaded with them), and staged since.
+    keys: Vec<String>,
+}
+
+/// What [`Staged::decide`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decided {
+    /// Events the command produced (now pending).
+    pub events: usize,
+    /// The command's idempotency key had been applied before: it was skipped.
+    pub repeated: bool,
+}
+
+impl<A: Aggregate<Services = Services>> Staged<A>
+where
+    A::Command: Authorize,
+{
+    /// `state` as of `version` (e.g. from [`CommandBus::load`]).
+    pub fn new(id: impl Into<String>, state: A, version: i64) -> Self {
+        Self {
+            id: id.into(),
+            state,
+            base_version: version,
+            pending: Vec::new(),
+            keys: Vec::new(),
+        }
+    }
+
+    /// Decides `command` against the current (staged) state and applies its events to
+    /// it; nothing is written yet. A refusal leaves the state as it was.
+    pub async fn decide(
+        &mut self,
+        services: &Services,
+        command: A::Command,
+        metadata: &Metadata,
+    ) -> Result<Decided, BusError<A::Error>> {
+        let permission = command.permission();
+        if !metadata.role.allows(permission) {
+            return Err(BusError::Forbidden {
+                role: metadata.role,
+                permission,
+            });
+        }
+        if let Some(key) = &metadata.idempotency_key {
+            if self.keys.contains(key) {
+                return Ok(Decided {
+                    events: 0,
+                    repeated: true,
+                });
+            }
+        }
+        let sink = EventSink::default();
+        self.state
+            .handle(command, services, &sink)
+            .await
+            .map_err(BusError::Domain)?;
+        let events = sink.collect().await;
+        let meta = metadata.to_json();
+        let count = events.len();
+        for event in events {
+            self.state.apply(event.clone());
+            self.pending.push((event, meta.clone()));
+        }
+        if count > 0 {
+            self.keys.extend(metadata.idempotency_key.clone());
+        }
+        Ok(Decided {
+            events: count,
+            repeated: false,
+        })
+    }
+
+    pub fn state(&self) -> &A {
+        &self.state
+    }
+
+    pub fn into_state(self) -> A {
+        self.state
+    }
+
+    /// The version the state will have once the pending events are appended.
+    pub fn version(&self) -> i64 {
+        self.base_version + self.pending.len() as i64
+    }
+
+    /// Whether decisions wait to be appended.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
     }
 }
 
@@ -461,12 +598,24 @@ async fn append<A: Aggregate>(
     metadata: &Metadata,
 ) -> Result<(), BusError<A::Error>> {
     let meta = metadata.to_json();
+    append_rows::<A>(conn, id, version, events.iter().map(|e| (e, &meta))).await
+}
+
+/// Appends events, each with its own metadata, after `version` in one statement. A
+/// sequence that is already taken (someone appended meanwhile) is a conflict.
+async fn append_rows<'a, A: Aggregate + 'a>(
+    conn: &mut PgConnection,
+    id: &str,
+    version: i64,
+    rows: impl ExactSizeIterator<Item = (&'a A::Event, &'a serde_json::Value)>,
+) -> Result<(), BusError<A::Error>> {
+    let events = rows;
     let mut sequences = Vec::with_capacity(events.len());
     let mut types = Vec::with_capacity(events.len());
     let mut versions = Vec::with_capacity(events.len());
     let mut payloads = Vec::with_capacity(events.len());
     let mut metas = Vec::with_capacity(events.len());
-    for (i, event) in events.iter().enumerate() {
+    for (i, (event, meta)) in events.enumerate() {
         sequences.push(version + 1 + i as i64);
         types.push(event.event_type());
         versions.push(event.event_version());

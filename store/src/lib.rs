@@ -9,7 +9,7 @@ pub mod log;
 pub mod metrics;
 pub mod vault;
 
-pub use bus::{BusError, CommandBus, Committed, Loaded, Metadata, UnitOfWork};
+pub use bus::{BusError, CommandBus, Committed, Decided, Loaded, Metadata, Staged, UnitOfWork};
 pub use db::{connect, migrate, DbError, MIGRATOR};
 pub use embedded::{EmbeddedError, EmbeddedOptions, EmbeddedPostgres};
 pub use log::{

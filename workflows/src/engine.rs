@@ -3,7 +3,7 @@
 //! another aggregate carries an idempotency key (run + step + attempt), so a step performed
 //! again after a crash changes nothing twice.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use domain::connection::ProviderConnection;
 use domain::policy::{self, CuratedPolicy};
 use domain::run::{FailureSummary, OperationRun, RunCommand};
@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use store::app::{self, AppError};
-use store::{BusError, CommandBus, Metadata, Vault, Wakeups};
+use store::{BusError, CommandBus, Metadata, Staged, UnitOfWork, Vault, Wakeups};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -24,7 +24,7 @@ use uuid::Uuid;
 use crate::plan::{Decision, Plan};
 use crate::resync;
 use crate::retry::Backoff;
-use crate::tasks::{claim, release, Task};
+use crate::tasks::{claim, extend, release, remove, Task};
 
 /// Why a step failed: a reason code, a short message, and whether to retry (and when).
 #[derive(Debug)]
@@ -80,6 +80,8 @@ pub enum EngineError {
     Database(#[from] sqlx::Error),
     #[error("recording a run's progress failed: {0}")]
     Record(#[from] AppError),
+    #[error("the lease on the run's task was lost to another runner")]
+    LeaseLost,
 }
 
 /// Advances runs.
@@ -95,6 +97,57 @@ pub struct Engine {
 
 fn plan_for(run_type: &str) -> Option<&'static Plan> {
     [&resync::PLAN].into_iter().find(|p| p.run_type == run_type)
+}
+
+/// After advancing a run: when its task is due again, or that the run ended (and its task
+/// went with it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    Due(DateTime<Utc>),
+    Ended,
+}
+
+/// The run as the engine carries it between decisions.
+type RunState = Staged<OperationRun>;
+
+/// The command that ends a run, for a decision that ends it.
+fn ending(decision: &Decision, run: &OperationRun) -> Option<(&'static str, RunCommand)> {
+    Some(match decision {
+        Decision::Cancel => ("cancel", RunCommand::Cancel),
+        Decision::Succeed => (
+            "succeed",
+            RunCommand::Succeed {
+                summary_counts: summary_counts(run),
+            },
+        ),
+        Decision::PartiallySucceed { failed_steps } => (
+            "partial",
+            RunCommand::PartiallySucceed {
+                summary_counts: summary_counts(run),
+                failures: failed_steps
+                    .iter()
+                    .map(|(step, reason)| FailureSummary {
+                        reason: *reason,
+                        message: format!("step {step} gave up"),
+                        step: Some((*step).to_owned()),
+                    })
+                    .collect(),
+            },
+        ),
+        Decision::Fail { step, reason } => (
+            "fail",
+            RunCommand::Fail {
+                failure: FailureSummary {
+                    reason: *reason,
+                    message: format!("step {step} failed"),
+                    step: Some((*step).to_owned()),
+                },
+            },
+        ),
+        Decision::Start | Decision::Perform { .. } | Decision::WaitUntil(_) | Decision::Done => {
+            return None
+        }
+    })
 }
 
 impl Engine {
@@ -119,10 +172,17 @@ impl Engine {
         let Some(task) = claim(self.pool(), &self.owner, self.lease).await? else {
             return Ok(false);
         };
-        let next_due = self.advance(&task).await;
-        match next_due {
-            Ok(due) => {
-                release(self.pool(), task.run_id, &self.owner, due).await?;
+        let span = tracing::info_span!("run", run_id = %task.run_id, run_type = %task.run_type, workspace = %task.workspace_id);
+        match self.advance(&task).instrument(span).await {
+            Ok(Next::Due(at)) => {
+                release(self.pool(), task.run_id, &self.owner, at).await?;
+                Ok(true)
+            }
+            Ok(Next::Ended) => Ok(true),
+            Err(EngineError::LeaseLost) => {
+                // Another runner holds the run now; what we committed stands (each append
+                // was checked against the run's version).
+                tracing::warn!(run_id = %task.run_id, "lease lost; leaving the run to its new holder");
                 Ok(true)
             }
             Err(e) => {
@@ -133,74 +193,104 @@ impl Engine {
         }
     }
 
-    /// Applies decisions until the run waits or ends; returns when the task is due next.
-    async fn advance(&self, task: &Task) -> Result<chrono::DateTime<Utc>, EngineError> {
-        let span = tracing::info_span!("run", run_id = %task.run_id, run_type = %task.run_type, workspace = %task.workspace_id);
-        self.advance_run(RunId(task.run_id)).instrument(span).await
-    }
-
-    async fn advance_run(&self, run_id: RunId) -> Result<chrono::DateTime<Utc>, EngineError> {
-        // Loaded once; afterwards each recorded event hands back the run's new state.
+    async fn load_run(&self, run_id: RunId) -> Result<RunState, EngineError> {
         let loaded = self
             .bus
             .load::<OperationRun>(&run_id.to_string())
             .await
             .map_err(AppError::from)?;
-        let (mut run, mut version) = (loaded.aggregate, loaded.version);
+        Ok(Staged::new(
+            run_id.to_string(),
+            loaded.aggregate,
+            loaded.version,
+        ))
+    }
+
+    /// Extends the task's lease when half of it is used up, so a long run keeps it; fails
+    /// when the lease was lost (then this runner must not perform another step).
+    async fn keep_lease(
+        &self,
+        task: &Task,
+        lease_until: &mut DateTime<Utc>,
+    ) -> Result<(), EngineError> {
+        let half = chrono::Duration::from_std(self.lease / 2).unwrap_or_default();
+        if *lease_until - Utc::now() > half {
+            return Ok(());
+        }
+        match extend(self.pool(), task.run_id, &self.owner, self.lease).await? {
+            Some(until) => {
+                *lease_until = until;
+                Ok(())
+            }
+            None => Err(EngineError::LeaseLost),
+        }
+    }
+
+    /// Applies decisions until the run waits or ends. The run is loaded once; afterwards
+    /// decisions are made against the state the engine carries, and written together with
+    /// the next step's result, so a resync costs a few transactions rather than one per
+    /// decision.
+    async fn advance(&self, task: &Task) -> Result<Next, EngineError> {
+        let run_id = RunId(task.run_id);
+        let mut run = self.load_run(run_id).await?;
+        let mut lease_until = task.lease_until;
         let mut credentials = None;
         for _ in 0..32 {
-            let Some(plan) = plan_for(&run.run_type) else {
-                if run.is_active() {
-                    self.finish(
-                        &run,
-                        run_id,
-                        version,
-                        "fail",
-                        RunCommand::Fail {
-                            failure: FailureSummary {
-                                reason: ReasonCode::ValidationFailed,
-                                message: format!(
-                                    "no workflow runs operations of type {}",
-                                    run.run_type
-                                ),
-                                step: None,
-                            },
-                        },
-                    )
-                    .await?;
+            let Some(plan) = plan_for(&run.state().run_type) else {
+                if !run.state().is_active() {
+                    return Ok(Next::Due(Utc::now() + chrono::Duration::days(1)));
                 }
-                return Ok(Utc::now() + chrono::Duration::days(1));
+                let failure = FailureSummary {
+                    reason: ReasonCode::ValidationFailed,
+                    message: format!(
+                        "no workflow runs operations of type {}",
+                        run.state().run_type
+                    ),
+                    step: None,
+                };
+                self.stage(&mut run, run_id, "fail", RunCommand::Fail { failure })
+                    .await?;
+                return match self.settle(None, task, &mut run).await? {
+                    true => Ok(Next::Ended),
+                    false => Ok(Next::Due(Utc::now())),
+                };
             };
-            match plan.decide(&run, Utc::now()) {
-                Decision::Done => return Ok(Utc::now() + chrono::Duration::days(1)),
-                Decision::WaitUntil(at) => return Ok(at),
+            let decision = plan.decide(run.state(), Utc::now());
+            match decision {
+                Decision::Done => return Ok(Next::Due(Utc::now() + chrono::Duration::days(1))),
+                Decision::WaitUntil(at) => {
+                    self.settle(Some(plan), task, &mut run).await?;
+                    return Ok(Next::Due(at));
+                }
+                // Not written on its own: it goes with the first step's result.
                 Decision::Start => {
-                    (run, version) = self
-                        .record(&run, run_id, version, "start", RunCommand::Start)
+                    self.stage(&mut run, run_id, "start", RunCommand::Start)
                         .await?
                 }
                 Decision::Perform { step, attempt } => {
+                    self.keep_lease(task, &mut lease_until).await?;
                     // No "step started" event: a step interrupted by a crash is simply
-                    // performed again with the same attempt (its effect is idempotent), and
-                    // one commit fewer per step matters for fleet-wide resyncs.
-                    let outcome = match self.perform(step, &run, &mut credentials).await {
+                    // performed again with the same attempt (its effect is idempotent).
+                    let before = run.clone();
+                    let outcome = match self.perform(step, run.state(), &mut credentials).await {
                         Ok(effect) => {
-                            self.complete(&run, run_id, version, step, attempt, effect)
+                            self.complete(plan, task, &mut run, step, attempt, effect)
                                 .await
                         }
                         Err(f) => Err(f),
                     };
+                    if outcome.is_err() {
+                        // Nothing of the attempt was written: back to what was decided
+                        // before it.
+                        run = before;
+                    }
                     match outcome {
-                        Ok(next) => (run, version) = next,
+                        Ok(true) => return Ok(Next::Ended),
+                        Ok(false) => {}
                         // The run changed meanwhile (e.g. a cancellation request): nothing
                         // was committed; decide again from its new state.
                         Err(f) if f.reason == ReasonCode::Conflict => {
-                            let loaded = self
-                                .bus
-                                .load::<OperationRun>(&run_id.to_string())
-                                .await
-                                .map_err(AppError::from)?;
-                            (run, version) = (loaded.aggregate, loaded.version);
+                            run = self.load_run(run_id).await?;
                         }
                         Err(f) => {
                             let max = plan.step(step).map(|s| s.max_attempts).unwrap_or(1);
@@ -222,123 +312,99 @@ impl Engine {
                                 message: f.message,
                                 retry_at,
                             };
-                            (run, version) = self
-                                .record(
-                                    &run,
-                                    run_id,
-                                    version,
-                                    &format!("{step}:{attempt}:end"),
-                                    command,
-                                )
-                                .await?;
+                            let key = format!("{step}:{attempt}:end");
+                            self.stage(&mut run, run_id, &key, command).await?;
+                            if self.settle(Some(plan), task, &mut run).await? {
+                                return Ok(Next::Ended);
+                            }
                         }
                     }
                 }
-                Decision::Cancel => {
-                    (run, version) = self
-                        .finish(&run, run_id, version, "cancel", RunCommand::Cancel)
-                        .await?
-                }
-                Decision::Succeed => {
-                    let counts = summary_counts(&run);
-                    (run, version) = self
-                        .finish(
-                            &run,
-                            run_id,
-                            version,
-                            "succeed",
-                            RunCommand::Succeed {
-                                summary_counts: counts,
-                            },
-                        )
-                        .await?
-                }
-                Decision::PartiallySucceed { failed_steps } => {
-                    let failures = failed_steps
-                        .into_iter()
-                        .map(|(step, reason)| FailureSummary {
-                            reason,
-                            message: format!("step {step} gave up"),
-                            step: Some(step.to_owned()),
-                        })
-                        .collect();
-                    let counts = summary_counts(&run);
-                    (run, version) = self
-                        .finish(
-                            &run,
-                            run_id,
-                            version,
-                            "partial",
-                            RunCommand::PartiallySucceed {
-                                summary_counts: counts,
-                                failures,
-                            },
-                        )
-                        .await?
-                }
-                Decision::Fail { step, reason } => {
-                    let failure = FailureSummary {
-                        reason,
-                        message: format!("step {step} failed"),
-                        step: Some(step.to_owned()),
-                    };
-                    (run, version) = self
-                        .finish(&run, run_id, version, "fail", RunCommand::Fail { failure })
-                        .await?
+                Decision::Cancel
+                | Decision::Succeed
+                | Decision::PartiallySucceed { .. }
+                | Decision::Fail { .. } => {
+                    if self.settle(Some(plan), task, &mut run).await? {
+                        return Ok(Next::Ended);
+                    }
                 }
             }
         }
-        Ok(Utc::now())
+        self.settle(None, task, &mut run).await?;
+        Ok(Next::Due(Utc::now()))
     }
 
-    /// Appends a progress event against the version we decided on.
-    async fn record(
+    /// Decides a run command against the carried state, to be written by the next settle.
+    async fn stage(
         &self,
-        run: &OperationRun,
+        run: &mut RunState,
         run_id: RunId,
-        version: i64,
         key: &str,
         command: RunCommand,
-    ) -> Result<(OperationRun, i64), EngineError> {
-        self.append(run, run_id, version, key, command, false).await
-    }
-
-    /// Completes the run and frees its scope, in one transaction.
-    async fn finish(
-        &self,
-        run: &OperationRun,
-        run_id: RunId,
-        version: i64,
-        key: &str,
-        command: RunCommand,
-    ) -> Result<(OperationRun, i64), EngineError> {
-        let done = self
-            .append(run, run_id, version, key, command, true)
-            .await?;
-        tracing::info!(outcome = ?done.0.outcome, "run completed");
-        Ok(done)
-    }
-
-    async fn append(
-        &self,
-        run: &OperationRun,
-        run_id: RunId,
-        version: i64,
-        key: &str,
-        command: RunCommand,
-        release_scope: bool,
-    ) -> Result<(OperationRun, i64), EngineError> {
-        let meta = self.meta(run, run_id, format!("{run_id}:{key}"));
-        let mut uow = self.bus.begin().await?;
-        let done = uow
-            .execute_expecting::<OperationRun>(&run_id.to_string(), Some(version), command, &meta)
+    ) -> Result<(), EngineError> {
+        let meta = self.meta(run.state(), run_id, format!("{run_id}:{key}"));
+        run.decide(self.bus.services(), command, &meta)
             .await
             .map_err(AppError::from)?;
-        if release_scope {
-            app::release_scope(&mut uow, &done.aggregate, run_id, &meta).await?;
+        Ok(())
+    }
+
+    /// Writes the run's staged decisions in a new transaction; see [`Engine::finish_in`].
+    async fn settle(
+        &self,
+        plan: Option<&Plan>,
+        task: &Task,
+        run: &mut RunState,
+    ) -> Result<bool, EngineError> {
+        let needs_end =
+            plan.is_some_and(|p| ending(&p.decide(run.state(), Utc::now()), run.state()).is_some());
+        if !run.has_pending() && !needs_end {
+            return Ok(false);
         }
-        uow.commit().await?;
-        Ok((done.aggregate, done.version))
+        let uow = self.bus.begin().await?;
+        let ended = self.finish_in(uow, plan, task, run).await?;
+        if ended {
+            tracing::info!(outcome = ?run.state().outcome, "run completed");
+        }
+        Ok(ended)
+    }
+
+    /// Appends the run's staged decisions in `uow` and commits. When the plan then says
+    /// the run is over, its end, the release of its scope and the removal of its task go
+    /// into the same transaction. Returns whether the run ended.
+    async fn finish_in(
+        &self,
+        mut uow: UnitOfWork,
+        plan: Option<&Plan>,
+        task: &Task,
+        run: &mut RunState,
+    ) -> Result<bool, AppError> {
+        let run_id = RunId(task.run_id);
+        let end = match plan {
+            Some(plan) => ending(&plan.decide(run.state(), Utc::now()), run.state()),
+            // No plan: a failure staged by the caller ends it.
+            None => None,
+        };
+        if let Some((key, command)) = end {
+            let meta = self.meta(run.state(), run_id, format!("{run_id}:{key}"));
+            run.decide(self.bus.services(), command, &meta).await?;
+        }
+        uow.append_staged(run).await?;
+        let ended = !run.state().is_active();
+        if ended {
+            let meta = self.meta(run.state(), run_id, format!("{run_id}:release"));
+            app::release_scope(&mut uow, run.state(), run_id, &meta).await?;
+            if !remove(uow.connection(), task.run_id, &self.owner)
+                .await
+                .map_err(|e| AppError::Internal(Box::new(e)))?
+            {
+                tracing::warn!("the run's task was no longer leased to this runner");
+            }
+        }
+        uow.commit()
+            .await
+            .map_err(|e| AppError::Internal(Box::new(e)))?;
+        Ok(ended)
     }
 
     async fn credentials(&self, run: &OperationRun) -> Result<AppCredentials, StepFailure> {
@@ -453,66 +519,108 @@ impl Engine {
     /// Applies a step's effect to the tenant and completes the step, in one transaction:
     /// either both are recorded or neither. The effect carries the idempotency key of this
     /// step attempt, so a step performed again after a crash changes the tenant only once.
+    /// Steps after it that call nothing outside are performed in the same transaction, and
+    /// so is the run's end when it comes. Returns whether the run ended.
     async fn complete(
         &self,
-        run: &OperationRun,
-        run_id: RunId,
-        version: i64,
-        step: &str,
+        plan: &Plan,
+        task: &Task,
+        run: &mut RunState,
+        step: &'static str,
         attempt: u32,
         effect: TenantCommand,
-    ) -> Result<(OperationRun, i64), StepFailure> {
+    ) -> Result<bool, StepFailure> {
+        let mut uow = self
+            .bus
+            .begin()
+            .await
+            .map_err(|e| AppError::Internal(Box::new(e)))?;
         let tenant_id = run
+            .state()
             .context
             .as_ref()
             .map(|c| c.tenant_key.to_string())
             .ok_or_else(|| {
                 StepFailure::permanent(ReasonCode::InternalError, "the run has no context")
             })?;
-        let meta = self.meta(run, run_id, format!("{run_id}:{step}:{attempt}"));
-        let mut uow = self
-            .bus
-            .begin()
+        let mut tenant = uow.stage::<Tenant>(&tenant_id).await.map_err(bus_failure)?;
+        let (mut step, mut attempt) = (step, attempt);
+        let mut summary = self
+            .apply_effect(&mut tenant, run, task, step, attempt, effect)
+            .await?;
+        loop {
+            let run_id = RunId(task.run_id);
+            let command = RunCommand::CompleteStep {
+                step: step.to_owned(),
+                attempt,
+                summary,
+            };
+            let key = format!("{step}:{attempt}:end");
+            self.stage(run, run_id, &key, command)
+                .await
+                .map_err(|e| StepFailure::permanent(ReasonCode::InternalError, e.to_string()))?;
+            // The next step, if it needs nothing from outside, rides along.
+            let Decision::Perform {
+                step: next,
+                attempt: next_attempt,
+            } = plan.decide(run.state(), Utc::now())
+            else {
+                break;
+            };
+            if plan.step(next).is_none_or(|d| d.calls_out) {
+                break;
+            }
+            // A failure here is left for the step's own turn, where it is recorded.
+            let Ok(next_effect) = self.perform(next, run.state(), &mut None).await else {
+                break;
+            };
+            match self
+                .apply_effect(&mut tenant, run, task, next, next_attempt, next_effect)
+                .await
+            {
+                Ok(s) => (step, attempt, summary) = (next, next_attempt, s),
+                Err(_) => break,
+            }
+        }
+        uow.append_staged(&mut tenant).await.map_err(bus_failure)?;
+        self.finish_in(uow, Some(plan), task, run)
             .await
-            .map_err(|e| AppError::Internal(Box::new(e)))?;
+            .map_err(StepFailure::from)
+    }
+
+    /// Decides a step's effect on the run's tenant (appended with the step's completion);
+    /// returns the step's summary.
+    async fn apply_effect(
+        &self,
+        tenant: &mut Staged<Tenant>,
+        run: &RunState,
+        task: &Task,
+        step: &str,
+        attempt: u32,
+        effect: TenantCommand,
+    ) -> Result<serde_json::Value, StepFailure> {
+        let run_id = RunId(task.run_id);
+        let meta = self.meta(run.state(), run_id, format!("{run_id}:{step}:{attempt}"));
         let (count, is_snapshot) = match &effect {
             TenantCommand::RecordSnapshot { policies, .. } => (policies.len(), true),
             _ => (0, false),
         };
-        let done = uow
-            .execute::<Tenant>(&tenant_id, effect, &meta)
+        let done = tenant
+            .decide(self.bus.services(), effect, &meta)
             .await
             .map_err(bus_failure)?;
-        let summary = if is_snapshot {
+        let state = tenant.state();
+        Ok(if is_snapshot {
             serde_json::json!({
-                "snapshot_id": done.aggregate.last_snapshot.as_ref().map(|s| s.snapshot_id),
-                "unchanged": done.events.is_empty() && !done.repeated,
+                "snapshot_id": state.last_snapshot.as_ref().map(|s| s.snapshot_id),
+                "unchanged": done.events == 0 && !done.repeated,
                 "policy_count": count,
             })
-        } else if let Some(c) = &done.aggregate.capabilities {
+        } else if let Some(c) = &state.capabilities {
             serde_json::json!({ "ca_p1": c.ca_p1, "ca_p2": c.ca_p2 })
         } else {
             serde_json::json!({})
-        };
-        let command = RunCommand::CompleteStep {
-            step: step.to_owned(),
-            attempt,
-            summary,
-        };
-        let run_meta = self.meta(run, run_id, format!("{run_id}:{step}:{attempt}:end"));
-        let recorded = uow
-            .execute_expecting::<OperationRun>(
-                &run_id.to_string(),
-                Some(version),
-                command,
-                &run_meta,
-            )
-            .await
-            .map_err(bus_failure)?;
-        uow.commit()
-            .await
-            .map_err(|e| AppError::Internal(Box::new(e)))?;
-        Ok((recorded.aggregate, recorded.version))
+        })
     }
 
     /// Runs until `shutdown`: advances every due task, then waits for new events or the

@@ -15,6 +15,9 @@ pub struct StepDef {
     /// Whether the run fails when this step gives up (otherwise it ends partially
     /// succeeded, e.g. a license refresh after a good snapshot).
     pub fatal: bool,
+    /// Whether the step calls outside systems (Graph). A step that does not is performed
+    /// in the same transaction as the step before it: one commit fewer per run.
+    pub calls_out: bool,
 }
 
 /// A sequential workflow: its run type and steps, in order.
@@ -132,11 +135,13 @@ mod tests {
                 name: "fetch",
                 max_attempts: 3,
                 fatal: true,
+                calls_out: true,
             },
             StepDef {
                 name: "extras",
                 max_attempts: 2,
                 fatal: false,
+                calls_out: true,
             },
         ],
     };

@@ -19,16 +19,19 @@ pub const PLAN: Plan = Plan {
             name: SNAPSHOT,
             max_attempts: 5,
             fatal: true,
+            calls_out: true,
         },
         StepDef {
             name: LICENSES,
             max_attempts: 3,
             fatal: false,
+            calls_out: true,
         },
         StepDef {
             name: RECORD,
             max_attempts: 5,
             fatal: true,
+            calls_out: false,
         },
     ],
 };

@@ -134,3 +134,38 @@ pub async fn release(
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// Extends the lease of a task this runner holds; `None` when it no longer holds it (it
+/// expired and another runner claimed the task): the runner must stop working on it.
+pub async fn extend(
+    pool: &PgPool,
+    run_id: Uuid,
+    owner: &str,
+    lease: Duration,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE workflow_tasks SET lease_until = now() + make_interval(secs => $3), updated_at = now() \
+         WHERE run_id = $1 AND lease_owner = $2 RETURNING lease_until",
+    )
+    .bind(run_id)
+    .bind(owner)
+    .bind(lease.as_secs_f64())
+    .fetch_optional(pool)
+    .await
+}
+
+/// Removes the task of a run that just ended, in the transaction that ended it (the task
+/// feed would remove it too when it reads the run's end; this spares the lease release).
+/// Returns whether this runner still held it.
+pub async fn remove(
+    conn: &mut PgConnection,
+    run_id: Uuid,
+    owner: &str,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM workflow_tasks WHERE run_id = $1 AND lease_owner = $2")
+        .bind(run_id)
+        .bind(owner)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
