@@ -51,6 +51,9 @@ pub struct Config {
     /// How long a claimed workflow task stays leased to this instance; after a crash its
     /// runs are picked up again this long after the claim.
     pub workflow_lease_seconds: u64,
+    /// How often the scheduler looks for due schedules (events also wake it, at most once
+    /// a second).
+    pub scheduler_poll_seconds: u64,
 }
 
 impl Config {
@@ -72,6 +75,7 @@ struct Defaults {
     demo_tenants: usize,
     workflow_workers: usize,
     workflow_lease_seconds: u64,
+    scheduler_poll_seconds: u64,
 }
 
 impl Default for Defaults {
@@ -86,6 +90,7 @@ impl Default for Defaults {
             demo_tenants: 5,
             workflow_workers: 4,
             workflow_lease_seconds: 60,
+            scheduler_poll_seconds: 15,
         }
     }
 }
@@ -141,6 +146,7 @@ mod tests {
             assert_eq!(c.listen.port(), 8080);
             assert_eq!(c.data_dir, PathBuf::from(".tenantflow"));
             assert!(c.database_url.is_none());
+            assert_eq!(c.scheduler_poll_seconds, 15);
             Ok(())
         });
     }
@@ -162,6 +168,16 @@ mod tests {
             };
             let c = Config::load(Some(Path::new("tf.toml")), &o).expect("load");
             assert_eq!(c.listen.port(), 9002);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_scheduler_poll_interval_is_read_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TENANTFLOW_SCHEDULER_POLL_SECONDS", "2");
+            let c = Config::load(None, &Overrides::default()).expect("load");
+            assert_eq!(c.scheduler_poll_seconds, 2);
             Ok(())
         });
     }

@@ -210,6 +210,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     for engine in engines {
         background.spawn(engine.run(wakeups.clone(), shutdown.clone()));
     }
+    // Recurring schedules: every instance runs a scheduler; each tick fires once.
+    let scheduler = workflows::Scheduler {
+        bus: state.bus.clone(),
+        poll: std::time::Duration::from_secs(config.scheduler_poll_seconds.max(1)),
+        concurrency: workers,
+    };
+    background.spawn(scheduler.run(wakeups.clone(), shutdown.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -11,6 +11,10 @@ use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &str = "e2e-Client-Secret~0123456789-abcdef";
 
+const SET_SCHEDULE: &str =
+    "mutation($i: Int!, $f: DateTime) { setSchedule(input: {intervalMinutes: $i, firstRunAt: $f}) { id } }";
+const DISABLE_SCHEDULE: &str = "mutation($s: String!) { disableSchedule(id: $s) { id } }";
+
 /// Events written by people (the workflow engine appends progress on its own).
 async fn event_count(db: &testkit::TestDb) -> i64 {
     let pool = db.pool().await;
@@ -18,25 +22,6 @@ async fn event_count(db: &testkit::TestDb) -> i64 {
         .fetch_one(&pool)
         .await
         .unwrap()
-}
-
-/// Waits (bounded) until every read model has consumed every event.
-async fn projections_caught_up(db: &testkit::TestDb) {
-    let pool = db.pool().await;
-    for _ in 0..400 {
-        let done: Option<bool> = sqlx::query_scalar(
-            "SELECT bool_and(events_consumed = (SELECT count(*) FROM events)) AND count(*) = 5 \
-             FROM consumer_checkpoints WHERE name IN ('tenants', 'connections', 'runs', 'audit_log', 'policies')",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        if done == Some(true) {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    panic!("the projections did not catch up");
 }
 
 /// A graphql-transport-ws subscription.
@@ -244,6 +229,10 @@ async fn every_mutation_is_allowed_or_denied_by_role() {
         .as_str()
         .unwrap()
         .to_owned();
+    let schedule = owner.ok(SET_SCHEDULE, json!({"i": 60})).await["setSchedule"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let cases: Vec<(&str, Value, &[Role])> = vec![
         (REGISTER, json!({"e": other, "n": "X"}), &[Role::Owner, Role::Manager]),
         ("mutation($t: String!) { archiveTenant(id: $t) { id } }", json!({"t": archivable}), &[Role::Owner, Role::Manager]),
@@ -256,6 +245,8 @@ async fn every_mutation_is_allowed_or_denied_by_role() {
         (GRANT, json!({"c": conn}), &[Role::Owner, Role::Manager]),
         (RESYNC, json!({"t": tenant}), &[Role::Owner, Role::Manager, Role::Operator]),
         ("mutation($t: String!) { startOperation(tenantId: $t, type: \"policy.resync\", module: \"ca\") { runId } }", json!({"t": tenant}), &[Role::Owner, Role::Manager, Role::Operator]),
+        (SET_SCHEDULE, json!({"i": 120}), &[Role::Owner, Role::Manager]),
+        (DISABLE_SCHEDULE, json!({"s": schedule}), &[Role::Owner, Role::Manager]),
     ];
     for role in [Role::Readonly, Role::Operator, Role::Manager, Role::Owner] {
         let c = Client::new(&server, "acme", role);
@@ -480,50 +471,10 @@ async fn rebuild_replays_every_read_model_to_the_same_rows() {
     c.eventually(q, json!({"r": run}), |d| d["run"]["status"] == "completed")
         .await;
 
-    projections_caught_up(&db).await;
-    let pool = db.pool().await;
-    let dump = || async {
-        let mut all = Vec::new();
-        for (table, key) in [
-            ("rm_tenants", "tenant_key"),
-            ("rm_connections", "connection_id"),
-            ("rm_runs", "run_id"),
-            ("rm_run_steps", "run_id, step, attempt"),
-            ("rm_audit_log", "global_position"),
-            ("rm_policy_snapshots", "snapshot_id"),
-            ("rm_alerts", "snapshot_id"),
-            ("rm_licenses", "tenant_key"),
-        ] {
-            let rows: Vec<String> = sqlx::query_scalar(&format!(
-                "SELECT row_to_json(t)::text FROM {table} t ORDER BY {key}"
-            ))
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-            all.push(rows);
-        }
-        all
-    };
-    let live = dump().await;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenantflow"))
-        .args(["rebuild", "--all"])
-        .env("DATABASE_URL", db.url())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let printed = String::from_utf8_lossy(&out.stderr);
+    let printed = common::read_models::assert_rebuild_reproduces_read_models(&db).await;
     assert!(
         printed.contains("read_model=\"runs\"") && printed.contains("rebuilt: replayed"),
         "{printed}"
-    );
-    assert_eq!(
-        dump().await,
-        live,
-        "rebuilt read models equal the live ones"
     );
 
     let unknown = std::process::Command::new(env!("CARGO_BIN_EXE_tenantflow"))
@@ -533,4 +484,109 @@ async fn rebuild_replays_every_read_model_to_the_same_rows() {
         .unwrap();
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown read model"));
+}
+
+#[tokio::test]
+async fn a_dashboard_sets_a_schedule_lists_it_and_sees_it_start_a_run_per_tenant() {
+    let (server, _db, sim) = start_server_with(&[("TENANTFLOW_SCHEDULER_POLL_SECONDS", "1")]).await;
+    let c = Client::new(&server, "acme", Role::Owner);
+    let mut tenants = Vec::new();
+    for t in sim.tenants() {
+        tenants.push(ready_sim_tenant(&c, &t).await.0);
+    }
+
+    // Bad input is refused with the rule, and changes nothing.
+    assert_eq!(
+        c.error_code(SET_SCHEDULE, json!({"i": 1})).await,
+        "validation_failed"
+    );
+    let unknown =
+        "mutation { setSchedule(input: {runType: \"mail.sync\", intervalMinutes: 60}) { id } }";
+    assert_eq!(c.error_code(unknown, json!({})).await, "validation_failed");
+
+    let first_run = chrono::Utc::now();
+    let id = c
+        .ok(SET_SCHEDULE, json!({"i": 60, "f": first_run.to_rfc3339()}))
+        .await["setSchedule"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(id, "acme:policy.resync");
+
+    // The scheduler fires it and starts a resync on each tenant.
+    let q = "{ schedules { edges { node { id runType intervalMinutes enabled firstRunAt nextDueAt \
+               lastFiredAt lastFanOut { started deduplicated busy blocked skipped tenants } } } } }";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let schedule = loop {
+        let data = c.ok(q, json!({})).await;
+        let node = data["schedules"]["edges"][0]["node"].clone();
+        if !node["lastFanOut"].is_null() {
+            break node;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the schedule never ran: {data}\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(schedule["id"], id.as_str());
+    assert_eq!(schedule["runType"], "policy.resync");
+    assert_eq!(schedule["intervalMinutes"], 60);
+    assert_eq!(schedule["enabled"], true);
+    assert_eq!(
+        schedule["lastFanOut"],
+        json!({"started": 2, "deduplicated": 0, "busy": 0, "blocked": 0, "skipped": 0, "tenants": 2})
+    );
+    let next: chrono::DateTime<chrono::Utc> =
+        schedule["nextDueAt"].as_str().unwrap().parse().unwrap();
+    let first: chrono::DateTime<chrono::Utc> =
+        schedule["firstRunAt"].as_str().unwrap().parse().unwrap();
+    assert_eq!(next - first, chrono::Duration::minutes(60));
+
+    let runs = c
+        .eventually(
+            "{ runs(filter: {type: \"policy.resync\"}) { edges { node { tenantId initiator } } } }",
+            json!({}),
+            |d| d["runs"]["edges"].as_array().is_some_and(|e| e.len() == 2),
+        )
+        .await;
+    let mut started: Vec<String> = runs["runs"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            assert_eq!(e["node"]["initiator"], "schedule:acme:policy.resync");
+            e["node"]["tenantId"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    started.sort();
+    tenants.sort();
+    assert_eq!(started, tenants, "one run per tenant");
+
+    // Readers see it; another workspace does not.
+    let reader = Client::new(&server, "acme", Role::Readonly);
+    assert_eq!(
+        reader
+            .ok("{ schedules { edges { node { id } } } }", json!({}))
+            .await["schedules"]["edges"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    let globex = Client::new(&server, "globex", Role::Owner);
+    assert_eq!(
+        globex.error_code(DISABLE_SCHEDULE, json!({"s": id})).await,
+        "not_found"
+    );
+    assert!(globex.ok(q, json!({})).await["schedules"]["edges"]
+        .as_array()
+        .is_some_and(|e| e.is_empty()));
+
+    c.ok(DISABLE_SCHEDULE, json!({"s": id})).await;
+    c.eventually(q, json!({}), |d| {
+        let node = &d["schedules"]["edges"][0]["node"];
+        node["enabled"] == false && node["nextDueAt"].is_null()
+    })
+    .await;
 }

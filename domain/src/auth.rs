@@ -24,6 +24,8 @@ pub enum Permission {
     ManageConnections,
     /// Start and cancel operations (resync, health check, ...).
     StartOperations,
+    /// Set, change and disable a workspace's recurring schedules.
+    ManageSchedules,
     /// Internal progress of workflows: only the engine records it.
     RecordProgress,
 }
@@ -37,7 +39,7 @@ impl Role {
             Role::Owner | Role::Manager => {
                 matches!(
                     permission,
-                    ManageTenants | ManageConnections | StartOperations
+                    ManageTenants | ManageConnections | StartOperations | ManageSchedules
                 )
             }
             Role::Operator => matches!(permission, StartOperations),
@@ -93,6 +95,7 @@ mod tests {
             Permission::ManageTenants,
             Permission::ManageConnections,
             Permission::StartOperations,
+            Permission::ManageSchedules,
             Permission::RecordProgress,
         ] {
             assert!(!Role::Readonly.allows(p), "{p:?}");
@@ -104,6 +107,7 @@ mod tests {
         assert!(Role::Operator.allows(Permission::StartOperations));
         assert!(!Role::Operator.allows(Permission::ManageConnections));
         assert!(!Role::Operator.allows(Permission::ManageTenants));
+        assert!(!Role::Operator.allows(Permission::ManageSchedules));
     }
 
     #[test]
@@ -111,6 +115,7 @@ mod tests {
         for r in [Role::Owner, Role::Manager] {
             assert!(r.allows(Permission::ManageConnections));
             assert!(r.allows(Permission::StartOperations));
+            assert!(r.allows(Permission::ManageSchedules));
             assert!(!r.allows(Permission::RecordProgress));
         }
     }

@@ -2,7 +2,8 @@
 //!
 //! Every aggregate implements [`cqrs_es::Aggregate`] with `Services = Services`, and its
 //! command type implements [`Authorize`] so the command bus can check the caller's role.
-//! Aggregates: [`Tenant`], [`ProviderConnection`], [`OperationRun`] and [`ScopeLock`].
+//! Aggregates: [`Tenant`], [`ProviderConnection`], [`OperationRun`], [`ScopeLock`],
+//! [`Schedule`] and [`ScheduleTick`].
 //! Messages that reach events go through [`sanitize::sanitize_message`]; snapshots are
 //! hashed with [`canonical::canonical_json`] and [`canonical::sha256_hex`].
 
@@ -25,6 +26,8 @@ pub mod policy;
 pub mod reason;
 pub mod run;
 pub mod sanitize;
+pub mod schedule;
+pub mod schedule_tick;
 pub mod scope_lock;
 pub mod tenant;
 #[cfg(test)]
@@ -41,6 +44,8 @@ pub use values::{
 // The aggregates, one line each: state, command, event, error.
 pub use connection::{ConnectionCommand, ConnectionError, ConnectionEvent, ProviderConnection};
 pub use run::{OperationRun, RunCommand, RunError, RunEvent};
+pub use schedule::{Schedule, ScheduleCommand, ScheduleError, ScheduleEvent};
+pub use schedule_tick::{ScheduleTick, TickCommand, TickError, TickEvent};
 pub use scope_lock::{ScopeCommand, ScopeError, ScopeEvent, ScopeLock};
 pub use tenant::{Tenant, TenantCommand, TenantError, TenantEvent};
 

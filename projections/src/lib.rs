@@ -8,6 +8,7 @@
 //! | `runs`        | `rm_runs`, `rm_run_steps`    | operation run events        |
 //! | `audit_log`   | `rm_audit_log`               | every event                 |
 //! | `policies`    | `rm_policy_snapshots`, `rm_alerts`, `rm_licenses` | tenant events (resync) |
+//! | `schedules`   | `rm_schedules`               | schedule and schedule tick events |
 //!
 //! Every row carries its `workspace_id` (row-level security keys on it) and, except audit
 //! and step rows, the `version` (aggregate sequence) last applied, so replaying an event
@@ -19,6 +20,7 @@ mod event;
 mod policies;
 mod runner;
 mod runs;
+mod schedules;
 mod tenants;
 
 use std::sync::Arc;
@@ -28,6 +30,7 @@ pub use connections::Connections;
 pub use policies::Policies;
 pub use runner::{rebuild, spawn_all, Projection, RebuildProgress};
 pub use runs::{Runs, RUNS_CHANNEL};
+pub use schedules::Schedules;
 pub use tenants::Tenants;
 
 /// Every read model, for the service (live) and `tenantflow rebuild NAME|--all`.
@@ -38,5 +41,6 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
         Arc::new(Runs),
         Arc::new(AuditLog),
         Arc::new(Policies),
+        Arc::new(Schedules),
     ]
 }

@@ -26,7 +26,14 @@ async fn every_read_model_is_listed_once_with_the_tables_it_owns() {
     let names: Vec<&str> = all.iter().map(|p| p.name()).collect();
     assert_eq!(
         names,
-        ["tenants", "connections", "runs", "audit_log", "policies"]
+        [
+            "tenants",
+            "connections",
+            "runs",
+            "audit_log",
+            "policies",
+            "schedules"
+        ]
     );
     let owned: Vec<&str> = all
         .iter()
@@ -356,6 +363,66 @@ async fn the_runs_read_model_shows_each_runs_status_outcome_and_step_attempts() 
 }
 
 #[tokio::test]
+async fn the_schedules_read_model_shows_settings_and_the_latest_ticks_fan_out() {
+    let (_db, bus, h) = with_history().await;
+    let pool = bus.pool().clone();
+    catch_up(&pool, Arc::new(projections::Schedules)).await;
+
+    let s = row(&pool, "rm_schedules", "schedule_id", &h.schedule).await;
+    assert_eq!(s["workspace_id"], "acme");
+    assert_eq!(s["run_type"], "policy.resync");
+    assert_eq!(s["interval_minutes"], 30, "re-timed");
+    assert_eq!(s["enabled"], false);
+    assert!(
+        s["next_due_at"].is_null(),
+        "a disabled schedule is never due"
+    );
+    assert_eq!(s["set_by"], "alice");
+    assert_eq!(micros(&s["last_due_at"]), h.tick_due_at.timestamp_micros());
+    assert!(s["last_fired_at"].is_string());
+    assert!(s["last_fanned_out_at"].is_string());
+    assert_eq!(s["last_fan_out"], serde_json::to_value(FAN_OUT).unwrap());
+    assert_eq!(s["version"], 3);
+}
+
+#[tokio::test]
+async fn an_enabled_schedule_is_next_due_one_interval_after_its_latest_tick() {
+    use chrono::{Duration, SubsecRound, Utc};
+    use domain::schedule_tick::{tick_key, ScheduleTick, TickCommand};
+    let db = TestDb::new().await;
+    let bus = bus(&db).await;
+    let pool = bus.pool().clone();
+    let first = (Utc::now() - Duration::minutes(150)).trunc_subsecs(0);
+    let id = app::set_schedule(&bus, &owner("acme"), "policy.resync", 60, true, Some(first))
+        .await
+        .unwrap();
+    let next_due = || async {
+        catch_up(&pool, Arc::new(projections::Schedules)).await;
+        let s = row(&pool, "rm_schedules", "schedule_id", &id).await;
+        (micros(&s["next_due_at"]), s["last_fanned_out_at"].clone())
+    };
+    assert_eq!(
+        next_due().await.0,
+        first.timestamp_micros(),
+        "never fired: due since its first run"
+    );
+
+    let due_at = first + Duration::minutes(120);
+    let fire = TickCommand::Fire {
+        workspace: "acme".parse().unwrap(),
+        schedule_id: id.clone(),
+        run_type: "policy.resync".into(),
+        due_at,
+    };
+    bus.execute::<ScheduleTick>(&tick_key(&id, due_at), fire, &engine("acme"))
+        .await
+        .unwrap();
+    let (next, fanned_out) = next_due().await;
+    assert_eq!(next, (due_at + Duration::minutes(60)).timestamp_micros());
+    assert!(fanned_out.is_null(), "the fan-out is not recorded yet");
+}
+
+#[tokio::test]
 async fn the_audit_log_records_who_did_what_to_which_tenant_for_every_event() {
     let (_db, bus, h) = with_history().await;
     let pool = bus.pool().clone();
@@ -384,9 +451,13 @@ async fn the_audit_log_records_who_did_what_to_which_tenant_for_every_event() {
     .await;
     assert_eq!(faithful, events, "one faithful row per event");
     assert_eq!(
-        count("SELECT count(*) FROM rm_audit_log WHERE tenant_key IS NULL").await,
+        count(
+            "SELECT count(*) FROM rm_audit_log WHERE tenant_key IS NULL \
+             AND aggregate_type NOT IN ('schedule', 'schedule_tick')"
+        )
+        .await,
         0,
-        "every event of this history concerns a tenant"
+        "every event of this history but the workspace's schedule concerns a tenant"
     );
 
     let tenant_of = |aggregate_type: &'static str, id: String| {

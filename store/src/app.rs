@@ -2,10 +2,12 @@
 //! checks the caller's workspace, then appends through the bus, in one transaction when
 //! several streams (or the vault) must change together. Lost optimistic races are retried.
 
+use chrono::{DateTime, Utc};
 use domain::connection::{ConnectionCommand, ProviderConnection};
 use domain::run::{NextStep, OperationRun, RunCommand, RunContext, RunOutcome};
+use domain::schedule::{schedule_key, Schedule, ScheduleCommand};
 use domain::scope_lock::{scope_key, ScopeCommand, ScopeError, ScopeLock};
-use domain::tenant::{Tenant, TenantCommand, TenantEvent};
+use domain::tenant::{Tenant, TenantCommand, TenantError, TenantEvent, TenantStatus};
 use domain::{
     ConnectionId, DomainError, EntraTenantId, Provider, ReasonCode, Role, RunId, TenantKey,
     ValueError, WorkspaceId,
@@ -52,6 +54,20 @@ impl AppError {
     }
 }
 
+/// A domain refusal as the use case's failure.
+trait IntoRefusal {
+    fn into_refusal(self) -> AppError;
+}
+
+impl<E: DomainError> IntoRefusal for E {
+    fn into_refusal(self) -> AppError {
+        AppError::Refused {
+            code: self.reason_code(),
+            message: self.to_string(),
+        }
+    }
+}
+
 impl From<ValueError> for AppError {
     fn from(e: ValueError) -> Self {
         AppError::Invalid(e.to_string())
@@ -74,10 +90,7 @@ impl<E: DomainError + Send + Sync + 'static> From<BusError<E>> for AppError {
     fn from(e: BusError<E>) -> Self {
         match e {
             BusError::Forbidden { role, .. } => AppError::Forbidden(role),
-            BusError::Domain(d) => AppError::Refused {
-                code: d.reason_code(),
-                message: d.to_string(),
-            },
+            BusError::Domain(d) => d.into_refusal(),
             BusError::Conflict { .. } => AppError::Conflict,
             other => AppError::Internal(Box::new(other)),
         }
@@ -446,13 +459,40 @@ fn precondition(
 }
 
 /// Starts (or dedupes to) a provider-backed operation on a tenant through its default
-/// Microsoft connection. The scope lock and the run are appended in one transaction.
+/// Microsoft connection. The scope lock and the run are appended in one transaction. An
+/// archived tenant is refused.
 pub async fn start_operation(
     bus: &CommandBus,
     meta: &Metadata,
     tenant: &TenantKey,
     run_type: &str,
     module: &str,
+) -> Result<Started, AppError> {
+    start(bus, meta, tenant, run_type, module, None).await
+}
+
+/// Like [`start_operation`], with the id the new run gets. When `run_id` already names a
+/// run of the caller's workspace, nothing is started and that run is returned as it was
+/// first started (`Queued` or `Blocked`): a repeated start, such as a schedule's fan-out
+/// after a crash, starts each run once.
+pub async fn start_operation_with_id(
+    bus: &CommandBus,
+    meta: &Metadata,
+    tenant: &TenantKey,
+    run_type: &str,
+    module: &str,
+    run_id: RunId,
+) -> Result<Started, AppError> {
+    start(bus, meta, tenant, run_type, module, Some(run_id)).await
+}
+
+async fn start(
+    bus: &CommandBus,
+    meta: &Metadata,
+    tenant: &TenantKey,
+    run_type: &str,
+    module: &str,
+    requested: Option<RunId>,
 ) -> Result<Started, AppError> {
     let workspace = workspace_of(meta)?;
     // Checked first: a dedupe answer must not reach a role that may not start anything.
@@ -462,6 +502,19 @@ pub async fn start_operation(
     retrying(|| async {
         let mut uow = bus.begin().await?;
         let t = tenant_in(&mut uow, meta, tenant).await?;
+        if let Some(id) = requested {
+            let run = uow.load::<OperationRun>(&id.to_string()).await?.aggregate;
+            if run.exists() {
+                return match (&run.workspace, run.blocked_reason) {
+                    (Some(w), _) if w.as_str() != meta.workspace => Err(AppError::NotFound("run")),
+                    (_, Some(reason)) => Ok(Started::Blocked(id, reason)),
+                    (_, None) => Ok(Started::Queued(id)),
+                };
+            }
+        }
+        if t.status == TenantStatus::Archived {
+            return Err(TenantError::Archived.into_refusal());
+        }
         let connection_id = t.default_connection(Provider::Microsoft);
         let connection = match connection_id {
             Some(id) => Some(connection_in(&mut uow, meta, id).await?.0),
@@ -482,7 +535,7 @@ pub async fn start_operation(
                 active_run_type: active.run_type.clone(),
             });
         }
-        let run_id = RunId::new();
+        let run_id = requested.unwrap_or_default();
         let context = RunContext {
             provider: Provider::Microsoft,
             connection_id,
@@ -574,5 +627,48 @@ pub async fn release_scope(
     uow.execute::<ScopeLock>(&lock_id, ScopeCommand::Release { run_id }, meta)
         .await
         .map_err(|e| ScopeOrApp::from(e).0)?;
+    Ok(())
+}
+
+/// Sets the caller's workspace's schedule of `run_type` (creating it, changing it, or
+/// saving it unchanged); returns its id. See [`ScheduleCommand::Set`] for the timing rules.
+pub async fn set_schedule(
+    bus: &CommandBus,
+    meta: &Metadata,
+    run_type: &str,
+    interval_minutes: u32,
+    enabled: bool,
+    first_due_at: Option<DateTime<Utc>>,
+) -> Result<String, AppError> {
+    let workspace = workspace_of(meta)?;
+    let id = schedule_key(&workspace, run_type);
+    let command = ScheduleCommand::Set {
+        workspace,
+        run_type: run_type.to_owned(),
+        interval_minutes,
+        enabled,
+        first_due_at,
+    };
+    bus.execute::<Schedule>(&id, command, meta).await?;
+    Ok(id)
+}
+
+/// Disables a schedule of the caller's workspace (one of another workspace is "not found").
+pub async fn disable_schedule(
+    bus: &CommandBus,
+    meta: &Metadata,
+    schedule_id: &str,
+) -> Result<(), AppError> {
+    // Checked first, so a refused role learns nothing about which schedules exist.
+    if !meta.role.allows(domain::Permission::ManageSchedules) {
+        return Err(AppError::Forbidden(meta.role));
+    }
+    let schedule = bus.load::<Schedule>(schedule_id).await?.aggregate;
+    match &schedule.workspace {
+        Some(w) if w.as_str() == meta.workspace => {}
+        _ => return Err(AppError::NotFound("schedule")),
+    }
+    bus.execute::<Schedule>(schedule_id, ScheduleCommand::Disable, meta)
+        .await?;
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! extension and change nothing.
 
 use async_graphql::{Context, InputObject, Object};
+use chrono::{DateTime, Utc};
 use domain::connection::ConnectionCommand;
 use domain::tenant::TenantCommand;
 use domain::{ConnectionId, EntraTenantId, Provider, RunId, TenantKey};
@@ -73,6 +74,23 @@ pub struct CredentialInput {
     pub client_secret: String,
     /// Optional; must equal the connection's Entra tenant.
     pub tenant_id: Option<String>,
+}
+
+/// A recurring operation on every tenant of the caller's workspace.
+#[derive(InputObject)]
+pub struct ScheduleInput {
+    /// The operation; `policy.resync` (the Conditional Access resync) is the one that can
+    /// be scheduled today.
+    #[graphql(default_with = "workflows::resync::RUN_TYPE.to_owned()")]
+    pub run_type: String,
+    /// Minutes between runs: 5 to 10080 (7 days).
+    pub interval_minutes: i32,
+    #[graphql(default = true)]
+    pub enabled: bool,
+    /// When the first run is due; later ones follow every interval from it. Without it, a
+    /// new, re-timed or re-enabled schedule first runs one interval from now, and one saved
+    /// with its interval unchanged keeps its times.
+    pub first_run_at: Option<DateTime<Utc>>,
 }
 
 pub struct MutationRoot;
@@ -250,6 +268,50 @@ impl MutationRoot {
         module: String,
     ) -> async_graphql::Result<StartRunPayload> {
         start(ctx, &tenant_id, &run_type, &module).await
+    }
+
+    /// Sets the workspace's schedule of an operation (Owner, Manager): each time it is due,
+    /// the operation starts on every tenant that is not archived, one run per tenant. A
+    /// tenant with a run of the same type active keeps it (no second run); a tenant busy
+    /// with another type is left alone; a tenant without a usable connection gets a
+    /// blocked run. After downtime, a schedule runs once, not once per missed interval.
+    async fn set_schedule(
+        &self,
+        ctx: &Context<'_>,
+        input: ScheduleInput,
+    ) -> async_graphql::Result<SchedulePayload> {
+        if workflows::scheduler::module_for(&input.run_type).is_none() {
+            return Err(invalid(format!(
+                "operations of type `{}` cannot be scheduled (expected one of: {})",
+                input.run_type.chars().take(64).collect::<String>(),
+                workflows::scheduler::schedulable_run_types().join(", ")
+            )));
+        }
+        // Out of range either way: the domain's refusal says what is accepted.
+        let interval = u32::try_from(input.interval_minutes).unwrap_or(0);
+        let id = app::set_schedule(
+            &state(ctx)?.bus,
+            &meta(ctx)?,
+            &input.run_type,
+            interval,
+            input.enabled,
+            input.first_run_at,
+        )
+        .await
+        .map_err(app_error)?;
+        Ok(SchedulePayload { id })
+    }
+
+    /// Disables a schedule (Owner, Manager); `setSchedule` enables it again.
+    async fn disable_schedule(
+        &self,
+        ctx: &Context<'_>,
+        id: String,
+    ) -> async_graphql::Result<SchedulePayload> {
+        app::disable_schedule(&state(ctx)?.bus, &meta(ctx)?, &id)
+            .await
+            .map_err(app_error)?;
+        Ok(SchedulePayload { id })
     }
 
     /// Cancels a run: at once when queued, at its next step when running.

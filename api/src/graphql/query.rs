@@ -444,6 +444,35 @@ impl QueryRoot {
         }))
     }
 
+    /// The caller's workspace's recurring schedules, by id.
+    async fn schedules(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Connection<String, ScheduleNode>> {
+        let page = PageRequest::parse(first, after)?;
+        let caller = caller(ctx)?;
+        let mut q = QueryBuilder::<Postgres>::new(format!(
+            "SELECT {SCHEDULE_COLUMNS} FROM rm_schedules WHERE workspace_id = "
+        ));
+        q.push_bind(&caller.workspace);
+        if let Some(id) = page.key_str(0)? {
+            q.push(" AND schedule_id > ").push_bind(id);
+        }
+        q.push(" ORDER BY schedule_id LIMIT ")
+            .push_bind(page.limit());
+        let mut tx = reader(ctx).await?;
+        let rows: Vec<ScheduleNode> = q
+            .build_query_as()
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(internal)?;
+        Ok(connection(&page, rows, |s| {
+            vec![s.schedule_id.clone().into()]
+        }))
+    }
+
     /// A tenant's license capabilities, as of its last refresh.
     async fn licenses(
         &self,

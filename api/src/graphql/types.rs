@@ -245,3 +245,79 @@ pub struct Licenses {
     pub skus: serde_json::Value,
     pub refreshed_at: DateTime<Utc>,
 }
+
+/// A workspace's recurring operation on its whole fleet (see `setSchedule`).
+#[derive(Debug, Clone, SimpleObject, sqlx::FromRow)]
+#[graphql(complex, name = "Schedule")]
+pub struct ScheduleNode {
+    /// `<workspace>:<run type>`.
+    #[graphql(name = "id")]
+    pub schedule_id: String,
+    pub run_type: String,
+    pub interval_minutes: i32,
+    pub enabled: bool,
+    /// The first run; later ones follow every `intervalMinutes` from it.
+    #[graphql(name = "firstRunAt")]
+    pub first_due_at: DateTime<Utc>,
+    /// When the next run is due; null while disabled.
+    pub next_due_at: Option<DateTime<Utc>>,
+    pub set_at: DateTime<Utc>,
+    pub set_by: String,
+    /// When the latest run was due.
+    pub last_due_at: Option<DateTime<Utc>>,
+    /// When the latest run fired.
+    pub last_fired_at: Option<DateTime<Utc>>,
+    /// When the latest run had started its tenants' runs.
+    pub last_fanned_out_at: Option<DateTime<Utc>>,
+    #[graphql(skip)]
+    pub last_fan_out: Option<sqlx::types::Json<domain::schedule_tick::FanOutCounts>>,
+}
+
+#[ComplexObject]
+impl ScheduleNode {
+    /// What the latest run did with each tenant; null until it has started them all.
+    async fn last_fan_out(&self) -> Option<FanOut> {
+        self.last_fan_out.as_ref().map(|c| FanOut::from(c.0))
+    }
+}
+
+pub(crate) const SCHEDULE_COLUMNS: &str =
+    "schedule_id, run_type, interval_minutes, enabled, first_due_at, next_due_at, \
+     set_at, set_by, last_due_at, last_fired_at, last_fanned_out_at, last_fan_out";
+
+/// What one scheduled run did with the workspace's tenants.
+#[derive(Debug, Clone, SimpleObject)]
+pub struct FanOut {
+    /// Tenants whose run it started.
+    pub started: i32,
+    /// Tenants that already had a run of this type active: that run stands.
+    pub deduplicated: i32,
+    /// Tenants busy with a run of another type.
+    pub busy: i32,
+    /// Tenants that cannot run it (no usable connection): a blocked run was recorded.
+    pub blocked: i32,
+    /// Tenants refused for another reason (e.g. archived meanwhile).
+    pub skipped: i32,
+    /// All tenants it went through.
+    pub tenants: i32,
+}
+
+impl From<domain::schedule_tick::FanOutCounts> for FanOut {
+    fn from(c: domain::schedule_tick::FanOutCounts) -> Self {
+        let int = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+        Self {
+            started: int(c.started),
+            deduplicated: int(c.deduplicated),
+            busy: int(c.busy),
+            blocked: int(c.blocked),
+            skipped: int(c.skipped),
+            tenants: int(c.tenants()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, SimpleObject)]
+pub struct SchedulePayload {
+    /// The schedule id.
+    pub id: String,
+}

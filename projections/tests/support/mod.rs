@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use domain::connection::{ConnectionCommand, HealthStatus};
 use domain::run::{FailureSummary, OperationRun, RunCommand};
+use domain::schedule_tick::{tick_key, FanOutCounts, ScheduleTick, TickCommand};
 use domain::tenant::{Tenant, TenantCommand};
 use domain::{ConnectionId, EntraTenantId, Provider, ReasonCode, Role, RunId, Services, TenantKey};
 use secrecy::SecretString;
@@ -37,6 +38,7 @@ pub const TABLES: &[(&str, &str)] = &[
     ("rm_policy_snapshots", "snapshot_id"),
     ("rm_alerts", "snapshot_id"),
     ("rm_licenses", "tenant_key"),
+    ("rm_schedules", "schedule_id"),
 ];
 
 pub fn guid(s: &str) -> EntraTenantId {
@@ -102,6 +104,11 @@ pub struct History {
     pub cancelled_running: RunId,
     /// Blocked at start: fabrikam has no connection.
     pub blocked: RunId,
+    /// acme's resync schedule: set hourly, one tick fired and fanned out, re-timed to
+    /// every 30 minutes, then disabled.
+    pub schedule: String,
+    /// The due time of the schedule's tick.
+    pub tick_due_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// A history touching every event type the read models show, in two workspaces.
@@ -260,6 +267,8 @@ pub async fn history(bus: &CommandBus) -> History {
         other => panic!("fabrikam has no connection, yet {other:?}"),
     };
 
+    let (schedule, tick_due_at) = schedule_history(bus, &acme).await;
+
     let globex = owner("globex");
     let globex_contoso = app::register_tenant(
         bus,
@@ -285,7 +294,49 @@ pub async fn history(bus: &CommandBus) -> History {
         cancelled_queued,
         cancelled_running,
         blocked,
+        schedule,
+        tick_due_at,
     }
+}
+
+/// What the fan-out of the history's schedule tick reports.
+pub const FAN_OUT: FanOutCounts = FanOutCounts {
+    started: 1,
+    deduplicated: 0,
+    busy: 0,
+    blocked: 1,
+    skipped: 0,
+};
+
+/// A schedule's life without the scheduler: set, one tick fired and fanned out (as the
+/// scheduler records them), re-timed, disabled. Returns its id and the tick's due time.
+async fn schedule_history(
+    bus: &CommandBus,
+    acme: &Metadata,
+) -> (String, chrono::DateTime<chrono::Utc>) {
+    use chrono::{Duration, SubsecRound, Utc};
+    let first = (Utc::now() - Duration::minutes(150)).trunc_subsecs(0);
+    let id = app::set_schedule(bus, acme, "policy.resync", 60, true, Some(first))
+        .await
+        .unwrap();
+    let due_at = first + Duration::minutes(120);
+    let tick = tick_key(&id, due_at);
+    let fire = TickCommand::Fire {
+        workspace: "acme".parse().unwrap(),
+        schedule_id: id.clone(),
+        run_type: "policy.resync".into(),
+        due_at,
+    };
+    for command in [fire, TickCommand::CompleteFanOut { counts: FAN_OUT }] {
+        bus.execute::<ScheduleTick>(&tick, command, &engine("acme"))
+            .await
+            .unwrap();
+    }
+    app::set_schedule(bus, acme, "policy.resync", 30, true, None)
+        .await
+        .unwrap();
+    app::disable_schedule(bus, acme, &id).await.unwrap();
+    (id, due_at)
 }
 
 /// A connection with a credential and consent.
@@ -419,6 +470,7 @@ pub fn consumers() -> Vec<Arc<dyn Consumer>> {
         Arc::new(projections::Runs),
         Arc::new(projections::AuditLog),
         Arc::new(projections::Policies),
+        Arc::new(projections::Schedules),
     ]
 }
 
