@@ -12,6 +12,13 @@ pub const VAULT_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 /// Starts the real binary on a fresh test database, talking to a Graph simulator in this
 /// process (never to Microsoft).
 pub async fn start_server() -> (Server, testkit::TestDb, graph::sim::SimHandle) {
+    start_server_with(&[]).await
+}
+
+/// Like [`start_server`], with `env` on top (e.g. `TENANTFLOW_SCHEDULER_POLL_SECONDS`).
+pub async fn start_server_with(
+    env: &[(&str, &str)],
+) -> (Server, testkit::TestDb, graph::sim::SimHandle) {
     let db = testkit::TestDb::new().await;
     let sim = graph::sim::spawn(graph::sim::SimConfig {
         tenants: 2,
@@ -19,26 +26,39 @@ pub async fn start_server() -> (Server, testkit::TestDb, graph::sim::SimHandle) 
         ..graph::sim::SimConfig::default()
     })
     .await;
+    let server = start_server_on(&db, &sim, env).await;
+    (server, db, sim)
+}
+
+/// Starts another `tenantflow serve` on `db`, talking to `sim`, with `env` on top (e.g.
+/// `TENANTFLOW_WORKFLOW_WORKERS`). Several may share one database.
+pub async fn start_server_on(
+    db: &testkit::TestDb,
+    sim: &graph::sim::SimHandle,
+    env: &[(&str, &str)],
+) -> Server {
     let dir =
         std::env::temp_dir().join(format!("tenantflow-e2e-{}", uuid::Uuid::new_v4().simple()));
     let dir = dir.to_string_lossy().to_string();
-    let url = db.url();
-    let (login, graph_base) = (sim.login_base().to_string(), sim.graph_base().to_string());
-    let server = tokio::task::spawn_blocking(move || {
-        Server::start(
-            &["--data-dir", &dir],
-            &[
-                ("DATABASE_URL", &url),
-                ("TENANTFLOW_JWT_SECRET", JWT_SECRET),
-                ("TENANTFLOW_VAULT_KEY", VAULT_KEY),
-                ("TENANTFLOW_LOGIN_BASE_URL", &login),
-                ("TENANTFLOW_GRAPH_BASE_URL", &graph_base),
-            ],
-        )
+    let mut vars: Vec<(String, String)> = [
+        ("DATABASE_URL", db.url()),
+        ("TENANTFLOW_JWT_SECRET", JWT_SECRET.to_owned()),
+        ("TENANTFLOW_VAULT_KEY", VAULT_KEY.to_owned()),
+        ("TENANTFLOW_LOGIN_BASE_URL", sim.login_base().to_string()),
+        ("TENANTFLOW_GRAPH_BASE_URL", sim.graph_base().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    vars.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    // Blocking (it waits for the "listening" line): off this runtime, which also serves
+    // the simulator.
+    tokio::task::spawn_blocking(move || {
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Server::start(&["--data-dir", &dir], &vars)
     })
     .await
-    .unwrap();
-    (server, db, sim)
+    .unwrap()
 }
 
 pub fn token(workspace: &str, role: domain::Role) -> String {

@@ -1,6 +1,7 @@
 //! Running the real `tenantflow` binary as a child process.
 #![allow(dead_code)]
 pub mod graphql;
+pub mod read_models;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
