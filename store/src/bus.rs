@@ -328,16 +328,88 @@ impl UnitOfWork {
         &mut self,
         staged: &mut Staged<A>,
     ) -> Result<(), BusError<A::Error>> {
-        if staged.pending.is_empty() {
+        self.append_all(&mut [staged]).await.map_err(|e| match e {
+            AppendError::Conflict => BusError::Conflict {
+                aggregate_type: A::TYPE,
+                aggregate_id: staged.id.clone(),
+            },
+            AppendError::Corrupt(source) => BusError::Corrupt {
+                aggregate_type: A::TYPE,
+                aggregate_id: staged.id.clone(),
+                sequence: staged.base_version + 1,
+                source,
+            },
+            AppendError::Database(e) => BusError::Database(e),
+        })
+    }
+
+    /// Appends the staged decisions of several streams (of any aggregate types) in one
+    /// statement: one round trip for a step's whole effect. A conflict on any stream voids
+    /// the unit of work. Afterwards the streams hold nothing pending.
+    pub async fn append_all(
+        &mut self,
+        streams: &mut [&mut dyn StagedStream],
+    ) -> Result<(), AppendError> {
+        let mut rows = EventRows::default();
+        for s in streams.iter() {
+            s.rows(&mut rows)?;
+        }
+        if rows.is_empty() {
             return Ok(());
         }
-        let rows = staged.pending.iter().map(|(e, m)| (e, m));
-        append_rows::<A>(&mut self.tx, &staged.id, staged.base_version, rows).await?;
-        let n = staged.pending.len() as i64;
-        staged.base_version += n;
-        self.appended += n as u64;
-        staged.pending.clear();
+        let result = sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[])",
+        )
+        .bind(&rows.aggregate_types)
+        .bind(&rows.aggregate_ids)
+        .bind(&rows.sequences)
+        .bind(&rows.types)
+        .bind(&rows.versions)
+        .bind(&rows.payloads)
+        .bind(&rows.metas)
+        .execute(&mut *self.tx)
+        .await;
+        match result {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23505") => {
+                return Err(AppendError::Conflict)
+            }
+            Err(e) => return Err(AppendError::Database(e)),
+        }
+        self.appended += rows.sequences.len() as u64;
+        for s in streams.iter_mut() {
+            s.mark_appended();
+        }
         Ok(())
+    }
+
+    /// Reads several streams (aggregate type, id) in one query, for staging.
+    pub async fn fetch_streams(
+        &mut self,
+        ids: &[(&'static str, String)],
+    ) -> Result<Streams, sqlx::Error> {
+        let (types, names): (Vec<&str>, Vec<&str>) =
+            ids.iter().map(|(t, i)| (*t, i.as_str())).unzip();
+        let rows: Vec<(String, String, i64, serde_json::Value, Option<String>)> = sqlx::query_as(
+            "SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.payload, e.metadata ->> 'idempotency_key' \
+             FROM UNNEST($1::text[], $2::text[]) AS w(t, i) \
+             JOIN events e ON e.aggregate_type = w.t AND e.aggregate_id = w.i \
+             ORDER BY e.aggregate_type, e.aggregate_id, e.sequence",
+        )
+        .bind(&types)
+        .bind(&names)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let mut streams = Streams::default();
+        for (t, i, sequence, payload, key) in rows {
+            streams
+                .0
+                .entry((t, i))
+                .or_default()
+                .push((sequence, payload, key));
+        }
+        Ok(streams)
     }
 
     /// Loads an aggregate as this transaction sees it, to decide several commands on it
@@ -475,11 +547,69 @@ where
     }
 }
 
+/// Why appending several streams at once failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("a stream was changed concurrently; retry")]
+    Conflict,
+    #[error("an event cannot be serialized: {0}")]
+    Corrupt(#[source] serde_json::Error),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Event rows for one INSERT, column by column.
+#[derive(Debug, Default)]
+pub struct EventRows {
+    aggregate_types: Vec<&'static str>,
+    aggregate_ids: Vec<String>,
+    sequences: Vec<i64>,
+    types: Vec<String>,
+    versions: Vec<String>,
+    payloads: Vec<serde_json::Value>,
+    metas: Vec<serde_json::Value>,
+}
+
+impl EventRows {
+    fn is_empty(&self) -> bool {
+        self.sequences.is_empty()
+    }
+}
+
+/// A stream with decisions waiting to be appended, whatever its aggregate type.
+pub trait StagedStream: Send {
+    /// Adds the pending events as rows.
+    fn rows(&self, rows: &mut EventRows) -> Result<(), AppendError>;
+    /// The pending events were appended.
+    fn mark_appended(&mut self);
+}
+
+impl<A: Aggregate> StagedStream for Staged<A> {
+    fn rows(&self, rows: &mut EventRows) -> Result<(), AppendError> {
+        for (i, (event, meta)) in self.pending.iter().enumerate() {
+            rows.aggregate_types.push(A::TYPE);
+            rows.aggregate_ids.push(self.id.clone());
+            rows.sequences.push(self.base_version + 1 + i as i64);
+            rows.types.push(event.event_type());
+            rows.versions.push(event.event_version());
+            rows.payloads
+                .push(serde_json::to_value(event).map_err(AppendError::Corrupt)?);
+            rows.metas.push(meta.clone());
+        }
+        Ok(())
+    }
+
+    fn mark_appended(&mut self) {
+        self.base_version += self.pending.len() as i64;
+        self.pending.clear();
+    }
+}
+
 async fn load<A: Aggregate>(
     conn: &mut PgConnection,
     id: &str,
 ) -> Result<Loaded<A>, BusError<A::Error>> {
-    let rows: Vec<(i64, serde_json::Value, Option<String>)> = sqlx::query_as(
+    let rows: Vec<StreamRow> = sqlx::query_as(
         "SELECT sequence, payload, metadata ->> 'idempotency_key' FROM events \
          WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence",
     )
@@ -487,6 +617,14 @@ async fn load<A: Aggregate>(
     .bind(id)
     .fetch_all(&mut *conn)
     .await?;
+    fold(id, rows)
+}
+
+/// A stored event as a stream load reads it: sequence, payload, idempotency key.
+type StreamRow = (i64, serde_json::Value, Option<String>);
+
+/// Folds a stream's rows (in sequence order) into the aggregate.
+fn fold<A: Aggregate>(id: &str, rows: Vec<StreamRow>) -> Result<Loaded<A>, BusError<A::Error>> {
     let mut aggregate = A::default();
     let mut version = 0;
     let mut idempotency_keys = Vec::new();
@@ -507,6 +645,31 @@ async fn load<A: Aggregate>(
         version,
         idempotency_keys,
     })
+}
+
+/// Several streams read in one query (see [`UnitOfWork::fetch_streams`]).
+#[derive(Debug, Default)]
+pub struct Streams(HashMap<(String, String), Vec<StreamRow>>);
+
+impl Streams {
+    /// The stream of aggregate `A` with `id`, ready to stage decisions on (an empty
+    /// stream when it was not asked for or has no events).
+    pub fn stage<A: Aggregate<Services = Services>>(
+        &mut self,
+        id: &str,
+    ) -> Result<Staged<A>, BusError<A::Error>>
+    where
+        A::Command: Authorize,
+    {
+        let rows = self
+            .0
+            .remove(&(A::TYPE.to_owned(), id.to_owned()))
+            .unwrap_or_default();
+        let loaded = fold::<A>(id, rows)?;
+        let mut staged = Staged::new(id, loaded.aggregate, loaded.version);
+        staged.keys = loaded.idempotency_keys;
+        Ok(staged)
+    }
 }
 
 async fn decide_and_append<A>(

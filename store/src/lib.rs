@@ -9,7 +9,10 @@ pub mod log;
 pub mod metrics;
 pub mod vault;
 
-pub use bus::{BusError, CommandBus, Committed, Decided, Loaded, Metadata, Staged, UnitOfWork};
+pub use bus::{
+    AppendError, BusError, CommandBus, Committed, Decided, EventRows, Loaded, Metadata, Staged,
+    StagedStream, Streams, UnitOfWork,
+};
 pub use db::{connect, migrate, DbError, MIGRATOR};
 pub use embedded::{EmbeddedError, EmbeddedOptions, EmbeddedPostgres};
 pub use log::{

@@ -4,9 +4,11 @@
 //! again after a crash changes nothing twice.
 
 use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
 use domain::connection::ProviderConnection;
 use domain::policy::{self, CuratedPolicy};
 use domain::run::{FailureSummary, OperationRun, RunCommand};
+use domain::scope_lock::{scope_key, ScopeCommand, ScopeLock};
 use domain::tenant::{SnapshotSource, Tenant, TenantCommand};
 use domain::{ReasonCode, Role, RunId};
 use graph::{AppCredentials, GraphApi, GraphError};
@@ -15,8 +17,10 @@ use sqlx::PgPool;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use store::app::{self, AppError};
-use store::{BusError, CommandBus, Metadata, Staged, UnitOfWork, Vault, Wakeups};
+use store::app::AppError;
+use store::{
+    AppendError, BusError, CommandBus, Metadata, Staged, StagedStream, UnitOfWork, Vault, Wakeups,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -24,7 +28,7 @@ use uuid::Uuid;
 use crate::plan::{Decision, Plan};
 use crate::resync;
 use crate::retry::Backoff;
-use crate::tasks::{claim, extend, release, remove, Task};
+use crate::tasks::{claim, extend, release, Task};
 
 /// Why a step failed: a reason code, a short message, and whether to retry (and when).
 #[derive(Debug)]
@@ -96,7 +100,9 @@ pub struct Engine {
 }
 
 fn plan_for(run_type: &str) -> Option<&'static Plan> {
-    [&resync::PLAN].into_iter().find(|p| p.run_type == run_type)
+    [&resync::PLAN, &resync::IMPORT_PLAN]
+        .into_iter()
+        .find(|p| p.run_type == run_type)
 }
 
 /// After advancing a run: when its task is due again, or that the run ended (and its task
@@ -109,6 +115,19 @@ enum Next {
 
 /// The run as the engine carries it between decisions.
 type RunState = Staged<OperationRun>;
+
+/// Other streams a step's transaction decides on, appended together with the run.
+#[derive(Default)]
+struct Effects {
+    tenant: Option<Staged<Tenant>>,
+    lock: Option<Staged<ScopeLock>>,
+}
+
+/// The id of the scope lock a run holds.
+fn scope_of(run: &OperationRun) -> Option<String> {
+    let (workspace, context) = (run.workspace.as_ref()?, run.context.as_ref()?);
+    Some(scope_key(workspace, context.target_scope))
+}
 
 /// The command that ends a run, for a decision that ends it.
 fn ending(decision: &Decision, run: &OperationRun) -> Option<(&'static str, RunCommand)> {
@@ -362,11 +381,9 @@ impl Engine {
             return Ok(false);
         }
         let uow = self.bus.begin().await?;
-        let ended = self.finish_in(uow, plan, task, run).await?;
-        if ended {
-            tracing::info!(outcome = ?run.state().outcome, "run completed");
-        }
-        Ok(ended)
+        Ok(self
+            .finish_in(uow, plan, task, run, Effects::default())
+            .await?)
     }
 
     /// Appends the run's staged decisions in `uow` and commits. When the plan then says
@@ -378,6 +395,7 @@ impl Engine {
         plan: Option<&Plan>,
         task: &Task,
         run: &mut RunState,
+        mut effects: Effects,
     ) -> Result<bool, AppError> {
         let run_id = RunId(task.run_id);
         let end = match plan {
@@ -389,21 +407,35 @@ impl Engine {
             let meta = self.meta(run.state(), run_id, format!("{run_id}:{key}"));
             run.decide(self.bus.services(), command, &meta).await?;
         }
-        uow.append_staged(run).await?;
         let ended = !run.state().is_active();
         if ended {
+            // The scope is free again in the same transaction that ends the run.
+            let lock = match effects.lock.as_mut() {
+                Some(lock) => lock,
+                None => match scope_of(run.state()) {
+                    Some(id) => effects.lock.insert(uow.stage::<ScopeLock>(&id).await?),
+                    None => return Err(AppError::Invalid("the run has no scope".into())),
+                },
+            };
             let meta = self.meta(run.state(), run_id, format!("{run_id}:release"));
-            app::release_scope(&mut uow, run.state(), run_id, &meta).await?;
-            if !remove(uow.connection(), task.run_id, &self.owner)
-                .await
-                .map_err(|e| AppError::Internal(Box::new(e)))?
-            {
-                tracing::warn!("the run's task was no longer leased to this runner");
-            }
+            lock.decide(self.bus.services(), ScopeCommand::Release { run_id }, &meta)
+                .await?;
         }
+        let mut streams: Vec<&mut dyn StagedStream> = vec![run];
+        streams.extend(effects.tenant.as_mut().map(|t| t as &mut dyn StagedStream));
+        streams.extend(effects.lock.as_mut().map(|l| l as &mut dyn StagedStream));
+        uow.append_all(&mut streams).await.map_err(|e| match e {
+            AppendError::Conflict => AppError::Conflict,
+            other => AppError::Internal(Box::new(other)),
+        })?;
+        // The task itself is removed by the task feed when it reads the run's end; until
+        // then this runner's lease keeps others away from it.
         uow.commit()
             .await
             .map_err(|e| AppError::Internal(Box::new(e)))?;
+        if ended {
+            tracing::info!(outcome = ?run.state().outcome, "run completed");
+        }
         Ok(ended)
     }
 
@@ -479,7 +511,12 @@ impl Engine {
                 Ok(TenantCommand::RecordSnapshot {
                     snapshot_id: Uuid::now_v7(),
                     policies,
-                    source: SnapshotSource::Graph,
+                    // An import run's snapshot also seeds the tenant's policy intent.
+                    source: if run.run_type == resync::IMPORT_RUN_TYPE {
+                        SnapshotSource::Import
+                    } else {
+                        SnapshotSource::Graph
+                    },
                 })
             }
             resync::LICENSES => {
@@ -535,15 +572,24 @@ impl Engine {
             .begin()
             .await
             .map_err(|e| AppError::Internal(Box::new(e)))?;
-        let tenant_id = run
-            .state()
-            .context
-            .as_ref()
-            .map(|c| c.tenant_key.to_string())
-            .ok_or_else(|| {
-                StepFailure::permanent(ReasonCode::InternalError, "the run has no context")
-            })?;
-        let mut tenant = uow.stage::<Tenant>(&tenant_id).await.map_err(bus_failure)?;
+        let (Some(context), Some(lock_id)) = (run.state().context.as_ref(), scope_of(run.state()))
+        else {
+            return Err(StepFailure::permanent(
+                ReasonCode::InternalError,
+                "the run has no context",
+            ));
+        };
+        // The tenant and the run's scope lock (released if the run ends here) in one read.
+        let tenant_id = context.tenant_key.to_string();
+        let mut streams = uow
+            .fetch_streams(&[
+                (Tenant::TYPE, tenant_id.clone()),
+                (ScopeLock::TYPE, lock_id.clone()),
+            ])
+            .await
+            .map_err(|e| AppError::Internal(Box::new(e)))?;
+        let mut tenant = streams.stage::<Tenant>(&tenant_id).map_err(bus_failure)?;
+        let lock = streams.stage::<ScopeLock>(&lock_id).map_err(bus_failure)?;
         let (mut step, mut attempt) = (step, attempt);
         let mut summary = self
             .apply_effect(&mut tenant, run, task, step, attempt, effect)
@@ -582,8 +628,11 @@ impl Engine {
                 Err(_) => break,
             }
         }
-        uow.append_staged(&mut tenant).await.map_err(bus_failure)?;
-        self.finish_in(uow, Some(plan), task, run)
+        let effects = Effects {
+            tenant: Some(tenant),
+            lock: Some(lock),
+        };
+        self.finish_in(uow, Some(plan), task, run, effects)
             .await
             .map_err(StepFailure::from)
     }
@@ -644,7 +693,9 @@ impl Engine {
     }
 }
 
-/// The run's summary counts, from its steps' summaries.
+/// The run's summary counts, from its steps' summaries: the steps completed, and the
+/// snapshot's `policy_count` and `unchanged` (0 or 1), so the run itself (and its audit
+/// entry) says what a resync found (R3.6).
 fn summary_counts(run: &OperationRun) -> BTreeMap<String, i64> {
     let mut counts = BTreeMap::new();
     counts.insert(
@@ -654,5 +705,17 @@ fn summary_counts(run: &OperationRun) -> BTreeMap<String, i64> {
             .filter(|s| s.status == domain::run::StepStatus::Completed)
             .count() as i64,
     );
+    let snapshot = run
+        .step(resync::SNAPSHOT)
+        .filter(|s| s.status == domain::run::StepStatus::Completed)
+        .and_then(|s| s.summary.as_ref());
+    if let Some(summary) = snapshot {
+        if let Some(n) = summary["policy_count"].as_i64() {
+            counts.insert("policy_count".to_owned(), n);
+        }
+        if let Some(unchanged) = summary["unchanged"].as_bool() {
+            counts.insert("unchanged".to_owned(), i64::from(unchanged));
+        }
+    }
     counts
 }

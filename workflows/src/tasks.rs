@@ -27,6 +27,10 @@ impl Consumer for TaskFeed {
         tx: &mut PgConnection,
         events: &[StoredEvent],
     ) -> Result<(), ConsumerError> {
+        // New tasks and ended runs are written in one statement each per batch; the rare
+        // due-time changes in between go one by one, after the inserts before them.
+        let mut queued = NewTasks::default();
+        let mut ended: Vec<Uuid> = Vec::new();
         for e in events
             .iter()
             .filter(|e| e.aggregate_type == <OperationRun as cqrs_es::Aggregate>::TYPE)
@@ -42,20 +46,15 @@ impl Consumer for TaskFeed {
                     queued_at,
                     ..
                 } => {
-                    sqlx::query(
-                        "INSERT INTO workflow_tasks (run_id, workspace_id, run_type, due_at) VALUES ($1, $2, $3, $4) \
-                         ON CONFLICT (run_id) DO NOTHING",
-                    )
-                    .bind(run_id)
-                    .bind(workspace.as_str())
-                    .bind(run_type)
-                    .bind(queued_at)
-                    .execute(&mut *tx)
-                    .await?;
+                    queued.run_ids.push(run_id);
+                    queued.workspaces.push(workspace.as_str().to_owned());
+                    queued.run_types.push(run_type);
+                    queued.due.push(queued_at);
                 }
                 RunEvent::RunStepFailed {
                     retry_at: Some(at), ..
                 } => {
+                    queued.flush(tx).await?;
                     sqlx::query("UPDATE workflow_tasks SET due_at = GREATEST(due_at, $2), updated_at = now() WHERE run_id = $1")
                         .bind(run_id)
                         .bind(at)
@@ -63,6 +62,7 @@ impl Consumer for TaskFeed {
                         .await?;
                 }
                 RunEvent::RunCancelRequested { at } => {
+                    queued.flush(tx).await?;
                     sqlx::query("UPDATE workflow_tasks SET due_at = LEAST(due_at, $2), updated_at = now() WHERE run_id = $1")
                         .bind(run_id)
                         .bind(at)
@@ -73,15 +73,48 @@ impl Consumer for TaskFeed {
                 | RunEvent::RunPartiallySucceeded { .. }
                 | RunEvent::RunFailed { .. }
                 | RunEvent::RunBlocked { .. }
-                | RunEvent::RunCancelled { .. } => {
-                    sqlx::query("DELETE FROM workflow_tasks WHERE run_id = $1")
-                        .bind(run_id)
-                        .execute(&mut *tx)
-                        .await?;
-                }
+                | RunEvent::RunCancelled { .. } => ended.push(run_id),
                 _ => {}
             }
         }
+        queued.flush(tx).await?;
+        // An ended run needs no more work, whatever came before it in the batch.
+        if !ended.is_empty() {
+            sqlx::query("DELETE FROM workflow_tasks WHERE run_id = ANY($1)")
+                .bind(&ended)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Tasks of newly queued runs, inserted together.
+#[derive(Default)]
+struct NewTasks {
+    run_ids: Vec<Uuid>,
+    workspaces: Vec<String>,
+    run_types: Vec<String>,
+    due: Vec<DateTime<Utc>>,
+}
+
+impl NewTasks {
+    async fn flush(&mut self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        if self.run_ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO workflow_tasks (run_id, workspace_id, run_type, due_at) \
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[]) \
+             ON CONFLICT (run_id) DO NOTHING",
+        )
+        .bind(&self.run_ids)
+        .bind(&self.workspaces)
+        .bind(&self.run_types)
+        .bind(&self.due)
+        .execute(&mut *tx)
+        .await?;
+        *self = Self::default();
         Ok(())
     }
 }
@@ -152,20 +185,4 @@ pub async fn extend(
     .bind(lease.as_secs_f64())
     .fetch_optional(pool)
     .await
-}
-
-/// Removes the task of a run that just ended, in the transaction that ended it (the task
-/// feed would remove it too when it reads the run's end; this spares the lease release).
-/// Returns whether this runner still held it.
-pub async fn remove(
-    conn: &mut PgConnection,
-    run_id: Uuid,
-    owner: &str,
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query("DELETE FROM workflow_tasks WHERE run_id = $1 AND lease_owner = $2")
-        .bind(run_id)
-        .bind(owner)
-        .execute(conn)
-        .await?;
-    Ok(done.rows_affected() == 1)
 }
