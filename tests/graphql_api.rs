@@ -181,6 +181,94 @@ async fn a_dashboard_registers_connects_starts_a_run_and_watches_it_live() {
     assert!(dump.iter().all(|e| !e.contains(&secret)));
 }
 
+const IMPORT: &str =
+    "mutation($t: String!) { resyncTenant(id: $t, source: IMPORT) { runId status reasonCode } }";
+
+/// Waits for a run to complete; returns it with its type and summary counts.
+async fn completed_run(c: &Client, run_id: &str) -> Value {
+    let q = "query($r: String!) { run(id: $r) { id type status outcome summaryCounts } }";
+    c.eventually(q, json!({"r": run_id}), |d| {
+        d["run"]["status"] == "completed"
+    })
+    .await["run"]
+        .clone()
+}
+
+#[tokio::test]
+async fn a_dashboard_imports_a_tenants_policies_as_its_intent_and_audits_each_resync() {
+    let (server, _db, sim) = start_server().await;
+    let c = Client::new(&server, "acme", Role::Owner);
+    let (tenant, _) = ready_sim_tenant(&c, &sim.tenants().remove(0)).await;
+
+    // An import: a `policy.import` run whose snapshot becomes the tenant's intent.
+    let started = c.ok(IMPORT, json!({"t": tenant})).await["resyncTenant"].clone();
+    assert_eq!(started["status"], "QUEUED", "{started}");
+    let import = completed_run(&c, started["runId"].as_str().unwrap()).await;
+    assert_eq!(import["type"], "policy.import");
+    assert_eq!(import["outcome"], "succeeded", "{import}");
+    let policy_count = import["summaryCounts"]["policy_count"].as_i64().unwrap();
+    assert!(policy_count > 0, "{import}");
+    assert_eq!(import["summaryCounts"]["unchanged"], 0);
+
+    let q = "query($t: String!) { tenant(id: $t) { policyIntent { snapshotId hash seededAt \
+               snapshot { id source policyCount } } } }";
+    let data = c
+        .eventually(q, json!({"t": tenant}), |d| {
+            !d["tenant"]["policyIntent"]["snapshot"].is_null()
+        })
+        .await;
+    let intent = &data["tenant"]["policyIntent"];
+    assert_eq!(intent["snapshot"]["id"], intent["snapshotId"]);
+    assert_eq!(intent["snapshot"]["source"], "import");
+    assert_eq!(intent["snapshot"]["policyCount"], policy_count);
+    assert_eq!(intent["hash"].as_str().map(str::len), Some(64));
+    assert!(intent["seededAt"].is_string());
+
+    // A plain resync (the default source) finds the same policies: unchanged, and the
+    // intent stays as the import left it.
+    let started = c.ok(RESYNC, json!({"t": tenant})).await["resyncTenant"].clone();
+    let resync = completed_run(&c, started["runId"].as_str().unwrap()).await;
+    assert_eq!(resync["type"], "policy.resync");
+    assert_eq!(resync["summaryCounts"]["policy_count"], policy_count);
+    assert_eq!(resync["summaryCounts"]["unchanged"], 1);
+    let again = c.ok(q, json!({"t": tenant})).await;
+    assert_eq!(
+        again["tenant"]["policyIntent"],
+        data["tenant"]["policyIntent"]
+    );
+
+    // The auditor sees each resync's policy count and whether it changed anything.
+    let audit = "query($t: String) { auditLog(tenantId: $t, first: 100) { edges { node { \
+                   action aggregateId details } } } }";
+    let ended = |d: &Value| -> Vec<Value> {
+        d["auditLog"]["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["node"].clone())
+            .filter(|n| n["action"] == "RunSucceeded")
+            .collect()
+    };
+    let data = c
+        .eventually(audit, json!({"t": tenant}), |d| ended(d).len() == 2)
+        .await;
+    for (run, unchanged) in [(&import, 0), (&resync, 1)] {
+        let entry = ended(&data)
+            .into_iter()
+            .find(|n| n["aggregateId"] == run["id"])
+            .unwrap_or_else(|| panic!("no audit entry for {run}"));
+        let counts = &entry["details"]["summary_counts"];
+        assert_eq!(counts["policy_count"], policy_count, "{entry}");
+        assert_eq!(counts["unchanged"], unchanged, "{entry}");
+    }
+    let intent_seeded = data["auditLog"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["node"]["action"] == "PolicyIntentSeeded");
+    assert!(intent_seeded, "the intent's seeding is in the audit log");
+}
+
 #[tokio::test]
 async fn requests_without_a_valid_token_get_401_with_a_clear_message() {
     let (server, _db, _sim) = start_server().await;

@@ -347,6 +347,10 @@ pub struct StepState {
     pub status: StepStatus,
     pub reason: Option<ReasonCode>,
     pub retry_at: Option<DateTime<Utc>>,
+    /// What a completed attempt reported (its `RunStepCompleted` summary), so the run's
+    /// end can carry a step's facts into its summary counts.
+    #[serde(default)]
+    pub summary: Option<serde_json::Value>,
 }
 
 /// A run's state, folded from its events.
@@ -673,13 +677,20 @@ impl Aggregate for OperationRun {
                 status: StepStatus::Started,
                 reason: None,
                 retry_at: None,
+                summary: None,
             }),
-            RunEvent::RunStepCompleted { step, attempt, .. } => self.record_step(StepState {
+            RunEvent::RunStepCompleted {
+                step,
+                attempt,
+                summary,
+                ..
+            } => self.record_step(StepState {
                 step,
                 attempt,
                 status: StepStatus::Completed,
                 reason: None,
                 retry_at: None,
+                summary: Some(summary),
             }),
             RunEvent::RunStepFailed {
                 step,
@@ -693,6 +704,7 @@ impl Aggregate for OperationRun {
                 status: StepStatus::Failed,
                 reason: Some(reason),
                 retry_at,
+                summary: None,
             }),
             RunEvent::RunSucceeded { summary_counts, at } => {
                 self.summary_counts = summary_counts;
@@ -1189,6 +1201,17 @@ mod tests {
                     step: "fetch".into(),
                 });
         }
+    }
+
+    #[test]
+    fn a_completed_step_keeps_its_summary_until_another_attempt_replaces_it() {
+        let done = state(with(running(), step_completed(1)));
+        assert_eq!(
+            done.step("fetch").unwrap().summary,
+            Some(json!({"policies": 3}))
+        );
+        let retried = state(with(with(running(), step_completed(1)), step_failed(2)));
+        assert_eq!(retried.step("fetch").unwrap().summary, None);
     }
 
     #[test]

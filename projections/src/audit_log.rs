@@ -10,14 +10,18 @@
 //!
 //! A scope is acquired just before its run is queued, in the same transaction, so the
 //! acquisition is recorded before its run's tenant is known; queueing the run fills it in.
+//!
+//! `details` holds the safe facts of the events an auditor asks about (see [`details`]):
+//! what a run step reported, a run's summary counts (for a resync, `policy_count` and
+//! `unchanged`, R3.6), a snapshot's id and size. Never policies, secrets or Graph payloads.
 
 use std::collections::HashMap;
 
 use cqrs_es::Aggregate;
 use domain::run::{OperationRun, RunEvent};
 use domain::scope_lock::{scope_key, ScopeLock};
-use domain::tenant::Tenant;
-use serde_json::Value;
+use domain::tenant::{Tenant, TenantEvent};
+use serde_json::{json, Value};
 use sqlx::PgConnection;
 use store::{Consumer, ConsumerError, StoredEvent};
 
@@ -33,8 +37,8 @@ const NAME: &str = "audit_log";
 const INSERT: &str = "\
     INSERT INTO rm_audit_log (global_position, workspace_id, recorded_at, actor, role, \
         action, aggregate_type, aggregate_id, tenant_key, correlation_id, causation_id, \
-        request_id) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+        request_id, details) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
     ON CONFLICT (global_position) DO NOTHING";
 const TENANT_OF: &str = "SELECT tenant_key FROM rm_audit_log \
     WHERE aggregate_type = $1 AND aggregate_id = $2 AND tenant_key IS NOT NULL \
@@ -69,6 +73,7 @@ impl Consumer for AuditLog {
                 .bind(e.meta("correlation_id"))
                 .bind(e.meta("causation_id"))
                 .bind(e.meta("request_id"))
+                .bind(details(e))
                 .execute(&mut *tx)
                 .await?;
             if let Some(key) = tenant_key {
@@ -83,6 +88,97 @@ impl Consumer for AuditLog {
 impl Projection for AuditLog {
     fn tables(&self) -> &'static [&'static str] {
         &["rm_audit_log"]
+    }
+}
+
+/// The facts of `e` an auditor needs beyond who/what/when, or `None` for an event that
+/// has none. Each fact is named here, so nothing else of a payload is ever copied:
+/// - `RunStepCompleted`: `step`, `attempt` and the step's `summary` (sanitized and at most
+///   4 KiB by the run aggregate; a resync's snapshot step reports `snapshot_id`,
+///   `policy_count` and `unchanged`);
+/// - `RunSucceeded`, `RunPartiallySucceeded`: the run's `summary_counts` (a resync's carry
+///   `policy_count` and `unchanged` as 0 or 1), and the failed steps' reason codes;
+/// - `PolicySnapshotted`: `snapshot_id`, `policy_count`, `source` and how many policies
+///   were added, removed or modified (never the policies);
+/// - `PolicyIntentSeeded`: `snapshot_id`.
+///
+/// A pure function of the event, so replays and rebuilds write the same details. An event
+/// that does not decode is still recorded, without details (and the skip is logged).
+fn details(e: &StoredEvent) -> Option<Value> {
+    let wanted = matches!(
+        (e.aggregate_type.as_str(), e.event_type.as_str()),
+        (
+            OperationRun::TYPE,
+            "RunStepCompleted" | "RunSucceeded" | "RunPartiallySucceeded"
+        ) | (Tenant::TYPE, "PolicySnapshotted" | "PolicyIntentSeeded")
+    );
+    if !wanted {
+        return None;
+    }
+    let decoded = if e.aggregate_type == Tenant::TYPE {
+        e.decode::<TenantEvent>().map(tenant_details)
+    } else {
+        e.decode::<RunEvent>().map(run_details)
+    };
+    decoded.unwrap_or_else(|err| {
+        tracing::warn!(
+            consumer = NAME,
+            global_position = e.position.global_position,
+            error = %err,
+            "recording an event without details: its payload does not decode"
+        );
+        None
+    })
+}
+
+fn run_details(event: RunEvent) -> Option<Value> {
+    match event {
+        RunEvent::RunStepCompleted {
+            step,
+            attempt,
+            summary,
+            ..
+        } => Some(json!({ "step": step, "attempt": attempt, "summary": summary })),
+        RunEvent::RunSucceeded { summary_counts, .. } => {
+            Some(json!({ "summary_counts": summary_counts }))
+        }
+        RunEvent::RunPartiallySucceeded {
+            summary_counts,
+            failures,
+            ..
+        } => {
+            let failed: Vec<Value> = failures
+                .iter()
+                .map(|f| json!({ "step": f.step, "reason": f.reason }))
+                .collect();
+            Some(json!({ "summary_counts": summary_counts, "failed_steps": failed }))
+        }
+        _ => None,
+    }
+}
+
+fn tenant_details(event: TenantEvent) -> Option<Value> {
+    match event {
+        TenantEvent::PolicySnapshotted {
+            snapshot_id,
+            policies,
+            diff,
+            source,
+            ..
+        } => Some(json!({
+            "snapshot_id": snapshot_id,
+            "policy_count": policies.len(),
+            "source": source,
+            "changes": diff.map(|d| json!({
+                "added": d.added.len(),
+                "removed": d.removed.len(),
+                "modified": d.modified.len(),
+            })),
+        })),
+        TenantEvent::PolicyIntentSeeded { snapshot_id, .. } => {
+            Some(json!({ "snapshot_id": snapshot_id }))
+        }
+        _ => None,
     }
 }
 
@@ -163,4 +259,122 @@ async fn fill_in_scope(
         .execute(&mut *tx)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::run::FailureSummary;
+    use domain::tenant::SnapshotSource;
+    use domain::ReasonCode;
+    use std::collections::BTreeMap;
+
+    fn stored<E: serde::Serialize + cqrs_es::DomainEvent>(
+        aggregate_type: &str,
+        event: E,
+    ) -> StoredEvent {
+        StoredEvent {
+            position: store::Position::default(),
+            aggregate_type: aggregate_type.into(),
+            aggregate_id: "a".into(),
+            sequence: 1,
+            event_type: event.event_type(),
+            event_version: "1.0".into(),
+            payload: serde_json::to_value(&event).unwrap(),
+            metadata: Value::Null,
+            recorded_at: chrono::Utc::now(),
+        }
+    }
+
+    fn counts(policy_count: i64, unchanged: i64) -> BTreeMap<String, i64> {
+        BTreeMap::from([
+            ("steps_completed".to_owned(), 3),
+            ("policy_count".to_owned(), policy_count),
+            ("unchanged".to_owned(), unchanged),
+        ])
+    }
+
+    #[test]
+    fn a_resyncs_end_carries_its_policy_count_and_unchanged_flag() {
+        let succeeded = RunEvent::RunSucceeded {
+            summary_counts: counts(4, 1),
+            at: chrono::Utc::now(),
+        };
+        assert_eq!(
+            details(&stored(OperationRun::TYPE, succeeded)),
+            Some(
+                json!({"summary_counts": {"steps_completed": 3, "policy_count": 4, "unchanged": 1}})
+            )
+        );
+        let partial = RunEvent::RunPartiallySucceeded {
+            summary_counts: counts(4, 0),
+            failures: vec![FailureSummary {
+                reason: ReasonCode::LicensePermissionMissing,
+                message: "step refresh_licenses gave up".into(),
+                step: Some("refresh_licenses".into()),
+            }],
+            at: chrono::Utc::now(),
+        };
+        assert_eq!(
+            details(&stored(OperationRun::TYPE, partial)),
+            Some(json!({
+                "summary_counts": {"steps_completed": 3, "policy_count": 4, "unchanged": 0},
+                "failed_steps": [{"step": "refresh_licenses", "reason": "license_permission_missing"}],
+            }))
+        );
+    }
+
+    #[test]
+    fn a_completed_step_carries_its_summary() {
+        let summary = json!({"snapshot_id": null, "policy_count": 2, "unchanged": true});
+        let completed = RunEvent::RunStepCompleted {
+            step: "snapshot_policies".into(),
+            attempt: 1,
+            summary: summary.clone(),
+            at: chrono::Utc::now(),
+        };
+        assert_eq!(
+            details(&stored(OperationRun::TYPE, completed)),
+            Some(json!({"step": "snapshot_policies", "attempt": 1, "summary": summary}))
+        );
+    }
+
+    #[test]
+    fn a_snapshot_carries_its_id_and_size_but_never_its_policies() {
+        let raw = json!({"id": "p1", "displayName": "Secret-looking policy name", "state": "enabled",
+            "conditions": {}, "grantControls": null, "sessionControls": null});
+        let policies = domain::policy::curate(&[raw]).unwrap();
+        let id = uuid::Uuid::now_v7();
+        let snapshotted = TenantEvent::PolicySnapshotted {
+            snapshot_id: id,
+            hash: "h".into(),
+            policies,
+            diff: None,
+            source: SnapshotSource::Import,
+            taken_at: chrono::Utc::now(),
+        };
+        let found = details(&stored(Tenant::TYPE, snapshotted)).unwrap();
+        assert_eq!(
+            found,
+            json!({"snapshot_id": id, "policy_count": 1, "source": "import", "changes": null})
+        );
+        assert!(!found.to_string().contains("Secret-looking"));
+    }
+
+    #[test]
+    fn other_events_and_undecodable_ones_have_no_details() {
+        let started = RunEvent::RunStarted {
+            at: chrono::Utc::now(),
+        };
+        assert_eq!(details(&stored(OperationRun::TYPE, started)), None);
+        let mut broken = stored(
+            OperationRun::TYPE,
+            RunEvent::RunSucceeded {
+                summary_counts: counts(1, 0),
+                at: chrono::Utc::now(),
+            },
+        );
+        broken.payload = json!({"RunSucceeded": {"summary_counts": "many"}});
+        assert_eq!(details(&broken), None);
+    }
 }

@@ -1,4 +1,5 @@
-//! The tenants read model: `rm_tenants`, one row per registered tenant.
+//! The tenants read model: `rm_tenants`, one row per registered tenant, with its policy
+//! intent once an import seeded one.
 
 use domain::tenant::{Tenant, TenantEvent, TenantStatus};
 use sqlx::PgConnection;
@@ -28,6 +29,10 @@ const ARCHIVE: &str = "UPDATE rm_tenants SET version = $2, status = $3, archived
     WHERE tenant_key = $1 AND version < $2";
 const RESYNCED: &str = "UPDATE rm_tenants SET version = $2, last_resynced_at = $3 \
     WHERE tenant_key = $1 AND version < $2";
+/// An import's snapshot became the tenant's intended policies (R3.4); seeded at the time
+/// the event was recorded, so a rebuild finds the same time.
+const INTENT: &str = "UPDATE rm_tenants SET version = $2, intent_snapshot_id = $3, \
+    intent_hash = $4, intent_seeded_at = $5 WHERE tenant_key = $1 AND version < $2";
 /// Events that change nothing shown here still advance `version`, so a reader can tell
 /// the row reflects the tenant as of a command it just sent.
 const TOUCH: &str = "UPDATE rm_tenants SET version = $2 WHERE tenant_key = $1 AND version < $2";
@@ -82,13 +87,16 @@ async fn apply(
             .bind(serde_name(e, &TenantStatus::Archived)?)
             .bind(archived_at),
         TenantEvent::TenantResynced { at } => versioned(RESYNCED, key, e).bind(at),
+        TenantEvent::PolicyIntentSeeded { snapshot_id, hash } => versioned(INTENT, key, e)
+            .bind(snapshot_id)
+            .bind(hash)
+            .bind(e.recorded_at),
         // Snapshots, alerts and licenses get read models of their own with the resync
         // workflow; here they only advance the version.
         TenantEvent::ConnectionAttached { .. }
         | TenantEvent::DefaultConnectionChanged { .. }
         | TenantEvent::PolicySnapshotted { .. }
         | TenantEvent::PolicyDriftDetected { .. }
-        | TenantEvent::PolicyIntentSeeded { .. }
         | TenantEvent::LicensesRefreshed { .. } => versioned(TOUCH, key, e),
     };
     query.execute(&mut *tx).await?;

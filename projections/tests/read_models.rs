@@ -44,7 +44,7 @@ async fn every_read_model_is_listed_once_with_the_tables_it_owns() {
 }
 
 #[tokio::test]
-async fn the_tenants_read_model_shows_registrations_renames_archives_and_resyncs() {
+async fn the_tenants_read_model_shows_registrations_renames_archives_resyncs_and_the_intent() {
     let (_db, bus, h) = with_history().await;
     catch_up(bus.pool(), Arc::new(projections::Tenants)).await;
 
@@ -64,6 +64,31 @@ async fn the_tenants_read_model_shows_registrations_renames_archives_and_resyncs
     assert!(contoso["last_resynced_at"].is_string());
     assert!(contoso["archived_at"].is_null());
 
+    // The history's last contoso snapshot is an import: the tenant's policy intent.
+    let imported = bus
+        .load::<Tenant>(&h.contoso.to_string())
+        .await
+        .unwrap()
+        .aggregate
+        .last_snapshot
+        .unwrap();
+    assert_eq!(
+        contoso["intent_snapshot_id"],
+        imported.snapshot_id.to_string()
+    );
+    assert_eq!(contoso["intent_hash"], imported.hash);
+    let seeded_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+        "SELECT recorded_at FROM events WHERE aggregate_id = $1 AND event_type = 'PolicyIntentSeeded'",
+    )
+    .bind(h.contoso.to_string())
+    .fetch_one(bus.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        micros(&contoso["intent_seeded_at"]),
+        seeded_at.timestamp_micros()
+    );
+
     let northwind = row(
         bus.pool(),
         "rm_tenants",
@@ -74,6 +99,7 @@ async fn the_tenants_read_model_shows_registrations_renames_archives_and_resyncs
     assert_eq!(northwind["display_name"], "Northwind Traders");
     assert_eq!(northwind["status"], "archived");
     assert!(northwind["archived_at"].is_string());
+    assert!(northwind["intent_snapshot_id"].is_null() && northwind["intent_seeded_at"].is_null());
 
     for key in [&h.contoso, &h.fabrikam, &h.northwind, &h.globex_contoso] {
         let loaded = bus.load::<Tenant>(&key.to_string()).await.unwrap();
@@ -512,6 +538,104 @@ async fn the_audit_log_records_who_did_what_to_which_tenant_for_every_event() {
     .unwrap();
     assert_eq!((role.as_str(), actor.as_str()), ("system", "alice"));
     assert_eq!(caused_by, Some(queued_by));
+}
+
+/// Records a resync run as the workflow engine does: its snapshot step's summary, then its
+/// end with the summary counts the engine derives from it.
+async fn resync_run(bus: &CommandBus, h: &History, policy_count: i64, unchanged: bool) -> RunId {
+    let run = queued(bus, &h.contoso).await;
+    let summary = json!({
+        "snapshot_id": uuid::Uuid::now_v7(), "unchanged": unchanged, "policy_count": policy_count,
+    });
+    for command in [
+        RunCommand::Start,
+        RunCommand::CompleteStep {
+            step: "snapshot_policies".into(),
+            attempt: 1,
+            summary,
+        },
+        RunCommand::Succeed {
+            summary_counts: BTreeMap::from([
+                ("steps_completed".to_owned(), 3),
+                ("policy_count".to_owned(), policy_count),
+                ("unchanged".to_owned(), i64::from(unchanged)),
+            ]),
+        },
+    ] {
+        progress(bus, run, command).await;
+    }
+    release(bus, run).await;
+    run
+}
+
+#[tokio::test]
+async fn the_audit_log_shows_each_resyncs_policy_count_and_whether_it_was_unchanged() {
+    let (_db, bus, h) = with_history().await;
+    let changed = resync_run(&bus, &h, 7, false).await;
+    let unchanged = resync_run(&bus, &h, 7, true).await;
+    let pool = bus.pool().clone();
+    catch_up(&pool, Arc::new(projections::AuditLog)).await;
+
+    let details = |run: RunId, action: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let (tenant, details): (Option<String>, Option<Value>) = sqlx::query_as(
+                "SELECT tenant_key, details FROM rm_audit_log WHERE aggregate_id = $1 AND action = $2",
+            )
+            .bind(run.to_string())
+            .bind(action)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            (tenant, details.unwrap_or(Value::Null))
+        }
+    };
+    for (run, flag) in [(changed, 0), (unchanged, 1)] {
+        let (tenant, end) = details(run, "RunSucceeded").await;
+        assert_eq!(tenant, Some(h.contoso.to_string()));
+        assert_eq!(end["summary_counts"]["policy_count"], 7, "{end}");
+        assert_eq!(end["summary_counts"]["unchanged"], flag, "{end}");
+        let (_, step) = details(run, "RunStepCompleted").await;
+        assert_eq!(step["step"], "snapshot_policies");
+        assert_eq!(step["summary"]["policy_count"], 7);
+        assert_eq!(step["summary"]["unchanged"], flag == 1);
+    }
+
+    // The snapshots say which snapshot and how many policies, never the policies.
+    let snapshots: Vec<Value> = sqlx::query_scalar(
+        "SELECT details FROM rm_audit_log WHERE action = 'PolicySnapshotted' ORDER BY global_position",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(snapshots.len(), 3);
+    assert_eq!(snapshots[0]["policy_count"], 1);
+    assert!(snapshots[0]["changes"].is_null(), "the first has no diff");
+    assert_eq!(
+        snapshots[1]["changes"],
+        json!({"added": 0, "removed": 0, "modified": 1})
+    );
+    assert_eq!(snapshots[2]["source"], "import");
+    assert!(snapshots.iter().all(|d| d["snapshot_id"].is_string()));
+    assert!(!Value::Array(snapshots)
+        .to_string()
+        .contains("MFA for admins"));
+    let intent: Value =
+        sqlx::query_scalar("SELECT details FROM rm_audit_log WHERE action = 'PolicyIntentSeeded'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(intent["snapshot_id"].is_string());
+
+    // Events without facts to add have none.
+    let started: Option<Value> = sqlx::query_scalar(
+        "SELECT details FROM rm_audit_log WHERE aggregate_id = $1 AND action = 'RunStarted'",
+    )
+    .bind(changed.to_string())
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(started, None);
 }
 
 #[tokio::test]

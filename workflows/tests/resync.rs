@@ -105,19 +105,25 @@ async fn world() -> World {
 impl World {
     /// Starts a resync and drives feed and engine until the run completes (bounded).
     async fn resync(&self) -> OperationRun {
-        let started = app::start_operation(
-            &self.bus,
-            &owner(),
-            &self.tenant,
-            workflows::resync::RUN_TYPE,
-            "ca",
-        )
-        .await
-        .unwrap();
+        self.run(workflows::resync::RUN_TYPE).await
+    }
+
+    /// Starts an import (a resync whose snapshot seeds the policy intent) and drives it
+    /// to its end.
+    async fn import(&self) -> OperationRun {
+        self.run(workflows::resync::IMPORT_RUN_TYPE).await
+    }
+
+    async fn run(&self, run_type: &str) -> OperationRun {
+        let started = self.start(run_type).await.unwrap();
         let Started::Queued(run_id) = started else {
             panic!("expected a queued run: {started:?}")
         };
         self.drive(run_id).await
+    }
+
+    async fn start(&self, run_type: &str) -> Result<Started, app::AppError> {
+        app::start_operation(&self.bus, &owner(), &self.tenant, run_type, "ca").await
     }
 
     async fn drive(&self, run_id: RunId) -> OperationRun {
@@ -145,6 +151,18 @@ impl World {
             .await
             .unwrap()
             .aggregate
+    }
+
+    /// The payload of the latest event of `event_type`, inside its type tag.
+    async fn latest(&self, event_type: &str) -> serde_json::Value {
+        sqlx::query_scalar(
+            "SELECT payload -> event_type FROM events WHERE event_type = $1 \
+             ORDER BY global_position DESC LIMIT 1",
+        )
+        .bind(event_type)
+        .fetch_one(self.bus.pool())
+        .await
+        .unwrap()
     }
 
     async fn count(&self, event_type: &str) -> i64 {
@@ -336,4 +354,84 @@ async fn a_license_401_is_reported_as_a_missing_license_permission_and_is_not_fa
         w.tenant().await.last_snapshot.is_some(),
         "the snapshot stands"
     );
+}
+
+#[tokio::test]
+async fn an_import_snapshots_the_policies_and_seeds_the_policy_intent() {
+    let w = world().await;
+    let run = w.import().await;
+    assert_eq!(
+        run.outcome,
+        RunOutcome::Succeeded,
+        "{:?}",
+        run.failure_summary
+    );
+    let snapshot = w.tenant().await.last_snapshot.expect("a snapshot");
+    assert_eq!(w.count("PolicySnapshotted").await, 1);
+    assert_eq!(w.latest("PolicySnapshotted").await["source"], "import");
+    assert_eq!(w.count("PolicyIntentSeeded").await, 1);
+    let intent = w.latest("PolicyIntentSeeded").await;
+    assert_eq!(intent["snapshot_id"], snapshot.snapshot_id.to_string());
+    assert_eq!(intent["hash"], snapshot.hash);
+    // The rest of the resync happened too.
+    assert!(w.tenant().await.last_resynced_at.is_some());
+    assert!(w.tenant().await.capabilities.is_some());
+}
+
+#[tokio::test]
+async fn a_plain_resync_does_not_seed_the_policy_intent() {
+    let w = world().await;
+    let run = w.resync().await;
+    assert_eq!(run.outcome, RunOutcome::Succeeded);
+    assert_eq!(w.count("PolicySnapshotted").await, 1);
+    assert_eq!(w.latest("PolicySnapshotted").await["source"], "graph");
+    assert_eq!(w.count("PolicyIntentSeeded").await, 0);
+}
+
+#[tokio::test]
+async fn an_import_follows_the_same_dedupe_and_scope_busy_rules_as_any_run() {
+    let w = world().await;
+    let Ok(Started::Queued(import)) = w.start(workflows::resync::IMPORT_RUN_TYPE).await else {
+        panic!("the first import is queued")
+    };
+    assert!(matches!(
+        w.start(workflows::resync::IMPORT_RUN_TYPE).await,
+        Ok(Started::Deduplicated(active)) if active == import
+    ));
+    match w.start(workflows::resync::RUN_TYPE).await {
+        Err(app::AppError::ScopeBusy {
+            active_run_id,
+            active_run_type,
+        }) => {
+            assert_eq!(active_run_id, import);
+            assert_eq!(active_run_type, workflows::resync::IMPORT_RUN_TYPE);
+        }
+        other => panic!("a resync while an import is active is refused: {other:?}"),
+    }
+    w.drive(import).await;
+    assert!(matches!(
+        w.start(workflows::resync::RUN_TYPE).await,
+        Ok(Started::Queued(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_resyncs_summary_counts_carry_its_policy_count_and_whether_it_was_unchanged() {
+    let w = world().await;
+    let policies = w.sim.policies(w.entra).unwrap().len() as i64;
+    let first = w.resync().await;
+    assert_eq!(first.summary_counts["policy_count"], policies);
+    assert_eq!(first.summary_counts["unchanged"], 0);
+    assert_eq!(first.summary_counts["steps_completed"], 3);
+    let again = w.resync().await;
+    assert_eq!(again.summary_counts["policy_count"], policies);
+    assert_eq!(again.summary_counts["unchanged"], 1);
+
+    // A run whose license refresh gave up still says what its snapshot found.
+    w.sim
+        .inject(Fault::Forbidden.on(Endpoint::ListSubscribedSkus));
+    let partial = w.resync().await;
+    assert_eq!(partial.outcome, RunOutcome::PartiallySucceeded);
+    assert_eq!(partial.summary_counts["policy_count"], policies);
+    assert_eq!(partial.summary_counts["unchanged"], 1);
 }

@@ -2,7 +2,7 @@
 //! caller's role and workspace. Refusals come back as errors with a stable `code`
 //! extension and change nothing.
 
-use async_graphql::{Context, InputObject, Object};
+use async_graphql::{Context, Enum, InputObject, Object};
 use chrono::{DateTime, Utc};
 use domain::connection::ConnectionCommand;
 use domain::tenant::TenantCommand;
@@ -91,6 +91,16 @@ pub struct ScheduleInput {
     /// new, re-timed or re-enabled schedule first runs one interval from now, and one saved
     /// with its interval unchanged keeps its times.
     pub first_run_at: Option<DateTime<Utc>>,
+}
+
+/// Where a resync's policies count as coming from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Enum)]
+pub enum ResyncSource {
+    /// A plain resync: a snapshot of what the tenant has.
+    #[default]
+    Graph,
+    /// An import: the snapshot also becomes the tenant's policy intent.
+    Import,
 }
 
 pub struct MutationRoot;
@@ -250,13 +260,19 @@ impl MutationRoot {
     }
 
     /// Starts a Conditional Access resync of a tenant (Owner, Manager, Operator), or
-    /// returns the active one.
+    /// returns the active one. With `source: IMPORT` the run (`policy.import`) also makes
+    /// the policies it reads the tenant's policy intent.
     async fn resync_tenant(
         &self,
         ctx: &Context<'_>,
         id: String,
+        #[graphql(default)] source: ResyncSource,
     ) -> async_graphql::Result<StartRunPayload> {
-        start(ctx, &id, "policy.resync", "conditional_access").await
+        let run_type = match source {
+            ResyncSource::Graph => workflows::resync::RUN_TYPE,
+            ResyncSource::Import => workflows::resync::IMPORT_RUN_TYPE,
+        };
+        start(ctx, &id, run_type, "conditional_access").await
     }
 
     /// Starts an operation of a given type on a tenant.

@@ -281,8 +281,8 @@ impl QueryRoot {
         let page = PageRequest::parse(first, after)?;
         let caller = caller(ctx)?;
         let mut q = QueryBuilder::<Postgres>::new(
-            "SELECT global_position, recorded_at, actor, role, action, aggregate_type, aggregate_id, tenant_key, correlation_id \
-             FROM rm_audit_log WHERE workspace_id = ",
+            "SELECT global_position, recorded_at, actor, role, action, aggregate_type, aggregate_id, tenant_key, correlation_id, \
+             details FROM rm_audit_log WHERE workspace_id = ",
         );
         q.push_bind(&caller.workspace);
         if let Some(t) = tenant_id {

@@ -20,10 +20,33 @@ pub struct TenantNode {
     pub registered_at: DateTime<Utc>,
     pub archived_at: Option<DateTime<Utc>>,
     pub last_resynced_at: Option<DateTime<Utc>>,
+    #[graphql(skip)]
+    pub intent_snapshot_id: Option<Uuid>,
+    #[graphql(skip)]
+    pub intent_hash: Option<String>,
+    #[graphql(skip)]
+    pub intent_seeded_at: Option<DateTime<Utc>>,
 }
 
 #[ComplexObject]
 impl TenantNode {
+    /// The tenant's intended Conditional Access policies, seeded by its latest import
+    /// (`resyncTenant(source: IMPORT)`); null until one is imported.
+    async fn policy_intent(&self) -> Option<PolicyIntent> {
+        match (
+            self.intent_snapshot_id,
+            &self.intent_hash,
+            self.intent_seeded_at,
+        ) {
+            (Some(snapshot_id), Some(hash), Some(seeded_at)) => Some(PolicyIntent {
+                snapshot_id,
+                hash: hash.clone(),
+                seeded_at,
+            }),
+            _ => None,
+        }
+    }
+
     /// The tenant's provider connections.
     async fn connections(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ConnectionNode>> {
         let mut tx = reader(ctx).await?;
@@ -38,7 +61,34 @@ impl TenantNode {
 }
 
 pub(crate) const TENANT_COLUMNS: &str =
-    "tenant_key, entra_tenant_id, display_name, primary_domain, status, registered_at, archived_at, last_resynced_at";
+    "tenant_key, entra_tenant_id, display_name, primary_domain, status, registered_at, archived_at, last_resynced_at, \
+     intent_snapshot_id, intent_hash, intent_seeded_at";
+
+/// A tenant's policy intent: the imported snapshot whose policies are the intended state.
+#[derive(Debug, Clone, SimpleObject)]
+#[graphql(complex)]
+pub struct PolicyIntent {
+    /// The imported snapshot (see `snapshots`).
+    pub snapshot_id: Uuid,
+    /// The snapshot's hash.
+    pub hash: String,
+    pub seeded_at: DateTime<Utc>,
+}
+
+#[ComplexObject]
+impl PolicyIntent {
+    /// The imported snapshot itself, with its policies.
+    async fn snapshot(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<SnapshotNode>> {
+        let mut tx = reader(ctx).await?;
+        sqlx::query_as(&format!(
+            "SELECT {SNAPSHOT_COLUMNS} FROM rm_policy_snapshots WHERE snapshot_id = $1"
+        ))
+        .bind(self.snapshot_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(internal)
+    }
+}
 
 #[derive(Debug, Clone, SimpleObject, sqlx::FromRow)]
 #[graphql(name = "Connection")]
@@ -134,6 +184,11 @@ pub struct AuditEntry {
     #[graphql(name = "tenantId")]
     pub tenant_key: Option<String>,
     pub correlation_id: Option<String>,
+    /// Facts of the event beyond who, what and when; null for most events. A run step's
+    /// `summary`; a run's `summary_counts` (for a resync, `policy_count` and `unchanged`
+    /// as 0 or 1) and `failed_steps`; a snapshot's `snapshot_id`, `policy_count`,
+    /// `source` and `changes`. Never policies, secrets or Graph responses.
+    pub details: Option<serde_json::Value>,
 }
 
 /// An event as stored, for auditors (R9.1).

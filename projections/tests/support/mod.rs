@@ -10,7 +10,7 @@ use std::time::Duration;
 use domain::connection::{ConnectionCommand, HealthStatus};
 use domain::run::{FailureSummary, OperationRun, RunCommand};
 use domain::schedule_tick::{tick_key, FanOutCounts, ScheduleTick, TickCommand};
-use domain::tenant::{Tenant, TenantCommand};
+use domain::tenant::{SnapshotSource, Tenant, TenantCommand};
 use domain::{ConnectionId, EntraTenantId, Provider, ReasonCode, Role, RunId, Services, TenantKey};
 use secrecy::SecretString;
 use serde_json::Value;
@@ -146,8 +146,14 @@ pub async fn history(bus: &CommandBus) -> History {
     .await
     .unwrap();
 
-    // Two snapshots (the second with a diff and a drift alert) and a license refresh.
-    for state in ["enabled", "disabled"] {
+    // Two snapshots (the second with a diff and a drift alert), an import (a third
+    // snapshot, no second alert within the hour, and the policy intent) and a license
+    // refresh.
+    for (state, source) in [
+        ("enabled", SnapshotSource::Graph),
+        ("disabled", SnapshotSource::Graph),
+        ("enabled", SnapshotSource::Import),
+    ] {
         let raw = serde_json::json!({
             "id": "p1", "displayName": "MFA for admins", "state": state,
             "conditions": {"users": {"includeUsers": ["All"]}},
@@ -158,7 +164,7 @@ pub async fn history(bus: &CommandBus) -> History {
             TenantCommand::RecordSnapshot {
                 snapshot_id: uuid::Uuid::now_v7(),
                 policies: domain::policy::curate(&[raw]).unwrap(),
-                source: domain::tenant::SnapshotSource::Graph,
+                source,
             },
             &engine("acme"),
         )
