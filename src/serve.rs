@@ -214,7 +214,6 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let scheduler = workflows::Scheduler {
         bus: state.bus.clone(),
         poll: std::time::Duration::from_secs(config.scheduler_poll_seconds.max(1)),
-        concurrency: workers,
     };
     background.spawn(scheduler.run(wakeups.clone(), shutdown.clone()));
 

@@ -51,9 +51,10 @@ pub enum TenantCommand {
         at: DateTime<Utc>,
     },
     /// Records curated Conditional Access policies (R3.2–R3.4). The same hash as the last
-    /// snapshot writes nothing (the state keeps the existing snapshot id); a new hash
-    /// writes a snapshot with its diff, an alert at most once an hour, and for an import
-    /// the policy intent.
+    /// snapshot writes no snapshot (the state keeps the existing snapshot id); an import
+    /// of it seeds the policy intent with that snapshot unless the intent already holds
+    /// that hash. A new hash writes a snapshot with its diff, an alert at most once an
+    /// hour, and for an import the policy intent.
     RecordSnapshot {
         snapshot_id: uuid::Uuid,
         policies: Vec<CuratedPolicy>,
@@ -81,6 +82,13 @@ pub struct SnapshotRef {
     pub snapshot_id: uuid::Uuid,
     pub hash: String,
     pub policies: Vec<CuratedPolicy>,
+}
+
+/// The snapshot an import made the tenant's intended policies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntentRef {
+    pub snapshot_id: uuid::Uuid,
+    pub hash: String,
 }
 
 impl Authorize for TenantCommand {
@@ -261,6 +269,8 @@ pub struct Tenant {
     pub defaults: BTreeMap<Provider, ConnectionId>,
     pub last_resynced_at: Option<DateTime<Utc>>,
     pub last_snapshot: Option<SnapshotRef>,
+    /// `None` until an import seeds it.
+    pub intent: Option<IntentRef>,
     pub last_alert_at: Option<DateTime<Utc>>,
     pub capabilities: Option<Capabilities>,
 }
@@ -396,12 +406,22 @@ impl Aggregate for Tenant {
             } => {
                 self.require_active()?;
                 let snapshot = PolicySnapshot::of(policies);
-                if self
+                if let Some(last) = self
                     .last_snapshot
                     .as_ref()
-                    .is_some_and(|s| s.hash == snapshot.hash)
+                    .filter(|s| s.hash == snapshot.hash)
                 {
-                    // Unchanged: nothing new; the last snapshot id stands.
+                    // Unchanged: no new snapshot; the last snapshot id stands. An import
+                    // still makes these policies the intent, pointing at that snapshot,
+                    // unless the intent already holds them (then nothing is written).
+                    let seeded = self.intent.as_ref().is_some_and(|i| i.hash == last.hash);
+                    if source == SnapshotSource::Import && !seeded {
+                        let event = TenantEvent::PolicyIntentSeeded {
+                            snapshot_id: last.snapshot_id,
+                            hash: last.hash.clone(),
+                        };
+                        sink.write(event, self).await;
+                    }
                     return Ok(());
                 }
                 let now = services.clock.now();
@@ -490,7 +510,9 @@ impl Aggregate for Tenant {
             TenantEvent::PolicyDriftDetected { raised_at, .. } => {
                 self.last_alert_at = Some(raised_at)
             }
-            TenantEvent::PolicyIntentSeeded { .. } => {}
+            TenantEvent::PolicyIntentSeeded { snapshot_id, hash } => {
+                self.intent = Some(IntentRef { snapshot_id, hash })
+            }
             TenantEvent::LicensesRefreshed { capabilities, .. } => {
                 self.capabilities = Some(capabilities)
             }
@@ -863,16 +885,42 @@ mod tests {
         uuid::Uuid::from_u128(n)
     }
 
-    fn snapshotted(t: &mut Tenant, id: u128, policies: Vec<CuratedPolicy>, at: DateTime<Utc>) {
+    /// A snapshot `id` of `policies` (without a diff), as recorded at `at`.
+    fn snapshot_event(
+        id: u128,
+        policies: Vec<CuratedPolicy>,
+        source: SnapshotSource,
+        at: DateTime<Utc>,
+    ) -> TenantEvent {
         let s = PolicySnapshot::of(policies);
-        t.apply(TenantEvent::PolicySnapshotted {
+        TenantEvent::PolicySnapshotted {
             snapshot_id: snapshot_id(id),
             hash: s.hash,
             policies: s.policies,
             diff: None,
-            source: SnapshotSource::Graph,
+            source,
             taken_at: at,
-        });
+        }
+    }
+
+    fn snapshotted(t: &mut Tenant, id: u128, policies: Vec<CuratedPolicy>, at: DateTime<Utc>) {
+        t.apply(snapshot_event(id, policies, SnapshotSource::Graph, at));
+    }
+
+    /// The intent seeded with snapshot `id` of `policies`.
+    fn intent_seeded(id: u128, policies: Vec<CuratedPolicy>) -> TenantEvent {
+        TenantEvent::PolicyIntentSeeded {
+            snapshot_id: snapshot_id(id),
+            hash: PolicySnapshot::of(policies).hash,
+        }
+    }
+
+    fn import(id: u128, policies: Vec<CuratedPolicy>) -> TenantCommand {
+        TenantCommand::RecordSnapshot {
+            snapshot_id: snapshot_id(id),
+            policies,
+            source: SnapshotSource::Import,
+        }
     }
 
     async fn record(
@@ -1007,5 +1055,71 @@ mod tests {
             events.last(),
             Some(TenantEvent::PolicyIntentSeeded { .. })
         ));
+        assert_eq!(
+            t.intent.map(|i| i.snapshot_id),
+            Some(snapshot_id(1)),
+            "the state knows the intent"
+        );
+    }
+
+    #[test]
+    fn an_unchanged_import_seeds_the_intent_with_the_existing_snapshot() {
+        let a = || vec![policy("a", "enabled")];
+        F::with(services())
+            .given(vec![
+                registered(),
+                snapshot_event(1, a(), SnapshotSource::Graph, now()),
+            ])
+            .when(import(2, a()))
+            .then_expect_events(vec![intent_seeded(1, a())]);
+    }
+
+    #[test]
+    fn an_unchanged_import_replaces_an_intent_that_holds_other_policies() {
+        let (a, b) = (
+            || vec![policy("a", "enabled")],
+            || vec![policy("a", "disabled")],
+        );
+        F::with(services())
+            .given(vec![
+                registered(),
+                snapshot_event(1, a(), SnapshotSource::Import, now()),
+                intent_seeded(1, a()),
+                snapshot_event(2, b(), SnapshotSource::Graph, now()),
+            ])
+            .when(import(3, b()))
+            .then_expect_events(vec![intent_seeded(2, b())]);
+    }
+
+    #[test]
+    fn an_unchanged_import_whose_policies_are_already_the_intent_records_nothing() {
+        let a = || vec![policy("a", "enabled")];
+        F::with(services())
+            .given(vec![
+                registered(),
+                snapshot_event(1, a(), SnapshotSource::Import, now()),
+                intent_seeded(1, a()),
+            ])
+            .when(import(2, a()))
+            .then_expect_events(vec![]);
+    }
+
+    #[tokio::test]
+    async fn repeating_an_unchanged_import_seeds_the_intent_once_and_keeps_the_snapshot() {
+        let mut t = active_tenant();
+        snapshotted(&mut t, 1, vec![policy("a", "enabled")], now());
+        let a = || vec![policy("a", "enabled")];
+        let first = record(&mut t, 2, a(), SnapshotSource::Import, now()).await;
+        assert_eq!(first, vec![intent_seeded(1, a())]);
+        let intent = t.intent.clone().expect("an intent");
+        assert_eq!(intent.snapshot_id, snapshot_id(1));
+        assert_eq!(
+            t.last_snapshot.as_ref().map(|s| s.snapshot_id),
+            Some(snapshot_id(1))
+        );
+
+        let again = record(&mut t, 3, a(), SnapshotSource::Import, now()).await;
+        assert!(again.is_empty(), "{again:?}");
+        assert_eq!(t.intent, Some(intent));
     }
 }

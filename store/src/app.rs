@@ -14,7 +14,9 @@ use domain::{
 };
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::bus::{BusError, CommandBus, Metadata, UnitOfWork};
+use crate::bus::{AppendError, BusError, CommandBus, Metadata, Staged, StagedStream, UnitOfWork};
+use cqrs_es::Aggregate;
+use std::collections::HashMap;
 use crate::vault::{StoredCredential, Vault, VaultError};
 
 /// Why a use case did not go through. `Display` is safe to show to the caller.
@@ -494,94 +496,272 @@ async fn start(
     module: &str,
     requested: Option<RunId>,
 ) -> Result<Started, AppError> {
+    let request = StartRequest {
+        tenant: tenant.clone(),
+        run_id: requested,
+    };
+    let mut outcomes = start_operations(bus, meta, &[request], run_type, module).await?;
+    outcomes.pop().unwrap_or(Err(AppError::NotFound("tenant")))
+}
+
+/// One tenant of a fleet start, optionally with the id its run gets (see
+/// [`start_operation_with_id`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartRequest {
+    pub tenant: TenantKey,
+    pub run_id: Option<RunId>,
+}
+
+/// Tenants per transaction of a fleet start.
+const START_CHUNK: usize = 64;
+
+/// Starts an operation on many tenants at once (a fleet resync), with the same rules and
+/// answers as [`start_operation`] for each, in the same order. Tenants are taken
+/// [`START_CHUNK`] per transaction: three reads and one append each, instead of several
+/// round trips per tenant. One tenant's refusal does not stop the others; the outer error
+/// is for the whole call (forbidden role, bad workspace, database).
+pub async fn start_operations(
+    bus: &CommandBus,
+    meta: &Metadata,
+    requests: &[StartRequest],
+    run_type: &str,
+    module: &str,
+) -> Result<Vec<Result<Started, AppError>>, AppError> {
     let workspace = workspace_of(meta)?;
     // Checked first: a dedupe answer must not reach a role that may not start anything.
     if !meta.role.allows(domain::Permission::StartOperations) {
         return Err(AppError::Forbidden(meta.role));
     }
-    retrying(|| async {
-        let mut uow = bus.begin().await?;
-        let t = tenant_in(&mut uow, meta, tenant).await?;
-        if let Some(id) = requested {
-            let run = uow.load::<OperationRun>(&id.to_string()).await?.aggregate;
-            if run.exists() {
-                return match (&run.workspace, run.blocked_reason) {
-                    (Some(w), _) if w.as_str() != meta.workspace => Err(AppError::NotFound("run")),
-                    (_, Some(reason)) => Ok(Started::Blocked(id, reason)),
-                    (_, None) => Ok(Started::Queued(id)),
-                };
-            }
+    let mut outcomes = Vec::with_capacity(requests.len());
+    for chunk in requests.chunks(START_CHUNK) {
+        let chunk_outcomes = retrying(|| async {
+            let mut uow = bus.begin().await?;
+            let outcomes = start_chunk(bus, &mut uow, meta, &workspace, chunk, run_type, module).await?;
+            uow.commit().await?;
+            Ok(outcomes)
+        })
+        .await?;
+        outcomes.extend(chunk_outcomes);
+    }
+    Ok(outcomes)
+}
+
+/// Decides the starts of one chunk inside `uow` and appends them; a conflict voids the
+/// chunk (the caller starts it over).
+async fn start_chunk(
+    bus: &CommandBus,
+    uow: &mut UnitOfWork,
+    meta: &Metadata,
+    workspace: &WorkspaceId,
+    chunk: &[StartRequest],
+    run_type: &str,
+    module: &str,
+) -> Result<Vec<Result<Started, AppError>>, AppError> {
+    let services = bus.services();
+    // Read 1: the tenants, and the runs asked for by id.
+    let mut wanted: Vec<(&'static str, String)> = Vec::new();
+    for r in chunk {
+        wanted.push((Tenant::TYPE, r.tenant.to_string()));
+        if let Some(id) = r.run_id {
+            wanted.push((OperationRun::TYPE, id.to_string()));
         }
-        if t.status == TenantStatus::Archived {
-            return Err(TenantError::Archived.into_refusal());
+    }
+    let mut streams = uow.fetch_streams(&wanted).await?;
+    let mut tenants = HashMap::new();
+    let mut existing = HashMap::new();
+    for r in chunk {
+        let key = r.tenant.to_string();
+        if !tenants.contains_key(&key) {
+            let t = streams.stage::<Tenant>(&key)?.into_state();
+            tenants.insert(key, t);
         }
-        let connection_id = t.default_connection(Provider::Microsoft);
-        let connection = match connection_id {
-            Some(id) => Some(connection_in(&mut uow, meta, id).await?.0),
-            None => None,
+        if let Some(id) = r.run_id.filter(|id| !existing.contains_key(id)) {
+            let run = streams.stage::<OperationRun>(&id.to_string())?.into_state();
+            existing.insert(id, run);
+        }
+    }
+    // Read 2: the default connections of the tenants in this workspace.
+    let connection_ids: Vec<(&'static str, String)> = chunk
+        .iter()
+        .filter(|r| r.tenant.workspace.as_str() == meta.workspace)
+        .filter_map(|r| tenants.get(&r.tenant.to_string()))
+        .filter_map(|t| t.default_connection(Provider::Microsoft))
+        .map(|c| (ProviderConnection::TYPE, c.to_string()))
+        .collect();
+    let mut streams = uow.fetch_streams(&connection_ids).await?;
+    let mut connections = HashMap::new();
+    for (_, id) in &connection_ids {
+        if !connections.contains_key(id) {
+            let c = streams.stage::<ProviderConnection>(id)?.into_state();
+            connections.insert(id.clone(), c);
+        }
+    }
+    // Read 3: the scope locks.
+    let scope_of = |r: &StartRequest| -> EntraTenantId {
+        tenants
+            .get(&r.tenant.to_string())
+            .and_then(|t| t.default_connection(Provider::Microsoft))
+            .and_then(|c| connections.get(&c.to_string()))
+            .and_then(|c: &ProviderConnection| c.entra_tenant_id)
+            .unwrap_or(r.tenant.entra_tenant_id)
+    };
+    let lock_ids: Vec<(&'static str, String)> = chunk
+        .iter()
+        .map(|r| (ScopeLock::TYPE, scope_key(workspace, scope_of(r))))
+        .collect();
+    let mut streams = uow.fetch_streams(&lock_ids).await?;
+    let mut locks: HashMap<String, Staged<ScopeLock>> = HashMap::new();
+    for (_, id) in &lock_ids {
+        if !locks.contains_key(id) {
+            locks.insert(id.clone(), streams.stage::<ScopeLock>(id)?);
+        }
+    }
+    // Decide each start against the staged state (a later tenant of the chunk sees an
+    // earlier one's lock), then append everything in one statement.
+    let mut runs: Vec<Staged<OperationRun>> = Vec::new();
+    let mut outcomes = Vec::with_capacity(chunk.len());
+    for r in chunk {
+        let tenant = tenants.get(&r.tenant.to_string());
+        let connection = tenant
+            .and_then(|t| t.default_connection(Provider::Microsoft))
+            .and_then(|c| connections.get(&c.to_string()));
+        let lock_id = scope_key(workspace, scope_of(r));
+        let Some(lock) = locks.get_mut(&lock_id) else {
+            outcomes.push(Err(AppError::NotFound("tenant")));
+            continue;
         };
-        let scope = connection
-            .as_ref()
-            .and_then(|c| c.entra_tenant_id)
-            .unwrap_or(tenant.entra_tenant_id);
-        let lock_id = scope_key(&workspace, scope);
-        let lock = uow.load::<ScopeLock>(&lock_id).await?.aggregate;
-        if let Some(active) = lock.active() {
-            if active.run_type == run_type {
-                return Ok(Started::Deduplicated(active.run_id));
-            }
-            return Err(AppError::ScopeBusy {
-                active_run_id: active.run_id,
-                active_run_type: active.run_type.clone(),
+        let input = StartInput {
+            meta,
+            workspace,
+            tenant_key: &r.tenant,
+            tenant,
+            existing: r.run_id.and_then(|id| existing.get(&id).map(|run| (id, run))),
+            connection,
+            scope: scope_of(r),
+            run_type,
+            module,
+        };
+        outcomes.push(decide_start(services, input, r.run_id, lock, &mut runs).await?);
+    }
+    let mut staged: Vec<&mut dyn StagedStream> = Vec::new();
+    staged.extend(locks.values_mut().map(|l| l as &mut dyn StagedStream));
+    staged.extend(runs.iter_mut().map(|r| r as &mut dyn StagedStream));
+    uow.append_all(&mut staged).await.map_err(|e| match e {
+        AppendError::Conflict => AppError::Conflict,
+        other => AppError::Internal(Box::new(other)),
+    })?;
+    Ok(outcomes)
+}
+
+/// What deciding one start needs, as read in its transaction.
+struct StartInput<'a> {
+    meta: &'a Metadata,
+    workspace: &'a WorkspaceId,
+    tenant_key: &'a TenantKey,
+    tenant: Option<&'a Tenant>,
+    /// The run asked for by id, as stored (it may not exist yet).
+    existing: Option<(RunId, &'a OperationRun)>,
+    connection: Option<&'a ProviderConnection>,
+    scope: EntraTenantId,
+    run_type: &'a str,
+    module: &'a str,
+}
+
+/// Decides one start (R2.2 dedupe and scope busy, R2.3 blocked) on the staged scope lock;
+/// a new run's events are staged into `runs`. The inner result is this tenant's answer;
+/// the outer error voids the whole transaction.
+async fn decide_start(
+    services: &domain::Services,
+    input: StartInput<'_>,
+    requested: Option<RunId>,
+    lock: &mut Staged<ScopeLock>,
+    runs: &mut Vec<Staged<OperationRun>>,
+) -> Result<Result<Started, AppError>, AppError> {
+    let StartInput {
+        meta,
+        workspace,
+        tenant_key,
+        tenant,
+        existing,
+        connection,
+        scope,
+        run_type,
+        module,
+    } = input;
+    // A tenant of another workspace, or none at all, is "not found".
+    let tenant = match tenant {
+        Some(t) if tenant_key.workspace.as_str() == meta.workspace && t.workspace.is_some() => t,
+        _ => return Ok(Err(AppError::NotFound("tenant"))),
+    };
+    if let Some((id, run)) = existing {
+        if run.exists() {
+            return Ok(match (&run.workspace, run.blocked_reason) {
+                (Some(w), _) if w.as_str() != meta.workspace => Err(AppError::NotFound("run")),
+                (_, Some(reason)) => Ok(Started::Blocked(id, reason)),
+                (_, None) => Ok(Started::Queued(id)),
             });
         }
-        let run_id = requested.unwrap_or_default();
-        let context = RunContext {
-            provider: Provider::Microsoft,
-            connection_id,
-            target_scope: scope,
-            tenant_key: tenant.clone(),
-            module: module.to_owned(),
-        };
-        let blocked = precondition(tenant, connection.as_ref());
-        if blocked.is_none() {
-            let acquire = ScopeCommand::Acquire {
-                run_id,
-                run_type: run_type.to_owned(),
-            };
-            let acquired = uow
-                .execute::<ScopeLock>(&lock_id, acquire, meta)
-                .await
-                .map_err(|e| ScopeOrApp::from(e).0)?;
-            if acquired.aggregate.active().map(|a| a.run_id) != Some(run_id) {
-                // Someone else got there between our read and our append.
-                return Err(AppError::Conflict);
-            }
+    }
+    if tenant.status == TenantStatus::Archived {
+        return Ok(Err(TenantError::Archived.into_refusal()));
+    }
+    if let Some(c) = connection {
+        if c.workspace.as_ref().map(|w| w.as_str()) != Some(meta.workspace.as_str()) {
+            return Ok(Err(AppError::NotFound("connection")));
         }
-        let queue = RunCommand::Queue {
-            workspace: workspace.clone(),
+    }
+    if let Some(active) = lock.state().active() {
+        if active.run_type == run_type {
+            return Ok(Ok(Started::Deduplicated(active.run_id)));
+        }
+        return Ok(Err(AppError::ScopeBusy {
+            active_run_id: active.run_id,
+            active_run_type: active.run_type.clone(),
+        }));
+    }
+    let run_id = requested.unwrap_or_default();
+    let blocked = precondition(tenant_key, connection);
+    if blocked.is_none() {
+        let acquire = ScopeCommand::Acquire {
+            run_id,
             run_type: run_type.to_owned(),
-            context,
-            initiator: meta.actor.clone(),
         };
-        uow.execute::<OperationRun>(&run_id.to_string(), queue, meta)
+        if let Err(e) = lock.decide(services, acquire, meta).await {
+            return match ScopeOrApp::from(e).0 {
+                e @ AppError::ScopeBusy { .. } => Ok(Err(e)),
+                other => Err(other),
+            };
+        }
+    }
+    let context = RunContext {
+        provider: Provider::Microsoft,
+        connection_id: tenant.default_connection(Provider::Microsoft),
+        target_scope: scope,
+        tenant_key: tenant_key.clone(),
+        module: module.to_owned(),
+    };
+    let mut run = Staged::<OperationRun>::new(run_id.to_string(), OperationRun::default(), 0);
+    let queue = RunCommand::Queue {
+        workspace: workspace.clone(),
+        run_type: run_type.to_owned(),
+        context,
+        initiator: meta.actor.clone(),
+    };
+    run.decide(services, queue, meta).await?;
+    let started = match blocked {
+        Some((reason, next_steps)) => {
+            run.decide(
+                services,
+                RunCommand::Block { reason, next_steps },
+                &as_system(meta),
+            )
             .await?;
-        let started = match blocked {
-            Some((reason, next_steps)) => {
-                uow.execute::<OperationRun>(
-                    &run_id.to_string(),
-                    RunCommand::Block { reason, next_steps },
-                    &as_system(meta),
-                )
-                .await?;
-                Started::Blocked(run_id, reason)
-            }
-            None => Started::Queued(run_id),
-        };
-        uow.commit().await?;
-        Ok(started)
-    })
-    .await
+            Started::Blocked(run_id, reason)
+        }
+        None => Started::Queued(run_id),
+    };
+    runs.push(run);
+    Ok(Ok(started))
 }
 
 /// Asks a run to stop. A queued run is cancelled at once and its scope released in the

@@ -652,8 +652,8 @@ fn fold<A: Aggregate>(id: &str, rows: Vec<StreamRow>) -> Result<Loaded<A>, BusEr
 pub struct Streams(HashMap<(String, String), Vec<StreamRow>>);
 
 impl Streams {
-    /// The stream of aggregate `A` with `id`, ready to stage decisions on (an empty
-    /// stream when it was not asked for or has no events).
+    /// Takes the stream of aggregate `A` with `id`, ready to stage decisions on (an empty
+    /// stream when it was not asked for, has no events, or was taken already).
     pub fn stage<A: Aggregate<Services = Services>>(
         &mut self,
         id: &str,

@@ -654,15 +654,20 @@ impl Engine {
             TenantCommand::RecordSnapshot { policies, .. } => (policies.len(), true),
             _ => (0, false),
         };
+        let before = tenant.state().last_snapshot.as_ref().map(|s| s.snapshot_id);
         let done = tenant
             .decide(self.bus.services(), effect, &meta)
             .await
             .map_err(bus_failure)?;
         let state = tenant.state();
         Ok(if is_snapshot {
+            let after = state.last_snapshot.as_ref().map(|s| s.snapshot_id);
+            // Unchanged: no new snapshot was written, even if an import seeded the intent
+            // with the existing one. A repeated attempt's events were written earlier and
+            // may hold a snapshot, so it is not reported unchanged.
             serde_json::json!({
-                "snapshot_id": state.last_snapshot.as_ref().map(|s| s.snapshot_id),
-                "unchanged": done.events == 0 && !done.repeated,
+                "snapshot_id": after,
+                "unchanged": before == after && !done.repeated,
                 "policy_count": count,
             })
         } else if let Some(c) = &state.capabilities {

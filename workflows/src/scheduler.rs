@@ -12,7 +12,6 @@ use chrono::{DateTime, Utc};
 use domain::schedule::Schedule;
 use domain::schedule_tick::{tick_key, tick_run_id, FanOutCounts, ScheduleTick, TickCommand};
 use domain::{Role, TenantKey, WorkspaceId};
-use futures::StreamExt;
 use sqlx::PgPool;
 use std::time::Duration;
 use store::app::{self, AppError, Started};
@@ -55,8 +54,6 @@ pub struct Scheduler {
     pub bus: CommandBus,
     /// How often to look for due schedules when no event wakes the scheduler earlier.
     pub poll: Duration,
-    /// Tenants a fan-out starts at the same time.
-    pub concurrency: usize,
 }
 
 /// What one pass did.
@@ -229,22 +226,17 @@ impl Scheduler {
     ) -> Result<FanOutCounts, SchedulerError> {
         let module = module_for(&target.run_type).unwrap_or(target.run_type.as_str());
         let tenants = workspace_tenants(self.pool(), &target.workspace).await?;
-        let outcomes: Vec<Result<Started, AppError>> = futures::stream::iter(tenants)
-            .map(|tenant| async move {
-                let run_id = tick_run_id(tick, &tenant);
-                app::start_operation_with_id(
-                    &self.bus,
-                    meta,
-                    &tenant,
-                    &target.run_type,
-                    module,
-                    run_id,
-                )
-                .await
+        // One fleet start: a few transactions per 64 tenants, each run id derived from the
+        // tick, so a fan-out repeated after a crash starts nothing twice.
+        let requests: Vec<app::StartRequest> = tenants
+            .iter()
+            .map(|tenant| app::StartRequest {
+                tenant: tenant.clone(),
+                run_id: Some(tick_run_id(tick, tenant)),
             })
-            .buffer_unordered(self.concurrency.max(1))
-            .collect()
-            .await;
+            .collect();
+        let outcomes =
+            app::start_operations(&self.bus, meta, &requests, &target.run_type, module).await?;
         let mut counts = FanOutCounts::default();
         for outcome in outcomes {
             match outcome {

@@ -379,6 +379,44 @@ async fn an_import_snapshots_the_policies_and_seeds_the_policy_intent() {
 }
 
 #[tokio::test]
+async fn an_import_of_unchanged_policies_seeds_the_intent_with_the_existing_snapshot_once() {
+    let w = world().await;
+    w.resync().await;
+    let snapshot = w.tenant().await.last_snapshot.expect("a snapshot");
+
+    let import = w.import().await;
+    assert_eq!(
+        import.outcome,
+        RunOutcome::Succeeded,
+        "{:?}",
+        import.failure_summary
+    );
+    assert_eq!(import.summary_counts["unchanged"], 1);
+    let summary = import
+        .step(workflows::resync::SNAPSHOT)
+        .and_then(|s| s.summary.clone())
+        .expect("the snapshot step's summary");
+    assert_eq!(summary["snapshot_id"], snapshot.snapshot_id.to_string());
+    assert_eq!(summary["unchanged"], true);
+    assert_eq!(w.count("PolicySnapshotted").await, 1, "no new snapshot");
+    assert_eq!(w.count("PolicyDriftDetected").await, 0);
+    assert_eq!(w.count("PolicyIntentSeeded").await, 1);
+    let intent = w.latest("PolicyIntentSeeded").await;
+    assert_eq!(intent["snapshot_id"], snapshot.snapshot_id.to_string());
+    assert_eq!(intent["hash"], snapshot.hash);
+    let seeded = w.tenant().await.intent.expect("an intent");
+    assert_eq!(seeded.snapshot_id, snapshot.snapshot_id);
+
+    // The same policies imported again: the intent already holds them.
+    let again = w.import().await;
+    assert_eq!(again.outcome, RunOutcome::Succeeded);
+    assert_eq!(again.summary_counts["unchanged"], 1);
+    assert_eq!(w.count("PolicySnapshotted").await, 1);
+    assert_eq!(w.count("PolicyIntentSeeded").await, 1);
+    assert_eq!(w.tenant().await.intent, Some(seeded));
+}
+
+#[tokio::test]
 async fn a_plain_resync_does_not_seed_the_policy_intent() {
     let w = world().await;
     let run = w.resync().await;

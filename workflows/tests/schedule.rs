@@ -119,7 +119,6 @@ impl World {
         Scheduler {
             bus: self.bus.clone(),
             poll: std::time::Duration::from_secs(1),
-            concurrency: 3,
         }
     }
 
