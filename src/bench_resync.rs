@@ -146,15 +146,24 @@ async fn resync(
             run_id: None,
         })
         .collect();
-    let outcomes =
-        app::start_operations(&bus, &meta, &requests, workflows::resync::RUN_TYPE, "conditional_access")
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let outcomes = app::start_operations(
+        &bus,
+        &meta,
+        &requests,
+        workflows::resync::RUN_TYPE,
+        "conditional_access",
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     let queued = outcomes
         .iter()
         .filter(|o| matches!(o, Ok(app::Started::Queued(_))))
         .count();
-    anyhow::ensure!(queued == keys.len(), "only {queued} of {} runs were queued", keys.len());
+    anyhow::ensure!(
+        queued == keys.len(),
+        "only {queued} of {} runs were queued",
+        keys.len()
+    );
     let starts_seconds = started.elapsed().as_secs_f64();
     let deadline = started + Duration::from_secs(1800);
     loop {

@@ -15,9 +15,10 @@ use domain::{
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::bus::{AppendError, BusError, CommandBus, Metadata, Staged, StagedStream, UnitOfWork};
-use cqrs_es::Aggregate;
-use std::collections::HashMap;
 use crate::vault::{StoredCredential, Vault, VaultError};
+use cqrs_es::Aggregate;
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 
 /// Why a use case did not go through. `Display` is safe to show to the caller.
 #[derive(Debug, thiserror::Error)]
@@ -536,7 +537,8 @@ pub async fn start_operations(
     for chunk in requests.chunks(START_CHUNK) {
         let chunk_outcomes = retrying(|| async {
             let mut uow = bus.begin().await?;
-            let outcomes = start_chunk(bus, &mut uow, meta, &workspace, chunk, run_type, module).await?;
+            let outcomes =
+                start_chunk(bus, &mut uow, meta, &workspace, chunk, run_type, module).await?;
             uow.commit().await?;
             Ok(outcomes)
         })
@@ -571,9 +573,9 @@ async fn start_chunk(
     let mut existing = HashMap::new();
     for r in chunk {
         let key = r.tenant.to_string();
-        if !tenants.contains_key(&key) {
-            let t = streams.stage::<Tenant>(&key)?.into_state();
-            tenants.insert(key, t);
+        if let Entry::Vacant(slot) = tenants.entry(key) {
+            let t = streams.stage::<Tenant>(slot.key())?.into_state();
+            slot.insert(t);
         }
         if let Some(id) = r.run_id.filter(|id| !existing.contains_key(id)) {
             let run = streams.stage::<OperationRun>(&id.to_string())?.into_state();
@@ -591,9 +593,8 @@ async fn start_chunk(
     let mut streams = uow.fetch_streams(&connection_ids).await?;
     let mut connections = HashMap::new();
     for (_, id) in &connection_ids {
-        if !connections.contains_key(id) {
-            let c = streams.stage::<ProviderConnection>(id)?.into_state();
-            connections.insert(id.clone(), c);
+        if let Entry::Vacant(slot) = connections.entry(id.clone()) {
+            slot.insert(streams.stage::<ProviderConnection>(id)?.into_state());
         }
     }
     // Read 3: the scope locks.
@@ -612,8 +613,8 @@ async fn start_chunk(
     let mut streams = uow.fetch_streams(&lock_ids).await?;
     let mut locks: HashMap<String, Staged<ScopeLock>> = HashMap::new();
     for (_, id) in &lock_ids {
-        if !locks.contains_key(id) {
-            locks.insert(id.clone(), streams.stage::<ScopeLock>(id)?);
+        if let Entry::Vacant(slot) = locks.entry(id.clone()) {
+            slot.insert(streams.stage::<ScopeLock>(id)?);
         }
     }
     // Decide each start against the staged state (a later tenant of the chunk sees an
@@ -635,7 +636,9 @@ async fn start_chunk(
             workspace,
             tenant_key: &r.tenant,
             tenant,
-            existing: r.run_id.and_then(|id| existing.get(&id).map(|run| (id, run))),
+            existing: r
+                .run_id
+                .and_then(|id| existing.get(&id).map(|run| (id, run))),
             connection,
             scope: scope_of(r),
             run_type,

@@ -426,27 +426,43 @@ async fn a_fleet_start_answers_each_tenant_as_a_single_start_would_and_repeats_s
     let archived = app::register_tenant(&bus, &owner(), guid(THIRD), "Tailspin", "tailspin.com")
         .await
         .unwrap();
-    app::change_tenant(&bus, &owner(), &archived, domain::tenant::TenantCommand::Archive)
-        .await
-        .unwrap();
+    app::change_tenant(
+        &bus,
+        &owner(),
+        &archived,
+        domain::tenant::TenantCommand::Archive,
+    )
+    .await
+    .unwrap();
     let elsewhere = TenantKey::new("other-ws".parse().unwrap(), guid(TENANT));
     let ids: Vec<domain::RunId> = (0..5).map(|_| domain::RunId::new()).collect();
-    let requests: Vec<app::StartRequest> = [&ready_key, &unready, &archived, &elsewhere, &ready_key]
-        .into_iter()
-        .zip(&ids)
-        .map(|(tenant, id)| app::StartRequest {
-            tenant: tenant.clone(),
-            run_id: Some(*id),
-        })
-        .collect();
+    let requests: Vec<app::StartRequest> =
+        [&ready_key, &unready, &archived, &elsewhere, &ready_key]
+            .into_iter()
+            .zip(&ids)
+            .map(|(tenant, id)| app::StartRequest {
+                tenant: tenant.clone(),
+                run_id: Some(*id),
+            })
+            .collect();
     let started = app::start_operations(&bus, &owner(), &requests, "policy.resync", "ca")
         .await
         .unwrap();
     assert_eq!(started.len(), 5);
     assert_eq!(started[0].as_ref().unwrap(), &Started::Queued(ids[0]));
-    assert!(matches!(started[1], Ok(Started::Blocked(id, ReasonCode::ProviderConnectionMissing)) if id == ids[1]));
-    assert!(matches!(&started[2], Err(AppError::Refused { .. })), "{:?}", started[2]);
-    assert!(matches!(&started[3], Err(AppError::NotFound("tenant"))), "{:?}", started[3]);
+    assert!(
+        matches!(started[1], Ok(Started::Blocked(id, ReasonCode::ProviderConnectionMissing)) if id == ids[1])
+    );
+    assert!(
+        matches!(&started[2], Err(AppError::Refused { .. })),
+        "{:?}",
+        started[2]
+    );
+    assert!(
+        matches!(&started[3], Err(AppError::NotFound("tenant"))),
+        "{:?}",
+        started[3]
+    );
     // The same tenant again in the same fleet start dedupes to the run just queued.
     assert_eq!(started[4].as_ref().unwrap(), &Started::Deduplicated(ids[0]));
     let runs = "SELECT count(*) FROM events WHERE event_type = 'RunQueued'";
