@@ -90,10 +90,6 @@ pub enum ConsumerError {
     Refused { position: Position, message: String },
 }
 
-const SELECT_EVENTS: &str =
-    "SELECT transaction_id::text::bigint, global_position, aggregate_type, aggregate_id, \
-     sequence, event_type, event_version, payload, metadata, recorded_at FROM events";
-
 type EventRow = (
     i64,
     i64,
@@ -130,14 +126,33 @@ pub async fn read_batch(
     after: Position,
     limit: i64,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    let rows: Vec<EventRow> = sqlx::query_as(&format!(
-        "{SELECT_EVENTS} WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
+    read_batch_of(conn, after, limit, None).await
+}
+
+/// Like [`read_batch`], but only events of the aggregate types in `only` carry their
+/// payload and metadata; the others come with a null payload and empty metadata (every position is still read, so the
+/// checkpoint moves past them). For consumers that care about a few aggregates: large
+/// payloads they would skip anyway are neither sent nor decoded.
+pub async fn read_batch_of(
+    conn: &mut PgConnection,
+    after: Position,
+    limit: i64,
+    only: Option<&[&str]>,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    let rows: Vec<EventRow> = sqlx::query_as(
+        "SELECT transaction_id::text::bigint, global_position, aggregate_type, aggregate_id, \
+             sequence, event_type, event_version, \
+             CASE WHEN $4::text[] IS NULL OR aggregate_type = ANY($4) THEN payload ELSE 'null'::jsonb END, \
+             CASE WHEN $4::text[] IS NULL OR aggregate_type = ANY($4) THEN metadata ELSE '{}'::jsonb END, \
+             recorded_at FROM events \
+         WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
            AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
-         ORDER BY transaction_id, global_position LIMIT $3"
-    ))
+         ORDER BY transaction_id, global_position LIMIT $3",
+    )
     .bind(after.transaction_id.to_string())
     .bind(after.global_position)
     .bind(limit)
+    .bind(only)
     .fetch_all(conn)
     .await?;
     Ok(rows.into_iter().map(from_row).collect())
@@ -149,6 +164,11 @@ pub async fn read_batch(
 #[async_trait::async_trait]
 pub trait Consumer: Send + Sync + 'static {
     fn name(&self) -> &str;
+    /// The aggregate types whose events this consumer reads; events of other types reach
+    /// `handle` with a null payload and empty metadata. `None` (the default): all of them.
+    fn payloads_of(&self) -> Option<&'static [&'static str]> {
+        None
+    }
     async fn handle(
         &self,
         tx: &mut PgConnection,
@@ -217,6 +237,11 @@ pub struct RunnerOptions {
     pub poll_interval: Duration,
     /// Longest pause between retries of a failing batch.
     pub max_backoff: Duration,
+    /// How long to let events gather before reading a batch that would not be full (after
+    /// a notification, or after a partial batch). Under load this turns a transaction per
+    /// commit into one per few dozen events; it adds at most this much to a read model's
+    /// delay.
+    pub coalesce: Duration,
 }
 
 impl Default for RunnerOptions {
@@ -225,6 +250,7 @@ impl Default for RunnerOptions {
             batch_size: 500,
             poll_interval: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
+            coalesce: Duration::from_millis(10),
         }
     }
 }
@@ -294,7 +320,8 @@ impl ConsumerRunner {
             transaction_id,
             global_position,
         };
-        let events = read_batch(&mut tx, after, self.options.batch_size).await?;
+        let only = self.consumer.payloads_of();
+        let events = read_batch_of(&mut tx, after, self.options.batch_size, only).await?;
         let Some(last) = events.last().map(|e| e.position) else {
             tx.rollback().await?;
             self.metrics
@@ -346,8 +373,11 @@ impl ConsumerRunner {
             }
             wakeups.mark_seen();
             let pause = match self.step().await {
-                Ok(Progress::Consumed(_)) => {
+                Ok(Progress::Consumed(n)) => {
                     backoff = Duration::from_millis(100);
+                    if (n as i64) < self.options.batch_size {
+                        self.gather(&shutdown).await;
+                    }
                     continue;
                 }
                 Ok(Progress::Idle) | Ok(Progress::Busy) => None,
@@ -371,6 +401,18 @@ impl ConsumerRunner {
                     }
                 } => {}
             }
+            self.gather(&shutdown).await;
+        }
+    }
+
+    /// Lets events gather for [`RunnerOptions::coalesce`] (or until shutdown).
+    async fn gather(&self, shutdown: &CancellationToken) {
+        if self.options.coalesce.is_zero() {
+            return;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(self.options.coalesce) => {}
         }
     }
 }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use store::app::AppError;
 use store::{
-    AppendError, BusError, CommandBus, Metadata, Staged, StagedStream, UnitOfWork, Vault, Wakeups,
+    AppendError, BusError, CommandBus, Metadata, Staged, StagedStream, Streams, Vault, Wakeups,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -28,7 +28,7 @@ use uuid::Uuid;
 use crate::plan::{Decision, Plan};
 use crate::resync;
 use crate::retry::Backoff;
-use crate::tasks::{claim, extend, release, Task};
+use crate::tasks::{claim_with_streams, extend, release, Task};
 
 /// Why a step failed: a reason code, a short message, and whether to retry (and when).
 #[derive(Debug)]
@@ -113,14 +113,25 @@ enum Next {
     Ended,
 }
 
-/// The run as the engine carries it between decisions.
-type RunState = Staged<OperationRun>;
-
-/// Other streams a step's transaction decides on, appended together with the run.
-#[derive(Default)]
-struct Effects {
+/// What the engine carries for a run between decisions: the streams its steps decide on,
+/// read with the claim, and what was decided on them since (staged until appended).
+#[derive(Clone)]
+struct Carried {
+    run: Staged<OperationRun>,
     tenant: Option<Staged<Tenant>>,
     lock: Option<Staged<ScopeLock>>,
+    connection: Option<ProviderConnection>,
+}
+
+/// How appending what was decided went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    /// Written; the run goes on.
+    Open,
+    /// Written; the run ended.
+    Ended,
+    /// A stream moved since it was read: nothing was written.
+    Conflict,
 }
 
 /// The id of the scope lock a run holds.
@@ -188,11 +199,13 @@ impl Engine {
     /// Claims one due task and advances its run as far as it can go now. Returns whether
     /// there was a task.
     pub async fn tick(&self) -> Result<bool, EngineError> {
-        let Some(task) = claim(self.pool(), &self.owner, self.lease).await? else {
+        let Some((task, streams)) =
+            claim_with_streams(self.pool(), &self.owner, self.lease).await?
+        else {
             return Ok(false);
         };
         let span = tracing::info_span!("run", run_id = %task.run_id, run_type = %task.run_type, workspace = %task.workspace_id);
-        match self.advance(&task).instrument(span).await {
+        match self.advance(&task, streams).instrument(span).await {
             Ok(Next::Due(at)) => {
                 release(self.pool(), task.run_id, &self.owner, at).await?;
                 Ok(true)
@@ -212,17 +225,67 @@ impl Engine {
         }
     }
 
-    async fn load_run(&self, run_id: RunId) -> Result<RunState, EngineError> {
-        let loaded = self
-            .bus
-            .load::<OperationRun>(&run_id.to_string())
-            .await
-            .map_err(AppError::from)?;
-        Ok(Staged::new(
-            run_id.to_string(),
-            loaded.aggregate,
-            loaded.version,
-        ))
+    /// The run and the streams its steps decide on, from `streams` (read with the claim);
+    /// whatever is missing there is read now.
+    async fn carry(&self, run_id: RunId, mut streams: Streams) -> Result<Carried, EngineError> {
+        let id = run_id.to_string();
+        if !streams.contains(OperationRun::TYPE, &id) {
+            streams = self
+                .bus
+                .fetch_streams(&[(OperationRun::TYPE, id.clone())])
+                .await?;
+        }
+        let run = streams.stage::<OperationRun>(&id).map_err(AppError::from)?;
+        let context = run.state().context.clone();
+        let tenant_id = context.as_ref().map(|c| c.tenant_key.to_string());
+        let connection_id = context
+            .as_ref()
+            .and_then(|c| c.connection_id)
+            .map(|c| c.to_string());
+        let lock_id = scope_of(run.state());
+        let mut missing = Vec::new();
+        for (t, i) in [
+            (Tenant::TYPE, &tenant_id),
+            (ProviderConnection::TYPE, &connection_id),
+            (ScopeLock::TYPE, &lock_id),
+        ] {
+            if let Some(i) = i.as_ref().filter(|i| !streams.contains(t, i)) {
+                missing.push((t, i.clone()));
+            }
+        }
+        if !missing.is_empty() {
+            // Tasks fed before they named their streams, or streams that are empty.
+            let more = self.bus.fetch_streams(&missing).await?;
+            streams.extend(more);
+        }
+        let tenant = match &tenant_id {
+            Some(i) => Some(streams.stage::<Tenant>(i).map_err(AppError::from)?),
+            None => None,
+        };
+        let connection = match &connection_id {
+            Some(i) => Some(
+                streams
+                    .stage::<ProviderConnection>(i)
+                    .map_err(AppError::from)?
+                    .into_state(),
+            ),
+            None => None,
+        };
+        let lock = match &lock_id {
+            Some(i) => Some(streams.stage::<ScopeLock>(i).map_err(AppError::from)?),
+            None => None,
+        };
+        Ok(Carried {
+            run,
+            tenant,
+            lock,
+            connection,
+        })
+    }
+
+    /// Reads the run and its streams again (after a conflict).
+    async fn reload(&self, run_id: RunId) -> Result<Carried, EngineError> {
+        self.carry(run_id, Streams::default()).await
     }
 
     /// Extends the task's lease when half of it is used up, so a long run keeps it; fails
@@ -245,73 +308,70 @@ impl Engine {
         }
     }
 
-    /// Applies decisions until the run waits or ends. The run is loaded once; afterwards
-    /// decisions are made against the state the engine carries, and written together with
-    /// the next step's result, so a resync costs a few transactions rather than one per
-    /// decision.
-    async fn advance(&self, task: &Task) -> Result<Next, EngineError> {
+    /// Applies decisions until the run waits or ends. The streams are read once, with the
+    /// claim; afterwards decisions are made against the state the engine carries and
+    /// appended together with the next step's result, each write a single statement
+    /// checked against the versions read.
+    async fn advance(&self, task: &Task, streams: Streams) -> Result<Next, EngineError> {
         let run_id = RunId(task.run_id);
-        let mut run = self.load_run(run_id).await?;
+        let mut c = self.carry(run_id, streams).await?;
         let mut lease_until = task.lease_until;
         let mut credentials = None;
         for _ in 0..32 {
-            let Some(plan) = plan_for(&run.state().run_type) else {
-                if !run.state().is_active() {
+            let Some(plan) = plan_for(&c.run.state().run_type) else {
+                if !c.run.state().is_active() {
                     return Ok(Next::Due(Utc::now() + chrono::Duration::days(1)));
                 }
                 let failure = FailureSummary {
                     reason: ReasonCode::ValidationFailed,
                     message: format!(
                         "no workflow runs operations of type {}",
-                        run.state().run_type
+                        c.run.state().run_type
                     ),
                     step: None,
                 };
-                self.stage(&mut run, run_id, "fail", RunCommand::Fail { failure })
+                self.stage(&mut c, run_id, "fail", RunCommand::Fail { failure })
                     .await?;
-                return match self.settle(None, task, &mut run).await? {
-                    true => Ok(Next::Ended),
-                    false => Ok(Next::Due(Utc::now())),
-                };
-            };
-            let decision = plan.decide(run.state(), Utc::now());
-            match decision {
-                Decision::Done => return Ok(Next::Due(Utc::now() + chrono::Duration::days(1))),
-                Decision::WaitUntil(at) => {
-                    self.settle(Some(plan), task, &mut run).await?;
-                    return Ok(Next::Due(at));
+                match self.settle(None, task, &mut c).await? {
+                    Settled::Ended => return Ok(Next::Ended),
+                    Settled::Open => return Ok(Next::Due(Utc::now())),
+                    Settled::Conflict => {
+                        c = self.reload(run_id).await?;
+                        continue;
+                    }
                 }
+            };
+            let decision = plan.decide(c.run.state(), Utc::now());
+            let settled = match decision {
+                Decision::Done => return Ok(Next::Due(Utc::now() + chrono::Duration::days(1))),
+                Decision::WaitUntil(at) => match self.settle(Some(plan), task, &mut c).await? {
+                    Settled::Conflict => Settled::Conflict,
+                    _ => return Ok(Next::Due(at)),
+                },
                 // Not written on its own: it goes with the first step's result.
                 Decision::Start => {
-                    self.stage(&mut run, run_id, "start", RunCommand::Start)
-                        .await?
+                    self.stage(&mut c, run_id, "start", RunCommand::Start)
+                        .await?;
+                    Settled::Open
                 }
                 Decision::Perform { step, attempt } => {
                     self.keep_lease(task, &mut lease_until).await?;
                     // No "step started" event: a step interrupted by a crash is simply
                     // performed again with the same attempt (its effect is idempotent).
-                    let before = run.clone();
-                    let outcome = match self.perform(step, run.state(), &mut credentials).await {
+                    let before = c.clone();
+                    let outcome = match self.perform(step, &c, &mut credentials).await {
                         Ok(effect) => {
-                            self.complete(plan, task, &mut run, step, attempt, effect)
+                            self.complete(plan, task, &mut c, step, attempt, effect)
                                 .await
                         }
                         Err(f) => Err(f),
                     };
-                    if outcome.is_err() {
-                        // Nothing of the attempt was written: back to what was decided
-                        // before it.
-                        run = before;
-                    }
                     match outcome {
-                        Ok(true) => return Ok(Next::Ended),
-                        Ok(false) => {}
-                        // The run changed meanwhile (e.g. a cancellation request): nothing
-                        // was committed; decide again from its new state.
-                        Err(f) if f.reason == ReasonCode::Conflict => {
-                            run = self.load_run(run_id).await?;
-                        }
+                        Ok(settled) => settled,
                         Err(f) => {
+                            // Nothing of the attempt was written: back to what was decided
+                            // before it, and the failure recorded.
+                            c = before;
                             let max = plan.step(step).map(|s| s.max_attempts).unwrap_or(1);
                             let retry_at = (f.transient && attempt < max).then(|| {
                                 let unit: f64 = rand::thread_rng().gen();
@@ -332,133 +392,102 @@ impl Engine {
                                 retry_at,
                             };
                             let key = format!("{step}:{attempt}:end");
-                            self.stage(&mut run, run_id, &key, command).await?;
-                            if self.settle(Some(plan), task, &mut run).await? {
-                                return Ok(Next::Ended);
-                            }
+                            self.stage(&mut c, run_id, &key, command).await?;
+                            self.settle(Some(plan), task, &mut c).await?
                         }
                     }
                 }
                 Decision::Cancel
                 | Decision::Succeed
                 | Decision::PartiallySucceed { .. }
-                | Decision::Fail { .. } => {
-                    if self.settle(Some(plan), task, &mut run).await? {
-                        return Ok(Next::Ended);
-                    }
-                }
+                | Decision::Fail { .. } => self.settle(Some(plan), task, &mut c).await?,
+            };
+            match settled {
+                Settled::Ended => return Ok(Next::Ended),
+                Settled::Open => {}
+                // The run (or its tenant) changed meanwhile, e.g. a cancellation request:
+                // nothing was written; decide again from the new state.
+                Settled::Conflict => c = self.reload(run_id).await?,
             }
         }
-        self.settle(None, task, &mut run).await?;
+        self.settle(None, task, &mut c).await?;
         Ok(Next::Due(Utc::now()))
     }
 
     /// Decides a run command against the carried state, to be written by the next settle.
     async fn stage(
         &self,
-        run: &mut RunState,
+        c: &mut Carried,
         run_id: RunId,
         key: &str,
         command: RunCommand,
     ) -> Result<(), EngineError> {
-        let meta = self.meta(run.state(), run_id, format!("{run_id}:{key}"));
-        run.decide(self.bus.services(), command, &meta)
+        let meta = self.meta(c.run.state(), run_id, format!("{run_id}:{key}"));
+        c.run
+            .decide(self.bus.services(), command, &meta)
             .await
             .map_err(AppError::from)?;
         Ok(())
     }
 
-    /// Writes the run's staged decisions in a new transaction; see [`Engine::finish_in`].
+    /// Appends what was decided for the run. When the plan then says the run is over, its
+    /// end and the release of its scope go into the same statement.
     async fn settle(
         &self,
         plan: Option<&Plan>,
         task: &Task,
-        run: &mut RunState,
-    ) -> Result<bool, EngineError> {
-        let needs_end =
-            plan.is_some_and(|p| ending(&p.decide(run.state(), Utc::now()), run.state()).is_some());
-        if !run.has_pending() && !needs_end {
-            return Ok(false);
-        }
-        let uow = self.bus.begin().await?;
-        Ok(self
-            .finish_in(uow, plan, task, run, Effects::default())
-            .await?)
-    }
-
-    /// Appends the run's staged decisions in `uow` and commits. When the plan then says
-    /// the run is over, its end, the release of its scope and the removal of its task go
-    /// into the same transaction. Returns whether the run ended.
-    async fn finish_in(
-        &self,
-        mut uow: UnitOfWork,
-        plan: Option<&Plan>,
-        task: &Task,
-        run: &mut RunState,
-        mut effects: Effects,
-    ) -> Result<bool, AppError> {
+        c: &mut Carried,
+    ) -> Result<Settled, AppError> {
         let run_id = RunId(task.run_id);
-        let end = match plan {
-            Some(plan) => ending(&plan.decide(run.state(), Utc::now()), run.state()),
-            // No plan: a failure staged by the caller ends it.
-            None => None,
-        };
-        if let Some((key, command)) = end {
-            let meta = self.meta(run.state(), run_id, format!("{run_id}:{key}"));
-            run.decide(self.bus.services(), command, &meta).await?;
+        if let Some((key, command)) =
+            plan.and_then(|p| ending(&p.decide(c.run.state(), Utc::now()), c.run.state()))
+        {
+            let meta = self.meta(c.run.state(), run_id, format!("{run_id}:{key}"));
+            c.run.decide(self.bus.services(), command, &meta).await?;
         }
-        let ended = !run.state().is_active();
+        let ended = !c.run.state().is_active();
         if ended {
-            // The scope is free again in the same transaction that ends the run.
-            let lock = match effects.lock.as_mut() {
-                Some(lock) => lock,
-                None => match scope_of(run.state()) {
-                    Some(id) => effects.lock.insert(uow.stage::<ScopeLock>(&id).await?),
-                    None => return Err(AppError::Invalid("the run has no scope".into())),
-                },
-            };
-            let meta = self.meta(run.state(), run_id, format!("{run_id}:release"));
+            // The scope is free again in the same statement that ends the run.
+            let lock = c
+                .lock
+                .as_mut()
+                .ok_or_else(|| AppError::Invalid("the run has no scope".into()))?;
+            let meta = self.meta(c.run.state(), run_id, format!("{run_id}:release"));
             lock.decide(self.bus.services(), ScopeCommand::Release { run_id }, &meta)
                 .await?;
         }
-        let mut streams: Vec<&mut dyn StagedStream> = vec![run];
-        streams.extend(effects.tenant.as_mut().map(|t| t as &mut dyn StagedStream));
-        streams.extend(effects.lock.as_mut().map(|l| l as &mut dyn StagedStream));
-        uow.append_all(&mut streams).await.map_err(|e| match e {
-            AppendError::Conflict => AppError::Conflict,
-            other => AppError::Internal(Box::new(other)),
-        })?;
+        let mut streams: Vec<&mut dyn StagedStream> = vec![&mut c.run];
+        streams.extend(c.tenant.as_mut().map(|t| t as &mut dyn StagedStream));
+        streams.extend(c.lock.as_mut().map(|l| l as &mut dyn StagedStream));
         // The task itself is removed by the task feed when it reads the run's end; until
         // then this runner's lease keeps others away from it.
-        uow.commit()
-            .await
-            .map_err(|e| AppError::Internal(Box::new(e)))?;
-        if ended {
-            tracing::info!(outcome = ?run.state().outcome, "run completed");
+        match self.bus.append_all(&mut streams).await {
+            Ok(()) => {}
+            Err(AppendError::Conflict) => return Ok(Settled::Conflict),
+            Err(other) => return Err(AppError::Internal(Box::new(other))),
         }
-        Ok(ended)
+        if ended {
+            tracing::info!(outcome = ?c.run.state().outcome, "run completed");
+            return Ok(Settled::Ended);
+        }
+        Ok(Settled::Open)
     }
 
-    async fn credentials(&self, run: &OperationRun) -> Result<AppCredentials, StepFailure> {
+    async fn credentials(&self, c: &Carried) -> Result<AppCredentials, StepFailure> {
+        let run = c.run.state();
         let context = run.context.as_ref().ok_or_else(|| {
             StepFailure::permanent(
                 ReasonCode::ProviderConnectionMissing,
                 "the run has no connection",
             )
         })?;
-        let connection_id = context.connection_id.ok_or_else(|| {
+        let connection = c.connection.as_ref().ok_or_else(|| {
             StepFailure::permanent(
                 ReasonCode::ProviderConnectionMissing,
                 "the run has no connection",
             )
         })?;
-        let connection = self
-            .bus
-            .load::<ProviderConnection>(&connection_id.to_string())
-            .await
-            .map_err(bus_failure)?
-            .aggregate;
-        let credential = connection.credential.ok_or_else(|| {
+        let credential = connection.credential.as_ref().ok_or_else(|| {
             StepFailure::permanent(
                 ReasonCode::ProviderCredentialMissing,
                 "the connection has no credential",
@@ -489,12 +518,13 @@ impl Engine {
     async fn perform(
         &self,
         step: &str,
-        run: &OperationRun,
+        c: &Carried,
         app: &mut Option<AppCredentials>,
     ) -> Result<TenantCommand, StepFailure> {
         if app.is_none() && matches!(step, resync::SNAPSHOT | resync::LICENSES) {
-            *app = Some(self.credentials(run).await?);
+            *app = Some(self.credentials(c).await?);
         }
+        let run = c.run.state();
         match step {
             resync::SNAPSHOT => {
                 let app = app.as_ref().ok_or_else(|| {
@@ -553,63 +583,38 @@ impl Engine {
         }
     }
 
-    /// Applies a step's effect to the tenant and completes the step, in one transaction:
+    /// Applies a step's effect to the tenant and completes the step in one statement:
     /// either both are recorded or neither. The effect carries the idempotency key of this
     /// step attempt, so a step performed again after a crash changes the tenant only once.
-    /// Steps after it that call nothing outside are performed in the same transaction, and
-    /// so is the run's end when it comes. Returns whether the run ended.
+    /// Steps after it that call nothing outside go into the same statement, and so does
+    /// the run's end when it comes.
     async fn complete(
         &self,
         plan: &Plan,
         task: &Task,
-        run: &mut RunState,
+        c: &mut Carried,
         step: &'static str,
         attempt: u32,
         effect: TenantCommand,
-    ) -> Result<bool, StepFailure> {
-        let mut uow = self
-            .bus
-            .begin()
-            .await
-            .map_err(|e| AppError::Internal(Box::new(e)))?;
-        let (Some(context), Some(lock_id)) = (run.state().context.as_ref(), scope_of(run.state()))
-        else {
-            return Err(StepFailure::permanent(
-                ReasonCode::InternalError,
-                "the run has no context",
-            ));
-        };
-        // The tenant and the run's scope lock (released if the run ends here) in one read.
-        let tenant_id = context.tenant_key.to_string();
-        let mut streams = uow
-            .fetch_streams(&[
-                (Tenant::TYPE, tenant_id.clone()),
-                (ScopeLock::TYPE, lock_id.clone()),
-            ])
-            .await
-            .map_err(|e| AppError::Internal(Box::new(e)))?;
-        let mut tenant = streams.stage::<Tenant>(&tenant_id).map_err(bus_failure)?;
-        let lock = streams.stage::<ScopeLock>(&lock_id).map_err(bus_failure)?;
+    ) -> Result<Settled, StepFailure> {
+        let run_id = RunId(task.run_id);
         let (mut step, mut attempt) = (step, attempt);
-        let mut summary = self
-            .apply_effect(&mut tenant, run, task, step, attempt, effect)
-            .await?;
+        let mut summary = self.apply_effect(c, run_id, step, attempt, effect).await?;
         loop {
-            let run_id = RunId(task.run_id);
             let command = RunCommand::CompleteStep {
                 step: step.to_owned(),
                 attempt,
                 summary,
             };
             let key = format!("{step}:{attempt}:end");
-            self.stage(run, run_id, &key, command)
+            self.stage(c, run_id, &key, command)
                 .await
                 .map_err(|e| StepFailure::permanent(ReasonCode::InternalError, e.to_string()))?;
             // The next step, if it needs nothing from outside, rides along.
             let Decision::Perform {
                 step: next,
                 attempt: next_attempt,
-            } = plan.decide(run.state(), Utc::now())
+            } = plan.decide(c.run.state(), Utc::now())
             else {
                 break;
             };
@@ -617,22 +622,18 @@ impl Engine {
                 break;
             }
             // A failure here is left for the step's own turn, where it is recorded.
-            let Ok(next_effect) = self.perform(next, run.state(), &mut None).await else {
+            let Ok(next_effect) = self.perform(next, c, &mut None).await else {
                 break;
             };
             match self
-                .apply_effect(&mut tenant, run, task, next, next_attempt, next_effect)
+                .apply_effect(c, run_id, next, next_attempt, next_effect)
                 .await
             {
                 Ok(s) => (step, attempt, summary) = (next, next_attempt, s),
                 Err(_) => break,
             }
         }
-        let effects = Effects {
-            tenant: Some(tenant),
-            lock: Some(lock),
-        };
-        self.finish_in(uow, Some(plan), task, run, effects)
+        self.settle(Some(plan), task, c)
             .await
             .map_err(StepFailure::from)
     }
@@ -641,15 +642,16 @@ impl Engine {
     /// returns the step's summary.
     async fn apply_effect(
         &self,
-        tenant: &mut Staged<Tenant>,
-        run: &RunState,
-        task: &Task,
+        c: &mut Carried,
+        run_id: RunId,
         step: &str,
         attempt: u32,
         effect: TenantCommand,
     ) -> Result<serde_json::Value, StepFailure> {
-        let run_id = RunId(task.run_id);
-        let meta = self.meta(run.state(), run_id, format!("{run_id}:{step}:{attempt}"));
+        let meta = self.meta(c.run.state(), run_id, format!("{run_id}:{step}:{attempt}"));
+        let tenant = c.tenant.as_mut().ok_or_else(|| {
+            StepFailure::permanent(ReasonCode::InternalError, "the run has no tenant")
+        })?;
         let (count, is_snapshot) = match &effect {
             TenantCommand::RecordSnapshot { policies, .. } => (policies.len(), true),
             _ => (0, false),

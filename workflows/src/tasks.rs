@@ -2,10 +2,14 @@
 //! the work and a crashed instance's work is picked up again (R7.1, R7.2).
 
 use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
+use domain::connection::ProviderConnection;
 use domain::run::{OperationRun, RunEvent};
+use domain::scope_lock::{scope_key, ScopeLock};
+use domain::tenant::Tenant;
 use sqlx::{PgConnection, PgPool};
 use std::time::Duration;
-use store::{Consumer, ConsumerError, StoredEvent};
+use store::{Consumer, ConsumerError, StoredEvent, Streams};
 use uuid::Uuid;
 
 /// Keeps `workflow_tasks` in step with the runs: a queued run gets a task due now, a step
@@ -22,6 +26,10 @@ impl Consumer for TaskFeed {
         FEED
     }
 
+    fn payloads_of(&self) -> Option<&'static [&'static str]> {
+        Some(&[OperationRun::TYPE])
+    }
+
     async fn handle(
         &self,
         tx: &mut PgConnection,
@@ -33,7 +41,7 @@ impl Consumer for TaskFeed {
         let mut ended: Vec<Uuid> = Vec::new();
         for e in events
             .iter()
-            .filter(|e| e.aggregate_type == <OperationRun as cqrs_es::Aggregate>::TYPE)
+            .filter(|e| e.aggregate_type == OperationRun::TYPE)
         {
             let run_id = Uuid::try_parse(&e.aggregate_id).map_err(|_| ConsumerError::Refused {
                 position: e.position,
@@ -44,12 +52,20 @@ impl Consumer for TaskFeed {
                     workspace,
                     run_type,
                     queued_at,
+                    context,
                     ..
                 } => {
                     queued.run_ids.push(run_id);
                     queued.workspaces.push(workspace.as_str().to_owned());
                     queued.run_types.push(run_type);
                     queued.due.push(queued_at);
+                    queued.tenants.push(context.tenant_key.to_string());
+                    queued
+                        .connections
+                        .push(context.connection_id.map(|c| c.to_string()));
+                    queued
+                        .locks
+                        .push(scope_key(&workspace, context.target_scope));
                 }
                 RunEvent::RunStepFailed {
                     retry_at: Some(at), ..
@@ -96,6 +112,9 @@ struct NewTasks {
     workspaces: Vec<String>,
     run_types: Vec<String>,
     due: Vec<DateTime<Utc>>,
+    tenants: Vec<String>,
+    connections: Vec<Option<String>>,
+    locks: Vec<String>,
 }
 
 impl NewTasks {
@@ -104,14 +123,17 @@ impl NewTasks {
             return Ok(());
         }
         sqlx::query(
-            "INSERT INTO workflow_tasks (run_id, workspace_id, run_type, due_at) \
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[]) \
+            "INSERT INTO workflow_tasks (run_id, workspace_id, run_type, due_at, tenant_id, connection_id, lock_id) \
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::text[]) \
              ON CONFLICT (run_id) DO NOTHING",
         )
         .bind(&self.run_ids)
         .bind(&self.workspaces)
         .bind(&self.run_types)
         .bind(&self.due)
+        .bind(&self.tenants)
+        .bind(&self.connections)
+        .bind(&self.locks)
         .execute(&mut *tx)
         .await?;
         *self = Self::default();
@@ -134,18 +156,72 @@ pub async fn claim(
     owner: &str,
     lease: Duration,
 ) -> Result<Option<Task>, sqlx::Error> {
-    sqlx::query_as(
-        "UPDATE workflow_tasks t SET lease_owner = $1, lease_until = now() + make_interval(secs => $2), \
-             claims = claims + 1, updated_at = now() \
-         WHERE t.run_id = (SELECT run_id FROM workflow_tasks \
-             WHERE due_at <= now() AND (lease_until IS NULL OR lease_until < now()) \
-             ORDER BY due_at FOR UPDATE SKIP LOCKED LIMIT 1) \
-         RETURNING t.run_id, t.workspace_id, t.run_type, t.lease_until",
+    Ok(claim_with_streams(pool, owner, lease)
+        .await?
+        .map(|(task, _)| task))
+}
+
+/// Claims like [`claim`] and, in the same statement, reads the streams the run's steps
+/// decide on: the run, its tenant, its connection and its scope lock (those the task
+/// names).
+pub async fn claim_with_streams(
+    pool: &PgPool,
+    owner: &str,
+    lease: Duration,
+) -> Result<Option<(Task, Streams)>, sqlx::Error> {
+    type Row = (
+        Uuid,
+        String,
+        String,
+        DateTime<Utc>,
+        Option<String>,
+        Option<String>,
+        Option<i64>,
+        Option<serde_json::Value>,
+        Option<String>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "WITH claimed AS ( \
+             UPDATE workflow_tasks t SET lease_owner = $1, lease_until = now() + make_interval(secs => $2), \
+                 claims = claims + 1, updated_at = now() \
+             WHERE t.run_id = (SELECT run_id FROM workflow_tasks \
+                 WHERE due_at <= now() AND (lease_until IS NULL OR lease_until < now()) \
+                 ORDER BY due_at FOR UPDATE SKIP LOCKED LIMIT 1) \
+             RETURNING t.run_id, t.workspace_id, t.run_type, t.lease_until, t.tenant_id, t.connection_id, t.lock_id) \
+         SELECT c.run_id, c.workspace_id, c.run_type, c.lease_until, \
+             e.aggregate_type, e.aggregate_id, e.sequence, e.payload, e.metadata ->> 'idempotency_key' \
+         FROM claimed c \
+         LEFT JOIN LATERAL ( \
+             SELECT ev.* FROM UNNEST($3::text[], ARRAY[c.run_id::text, c.tenant_id, c.connection_id, c.lock_id]) AS w(t, i) \
+             JOIN events ev ON ev.aggregate_type = w.t AND ev.aggregate_id = w.i) e ON true \
+         ORDER BY e.aggregate_type, e.aggregate_id, e.sequence",
     )
     .bind(owner)
     .bind(lease.as_secs_f64())
-    .fetch_optional(pool)
-    .await
+    .bind([
+        OperationRun::TYPE,
+        Tenant::TYPE,
+        ProviderConnection::TYPE,
+        ScopeLock::TYPE,
+    ])
+    .fetch_all(pool)
+    .await?;
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let task = Task {
+        run_id: first.0,
+        workspace_id: first.1.clone(),
+        run_type: first.2.clone(),
+        lease_until: first.3,
+    };
+    let mut streams = Streams::default();
+    for (_, _, _, _, t, i, sequence, payload, key) in rows {
+        if let (Some(t), Some(i), Some(sequence), Some(payload)) = (t, i, sequence, payload) {
+            streams.push(t, i, sequence, payload, key);
+        }
+    }
+    Ok(Some((task, streams)))
 }
 
 /// Gives a task back, due again at `due_at`. Only the lease holder can; returns whether
