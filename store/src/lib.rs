@@ -20,4 +20,4 @@ pub use log::{
     Wakeups,
 };
 pub use metrics::Metrics;
-pub use vault::{Vault, VaultError};
+pub use vault::{SealedCredential, Vault, VaultError};

@@ -194,26 +194,57 @@ impl Vault {
         .await?;
         let (connection_id, client_id, nonce, ciphertext) =
             row.ok_or(VaultError::NotFound(credential_ref))?;
-        if nonce.len() != 12 {
-            return Err(VaultError::Decrypt(credential_ref, self.key_id.clone()));
+        self.open(&SealedCredential {
+            id: credential_ref,
+            connection_id,
+            client_id,
+            nonce,
+            ciphertext,
+        })
+    }
+
+    /// Decrypts a vault row read by another query (e.g. together with a workflow claim).
+    pub fn open(&self, sealed: &SealedCredential) -> Result<Credential, VaultError> {
+        let id = sealed.id;
+        if sealed.nonce.len() != 12 {
+            return Err(VaultError::Decrypt(id, self.key_id.clone()));
         }
-        let aad = associated_data(credential_ref, connection_id);
+        let aad = associated_data(id, sealed.connection_id);
         let plain = self
             .cipher
             .decrypt(
-                Nonce::from_slice(&nonce),
+                Nonce::from_slice(&sealed.nonce),
                 Payload {
-                    msg: &ciphertext,
+                    msg: &sealed.ciphertext,
                     aad: &aad,
                 },
             )
-            .map_err(|_| VaultError::Decrypt(credential_ref, self.key_id.clone()))?;
-        let secret = String::from_utf8(plain)
-            .map_err(|_| VaultError::Decrypt(credential_ref, self.key_id.clone()))?;
+            .map_err(|_| VaultError::Decrypt(id, self.key_id.clone()))?;
+        let secret =
+            String::from_utf8(plain).map_err(|_| VaultError::Decrypt(id, self.key_id.clone()))?;
         Ok(Credential {
-            client_id,
+            client_id: sealed.client_id.clone(),
             client_secret: SecretString::from(secret),
         })
+    }
+}
+
+/// A vault row as stored: encrypted (see [`Vault::open`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealedCredential {
+    pub id: Uuid,
+    pub connection_id: Uuid,
+    pub client_id: String,
+    pub nonce: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+}
+
+impl std::fmt::Debug for SealedCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedCredential")
+            .field("id", &self.id)
+            .field("connection_id", &self.connection_id)
+            .finish_non_exhaustive()
     }
 }
 

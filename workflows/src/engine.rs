@@ -19,7 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use store::app::AppError;
 use store::{
-    AppendError, BusError, CommandBus, Metadata, Staged, StagedStream, Streams, Vault, Wakeups,
+    AppendError, BusError, CommandBus, Metadata, SealedCredential, Staged, StagedStream, Streams,
+    Vault, Wakeups,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -28,7 +29,7 @@ use uuid::Uuid;
 use crate::plan::{Decision, Plan};
 use crate::resync;
 use crate::retry::Backoff;
-use crate::tasks::{claim_with_streams, extend, release, Task};
+use crate::tasks::{claim_with_streams, extend, release, Claimed, Task};
 
 /// Why a step failed: a reason code, a short message, and whether to retry (and when).
 #[derive(Debug)]
@@ -121,6 +122,8 @@ struct Carried {
     tenant: Option<Staged<Tenant>>,
     lock: Option<Staged<ScopeLock>>,
     connection: Option<ProviderConnection>,
+    /// The connection's newest vault row, read with the claim.
+    sealed: Option<SealedCredential>,
 }
 
 /// How appending what was decided went.
@@ -199,13 +202,20 @@ impl Engine {
     /// Claims one due task and advances its run as far as it can go now. Returns whether
     /// there was a task.
     pub async fn tick(&self) -> Result<bool, EngineError> {
-        let Some((task, streams)) =
-            claim_with_streams(self.pool(), &self.owner, self.lease).await?
-        else {
+        let Some(claimed) = claim_with_streams(self.pool(), &self.owner, self.lease).await? else {
             return Ok(false);
         };
+        let Claimed {
+            task,
+            streams,
+            credential,
+        } = claimed;
         let span = tracing::info_span!("run", run_id = %task.run_id, run_type = %task.run_type, workspace = %task.workspace_id);
-        match self.advance(&task, streams).instrument(span).await {
+        match self
+            .advance(&task, streams, credential)
+            .instrument(span)
+            .await
+        {
             Ok(Next::Due(at)) => {
                 release(self.pool(), task.run_id, &self.owner, at).await?;
                 Ok(true)
@@ -280,6 +290,7 @@ impl Engine {
             tenant,
             lock,
             connection,
+            sealed: None,
         })
     }
 
@@ -312,9 +323,15 @@ impl Engine {
     /// claim; afterwards decisions are made against the state the engine carries and
     /// appended together with the next step's result, each write a single statement
     /// checked against the versions read.
-    async fn advance(&self, task: &Task, streams: Streams) -> Result<Next, EngineError> {
+    async fn advance(
+        &self,
+        task: &Task,
+        streams: Streams,
+        sealed: Option<SealedCredential>,
+    ) -> Result<Next, EngineError> {
         let run_id = RunId(task.run_id);
         let mut c = self.carry(run_id, streams).await?;
+        c.sealed = sealed;
         let mut lease_until = task.lease_until;
         let mut credentials = None;
         for _ in 0..32 {
@@ -493,16 +510,26 @@ impl Engine {
                 "the connection has no credential",
             )
         })?;
-        let secret = self
-            .vault
-            .fetch(self.pool(), credential.credential_ref)
-            .await
-            .map_err(|_| {
-                StepFailure::permanent(
-                    ReasonCode::ProviderCredentialMissing,
-                    "the credential cannot be read",
-                )
-            })?;
+        // The row read with the claim, if it is the one the connection names; otherwise
+        // (a rotation since, or an older task) the vault is asked.
+        let secret = match c
+            .sealed
+            .as_ref()
+            .filter(|s| s.id == credential.credential_ref)
+        {
+            Some(sealed) => self.vault.open(sealed),
+            None => {
+                self.vault
+                    .fetch(self.pool(), credential.credential_ref)
+                    .await
+            }
+        }
+        .map_err(|_| {
+            StepFailure::permanent(
+                ReasonCode::ProviderCredentialMissing,
+                "the credential cannot be read",
+            )
+        })?;
         let tenant = connection.entra_tenant_id.unwrap_or(context.target_scope);
         Ok(AppCredentials::new(
             tenant.as_uuid(),

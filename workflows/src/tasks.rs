@@ -9,7 +9,7 @@ use domain::scope_lock::{scope_key, ScopeLock};
 use domain::tenant::Tenant;
 use sqlx::{PgConnection, PgPool};
 use std::time::Duration;
-use store::{Consumer, ConsumerError, StoredEvent, Streams};
+use store::{Consumer, ConsumerError, SealedCredential, StoredEvent, Streams};
 use uuid::Uuid;
 
 /// Keeps `workflow_tasks` in step with the runs: a queued run gets a task due now, a step
@@ -158,17 +158,27 @@ pub async fn claim(
 ) -> Result<Option<Task>, sqlx::Error> {
     Ok(claim_with_streams(pool, owner, lease)
         .await?
-        .map(|(task, _)| task))
+        .map(|claimed| claimed.task))
+}
+
+/// A claimed task with what its run's steps decide on, read in the claiming statement.
+#[derive(Debug)]
+pub struct Claimed {
+    pub task: Task,
+    /// The run, its tenant, its connection and its scope lock (those the task names).
+    pub streams: Streams,
+    /// The connection's newest vault row; the engine uses it only if it is the one the
+    /// connection names.
+    pub credential: Option<SealedCredential>,
 }
 
 /// Claims like [`claim`] and, in the same statement, reads the streams the run's steps
-/// decide on: the run, its tenant, its connection and its scope lock (those the task
-/// names).
+/// decide on and the connection's newest credential.
 pub async fn claim_with_streams(
     pool: &PgPool,
     owner: &str,
     lease: Duration,
-) -> Result<Option<(Task, Streams)>, sqlx::Error> {
+) -> Result<Option<Claimed>, sqlx::Error> {
     type Row = (
         Uuid,
         String,
@@ -179,6 +189,11 @@ pub async fn claim_with_streams(
         Option<i64>,
         Option<serde_json::Value>,
         Option<String>,
+        Option<Uuid>,
+        Option<Uuid>,
+        Option<String>,
+        Option<Vec<u8>>,
+        Option<Vec<u8>>,
     );
     let rows: Vec<Row> = sqlx::query_as(
         "WITH claimed AS ( \
@@ -189,11 +204,15 @@ pub async fn claim_with_streams(
                  ORDER BY due_at FOR UPDATE SKIP LOCKED LIMIT 1) \
              RETURNING t.run_id, t.workspace_id, t.run_type, t.lease_until, t.tenant_id, t.connection_id, t.lock_id) \
          SELECT c.run_id, c.workspace_id, c.run_type, c.lease_until, \
-             e.aggregate_type, e.aggregate_id, e.sequence, e.payload, e.metadata ->> 'idempotency_key' \
+             e.aggregate_type, e.aggregate_id, e.sequence, e.payload, e.metadata ->> 'idempotency_key', \
+             v.id, v.connection_id, v.client_id, v.nonce, v.ciphertext \
          FROM claimed c \
          LEFT JOIN LATERAL ( \
              SELECT ev.* FROM UNNEST($3::text[], ARRAY[c.run_id::text, c.tenant_id, c.connection_id, c.lock_id]) AS w(t, i) \
              JOIN events ev ON ev.aggregate_type = w.t AND ev.aggregate_id = w.i) e ON true \
+         LEFT JOIN LATERAL ( \
+             SELECT cv.id, cv.connection_id, cv.client_id, cv.nonce, cv.ciphertext FROM credential_vault cv \
+             WHERE cv.connection_id = c.connection_id::uuid ORDER BY cv.created_at DESC LIMIT 1) v ON true \
          ORDER BY e.aggregate_type, e.aggregate_id, e.sequence",
     )
     .bind(owner)
@@ -215,13 +234,36 @@ pub async fn claim_with_streams(
         run_type: first.2.clone(),
         lease_until: first.3,
     };
+    let vault = (
+        first.9,
+        first.10,
+        first.11.clone(),
+        first.12.clone(),
+        first.13.clone(),
+    );
+    let credential = match vault {
+        (Some(id), Some(connection_id), Some(client_id), Some(nonce), Some(ciphertext)) => {
+            Some(SealedCredential {
+                id,
+                connection_id,
+                client_id,
+                nonce,
+                ciphertext,
+            })
+        }
+        _ => None,
+    };
     let mut streams = Streams::default();
-    for (_, _, _, _, t, i, sequence, payload, key) in rows {
+    for (_, _, _, _, t, i, sequence, payload, key, ..) in rows {
         if let (Some(t), Some(i), Some(sequence), Some(payload)) = (t, i, sequence, payload) {
             streams.push(t, i, sequence, payload, key);
         }
     }
-    Ok(Some((task, streams)))
+    Ok(Some(Claimed {
+        task,
+        streams,
+        credential,
+    }))
 }
 
 /// Gives a task back, due again at `due_at`. Only the lease holder can; returns whether
