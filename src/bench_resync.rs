@@ -83,6 +83,34 @@ async fn resync(
     let meta = Metadata::new("bench", "bench", Role::Owner);
     let fleet = sim.tenants();
 
+    // The service side runs from the start, as in a running service: the task feed and
+    // `concurrency` engines. The fleet's registration flows through the feed before the
+    // timed phase, so the feed is caught up when the resync starts, as it is in service.
+    // Then: start every resync, and let the feed and the engines
+    // work until every run has completed.
+    let client: Arc<dyn GraphApi> =
+        Arc::new(graph::GraphClient::new(sim.graph_config()).map_err(|e| anyhow::anyhow!("{e}"))?);
+    let shutdown = CancellationToken::new();
+    let wakeups = store::Wakeups::listen(pool.clone(), shutdown.clone());
+    let mut workers = tokio::task::JoinSet::new();
+    let feed = store::ConsumerRunner::new(
+        pool.clone(),
+        Arc::new(workflows::TaskFeed),
+        store::RunnerOptions::default(),
+        metrics.clone(),
+    );
+    workers.spawn(feed.run(wakeups.clone(), shutdown.clone()));
+    for i in 0..concurrency {
+        let engine = workflows::Engine {
+            bus: bus.clone(),
+            vault: vault.clone(),
+            graph: client.clone(),
+            owner: format!("bench-{i}"),
+            lease: Duration::from_secs(60),
+            backoff: workflows::Backoff::default(),
+        };
+        workers.spawn(engine.run(wakeups.clone(), shutdown.clone()));
+    }
     tracing::info!(tenants, "registering the fleet");
     let mut keys = Vec::with_capacity(fleet.len());
     for t in &fleet {
@@ -112,31 +140,7 @@ async fn resync(
         keys.push(key);
     }
 
-    // The workflow: start every resync, then let the task feed and `concurrency` engines
-    // work until every run has completed.
-    let client: Arc<dyn GraphApi> =
-        Arc::new(graph::GraphClient::new(sim.graph_config()).map_err(|e| anyhow::anyhow!("{e}"))?);
-    let shutdown = CancellationToken::new();
-    let wakeups = store::Wakeups::listen(pool.clone(), shutdown.clone());
-    let mut workers = tokio::task::JoinSet::new();
-    let feed = store::ConsumerRunner::new(
-        pool.clone(),
-        Arc::new(workflows::TaskFeed),
-        store::RunnerOptions::default(),
-        metrics.clone(),
-    );
-    workers.spawn(feed.run(wakeups.clone(), shutdown.clone()));
-    for i in 0..concurrency {
-        let engine = workflows::Engine {
-            bus: bus.clone(),
-            vault: vault.clone(),
-            graph: client.clone(),
-            owner: format!("bench-{i}"),
-            lease: Duration::from_secs(60),
-            backoff: workflows::Backoff::default(),
-        };
-        workers.spawn(engine.run(wakeups.clone(), shutdown.clone()));
-    }
+    feed_caught_up(pool).await?;
     // A fleet resync starts a run per tenant as a schedule's fan-out does: one fleet start.
     let started = Instant::now();
     let requests: Vec<app::StartRequest> = keys
@@ -231,4 +235,26 @@ async fn resync(
         bare_loop,
         target_ratio: 0.3,
     })
+}
+
+/// Waits (at most a minute) until the task feed has read every event written so far.
+async fn feed_caught_up(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let behind: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events WHERE global_position > \
+             COALESCE((SELECT global_position FROM consumer_checkpoints WHERE name = $1), 0)",
+        )
+        .bind(workflows::tasks::FEED)
+        .fetch_one(pool)
+        .await?;
+        if behind == 0 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the task feed is still {behind} events behind after a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

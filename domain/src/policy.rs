@@ -206,11 +206,28 @@ pub struct PolicySnapshot {
 impl PolicySnapshot {
     /// Sorts the policies by id and hashes them; neither the input order nor key order
     /// changes the hash.
-    pub fn of(mut policies: Vec<CuratedPolicy>) -> Self {
-        // The content breaks ties, so even duplicate ids (which `curate` refuses) hash stably.
-        policies.sort_by_cached_key(|p| (p.id.clone(), canonical_json(&p.hashed_view())));
-        let views = policies.iter().map(CuratedPolicy::hashed_view).collect();
-        let hash = sha256_hex(canonical_json(&Value::Array(views)).as_bytes());
+    pub fn of(policies: Vec<CuratedPolicy>) -> Self {
+        // Each policy is canonicalized once. The content breaks ties, so even duplicate ids
+        // (which `curate` refuses) hash stably.
+        let mut keyed: Vec<(String, String, CuratedPolicy)> = policies
+            .into_iter()
+            .map(|p| (p.id.clone(), canonical_json(&p.hashed_view()), p))
+            .collect();
+        keyed.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        // RFC 8785 writes an array as its elements' canonical forms, in order, separated by
+        // commas, without whitespace: the same bytes as canonicalizing the array whole.
+        let mut text =
+            String::with_capacity(keyed.iter().map(|k| k.1.len() + 1).sum::<usize>() + 2);
+        text.push('[');
+        for (i, (_, canonical, _)) in keyed.iter().enumerate() {
+            if i > 0 {
+                text.push(',');
+            }
+            text.push_str(canonical);
+        }
+        text.push(']');
+        let hash = sha256_hex(text.as_bytes());
+        let policies = keyed.into_iter().map(|(_, _, p)| p).collect();
         Self { policies, hash }
     }
 }

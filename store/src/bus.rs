@@ -570,6 +570,9 @@ async fn fetch_streams(
          JOIN events e ON e.aggregate_type = w.t AND e.aggregate_id = w.i \
          ORDER BY e.aggregate_type, e.aggregate_id, e.sequence",
     )
+    // Planned at every call: a plan cached while `events` was small would keep scanning
+    // it whole after it has grown (until the next ANALYZE).
+    .persistent(false)
     .bind(&types)
     .bind(&names)
     .fetch_all(&mut *conn)

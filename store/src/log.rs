@@ -149,6 +149,9 @@ pub async fn read_batch_of(
            AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
          ORDER BY transaction_id, global_position LIMIT $3",
     )
+    // Planned at every call (once per batch): a plan cached while `events` was small
+    // would keep scanning it whole after it has grown (until the next ANALYZE).
+    .persistent(false)
     .bind(after.transaction_id.to_string())
     .bind(after.global_position)
     .bind(limit)

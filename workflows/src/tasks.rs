@@ -215,6 +215,9 @@ pub async fn claim_with_streams(
              WHERE cv.connection_id = c.connection_id::uuid ORDER BY cv.created_at DESC LIMIT 1) v ON true \
          ORDER BY e.aggregate_type, e.aggregate_id, e.sequence",
     )
+    // Planned at every call: a plan cached while the tables were small (a fresh service)
+    // would keep scanning them whole once they have grown.
+    .persistent(false)
     .bind(owner)
     .bind(lease.as_secs_f64())
     .bind([
