@@ -343,28 +343,6 @@ impl UnitOfWork {
         result
     }
 
-    /// Appends what `staged` decided, in one statement, against the version it was
-    /// decided on: a conflict if the stream moved meanwhile (the whole unit of work is
-    /// then void). Afterwards `staged` holds nothing pending.
-    pub async fn append_staged<A: Aggregate>(
-        &mut self,
-        staged: &mut Staged<A>,
-    ) -> Result<(), BusError<A::Error>> {
-        self.append_all(&mut [staged]).await.map_err(|e| match e {
-            AppendError::Conflict => BusError::Conflict {
-                aggregate_type: A::TYPE,
-                aggregate_id: staged.id.clone(),
-            },
-            AppendError::Corrupt(source) => BusError::Corrupt {
-                aggregate_type: A::TYPE,
-                aggregate_id: staged.id.clone(),
-                sequence: staged.base_version + 1,
-                source,
-            },
-            AppendError::Database(e) => BusError::Database(e),
-        })
-    }
-
     /// Appends the staged decisions of several streams (of any aggregate types) in one
     /// statement: one round trip for a step's whole effect. A conflict on any stream voids
     /// the unit of work. Afterwards the streams hold nothing pending.
@@ -385,21 +363,6 @@ impl UnitOfWork {
         fetch_streams(&mut self.tx, ids).await
     }
 
-    /// Loads an aggregate as this transaction sees it, to decide several commands on it
-    /// and append them together (idempotency keys are checked).
-    pub async fn stage<A: Aggregate<Services = Services>>(
-        &mut self,
-        id: &str,
-    ) -> Result<Staged<A>, BusError<A::Error>>
-    where
-        A::Command: Authorize,
-    {
-        let loaded = load::<A>(&mut self.tx, id).await?;
-        let mut staged = Staged::new(id, loaded.aggregate, loaded.version);
-        staged.keys = loaded.idempotency_keys;
-        Ok(staged)
-    }
-
     /// Loads an aggregate as this transaction sees it.
     pub async fn load<A: Aggregate>(&mut self, id: &str) -> Result<Loaded<A>, BusError<A::Error>> {
         load::<A>(&mut self.tx, id).await
@@ -418,7 +381,7 @@ impl UnitOfWork {
 }
 
 /// Commands decided against a state the caller already holds (no reload), kept until a
-/// unit of work appends them together with [`UnitOfWork::append_staged`]. For a single
+/// statement appends them (see [`CommandBus::append_all`], [`UnitOfWork::append_all`]). For a single
 /// writer that carries an aggregate across several decisions, such as the workflow engine
 /// with its run: each decision costs no query, and a concurrent change still surfaces as
 /// a conflict when appending. Idempotency keys are not checked here: the caller decides
@@ -513,11 +476,6 @@ where
     pub fn version(&self) -> i64 {
         self.base_version + self.pending.len() as i64
     }
-
-    /// Whether decisions wait to be appended.
-    pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
-    }
 }
 
 /// Appends the staged decisions of `streams` in one INSERT; returns how many events.
@@ -529,8 +487,18 @@ async fn append_streams(
     for s in streams.iter() {
         s.rows(&mut rows)?;
     }
+    insert_rows(conn, &rows).await?;
+    for s in streams.iter_mut() {
+        s.mark_appended();
+    }
+    Ok(rows.sequences.len() as u64)
+}
+
+/// Inserts event rows in one statement. A sequence that is already taken (someone
+/// appended to that stream meanwhile) is a conflict.
+async fn insert_rows(conn: &mut PgConnection, rows: &EventRows) -> Result<(), AppendError> {
     if rows.is_empty() {
-        return Ok(0);
+        return Ok(());
     }
     let result = sqlx::query(
         "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
@@ -546,16 +514,12 @@ async fn append_streams(
     .execute(&mut *conn)
     .await;
     match result {
-        Ok(_) => {}
+        Ok(_) => Ok(()),
         Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23505") => {
-            return Err(AppendError::Conflict)
+            Err(AppendError::Conflict)
         }
-        Err(e) => return Err(AppendError::Database(e)),
+        Err(e) => Err(AppendError::Database(e)),
     }
-    for s in streams.iter_mut() {
-        s.mark_appended();
-    }
-    Ok(rows.sequences.len() as u64)
 }
 
 /// Reads several streams (aggregate type, id) in one query.
@@ -611,6 +575,23 @@ impl EventRows {
     fn is_empty(&self) -> bool {
         self.sequences.is_empty()
     }
+
+    fn push<A: Aggregate>(
+        &mut self,
+        id: &str,
+        sequence: i64,
+        event: &A::Event,
+        meta: &serde_json::Value,
+    ) -> Result<(), serde_json::Error> {
+        self.payloads.push(serde_json::to_value(event)?);
+        self.aggregate_types.push(A::TYPE);
+        self.aggregate_ids.push(id.to_owned());
+        self.sequences.push(sequence);
+        self.types.push(event.event_type());
+        self.versions.push(event.event_version());
+        self.metas.push(meta.clone());
+        Ok(())
+    }
 }
 
 /// A stream with decisions waiting to be appended, whatever its aggregate type.
@@ -624,14 +605,8 @@ pub trait StagedStream: Send {
 impl<A: Aggregate> StagedStream for Staged<A> {
     fn rows(&self, rows: &mut EventRows) -> Result<(), AppendError> {
         for (i, (event, meta)) in self.pending.iter().enumerate() {
-            rows.aggregate_types.push(A::TYPE);
-            rows.aggregate_ids.push(self.id.clone());
-            rows.sequences.push(self.base_version + 1 + i as i64);
-            rows.types.push(event.event_type());
-            rows.versions.push(event.event_version());
-            rows.payloads
-                .push(serde_json::to_value(event).map_err(AppendError::Corrupt)?);
-            rows.metas.push(meta.clone());
+            rows.push::<A>(&self.id, self.base_version + 1 + i as i64, event, meta)
+                .map_err(AppendError::Corrupt)?;
         }
         Ok(())
     }
@@ -825,58 +800,29 @@ async fn append<A: Aggregate>(
     metadata: &Metadata,
 ) -> Result<(), BusError<A::Error>> {
     let meta = metadata.to_json();
-    append_rows::<A>(conn, id, version, events.iter().map(|e| (e, &meta))).await
-}
-
-/// Appends events, each with its own metadata, after `version` in one statement. A
-/// sequence that is already taken (someone appended meanwhile) is a conflict.
-async fn append_rows<'a, A: Aggregate + 'a>(
-    conn: &mut PgConnection,
-    id: &str,
-    version: i64,
-    rows: impl ExactSizeIterator<Item = (&'a A::Event, &'a serde_json::Value)>,
-) -> Result<(), BusError<A::Error>> {
-    let events = rows;
-    let mut sequences = Vec::with_capacity(events.len());
-    let mut types = Vec::with_capacity(events.len());
-    let mut versions = Vec::with_capacity(events.len());
-    let mut payloads = Vec::with_capacity(events.len());
-    let mut metas = Vec::with_capacity(events.len());
-    for (i, (event, meta)) in events.enumerate() {
-        sequences.push(version + 1 + i as i64);
-        types.push(event.event_type());
-        versions.push(event.event_version());
-        payloads.push(
-            serde_json::to_value(event).map_err(|source| BusError::Corrupt {
+    let mut rows = EventRows::default();
+    for (i, event) in events.iter().enumerate() {
+        let sequence = version + 1 + i as i64;
+        rows.push::<A>(id, sequence, event, &meta)
+            .map_err(|source| BusError::Corrupt {
                 aggregate_type: A::TYPE,
                 aggregate_id: id.to_owned(),
-                sequence: version + 1 + i as i64,
+                sequence,
                 source,
-            })?,
-        );
-        metas.push(meta.clone());
+            })?;
     }
-    let result = sqlx::query(
-        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
-         SELECT $1, $2, s, t, v, p, m FROM UNNEST($3::bigint[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[]) AS u(s, t, v, p, m)",
-    )
-    .bind(A::TYPE)
-    .bind(id)
-    .bind(&sequences)
-    .bind(&types)
-    .bind(&versions)
-    .bind(&payloads)
-    .bind(&metas)
-    .execute(conn)
-    .await;
-    match result {
-        Ok(_) => Ok(()),
-        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23505") => {
-            Err(BusError::Conflict {
-                aggregate_type: A::TYPE,
-                aggregate_id: id.to_owned(),
-            })
-        }
-        Err(e) => Err(e.into()),
-    }
+    insert_rows(conn, &rows).await.map_err(|e| match e {
+        AppendError::Conflict => BusError::Conflict {
+            aggregate_type: A::TYPE,
+            aggregate_id: id.to_owned(),
+        },
+        AppendError::Database(e) => BusError::Database(e),
+        // Serialized above.
+        AppendError::Corrupt(source) => BusError::Corrupt {
+            aggregate_type: A::TYPE,
+            aggregate_id: id.to_owned(),
+            sequence: version + 1,
+            source,
+        },
+    })
 }
