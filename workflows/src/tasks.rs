@@ -195,29 +195,9 @@ pub async fn claim_with_streams(
         Option<Vec<u8>>,
         Option<Vec<u8>>,
     );
-    let rows: Vec<Row> = sqlx::query_as(
-        "WITH claimed AS ( \
-             UPDATE workflow_tasks t SET lease_owner = $1, lease_until = now() + make_interval(secs => $2), \
-                 claims = claims + 1, updated_at = now() \
-             WHERE t.run_id = (SELECT run_id FROM workflow_tasks \
-                 WHERE due_at <= now() AND (lease_until IS NULL OR lease_until < now()) \
-                 ORDER BY due_at FOR UPDATE SKIP LOCKED LIMIT 1) \
-             RETURNING t.run_id, t.workspace_id, t.run_type, t.lease_until, t.tenant_id, t.connection_id, t.lock_id) \
-         SELECT c.run_id, c.workspace_id, c.run_type, c.lease_until, \
-             e.aggregate_type, e.aggregate_id, e.sequence, e.payload, e.metadata ->> 'idempotency_key', \
-             v.id, v.connection_id, v.client_id, v.nonce, v.ciphertext \
-         FROM claimed c \
-         LEFT JOIN LATERAL ( \
-             SELECT ev.* FROM UNNEST($3::text[], ARRAY[c.run_id::text, c.tenant_id, c.connection_id, c.lock_id]) AS w(t, i) \
-             JOIN events ev ON ev.aggregate_type = w.t AND ev.aggregate_id = w.i) e ON true \
-         LEFT JOIN LATERAL ( \
-             SELECT cv.id, cv.connection_id, cv.client_id, cv.nonce, cv.ciphertext FROM credential_vault cv \
-             WHERE cv.connection_id = c.connection_id::uuid ORDER BY cv.created_at DESC LIMIT 1) v ON true \
-         ORDER BY e.aggregate_type, e.aggregate_id, e.sequence",
-    )
-    // Planned at every call: a plan cached while the tables were small (a fresh service)
-    // would keep scanning them whole once they have grown.
-    .persistent(false)
+    // The statement lives in a function (migration 000010) whose plan is made once per
+    // connection and can only look rows up by key.
+    let rows: Vec<Row> = sqlx::query_as("SELECT * FROM tenantflow_claim_task($1, $2, $3)")
     .bind(owner)
     .bind(lease.as_secs_f64())
     .bind([
