@@ -108,6 +108,7 @@ async fn resync(
             owner: format!("bench-{i}"),
             lease: Duration::from_secs(60),
             backoff: workflows::Backoff::default(),
+            write_window: std::time::Duration::from_millis(config.workflow_write_window_ms),
         };
         workers.spawn(engine.run(wakeups.clone(), shutdown.clone()));
     }

@@ -51,6 +51,9 @@ pub struct Config {
     /// How long a claimed workflow task stays leased to this instance; after a crash its
     /// runs are picked up again this long after the claim.
     pub workflow_lease_seconds: u64,
+    /// How long (ms) a workflow step's result may wait to be written together with the
+    /// next step's; a slower next step gets it written meanwhile. 0 writes each on its own.
+    pub workflow_write_window_ms: u64,
     /// How often the scheduler looks for due schedules (events also wake it, at most once
     /// a second).
     pub scheduler_poll_seconds: u64,
@@ -75,6 +78,7 @@ struct Defaults {
     demo_tenants: usize,
     workflow_workers: usize,
     workflow_lease_seconds: u64,
+    workflow_write_window_ms: u64,
     scheduler_poll_seconds: u64,
 }
 
@@ -90,6 +94,7 @@ impl Default for Defaults {
             demo_tenants: 5,
             workflow_workers: 4,
             workflow_lease_seconds: 60,
+            workflow_write_window_ms: workflows::Engine::DEFAULT_WRITE_WINDOW.as_millis() as u64,
             scheduler_poll_seconds: 15,
         }
     }

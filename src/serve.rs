@@ -175,6 +175,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             owner: format!("{}-{}-{i}", hostname(), std::process::id()),
             lease: std::time::Duration::from_secs(config.workflow_lease_seconds.max(1)),
             backoff: workflows::Backoff::default(),
+            write_window: std::time::Duration::from_millis(config.workflow_write_window_ms),
         })
         .collect();
     let state = api::AppState(Arc::new(api::App {

@@ -16,7 +16,7 @@ use rand::Rng;
 use sqlx::PgPool;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use store::app::AppError;
 use store::{
     AppendError, BusError, CommandBus, Metadata, SealedCredential, Staged, StagedStream, Streams,
@@ -98,6 +98,15 @@ pub struct Engine {
     pub owner: String,
     pub lease: Duration,
     pub backoff: Backoff,
+    /// How long a completed step's result may wait to be written together with the next
+    /// step's (one statement instead of two). When the next step's outside work takes
+    /// longer, the result is written meanwhile. Zero writes every step on its own.
+    pub write_window: Duration,
+}
+
+impl Engine {
+    /// The default [`Engine::write_window`].
+    pub const DEFAULT_WRITE_WINDOW: Duration = Duration::from_millis(250);
 }
 
 fn plan_for(run_type: &str) -> Option<&'static Plan> {
@@ -134,6 +143,17 @@ enum Settled {
     /// Written; the run ended.
     Ended,
     /// A stream moved since it was read: nothing was written.
+    Conflict,
+    /// Nothing written yet: what was decided waits to go with the next step's result.
+    Pending,
+}
+
+/// How performing a step's outside work went.
+enum Performed {
+    /// The work is done (or failed).
+    Done(Result<TenantCommand, StepFailure>),
+    /// Writing earlier results while the step worked found that a stream had moved: the
+    /// step's work was dropped, and the run must be read again.
     Conflict,
 }
 
@@ -334,6 +354,8 @@ impl Engine {
         c.sealed = sealed;
         let mut lease_until = task.lease_until;
         let mut credentials = None;
+        // Since when decided results wait, unwritten, for the next step's.
+        let mut pending_since: Option<Instant> = None;
         for _ in 0..32 {
             let Some(plan) = plan_for(&c.run.state().run_type) else {
                 if !c.run.state().is_active() {
@@ -351,7 +373,7 @@ impl Engine {
                     .await?;
                 match self.settle(None, task, &mut c).await? {
                     Settled::Ended => return Ok(Next::Ended),
-                    Settled::Open => return Ok(Next::Due(Utc::now())),
+                    Settled::Open | Settled::Pending => return Ok(Next::Due(Utc::now())),
                     Settled::Conflict => {
                         c = self.reload(run_id).await?;
                         continue;
@@ -369,22 +391,35 @@ impl Engine {
                 Decision::Start => {
                     self.stage(&mut c, run_id, "start", RunCommand::Start)
                         .await?;
-                    Settled::Open
+                    Settled::Pending
                 }
                 Decision::Perform { step, attempt } => {
                     self.keep_lease(task, &mut lease_until).await?;
                     // No "step started" event: a step interrupted by a crash is simply
                     // performed again with the same attempt (its effect is idempotent).
+                    let performed = self
+                        .perform_step(step, task, &mut c, &mut credentials, &mut pending_since)
+                        .await?;
+                    let Performed::Done(done) = performed else {
+                        // Writing the earlier results found that the run moved: read it
+                        // again and decide again (the step's work was dropped).
+                        c = self.reload(run_id).await?;
+                        pending_since = None;
+                        continue;
+                    };
                     let before = c.clone();
-                    let outcome = match self.perform(step, &c, &mut credentials).await {
+                    let outcome = match done {
                         Ok(effect) => {
-                            self.complete(plan, task, &mut c, step, attempt, effect)
+                            self.complete(plan, &mut c, run_id, step, attempt, effect)
                                 .await
                         }
                         Err(f) => Err(f),
                     };
                     match outcome {
-                        Ok(settled) => settled,
+                        // The result goes with the next step's when that one calls out
+                        // (and comes within the write window); otherwise it is written now.
+                        Ok(()) if self.writes_later(plan, &c) => Settled::Pending,
+                        Ok(()) => self.settle(Some(plan), task, &mut c).await?,
                         Err(f) => {
                             // Nothing of the attempt was written: back to what was decided
                             // before it, and the failure recorded.
@@ -421,10 +456,16 @@ impl Engine {
             };
             match settled {
                 Settled::Ended => return Ok(Next::Ended),
-                Settled::Open => {}
+                Settled::Open => pending_since = None,
+                Settled::Pending => {
+                    pending_since.get_or_insert_with(Instant::now);
+                }
                 // The run (or its tenant) changed meanwhile, e.g. a cancellation request:
                 // nothing was written; decide again from the new state.
-                Settled::Conflict => c = self.reload(run_id).await?,
+                Settled::Conflict => {
+                    c = self.reload(run_id).await?;
+                    pending_since = None;
+                }
             }
         }
         self.settle(None, task, &mut c).await?;
@@ -538,23 +579,67 @@ impl Engine {
         ))
     }
 
-    /// The outside work of a step (Graph calls, never inside a transaction). What it
-    /// found is returned as the command to apply to the tenant.
+    /// Performs a step's outside work. Results decided earlier and not yet written
+    /// (`pending_since`) wait for it only until the write window ends: if the work takes
+    /// longer, they are written meanwhile, so they are neither held back by a slow step nor
+    /// lost with it.
     /// `app` caches the run's credentials for its later steps: the connection and the vault
     /// are read once per run, not once per step.
+    async fn perform_step(
+        &self,
+        step: &str,
+        task: &Task,
+        c: &mut Carried,
+        app: &mut Option<AppCredentials>,
+        pending_since: &mut Option<Instant>,
+    ) -> Result<Performed, EngineError> {
+        if app.is_none() && matches!(step, resync::SNAPSHOT | resync::LICENSES) {
+            match self.credentials(c).await {
+                Ok(found) => *app = Some(found),
+                Err(f) => return Ok(Performed::Done(Err(f))),
+            }
+        }
+        let run = c.run.state().clone();
+        let work = self.perform(step, &run, app.as_ref());
+        tokio::pin!(work);
+        if let Some(since) = *pending_since {
+            let left = self.write_window.saturating_sub(since.elapsed());
+            tokio::select! {
+                biased;
+                done = &mut work => return Ok(Performed::Done(done)),
+                () = tokio::time::sleep(left) => {}
+            }
+            if self.settle(None, task, c).await? == Settled::Conflict {
+                return Ok(Performed::Conflict);
+            }
+            *pending_since = None;
+        }
+        Ok(Performed::Done(work.await))
+    }
+
+    /// Whether what was just decided can wait for the next step's result: the window is
+    /// open and the next step calls out (one that does not is performed at once).
+    fn writes_later(&self, plan: &Plan, c: &Carried) -> bool {
+        if self.write_window.is_zero() {
+            return false;
+        }
+        match plan.decide(c.run.state(), Utc::now()) {
+            Decision::Perform { step, .. } => plan.step(step).is_some_and(|d| d.calls_out),
+            _ => false,
+        }
+    }
+
+    /// The outside work of a step (Graph calls, never inside a transaction). What it
+    /// found is returned as the command to apply to the tenant.
     async fn perform(
         &self,
         step: &str,
-        c: &Carried,
-        app: &mut Option<AppCredentials>,
+        run: &OperationRun,
+        app: Option<&AppCredentials>,
     ) -> Result<TenantCommand, StepFailure> {
-        if app.is_none() && matches!(step, resync::SNAPSHOT | resync::LICENSES) {
-            *app = Some(self.credentials(c).await?);
-        }
-        let run = c.run.state();
         match step {
             resync::SNAPSHOT => {
-                let app = app.as_ref().ok_or_else(|| {
+                let app = app.ok_or_else(|| {
                     StepFailure::permanent(ReasonCode::ProviderCredentialMissing, "no credential")
                 })?;
                 let fetched = self.graph.list_conditional_access_policies(app).await?;
@@ -577,7 +662,7 @@ impl Engine {
                 })
             }
             resync::LICENSES => {
-                let app = app.as_ref().ok_or_else(|| {
+                let app = app.ok_or_else(|| {
                     StepFailure::permanent(ReasonCode::ProviderCredentialMissing, "no credential")
                 })?;
                 let skus = self.graph.list_subscribed_skus(app).await.map_err(|e| {
@@ -610,21 +695,20 @@ impl Engine {
         }
     }
 
-    /// Applies a step's effect to the tenant and completes the step in one statement:
-    /// either both are recorded or neither. The effect carries the idempotency key of this
-    /// step attempt, so a step performed again after a crash changes the tenant only once.
-    /// Steps after it that call nothing outside go into the same statement, and so does
-    /// the run's end when it comes.
+    /// Decides a step's effect on the tenant and the step's completion, to be appended in
+    /// one statement: either both are recorded or neither. The effect carries the
+    /// idempotency key of this step attempt, so a step performed again after a crash
+    /// changes the tenant only once. Steps after it that call nothing outside are decided
+    /// too, so they go into the same statement, and so does the run's end when it comes.
     async fn complete(
         &self,
         plan: &Plan,
-        task: &Task,
         c: &mut Carried,
+        run_id: RunId,
         step: &'static str,
         attempt: u32,
         effect: TenantCommand,
-    ) -> Result<Settled, StepFailure> {
-        let run_id = RunId(task.run_id);
+    ) -> Result<(), StepFailure> {
         let (mut step, mut attempt) = (step, attempt);
         let mut summary = self.apply_effect(c, run_id, step, attempt, effect).await?;
         loop {
@@ -649,7 +733,7 @@ impl Engine {
                 break;
             }
             // A failure here is left for the step's own turn, where it is recorded.
-            let Ok(next_effect) = self.perform(next, c, &mut None).await else {
+            let Ok(next_effect) = self.perform(next, c.run.state(), None).await else {
                 break;
             };
             match self
@@ -660,9 +744,7 @@ impl Engine {
                 Err(_) => break,
             }
         }
-        self.settle(Some(plan), task, c)
-            .await
-            .map_err(StepFailure::from)
+        Ok(())
     }
 
     /// Decides a step's effect on the run's tenant (appended with the step's completion);

@@ -198,16 +198,16 @@ pub async fn claim_with_streams(
     // The statement lives in a function (migration 000010) whose plan is made once per
     // connection and can only look rows up by key.
     let rows: Vec<Row> = sqlx::query_as("SELECT * FROM tenantflow_claim_task($1, $2, $3)")
-    .bind(owner)
-    .bind(lease.as_secs_f64())
-    .bind([
-        OperationRun::TYPE,
-        Tenant::TYPE,
-        ProviderConnection::TYPE,
-        ScopeLock::TYPE,
-    ])
-    .fetch_all(pool)
-    .await?;
+        .bind(owner)
+        .bind(lease.as_secs_f64())
+        .bind([
+            OperationRun::TYPE,
+            Tenant::TYPE,
+            ProviderConnection::TYPE,
+            ScopeLock::TYPE,
+        ])
+        .fetch_all(pool)
+        .await?;
     let Some(first) = rows.first() else {
         return Ok(None);
     };

@@ -84,6 +84,7 @@ async fn world() -> World {
             base: Duration::from_millis(10),
             max: Duration::from_millis(50),
         },
+        write_window: Engine::DEFAULT_WRITE_WINDOW,
     };
     let feed = ConsumerRunner::new(
         pool,
@@ -161,6 +162,23 @@ impl World {
         )
         .bind(event_type)
         .fetch_one(self.bus.pool())
+        .await
+        .unwrap()
+    }
+
+    /// Each step completion of the run, in order: (step, the transaction that wrote it,
+    /// when that transaction began).
+    async fn step_writes(
+        &self,
+        run_id: RunId,
+    ) -> Vec<(String, i64, chrono::DateTime<chrono::Utc>)> {
+        sqlx::query_as(
+            "SELECT payload -> 'RunStepCompleted' ->> 'step', transaction_id::text::bigint, recorded_at \
+             FROM events WHERE aggregate_id = $1 AND event_type = 'RunStepCompleted' \
+             ORDER BY global_position",
+        )
+        .bind(run_id.to_string())
+        .fetch_all(self.bus.pool())
         .await
         .unwrap()
     }
@@ -472,4 +490,114 @@ async fn a_resyncs_summary_counts_carry_its_policy_count_and_whether_it_was_unch
     assert_eq!(partial.outcome, RunOutcome::PartiallySucceeded);
     assert_eq!(partial.summary_counts["policy_count"], policies);
     assert_eq!(partial.summary_counts["unchanged"], 1);
+}
+
+/// Starts a resync and lets the task feed create its task.
+async fn queue_resync(w: &World) -> RunId {
+    let Started::Queued(run_id) = w.start(workflows::resync::RUN_TYPE).await.unwrap() else {
+        panic!("expected a queued run")
+    };
+    while w.feed.step().await.unwrap() != Progress::Idle {}
+    run_id
+}
+
+#[tokio::test]
+async fn quick_steps_of_a_run_are_written_together_in_one_statement() {
+    let w = world().await;
+    let run_id = queue_resync(&w).await;
+    let run = w.drive(run_id).await;
+    assert_eq!(run.outcome, RunOutcome::Succeeded);
+    let writes = w.step_writes(run_id).await;
+    let steps: Vec<&str> = writes.iter().map(|(s, ..)| s.as_str()).collect();
+    assert_eq!(
+        steps,
+        [
+            workflows::resync::SNAPSHOT,
+            workflows::resync::LICENSES,
+            workflows::resync::RECORD
+        ]
+    );
+    // The run's start, every step and its end: one transaction.
+    let transactions: std::collections::BTreeSet<i64> = sqlx::query_scalar(
+        "SELECT transaction_id::text::bigint FROM events WHERE aggregate_id = $1 AND sequence > 1",
+    )
+    .bind(run_id.to_string())
+    .fetch_all(w.bus.pool())
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+    assert_eq!(transactions.len(), 1, "{writes:?}");
+}
+
+#[tokio::test]
+async fn with_no_write_window_each_step_is_written_on_its_own() {
+    let mut w = world().await;
+    w.engine.write_window = Duration::ZERO;
+    let run_id = queue_resync(&w).await;
+    assert_eq!(w.drive(run_id).await.outcome, RunOutcome::Succeeded);
+    let writes = w.step_writes(run_id).await;
+    assert_eq!(writes.len(), 3);
+    // `record_resync` calls nothing outside, so it still rides with the license step.
+    assert_ne!(writes[0].1, writes[1].1, "{writes:?}");
+    assert_eq!(writes[1].1, writes[2].1, "{writes:?}");
+}
+
+#[tokio::test]
+async fn a_result_waiting_for_a_slow_next_step_is_written_when_the_window_ends() {
+    let mut w = world().await;
+    w.engine.write_window = Duration::from_millis(100);
+    w.sim
+        .inject(Fault::Slow { delay_ms: 1_500 }.on(Endpoint::ListSubscribedSkus));
+    let run_id = queue_resync(&w).await;
+    assert_eq!(w.drive(run_id).await.outcome, RunOutcome::Succeeded);
+    let writes = w.step_writes(run_id).await;
+    let (snapshot, licenses) = (&writes[0], &writes[1]);
+    assert_eq!(snapshot.0, workflows::resync::SNAPSHOT);
+    assert_ne!(snapshot.1, licenses.1, "written in separate statements");
+    assert!(
+        licenses.2 - snapshot.2 >= chrono::Duration::milliseconds(1_000),
+        "the snapshot was written while the license step still waited: {writes:?}"
+    );
+    assert_eq!(w.count("PolicySnapshotted").await, 1);
+}
+
+#[tokio::test]
+async fn a_cancellation_while_results_wait_unwritten_drops_them_and_the_slow_step() {
+    let mut w = world().await;
+    w.engine.write_window = Duration::from_secs(1);
+    let slow = Duration::from_secs(8);
+    w.sim.inject(
+        Fault::Slow {
+            delay_ms: slow.as_millis() as u64,
+        }
+        .on(Endpoint::ListSubscribedSkus),
+    );
+    let run_id = queue_resync(&w).await;
+    let began = tokio::time::Instant::now();
+    let cancel = async {
+        // The policies were answered: the run's start and its snapshot wait unwritten
+        // while the license step works, for at most the write window.
+        let deadline = began + Duration::from_secs(10);
+        while w
+            .sim
+            .requests_to(Endpoint::ListConditionalAccessPolicies)
+            .is_empty()
+        {
+            assert!(tokio::time::Instant::now() < deadline, "no policy request");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        app::cancel_run(&w.bus, &owner(), run_id).await.unwrap();
+    };
+    let (ticked, ()) = tokio::join!(w.engine.tick(), cancel);
+    assert!(ticked.unwrap());
+    assert!(
+        began.elapsed() < slow / 2,
+        "writing at the window's end found the cancellation and dropped the slow step"
+    );
+    let run = w.drive(run_id).await;
+    assert_eq!(run.outcome, RunOutcome::Cancelled);
+    assert_eq!(w.count("PolicySnapshotted").await, 0);
+    assert_eq!(w.count("RunStepCompleted").await, 0);
+    assert_eq!(w.count("RunStarted").await, 0);
 }
