@@ -208,6 +208,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         metrics.clone(),
     );
     background.spawn(feed.run(wakeups.clone(), shutdown.clone()));
+    // Snapshots of long streams (tenants, connections, scope locks), written behind the log.
+    let snapshots = store::ConsumerRunner::new(
+        db.pool.clone(),
+        Arc::new(store::SnapshotWriter),
+        store::RunnerOptions::default(),
+        metrics.clone(),
+    );
+    background.spawn(snapshots.run(wakeups.clone(), shutdown.clone()));
     for engine in engines {
         background.spawn(engine.run(wakeups.clone(), shutdown.clone()));
     }

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use tracing::Instrument;
 
 use crate::metrics::{CommandLabels, Metrics};
+use crate::snapshots;
 
 /// Who asks, on whose behalf, and why: stored as each event's metadata (a JSON object of
 /// strings, as postgres-es requires).
@@ -141,6 +142,14 @@ pub struct Loaded<A> {
     pub aggregate: A,
     pub version: i64,
     idempotency_keys: Vec<String>,
+}
+
+impl<A> Loaded<A> {
+    /// The idempotency keys the stream has seen (those kept in its snapshot, then those
+    /// of the events after it), oldest first.
+    pub fn idempotency_keys(&self) -> &[String] {
+        &self.idempotency_keys
+    }
 }
 
 /// Executes commands. Cheap to clone.
@@ -522,28 +531,50 @@ async fn insert_rows(conn: &mut PgConnection, rows: &EventRows) -> Result<(), Ap
     }
 }
 
-/// Reads several streams (aggregate type, id) in one query.
+/// Reads several streams (aggregate type, id) in one query: each from its snapshot, if it
+/// has one this binary can read, and the events after it.
 async fn fetch_streams(
     conn: &mut PgConnection,
     ids: &[(&'static str, String)],
 ) -> Result<Streams, sqlx::Error> {
-    let (types, names): (Vec<&str>, Vec<&str>) = ids.iter().map(|(t, i)| (*t, i.as_str())).unzip();
-    let rows: Vec<(String, String, i64, serde_json::Value, Option<String>)> = sqlx::query_as(
-        "SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.payload, e.metadata ->> 'idempotency_key' \
-         FROM UNNEST($1::text[], $2::text[]) AS w(t, i) \
-         JOIN events e ON e.aggregate_type = w.t AND e.aggregate_id = w.i \
-         ORDER BY e.aggregate_type, e.aggregate_id, e.sequence",
+    let types: Vec<&str> = ids.iter().map(|(t, _)| *t).collect();
+    let names: Vec<&str> = ids.iter().map(|(_, i)| i.as_str()).collect();
+    let versions: Vec<Option<i32>> = types.iter().map(|t| snapshots::state_version(t)).collect();
+    type Row = (
+        String,
+        String,
+        bool,
+        i64,
+        serde_json::Value,
+        Option<String>,
+        Option<Vec<String>>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "WITH wanted AS ( \
+             SELECT w.t, w.i, sn.version AS snap_version, sn.state, sn.idempotency_keys \
+             FROM UNNEST($1::text[], $2::text[], $3::int[]) AS w(t, i, sv) \
+             LEFT JOIN aggregate_snapshots sn \
+                 ON sn.aggregate_type = w.t AND sn.aggregate_id = w.i AND sn.state_version = w.sv) \
+         SELECT t, i, true, snap_version, state, NULL::text, idempotency_keys \
+             FROM wanted WHERE snap_version IS NOT NULL \
+         UNION ALL \
+         SELECT e.aggregate_type, e.aggregate_id, false, e.sequence, e.payload, \
+                e.metadata ->> 'idempotency_key', NULL::text[] \
+             FROM wanted w JOIN events e ON e.aggregate_type = w.t AND e.aggregate_id = w.i \
+                 AND e.sequence > COALESCE(w.snap_version, 0) \
+         ORDER BY 1, 2, 3 DESC, 4",
     )
     // Planned at every call: a plan cached while `events` was small would keep scanning
     // it whole after it has grown (until the next ANALYZE).
     .persistent(false)
     .bind(&types)
     .bind(&names)
+    .bind(&versions)
     .fetch_all(&mut *conn)
     .await?;
     let mut streams = Streams::default();
-    for (t, i, sequence, payload, key) in rows {
-        streams.push(t, i, sequence, payload, key);
+    for (t, i, is_snapshot, sequence, payload, key, keys) in rows {
+        streams.push_row(t, i, (is_snapshot, sequence, payload, key, keys).into());
     }
     Ok(streams)
 }
@@ -617,40 +648,108 @@ impl<A: Aggregate> StagedStream for Staged<A> {
     }
 }
 
-async fn load<A: Aggregate>(
+/// Loads an aggregate: from its snapshot (if it has one this binary can read) and the
+/// events after it, or from all of its events.
+pub(crate) async fn load<A: Aggregate>(
     conn: &mut PgConnection,
     id: &str,
 ) -> Result<Loaded<A>, BusError<A::Error>> {
-    let rows: Vec<StreamRow> = sqlx::query_as(
-        "SELECT sequence, payload, metadata ->> 'idempotency_key' FROM events \
-         WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence",
+    let rows: Vec<LoadRow> = sqlx::query_as(
+        "WITH snap AS ( \
+                 SELECT version, state, idempotency_keys FROM aggregate_snapshots \
+                 WHERE aggregate_type = $1 AND aggregate_id = $2 AND state_version = $3) \
+             SELECT true, version, state, NULL::text, idempotency_keys FROM snap \
+             UNION ALL \
+             SELECT false, sequence, payload, metadata ->> 'idempotency_key', NULL::text[] \
+             FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 \
+                 AND sequence > COALESCE((SELECT version FROM snap), 0) \
+             ORDER BY 1 DESC, 2",
     )
     .bind(A::TYPE)
     .bind(id)
+    .bind(snapshots::state_version(A::TYPE))
     .fetch_all(&mut *conn)
     .await?;
-    fold(id, rows)
+    fold(id, rows.into_iter().map(StreamRow::from).collect())
 }
 
-/// A stored event as a stream load reads it: sequence, payload, idempotency key.
-type StreamRow = (i64, serde_json::Value, Option<String>);
+/// A row of a stream load: whether it is the snapshot, its sequence (the snapshot's
+/// version), payload (the snapshot's state), the event's idempotency key, the snapshot's keys.
+type LoadRow = (
+    bool,
+    i64,
+    serde_json::Value,
+    Option<String>,
+    Option<Vec<String>>,
+);
 
-/// Folds a stream's rows (in sequence order) into the aggregate.
+impl From<LoadRow> for StreamRow {
+    fn from((is_snapshot, sequence, payload, key, keys): LoadRow) -> Self {
+        if is_snapshot {
+            StreamRow::Snapshot {
+                version: sequence,
+                state: payload,
+                keys: keys.unwrap_or_default(),
+            }
+        } else {
+            StreamRow::Event {
+                sequence,
+                payload,
+                key,
+            }
+        }
+    }
+}
+
+/// What a stream load reads: the stream's snapshot (first, if any) and its events after it.
+#[derive(Debug)]
+enum StreamRow {
+    Snapshot {
+        version: i64,
+        state: serde_json::Value,
+        keys: Vec<String>,
+    },
+    Event {
+        sequence: i64,
+        payload: serde_json::Value,
+        key: Option<String>,
+    },
+}
+
+/// Folds a stream's rows (its snapshot, then events in sequence order) into the aggregate.
 fn fold<A: Aggregate>(id: &str, rows: Vec<StreamRow>) -> Result<Loaded<A>, BusError<A::Error>> {
     let mut aggregate = A::default();
     let mut version = 0;
     let mut idempotency_keys = Vec::new();
-    for (sequence, payload, key) in rows {
-        let event: A::Event =
-            serde_json::from_value(payload).map_err(|source| BusError::Corrupt {
-                aggregate_type: A::TYPE,
-                aggregate_id: id.to_owned(),
+    let corrupt = |sequence, source| BusError::Corrupt {
+        aggregate_type: A::TYPE,
+        aggregate_id: id.to_owned(),
+        sequence,
+        source,
+    };
+    for row in rows {
+        match row {
+            StreamRow::Snapshot {
+                version: at,
+                state,
+                keys,
+            } => {
+                aggregate = serde_json::from_value(state).map_err(|e| corrupt(at, e))?;
+                version = at;
+                idempotency_keys = keys;
+            }
+            StreamRow::Event {
                 sequence,
-                source,
-            })?;
-        aggregate.apply(event);
-        version = sequence;
-        idempotency_keys.extend(key);
+                payload,
+                key,
+            } => {
+                let event: A::Event =
+                    serde_json::from_value(payload).map_err(|e| corrupt(sequence, e))?;
+                aggregate.apply(event);
+                version = sequence;
+                idempotency_keys.extend(key);
+            }
+        }
     }
     Ok(Loaded {
         aggregate,
@@ -674,10 +773,43 @@ impl Streams {
         payload: serde_json::Value,
         idempotency_key: Option<String>,
     ) {
+        self.push_row(
+            aggregate_type,
+            aggregate_id,
+            StreamRow::Event {
+                sequence,
+                payload,
+                key: idempotency_key,
+            },
+        );
+    }
+
+    fn push_row(&mut self, aggregate_type: String, aggregate_id: String, row: StreamRow) {
         self.0
             .entry((aggregate_type, aggregate_id))
             .or_default()
-            .push((sequence, payload, idempotency_key));
+            .push(row);
+    }
+
+    /// Adds a stream's snapshot (before any of its events): its folded state at `version`
+    /// and the idempotency keys of the last events folded in.
+    pub fn push_snapshot(
+        &mut self,
+        aggregate_type: String,
+        aggregate_id: String,
+        version: i64,
+        state: serde_json::Value,
+        idempotency_keys: Vec<String>,
+    ) {
+        self.push_row(
+            aggregate_type,
+            aggregate_id,
+            StreamRow::Snapshot {
+                version,
+                state,
+                keys: idempotency_keys,
+            },
+        );
     }
 
     /// Adds the streams of `other` (read separately).

@@ -7,6 +7,7 @@ pub mod db;
 pub mod embedded;
 pub mod log;
 pub mod metrics;
+pub mod snapshots;
 pub mod vault;
 
 pub use bus::{
@@ -20,4 +21,5 @@ pub use log::{
     Wakeups,
 };
 pub use metrics::Metrics;
+pub use snapshots::SnapshotWriter;
 pub use vault::{SealedCredential, Vault, VaultError};

@@ -186,26 +186,32 @@ pub async fn claim_with_streams(
         DateTime<Utc>,
         Option<String>,
         Option<String>,
+        Option<bool>,
         Option<i64>,
         Option<serde_json::Value>,
         Option<String>,
+        Option<Vec<String>>,
         Option<Uuid>,
         Option<Uuid>,
         Option<String>,
         Option<Vec<u8>>,
         Option<Vec<u8>>,
     );
-    // The statement lives in a function (migration 000010) whose plan is made once per
-    // connection and can only look rows up by key.
-    let rows: Vec<Row> = sqlx::query_as("SELECT * FROM tenantflow_claim_task($1, $2, $3)")
+    // The statement lives in a function (migrations 000010 and 000011) whose plan is made
+    // once per connection and can only look rows up by key. Streams are read from their
+    // snapshots on.
+    let types = [
+        OperationRun::TYPE,
+        Tenant::TYPE,
+        ProviderConnection::TYPE,
+        ScopeLock::TYPE,
+    ];
+    let state_versions = types.map(store::snapshots::state_version);
+    let rows: Vec<Row> = sqlx::query_as("SELECT * FROM tenantflow_claim_task($1, $2, $3, $4)")
         .bind(owner)
         .bind(lease.as_secs_f64())
-        .bind([
-            OperationRun::TYPE,
-            Tenant::TYPE,
-            ProviderConnection::TYPE,
-            ScopeLock::TYPE,
-        ])
+        .bind(types)
+        .bind(state_versions)
         .fetch_all(pool)
         .await?;
     let Some(first) = rows.first() else {
@@ -218,11 +224,11 @@ pub async fn claim_with_streams(
         lease_until: first.3,
     };
     let vault = (
-        first.9,
-        first.10,
-        first.11.clone(),
-        first.12.clone(),
+        first.11,
+        first.12,
         first.13.clone(),
+        first.14.clone(),
+        first.15.clone(),
     );
     let credential = match vault {
         (Some(id), Some(connection_id), Some(client_id), Some(nonce), Some(ciphertext)) => {
@@ -237,8 +243,13 @@ pub async fn claim_with_streams(
         _ => None,
     };
     let mut streams = Streams::default();
-    for (_, _, _, _, t, i, sequence, payload, key, ..) in rows {
-        if let (Some(t), Some(i), Some(sequence), Some(payload)) = (t, i, sequence, payload) {
+    for (_, _, _, _, t, i, is_snapshot, sequence, payload, key, snapshot_keys, ..) in rows {
+        let (Some(t), Some(i), Some(sequence), Some(payload)) = (t, i, sequence, payload) else {
+            continue;
+        };
+        if is_snapshot == Some(true) {
+            streams.push_snapshot(t, i, sequence, payload, snapshot_keys.unwrap_or_default());
+        } else {
             streams.push(t, i, sequence, payload, key);
         }
     }

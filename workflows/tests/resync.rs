@@ -601,3 +601,29 @@ async fn a_cancellation_while_results_wait_unwritten_drops_them_and_the_slow_ste
     assert_eq!(w.count("RunStepCompleted").await, 0);
     assert_eq!(w.count("RunStarted").await, 0);
 }
+
+#[tokio::test]
+async fn the_engine_decides_on_the_tenant_as_its_snapshot_says() {
+    let w = world().await;
+    assert_eq!(w.resync().await.outcome, RunOutcome::Succeeded);
+    assert_eq!(w.count("PolicySnapshotted").await, 1);
+    // A snapshot of the tenant at its current version that does not know the policy
+    // snapshot: a claim that folded the events instead would find the policies unchanged.
+    let id = w.tenant.to_string();
+    let loaded = w.bus.load::<Tenant>(&id).await.unwrap();
+    let mut state = serde_json::to_value(&loaded.aggregate).unwrap();
+    state["last_snapshot"] = serde_json::Value::Null;
+    sqlx::query(
+        "INSERT INTO aggregate_snapshots (aggregate_type, aggregate_id, version, state_version, state) \
+         VALUES ('tenant', $1, $2, $3, $4)",
+    )
+    .bind(&id)
+    .bind(loaded.version)
+    .bind(store::snapshots::state_version("tenant").unwrap())
+    .bind(state)
+    .execute(w.bus.pool())
+    .await
+    .unwrap();
+    assert_eq!(w.resync().await.outcome, RunOutcome::Succeeded);
+    assert_eq!(w.count("PolicySnapshotted").await, 2);
+}
