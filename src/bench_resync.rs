@@ -177,7 +177,13 @@ async fn resync(
     let mut watcher = pool.acquire().await?;
     let mut done = 0usize;
     while done < keys.len() {
-        let batch = store::log::read_batch_of(&mut watcher, after, 10_000, Some(&[])).await?;
+        let batch = store::log::read_batch_of(
+            &mut watcher,
+            after,
+            10_000,
+            store::log::Payloads::OfAggregates(&[]),
+        )
+        .await?;
         if let Some(last) = batch.last() {
             after = last.position;
         }

@@ -200,22 +200,21 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         &shutdown,
         &mut background,
     );
-    // The workflow task feed and the engine that advances runs.
-    let feed = store::ConsumerRunner::new(
-        db.pool.clone(),
+    // The workflow task feed, and the snapshots of long streams (tenants, connections,
+    // scope locks), both behind the log; then the engines that advance runs.
+    let consumers: [Arc<dyn store::Consumer>; 2] = [
         Arc::new(workflows::TaskFeed),
-        store::RunnerOptions::default(),
-        metrics.clone(),
-    );
-    background.spawn(feed.run(wakeups.clone(), shutdown.clone()));
-    // Snapshots of long streams (tenants, connections, scope locks), written behind the log.
-    let snapshots = store::ConsumerRunner::new(
-        db.pool.clone(),
         Arc::new(store::SnapshotWriter),
-        store::RunnerOptions::default(),
-        metrics.clone(),
-    );
-    background.spawn(snapshots.run(wakeups.clone(), shutdown.clone()));
+    ];
+    for consumer in consumers {
+        let runner = store::ConsumerRunner::new(
+            db.pool.clone(),
+            consumer,
+            store::RunnerOptions::default(),
+            metrics.clone(),
+        );
+        background.spawn(runner.run(wakeups.clone(), shutdown.clone()));
+    }
     for engine in engines {
         background.spawn(engine.run(wakeups.clone(), shutdown.clone()));
     }

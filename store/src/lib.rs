@@ -17,8 +17,8 @@ pub use bus::{
 pub use db::{connect, migrate, DbError, MIGRATOR};
 pub use embedded::{EmbeddedError, EmbeddedOptions, EmbeddedPostgres};
 pub use log::{
-    Consumer, ConsumerError, ConsumerRunner, Position, Progress, RunnerOptions, StoredEvent,
-    Wakeups,
+    Consumer, ConsumerError, ConsumerRunner, Payloads, Position, Progress, RunnerOptions,
+    StoredEvent, Wakeups,
 };
 pub use metrics::Metrics;
 pub use snapshots::SnapshotWriter;

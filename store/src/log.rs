@@ -126,24 +126,41 @@ pub async fn read_batch(
     after: Position,
     limit: i64,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    read_batch_of(conn, after, limit, None).await
+    read_batch_of(conn, after, limit, Payloads::All).await
 }
 
-/// Like [`read_batch`], but only events of the aggregate types in `only` carry their
-/// payload and metadata; the others come with a null payload and empty metadata (every position is still read, so the
-/// checkpoint moves past them). For consumers that care about a few aggregates: large
-/// payloads they would skip anyway are neither sent nor decoded.
+/// Which events of a batch carry their payload and metadata; the others come with a null
+/// payload and empty metadata (every position is still read, so a checkpoint moves past
+/// them). For consumers that care about a few kinds of events: large payloads they would
+/// skip anyway are neither sent nor decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payloads {
+    All,
+    /// Events of these aggregate types.
+    OfAggregates(&'static [&'static str]),
+    /// Events of these event types.
+    OfEvents(&'static [&'static str]),
+}
+
+/// Like [`read_batch`], with payloads only for the events `payloads` names.
 pub async fn read_batch_of(
     conn: &mut PgConnection,
     after: Position,
     limit: i64,
-    only: Option<&[&str]>,
+    payloads: Payloads,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    let (aggregates, event_types) = match payloads {
+        Payloads::All => (None, None),
+        Payloads::OfAggregates(types) => (Some(types), None),
+        Payloads::OfEvents(types) => (None, Some(types)),
+    };
     let rows: Vec<EventRow> = sqlx::query_as(
         "SELECT transaction_id::text::bigint, global_position, aggregate_type, aggregate_id, \
              sequence, event_type, event_version, \
-             CASE WHEN $4::text[] IS NULL OR aggregate_type = ANY($4) THEN payload ELSE 'null'::jsonb END, \
-             CASE WHEN $4::text[] IS NULL OR aggregate_type = ANY($4) THEN metadata ELSE '{}'::jsonb END, \
+             CASE WHEN ($4::text[] IS NULL OR aggregate_type = ANY($4)) \
+                   AND ($5::text[] IS NULL OR event_type = ANY($5)) THEN payload ELSE 'null'::jsonb END, \
+             CASE WHEN ($4::text[] IS NULL OR aggregate_type = ANY($4)) \
+                   AND ($5::text[] IS NULL OR event_type = ANY($5)) THEN metadata ELSE '{}'::jsonb END, \
              recorded_at FROM events \
          WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
            AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
@@ -155,7 +172,8 @@ pub async fn read_batch_of(
     .bind(after.transaction_id.to_string())
     .bind(after.global_position)
     .bind(limit)
-    .bind(only)
+    .bind(aggregates)
+    .bind(event_types)
     .fetch_all(conn)
     .await?;
     Ok(rows.into_iter().map(from_row).collect())
@@ -167,10 +185,10 @@ pub async fn read_batch_of(
 #[async_trait::async_trait]
 pub trait Consumer: Send + Sync + 'static {
     fn name(&self) -> &str;
-    /// The aggregate types whose events this consumer reads; events of other types reach
-    /// `handle` with a null payload and empty metadata. `None` (the default): all of them.
-    fn payloads_of(&self) -> Option<&'static [&'static str]> {
-        None
+    /// The events whose payload and metadata this consumer reads; the others reach
+    /// `handle` with a null payload and empty metadata. Default: all of them.
+    fn payloads_of(&self) -> Payloads {
+        Payloads::All
     }
     async fn handle(
         &self,
@@ -323,8 +341,8 @@ impl ConsumerRunner {
             transaction_id,
             global_position,
         };
-        let only = self.consumer.payloads_of();
-        let events = read_batch_of(&mut tx, after, self.options.batch_size, only).await?;
+        let payloads = self.consumer.payloads_of();
+        let events = read_batch_of(&mut tx, after, self.options.batch_size, payloads).await?;
         let Some(last) = events.last().map(|e| e.position) else {
             tx.rollback().await?;
             self.metrics

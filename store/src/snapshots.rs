@@ -14,7 +14,7 @@ use sqlx::PgConnection;
 use std::collections::HashMap;
 
 use crate::bus::{load, BusError};
-use crate::log::{Consumer, ConsumerError, Position, StoredEvent};
+use crate::log::{Consumer, ConsumerError, Payloads, Position, StoredEvent};
 
 /// The aggregates whose streams are snapshotted, with the version of each one's state shape.
 /// **Change the version whenever the aggregate's state struct changes** (a field added,
@@ -56,8 +56,8 @@ impl Consumer for SnapshotWriter {
         WRITER
     }
 
-    fn payloads_of(&self) -> Option<&'static [&'static str]> {
-        Some(&[])
+    fn payloads_of(&self) -> Payloads {
+        Payloads::OfAggregates(&[])
     }
 
     async fn handle(

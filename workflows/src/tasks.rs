@@ -9,7 +9,7 @@ use domain::scope_lock::{scope_key, ScopeLock};
 use domain::tenant::Tenant;
 use sqlx::{PgConnection, PgPool};
 use std::time::Duration;
-use store::{Consumer, ConsumerError, SealedCredential, StoredEvent, Streams};
+use store::{Consumer, ConsumerError, Payloads, SealedCredential, StoredEvent, Streams};
 use uuid::Uuid;
 
 /// Keeps `workflow_tasks` in step with the runs: a queued run gets a task due now, a step
@@ -20,14 +20,26 @@ pub struct TaskFeed;
 
 pub const FEED: &str = "workflow_tasks";
 
+/// The run events the feed needs the payload of (the others it acts on by type alone).
+const WITH_PAYLOAD: [&str; 3] = ["RunQueued", "RunStepFailed", "RunCancelRequested"];
+
+/// The run events that end a run (its task goes away).
+const ENDING: [&str; 5] = [
+    "RunSucceeded",
+    "RunPartiallySucceeded",
+    "RunFailed",
+    "RunBlocked",
+    "RunCancelled",
+];
+
 #[async_trait::async_trait]
 impl Consumer for TaskFeed {
     fn name(&self) -> &str {
         FEED
     }
 
-    fn payloads_of(&self) -> Option<&'static [&'static str]> {
-        Some(&[OperationRun::TYPE])
+    fn payloads_of(&self) -> Payloads {
+        Payloads::OfEvents(&WITH_PAYLOAD)
     }
 
     async fn handle(
@@ -47,6 +59,13 @@ impl Consumer for TaskFeed {
                 position: e.position,
                 message: "run id is not a UUID".into(),
             })?;
+            if ENDING.contains(&e.event_type.as_str()) {
+                ended.push(run_id);
+                continue;
+            }
+            if !WITH_PAYLOAD.contains(&e.event_type.as_str()) {
+                continue;
+            }
             match e.decode::<RunEvent>()? {
                 RunEvent::RunQueued {
                     workspace,
@@ -85,11 +104,6 @@ impl Consumer for TaskFeed {
                         .execute(&mut *tx)
                         .await?;
                 }
-                RunEvent::RunSucceeded { .. }
-                | RunEvent::RunPartiallySucceeded { .. }
-                | RunEvent::RunFailed { .. }
-                | RunEvent::RunBlocked { .. }
-                | RunEvent::RunCancelled { .. } => ended.push(run_id),
                 _ => {}
             }
         }

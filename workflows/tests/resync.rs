@@ -492,13 +492,30 @@ async fn a_resyncs_summary_counts_carry_its_policy_count_and_whether_it_was_unch
     assert_eq!(partial.summary_counts["unchanged"], 1);
 }
 
-/// Starts a resync and lets the task feed create its task.
+/// Starts a resync and lets the task feed create its task. (One idle step is not enough:
+/// the feed also waits for other tests' transactions on the shared cluster.)
 async fn queue_resync(w: &World) -> RunId {
     let Started::Queued(run_id) = w.start(workflows::resync::RUN_TYPE).await.unwrap() else {
         panic!("expected a queued run")
     };
-    while w.feed.step().await.unwrap() != Progress::Idle {}
-    run_id
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        while w.feed.step().await.unwrap() != Progress::Idle {}
+        let tasked: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM workflow_tasks WHERE run_id = $1)")
+                .bind(run_id.0)
+                .fetch_one(w.bus.pool())
+                .await
+                .unwrap();
+        if tasked {
+            return run_id;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no task for {run_id}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 #[tokio::test]
@@ -548,7 +565,7 @@ async fn a_result_waiting_for_a_slow_next_step_is_written_when_the_window_ends()
     let mut w = world().await;
     w.engine.write_window = Duration::from_millis(100);
     w.sim
-        .inject(Fault::Slow { delay_ms: 1_500 }.on(Endpoint::ListSubscribedSkus));
+        .inject(Fault::Slow { delay_ms: 3_000 }.on(Endpoint::ListSubscribedSkus));
     let run_id = queue_resync(&w).await;
     assert_eq!(w.drive(run_id).await.outcome, RunOutcome::Succeeded);
     let writes = w.step_writes(run_id).await;
@@ -556,7 +573,7 @@ async fn a_result_waiting_for_a_slow_next_step_is_written_when_the_window_ends()
     assert_eq!(snapshot.0, workflows::resync::SNAPSHOT);
     assert_ne!(snapshot.1, licenses.1, "written in separate statements");
     assert!(
-        licenses.2 - snapshot.2 >= chrono::Duration::milliseconds(1_000),
+        licenses.2 - snapshot.2 >= chrono::Duration::milliseconds(1_500),
         "the snapshot was written while the license step still waited: {writes:?}"
     );
     assert_eq!(w.count("PolicySnapshotted").await, 1);
@@ -565,8 +582,8 @@ async fn a_result_waiting_for_a_slow_next_step_is_written_when_the_window_ends()
 #[tokio::test]
 async fn a_cancellation_while_results_wait_unwritten_drops_them_and_the_slow_step() {
     let mut w = world().await;
-    w.engine.write_window = Duration::from_secs(1);
-    let slow = Duration::from_secs(8);
+    w.engine.write_window = Duration::from_secs(3);
+    let slow = Duration::from_secs(20);
     w.sim.inject(
         Fault::Slow {
             delay_ms: slow.as_millis() as u64,
