@@ -678,3 +678,69 @@ async fn a_dashboard_sets_a_schedule_lists_it_and_sees_it_start_a_run_per_tenant
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_tenant_resynced_many_times_is_loaded_from_snapshots_the_service_writes() {
+    let (server, db, sim) = start_server().await;
+    let c = Client::new(&server, "acme", Role::Owner);
+    let (tenant, _) = ready_sim_tenant(&c, &sim.tenants().remove(0)).await;
+    // Each resync adds to the tenant's stream, and two events (acquire, release) to its
+    // scope lock's: 55 resyncs take the lock's stream past a snapshot's 100 events.
+    let mut policy_count = None;
+    for _ in 0..55 {
+        let started = c.ok(RESYNC, json!({"t": tenant})).await["resyncTenant"].clone();
+        let run = completed_run(&c, started["runId"].as_str().unwrap()).await;
+        assert_eq!(run["outcome"], "succeeded", "{run}");
+        policy_count.get_or_insert(run["summaryCounts"]["policy_count"].clone());
+    }
+    let pool = db.pool().await;
+    let stream_lengths: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT aggregate_type, max(sequence) FROM events \
+         WHERE aggregate_type IN ('tenant', 'scope_lock') GROUP BY aggregate_type ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let lock_length = stream_lengths
+        .iter()
+        .find(|(t, _)| t == "scope_lock")
+        .map(|(_, n)| *n)
+        .unwrap();
+    assert!(lock_length >= 110, "{stream_lengths:?}");
+    // The service's snapshot writer catches up with the log on its own.
+    let mut snapshots: Vec<(String, i64)> = Vec::new();
+    for _ in 0..400 {
+        snapshots =
+            sqlx::query_as("SELECT aggregate_type, version FROM aggregate_snapshots ORDER BY 1, 2")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        if snapshots.iter().any(|(t, _)| t == "scope_lock") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let expected: Vec<&str> = stream_lengths
+        .iter()
+        .filter(|(_, n)| *n >= 100)
+        .map(|(t, _)| t.as_str())
+        .collect();
+    let taken: Vec<&str> = snapshots.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(taken, expected, "streams: {stream_lengths:?}");
+    for (t, version) in &snapshots {
+        let length = stream_lengths.iter().find(|(s, _)| s == t).unwrap().1;
+        assert!(
+            *version >= 100 && *version <= length,
+            "{t}: {version} of {length}"
+        );
+    }
+    // Runs go on from the snapshots: the next resync finds the same policies unchanged.
+    let started = c.ok(RESYNC, json!({"t": tenant})).await["resyncTenant"].clone();
+    let run = completed_run(&c, started["runId"].as_str().unwrap()).await;
+    assert_eq!(run["outcome"], "succeeded", "{run}");
+    assert_eq!(run["summaryCounts"]["unchanged"], 1);
+    assert_eq!(
+        Some(run["summaryCounts"]["policy_count"].clone()),
+        policy_count
+    );
+}
