@@ -8,10 +8,9 @@
 use domain::connection::{ConnectionEvent, HealthStatus, ProviderConnection};
 use sqlx::types::Json;
 use sqlx::PgConnection;
-use store::{Consumer, ConsumerError, StoredEvent};
+use store::{ConsumerError, StoredEvent};
 
-use crate::event::{events_of, required_meta, serde_name, uuid_id, versioned};
-use crate::Projection;
+use crate::event::{aggregate_projection, required_meta, serde_name, uuid_id, versioned};
 
 /// Projects [`ProviderConnection`] events into `rm_connections`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -55,30 +54,13 @@ const ERRORED: &str = "UPDATE rm_connections SET version = $2, errored = true, \
 const DISABLED: &str = "UPDATE rm_connections SET version = $2, disabled = $3 \
     WHERE connection_id = $1 AND version < $2";
 
-#[async_trait::async_trait]
-impl Consumer for Connections {
-    fn name(&self) -> &str {
-        NAME
-    }
-
-    async fn handle(
-        &self,
-        tx: &mut PgConnection,
-        events: &[StoredEvent],
-    ) -> Result<(), ConsumerError> {
-        for decoded in events_of::<ProviderConnection>(NAME, events) {
-            let (e, event) = decoded?;
-            apply(tx, e, event).await?;
-        }
-        Ok(())
-    }
-}
-
-impl Projection for Connections {
-    fn tables(&self) -> &'static [&'static str] {
-        &["rm_connections"]
-    }
-}
+aggregate_projection!(
+    Connections,
+    ProviderConnection,
+    NAME,
+    apply,
+    &["rm_connections"]
+);
 
 async fn apply(
     tx: &mut PgConnection,

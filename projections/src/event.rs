@@ -10,6 +10,43 @@ use sqlx::query::Query;
 use sqlx::{Encode, Postgres, Type};
 use store::{ConsumerError, StoredEvent};
 
+/// Implements `Consumer` and `Projection` for a read model of one aggregate's events:
+/// each event of the batch, decoded, goes in order to `$apply(tx, stored, event)`, and only
+/// that aggregate's events are read with their payloads.
+macro_rules! aggregate_projection {
+    ($projection:ty, $aggregate:ty, $name:expr, $apply:path, $tables:expr) => {
+        #[async_trait::async_trait]
+        impl store::Consumer for $projection {
+            fn name(&self) -> &str {
+                $name
+            }
+
+            fn payloads_of(&self) -> store::Payloads {
+                store::Payloads::OfAggregates(&[<$aggregate as cqrs_es::Aggregate>::TYPE])
+            }
+
+            async fn handle(
+                &self,
+                tx: &mut sqlx::PgConnection,
+                events: &[store::StoredEvent],
+            ) -> Result<(), store::ConsumerError> {
+                for decoded in $crate::event::events_of::<$aggregate>($name, events) {
+                    let (e, event) = decoded?;
+                    $apply(tx, e, event).await?;
+                }
+                Ok(())
+            }
+        }
+
+        impl $crate::Projection for $projection {
+            fn tables(&self) -> &'static [&'static str] {
+                $tables
+            }
+        }
+    };
+}
+pub(crate) use aggregate_projection;
+
 /// The events of aggregate `A` in a batch, in order, decoded (see [`decode`]).
 pub(crate) fn events_of<'e, A: Aggregate>(
     consumer: &'e str,

@@ -3,10 +3,9 @@
 
 use domain::tenant::{Tenant, TenantEvent};
 use sqlx::PgConnection;
-use store::{Consumer, ConsumerError, StoredEvent};
+use store::{ConsumerError, StoredEvent};
 
-use crate::event::{events_of, required_meta, serde_name, versioned};
-use crate::Projection;
+use crate::event::{aggregate_projection, required_meta, serde_name, versioned};
 
 /// Projects snapshots, alerts and licenses.
 #[derive(Debug, Clone, Copy, Default)]
@@ -28,30 +27,13 @@ const LICENSES: &str = "\
         ca_p2 = EXCLUDED.ca_p2, skus = EXCLUDED.skus, refreshed_at = EXCLUDED.refreshed_at \
     WHERE l.version < EXCLUDED.version";
 
-#[async_trait::async_trait]
-impl Consumer for Policies {
-    fn name(&self) -> &str {
-        NAME
-    }
-
-    async fn handle(
-        &self,
-        tx: &mut PgConnection,
-        events: &[StoredEvent],
-    ) -> Result<(), ConsumerError> {
-        for decoded in events_of::<Tenant>(NAME, events) {
-            let (e, event) = decoded?;
-            apply(tx, e, event).await?;
-        }
-        Ok(())
-    }
-}
-
-impl Projection for Policies {
-    fn tables(&self) -> &'static [&'static str] {
-        &["rm_policy_snapshots", "rm_alerts", "rm_licenses"]
-    }
-}
+aggregate_projection!(
+    Policies,
+    Tenant,
+    NAME,
+    apply,
+    &["rm_policy_snapshots", "rm_alerts", "rm_licenses"]
+);
 
 fn json<T: serde::Serialize>(
     e: &StoredEvent,

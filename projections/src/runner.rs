@@ -2,7 +2,7 @@
 
 use sqlx::PgPool;
 use std::sync::Arc;
-use store::log::{read_batch, ConsumerRunner, RunnerOptions, Wakeups};
+use store::log::{read_batch_of, ConsumerRunner, RunnerOptions, Wakeups};
 use store::{Consumer, ConsumerError, Metrics, Position};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -91,7 +91,8 @@ pub async fn rebuild(
     let mut position = Position::default();
     let mut replayed = 0u64;
     loop {
-        let events = read_batch(&mut tx, position, batch_size).await?;
+        // Only the payloads the projection reads, as in live catch-up.
+        let events = read_batch_of(&mut tx, position, batch_size, projection.payloads_of()).await?;
         let Some(last) = events.last().map(|e| e.position) else {
             break;
         };

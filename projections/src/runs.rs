@@ -5,12 +5,13 @@
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
 use domain::run::{OperationRun, RunEvent, RunOutcome, RunStatus, StepStatus};
 use sqlx::postgres::PgArguments;
 use sqlx::query::Query;
 use sqlx::types::Json;
 use sqlx::{PgConnection, Postgres, Row};
-use store::{Consumer, ConsumerError, StoredEvent};
+use store::{Consumer, ConsumerError, Payloads, StoredEvent};
 use uuid::Uuid;
 
 use crate::event::{events_of, required_meta, serde_name, uuid_id, versioned};
@@ -76,6 +77,10 @@ const NOTIFY: &str = "\
 impl Consumer for Runs {
     fn name(&self) -> &str {
         NAME
+    }
+
+    fn payloads_of(&self) -> Payloads {
+        Payloads::OfAggregates(&[OperationRun::TYPE])
     }
 
     async fn handle(

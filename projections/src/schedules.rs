@@ -7,10 +7,11 @@
 //! the domain's grid rule, so it depends only on the row and replays leave it unchanged.
 
 use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
 use domain::schedule::{next_due_after, Schedule, ScheduleEvent};
 use domain::schedule_tick::{ScheduleTick, TickEvent};
 use sqlx::PgConnection;
-use store::{Consumer, ConsumerError, StoredEvent};
+use store::{Consumer, ConsumerError, Payloads, StoredEvent};
 
 use crate::event::{events_of, required_meta, versioned};
 use crate::Projection;
@@ -48,6 +49,10 @@ const NEXT_DUE: &str = "UPDATE rm_schedules SET next_due_at = $2 \
 impl Consumer for Schedules {
     fn name(&self) -> &str {
         NAME
+    }
+
+    fn payloads_of(&self) -> Payloads {
+        Payloads::OfAggregates(&[Schedule::TYPE, ScheduleTick::TYPE])
     }
 
     async fn handle(

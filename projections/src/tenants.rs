@@ -3,10 +3,9 @@
 
 use domain::tenant::{Tenant, TenantEvent, TenantStatus};
 use sqlx::PgConnection;
-use store::{Consumer, ConsumerError, StoredEvent};
+use store::{ConsumerError, StoredEvent};
 
-use crate::event::{events_of, serde_name, versioned};
-use crate::Projection;
+use crate::event::{aggregate_projection, serde_name, versioned};
 
 /// Projects [`Tenant`] events into `rm_tenants`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -37,30 +36,7 @@ const INTENT: &str = "UPDATE rm_tenants SET version = $2, intent_snapshot_id = $
 /// the row reflects the tenant as of a command it just sent.
 const TOUCH: &str = "UPDATE rm_tenants SET version = $2 WHERE tenant_key = $1 AND version < $2";
 
-#[async_trait::async_trait]
-impl Consumer for Tenants {
-    fn name(&self) -> &str {
-        NAME
-    }
-
-    async fn handle(
-        &self,
-        tx: &mut PgConnection,
-        events: &[StoredEvent],
-    ) -> Result<(), ConsumerError> {
-        for decoded in events_of::<Tenant>(NAME, events) {
-            let (e, event) = decoded?;
-            apply(tx, e, event).await?;
-        }
-        Ok(())
-    }
-}
-
-impl Projection for Tenants {
-    fn tables(&self) -> &'static [&'static str] {
-        &["rm_tenants"]
-    }
-}
+aggregate_projection!(Tenants, Tenant, NAME, apply, &["rm_tenants"]);
 
 async fn apply(
     tx: &mut PgConnection,
