@@ -134,18 +134,7 @@ impl MutationRoot {
         id: String,
         display_name: String,
     ) -> async_graphql::Result<TenantPayload> {
-        let key = tenant_key(&id)?;
-        app::change_tenant(
-            &state(ctx)?.bus,
-            &meta(ctx)?,
-            &key,
-            TenantCommand::Rename { display_name },
-        )
-        .await
-        .map_err(app_error)?;
-        Ok(TenantPayload {
-            id: key.to_string(),
-        })
+        change_tenant(ctx, &id, TenantCommand::Rename { display_name }).await
     }
 
     async fn archive_tenant(
@@ -153,13 +142,7 @@ impl MutationRoot {
         ctx: &Context<'_>,
         id: String,
     ) -> async_graphql::Result<TenantPayload> {
-        let key = tenant_key(&id)?;
-        app::change_tenant(&state(ctx)?.bus, &meta(ctx)?, &key, TenantCommand::Archive)
-            .await
-            .map_err(app_error)?;
-        Ok(TenantPayload {
-            id: key.to_string(),
-        })
+        change_tenant(ctx, &id, TenantCommand::Archive).await
     }
 
     /// Adds a Microsoft connection to a tenant (Owner, Manager). The first one becomes
@@ -230,16 +213,7 @@ impl MutationRoot {
         id: String,
         scopes: Vec<String>,
     ) -> async_graphql::Result<ConnectionPayload> {
-        let id = connection_id(&id)?;
-        app::change_connection(
-            &state(ctx)?.bus,
-            &meta(ctx)?,
-            id,
-            ConnectionCommand::GrantConsent { scopes },
-        )
-        .await
-        .map_err(app_error)?;
-        Ok(ConnectionPayload { id: id.as_uuid() })
+        change_connection(ctx, &id, ConnectionCommand::GrantConsent { scopes }).await
     }
 
     async fn revoke_consent(
@@ -247,16 +221,7 @@ impl MutationRoot {
         ctx: &Context<'_>,
         id: String,
     ) -> async_graphql::Result<ConnectionPayload> {
-        let id = connection_id(&id)?;
-        app::change_connection(
-            &state(ctx)?.bus,
-            &meta(ctx)?,
-            id,
-            ConnectionCommand::RevokeConsent,
-        )
-        .await
-        .map_err(app_error)?;
-        Ok(ConnectionPayload { id: id.as_uuid() })
+        change_connection(ctx, &id, ConnectionCommand::RevokeConsent).await
     }
 
     /// Starts a Conditional Access resync of a tenant (Owner, Manager, Operator), or
@@ -346,6 +311,34 @@ impl MutationRoot {
             cancel_requested: run.cancel_requested,
         })
     }
+}
+
+/// A command to a tenant the caller names by id.
+async fn change_tenant(
+    ctx: &Context<'_>,
+    id: &str,
+    command: TenantCommand,
+) -> async_graphql::Result<TenantPayload> {
+    let key = tenant_key(id)?;
+    app::change_tenant(&state(ctx)?.bus, &meta(ctx)?, &key, command)
+        .await
+        .map_err(app_error)?;
+    Ok(TenantPayload {
+        id: key.to_string(),
+    })
+}
+
+/// A command to a connection the caller names by id.
+async fn change_connection(
+    ctx: &Context<'_>,
+    id: &str,
+    command: ConnectionCommand,
+) -> async_graphql::Result<ConnectionPayload> {
+    let id = connection_id(id)?;
+    app::change_connection(&state(ctx)?.bus, &meta(ctx)?, id, command)
+        .await
+        .map_err(app_error)?;
+    Ok(ConnectionPayload { id: id.as_uuid() })
 }
 
 async fn start(
