@@ -78,8 +78,29 @@ impl World {
             .unwrap()
     }
 
+    /// Runs the writer until it has read every event so far. (An idle step is not enough:
+    /// the log also waits for other tests' transactions on the shared cluster.)
     async fn write_snapshots(&self) {
-        while self.writer.step().await.unwrap() != Progress::Idle {}
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            while self.writer.step().await.unwrap() != Progress::Idle {}
+            let (consumed, total): (i64, i64) = sqlx::query_as(
+                "SELECT COALESCE((SELECT events_consumed FROM consumer_checkpoints WHERE name = $1), 0), \
+                        (SELECT count(*) FROM events)",
+            )
+            .bind(store::snapshots::WRITER)
+            .fetch_one(self.bus.pool())
+            .await
+            .unwrap();
+            if consumed >= total {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{consumed} of {total} events read"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 
     async fn snapshot_version(&self) -> Option<i64> {
