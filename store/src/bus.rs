@@ -574,7 +574,7 @@ async fn fetch_streams(
     .await?;
     let mut streams = Streams::default();
     for (t, i, is_snapshot, sequence, payload, key, keys) in rows {
-        streams.push_row(t, i, (is_snapshot, sequence, payload, key, keys).into());
+        streams.push(t, i, (is_snapshot, sequence, payload, key, keys));
     }
     Ok(streams)
 }
@@ -675,7 +675,7 @@ pub(crate) async fn load<A: Aggregate>(
 
 /// A row of a stream load: whether it is the snapshot, its sequence (the snapshot's
 /// version), payload (the snapshot's state), the event's idempotency key, the snapshot's keys.
-type LoadRow = (
+pub type LoadRow = (
     bool,
     i64,
     serde_json::Value,
@@ -763,53 +763,14 @@ fn fold<A: Aggregate>(id: &str, rows: Vec<StreamRow>) -> Result<Loaded<A>, BusEr
 pub struct Streams(HashMap<(String, String), Vec<StreamRow>>);
 
 impl Streams {
-    /// Adds a stored event (rows of one stream in sequence order), for readers that fetch
-    /// streams with queries of their own (e.g. together with a claim).
-    pub fn push(
-        &mut self,
-        aggregate_type: String,
-        aggregate_id: String,
-        sequence: i64,
-        payload: serde_json::Value,
-        idempotency_key: Option<String>,
-    ) {
-        self.push_row(
-            aggregate_type,
-            aggregate_id,
-            StreamRow::Event {
-                sequence,
-                payload,
-                key: idempotency_key,
-            },
-        );
-    }
-
-    fn push_row(&mut self, aggregate_type: String, aggregate_id: String, row: StreamRow) {
+    /// Adds a row of a stream as a snapshot-aware read returns it (the snapshot first, then
+    /// events in sequence order), for readers that fetch streams with queries of their own
+    /// (e.g. together with a claim).
+    pub fn push(&mut self, aggregate_type: String, aggregate_id: String, row: LoadRow) {
         self.0
             .entry((aggregate_type, aggregate_id))
             .or_default()
-            .push(row);
-    }
-
-    /// Adds a stream's snapshot (before any of its events): its folded state at `version`
-    /// and the idempotency keys of the last events folded in.
-    pub fn push_snapshot(
-        &mut self,
-        aggregate_type: String,
-        aggregate_id: String,
-        version: i64,
-        state: serde_json::Value,
-        idempotency_keys: Vec<String>,
-    ) {
-        self.push_row(
-            aggregate_type,
-            aggregate_id,
-            StreamRow::Snapshot {
-                version,
-                state,
-                keys: idempotency_keys,
-            },
-        );
+            .push(row.into());
     }
 
     /// Adds the streams of `other` (read separately).

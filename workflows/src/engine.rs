@@ -397,55 +397,16 @@ impl Engine {
                     self.keep_lease(task, &mut lease_until).await?;
                     // No "step started" event: a step interrupted by a crash is simply
                     // performed again with the same attempt (its effect is idempotent).
-                    let performed = self
+                    match self
                         .perform_step(step, task, &mut c, &mut credentials, &mut pending_since)
-                        .await?;
-                    let Performed::Done(done) = performed else {
-                        // Writing the earlier results found that the run moved: read it
-                        // again and decide again (the step's work was dropped).
-                        c = self.reload(run_id).await?;
-                        pending_since = None;
-                        continue;
-                    };
-                    let before = c.clone();
-                    let outcome = match done {
-                        Ok(effect) => {
-                            self.complete(plan, &mut c, run_id, step, attempt, effect)
-                                .await
-                        }
-                        Err(f) => Err(f),
-                    };
-                    match outcome {
-                        // The result goes with the next step's when that one calls out
-                        // (and comes within the write window); otherwise it is written now.
-                        Ok(()) if self.writes_later(plan, &c) => Settled::Pending,
-                        Ok(()) => self.settle(Some(plan), task, &mut c).await?,
-                        Err(f) => {
-                            // Nothing of the attempt was written: back to what was decided
-                            // before it, and the failure recorded.
-                            c = before;
-                            let max = plan.step(step).map(|s| s.max_attempts).unwrap_or(1);
-                            let retry_at = (f.transient && attempt < max).then(|| {
-                                let unit: f64 = rand::thread_rng().gen();
-                                Utc::now()
-                                    + chrono::Duration::from_std(self.backoff.delay(
-                                        attempt,
-                                        f.retry_after,
-                                        unit,
-                                    ))
-                                    .unwrap_or_default()
-                            });
-                            tracing::warn!(step, attempt, reason = %f.reason, retry = retry_at.is_some(), "step failed");
-                            let command = RunCommand::FailStep {
-                                step: step.to_owned(),
-                                attempt,
-                                reason: f.reason,
-                                message: f.message,
-                                retry_at,
-                            };
-                            let key = format!("{step}:{attempt}:end");
-                            self.stage(&mut c, run_id, &key, command).await?;
-                            self.settle(Some(plan), task, &mut c).await?
+                        .await?
+                    {
+                        // Writing the earlier results found that the run moved (the step's
+                        // work was dropped).
+                        Performed::Conflict => Settled::Conflict,
+                        Performed::Done(done) => {
+                            self.record_step(plan, task, &mut c, (step, attempt), done)
+                                .await?
                         }
                     }
                 }
@@ -470,6 +431,58 @@ impl Engine {
         }
         self.settle(None, task, &mut c).await?;
         Ok(Next::Due(Utc::now()))
+    }
+
+    /// Records a performed step: its effect and completion (with the steps that ride along)
+    /// are decided and written now or with the next step's result; a failure is recorded
+    /// with its retry time, on the state decided before the attempt.
+    async fn record_step(
+        &self,
+        plan: &Plan,
+        task: &Task,
+        c: &mut Carried,
+        (step, attempt): (&'static str, u32),
+        done: Result<TenantCommand, StepFailure>,
+    ) -> Result<Settled, EngineError> {
+        let run_id = RunId(task.run_id);
+        let before = c.clone();
+        let outcome = match done {
+            Ok(effect) => self.complete(plan, c, run_id, step, attempt, effect).await,
+            Err(f) => Err(f),
+        };
+        Ok(match outcome {
+            // The result goes with the next step's when that one calls out
+            // (and comes within the write window); otherwise it is written now.
+            Ok(()) if self.writes_later(plan, c) => Settled::Pending,
+            Ok(()) => self.settle(Some(plan), task, c).await?,
+            Err(f) => {
+                // Nothing of the attempt was written: back to what was decided
+                // before it, and the failure recorded.
+                *c = before;
+                let max = plan.step(step).map(|s| s.max_attempts).unwrap_or(1);
+                let retry_at = (f.transient && attempt < max).then(|| {
+                    let unit: f64 = rand::thread_rng().gen();
+                    Utc::now()
+                        + chrono::Duration::from_std(self.backoff.delay(
+                            attempt,
+                            f.retry_after,
+                            unit,
+                        ))
+                        .unwrap_or_default()
+                });
+                tracing::warn!(step, attempt, reason = %f.reason, retry = retry_at.is_some(), "step failed");
+                let command = RunCommand::FailStep {
+                    step: step.to_owned(),
+                    attempt,
+                    reason: f.reason,
+                    message: f.message,
+                    retry_at,
+                };
+                let key = format!("{step}:{attempt}:end");
+                self.stage(c, run_id, &key, command).await?;
+                self.settle(Some(plan), task, c).await?
+            }
+        })
     }
 
     /// Decides a run command against the carried state, to be written by the next settle.

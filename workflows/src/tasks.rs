@@ -156,7 +156,7 @@ impl NewTasks {
 }
 
 /// A claimed task: the runner holds its lease until `lease_until`.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Task {
     pub run_id: Uuid,
     pub workspace_id: String,
@@ -258,13 +258,10 @@ pub async fn claim_with_streams(
     };
     let mut streams = Streams::default();
     for (_, _, _, _, t, i, is_snapshot, sequence, payload, key, snapshot_keys, ..) in rows {
-        let (Some(t), Some(i), Some(sequence), Some(payload)) = (t, i, sequence, payload) else {
-            continue;
-        };
-        if is_snapshot == Some(true) {
-            streams.push_snapshot(t, i, sequence, payload, snapshot_keys.unwrap_or_default());
-        } else {
-            streams.push(t, i, sequence, payload, key);
+        if let (Some(t), Some(i), Some(is_snapshot), Some(sequence), Some(payload)) =
+            (t, i, is_snapshot, sequence, payload)
+        {
+            streams.push(t, i, (is_snapshot, sequence, payload, key, snapshot_keys));
         }
     }
     Ok(Some(Claimed {
