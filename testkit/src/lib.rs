@@ -12,6 +12,21 @@ use store::{EmbeddedOptions, EmbeddedPostgres};
 
 const TEMPLATE: &str = "tenantflow_template";
 
+/// Every read-model table and the key its rows are ordered by, for tests that compare read
+/// models (e.g. live against rebuilt). The projections' tests check that this is exactly
+/// the set of tables the projections own.
+pub const READ_MODEL_TABLES: &[(&str, &str)] = &[
+    ("rm_tenants", "tenant_key"),
+    ("rm_connections", "connection_id"),
+    ("rm_runs", "run_id"),
+    ("rm_run_steps", "run_id, step, attempt"),
+    ("rm_audit_log", "global_position"),
+    ("rm_policy_snapshots", "snapshot_id"),
+    ("rm_alerts", "snapshot_id"),
+    ("rm_licenses", "tenant_key"),
+    ("rm_schedules", "schedule_id"),
+];
+
 struct Cluster {
     pg: EmbeddedPostgres,
 }
@@ -101,4 +116,13 @@ impl TestDb {
         use secrecy::ExposeSecret;
         cluster().pg.url(&self.name).expose_secret().to_owned()
     }
+}
+
+/// How many events of `event_type` the log holds.
+pub async fn count_events(pool: &PgPool, event_type: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = $1")
+        .bind(event_type)
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }

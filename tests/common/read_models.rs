@@ -4,40 +4,23 @@
 
 use std::time::{Duration, Instant};
 
-/// Every read model table, with the key that orders its rows.
-pub const READ_MODEL_TABLES: &[(&str, &str)] = &[
-    ("rm_tenants", "tenant_key"),
-    ("rm_connections", "connection_id"),
-    ("rm_runs", "run_id"),
-    ("rm_run_steps", "run_id, step, attempt"),
-    ("rm_audit_log", "global_position"),
-    ("rm_policy_snapshots", "snapshot_id"),
-    ("rm_alerts", "snapshot_id"),
-    ("rm_licenses", "tenant_key"),
-    ("rm_schedules", "schedule_id"),
-];
-
-/// The projections writing [`READ_MODEL_TABLES`].
-const PROJECTIONS: &[&str] = &[
-    "tenants",
-    "connections",
-    "runs",
-    "audit_log",
-    "policies",
-    "schedules",
-];
+use testkit::READ_MODEL_TABLES;
 
 /// Waits (bounded) until every read model has consumed every event.
 pub async fn projections_caught_up(db: &testkit::TestDb) {
     let pool = db.pool().await;
+    let names: Vec<String> = projections::all()
+        .iter()
+        .map(|p| p.name().to_owned())
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let done: Option<bool> = sqlx::query_scalar(
             "SELECT bool_and(events_consumed = (SELECT count(*) FROM events)) AND count(*) = $2 \
              FROM consumer_checkpoints WHERE name = ANY($1)",
         )
-        .bind(PROJECTIONS)
-        .bind(PROJECTIONS.len() as i64)
+        .bind(&names)
+        .bind(names.len() as i64)
         .fetch_one(&pool)
         .await
         .unwrap();

@@ -184,11 +184,7 @@ impl World {
     }
 
     async fn count(&self, event_type: &str) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = $1")
-            .bind(event_type)
-            .fetch_one(self.bus.pool())
-            .await
-            .unwrap()
+        testkit::count_events(self.bus.pool(), event_type).await
     }
 }
 

@@ -28,18 +28,7 @@ pub const NORTHWIND: &str = "9e8d7c6b-5a49-4382-9170-6f5e4d3c2b1a";
 /// The client secret given to the vault; it must never appear in a read model.
 pub const SECRET: &str = "s3cr3t-Value~that-must-not-leak";
 
-/// Every read-model table and the key its rows are ordered by.
-pub const TABLES: &[(&str, &str)] = &[
-    ("rm_tenants", "tenant_key"),
-    ("rm_connections", "connection_id"),
-    ("rm_runs", "run_id"),
-    ("rm_run_steps", "run_id, step, attempt"),
-    ("rm_audit_log", "global_position"),
-    ("rm_policy_snapshots", "snapshot_id"),
-    ("rm_alerts", "snapshot_id"),
-    ("rm_licenses", "tenant_key"),
-    ("rm_schedules", "schedule_id"),
-];
+pub use testkit::READ_MODEL_TABLES as TABLES;
 
 pub fn guid(s: &str) -> EntraTenantId {
     s.parse().unwrap()
