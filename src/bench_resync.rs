@@ -10,7 +10,6 @@ use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use store::app;
 use store::{CommandBus, Metadata, Metrics};
 use tokio_util::sync::CancellationToken;
 

@@ -3,10 +3,10 @@
 //! the `demo` workspace and starts a resync of each, so a new user sees the product work.
 
 use anyhow::Context;
+use app::AppError;
 use domain::connection::{ConnectionCommand, ProviderConnection};
 use domain::tenant::Tenant;
 use domain::{EntraTenantId, Provider, Role, TenantKey};
-use store::app::{self, AppError};
 use store::{CommandBus, Metadata, Vault};
 
 /// The workspace the demo fills.

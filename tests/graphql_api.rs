@@ -744,3 +744,30 @@ async fn a_tenant_resynced_many_times_is_loaded_from_snapshots_the_service_write
         policy_count
     );
 }
+
+#[tokio::test]
+async fn a_blocked_run_offers_its_next_step_as_a_link_into_the_product() {
+    let (server, _db, _sim) = start_server().await;
+    let c = Client::new(&server, "acme", Role::Owner);
+    let entra = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+    let tenant = c.ok(REGISTER, json!({"e": entra, "n": "Contoso"})).await["registerTenant"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let started = c.ok(RESYNC, json!({"t": tenant})).await["resyncTenant"].clone();
+    assert_eq!(started["status"], "BLOCKED", "{started}");
+    assert_eq!(started["reasonCode"], "provider_connection_missing");
+    let q = "query($r: String!) { run(id: $r) { outcome reasonCode nextSteps } }";
+    let run = c
+        .eventually(q, json!({"r": started["runId"]}), |d| {
+            d["run"]["outcome"] == "blocked"
+        })
+        .await;
+    assert_eq!(
+        run["run"]["nextSteps"],
+        json!([{
+            "label": "Add a Microsoft connection",
+            "href": format!("/tenants/{tenant}/connections/new"),
+        }])
+    );
+}

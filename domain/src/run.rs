@@ -28,7 +28,6 @@ pub const MAX_STEP_SUMMARY: usize = 4096;
 const MAX_ENTRIES: usize = 100;
 /// The most next steps a blocked run offers.
 const MAX_NEXT_STEPS: usize = 10;
-const MAX_HREF: usize = 500;
 
 /// Where a run acts: provider, connection, target scope and module (R2.1).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,12 +42,76 @@ pub struct RunContext {
     pub module: String,
 }
 
-/// A link-only next step for a blocked run: a label and a path inside the product.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NextStep {
-    pub label: String,
-    /// A relative path starting with '/': never a URL of another site.
-    pub href: String,
+/// What a person can do to unblock a run (R2.3). The run records which step applies; the
+/// API renders it as a link, because its wording and path belong to the UI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NextStep {
+    /// The tenant has no Microsoft connection.
+    AddConnection,
+    /// The tenant's default connection is disabled.
+    EnableConnection,
+    /// The default connection has no credential.
+    SetCredential,
+    /// Admin consent has not been granted to the default connection.
+    GrantConsent,
+}
+
+impl NextStep {
+    const ALL: [NextStep; 4] = [
+        NextStep::AddConnection,
+        NextStep::EnableConnection,
+        NextStep::SetCredential,
+        NextStep::GrantConsent,
+    ];
+
+    /// The stored name, in snake_case.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NextStep::AddConnection => "add_connection",
+            NextStep::EnableConnection => "enable_connection",
+            NextStep::SetCredential => "set_credential",
+            NextStep::GrantConsent => "grant_consent",
+        }
+    }
+
+    /// The step a link recorded by runs blocked before next steps were typed stands for:
+    /// those events hold the rendered link, whose label was one of these.
+    fn from_legacy_label(label: &str) -> Option<Self> {
+        match label {
+            "Add a Microsoft connection" => Some(NextStep::AddConnection),
+            "Enable the connection" => Some(NextStep::EnableConnection),
+            "Set the connection's credential" => Some(NextStep::SetCredential),
+            "Grant admin consent" => Some(NextStep::GrantConsent),
+            _ => None,
+        }
+    }
+}
+
+impl Serialize for NextStep {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for NextStep {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        /// A name, or the `{label, href}` link of an event written before the names.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Stored {
+            Name(String),
+            Link { label: String },
+        }
+        match Stored::deserialize(deserializer)? {
+            Stored::Name(name) => NextStep::ALL
+                .into_iter()
+                .find(|s| s.as_str() == name)
+                .ok_or_else(|| D::Error::custom(format!("unknown next step `{name}`"))),
+            Stored::Link { label } => NextStep::from_legacy_label(&label)
+                .ok_or_else(|| D::Error::custom(format!("unknown next step link `{label}`"))),
+        }
+    }
 }
 
 /// Why a run (or one of its parts) failed. The message is sanitized when recorded.
@@ -290,9 +353,7 @@ pub enum RunError {
     },
     #[error("invalid summary: {0}")]
     InvalidSummary(&'static str),
-    #[error(
-        "next steps are links inside the product: a label and a path starting with '/', at most 10"
-    )]
+    #[error("a blocked run offers at most 10 next steps")]
     InvalidNextStep,
     #[error("the run's target tenant belongs to another workspace")]
     WorkspaceMismatch,
@@ -476,24 +537,7 @@ fn clean_next_steps(steps: Vec<NextStep>) -> Result<Vec<NextStep>, RunError> {
     if steps.len() > MAX_NEXT_STEPS {
         return Err(RunError::InvalidNextStep);
     }
-    steps
-        .into_iter()
-        .map(|s| {
-            let label = clean_name(&s.label, MAX_NAME).ok_or(RunError::InvalidNextStep)?;
-            // A path of this site only: "//host" and "/\host" are other sites to a browser.
-            let href_ok = s.href.starts_with('/')
-                && !s.href.starts_with("//")
-                && !s.href.contains('\\')
-                && s.href.len() <= MAX_HREF
-                && !s.href.chars().any(|c| c.is_whitespace() || c.is_control());
-            href_ok
-                .then_some(NextStep {
-                    label,
-                    href: s.href,
-                })
-                .ok_or(RunError::InvalidNextStep)
-        })
-        .collect()
+    Ok(steps)
 }
 
 impl Aggregate for OperationRun {
@@ -879,12 +923,6 @@ mod tests {
             reason: ReasonCode::ProviderConnectionMissing,
             next_steps,
             at: now(),
-        }
-    }
-    fn link(label: &str, href: &str) -> NextStep {
-        NextStep {
-            label: label.into(),
-            href: href.into(),
         }
     }
 
@@ -1328,16 +1366,13 @@ mod tests {
     }
 
     #[test]
-    fn a_queued_run_is_blocked_with_a_reason_and_link_only_next_steps() {
-        let steps = vec![link(
-            "Add a Microsoft connection",
-            "/tenants/acme/connections/new",
-        )];
+    fn a_queued_run_is_blocked_with_a_reason_and_next_steps() {
+        let steps = vec![NextStep::AddConnection];
         F::with(services())
             .given(vec![queued()])
             .when(RunCommand::Block {
                 reason: ReasonCode::ProviderConnectionMissing,
-                next_steps: vec![link(" Add a Microsoft connection ", &steps[0].href)],
+                next_steps: steps.clone(),
             })
             .then_expect_events(vec![blocked(steps.clone())]);
         let r = state(vec![queued(), blocked(steps.clone())]);
@@ -1355,26 +1390,53 @@ mod tests {
     }
 
     #[test]
-    fn next_steps_that_leave_the_product_are_refused() {
-        let bad = [
-            link("x", "https://evil.example/"),
-            link("x", "//evil.example"),
-            link("x", "/\\evil.example"),
-            link("x", "javascript:alert(1)"),
-            link("x", "/a b"),
-            link(" ", "/tenants"),
-            link("x", &format!("/{}", "a".repeat(MAX_HREF))),
-        ];
-        let too_many = vec![link("x", "/x"); MAX_NEXT_STEPS + 1];
-        for next_steps in bad.into_iter().map(|s| vec![s]).chain([too_many]) {
-            F::with(services())
-                .given(vec![queued()])
-                .when(RunCommand::Block {
-                    reason: ReasonCode::ProviderConsentMissing,
-                    next_steps,
-                })
-                .then_expect_error(RunError::InvalidNextStep);
-        }
+    fn more_next_steps_than_a_run_offers_are_refused() {
+        F::with(services())
+            .given(vec![queued()])
+            .when(RunCommand::Block {
+                reason: ReasonCode::ProviderConsentMissing,
+                next_steps: vec![NextStep::GrantConsent; MAX_NEXT_STEPS + 1],
+            })
+            .then_expect_error(RunError::InvalidNextStep);
+    }
+
+    #[test]
+    fn next_steps_are_stored_by_name() {
+        let json = serde_json::to_value(NextStep::ALL).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!([
+                "add_connection",
+                "enable_connection",
+                "set_credential",
+                "grant_consent"
+            ])
+        );
+        let back: Vec<NextStep> = serde_json::from_value(json).unwrap();
+        assert_eq!(back, NextStep::ALL);
+        assert!(serde_json::from_value::<NextStep>(serde_json::json!("call_support")).is_err());
+    }
+
+    #[test]
+    fn a_run_blocked_when_next_steps_were_links_still_reads() {
+        // The payload of a `RunBlocked` written before next steps had names.
+        let stored = serde_json::json!({ "RunBlocked": {
+            "reason": "provider_credential_missing",
+            "next_steps": [
+                { "label": "Add a Microsoft connection", "href": "/tenants/acme:x/connections/new" },
+                { "label": "Enable the connection", "href": "/tenants/acme:x/connections" },
+                { "label": "Set the connection's credential", "href": "/tenants/acme:x/connections" },
+                { "label": "Grant admin consent", "href": "/tenants/acme:x/connections" }
+            ],
+            "at": "2026-01-01T00:00:00Z"
+        }});
+        let RunEvent::RunBlocked { next_steps, .. } = serde_json::from_value(stored).unwrap()
+        else {
+            panic!("not a RunBlocked");
+        };
+        assert_eq!(next_steps, NextStep::ALL);
+        let unknown = serde_json::json!({ "label": "Call us", "href": "/support" });
+        assert!(serde_json::from_value::<NextStep>(unknown).is_err());
     }
 
     #[test]

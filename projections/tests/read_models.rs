@@ -16,7 +16,7 @@ use projections::RUNS_CHANNEL;
 use serde_json::{json, Value};
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
-use store::{app, CommandBus};
+use store::CommandBus;
 use support::*;
 use testkit::TestDb;
 
@@ -356,8 +356,7 @@ async fn the_runs_read_model_shows_each_runs_status_outcome_and_step_attempts() 
     assert_eq!(blocked["tenant_key"], h.fabrikam.to_string());
     assert_eq!(blocked["outcome"], "blocked");
     assert_eq!(blocked["reason_code"], "provider_connection_missing");
-    let href = blocked["next_steps"][0]["href"].as_str().unwrap();
-    assert!(href.starts_with(&format!("/tenants/{}", h.fabrikam)));
+    assert_eq!(blocked["next_steps"], json!(["add_connection"]));
 
     let failed_row = run(failed).await;
     assert_eq!(failed_row["outcome"], "failed");

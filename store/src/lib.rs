@@ -1,7 +1,6 @@
 //! Persistence: the PostgreSQL event store, the command bus, the gap-free global log,
 //! the credential vault, the embedded cluster and the service's metrics.
 
-pub mod app;
 pub mod bus;
 pub mod db;
 pub mod embedded;

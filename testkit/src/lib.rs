@@ -126,3 +126,16 @@ pub async fn count_events(pool: &PgPool, event_type: &str) -> i64 {
         .await
         .unwrap()
 }
+
+/// An Entra tenant id from a GUID literal.
+pub fn guid(s: &str) -> domain::EntraTenantId {
+    s.parse().expect("a GUID literal")
+}
+
+/// A vault with a fixed key: tests can decrypt what another test step stored.
+pub fn vault() -> store::Vault {
+    store::Vault::from_base64(&secrecy::SecretString::from(
+        "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".to_owned(),
+    ))
+    .expect("the test key is 32 bytes")
+}

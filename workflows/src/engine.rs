@@ -3,6 +3,7 @@
 //! another aggregate carries an idempotency key (run + step + attempt), so a step performed
 //! again after a crash changes nothing twice.
 
+use app::AppError;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::connection::ProviderConnection;
@@ -17,7 +18,6 @@ use sqlx::PgPool;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use store::app::AppError;
 use store::{
     AppendError, BusError, CommandBus, Metadata, SealedCredential, Staged, StagedStream, Streams,
     Vault, Wakeups,
@@ -64,7 +64,8 @@ impl StepFailure {
 
 impl From<AppError> for StepFailure {
     fn from(e: AppError) -> Self {
-        let transient = matches!(e, AppError::Conflict | AppError::Internal(_));
+        let transient =
+            matches!(e, AppError::Conflict) || e.reason_code() == ReasonCode::InternalError;
         Self {
             reason: e.reason_code(),
             message: e.to_string(),
@@ -535,7 +536,7 @@ impl Engine {
         match self.bus.append_all(&mut streams).await {
             Ok(()) => {}
             Err(AppendError::Conflict) => return Ok(Settled::Conflict),
-            Err(other) => return Err(AppError::Internal(Box::new(other))),
+            Err(other) => return Err(other.into()),
         }
         if ended {
             tracing::info!(outcome = ?c.run.state().outcome, "run completed");

@@ -8,13 +8,13 @@
 //! so a fan-out repeated after a crash between firing and recording it starts nothing
 //! twice; a pass repeats the fan-out of any tick left unrecorded for [`FAN_OUT_GRACE`].
 
+use app::{AppError, Started};
 use chrono::{DateTime, Utc};
 use domain::schedule::Schedule;
 use domain::schedule_tick::{tick_key, tick_run_id, FanOutCounts, ScheduleTick, TickCommand};
 use domain::{Role, TenantKey, WorkspaceId};
 use sqlx::PgPool;
 use std::time::Duration;
-use store::app::{self, AppError, Started};
 use store::{BusError, CommandBus, Metadata, Wakeups};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;

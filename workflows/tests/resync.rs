@@ -1,5 +1,6 @@
 //! The resync workflow against the Graph simulator and a real database.
 
+use app::Started;
 use domain::connection::ConnectionCommand;
 use domain::run::{OperationRun, RunOutcome};
 use domain::tenant::Tenant;
@@ -9,7 +10,6 @@ use graph::{Endpoint, GraphClient, RetryPolicy};
 use secrecy::SecretString;
 use std::sync::Arc;
 use std::time::Duration;
-use store::app::{self, Started};
 use store::log::{ConsumerRunner, RunnerOptions};
 use store::{CommandBus, Metadata, Metrics, Progress, Vault};
 use testkit::TestDb;

@@ -3,17 +3,17 @@
 //! by a crash is completed without starting anything twice. Time is a parameter: no test
 //! waits for an interval.
 
+use app::Started;
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use domain::connection::ConnectionCommand;
 use domain::schedule_tick::{tick_key, tick_run_id, FanOutCounts, ScheduleTick, TickCommand};
 use domain::tenant::TenantCommand;
-use domain::{EntraTenantId, FixedClock, Provider, Role, Services, TenantKey};
+use domain::{FixedClock, Provider, Role, Services, TenantKey};
 use secrecy::SecretString;
 use std::sync::Arc;
-use store::app::{self, Started};
 use store::log::{ConsumerRunner, RunnerOptions};
-use store::{CommandBus, Metadata, Metrics, Progress, Vault};
-use testkit::TestDb;
+use store::{CommandBus, Metadata, Metrics, Progress};
+use testkit::{guid, TestDb};
 use workflows::scheduler::FAN_OUT_GRACE;
 use workflows::{Pass, Scheduler};
 
@@ -22,10 +22,6 @@ const SCHEDULE: &str = "acme:policy.resync";
 
 fn owner() -> Metadata {
     Metadata::new("acme", "olivia", Role::Owner)
-}
-
-fn guid(s: &str) -> EntraTenantId {
-    s.parse().unwrap()
 }
 
 struct World {
@@ -90,10 +86,7 @@ async fn register(bus: &CommandBus, meta: &Metadata, entra: &str) -> TenantKey {
 }
 
 async fn ready_tenant(bus: &CommandBus, meta: &Metadata, entra: &str) -> TenantKey {
-    let vault = Vault::from_base64(&SecretString::from(
-        "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".to_owned(),
-    ))
-    .unwrap();
+    let vault = testkit::vault();
     let key = register(bus, meta, entra).await;
     let c = app::create_connection(bus, meta, &key, Provider::Microsoft, guid(entra), "Graph")
         .await

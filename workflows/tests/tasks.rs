@@ -1,14 +1,14 @@
 //! The task table against a real database: fed from the log, claimed once, leases expire.
 
+use app::Started;
 use domain::connection::ConnectionCommand;
 use domain::{Provider, Role, Services};
 use secrecy::SecretString;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
-use store::app::{self, Started};
 use store::log::{ConsumerRunner, RunnerOptions};
-use store::{CommandBus, Metadata, Metrics, Progress, Vault};
+use store::{CommandBus, Metadata, Metrics, Progress};
 use testkit::TestDb;
 use uuid::Uuid;
 use workflows::tasks::{claim, release, TaskFeed};
@@ -46,10 +46,7 @@ async fn feed(pool: &sqlx::PgPool) {
 }
 
 async fn queued_run(bus: &CommandBus) -> Uuid {
-    let vault = Vault::from_base64(&SecretString::from(
-        "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".to_owned(),
-    ))
-    .unwrap();
+    let vault = testkit::vault();
     let guid = "72f988bf-86f1-41af-91ab-2d7cd011db47".parse().unwrap();
     let key = app::register_tenant(bus, &owner(), guid, "Contoso", "contoso.com")
         .await

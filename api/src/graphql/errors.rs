@@ -1,13 +1,17 @@
 //! Mapping failures to GraphQL errors with a stable `code` extension.
 
+use app::AppError;
 use async_graphql::ErrorExtensions;
-use store::app::AppError;
+use domain::ReasonCode;
 
 /// A GraphQL error for a use-case failure. Internal failures are logged here, once, and
 /// shown as an opaque message.
 pub(crate) fn app_error(e: AppError) -> async_graphql::Error {
     let code = e.reason_code();
-    if let AppError::Internal(source) = &e {
+    // The caller sees only "internal error"; the cause is for the log.
+    if let Some(source) =
+        std::error::Error::source(&e).filter(|_| code == ReasonCode::InternalError)
+    {
         tracing::error!(error = %source, "request failed");
     }
     let active = match &e {
@@ -29,5 +33,5 @@ pub(crate) fn invalid(message: impl Into<String>) -> async_graphql::Error {
 
 /// A database failure while reading.
 pub(crate) fn internal(e: sqlx::Error) -> async_graphql::Error {
-    app_error(AppError::Internal(Box::new(e)))
+    app_error(AppError::Database(e))
 }

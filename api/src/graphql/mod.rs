@@ -4,6 +4,7 @@
 mod errors;
 mod feed;
 mod mutation;
+mod next_steps;
 mod page;
 mod query;
 mod subscription;

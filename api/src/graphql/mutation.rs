@@ -2,13 +2,13 @@
 //! caller's role and workspace. Refusals come back as errors with a stable `code`
 //! extension and change nothing.
 
+use app::Started;
 use async_graphql::{Context, Enum, InputObject, Object};
 use chrono::{DateTime, Utc};
 use domain::connection::ConnectionCommand;
 use domain::tenant::TenantCommand;
 use domain::{ConnectionId, EntraTenantId, Provider, RunId, TenantKey};
 use secrecy::SecretString;
-use store::app::{self, Started};
 use store::Metadata;
 
 use super::errors::{app_error, invalid};

@@ -4,7 +4,10 @@ use async_graphql::{ComplexObject, Context, Enum, SimpleObject};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use domain::run::NextStep;
+
 use super::errors::internal;
+use super::next_steps::links;
 use super::query::reader;
 
 #[derive(Debug, Clone, SimpleObject, sqlx::FromRow)]
@@ -135,7 +138,10 @@ pub struct RunNode {
     pub summary_counts: serde_json::Value,
     pub failure_summary: Option<serde_json::Value>,
     pub reason_code: Option<String>,
-    pub next_steps: serde_json::Value,
+    /// Rendered as links by the `nextSteps` field.
+    #[graphql(skip)]
+    #[sqlx(json)]
+    pub next_steps: Vec<NextStep>,
     pub queued_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
@@ -147,6 +153,12 @@ pub(crate) const RUN_COLUMNS: &str =
 
 #[ComplexObject]
 impl RunNode {
+    /// What a person can do to unblock a blocked run: links into the product,
+    /// `[{ "label": ..., "href": ... }]`. Empty for other runs.
+    async fn next_steps(&self) -> serde_json::Value {
+        links(&self.next_steps, self.tenant_key.as_deref())
+    }
+
     /// Every recorded step attempt, in order.
     async fn steps(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<RunStep>> {
         let mut tx = reader(ctx).await?;

@@ -7,17 +7,17 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use app::Started;
 use domain::connection::{ConnectionCommand, HealthStatus};
 use domain::run::{FailureSummary, OperationRun, RunCommand};
 use domain::schedule_tick::{tick_key, FanOutCounts, ScheduleTick, TickCommand};
 use domain::tenant::{SnapshotSource, Tenant, TenantCommand};
-use domain::{ConnectionId, EntraTenantId, Provider, ReasonCode, Role, RunId, Services, TenantKey};
+use domain::{ConnectionId, Provider, ReasonCode, Role, RunId, Services, TenantKey};
 use secrecy::SecretString;
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
-use store::app::{self, Started};
 use store::log::{ConsumerRunner, RunnerOptions};
-use store::{CommandBus, Consumer, Metadata, Metrics, Progress, Vault};
+use store::{CommandBus, Consumer, Metadata, Metrics, Progress};
 use testkit::TestDb;
 
 pub const CONTOSO: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
@@ -29,10 +29,7 @@ pub const NORTHWIND: &str = "9e8d7c6b-5a49-4382-9170-6f5e4d3c2b1a";
 pub const SECRET: &str = "s3cr3t-Value~that-must-not-leak";
 
 pub use testkit::READ_MODEL_TABLES as TABLES;
-
-pub fn guid(s: &str) -> EntraTenantId {
-    s.parse().unwrap()
-}
+pub use testkit::{guid, vault};
 
 pub fn owner(workspace: &str) -> Metadata {
     Metadata::new(workspace, "alice", Role::Owner)
@@ -41,13 +38,6 @@ pub fn owner(workspace: &str) -> Metadata {
 /// The workflow engine acting on `workspace`.
 pub fn engine(workspace: &str) -> Metadata {
     Metadata::new(workspace, "engine", Role::System)
-}
-
-pub fn vault() -> Vault {
-    Vault::from_base64(&SecretString::from(
-        "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".to_owned(),
-    ))
-    .unwrap()
 }
 
 pub async fn bus(db: &TestDb) -> CommandBus {

@@ -1,5 +1,5 @@
 //! Shared test support: a tiny aggregate for exercising the bus mechanics without the real
-//! domain, and the fixtures the use-case tests share.
+//! domain.
 #![allow(dead_code)]
 
 use cqrs_es::event_sink::EventSink;
@@ -90,24 +90,4 @@ impl Aggregate for Counter {
             CounterEvent::Reset => self.value = 0,
         }
     }
-}
-
-pub const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
-pub const SECOND: &str = "0b6a2f51-7f0e-4e43-9b2e-52c0e2a1b0a1";
-
-/// An owner of the `acme` workspace.
-pub fn owner() -> store::Metadata {
-    store::Metadata::new("acme", "olivia@acme.example", domain::Role::Owner)
-}
-
-pub fn guid(s: &str) -> domain::EntraTenantId {
-    s.parse().unwrap()
-}
-
-/// A vault with a fixed test key.
-pub fn vault() -> store::Vault {
-    store::Vault::from_base64(&secrecy::SecretString::from(
-        "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".to_owned(),
-    ))
-    .unwrap()
 }

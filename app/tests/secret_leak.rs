@@ -4,12 +4,11 @@
 use domain::{Provider, Services};
 use secrecy::SecretString;
 use std::sync::Arc;
-use store::app;
 use store::{CommandBus, Metrics};
-use testkit::TestDb;
+use testkit::{guid, vault, TestDb};
 
 mod support;
-use support::{guid, owner, vault, SECOND, TENANT};
+use support::{owner, SECOND, TENANT};
 
 /// Captures every log line the process writes while `f` runs.
 #[derive(Clone, Default)]

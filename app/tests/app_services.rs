@@ -1,18 +1,18 @@
 //! The use cases against a real database: R1 and R2 rules that span aggregates, their
 //! behaviour under concurrency, and the secret never leaking.
 
+use app::{AppError, Started};
 use domain::connection::{ConnectionCommand, ProviderConnection};
-use domain::run::{OperationRun, RunOutcome, RunStatus};
-use domain::tenant::Tenant;
+use domain::run::{NextStep, OperationRun, RunOutcome, RunStatus};
+use domain::tenant::{Tenant, TenantCommand};
 use domain::{EntraTenantId, Provider, ReasonCode, Role, Services, TenantKey};
 use secrecy::SecretString;
 use std::sync::Arc;
-use store::app::{self, AppError, Started};
 use store::{CommandBus, Metadata, Metrics};
-use testkit::TestDb;
+use testkit::{guid, vault, TestDb};
 
 mod support;
-use support::{guid, owner, vault, SECOND, TENANT};
+use support::{owner, SECOND, TENANT};
 
 const THIRD: &str = "1c2d3e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f";
 
@@ -260,40 +260,47 @@ async fn concurrent_starts_of_different_types_admit_one_and_name_it_to_the_other
     );
 }
 
-#[tokio::test]
-async fn a_tenant_without_a_connection_gets_a_blocked_run_with_next_steps() {
-    let db = TestDb::new().await;
-    let (bus, key) = setup(&db).await;
-    let started = app::start_operation(&bus, &owner(), &key, "policy.resync", "policies")
+/// Starts a resync that must be blocked; its reason and the next steps it recorded.
+async fn blocked_start(bus: &CommandBus, key: &TenantKey) -> (ReasonCode, Vec<NextStep>) {
+    let started = app::start_operation(bus, &owner(), key, "policy.resync", "policies")
         .await
         .unwrap();
     let Started::Blocked(run_id, reason) = started else {
         panic!("expected blocked, got {started:?}")
     };
-    assert_eq!(reason, ReasonCode::ProviderConnectionMissing);
     let run = bus
         .load::<OperationRun>(&run_id.to_string())
         .await
         .unwrap()
         .aggregate;
     assert_eq!(
-        (run.status, run.outcome),
-        (RunStatus::Completed, RunOutcome::Blocked)
+        (run.status, run.outcome, run.blocked_reason),
+        (RunStatus::Completed, RunOutcome::Blocked, Some(reason))
     );
-    assert!(run.next_steps.iter().all(|s| s.href.starts_with('/')));
+    (reason, run.next_steps)
+}
+
+#[tokio::test]
+async fn a_tenant_that_is_not_ready_gets_a_blocked_run_with_the_next_step_to_take() {
+    let db = TestDb::new().await;
+    let (bus, key) = setup(&db).await;
+    assert_eq!(
+        blocked_start(&bus, &key).await,
+        (
+            ReasonCode::ProviderConnectionMissing,
+            vec![NextStep::AddConnection]
+        )
+    );
     // A blocked run holds no scope: a real start can follow once fixed.
     let c = app::create_connection(&bus, &owner(), &key, Provider::Microsoft, guid(TENANT), "G")
         .await
         .unwrap();
-    let started = app::start_operation(&bus, &owner(), &key, "policy.resync", "policies")
-        .await
-        .unwrap();
-    assert!(
-        matches!(
-            started,
-            Started::Blocked(_, ReasonCode::ProviderCredentialMissing)
-        ),
-        "{started:?}"
+    assert_eq!(
+        blocked_start(&bus, &key).await,
+        (
+            ReasonCode::ProviderCredentialMissing,
+            vec![NextStep::SetCredential]
+        )
     );
     app::set_credential(
         &bus,
@@ -306,15 +313,28 @@ async fn a_tenant_without_a_connection_gets_a_blocked_run_with_next_steps() {
     )
     .await
     .unwrap();
-    let started = app::start_operation(&bus, &owner(), &key, "policy.resync", "policies")
+    assert_eq!(
+        blocked_start(&bus, &key).await,
+        (
+            ReasonCode::ProviderConsentMissing,
+            vec![NextStep::GrantConsent]
+        )
+    );
+    let consent = ConnectionCommand::GrantConsent {
+        scopes: vec!["Policy.Read.All".into()],
+    };
+    app::change_connection(&bus, &owner(), c, consent)
         .await
         .unwrap();
-    assert!(
-        matches!(
-            started,
-            Started::Blocked(_, ReasonCode::ProviderConsentMissing)
-        ),
-        "{started:?}"
+    app::change_connection(&bus, &owner(), c, ConnectionCommand::Disable)
+        .await
+        .unwrap();
+    assert_eq!(
+        blocked_start(&bus, &key).await,
+        (
+            ReasonCode::ProviderConnectionDisabled,
+            vec![NextStep::EnableConnection]
+        )
     );
 }
 
@@ -391,28 +411,70 @@ async fn roles_are_enforced_and_refusals_write_nothing() {
 }
 
 #[tokio::test]
-async fn another_workspace_cannot_see_or_touch_a_tenant_or_connection() {
+async fn another_workspace_finds_none_of_our_objects_and_changes_nothing() {
     let db = TestDb::new().await;
     let (bus, key, c) = ready(&db).await;
-    let intruder = Metadata::new("evil", "eve", Role::Owner);
-    let e = app::start_operation(&bus, &intruder, &key, "policy.resync", "p")
+    let run = app::start_operation(&bus, &owner(), &key, "policy.resync", "p")
         .await
-        .unwrap_err();
-    assert_eq!(e.reason_code(), ReasonCode::NotFound);
-    let e = app::make_default(&bus, &intruder, c).await.unwrap_err();
-    assert_eq!(e.reason_code(), ReasonCode::NotFound);
-    let e = app::set_credential(
-        &bus,
-        &vault(),
-        &intruder,
-        c,
-        "id",
-        &SecretString::from("s".to_owned()),
-        None,
-    )
-    .await
-    .unwrap_err();
-    assert_eq!(e.reason_code(), ReasonCode::NotFound);
+        .unwrap()
+        .run_id();
+    let schedule = app::set_schedule(&bus, &owner(), "policy.resync", 60, true, None)
+        .await
+        .unwrap();
+    let before = count(&bus, "SELECT count(*) FROM events").await;
+    let intruder = Metadata::new("evil", "eve", Role::Owner);
+    let not_found = |result: Result<(), AppError>| match result {
+        Err(AppError::NotFound(what)) => what,
+        other => panic!("expected not found, got {other:?}"),
+    };
+    let secret = SecretString::from("s".to_owned());
+    let answers = [
+        not_found(
+            app::start_operation(&bus, &intruder, &key, "policy.resync", "p")
+                .await
+                .map(drop),
+        ),
+        not_found(app::change_tenant(&bus, &intruder, &key, TenantCommand::Archive).await),
+        not_found(
+            app::create_connection(
+                &bus,
+                &intruder,
+                &key,
+                Provider::Microsoft,
+                guid(SECOND),
+                "X",
+            )
+            .await
+            .map(drop),
+        ),
+        not_found(app::make_default(&bus, &intruder, c).await),
+        not_found(
+            app::set_credential(&bus, &vault(), &intruder, c, "id", &secret, None)
+                .await
+                .map(drop),
+        ),
+        not_found(
+            app::change_connection(&bus, &intruder, c, ConnectionCommand::Disable)
+                .await
+                .map(drop),
+        ),
+        not_found(app::cancel_run(&bus, &intruder, run).await.map(drop)),
+        not_found(app::disable_schedule(&bus, &intruder, &schedule).await),
+    ];
+    assert_eq!(
+        answers,
+        [
+            "tenant",
+            "tenant",
+            "tenant",
+            "connection",
+            "connection",
+            "connection",
+            "run",
+            "schedule"
+        ]
+    );
+    assert_eq!(count(&bus, "SELECT count(*) FROM events").await, before);
 }
 
 #[tokio::test]
@@ -426,14 +488,9 @@ async fn a_fleet_start_answers_each_tenant_as_a_single_start_would_and_repeats_s
     let archived = app::register_tenant(&bus, &owner(), guid(THIRD), "Tailspin", "tailspin.com")
         .await
         .unwrap();
-    app::change_tenant(
-        &bus,
-        &owner(),
-        &archived,
-        domain::tenant::TenantCommand::Archive,
-    )
-    .await
-    .unwrap();
+    app::change_tenant(&bus, &owner(), &archived, TenantCommand::Archive)
+        .await
+        .unwrap();
     let elsewhere = TenantKey::new("other-ws".parse().unwrap(), guid(TENANT));
     let ids: Vec<domain::RunId> = (0..5).map(|_| domain::RunId::new()).collect();
     let requests: Vec<app::StartRequest> =

@@ -1,0 +1,21 @@
+//! Application services: the use cases behind mutations, workflows and the demo, so each
+//! rule has one implementation. Each use case proves that the caller's workspace owns the
+//! objects it names (`guard`), then appends through the bus, in one transaction when
+//! several streams (or the vault) must change together. Lost optimistic races are retried.
+
+mod connections;
+mod error;
+mod guard;
+mod retry;
+mod runs;
+mod schedules;
+mod tenants;
+
+pub use connections::{change_connection, create_connection, make_default, set_credential};
+pub use error::AppError;
+pub use runs::{
+    cancel_run, release_scope, start_operation, start_operation_with_id, start_operations,
+    StartRequest, Started,
+};
+pub use schedules::{disable_schedule, set_schedule};
+pub use tenants::{change_tenant, register_tenant};

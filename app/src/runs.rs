@@ -1,0 +1,416 @@
+//! Operation runs: starting one (dedupe, scope busy, blocked runs; R2.2, R2.3), starting
+//! many at once, cancelling one, and releasing the scope a run held.
+
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+
+use cqrs_es::Aggregate;
+use domain::connection::{ConnectionStatus, ProviderConnection};
+use domain::run::{NextStep, OperationRun, RunCommand, RunContext, RunOutcome};
+use domain::scope_lock::{scope_key, ScopeCommand, ScopeLock};
+use domain::tenant::{Tenant, TenantError, TenantStatus};
+use domain::{EntraTenantId, Provider, ReasonCode, Role, RunId, TenantKey, WorkspaceId};
+use store::{CommandBus, Metadata, Staged, StagedStream, UnitOfWork};
+
+use crate::error::{scope_error, IntoRefusal};
+use crate::guard::{self, caller_workspace, owned};
+use crate::retry::retrying;
+use crate::AppError;
+
+/// What starting an operation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Started {
+    /// A new run was queued.
+    Queued(RunId),
+    /// A run of the same type was already active for the scope: that run (R2.2).
+    Deduplicated(RunId),
+    /// The run could not start; it is recorded and finalized as blocked (R2.3).
+    Blocked(RunId, ReasonCode),
+}
+
+impl Started {
+    /// The run started, found or blocked.
+    pub fn run_id(&self) -> RunId {
+        match self {
+            Started::Queued(r) | Started::Deduplicated(r) | Started::Blocked(r, _) => *r,
+        }
+    }
+}
+
+/// One tenant of a fleet start, optionally with the id its run gets (see
+/// [`start_operation_with_id`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartRequest {
+    pub tenant: TenantKey,
+    pub run_id: Option<RunId>,
+}
+
+/// Tenants per transaction of a fleet start.
+const START_CHUNK: usize = 64;
+
+/// Engine-side metadata for effects a person's command causes (e.g. releasing a scope).
+fn as_system(meta: &Metadata) -> Metadata {
+    Metadata {
+        role: Role::System,
+        causation_id: Some(meta.request_id.clone()),
+        idempotency_key: None,
+        ..meta.clone()
+    }
+}
+
+/// Why a provider-backed run cannot start, and what a person can do about it. Only the
+/// kind of step: the API renders it as a link.
+fn precondition(connection: Option<&ProviderConnection>) -> Option<(ReasonCode, Vec<NextStep>)> {
+    let Some(c) = connection else {
+        return Some((
+            ReasonCode::ProviderConnectionMissing,
+            vec![NextStep::AddConnection],
+        ));
+    };
+    if c.status == ConnectionStatus::Disabled {
+        return Some((
+            ReasonCode::ProviderConnectionDisabled,
+            vec![NextStep::EnableConnection],
+        ));
+    }
+    if c.credential.is_none() {
+        return Some((
+            ReasonCode::ProviderCredentialMissing,
+            vec![NextStep::SetCredential],
+        ));
+    }
+    if !c.consent_granted {
+        return Some((
+            ReasonCode::ProviderConsentMissing,
+            vec![NextStep::GrantConsent],
+        ));
+    }
+    None
+}
+
+/// Starts (or dedupes to) a provider-backed operation on a tenant through its default
+/// Microsoft connection. The scope lock and the run are appended in one transaction. An
+/// archived tenant is refused.
+pub async fn start_operation(
+    bus: &CommandBus,
+    meta: &Metadata,
+    tenant: &TenantKey,
+    run_type: &str,
+    module: &str,
+) -> Result<Started, AppError> {
+    start(bus, meta, tenant, run_type, module, None).await
+}
+
+/// Like [`start_operation`], with the id the new run gets. When `run_id` already names a
+/// run of the caller's workspace, nothing is started and that run is returned as it was
+/// first started (`Queued` or `Blocked`): a repeated start, such as a schedule's fan-out
+/// after a crash, starts each run once.
+pub async fn start_operation_with_id(
+    bus: &CommandBus,
+    meta: &Metadata,
+    tenant: &TenantKey,
+    run_type: &str,
+    module: &str,
+    run_id: RunId,
+) -> Result<Started, AppError> {
+    start(bus, meta, tenant, run_type, module, Some(run_id)).await
+}
+
+async fn start(
+    bus: &CommandBus,
+    meta: &Metadata,
+    tenant: &TenantKey,
+    run_type: &str,
+    module: &str,
+    requested: Option<RunId>,
+) -> Result<Started, AppError> {
+    let request = StartRequest {
+        tenant: tenant.clone(),
+        run_id: requested,
+    };
+    let mut outcomes = start_operations(bus, meta, &[request], run_type, module).await?;
+    outcomes.pop().unwrap_or(Err(AppError::NotFound("tenant")))
+}
+
+/// Starts an operation on many tenants at once (a fleet resync), with the same rules and
+/// answers as [`start_operation`] for each, in the same order. Tenants are taken
+/// [`START_CHUNK`] per transaction: three reads and one append each, instead of several
+/// round trips per tenant. One tenant's refusal does not stop the others; the outer error
+/// is for the whole call (forbidden role, bad workspace, database).
+pub async fn start_operations(
+    bus: &CommandBus,
+    meta: &Metadata,
+    requests: &[StartRequest],
+    run_type: &str,
+    module: &str,
+) -> Result<Vec<Result<Started, AppError>>, AppError> {
+    let workspace = caller_workspace(meta)?;
+    // Checked first: a dedupe answer must not reach a role that may not start anything.
+    if !meta.role.allows(domain::Permission::StartOperations) {
+        return Err(AppError::Forbidden(meta.role));
+    }
+    let mut outcomes = Vec::with_capacity(requests.len());
+    for chunk in requests.chunks(START_CHUNK) {
+        let chunk_outcomes = retrying(|| async {
+            let mut uow = bus.begin().await?;
+            let outcomes =
+                start_chunk(bus, &mut uow, meta, &workspace, chunk, run_type, module).await?;
+            uow.commit().await?;
+            Ok(outcomes)
+        })
+        .await?;
+        outcomes.extend(chunk_outcomes);
+    }
+    Ok(outcomes)
+}
+
+/// Decides the starts of one chunk inside `uow` and appends them; a conflict voids the
+/// chunk (the caller starts it over).
+async fn start_chunk(
+    bus: &CommandBus,
+    uow: &mut UnitOfWork,
+    meta: &Metadata,
+    workspace: &WorkspaceId,
+    chunk: &[StartRequest],
+    run_type: &str,
+    module: &str,
+) -> Result<Vec<Result<Started, AppError>>, AppError> {
+    let services = bus.services();
+    // Read 1: the tenants, and the runs asked for by id.
+    let mut wanted: Vec<(&'static str, String)> = Vec::new();
+    for r in chunk {
+        wanted.push((Tenant::TYPE, r.tenant.to_string()));
+        if let Some(id) = r.run_id {
+            wanted.push((OperationRun::TYPE, id.to_string()));
+        }
+    }
+    let mut streams = uow.fetch_streams(&wanted).await?;
+    let mut tenants = HashMap::new();
+    let mut existing = HashMap::new();
+    for r in chunk {
+        let key = r.tenant.to_string();
+        if let Entry::Vacant(slot) = tenants.entry(key) {
+            let t = streams.stage::<Tenant>(slot.key())?.into_state();
+            slot.insert(t);
+        }
+        if let Some(id) = r.run_id.filter(|id| !existing.contains_key(id)) {
+            let run = streams.stage::<OperationRun>(&id.to_string())?.into_state();
+            existing.insert(id, run);
+        }
+    }
+    // Read 2: the default connections of the caller's own tenants.
+    let connection_ids: Vec<(&'static str, String)> = chunk
+        .iter()
+        .filter_map(|r| tenants.get(&r.tenant.to_string()))
+        .filter(|t| owned(meta, *t).is_ok())
+        .filter_map(|t| t.default_connection(Provider::Microsoft))
+        .map(|c| (ProviderConnection::TYPE, c.to_string()))
+        .collect();
+    let mut streams = uow.fetch_streams(&connection_ids).await?;
+    let mut connections = HashMap::new();
+    for (_, id) in &connection_ids {
+        if let Entry::Vacant(slot) = connections.entry(id.clone()) {
+            slot.insert(streams.stage::<ProviderConnection>(id)?.into_state());
+        }
+    }
+    // Read 3: the scope locks.
+    let scope_of = |r: &StartRequest| -> EntraTenantId {
+        tenants
+            .get(&r.tenant.to_string())
+            .and_then(|t| t.default_connection(Provider::Microsoft))
+            .and_then(|c| connections.get(&c.to_string()))
+            .and_then(|c: &ProviderConnection| c.entra_tenant_id)
+            .unwrap_or(r.tenant.entra_tenant_id)
+    };
+    let lock_ids: Vec<(&'static str, String)> = chunk
+        .iter()
+        .map(|r| (ScopeLock::TYPE, scope_key(workspace, scope_of(r))))
+        .collect();
+    let mut streams = uow.fetch_streams(&lock_ids).await?;
+    let mut locks: HashMap<String, Staged<ScopeLock>> = HashMap::new();
+    for (_, id) in &lock_ids {
+        if let Entry::Vacant(slot) = locks.entry(id.clone()) {
+            slot.insert(streams.stage::<ScopeLock>(id)?);
+        }
+    }
+    // Decide each start against the staged state (a later tenant of the chunk sees an
+    // earlier one's lock), then append everything in one statement.
+    let mut runs: Vec<Staged<OperationRun>> = Vec::new();
+    let mut outcomes = Vec::with_capacity(chunk.len());
+    for r in chunk {
+        let tenant = tenants.get(&r.tenant.to_string());
+        let connection = tenant
+            .and_then(|t| t.default_connection(Provider::Microsoft))
+            .and_then(|c| connections.get(&c.to_string()));
+        let lock_id = scope_key(workspace, scope_of(r));
+        let Some(lock) = locks.get_mut(&lock_id) else {
+            outcomes.push(Err(AppError::NotFound("tenant")));
+            continue;
+        };
+        let input = StartInput {
+            meta,
+            workspace,
+            tenant_key: &r.tenant,
+            tenant,
+            existing: r
+                .run_id
+                .and_then(|id| existing.get(&id).map(|run| (id, run))),
+            connection,
+            scope: scope_of(r),
+            run_type,
+            module,
+        };
+        outcomes.push(decide_start(services, input, r.run_id, lock, &mut runs).await?);
+    }
+    let mut staged: Vec<&mut dyn StagedStream> = Vec::new();
+    staged.extend(locks.values_mut().map(|l| l as &mut dyn StagedStream));
+    staged.extend(runs.iter_mut().map(|r| r as &mut dyn StagedStream));
+    uow.append_all(&mut staged).await?;
+    Ok(outcomes)
+}
+
+/// What deciding one start needs, as read in its transaction.
+struct StartInput<'a> {
+    meta: &'a Metadata,
+    workspace: &'a WorkspaceId,
+    tenant_key: &'a TenantKey,
+    tenant: Option<&'a Tenant>,
+    /// The run asked for by id, as stored (it may not exist yet).
+    existing: Option<(RunId, &'a OperationRun)>,
+    connection: Option<&'a ProviderConnection>,
+    scope: EntraTenantId,
+    run_type: &'a str,
+    module: &'a str,
+}
+
+/// Decides one start (R2.2 dedupe and scope busy, R2.3 blocked) on the staged scope lock;
+/// a new run's events are staged into `runs`. The inner result is this tenant's answer;
+/// the outer error voids the whole transaction.
+async fn decide_start(
+    services: &domain::Services,
+    input: StartInput<'_>,
+    requested: Option<RunId>,
+    lock: &mut Staged<ScopeLock>,
+    runs: &mut Vec<Staged<OperationRun>>,
+) -> Result<Result<Started, AppError>, AppError> {
+    let StartInput {
+        meta,
+        workspace,
+        tenant_key,
+        tenant,
+        existing,
+        connection,
+        scope,
+        run_type,
+        module,
+    } = input;
+    let tenant = match tenant.map(|t| owned(meta, t)) {
+        Some(Ok(t)) => t,
+        Some(Err(e)) => return Ok(Err(e)),
+        None => return Ok(Err(AppError::NotFound("tenant"))),
+    };
+    if let Some((id, run)) = existing.filter(|(_, run)| run.exists()) {
+        return Ok(owned(meta, run).map(|run| match run.blocked_reason {
+            Some(reason) => Started::Blocked(id, reason),
+            None => Started::Queued(id),
+        }));
+    }
+    if tenant.status == TenantStatus::Archived {
+        return Ok(Err(TenantError::Archived.into_refusal()));
+    }
+    if let Some(Err(e)) = connection.map(|c| owned(meta, c)) {
+        return Ok(Err(e));
+    }
+    if let Some(active) = lock.state().active() {
+        if active.run_type == run_type {
+            return Ok(Ok(Started::Deduplicated(active.run_id)));
+        }
+        return Ok(Err(AppError::ScopeBusy {
+            active_run_id: active.run_id,
+            active_run_type: active.run_type.clone(),
+        }));
+    }
+    let run_id = requested.unwrap_or_default();
+    let blocked = precondition(connection);
+    if blocked.is_none() {
+        let acquire = ScopeCommand::Acquire {
+            run_id,
+            run_type: run_type.to_owned(),
+        };
+        if let Err(e) = lock.decide(services, acquire, meta).await {
+            return match scope_error(e) {
+                e @ AppError::ScopeBusy { .. } => Ok(Err(e)),
+                other => Err(other),
+            };
+        }
+    }
+    let context = RunContext {
+        provider: Provider::Microsoft,
+        connection_id: tenant.default_connection(Provider::Microsoft),
+        target_scope: scope,
+        tenant_key: tenant_key.clone(),
+        module: module.to_owned(),
+    };
+    let mut run = Staged::<OperationRun>::new(run_id.to_string(), OperationRun::default(), 0);
+    let queue = RunCommand::Queue {
+        workspace: workspace.clone(),
+        run_type: run_type.to_owned(),
+        context,
+        initiator: meta.actor.clone(),
+    };
+    run.decide(services, queue, meta).await?;
+    let started = match blocked {
+        Some((reason, next_steps)) => {
+            run.decide(
+                services,
+                RunCommand::Block { reason, next_steps },
+                &as_system(meta),
+            )
+            .await?;
+            Started::Blocked(run_id, reason)
+        }
+        None => Started::Queued(run_id),
+    };
+    runs.push(run);
+    Ok(Ok(started))
+}
+
+/// Asks a run to stop. A queued run is cancelled at once and its scope released in the
+/// same transaction; a running one stops at its next step.
+pub async fn cancel_run(
+    bus: &CommandBus,
+    meta: &Metadata,
+    run_id: RunId,
+) -> Result<OperationRun, AppError> {
+    retrying(|| async {
+        let mut uow = bus.begin().await?;
+        let id = run_id.to_string();
+        guard::load::<OperationRun>(&mut uow, meta, &id).await?;
+        let done = uow
+            .execute::<OperationRun>(&id, RunCommand::RequestCancel, meta)
+            .await?;
+        if done.aggregate.outcome == RunOutcome::Cancelled {
+            release_scope(&mut uow, &done.aggregate, run_id, &as_system(meta)).await?;
+        }
+        uow.commit().await?;
+        Ok(done.aggregate)
+    })
+    .await
+}
+
+/// Releases the scope a run held (idempotent). Workflows call this when a run completes.
+pub async fn release_scope(
+    uow: &mut UnitOfWork,
+    run: &OperationRun,
+    run_id: RunId,
+    meta: &Metadata,
+) -> Result<(), AppError> {
+    let (Some(workspace), Some(context)) = (&run.workspace, &run.context) else {
+        return Ok(());
+    };
+    let lock_id = scope_key(workspace, context.target_scope);
+    uow.execute::<ScopeLock>(&lock_id, ScopeCommand::Release { run_id }, meta)
+        .await
+        .map_err(scope_error)?;
+    Ok(())
+}
