@@ -89,28 +89,24 @@ async fn resync(
     // work until every run has completed.
     let client: Arc<dyn GraphApi> =
         Arc::new(graph::GraphClient::new(sim.graph_config()).map_err(|e| anyhow::anyhow!("{e}"))?);
-    let shutdown = CancellationToken::new();
-    let wakeups = store::Wakeups::listen(pool.clone(), shutdown.clone());
-    let mut workers = tokio::task::JoinSet::new();
-    let feed = store::ConsumerRunner::new(
-        pool.clone(),
-        Arc::new(workflows::TaskFeed),
-        store::RunnerOptions::default(),
-        metrics.clone(),
-    );
-    workers.spawn(feed.run(wakeups.clone(), shutdown.clone()));
-    for i in 0..concurrency {
-        let engine = workflows::Engine {
-            bus: bus.clone(),
-            vault: vault.clone(),
-            graph: client.clone(),
-            owner: format!("bench-{i}"),
-            lease: Duration::from_secs(60),
-            backoff: workflows::Backoff::default(),
-            write_window: std::time::Duration::from_millis(config.workflow_write_window_ms),
-        };
-        workers.spawn(engine.run(wakeups.clone(), shutdown.clone()));
-    }
+    // The runtime as `serve` starts it, less the read models and the scheduler: the task
+    // feed, the snapshot writer and `concurrency` engines.
+    let parts = runtime::Parts {
+        bus: bus.clone(),
+        vault: vault.clone(),
+        graph: client,
+        metrics: metrics.clone(),
+        workflows: workflows::Registry::standard(),
+    };
+    let options = runtime::Options {
+        owner: "bench".to_owned(),
+        workers: concurrency,
+        write_window: Duration::from_millis(config.workflow_write_window_ms),
+        scheduler_poll: None,
+        projections: false,
+        ..runtime::Options::default()
+    };
+    let background = runtime::start(&parts, &options, CancellationToken::new());
     tracing::info!(tenants, "registering the fleet");
     let mut keys = Vec::with_capacity(fleet.len());
     for t in &fleet {
@@ -155,7 +151,7 @@ async fn resync(
         &meta,
         &requests,
         workflows::resync::RUN_TYPE,
-        "conditional_access",
+        workflows::resync::MODULE,
     )
     .await
     .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -205,8 +201,7 @@ async fn resync(
     }
     drop(watcher);
     let workflow_seconds = started.elapsed().as_secs_f64();
-    shutdown.cancel();
-    while workers.join_next().await.is_some() {}
+    background.stop().await;
     let failed: i64 =
         sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'RunFailed'")
             .fetch_one(pool)

@@ -48,7 +48,7 @@ pub async fn start(
             &meta,
             &key,
             workflows::resync::RUN_TYPE,
-            "conditional_access",
+            workflows::resync::MODULE,
         )
         .await
         .map_err(|e| anyhow::anyhow!("demo: resync of {}: {e}", t.display_name))?;

@@ -164,20 +164,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             )
         }
     };
-    let graph_client =
+    let graph_client: Arc<dyn graph::GraphApi> =
         Arc::new(graph::GraphClient::new(graph_config).map_err(|e| anyhow::anyhow!("{e}"))?);
-    let workers = config.workflow_workers.max(1);
-    let engines: Vec<workflows::Engine> = (0..workers)
-        .map(|i| workflows::Engine {
-            bus: bus.clone(),
-            vault: vault.clone(),
-            graph: graph_client.clone(),
-            owner: format!("{}-{}-{i}", hostname(), std::process::id()),
-            lease: std::time::Duration::from_secs(config.workflow_lease_seconds.max(1)),
-            backoff: workflows::Backoff::default(),
-            write_window: std::time::Duration::from_millis(config.workflow_write_window_ms),
-        })
-        .collect();
+    let parts = runtime::Parts {
+        bus: bus.clone(),
+        vault: vault.clone(),
+        graph: graph_client,
+        metrics: metrics.clone(),
+        workflows: workflows::Registry::standard(),
+    };
     let state = api::AppState(Arc::new(api::App {
         pool: db.pool.clone(),
         bus,
@@ -186,44 +181,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         auth: authenticator(&config)?,
         runs: api::graphql::RunFeed::listen(db.pool.clone(), shutdown.clone()),
         schema: api::graphql::schema(),
+        workflows: parts.workflows.clone(),
     }));
-
-    // Catch-up projections, woken by NOTIFY from the events table.
-    let mut background = tokio::task::JoinSet::new();
-    let wakeups = store::Wakeups::listen(db.pool.clone(), shutdown.clone());
-    projections::spawn_all(
-        &db.pool,
-        projections::all(),
-        &wakeups,
-        &metrics,
-        &store::RunnerOptions::default(),
-        &shutdown,
-        &mut background,
-    );
-    // The workflow task feed, and the snapshots of long streams (tenants, connections,
-    // scope locks), both behind the log; then the engines that advance runs.
-    let consumers: [Arc<dyn store::Consumer>; 2] = [
-        Arc::new(workflows::TaskFeed),
-        Arc::new(store::SnapshotWriter),
-    ];
-    for consumer in consumers {
-        let runner = store::ConsumerRunner::new(
-            db.pool.clone(),
-            consumer,
-            store::RunnerOptions::default(),
-            metrics.clone(),
-        );
-        background.spawn(runner.run(wakeups.clone(), shutdown.clone()));
-    }
-    for engine in engines {
-        background.spawn(engine.run(wakeups.clone(), shutdown.clone()));
-    }
-    // Recurring schedules: every instance runs a scheduler; each tick fires once.
-    let scheduler = workflows::Scheduler {
-        bus: state.bus.clone(),
-        poll: std::time::Duration::from_secs(config.scheduler_poll_seconds.max(1)),
-    };
-    background.spawn(scheduler.run(wakeups.clone(), shutdown.clone()));
+    // Projections, task feed, snapshot writer, engines and scheduler, woken by NOTIFY
+    // from the events table.
+    let background = runtime::start(&parts, &runtime_options(&config), shutdown.clone());
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -262,8 +224,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
         .context("HTTP server failed")?;
-    shutdown.cancel();
-    while background.join_next().await.is_some() {}
+    background.stop().await;
     if let Some(sim) = demo {
         sim.shutdown().await;
     }
@@ -284,6 +245,20 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+/// The runtime's settings from the configuration.
+pub fn runtime_options(config: &Config) -> runtime::Options {
+    runtime::Options {
+        owner: format!("{}-{}", hostname(), std::process::id()),
+        workers: config.workflow_workers.max(1),
+        lease: std::time::Duration::from_secs(config.workflow_lease_seconds.max(1)),
+        write_window: std::time::Duration::from_millis(config.workflow_write_window_ms),
+        scheduler_poll: Some(std::time::Duration::from_secs(
+            config.scheduler_poll_seconds.max(1),
+        )),
+        ..runtime::Options::default()
     }
 }
 

@@ -20,6 +20,8 @@ pub struct App {
     pub auth: auth::Authenticator,
     pub runs: graphql::RunFeed,
     pub schema: graphql::TenantflowSchema,
+    /// The workflows runs may be started for (the engines run the same registry).
+    pub workflows: workflows::Registry,
 }
 
 /// Shared application state.

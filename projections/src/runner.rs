@@ -25,28 +25,12 @@ pub fn spawn_all(
     tasks: &mut JoinSet<()>,
 ) {
     for p in projections {
-        let consumer: Arc<dyn Consumer> = as_consumer(p);
+        // The projection is its own consumer (upcast): its payload filter and everything
+        // else it says about itself reach the runner unchanged.
+        let consumer: Arc<dyn Consumer> = p;
         let runner = ConsumerRunner::new(pool.clone(), consumer, options.clone(), metrics.clone());
         tasks.spawn(runner.run(wakeups.clone(), shutdown.clone()));
     }
-}
-
-fn as_consumer(p: Arc<dyn Projection>) -> Arc<dyn Consumer> {
-    struct Wrap(Arc<dyn Projection>);
-    #[async_trait::async_trait]
-    impl Consumer for Wrap {
-        fn name(&self) -> &str {
-            self.0.name()
-        }
-        async fn handle(
-            &self,
-            tx: &mut sqlx::PgConnection,
-            events: &[store::StoredEvent],
-        ) -> Result<(), ConsumerError> {
-            self.0.handle(tx, events).await
-        }
-    }
-    Arc::new(Wrap(p))
 }
 
 /// Reports rebuild progress: events replayed so far, and the total to replay.

@@ -216,3 +216,84 @@ async fn an_event_type_the_domain_does_not_know_is_skipped_and_the_projection_mo
     assert_eq!(snapshot_of(&pool).await["rm_tenants"], tenants_before);
     assert_eq!(consumed(&pool, "tenants").await, log_length(&pool).await);
 }
+
+/// Records, for every event it is handed, its type and whether its payload came along.
+struct PayloadProbe {
+    seen: std::sync::Mutex<Vec<(String, bool)>>,
+}
+
+#[async_trait::async_trait]
+impl store::Consumer for PayloadProbe {
+    fn name(&self) -> &str {
+        "payload_probe"
+    }
+    fn payloads_of(&self) -> store::Payloads {
+        store::Payloads::OfAggregates(&["Tenant"])
+    }
+    async fn handle(
+        &self,
+        _tx: &mut sqlx::PgConnection,
+        events: &[store::StoredEvent],
+    ) -> Result<(), ConsumerError> {
+        let mut seen = self.seen.lock().unwrap();
+        seen.extend(
+            events
+                .iter()
+                .map(|e| (e.aggregate_type.clone(), !e.payload.is_null())),
+        );
+        Ok(())
+    }
+}
+
+impl projections::Projection for PayloadProbe {
+    fn tables(&self) -> &'static [&'static str] {
+        &[]
+    }
+}
+
+#[tokio::test]
+async fn a_live_projection_reads_only_the_payloads_it_asks_for() {
+    let db = testkit::TestDb::new().await;
+    let pool = db.pool().await;
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+         VALUES ('Tenant', 't', 1, 'TenantRegistered', '1', '{\"TenantRegistered\": {}}', '{}'), \
+                ('OperationRun', 'r', 1, 'RunQueued', '1', '{\"RunQueued\": {}}', '{}')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let probe = Arc::new(PayloadProbe {
+        seen: Default::default(),
+    });
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    let wakeups = store::Wakeups::listen(pool.clone(), shutdown.clone());
+    projections::spawn_all(
+        &pool,
+        vec![probe.clone() as Arc<dyn projections::Projection>],
+        &wakeups,
+        &Metrics::new(),
+        &RunnerOptions::default(),
+        &shutdown,
+        &mut tasks,
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while probe.seen.lock().unwrap().len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the probe saw nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    let seen = probe.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [
+            ("Tenant".to_owned(), true),
+            ("OperationRun".to_owned(), false)
+        ]
+    );
+}

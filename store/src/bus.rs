@@ -13,6 +13,7 @@ use domain::{Authorize, Permission, Role, Services};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tracing::Instrument;
 
 use crate::metrics::{CommandLabels, Metrics};
@@ -400,16 +401,18 @@ pub struct Staged<A: Aggregate> {
     id: String,
     state: A,
     base_version: i64,
-    pending: Vec<(A::Event, serde_json::Value)>,
+    /// Decided events with their metadata and their place in the order of all decisions
+    /// (see [`decision_order`]).
+    pending: Vec<(A::Event, serde_json::Value, u64)>,
     /// Idempotency keys applied to the stream (when loaded with them), and staged since.
     keys: Vec<String>,
 }
 
 /// What [`Staged::decide`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decided {
-    /// Events the command produced (now pending).
-    pub events: usize,
+    /// The types of the events the command produced (now pending), in order.
+    pub event_types: Vec<String>,
     /// The command's idempotency key had been applied before: it was skipped.
     pub repeated: bool,
 }
@@ -447,7 +450,7 @@ where
         if let Some(key) = &metadata.idempotency_key {
             if self.keys.contains(key) {
                 return Ok(Decided {
-                    events: 0,
+                    event_types: Vec::new(),
                     repeated: true,
                 });
             }
@@ -459,16 +462,16 @@ where
             .map_err(BusError::Domain)?;
         let events = sink.collect().await;
         let meta = metadata.to_json();
-        let count = events.len();
+        let event_types: Vec<String> = events.iter().map(|e| e.event_type()).collect();
         for event in events {
             self.state.apply(event.clone());
-            self.pending.push((event, meta.clone()));
+            self.pending.push((event, meta.clone(), decision_order()));
         }
-        if count > 0 {
+        if !event_types.is_empty() {
             self.keys.extend(metadata.idempotency_key.clone());
         }
         Ok(Decided {
-            events: count,
+            event_types,
             repeated: false,
         })
     }
@@ -487,7 +490,16 @@ where
     }
 }
 
-/// Appends the staged decisions of `streams` in one INSERT; returns how many events.
+/// The place of a decided event in the order of every decision this process made. Staged
+/// streams are appended together, and their events must reach the log in the order they
+/// were decided (a run's end after the snapshot it reports), not stream by stream.
+fn decision_order() -> u64 {
+    static DECIDED: AtomicU64 = AtomicU64::new(0);
+    DECIDED.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Appends the staged decisions of `streams` in one INSERT, in the order they were decided;
+/// returns how many events.
 async fn append_streams(
     conn: &mut PgConnection,
     streams: &mut [&mut dyn StagedStream],
@@ -496,6 +508,7 @@ async fn append_streams(
     for s in streams.iter() {
         s.rows(&mut rows)?;
     }
+    rows.sort_by_decision();
     insert_rows(conn, &rows).await?;
     for s in streams.iter_mut() {
         s.mark_appended();
@@ -511,7 +524,8 @@ async fn insert_rows(conn: &mut PgConnection, rows: &EventRows) -> Result<(), Ap
     }
     let result = sqlx::query(
         "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[])",
+         SELECT t, i, s, et, ev, p, m FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[]) \
+             WITH ORDINALITY AS r(t, i, s, et, ev, p, m, n) ORDER BY n",
     )
     .bind(&rows.aggregate_types)
     .bind(&rows.aggregate_ids)
@@ -600,11 +614,33 @@ pub struct EventRows {
     versions: Vec<String>,
     payloads: Vec<serde_json::Value>,
     metas: Vec<serde_json::Value>,
+    /// Each row's [`decision_order`].
+    order: Vec<u64>,
 }
 
 impl EventRows {
     fn is_empty(&self) -> bool {
         self.sequences.is_empty()
+    }
+
+    /// Puts the rows in the order they were decided (global positions follow row order).
+    fn sort_by_decision(&mut self) {
+        if self.order.windows(2).all(|w| w[0] <= w[1]) {
+            return;
+        }
+        let mut idx: Vec<usize> = (0..self.order.len()).collect();
+        idx.sort_by_key(|&i| self.order[i]);
+        fn permute<T: Clone>(v: &mut Vec<T>, idx: &[usize]) {
+            *v = idx.iter().map(|&i| v[i].clone()).collect();
+        }
+        permute(&mut self.aggregate_types, &idx);
+        permute(&mut self.aggregate_ids, &idx);
+        permute(&mut self.sequences, &idx);
+        permute(&mut self.types, &idx);
+        permute(&mut self.versions, &idx);
+        permute(&mut self.payloads, &idx);
+        permute(&mut self.metas, &idx);
+        permute(&mut self.order, &idx);
     }
 
     fn push<A: Aggregate>(
@@ -613,8 +649,10 @@ impl EventRows {
         sequence: i64,
         event: &A::Event,
         meta: &serde_json::Value,
+        order: u64,
     ) -> Result<(), serde_json::Error> {
         self.payloads.push(serde_json::to_value(event)?);
+        self.order.push(order);
         self.aggregate_types.push(A::TYPE);
         self.aggregate_ids.push(id.to_owned());
         self.sequences.push(sequence);
@@ -635,9 +673,15 @@ pub trait StagedStream: Send {
 
 impl<A: Aggregate> StagedStream for Staged<A> {
     fn rows(&self, rows: &mut EventRows) -> Result<(), AppendError> {
-        for (i, (event, meta)) in self.pending.iter().enumerate() {
-            rows.push::<A>(&self.id, self.base_version + 1 + i as i64, event, meta)
-                .map_err(AppendError::Corrupt)?;
+        for (i, (event, meta, order)) in self.pending.iter().enumerate() {
+            rows.push::<A>(
+                &self.id,
+                self.base_version + 1 + i as i64,
+                event,
+                meta,
+                *order,
+            )
+            .map_err(AppendError::Corrupt)?;
         }
         Ok(())
     }
@@ -896,7 +940,7 @@ async fn append<A: Aggregate>(
     let mut rows = EventRows::default();
     for (i, event) in events.iter().enumerate() {
         let sequence = version + 1 + i as i64;
-        rows.push::<A>(id, sequence, event, &meta)
+        rows.push::<A>(id, sequence, event, &meta, 0)
             .map_err(|source| BusError::Corrupt {
                 aggregate_type: A::TYPE,
                 aggregate_id: id.to_owned(),

@@ -3,19 +3,16 @@
 //! another aggregate carries an idempotency key (run + step + attempt), so a step performed
 //! again after a crash changes nothing twice.
 
-use app::AppError;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::connection::ProviderConnection;
-use domain::policy::{self, CuratedPolicy};
 use domain::run::{FailureSummary, OperationRun, RunCommand};
 use domain::scope_lock::{scope_key, ScopeCommand, ScopeLock};
-use domain::tenant::{SnapshotSource, Tenant, TenantCommand};
-use domain::{ReasonCode, Role, RunId};
-use graph::{AppCredentials, GraphApi, GraphError};
+use domain::tenant::Tenant;
+use domain::{DomainError, ReasonCode, Role, RunId};
+use graph::{AppCredentials, GraphApi};
 use rand::Rng;
 use sqlx::PgPool;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use store::{
@@ -24,59 +21,21 @@ use store::{
 };
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use uuid::Uuid;
 
 use crate::plan::{Decision, Plan};
-use crate::resync;
 use crate::retry::Backoff;
 use crate::tasks::{claim_with_streams, extend, release, Claimed, Task};
+use crate::workflow::{Applied, Effect, Registry, StepContext, StepFailure, Workflow};
 
-/// Why a step failed: a reason code, a short message, and whether to retry (and when).
-#[derive(Debug)]
-struct StepFailure {
-    reason: ReasonCode,
-    message: String,
-    transient: bool,
-    retry_after: Option<Duration>,
-}
-
-impl From<GraphError> for StepFailure {
-    fn from(e: GraphError) -> Self {
-        Self {
-            reason: e.reason,
-            transient: e.is_transient(),
-            retry_after: e.retry_after,
-            message: e.to_string(),
-        }
+/// A refusal or failure of the bus while deciding a step's effect, as the step's failure:
+/// a domain refusal will not change on retry; anything else might.
+fn bus_failure<E: DomainError>(e: BusError<E>) -> StepFailure {
+    StepFailure {
+        reason: e.reason_code(),
+        transient: !matches!(e, BusError::Domain(_) | BusError::Forbidden { .. }),
+        retry_after: None,
+        message: e.to_string(),
     }
-}
-
-impl StepFailure {
-    fn permanent(reason: ReasonCode, message: impl Into<String>) -> Self {
-        Self {
-            reason,
-            message: message.into(),
-            transient: false,
-            retry_after: None,
-        }
-    }
-}
-
-impl From<AppError> for StepFailure {
-    fn from(e: AppError) -> Self {
-        let transient =
-            matches!(e, AppError::Conflict) || e.reason_code() == ReasonCode::InternalError;
-        Self {
-            reason: e.reason_code(),
-            message: e.to_string(),
-            transient,
-            retry_after: None,
-        }
-    }
-}
-
-fn bus_failure<E: domain::DomainError + Send + Sync + 'static>(e: BusError<E>) -> StepFailure {
-    AppError::from(e).into()
 }
 
 /// Why the engine could not advance a task (the task stays; its lease expires).
@@ -84,10 +43,29 @@ fn bus_failure<E: domain::DomainError + Send + Sync + 'static>(e: BusError<E>) -
 pub enum EngineError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
-    #[error("recording a run's progress failed: {0}")]
-    Record(#[from] AppError),
+    #[error("appending the run's progress failed: {0}")]
+    Append(#[from] AppendError),
+    #[error("a stream of the run cannot be read: {0}")]
+    Unreadable(String),
+    #[error("the run refused the engine's decision ({reason}): {message}")]
+    Refused { reason: ReasonCode, message: String },
+    #[error("the run holds no scope lock")]
+    NoScope,
     #[error("the lease on the run's task was lost to another runner")]
     LeaseLost,
+}
+
+impl<E: DomainError> From<BusError<E>> for EngineError {
+    fn from(e: BusError<E>) -> Self {
+        match e {
+            BusError::Database(e) => EngineError::Database(e),
+            BusError::Corrupt { .. } => EngineError::Unreadable(e.to_string()),
+            other => EngineError::Refused {
+                reason: other.reason_code(),
+                message: other.to_string(),
+            },
+        }
+    }
 }
 
 /// Advances runs.
@@ -103,17 +81,42 @@ pub struct Engine {
     /// step's (one statement instead of two). When the next step's outside work takes
     /// longer, the result is written meanwhile. Zero writes every step on its own.
     pub write_window: Duration,
+    /// The workflows this engine runs.
+    pub workflows: Registry,
 }
 
 impl Engine {
     /// The default [`Engine::write_window`].
     pub const DEFAULT_WRITE_WINDOW: Duration = Duration::from_millis(250);
-}
 
-fn plan_for(run_type: &str) -> Option<&'static Plan> {
-    [&resync::PLAN, &resync::IMPORT_PLAN]
-        .into_iter()
-        .find(|p| p.run_type == run_type)
+    /// The default [`Engine::lease`].
+    pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+
+    /// An engine running the product's workflows ([`Registry::standard`]) with the default
+    /// lease, backoff and write window.
+    pub fn new(
+        bus: CommandBus,
+        vault: Vault,
+        graph: Arc<dyn GraphApi>,
+        owner: impl Into<String>,
+    ) -> Self {
+        Self {
+            bus,
+            vault,
+            graph,
+            owner: owner.into(),
+            lease: Self::DEFAULT_LEASE,
+            backoff: Backoff::default(),
+            write_window: Self::DEFAULT_WRITE_WINDOW,
+            workflows: Registry::standard(),
+        }
+    }
+
+    /// Adds workflow `W` to those this engine runs.
+    pub fn register<W: Workflow + Default>(&mut self) -> &mut Self {
+        self.workflows.register::<W>();
+        self
+    }
 }
 
 /// After advancing a run: when its task is due again, or that the run ended (and its task
@@ -152,7 +155,7 @@ enum Settled {
 /// How performing a step's outside work went.
 enum Performed {
     /// The work is done (or failed).
-    Done(Result<TenantCommand, StepFailure>),
+    Done(Result<Effect, StepFailure>),
     /// Writing earlier results while the step worked found that a stream had moved: the
     /// step's work was dropped, and the run must be read again.
     Conflict,
@@ -165,19 +168,23 @@ fn scope_of(run: &OperationRun) -> Option<String> {
 }
 
 /// The command that ends a run, for a decision that ends it.
-fn ending(decision: &Decision, run: &OperationRun) -> Option<(&'static str, RunCommand)> {
+fn ending(
+    decision: &Decision,
+    workflow: &dyn Workflow,
+    run: &OperationRun,
+) -> Option<(&'static str, RunCommand)> {
     Some(match decision {
         Decision::Cancel => ("cancel", RunCommand::Cancel),
         Decision::Succeed => (
             "succeed",
             RunCommand::Succeed {
-                summary_counts: summary_counts(run),
+                summary_counts: workflow.summary_counts(run),
             },
         ),
         Decision::PartiallySucceed { failed_steps } => (
             "partial",
             RunCommand::PartiallySucceed {
-                summary_counts: summary_counts(run),
+                summary_counts: workflow.summary_counts(run),
                 failures: failed_steps
                     .iter()
                     .map(|(step, reason)| FailureSummary {
@@ -209,6 +216,12 @@ impl Engine {
         self.bus.pool()
     }
 
+    /// Now, by the engine's clock (the bus's services'): the only time the engine reads,
+    /// so a test can move it.
+    fn now(&self) -> DateTime<Utc> {
+        self.bus.services().clock.now()
+    }
+
     fn meta(&self, run: &OperationRun, run_id: RunId, key: String) -> Metadata {
         let workspace = run
             .workspace
@@ -223,7 +236,12 @@ impl Engine {
     /// Claims one due task and advances its run as far as it can go now. Returns whether
     /// there was a task.
     pub async fn tick(&self) -> Result<bool, EngineError> {
-        let Some(claimed) = claim_with_streams(self.pool(), &self.owner, self.lease).await? else {
+        // The lease is measured from before the claim on this process's monotonic clock,
+        // so it is never thought longer than the database made it.
+        let asked = Instant::now();
+        let Some(claimed) =
+            claim_with_streams(self.pool(), &self.owner, self.lease, self.now()).await?
+        else {
             return Ok(false);
         };
         let Claimed {
@@ -233,7 +251,7 @@ impl Engine {
         } = claimed;
         let span = tracing::info_span!("run", run_id = %task.run_id, run_type = %task.run_type, workspace = %task.workspace_id);
         match self
-            .advance(&task, streams, credential)
+            .advance(&task, asked + self.lease, streams, credential)
             .instrument(span)
             .await
         {
@@ -266,7 +284,7 @@ impl Engine {
                 .fetch_streams(&[(OperationRun::TYPE, id.clone())])
                 .await?;
         }
-        let run = streams.stage::<OperationRun>(&id).map_err(AppError::from)?;
+        let run = streams.stage::<OperationRun>(&id)?;
         let context = run.state().context.clone();
         let tenant_id = context.as_ref().map(|c| c.tenant_key.to_string());
         let connection_id = context
@@ -290,20 +308,15 @@ impl Engine {
             streams.extend(more);
         }
         let tenant = match &tenant_id {
-            Some(i) => Some(streams.stage::<Tenant>(i).map_err(AppError::from)?),
+            Some(i) => Some(streams.stage::<Tenant>(i)?),
             None => None,
         };
         let connection = match &connection_id {
-            Some(i) => Some(
-                streams
-                    .stage::<ProviderConnection>(i)
-                    .map_err(AppError::from)?
-                    .into_state(),
-            ),
+            Some(i) => Some(streams.stage::<ProviderConnection>(i)?.into_state()),
             None => None,
         };
         let lock = match &lock_id {
-            Some(i) => Some(streams.stage::<ScopeLock>(i).map_err(AppError::from)?),
+            Some(i) => Some(streams.stage::<ScopeLock>(i)?),
             None => None,
         };
         Ok(Carried {
@@ -322,18 +335,14 @@ impl Engine {
 
     /// Extends the task's lease when half of it is used up, so a long run keeps it; fails
     /// when the lease was lost (then this runner must not perform another step).
-    async fn keep_lease(
-        &self,
-        task: &Task,
-        lease_until: &mut DateTime<Utc>,
-    ) -> Result<(), EngineError> {
-        let half = chrono::Duration::from_std(self.lease / 2).unwrap_or_default();
-        if *lease_until - Utc::now() > half {
+    async fn keep_lease(&self, task: &Task, lease_ends: &mut Instant) -> Result<(), EngineError> {
+        if lease_ends.saturating_duration_since(Instant::now()) > self.lease / 2 {
             return Ok(());
         }
+        let asked = Instant::now();
         match extend(self.pool(), task.run_id, &self.owner, self.lease).await? {
-            Some(until) => {
-                *lease_until = until;
+            Some(_) => {
+                *lease_ends = asked + self.lease;
                 Ok(())
             }
             None => Err(EngineError::LeaseLost),
@@ -347,21 +356,23 @@ impl Engine {
     async fn advance(
         &self,
         task: &Task,
+        mut lease_ends: Instant,
         streams: Streams,
         sealed: Option<SealedCredential>,
     ) -> Result<Next, EngineError> {
         let run_id = RunId(task.run_id);
         let mut c = self.carry(run_id, streams).await?;
         c.sealed = sealed;
-        let mut lease_until = task.lease_until;
         let mut credentials = None;
         // Since when decided results wait, unwritten, for the next step's.
         let mut pending_since: Option<Instant> = None;
         for _ in 0..32 {
-            let Some(plan) = plan_for(&c.run.state().run_type) else {
+            let Ok(wf) = self.workflows.known(&c.run.state().run_type) else {
                 if !c.run.state().is_active() {
-                    return Ok(Next::Due(Utc::now() + chrono::Duration::days(1)));
+                    return Ok(Next::Due(self.now() + chrono::Duration::days(1)));
                 }
+                // Runs are refused at start unless a workflow runs their type; this one
+                // was queued by a binary that knew a workflow this one does not.
                 let failure = FailureSummary {
                     reason: ReasonCode::ValidationFailed,
                     message: format!(
@@ -374,17 +385,17 @@ impl Engine {
                     .await?;
                 match self.settle(None, task, &mut c).await? {
                     Settled::Ended => return Ok(Next::Ended),
-                    Settled::Open | Settled::Pending => return Ok(Next::Due(Utc::now())),
+                    Settled::Open | Settled::Pending => return Ok(Next::Due(self.now())),
                     Settled::Conflict => {
                         c = self.reload(run_id).await?;
                         continue;
                     }
                 }
             };
-            let decision = plan.decide(c.run.state(), Utc::now());
+            let decision = wf.plan().decide(c.run.state(), self.now());
             let settled = match decision {
-                Decision::Done => return Ok(Next::Due(Utc::now() + chrono::Duration::days(1))),
-                Decision::WaitUntil(at) => match self.settle(Some(plan), task, &mut c).await? {
+                Decision::Done => return Ok(Next::Due(self.now() + chrono::Duration::days(1))),
+                Decision::WaitUntil(at) => match self.settle(Some(wf), task, &mut c).await? {
                     Settled::Conflict => Settled::Conflict,
                     _ => return Ok(Next::Due(at)),
                 },
@@ -395,18 +406,18 @@ impl Engine {
                     Settled::Pending
                 }
                 Decision::Perform { step, attempt } => {
-                    self.keep_lease(task, &mut lease_until).await?;
+                    self.keep_lease(task, &mut lease_ends).await?;
                     // No "step started" event: a step interrupted by a crash is simply
                     // performed again with the same attempt (its effect is idempotent).
                     match self
-                        .perform_step(step, task, &mut c, &mut credentials, &mut pending_since)
+                        .perform_step(wf, step, task, &mut c, &mut credentials, &mut pending_since)
                         .await?
                     {
                         // Writing the earlier results found that the run moved (the step's
                         // work was dropped).
                         Performed::Conflict => Settled::Conflict,
                         Performed::Done(done) => {
-                            self.record_step(plan, task, &mut c, (step, attempt), done)
+                            self.record_step(wf, task, &mut c, (step, attempt), done)
                                 .await?
                         }
                     }
@@ -414,7 +425,7 @@ impl Engine {
                 Decision::Cancel
                 | Decision::Succeed
                 | Decision::PartiallySucceed { .. }
-                | Decision::Fail { .. } => self.settle(Some(plan), task, &mut c).await?,
+                | Decision::Fail { .. } => self.settle(Some(wf), task, &mut c).await?,
             };
             match settled {
                 Settled::Ended => return Ok(Next::Ended),
@@ -431,7 +442,7 @@ impl Engine {
             }
         }
         self.settle(None, task, &mut c).await?;
-        Ok(Next::Due(Utc::now()))
+        Ok(Next::Due(self.now()))
     }
 
     /// Records a performed step: its effect and completion (with the steps that ride along)
@@ -439,31 +450,31 @@ impl Engine {
     /// with its retry time, on the state decided before the attempt.
     async fn record_step(
         &self,
-        plan: &Plan,
+        wf: &dyn Workflow,
         task: &Task,
         c: &mut Carried,
         (step, attempt): (&'static str, u32),
-        done: Result<TenantCommand, StepFailure>,
+        done: Result<Effect, StepFailure>,
     ) -> Result<Settled, EngineError> {
         let run_id = RunId(task.run_id);
         let before = c.clone();
         let outcome = match done {
-            Ok(effect) => self.complete(plan, c, run_id, step, attempt, effect).await,
+            Ok(effect) => self.complete(wf, c, run_id, step, attempt, effect).await,
             Err(f) => Err(f),
         };
         Ok(match outcome {
             // The result goes with the next step's when that one calls out
             // (and comes within the write window); otherwise it is written now.
-            Ok(()) if self.writes_later(plan, c) => Settled::Pending,
-            Ok(()) => self.settle(Some(plan), task, c).await?,
+            Ok(()) if self.writes_later(wf.plan(), c) => Settled::Pending,
+            Ok(()) => self.settle(Some(wf), task, c).await?,
             Err(f) => {
                 // Nothing of the attempt was written: back to what was decided
                 // before it, and the failure recorded.
                 *c = before;
-                let max = plan.step(step).map(|s| s.max_attempts).unwrap_or(1);
+                let max = wf.plan().step(step).map(|s| s.max_attempts).unwrap_or(1);
                 let retry_at = (f.transient && attempt < max).then(|| {
                     let unit: f64 = rand::thread_rng().gen();
-                    Utc::now()
+                    self.now()
                         + chrono::Duration::from_std(self.backoff.delay(
                             attempt,
                             f.retry_after,
@@ -481,7 +492,7 @@ impl Engine {
                 };
                 let key = format!("{step}:{attempt}:end");
                 self.stage(c, run_id, &key, command).await?;
-                self.settle(Some(plan), task, c).await?
+                self.settle(Some(wf), task, c).await?
             }
         })
     }
@@ -495,10 +506,7 @@ impl Engine {
         command: RunCommand,
     ) -> Result<(), EngineError> {
         let meta = self.meta(c.run.state(), run_id, format!("{run_id}:{key}"));
-        c.run
-            .decide(self.bus.services(), command, &meta)
-            .await
-            .map_err(AppError::from)?;
+        c.run.decide(self.bus.services(), command, &meta).await?;
         Ok(())
     }
 
@@ -506,25 +514,22 @@ impl Engine {
     /// end and the release of its scope go into the same statement.
     async fn settle(
         &self,
-        plan: Option<&Plan>,
+        wf: Option<&dyn Workflow>,
         task: &Task,
         c: &mut Carried,
-    ) -> Result<Settled, AppError> {
+    ) -> Result<Settled, EngineError> {
         let run_id = RunId(task.run_id);
-        if let Some((key, command)) =
-            plan.and_then(|p| ending(&p.decide(c.run.state(), Utc::now()), c.run.state()))
-        {
-            let meta = self.meta(c.run.state(), run_id, format!("{run_id}:{key}"));
-            c.run.decide(self.bus.services(), command, &meta).await?;
+        if let Some((key, command)) = wf.and_then(|wf| {
+            let decision = wf.plan().decide(c.run.state(), self.now());
+            ending(&decision, wf, c.run.state())
+        }) {
+            self.stage(c, run_id, key, command).await?;
         }
         let ended = !c.run.state().is_active();
         if ended {
             // The scope is free again in the same statement that ends the run.
-            let lock = c
-                .lock
-                .as_mut()
-                .ok_or_else(|| AppError::Invalid("the run has no scope".into()))?;
             let meta = self.meta(c.run.state(), run_id, format!("{run_id}:release"));
+            let lock = c.lock.as_mut().ok_or(EngineError::NoScope)?;
             lock.decide(self.bus.services(), ScopeCommand::Release { run_id }, &meta)
                 .await?;
         }
@@ -598,23 +603,28 @@ impl Engine {
     /// longer, they are written meanwhile, so they are neither held back by a slow step nor
     /// lost with it.
     /// `app` caches the run's credentials for its later steps: the connection and the vault
-    /// are read once per run, not once per step.
+    /// are read once per run, not once per step, and only for steps that call out.
     async fn perform_step(
         &self,
+        wf: &dyn Workflow,
         step: &str,
         task: &Task,
         c: &mut Carried,
         app: &mut Option<AppCredentials>,
         pending_since: &mut Option<Instant>,
     ) -> Result<Performed, EngineError> {
-        if app.is_none() && matches!(step, resync::SNAPSHOT | resync::LICENSES) {
+        let calls_out = wf.plan().step(step).is_some_and(|d| d.calls_out);
+        if app.is_none() && calls_out {
             match self.credentials(c).await {
                 Ok(found) => *app = Some(found),
                 Err(f) => return Ok(Performed::Done(Err(f))),
             }
         }
+        // The run as decided so far: the step works on a copy, so what waits unwritten can
+        // be written meanwhile.
         let run = c.run.state().clone();
-        let work = self.perform(step, &run, app.as_ref());
+        let cx = StepContext::new(&run, self.now(), self.graph.as_ref(), app.as_ref());
+        let work = wf.perform(step, &cx);
         tokio::pin!(work);
         if let Some(since) = *pending_since {
             let left = self.write_window.saturating_sub(since.elapsed());
@@ -637,94 +647,31 @@ impl Engine {
         if self.write_window.is_zero() {
             return false;
         }
-        match plan.decide(c.run.state(), Utc::now()) {
+        match plan.decide(c.run.state(), self.now()) {
             Decision::Perform { step, .. } => plan.step(step).is_some_and(|d| d.calls_out),
             _ => false,
         }
     }
 
-    /// The outside work of a step (Graph calls, never inside a transaction). What it
-    /// found is returned as the command to apply to the tenant.
-    async fn perform(
-        &self,
-        step: &str,
-        run: &OperationRun,
-        app: Option<&AppCredentials>,
-    ) -> Result<TenantCommand, StepFailure> {
-        match step {
-            resync::SNAPSHOT => {
-                let app = app.ok_or_else(|| {
-                    StepFailure::permanent(ReasonCode::ProviderCredentialMissing, "no credential")
-                })?;
-                let fetched = self.graph.list_conditional_access_policies(app).await?;
-                let raw: Vec<serde_json::Value> = fetched
-                    .into_iter()
-                    .map(|p| serde_json::Value::Object(p.json))
-                    .collect();
-                let policies: Vec<CuratedPolicy> = policy::curate(&raw).map_err(|e| {
-                    StepFailure::permanent(ReasonCode::GraphMalformedResponse, e.to_string())
-                })?;
-                Ok(TenantCommand::RecordSnapshot {
-                    snapshot_id: Uuid::now_v7(),
-                    policies,
-                    // An import run's snapshot also seeds the tenant's policy intent.
-                    source: if run.run_type == resync::IMPORT_RUN_TYPE {
-                        SnapshotSource::Import
-                    } else {
-                        SnapshotSource::Graph
-                    },
-                })
-            }
-            resync::LICENSES => {
-                let app = app.ok_or_else(|| {
-                    StepFailure::permanent(ReasonCode::ProviderCredentialMissing, "no credential")
-                })?;
-                let skus = self.graph.list_subscribed_skus(app).await.map_err(|e| {
-                    // The token already worked for the policies: a 401 or 403 here means the
-                    // app lacks the directory permission licenses need.
-                    e.remap(
-                        ReasonCode::ProviderPermissionMissing,
-                        ReasonCode::LicensePermissionMissing,
-                    )
-                    .remap(
-                        ReasonCode::ProviderAuthFailed,
-                        ReasonCode::LicensePermissionMissing,
-                    )
-                })?;
-                let raw: Vec<serde_json::Value> = skus
-                    .iter()
-                    .filter_map(|s| serde_json::to_value(s).ok())
-                    .collect();
-                Ok(TenantCommand::RecordLicenses {
-                    capabilities: policy::capabilities(&raw),
-                })
-            }
-            resync::RECORD => Ok(TenantCommand::RecordResync {
-                at: run.started_at.unwrap_or_else(Utc::now),
-            }),
-            other => Err(StepFailure::permanent(
-                ReasonCode::InternalError,
-                format!("unknown step {other}"),
-            )),
-        }
-    }
-
-    /// Decides a step's effect on the tenant and the step's completion, to be appended in
-    /// one statement: either both are recorded or neither. The effect carries the
-    /// idempotency key of this step attempt, so a step performed again after a crash
-    /// changes the tenant only once. Steps after it that call nothing outside are decided
-    /// too, so they go into the same statement, and so does the run's end when it comes.
+    /// Decides a step's effect and the step's completion, to be appended in one
+    /// statement: either both are recorded or neither. The effect carries the idempotency
+    /// key of this step attempt, so a step performed again after a crash changes the
+    /// tenant only once. Steps after it that call nothing outside are decided too, so they
+    /// go into the same statement, and so does the run's end when it comes.
     async fn complete(
         &self,
-        plan: &Plan,
+        wf: &dyn Workflow,
         c: &mut Carried,
         run_id: RunId,
         step: &'static str,
         attempt: u32,
-        effect: TenantCommand,
+        effect: Effect,
     ) -> Result<(), StepFailure> {
+        let plan = wf.plan();
         let (mut step, mut attempt) = (step, attempt);
-        let mut summary = self.apply_effect(c, run_id, step, attempt, effect).await?;
+        let mut summary = self
+            .apply_effect(wf, c, run_id, step, attempt, effect)
+            .await?;
         loop {
             let command = RunCommand::CompleteStep {
                 step: step.to_owned(),
@@ -739,7 +686,7 @@ impl Engine {
             let Decision::Perform {
                 step: next,
                 attempt: next_attempt,
-            } = plan.decide(c.run.state(), Utc::now())
+            } = plan.decide(c.run.state(), self.now())
             else {
                 break;
             };
@@ -747,11 +694,12 @@ impl Engine {
                 break;
             }
             // A failure here is left for the step's own turn, where it is recorded.
-            let Ok(next_effect) = self.perform(next, c.run.state(), None).await else {
+            let cx = StepContext::new(c.run.state(), self.now(), self.graph.as_ref(), None);
+            let Ok(next_effect) = wf.perform(next, &cx).await else {
                 break;
             };
             match self
-                .apply_effect(c, run_id, next, next_attempt, next_effect)
+                .apply_effect(wf, c, run_id, next, next_attempt, next_effect)
                 .await
             {
                 Ok(s) => (step, attempt, summary) = (next, next_attempt, s),
@@ -761,45 +709,42 @@ impl Engine {
         Ok(())
     }
 
-    /// Decides a step's effect on the run's tenant (appended with the step's completion);
-    /// returns the step's summary.
+    /// Decides a step's effect (appended with the step's completion); returns the step's
+    /// summary.
     async fn apply_effect(
         &self,
+        wf: &dyn Workflow,
         c: &mut Carried,
         run_id: RunId,
         step: &str,
         attempt: u32,
-        effect: TenantCommand,
+        effect: Effect,
     ) -> Result<serde_json::Value, StepFailure> {
         let meta = self.meta(c.run.state(), run_id, format!("{run_id}:{step}:{attempt}"));
-        let tenant = c.tenant.as_mut().ok_or_else(|| {
-            StepFailure::permanent(ReasonCode::InternalError, "the run has no tenant")
-        })?;
-        let (count, is_snapshot) = match &effect {
-            TenantCommand::RecordSnapshot { policies, .. } => (policies.len(), true),
-            _ => (0, false),
+        let decided = match &effect {
+            Effect::None => store::Decided {
+                event_types: Vec::new(),
+                repeated: false,
+            },
+            Effect::Tenant(command) => {
+                let tenant = c.tenant.as_mut().ok_or_else(|| {
+                    StepFailure::permanent(ReasonCode::InternalError, "the run has no tenant")
+                })?;
+                tenant
+                    .decide(self.bus.services(), command.clone(), &meta)
+                    .await
+                    .map_err(bus_failure)?
+            }
         };
-        let before = tenant.state().last_snapshot.as_ref().map(|s| s.snapshot_id);
-        let done = tenant
-            .decide(self.bus.services(), effect, &meta)
-            .await
-            .map_err(bus_failure)?;
-        let state = tenant.state();
-        Ok(if is_snapshot {
-            let after = state.last_snapshot.as_ref().map(|s| s.snapshot_id);
-            // Unchanged: no new snapshot was written, even if an import seeded the intent
-            // with the existing one. A repeated attempt's events were written earlier and
-            // may hold a snapshot, so it is not reported unchanged.
-            serde_json::json!({
-                "snapshot_id": after,
-                "unchanged": before == after && !done.repeated,
-                "policy_count": count,
-            })
-        } else if let Some(c) = &state.capabilities {
-            serde_json::json!({ "ca_p1": c.ca_p1, "ca_p2": c.ca_p2 })
-        } else {
-            serde_json::json!({})
-        })
+        Ok(wf.summarize(
+            step,
+            &Applied {
+                effect: &effect,
+                event_types: &decided.event_types,
+                tenant: c.tenant.as_ref().map(|t| t.state()),
+                repeated: decided.repeated,
+            },
+        ))
     }
 
     /// Runs until `shutdown`: advances every due task, then waits for new events or the
@@ -821,31 +766,4 @@ impl Engine {
             }
         }
     }
-}
-
-/// The run's summary counts, from its steps' summaries: the steps completed, and the
-/// snapshot's `policy_count` and `unchanged` (0 or 1), so the run itself (and its audit
-/// entry) says what a resync found (R3.6).
-fn summary_counts(run: &OperationRun) -> BTreeMap<String, i64> {
-    let mut counts = BTreeMap::new();
-    counts.insert(
-        "steps_completed".to_owned(),
-        run.steps
-            .iter()
-            .filter(|s| s.status == domain::run::StepStatus::Completed)
-            .count() as i64,
-    );
-    let snapshot = run
-        .step(resync::SNAPSHOT)
-        .filter(|s| s.status == domain::run::StepStatus::Completed)
-        .and_then(|s| s.summary.as_ref());
-    if let Some(summary) = snapshot {
-        if let Some(n) = summary["policy_count"].as_i64() {
-            counts.insert("policy_count".to_owned(), n);
-        }
-        if let Some(unchanged) = summary["unchanged"].as_bool() {
-            counts.insert("unchanged".to_owned(), i64::from(unchanged));
-        }
-    }
-    counts
 }

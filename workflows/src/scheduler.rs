@@ -19,24 +19,7 @@ use store::{BusError, CommandBus, Metadata, Wakeups};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::resync;
-
-/// Operations a schedule may run, with the module their runs name.
-const SCHEDULABLE: &[(&str, &str)] = &[(resync::RUN_TYPE, "conditional_access")];
-
-/// The module of the runs a schedule of `run_type` starts; `None` when no workflow runs
-/// that type on a schedule.
-pub fn module_for(run_type: &str) -> Option<&'static str> {
-    SCHEDULABLE
-        .iter()
-        .find(|(t, _)| *t == run_type)
-        .map(|(_, module)| *module)
-}
-
-/// The run types a schedule may have.
-pub fn schedulable_run_types() -> Vec<&'static str> {
-    SCHEDULABLE.iter().map(|(t, _)| *t).collect()
-}
+use crate::workflow::Registry;
 
 /// How long a fired tick may go without its fan-out recorded before a pass fans it out
 /// again (its scheduler presumably died). Well beyond what a fan-out takes; a repeat that
@@ -52,6 +35,8 @@ const BATCH: i64 = 100;
 /// Fires due schedules.
 pub struct Scheduler {
     pub bus: CommandBus,
+    /// The workflows runs are started for (each schedule's run type names one).
+    pub workflows: Registry,
     /// How often to look for due schedules when no event wakes the scheduler earlier.
     pub poll: Duration,
 }
@@ -224,7 +209,12 @@ impl Scheduler {
         tick: &str,
         meta: &Metadata,
     ) -> Result<FanOutCounts, SchedulerError> {
-        let module = module_for(&target.run_type).unwrap_or(target.run_type.as_str());
+        // A schedule saved for a type this binary no longer runs still starts its runs
+        // (under the type's name as module); the engine then fails them as unknown.
+        let module = self
+            .workflows
+            .get(&target.run_type)
+            .map_or(target.run_type.as_str(), |w| w.module());
         let tenants = workspace_tenants(self.pool(), &target.workspace).await?;
         // One fleet start: a few transactions per 64 tenants, each run id derived from the
         // tick, so a fan-out repeated after a crash starts nothing twice.

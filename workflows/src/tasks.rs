@@ -164,13 +164,15 @@ pub struct Task {
     pub lease_until: DateTime<Utc>,
 }
 
-/// Claims the most overdue task that nobody holds (or whose lease expired).
+/// Claims the most overdue task (due at `now`, by the engine's clock) that nobody holds
+/// (or whose lease expired).
 pub async fn claim(
     pool: &PgPool,
     owner: &str,
     lease: Duration,
+    now: DateTime<Utc>,
 ) -> Result<Option<Task>, sqlx::Error> {
-    Ok(claim_with_streams(pool, owner, lease)
+    Ok(claim_with_streams(pool, owner, lease, now)
         .await?
         .map(|claimed| claimed.task))
 }
@@ -186,32 +188,37 @@ pub struct Claimed {
     pub credential: Option<SealedCredential>,
 }
 
+/// A row of `tenantflow_claim_task`: the claimed task, one row of a stream it names (or
+/// none), and the connection's newest vault row (or none).
+#[derive(sqlx::FromRow)]
+struct ClaimRow {
+    run_id: Uuid,
+    workspace_id: String,
+    run_type: String,
+    lease_until: DateTime<Utc>,
+    aggregate_type: Option<String>,
+    aggregate_id: Option<String>,
+    is_snapshot: Option<bool>,
+    sequence: Option<i64>,
+    payload: Option<serde_json::Value>,
+    idempotency_key: Option<String>,
+    snapshot_keys: Option<Vec<String>>,
+    vault_id: Option<Uuid>,
+    vault_connection_id: Option<Uuid>,
+    client_id: Option<String>,
+    nonce: Option<Vec<u8>>,
+    ciphertext: Option<Vec<u8>>,
+}
+
 /// Claims like [`claim`] and, in the same statement, reads the streams the run's steps
 /// decide on and the connection's newest credential.
 pub async fn claim_with_streams(
     pool: &PgPool,
     owner: &str,
     lease: Duration,
+    now: DateTime<Utc>,
 ) -> Result<Option<Claimed>, sqlx::Error> {
-    type Row = (
-        Uuid,
-        String,
-        String,
-        DateTime<Utc>,
-        Option<String>,
-        Option<String>,
-        Option<bool>,
-        Option<i64>,
-        Option<serde_json::Value>,
-        Option<String>,
-        Option<Vec<String>>,
-        Option<Uuid>,
-        Option<Uuid>,
-        Option<String>,
-        Option<Vec<u8>>,
-        Option<Vec<u8>>,
-    );
-    // The statement lives in a function (migrations 000010 and 000011) whose plan is made
+    // The statement lives in a function (migrations 000010 to 000012) whose plan is made
     // once per connection and can only look rows up by key. Streams are read from their
     // snapshots on.
     let types = [
@@ -221,47 +228,61 @@ pub async fn claim_with_streams(
         ScopeLock::TYPE,
     ];
     let state_versions = types.map(store::snapshots::state_version);
-    let rows: Vec<Row> = sqlx::query_as("SELECT * FROM tenantflow_claim_task($1, $2, $3, $4)")
-        .bind(owner)
-        .bind(lease.as_secs_f64())
-        .bind(types)
-        .bind(state_versions)
-        .fetch_all(pool)
-        .await?;
+    let rows: Vec<ClaimRow> =
+        sqlx::query_as("SELECT * FROM tenantflow_claim_task($1, $2, $3, $4, $5)")
+            .bind(owner)
+            .bind(lease.as_secs_f64())
+            .bind(types)
+            .bind(state_versions)
+            .bind(now)
+            .fetch_all(pool)
+            .await?;
     let Some(first) = rows.first() else {
         return Ok(None);
     };
     let task = Task {
-        run_id: first.0,
-        workspace_id: first.1.clone(),
-        run_type: first.2.clone(),
-        lease_until: first.3,
+        run_id: first.run_id,
+        workspace_id: first.workspace_id.clone(),
+        run_type: first.run_type.clone(),
+        lease_until: first.lease_until,
     };
-    let vault = (
-        first.11,
-        first.12,
-        first.13.clone(),
-        first.14.clone(),
-        first.15.clone(),
-    );
-    let credential = match vault {
-        (Some(id), Some(connection_id), Some(client_id), Some(nonce), Some(ciphertext)) => {
-            Some(SealedCredential {
-                id,
-                connection_id,
-                client_id,
-                nonce,
-                ciphertext,
-            })
-        }
+    let credential = match first {
+        ClaimRow {
+            vault_id: Some(id),
+            vault_connection_id: Some(connection_id),
+            client_id: Some(client_id),
+            nonce: Some(nonce),
+            ciphertext: Some(ciphertext),
+            ..
+        } => Some(SealedCredential {
+            id: *id,
+            connection_id: *connection_id,
+            client_id: client_id.clone(),
+            nonce: nonce.clone(),
+            ciphertext: ciphertext.clone(),
+        }),
         _ => None,
     };
     let mut streams = Streams::default();
-    for (_, _, _, _, t, i, is_snapshot, sequence, payload, key, snapshot_keys, ..) in rows {
-        if let (Some(t), Some(i), Some(is_snapshot), Some(sequence), Some(payload)) =
-            (t, i, is_snapshot, sequence, payload)
-        {
-            streams.push(t, i, (is_snapshot, sequence, payload, key, snapshot_keys));
+    for row in rows {
+        if let (Some(t), Some(i), Some(is_snapshot), Some(sequence), Some(payload)) = (
+            row.aggregate_type,
+            row.aggregate_id,
+            row.is_snapshot,
+            row.sequence,
+            row.payload,
+        ) {
+            streams.push(
+                t,
+                i,
+                (
+                    is_snapshot,
+                    sequence,
+                    payload,
+                    row.idempotency_key,
+                    row.snapshot_keys,
+                ),
+            );
         }
     }
     Ok(Some(Claimed {

@@ -110,6 +110,7 @@ impl World {
 
     fn scheduler(&self) -> Scheduler {
         Scheduler {
+            workflows: workflows::Registry::standard(),
             bus: self.bus.clone(),
             poll: std::time::Duration::from_secs(1),
         }

@@ -91,10 +91,15 @@ async fn a_queued_run_gets_a_task_and_a_cancelled_run_loses_it() {
     let bus = CommandBus::new(pool.clone(), Services::system(), Metrics::new());
     let run = queued_run(&bus).await;
     feed(&pool).await;
-    let task = claim(&pool, "runner-a", Duration::from_secs(30))
-        .await
-        .unwrap()
-        .expect("a due task");
+    let task = claim(
+        &pool,
+        "runner-a",
+        Duration::from_secs(30),
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap()
+    .expect("a due task");
     assert_eq!(task.run_id, run);
     assert_eq!(task.run_type, "policy.resync");
     assert!(release(&pool, run, "runner-a", chrono::Utc::now())
@@ -140,9 +145,14 @@ async fn concurrent_runners_never_claim_the_same_task() {
             let pool = pool.clone();
             tokio::spawn(async move {
                 let mut mine = Vec::new();
-                while let Some(t) = claim(&pool, &format!("runner-{i}"), Duration::from_secs(60))
-                    .await
-                    .unwrap()
+                while let Some(t) = claim(
+                    &pool,
+                    &format!("runner-{i}"),
+                    Duration::from_secs(60),
+                    chrono::Utc::now(),
+                )
+                .await
+                .unwrap()
                 {
                     mine.push(t.run_id);
                 }
@@ -164,10 +174,15 @@ async fn a_task_is_not_claimed_before_it_is_due() {
     let db = TestDb::new().await;
     let pool = db.pool().await;
     insert_tasks(&pool, 1, 3600).await;
-    assert!(claim(&pool, "runner-a", Duration::from_secs(30))
-        .await
-        .unwrap()
-        .is_none());
+    assert!(claim(
+        &pool,
+        "runner-a",
+        Duration::from_secs(30),
+        chrono::Utc::now()
+    )
+    .await
+    .unwrap()
+    .is_none());
 }
 
 #[tokio::test]
@@ -176,22 +191,29 @@ async fn an_expired_lease_is_claimed_by_another_runner_and_the_old_holder_cannot
     let pool = db.pool().await;
     let ids = insert_tasks(&pool, 1, -1).await;
     let id = *ids.iter().next().unwrap();
-    let first = claim(&pool, "crashed", Duration::from_secs(30))
-        .await
-        .unwrap()
-        .unwrap();
+    let first = claim(
+        &pool,
+        "crashed",
+        Duration::from_secs(30),
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert_eq!(first.run_id, id);
     // While the lease holds, nobody else gets the task.
-    assert!(claim(&pool, "other", Duration::from_secs(30))
-        .await
-        .unwrap()
-        .is_none());
+    assert!(
+        claim(&pool, "other", Duration::from_secs(30), chrono::Utc::now())
+            .await
+            .unwrap()
+            .is_none()
+    );
     // The holder crashed; its lease runs out.
     sqlx::query("UPDATE workflow_tasks SET lease_until = now() - interval '1 second'")
         .execute(&pool)
         .await
         .unwrap();
-    let second = claim(&pool, "other", Duration::from_secs(30))
+    let second = claim(&pool, "other", Duration::from_secs(30), chrono::Utc::now())
         .await
         .unwrap()
         .expect("reclaimed");

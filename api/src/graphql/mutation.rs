@@ -237,18 +237,19 @@ impl MutationRoot {
             ResyncSource::Graph => workflows::resync::RUN_TYPE,
             ResyncSource::Import => workflows::resync::IMPORT_RUN_TYPE,
         };
-        start(ctx, &id, run_type, "conditional_access").await
+        start(ctx, &id, run_type, None).await
     }
 
-    /// Starts an operation of a given type on a tenant.
+    /// Starts an operation of a given type on a tenant. The type must be one a workflow
+    /// runs (the error lists them); `module`, if given, must be that workflow's.
     async fn start_operation(
         &self,
         ctx: &Context<'_>,
         #[graphql(name = "tenantId")] tenant_id: String,
         #[graphql(name = "type")] run_type: String,
-        module: String,
+        module: Option<String>,
     ) -> async_graphql::Result<StartRunPayload> {
-        start(ctx, &tenant_id, &run_type, &module).await
+        start(ctx, &tenant_id, &run_type, module.as_deref()).await
     }
 
     /// Sets the workspace's schedule of an operation (Owner, Manager): each time it is due,
@@ -261,11 +262,15 @@ impl MutationRoot {
         ctx: &Context<'_>,
         input: ScheduleInput,
     ) -> async_graphql::Result<SchedulePayload> {
-        if workflows::scheduler::module_for(&input.run_type).is_none() {
+        let registry = &state(ctx)?.workflows;
+        if !registry
+            .get(&input.run_type)
+            .is_some_and(|w| w.schedulable())
+        {
             return Err(invalid(format!(
                 "operations of type `{}` cannot be scheduled (expected one of: {})",
                 input.run_type.chars().take(64).collect::<String>(),
-                workflows::scheduler::schedulable_run_types().join(", ")
+                registry.schedulable_run_types().join(", ")
             )));
         }
         // Out of range either way: the domain's refusal says what is accepted.
@@ -341,13 +346,28 @@ async fn change_connection(
     Ok(ConnectionPayload { id: id.as_uuid() })
 }
 
+/// Starts a run of `run_type`, which a registered workflow must run (an unknown type is
+/// refused here, before anything is written, with the list of known ones).
 async fn start(
     ctx: &Context<'_>,
     tenant: &str,
     run_type: &str,
-    module: &str,
+    module: Option<&str>,
 ) -> async_graphql::Result<StartRunPayload> {
     let key = tenant_key(tenant)?;
+    let workflow = state(ctx)?
+        .workflows
+        .known(run_type)
+        .map_err(|e| invalid(e.to_string()))?;
+    let module = match module {
+        Some(m) if m != workflow.module() => {
+            return Err(invalid(format!(
+                "operations of type `{run_type}` run in module `{}`",
+                workflow.module()
+            )))
+        }
+        _ => workflow.module(),
+    };
     let started = app::start_operation(&state(ctx)?.bus, &meta(ctx)?, &key, run_type, module)
         .await
         .map_err(app_error)?;
