@@ -1,5 +1,6 @@
 //! `tenantflow`: the one binary. Parses the command line and calls into the crates.
 
+mod architecture;
 mod bench;
 mod bench_resync;
 mod config;

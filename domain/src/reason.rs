@@ -10,12 +10,12 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReasonCode {
-    // Preconditions of provider-backed work (seed 003, R2.3).
+    // Preconditions of provider-backed work (R2.3).
     ProviderConnectionMissing,
     ProviderCredentialMissing,
     ProviderConsentMissing,
     ProviderConnectionDisabled,
-    // Authentication / authorization against Microsoft (seed 000, R3.7).
+    // Authentication / authorization against Microsoft (R3.7).
     ProviderAuthFailed,
     ProviderPermissionMissing,
     LicensePermissionMissing,
