@@ -284,6 +284,14 @@ pub enum RunStatus {
 }
 
 impl RunStatus {
+    /// Every status, in a run's order.
+    pub const ALL: [RunStatus; 3] = [RunStatus::Queued, RunStatus::Running, RunStatus::Completed];
+
+    /// The status spelled `s` (its [`as_str`](Self::as_str)).
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
     /// The stable snake_case spelling.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -308,6 +316,21 @@ pub enum RunOutcome {
 }
 
 impl RunOutcome {
+    /// Every outcome.
+    pub const ALL: [RunOutcome; 6] = [
+        RunOutcome::Pending,
+        RunOutcome::Succeeded,
+        RunOutcome::PartiallySucceeded,
+        RunOutcome::Failed,
+        RunOutcome::Cancelled,
+        RunOutcome::Blocked,
+    ];
+
+    /// The outcome spelled `s` (its [`as_str`](Self::as_str)).
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
     /// The stable snake_case spelling.
     pub fn as_str(self) -> &'static str {
         match self {

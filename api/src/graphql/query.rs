@@ -5,6 +5,7 @@
 use async_graphql::connection::Connection;
 use async_graphql::{Context, InputObject, Object};
 use chrono::{DateTime, Utc};
+use domain::run::{RunOutcome, RunStatus};
 use sqlx::{Postgres, QueryBuilder, Transaction};
 use uuid::Uuid;
 
@@ -79,16 +80,6 @@ pub struct EventFilter {
     pub recorded_after: Option<DateTime<Utc>>,
     pub recorded_before: Option<DateTime<Utc>>,
 }
-
-const RUN_STATUSES: &[&str] = &["queued", "running", "completed"];
-const RUN_OUTCOMES: &[&str] = &[
-    "pending",
-    "succeeded",
-    "partially_succeeded",
-    "failed",
-    "cancelled",
-    "blocked",
-];
 
 pub struct QueryRoot;
 
@@ -197,19 +188,21 @@ impl QueryRoot {
     ) -> async_graphql::Result<Connection<String, RunNode>> {
         let page = PageRequest::parse(first, after)?;
         let f = filter.unwrap_or_default();
+        // The domain's enums are the one list of what a run's status and outcome can be.
+        let listed = |all: &[&str]| all.join(", ");
         if let Some(s) = &f.status {
-            if !RUN_STATUSES.contains(&s.as_str()) {
+            if RunStatus::parse(s).is_none() {
                 return Err(invalid(format!(
                     "unknown status; expected one of {}",
-                    RUN_STATUSES.join(", ")
+                    listed(&RunStatus::ALL.map(RunStatus::as_str))
                 )));
             }
         }
         if let Some(o) = &f.outcome {
-            if !RUN_OUTCOMES.contains(&o.as_str()) {
+            if RunOutcome::parse(o).is_none() {
                 return Err(invalid(format!(
                     "unknown outcome; expected one of {}",
-                    RUN_OUTCOMES.join(", ")
+                    listed(&RunOutcome::ALL.map(RunOutcome::as_str))
                 )));
             }
         }
