@@ -6,7 +6,10 @@ mod bench_resync;
 mod config;
 mod demo;
 mod rebuild;
+mod replay;
+mod runs_cmd;
 mod serve;
+mod state;
 mod telemetry;
 
 use clap::{Parser, Subcommand};
@@ -81,7 +84,7 @@ enum Command {
         /// The MSP workspace the token is scoped to.
         #[arg(long)]
         workspace: String,
-        /// owner, manager, operator or readonly.
+        /// owner, manager, operator, readonly or auditor.
         #[arg(long)]
         role: domain::Role,
         /// Who the token speaks for.
@@ -90,6 +93,40 @@ enum Command {
         /// Validity in hours.
         #[arg(long, default_value_t = 12)]
         ttl_hours: i64,
+    },
+    /// Look at operation runs (`runs show <run-id>`: a run's history as a timeline).
+    #[command(subcommand)]
+    Runs(runs_cmd::RunsCommand),
+    /// Print an aggregate's state as it was at an earlier point of the log, as JSON,
+    /// folded from its events up to that point: `state tenant/<workspace>:<guid> --at 1234`.
+    State {
+        /// `<aggregate type>/<id>`: tenant, connection, run, scope_lock, schedule or
+        /// schedule_tick (or the stored type, such as provider_connection).
+        aggregate: state::AggregateRef,
+        /// A global position (the events at or before it) or an RFC 3339 time (the events
+        /// recorded at or before it).
+        #[arg(long)]
+        at: store::history::AsOf,
+        /// Only if the aggregate belongs to this workspace (read as the API reads it).
+        #[arg(long)]
+        workspace: Option<String>,
+    },
+    /// Replay finished runs' recorded histories through today's workflow decisions, without
+    /// calling Graph or writing anything; exits non-zero when today's code decides
+    /// differently anywhere.
+    Replay {
+        /// The run to replay.
+        #[arg(required_unless_present = "all")]
+        run_id: Option<domain::RunId>,
+        /// Replay every finished run.
+        #[arg(long, conflicts_with = "run_id")]
+        all: bool,
+        /// With --all: only runs queued at or after this RFC 3339 time.
+        #[arg(long, requires = "all")]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only runs of this workspace (read as the API reads them).
+        #[arg(long)]
+        workspace: Option<String>,
     },
     /// Measure performance; prints figures and writes them as JSON.
     #[command(subcommand)]
@@ -131,6 +168,24 @@ fn main() -> std::process::ExitCode {
             Command::Migrate => serve::migrate_only(config).await,
             Command::Bench(cmd) => bench::run(config, cmd).await,
             Command::Rebuild { names, all } => rebuild::run(config, names, all).await,
+            Command::Runs(command) => runs_cmd::run(config, command).await,
+            Command::State {
+                aggregate,
+                at,
+                workspace,
+            } => state::run(config, aggregate, at, workspace).await,
+            Command::Replay {
+                run_id,
+                since,
+                workspace,
+                ..
+            } => {
+                let selection = match run_id {
+                    Some(id) => replay::Selection::One(id),
+                    None => replay::Selection::All { since },
+                };
+                replay::run(config, selection, workspace).await
+            }
             Command::GraphSim {
                 port,
                 tenants,

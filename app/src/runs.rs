@@ -1,5 +1,6 @@
 //! Operation runs: starting one (dedupe, scope busy, blocked runs; R2.2, R2.3), starting
-//! many at once, cancelling one, and releasing the scope a run held.
+//! many at once, starting one again (a retry), cancelling one, and releasing the scope a
+//! run held.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -47,6 +48,14 @@ pub struct StartRequest {
 
 /// Tenants per transaction of a fleet start.
 const START_CHUNK: usize = 64;
+
+/// What every run of one start call is: its type and module, and the run it retries.
+#[derive(Debug, Clone, Copy)]
+struct Operation<'a> {
+    run_type: &'a str,
+    module: &'a str,
+    retry_of: Option<RunId>,
+}
 
 /// Engine-side metadata for effects a person's command causes (e.g. releasing a scope).
 fn as_system(meta: &Metadata) -> Metadata {
@@ -124,12 +133,67 @@ async fn start(
     module: &str,
     requested: Option<RunId>,
 ) -> Result<Started, AppError> {
+    let operation = Operation {
+        run_type,
+        module,
+        retry_of: None,
+    };
+    start_one(bus, meta, tenant, operation, requested).await
+}
+
+async fn start_one(
+    bus: &CommandBus,
+    meta: &Metadata,
+    tenant: &TenantKey,
+    operation: Operation<'_>,
+    requested: Option<RunId>,
+) -> Result<Started, AppError> {
     let request = StartRequest {
         tenant: tenant.clone(),
         run_id: requested,
     };
-    let mut outcomes = start_operations(bus, meta, &[request], run_type, module).await?;
+    let mut outcomes = start_requests(bus, meta, &[request], operation).await?;
     outcomes.pop().unwrap_or(Err(AppError::NotFound("tenant")))
+}
+
+/// Starts a failed, blocked or cancelled run again: a new run of the same type, tenant
+/// and module, linked to it (the new run's `retry_of`, and the old run's id as the
+/// causation of everything the start writes). It is a start like any other, so an active
+/// run of the same type is returned instead (R2.2), another type's active run makes the
+/// scope busy, and a missing precondition blocks the new run (R2.3). `known_run_types` are
+/// the types a workflow runs today: a run of another type is refused, as a start would be.
+pub async fn retry_run(
+    bus: &CommandBus,
+    meta: &Metadata,
+    run_id: RunId,
+    known_run_types: &[&str],
+) -> Result<Started, AppError> {
+    // Checked first: whether a run exists or can be retried is no answer for a role that
+    // may not start anything.
+    if !meta.role.allows(domain::Permission::StartOperations) {
+        return Err(AppError::Forbidden(meta.role));
+    }
+    let earlier = guard::load::<OperationRun>(bus, meta, &run_id.to_string())
+        .await?
+        .aggregate;
+    earlier
+        .check_retryable()
+        .map_err(IntoRefusal::into_refusal)?;
+    let context = earlier.context.as_ref().ok_or(AppError::NotFound("run"))?;
+    if !known_run_types.contains(&earlier.run_type.as_str()) {
+        return Err(AppError::Invalid(format!(
+            "no workflow runs operations of type `{}` any more; known types: {}",
+            earlier.run_type,
+            known_run_types.join(", ")
+        )));
+    }
+    let operation = Operation {
+        run_type: &earlier.run_type,
+        module: &context.module,
+        retry_of: Some(run_id),
+    };
+    let meta = meta.clone().caused_by(run_id.to_string());
+    start_one(bus, &meta, &context.tenant_key, operation, None).await
 }
 
 /// Starts an operation on many tenants at once (a fleet resync), with the same rules and
@@ -144,6 +208,20 @@ pub async fn start_operations(
     run_type: &str,
     module: &str,
 ) -> Result<Vec<Result<Started, AppError>>, AppError> {
+    let operation = Operation {
+        run_type,
+        module,
+        retry_of: None,
+    };
+    start_requests(bus, meta, requests, operation).await
+}
+
+async fn start_requests(
+    bus: &CommandBus,
+    meta: &Metadata,
+    requests: &[StartRequest],
+    operation: Operation<'_>,
+) -> Result<Vec<Result<Started, AppError>>, AppError> {
     let workspace = caller_workspace(meta)?;
     // Checked first: a dedupe answer must not reach a role that may not start anything.
     if !meta.role.allows(domain::Permission::StartOperations) {
@@ -153,8 +231,7 @@ pub async fn start_operations(
     for chunk in requests.chunks(START_CHUNK) {
         let chunk_outcomes = retrying(|| async {
             let mut uow = bus.begin().await?;
-            let outcomes =
-                start_chunk(bus, &mut uow, meta, &workspace, chunk, run_type, module).await?;
+            let outcomes = start_chunk(bus, &mut uow, meta, &workspace, chunk, operation).await?;
             uow.commit().await?;
             Ok(outcomes)
         })
@@ -172,8 +249,7 @@ async fn start_chunk(
     meta: &Metadata,
     workspace: &WorkspaceId,
     chunk: &[StartRequest],
-    run_type: &str,
-    module: &str,
+    operation: Operation<'_>,
 ) -> Result<Vec<Result<Started, AppError>>, AppError> {
     let services = bus.services();
     // Read 1: the tenants, and the runs asked for by id.
@@ -257,8 +333,7 @@ async fn start_chunk(
                 .and_then(|id| existing.get(&id).map(|run| (id, run))),
             connection,
             scope: scope_of(r),
-            run_type,
-            module,
+            operation,
         };
         outcomes.push(decide_start(services, input, r.run_id, lock, &mut runs).await?);
     }
@@ -279,8 +354,7 @@ struct StartInput<'a> {
     existing: Option<(RunId, &'a OperationRun)>,
     connection: Option<&'a ProviderConnection>,
     scope: EntraTenantId,
-    run_type: &'a str,
-    module: &'a str,
+    operation: Operation<'a>,
 }
 
 /// Decides one start (R2.2 dedupe and scope busy, R2.3 blocked) on the staged scope lock;
@@ -301,8 +375,12 @@ async fn decide_start(
         existing,
         connection,
         scope,
-        run_type,
-        module,
+        operation:
+            Operation {
+                run_type,
+                module,
+                retry_of,
+            },
     } = input;
     let tenant = match tenant.map(|t| owned(meta, t)) {
         Some(Ok(t)) => t,
@@ -357,6 +435,7 @@ async fn decide_start(
         run_type: run_type.to_owned(),
         context,
         initiator: meta.actor.clone(),
+        retry_of,
     };
     run.decide(services, queue, meta).await?;
     let started = match blocked {

@@ -3,7 +3,9 @@
 use serde::{Deserialize, Serialize};
 
 /// A member's role in an MSP workspace. `System` is the engine itself (workflows,
-/// schedules); it can never be minted into a user token.
+/// schedules); it can never be minted into a user token. `Auditor` reads everything a
+/// workspace records (events, the audit log, run histories, earlier states) and changes
+/// nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
@@ -11,6 +13,7 @@ pub enum Role {
     Manager,
     Operator,
     Readonly,
+    Auditor,
     System,
 }
 
@@ -30,6 +33,17 @@ pub enum Permission {
     RecordProgress,
 }
 
+impl Permission {
+    /// Every permission: together, everything that changes anything.
+    pub const ALL: [Permission; 5] = [
+        Permission::ManageTenants,
+        Permission::ManageConnections,
+        Permission::StartOperations,
+        Permission::ManageSchedules,
+        Permission::RecordProgress,
+    ];
+}
+
 impl Role {
     /// Whether this role may do what `permission` guards.
     pub fn allows(self, permission: Permission) -> bool {
@@ -43,8 +57,14 @@ impl Role {
                 )
             }
             Role::Operator => matches!(permission, StartOperations),
-            Role::Readonly => false,
+            Role::Readonly | Role::Auditor => false,
         }
+    }
+
+    /// Whether this role may change anything at all. The API refuses every mutation to a
+    /// role that may not, before reading its input.
+    pub fn may_change_anything(self) -> bool {
+        Permission::ALL.into_iter().any(|p| self.allows(p))
     }
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +73,7 @@ impl Role {
             Role::Manager => "manager",
             Role::Operator => "operator",
             Role::Readonly => "readonly",
+            Role::Auditor => "auditor",
             Role::System => "system",
         }
     }
@@ -66,6 +87,7 @@ impl std::str::FromStr for Role {
             "manager" => Ok(Role::Manager),
             "operator" => Ok(Role::Operator),
             "readonly" => Ok(Role::Readonly),
+            "auditor" => Ok(Role::Auditor),
             "system" => Ok(Role::System),
             _ => Err(UnknownRole(s.chars().take(32).collect())),
         }
@@ -75,7 +97,7 @@ impl std::str::FromStr for Role {
 display_as_str!(Role);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown role `{0}` (expected owner, manager, operator or readonly)")]
+#[error("unknown role `{0}` (expected owner, manager, operator, readonly or auditor)")]
 pub struct UnknownRole(pub String);
 
 /// Implemented by every aggregate's command type: the permission it requires. The command
@@ -90,16 +112,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn readonly_may_do_nothing_that_writes() {
-        for p in [
-            Permission::ManageTenants,
-            Permission::ManageConnections,
-            Permission::StartOperations,
-            Permission::ManageSchedules,
-            Permission::RecordProgress,
-        ] {
-            assert!(!Role::Readonly.allows(p), "{p:?}");
+    fn readonly_and_auditor_may_do_nothing_that_writes() {
+        for role in [Role::Readonly, Role::Auditor] {
+            for p in Permission::ALL {
+                assert!(!role.allows(p), "{role:?} {p:?}");
+            }
+            assert!(!role.may_change_anything(), "{role:?}");
         }
+        for role in [Role::Owner, Role::Manager, Role::Operator, Role::System] {
+            assert!(role.may_change_anything(), "{role:?}");
+        }
+    }
+
+    #[test]
+    fn the_auditor_role_is_spelled_auditor() {
+        assert_eq!(serde_json::to_value(Role::Auditor).unwrap(), "auditor");
+        assert_eq!("auditor".parse::<Role>(), Ok(Role::Auditor));
+        assert_eq!("Auditor".parse::<Role>(), Ok(Role::Auditor));
+        assert_eq!(Role::Auditor.to_string(), "auditor");
     }
 
     #[test]

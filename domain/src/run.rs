@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use crate::canonical::canonical_json;
 use crate::sanitize::{sanitize_json, sanitize_message};
 use crate::values::{
-    clean_name, is_machine_name, ConnectionId, EntraTenantId, Provider, TenantKey, WorkspaceId,
-    MAX_NAME,
+    clean_name, is_machine_name, ConnectionId, EntraTenantId, Provider, RunId, TenantKey,
+    WorkspaceId, MAX_NAME,
 };
 use crate::{Authorize, DomainError, Permission, ReasonCode, Services};
 
@@ -133,6 +133,8 @@ pub enum RunCommand {
         context: RunContext,
         /// Who asked: a user id, or the schedule that started it.
         initiator: String,
+        /// The failed, blocked or cancelled run this one starts again.
+        retry_of: Option<RunId>,
     },
     Start,
     /// An attempt of a step begins. Replaying the same start records nothing.
@@ -202,6 +204,10 @@ pub enum RunEvent {
         context: RunContext,
         initiator: String,
         queued_at: DateTime<Utc>,
+        /// The run this one starts again. Absent from runs queued before retries existed,
+        /// and left out of the payload when there is none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_of: Option<RunId>,
     },
     RunStarted {
         at: DateTime<Utc>,
@@ -270,6 +276,57 @@ impl DomainEvent for RunEvent {
     }
     fn event_version(&self) -> String {
         "1.0".to_owned()
+    }
+}
+
+impl RunEvent {
+    /// When it happened, by the clock of whoever decided it (the engine's for progress).
+    pub fn at(&self) -> DateTime<Utc> {
+        match self {
+            RunEvent::RunQueued { queued_at, .. } => *queued_at,
+            RunEvent::RunStarted { at }
+            | RunEvent::RunStepStarted { at, .. }
+            | RunEvent::RunStepCompleted { at, .. }
+            | RunEvent::RunStepFailed { at, .. }
+            | RunEvent::RunSucceeded { at, .. }
+            | RunEvent::RunPartiallySucceeded { at, .. }
+            | RunEvent::RunFailed { at, .. }
+            | RunEvent::RunBlocked { at, .. }
+            | RunEvent::RunCancelRequested { at }
+            | RunEvent::RunCancelled { at } => *at,
+        }
+    }
+
+    /// The step it is about: a step event's, or the step a failed run failed at.
+    pub fn step(&self) -> Option<&str> {
+        match self {
+            RunEvent::RunStepStarted { step, .. }
+            | RunEvent::RunStepCompleted { step, .. }
+            | RunEvent::RunStepFailed { step, .. } => Some(step),
+            RunEvent::RunFailed { failure, .. } => failure.step.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The attempt a step event records.
+    pub fn attempt(&self) -> Option<u32> {
+        match self {
+            RunEvent::RunStepStarted { attempt, .. }
+            | RunEvent::RunStepCompleted { attempt, .. }
+            | RunEvent::RunStepFailed { attempt, .. } => Some(*attempt),
+            _ => None,
+        }
+    }
+
+    /// The reason it records: a failed step's or run's, a blocked run's.
+    pub fn reason(&self) -> Option<ReasonCode> {
+        match self {
+            RunEvent::RunStepFailed { reason, .. } | RunEvent::RunBlocked { reason, .. } => {
+                Some(*reason)
+            }
+            RunEvent::RunFailed { failure, .. } => Some(failure.reason),
+            _ => None,
+        }
     }
 }
 
@@ -380,6 +437,8 @@ pub enum RunError {
     InvalidNextStep,
     #[error("the run's target tenant belongs to another workspace")]
     WorkspaceMismatch,
+    #[error("a {outcome} run cannot be retried: only failed, blocked or cancelled runs can")]
+    NotRetryable { outcome: RunOutcome },
 }
 
 impl DomainError for RunError {
@@ -387,9 +446,9 @@ impl DomainError for RunError {
         match self {
             RunError::NotFound => ReasonCode::NotFound,
             RunError::AlreadyExists => ReasonCode::AlreadyExists,
-            RunError::InvalidTransition { .. } | RunError::StepCompleted { .. } => {
-                ReasonCode::InvalidTransition
-            }
+            RunError::InvalidTransition { .. }
+            | RunError::StepCompleted { .. }
+            | RunError::NotRetryable { .. } => ReasonCode::InvalidTransition,
             // Another worker recorded a later attempt: a lost race, not bad input.
             RunError::StaleAttempt { .. } => ReasonCode::Conflict,
             RunError::InvalidRunType
@@ -456,6 +515,9 @@ pub struct OperationRun {
     pub queued_at: Option<DateTime<Utc>>,
     pub started_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// The run this one starts again, if it is a retry.
+    #[serde(default)]
+    pub retry_of: Option<RunId>,
 }
 
 impl OperationRun {
@@ -467,6 +529,18 @@ impl OperationRun {
     /// Whether the run is queued or running.
     pub fn is_active(&self) -> bool {
         self.exists() && self.status != RunStatus::Completed
+    }
+
+    /// Whether a new run may start this one again: only a run that ended without doing
+    /// its work (failed, blocked or cancelled) can be retried.
+    pub fn check_retryable(&self) -> Result<(), RunError> {
+        if !self.exists() {
+            return Err(RunError::NotFound);
+        }
+        match self.outcome {
+            RunOutcome::Failed | RunOutcome::Blocked | RunOutcome::Cancelled => Ok(()),
+            outcome => Err(RunError::NotRetryable { outcome }),
+        }
     }
 
     /// The last recorded attempt of `step`.
@@ -584,6 +658,7 @@ impl Aggregate for OperationRun {
                 run_type,
                 context,
                 initiator,
+                retry_of,
             } => {
                 if self.exists() {
                     return Err(RunError::AlreadyExists);
@@ -605,6 +680,7 @@ impl Aggregate for OperationRun {
                     context,
                     initiator,
                     queued_at: at,
+                    retry_of,
                 };
                 sink.write(event, self).await;
             }
@@ -727,12 +803,14 @@ impl Aggregate for OperationRun {
                 context,
                 initiator,
                 queued_at,
+                retry_of,
             } => {
                 self.workspace = Some(workspace);
                 self.run_type = run_type;
                 self.context = Some(context);
                 self.initiator = initiator;
                 self.queued_at = Some(queued_at);
+                self.retry_of = retry_of;
             }
             RunEvent::RunStarted { at } => {
                 self.status = RunStatus::Running;
@@ -831,6 +909,7 @@ mod tests {
             run_type: "policy.resync".into(),
             context: context(),
             initiator: "alice".into(),
+            retry_of: None,
         }
     }
     fn queued() -> RunEvent {
@@ -840,6 +919,7 @@ mod tests {
             context: context(),
             initiator: "alice".into(),
             queued_at: now(),
+            retry_of: None,
         }
     }
     fn started() -> RunEvent {
@@ -1005,6 +1085,7 @@ mod tests {
                         ..context()
                     },
                     initiator: initiator.into(),
+                    retry_of: None,
                 })
                 .then_expect_error(error);
         }
@@ -1019,8 +1100,114 @@ mod tests {
                 run_type: "policy.resync".into(),
                 context: context(),
                 initiator: "alice".into(),
+                retry_of: None,
             })
             .then_expect_error(RunError::WorkspaceMismatch);
+    }
+
+    fn earlier_run() -> RunId {
+        RunId(uuid::Uuid::from_u128(7))
+    }
+
+    #[test]
+    fn a_retry_is_queued_linked_to_the_run_it_starts_again() {
+        let retry = RunCommand::Queue {
+            workspace: workspace(),
+            run_type: "policy.resync".into(),
+            context: context(),
+            initiator: "alice".into(),
+            retry_of: Some(earlier_run()),
+        };
+        let retried = RunEvent::RunQueued {
+            workspace: workspace(),
+            run_type: "policy.resync".into(),
+            context: context(),
+            initiator: "alice".into(),
+            queued_at: now(),
+            retry_of: Some(earlier_run()),
+        };
+        F::with(services())
+            .given_no_previous_events()
+            .when(retry)
+            .then_expect_events(vec![retried.clone()]);
+        assert_eq!(state(vec![retried]).retry_of, Some(earlier_run()));
+        assert_eq!(state(vec![queued()]).retry_of, None);
+    }
+
+    #[test]
+    fn a_run_queued_before_retries_existed_still_reads_and_links_nothing() {
+        // The payload of a `RunQueued` written before `retry_of` existed.
+        let stored = json!({ "RunQueued": {
+            "workspace": "acme",
+            "run_type": "policy.resync",
+            "context": serde_json::to_value(context()).unwrap(),
+            "initiator": "alice",
+            "queued_at": "2026-11-23T09:00:00Z"
+        }});
+        let event: RunEvent = serde_json::from_value(stored.clone()).unwrap();
+        assert_eq!(event, queued());
+        // And a run that retries nothing is still written the old way.
+        assert_eq!(serde_json::to_value(queued()).unwrap(), stored);
+    }
+
+    #[test]
+    fn only_a_failed_blocked_or_cancelled_run_can_be_retried() {
+        let ended = |end: RunEvent| state(with(running(), end));
+        let retryable = [
+            ended(RunEvent::RunFailed {
+                failure: failure("x"),
+                at: now(),
+            }),
+            state(vec![queued(), blocked(vec![NextStep::AddConnection])]),
+            ended(RunEvent::RunCancelled { at: now() }),
+        ];
+        for run in retryable {
+            assert_eq!(run.check_retryable(), Ok(()), "{:?}", run.outcome);
+        }
+        let succeeded = ended(RunEvent::RunSucceeded {
+            summary_counts: counts(1),
+            at: now(),
+        });
+        let refused = succeeded.check_retryable().unwrap_err();
+        assert_eq!(
+            refused,
+            RunError::NotRetryable {
+                outcome: RunOutcome::Succeeded
+            }
+        );
+        assert_eq!(refused.reason_code(), ReasonCode::InvalidTransition);
+        assert_eq!(
+            refused.to_string(),
+            "a succeeded run cannot be retried: only failed, blocked or cancelled runs can"
+        );
+        // Nor one still under way, nor one that does not exist.
+        assert_eq!(
+            state(running()).check_retryable(),
+            Err(RunError::NotRetryable {
+                outcome: RunOutcome::Pending
+            })
+        );
+        assert_eq!(
+            OperationRun::default().check_retryable(),
+            Err(RunError::NotFound)
+        );
+    }
+
+    #[test]
+    fn an_event_tells_its_time_step_attempt_and_reason() {
+        let failed_run = RunEvent::RunFailed {
+            failure: failure("x"),
+            at: now(),
+        };
+        assert_eq!(step_failed(2).step(), Some("fetch"));
+        assert_eq!(step_failed(2).attempt(), Some(2));
+        assert_eq!(step_failed(2).reason(), Some(ReasonCode::GraphThrottled));
+        assert_eq!(failed_run.step(), Some("fetch"));
+        assert_eq!(failed_run.attempt(), None);
+        assert_eq!(failed_run.reason(), Some(ReasonCode::GraphUnavailable));
+        assert_eq!((queued().step(), queued().reason()), (None, None));
+        assert_eq!(queued().at(), now());
+        assert_eq!(step_completed(1).at(), now());
     }
 
     #[test]

@@ -31,14 +31,14 @@ const NAME: &str = "runs";
 
 const QUEUE: &str = "\
     INSERT INTO rm_runs AS r (run_id, version, workspace_id, run_type, tenant_key, status, \
-        outcome, context, initiator, queued_at, updated_at) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) \
+        outcome, context, initiator, queued_at, updated_at, retry_of) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11) \
     ON CONFLICT (run_id) DO UPDATE SET version = EXCLUDED.version, \
         workspace_id = EXCLUDED.workspace_id, run_type = EXCLUDED.run_type, \
         tenant_key = EXCLUDED.tenant_key, status = EXCLUDED.status, \
         outcome = EXCLUDED.outcome, context = EXCLUDED.context, \
         initiator = EXCLUDED.initiator, queued_at = EXCLUDED.queued_at, \
-        updated_at = EXCLUDED.updated_at \
+        updated_at = EXCLUDED.updated_at, retry_of = EXCLUDED.retry_of \
     WHERE r.version < EXCLUDED.version \
     RETURNING run_id";
 const START: &str = "UPDATE rm_runs SET version = $2, updated_at = $3, status = $4, \
@@ -125,6 +125,7 @@ async fn apply(
             context,
             initiator,
             queued_at,
+            retry_of,
         } => versioned(QUEUE, id, e)
             .bind(workspace.to_string())
             .bind(run_type)
@@ -133,7 +134,8 @@ async fn apply(
             .bind(serde_name(e, &RunOutcome::Pending)?)
             .bind(Json(context))
             .bind(initiator)
-            .bind(queued_at),
+            .bind(queued_at)
+            .bind(retry_of.map(|r| r.as_uuid())),
         RunEvent::RunStarted { at } => versioned(START, id, e)
             .bind(at)
             .bind(serde_name(e, &RunStatus::Running)?),

@@ -1,7 +1,7 @@
 //! Connecting to PostgreSQL and applying the migrations in `migrations/` (R10.2).
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, Transaction};
 use std::time::Duration;
 
 /// The schema: every table of tenantflow is defined by these migrations and nowhere else.
@@ -44,6 +44,25 @@ pub async fn migrations_current(pool: &PgPool) -> Result<bool, DbError> {
         .iter()
         .filter(|m| m.migration_type.is_up_migration())
         .all(|m| applied.contains(&m.version)))
+}
+
+/// A read-only transaction confined to `workspace`: as `tenantflow_reader`, whose
+/// row-level security policies admit only rows of the workspace set in `app.workspace`
+/// (read models, and events by their metadata), so a query whose own filter is wrong still
+/// sees no other workspace's data (R8.3).
+pub async fn workspace_reader(
+    pool: &PgPool,
+    workspace: &str,
+) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET LOCAL ROLE tenantflow_reader")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SELECT set_config('app.workspace', $1, true)")
+        .bind(workspace)
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
 }
 
 /// Creates a database if it does not exist (embedded mode, bench scratch databases).

@@ -4,6 +4,7 @@
 pub mod bus;
 pub mod db;
 pub mod embedded;
+pub mod history;
 pub mod log;
 pub mod metrics;
 pub mod snapshots;

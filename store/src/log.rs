@@ -90,7 +90,7 @@ pub enum ConsumerError {
     Refused { position: Position, message: String },
 }
 
-type EventRow = (
+pub(crate) type EventRow = (
     i64,
     i64,
     String,
@@ -103,7 +103,7 @@ type EventRow = (
     DateTime<Utc>,
 );
 
-fn from_row(r: EventRow) -> StoredEvent {
+pub(crate) fn from_row(r: EventRow) -> StoredEvent {
     StoredEvent {
         position: Position {
             transaction_id: r.0,

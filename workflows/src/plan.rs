@@ -165,6 +165,7 @@ mod tests {
             },
             initiator: "alice".into(),
             queued_at: now(),
+            retry_of: None,
         };
         for e in std::iter::once(queued).chain(events) {
             cqrs_es::Aggregate::apply(&mut r, e);

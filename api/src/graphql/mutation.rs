@@ -17,6 +17,11 @@ use super::types::*;
 
 fn meta(ctx: &Context<'_>) -> async_graphql::Result<Metadata> {
     let c = caller(ctx)?;
+    // A role that may change nothing (readonly, auditor) is refused every mutation here,
+    // before any use case runs: no answer of one (a dedupe, a not found) reaches it.
+    if !c.role.may_change_anything() {
+        return Err(app_error(app::AppError::Forbidden(c.role)));
+    }
     let mut m = Metadata::new(c.workspace.clone(), c.subject.clone(), c.role);
     if let Ok(request_id) = ctx.data::<RequestId>() {
         m.request_id = request_id.0.clone();
@@ -300,6 +305,25 @@ impl MutationRoot {
         Ok(SchedulePayload { id })
     }
 
+    /// Starts a failed, blocked or cancelled run again (Owner, Manager, Operator): a new
+    /// run of the same type, tenant and module whose `retryOf` names the old one. Like
+    /// any start it returns the active run of the same type instead (`DEDUPLICATED`), is
+    /// refused with `scope_busy` while a run of another type holds the tenant, and is
+    /// `BLOCKED` when the tenant still cannot run it. Other runs are refused with
+    /// `invalid_transition`.
+    async fn retry_run(
+        &self,
+        ctx: &Context<'_>,
+        id: String,
+    ) -> async_graphql::Result<StartRunPayload> {
+        let id = run_id(&id)?;
+        let s = state(ctx)?;
+        let started = app::retry_run(&s.bus, &meta(ctx)?, id, &s.workflows.run_types())
+            .await
+            .map_err(app_error)?;
+        Ok(start_payload(&started))
+    }
+
     /// Cancels a run: at once when queued, at its next step when running.
     async fn cancel_run(
         &self,
@@ -371,14 +395,19 @@ async fn start(
     let started = app::start_operation(&state(ctx)?.bus, &meta(ctx)?, &key, run_type, module)
         .await
         .map_err(app_error)?;
-    let (status, reason) = match &started {
+    Ok(start_payload(&started))
+}
+
+/// What a start (or a retry) answers.
+fn start_payload(started: &Started) -> StartRunPayload {
+    let (status, reason) = match started {
         Started::Queued(_) => (StartStatus::Queued, None),
         Started::Deduplicated(_) => (StartStatus::Deduplicated, None),
         Started::Blocked(_, r) => (StartStatus::Blocked, Some(r.as_str().to_owned())),
     };
-    Ok(StartRunPayload {
+    StartRunPayload {
         run_id: started.run_id().as_uuid(),
         status,
         reason_code: reason,
-    })
+    }
 }

@@ -7,6 +7,7 @@ use async_graphql::{Context, InputObject, Object};
 use chrono::{DateTime, Utc};
 use domain::run::{RunOutcome, RunStatus};
 use sqlx::{Postgres, QueryBuilder, Transaction};
+use store::history::{AggregateKind, HistoryError};
 use uuid::Uuid;
 
 use super::errors::{internal, invalid};
@@ -36,17 +37,9 @@ pub(crate) async fn reader_for(
     pool: &sqlx::PgPool,
     workspace: &str,
 ) -> async_graphql::Result<Transaction<'static, Postgres>> {
-    let mut tx = pool.begin().await.map_err(internal)?;
-    sqlx::query("SET LOCAL ROLE tenantflow_reader")
-        .execute(&mut *tx)
+    store::db::workspace_reader(pool, workspace)
         .await
-        .map_err(internal)?;
-    sqlx::query("SELECT set_config('app.workspace', $1, true)")
-        .bind(workspace)
-        .execute(&mut *tx)
-        .await
-        .map_err(internal)?;
-    Ok(tx)
+        .map_err(internal)
 }
 
 fn parse_uuid(s: &str, what: &str) -> async_graphql::Result<Uuid> {
@@ -261,6 +254,42 @@ impl QueryRoot {
         .fetch_optional(&mut *tx)
         .await
         .map_err(internal)
+    }
+
+    /// The state a tenant had at an earlier point of the log (R9.3); null when it had
+    /// no events by then, or belongs to another workspace.
+    async fn tenant_at(
+        &self,
+        ctx: &Context<'_>,
+        id: String,
+        as_of: AsOfInput,
+    ) -> async_graphql::Result<Option<AggregateStateNode>> {
+        let key: domain::TenantKey = id
+            .parse()
+            .map_err(|e: domain::ValueError| invalid(e.to_string()))?;
+        state_at(ctx, AggregateKind::Tenant, &key.to_string(), as_of).await
+    }
+
+    /// The state a provider connection had at an earlier point of the log (R9.3).
+    async fn connection_at(
+        &self,
+        ctx: &Context<'_>,
+        id: String,
+        as_of: AsOfInput,
+    ) -> async_graphql::Result<Option<AggregateStateNode>> {
+        let id = parse_uuid(&id, "connection")?;
+        state_at(ctx, AggregateKind::Connection, &id.to_string(), as_of).await
+    }
+
+    /// The state a run had at an earlier point of the log (R9.3).
+    async fn run_at(
+        &self,
+        ctx: &Context<'_>,
+        id: String,
+        as_of: AsOfInput,
+    ) -> async_graphql::Result<Option<AggregateStateNode>> {
+        let id = parse_uuid(&id, "run")?;
+        state_at(ctx, AggregateKind::Run, &id.to_string(), as_of).await
     }
 
     /// Who did what, when, to which tenant: newest first.
@@ -490,6 +519,29 @@ impl QueryRoot {
             workspace: c.workspace.clone(),
             role: c.role.as_str().to_owned(),
         })
+    }
+}
+
+/// An aggregate's state at `as_of`, folded from the events the caller's workspace may read.
+async fn state_at(
+    ctx: &Context<'_>,
+    kind: AggregateKind,
+    id: &str,
+    as_of: AsOfInput,
+) -> async_graphql::Result<Option<AggregateStateNode>> {
+    let mut tx = reader(ctx).await?;
+    let state = store::history::state_json_at(&mut tx, kind, id, as_of.into())
+        .await
+        .map_err(history_error)?;
+    Ok(state.map(AggregateStateNode::from))
+}
+
+/// A failure to read the log back is internal either way: the database's, or an event this
+/// binary cannot decode (shown opaquely, its cause logged once).
+fn history_error(e: HistoryError) -> async_graphql::Error {
+    match e {
+        HistoryError::Database(e) => internal(e),
+        other => internal(sqlx::Error::Decode(Box::new(other))),
     }
 }
 

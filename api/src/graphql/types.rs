@@ -1,10 +1,11 @@
 //! GraphQL object types: rows of the read models. Secrets have no column to come from.
 
-use async_graphql::{ComplexObject, Context, Enum, SimpleObject};
+use async_graphql::{ComplexObject, Context, Enum, OneofObject, SimpleObject};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use domain::run::NextStep;
+use domain::RunId;
 
 use super::errors::internal;
 use super::next_steps::links;
@@ -145,11 +146,13 @@ pub struct RunNode {
     pub queued_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// The failed, blocked or cancelled run this one starts again (see `retryRun`).
+    pub retry_of: Option<Uuid>,
 }
 
 pub(crate) const RUN_COLUMNS: &str =
     "run_id, run_type, tenant_key, status, outcome, context, initiator, summary_counts, \
-     failure_summary, reason_code, next_steps, queued_at, started_at, completed_at";
+     failure_summary, reason_code, next_steps, queued_at, started_at, completed_at, retry_of";
 
 #[ComplexObject]
 impl RunNode {
@@ -170,6 +173,111 @@ impl RunNode {
         .fetch_all(&mut *tx)
         .await
         .map_err(internal)
+    }
+
+    /// Every event of the run, in the log's order, with its timing (R9.2): read from the
+    /// event log itself, so it is complete even while the read models catch up.
+    async fn history(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<RunHistoryEvent>> {
+        let mut tx = reader(ctx).await?;
+        let entries = store::history::run_history(&mut tx, RunId(self.run_id))
+            .await
+            .map_err(internal)?;
+        Ok(entries.into_iter().map(RunHistoryEvent::from).collect())
+    }
+}
+
+/// One event of a run's history.
+#[derive(Debug, Clone, SimpleObject)]
+pub struct RunHistoryEvent {
+    /// The event's global position.
+    pub position: i64,
+    /// When the event was committed.
+    pub recorded_at: DateTime<Utc>,
+    /// When it happened, by the clock of whoever decided it (events decided one after
+    /// another may be committed together).
+    pub at: DateTime<Utc>,
+    /// Milliseconds from the run's first event to this one (by `at`).
+    pub elapsed_ms: i64,
+    /// The event type (`RunQueued`, `RunStepCompleted`, ...).
+    #[graphql(name = "type")]
+    pub event_type: String,
+    pub step: Option<String>,
+    pub attempt: Option<i32>,
+    pub reason_code: Option<String>,
+    /// Who recorded it (`workflow:<instance>` for the workflow's progress).
+    pub actor: Option<String>,
+    pub role: Option<String>,
+    /// The rest of the event: a step's summary, a failure's message and retry time, a
+    /// run's counts or context. Sanitized when recorded; never secrets or payloads.
+    pub details: Option<serde_json::Value>,
+}
+
+impl From<store::history::RunHistoryEntry> for RunHistoryEvent {
+    fn from(e: store::history::RunHistoryEntry) -> Self {
+        Self {
+            position: e.global_position,
+            recorded_at: e.recorded_at,
+            at: e.at,
+            elapsed_ms: e.elapsed_ms,
+            event_type: e.event_type,
+            step: e.step,
+            attempt: e.attempt.map(|a| i32::try_from(a).unwrap_or(i32::MAX)),
+            reason_code: e.reason.map(|r| r.as_str().to_owned()),
+            actor: e.actor,
+            role: e.role,
+            details: e.details,
+        }
+    }
+}
+
+/// A point of the log to look back at: exactly one of a global position (the events at
+/// or before it) or a time (the events recorded at or before it).
+#[derive(Debug, Clone, Copy, OneofObject)]
+#[graphql(name = "AsOf")]
+pub enum AsOfInput {
+    Position(i64),
+    Time(DateTime<Utc>),
+}
+
+impl From<AsOfInput> for store::history::AsOf {
+    fn from(a: AsOfInput) -> Self {
+        match a {
+            AsOfInput::Position(p) => Self::Position(p),
+            AsOfInput::Time(t) => Self::Time(t),
+        }
+    }
+}
+
+/// An aggregate's state as it was at an earlier point of the log (R9.3), folded from its
+/// events up to that point. The state is the aggregate's own (as JSON), not a read
+/// model's row: read models hold fields no aggregate keeps (such as when a tenant was
+/// registered) and their nested lists show the present.
+#[derive(Debug, Clone, SimpleObject)]
+#[graphql(name = "AggregateState")]
+pub struct AggregateStateNode {
+    /// `tenant`, `provider_connection` or `operation_run`.
+    pub aggregate_type: String,
+    #[graphql(name = "id")]
+    pub aggregate_id: String,
+    /// The sequence of the last event folded in: the aggregate's version then.
+    pub version: i64,
+    /// The global position of the last event folded in.
+    pub position: i64,
+    /// When the last event folded in was committed.
+    pub recorded_at: DateTime<Utc>,
+    pub state: serde_json::Value,
+}
+
+impl From<store::history::StateAt<serde_json::Value>> for AggregateStateNode {
+    fn from(s: store::history::StateAt<serde_json::Value>) -> Self {
+        Self {
+            aggregate_type: s.aggregate_type,
+            aggregate_id: s.aggregate_id,
+            version: s.version,
+            position: s.global_position,
+            recorded_at: s.recorded_at,
+            state: s.state,
+        }
     }
 }
 
