@@ -216,8 +216,10 @@ impl EventRows {
         }
         let mut idx: Vec<usize> = (0..self.order.len()).collect();
         idx.sort_by_key(|&i| self.order[i]);
-        fn permute<T: Clone>(v: &mut Vec<T>, idx: &[usize]) {
-            *v = idx.iter().map(|&i| v[i].clone()).collect();
+        // Moves, never clones: payloads can be large.
+        fn permute<T>(v: &mut Vec<T>, idx: &[usize]) {
+            let mut old: Vec<Option<T>> = v.drain(..).map(Some).collect();
+            *v = idx.iter().filter_map(|&i| old[i].take()).collect();
         }
         permute(&mut self.aggregate_types, &idx);
         permute(&mut self.aggregate_ids, &idx);
