@@ -8,17 +8,18 @@ use domain::tenant::{Tenant, TenantCommand};
 use domain::{EntraTenantId, Provider, ReasonCode, Role, Services, TenantKey};
 use secrecy::SecretString;
 use std::sync::Arc;
-use store::{CommandBus, Metadata, Metrics};
-use testkit::{guid, vault, TestDb};
+use store::{CommandBus, Metrics};
+use testkit::{guid, meta, owner, vault, ReadyTenant, TestDb};
+use testkit::{CONTOSO, FABRIKAM, TAILSPIN};
 
-mod support;
-use support::{owner, SECOND, TENANT};
-
-const THIRD: &str = "1c2d3e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f";
+/// A bus with connections enough for twenty concurrent callers.
+async fn bus(db: &TestDb) -> CommandBus {
+    CommandBus::new(db.pool_of(25).await, Services::system(), Metrics::new())
+}
 
 async fn setup(db: &TestDb) -> (CommandBus, TenantKey) {
-    let bus = CommandBus::new(db.pool_of(25).await, Services::system(), Metrics::new());
-    let key = app::register_tenant(&bus, &owner(), guid(TENANT), "Contoso", "contoso.com")
+    let bus = bus(db).await;
+    let key = app::register_tenant(&bus, &owner(), guid(CONTOSO), "Contoso", "contoso.com")
         .await
         .unwrap();
     (bus, key)
@@ -26,38 +27,8 @@ async fn setup(db: &TestDb) -> (CommandBus, TenantKey) {
 
 /// A tenant with a connection that has a credential and consent.
 async fn ready(db: &TestDb) -> (CommandBus, TenantKey, domain::ConnectionId) {
-    let (bus, key) = setup(db).await;
-    let c = app::create_connection(
-        &bus,
-        &owner(),
-        &key,
-        Provider::Microsoft,
-        guid(TENANT),
-        "Contoso Graph",
-    )
-    .await
-    .unwrap();
-    app::set_credential(
-        &bus,
-        &vault(),
-        &owner(),
-        c,
-        "client-1",
-        &SecretString::from("s".to_owned()),
-        None,
-    )
-    .await
-    .unwrap();
-    app::change_connection(
-        &bus,
-        &owner(),
-        c,
-        ConnectionCommand::GrantConsent {
-            scopes: vec!["Policy.Read.All".into()],
-        },
-    )
-    .await
-    .unwrap();
+    let bus = bus(db).await;
+    let (key, c) = ReadyTenant::new(&bus, CONTOSO).build().await;
     (bus, key, c)
 }
 
@@ -82,7 +53,7 @@ async fn the_first_connection_is_the_default_and_duplicates_are_refused() {
         &owner(),
         &key,
         Provider::Microsoft,
-        guid(TENANT),
+        guid(CONTOSO),
         "Main",
     )
     .await
@@ -92,7 +63,7 @@ async fn the_first_connection_is_the_default_and_duplicates_are_refused() {
         &owner(),
         &key,
         Provider::Microsoft,
-        guid(SECOND),
+        guid(TAILSPIN),
         "Second",
     )
     .await
@@ -124,7 +95,7 @@ async fn the_first_connection_is_the_default_and_duplicates_are_refused() {
         &owner(),
         &key,
         Provider::Microsoft,
-        guid(SECOND),
+        guid(TAILSPIN),
         "Again",
     )
     .await
@@ -142,7 +113,7 @@ async fn concurrent_make_default_leaves_exactly_one_default() {
     let db = TestDb::new().await;
     let (bus, key) = setup(&db).await;
     let mut ids = Vec::new();
-    for (g, n) in [(TENANT, "A"), (SECOND, "B"), (THIRD, "C")] {
+    for (g, n) in [(CONTOSO, "A"), (TAILSPIN, "B"), (FABRIKAM, "C")] {
         ids.push(
             app::create_connection(&bus, &owner(), &key, Provider::Microsoft, guid(g), n)
                 .await
@@ -292,9 +263,16 @@ async fn a_tenant_that_is_not_ready_gets_a_blocked_run_with_the_next_step_to_tak
         )
     );
     // A blocked run holds no scope: a real start can follow once fixed.
-    let c = app::create_connection(&bus, &owner(), &key, Provider::Microsoft, guid(TENANT), "G")
-        .await
-        .unwrap();
+    let c = app::create_connection(
+        &bus,
+        &owner(),
+        &key,
+        Provider::Microsoft,
+        guid(CONTOSO),
+        "G",
+    )
+    .await
+    .unwrap();
     assert_eq!(
         blocked_start(&bus, &key).await,
         (
@@ -345,7 +323,7 @@ async fn cancelling_a_queued_run_frees_its_scope() {
     let first = app::start_operation(&bus, &owner(), &key, "policy.resync", "p")
         .await
         .unwrap();
-    let op = Metadata::new("acme", "oscar", Role::Operator);
+    let op = meta("acme", Role::Operator);
     let run = app::cancel_run(&bus, &op, first.run_id()).await.unwrap();
     assert_eq!(run.outcome, RunOutcome::Cancelled);
     let second = app::start_operation(&bus, &owner(), &key, "license.refresh", "l")
@@ -360,15 +338,15 @@ async fn roles_are_enforced_and_refusals_write_nothing() {
     let (bus, key, c) = ready(&db).await;
     let before = count(&bus, "SELECT count(*) FROM events").await;
     let vault_before = count(&bus, "SELECT count(*) FROM credential_vault").await;
-    let readonly = Metadata::new("acme", "rita", Role::Readonly);
-    let operator = Metadata::new("acme", "oscar", Role::Operator);
+    let readonly = meta("acme", Role::Readonly);
+    let operator = meta("acme", Role::Operator);
 
     let e = app::create_connection(
         &bus,
         &operator,
         &key,
         Provider::Microsoft,
-        guid(SECOND),
+        guid(TAILSPIN),
         "x",
     )
     .await
@@ -392,7 +370,7 @@ async fn roles_are_enforced_and_refusals_write_nothing() {
         .await
         .unwrap_err();
     assert_eq!(e.reason_code(), ReasonCode::Forbidden);
-    let e = app::register_tenant(&bus, &operator, guid(SECOND), "X", "x.example")
+    let e = app::register_tenant(&bus, &operator, guid(TAILSPIN), "X", "x.example")
         .await
         .unwrap_err();
     assert_eq!(e.reason_code(), ReasonCode::Forbidden);
@@ -422,7 +400,7 @@ async fn another_workspace_finds_none_of_our_objects_and_changes_nothing() {
         .await
         .unwrap();
     let before = count(&bus, "SELECT count(*) FROM events").await;
-    let intruder = Metadata::new("evil", "eve", Role::Owner);
+    let intruder = meta("evil", Role::Owner);
     let not_found = |result: Result<(), AppError>| match result {
         Err(AppError::NotFound(what)) => what,
         other => panic!("expected not found, got {other:?}"),
@@ -441,7 +419,7 @@ async fn another_workspace_finds_none_of_our_objects_and_changes_nothing() {
                 &intruder,
                 &key,
                 Provider::Microsoft,
-                guid(SECOND),
+                guid(TAILSPIN),
                 "X",
             )
             .await
@@ -480,18 +458,18 @@ async fn another_workspace_finds_none_of_our_objects_and_changes_nothing() {
 #[tokio::test]
 async fn a_fleet_start_answers_each_tenant_as_a_single_start_would_and_repeats_start_nothing() {
     let db = TestDb::new().await;
-    // Ready: Contoso (TENANT). Blocked: SECOND (no connection). Archived: THIRD.
+    // Ready: Contoso. Blocked: Tailspin (no connection). Archived: Fabrikam.
     let (bus, ready_key, _) = ready(&db).await;
-    let unready = app::register_tenant(&bus, &owner(), guid(SECOND), "Fabrikam", "fabrikam.com")
+    let unready = app::register_tenant(&bus, &owner(), guid(TAILSPIN), "Tailspin", "tailspin.com")
         .await
         .unwrap();
-    let archived = app::register_tenant(&bus, &owner(), guid(THIRD), "Tailspin", "tailspin.com")
+    let archived = app::register_tenant(&bus, &owner(), guid(FABRIKAM), "Fabrikam", "fabrikam.com")
         .await
         .unwrap();
     app::change_tenant(&bus, &owner(), &archived, TenantCommand::Archive)
         .await
         .unwrap();
-    let elsewhere = TenantKey::new("other-ws".parse().unwrap(), guid(TENANT));
+    let elsewhere = TenantKey::new("other-ws".parse().unwrap(), guid(CONTOSO));
     let ids: Vec<domain::RunId> = (0..5).map(|_| domain::RunId::new()).collect();
     let requests: Vec<app::StartRequest> =
         [&ready_key, &unready, &archived, &elsewhere, &ready_key]
@@ -534,7 +512,7 @@ async fn a_fleet_start_answers_each_tenant_as_a_single_start_would_and_repeats_s
     assert_eq!(count(&bus, runs).await, 2);
 
     // A readonly caller is refused before anything is decided.
-    let readonly = Metadata::new(owner().workspace, "reader", Role::Readonly);
+    let readonly = meta("acme", Role::Readonly);
     let refused = app::start_operations(&bus, &readonly, &requests, "policy.resync", "ca").await;
     assert!(matches!(refused, Err(AppError::Forbidden(Role::Readonly))));
     assert_eq!(count(&bus, runs).await, 2);

@@ -1,14 +1,9 @@
 //! A secret never leaks: the only test in this binary, because it installs a log capture
 //! and other tests' threads must not race its callsite registration.
 
-use domain::{Provider, Services};
 use secrecy::SecretString;
 use std::sync::Arc;
-use store::{CommandBus, Metrics};
-use testkit::{guid, vault, TestDb};
-
-mod support;
-use support::{owner, SECOND, TENANT};
+use testkit::{guid, owner, vault, ReadyTenant, TestDb, CONTOSO, TAILSPIN};
 
 /// Captures every log line the process writes while `f` runs.
 #[derive(Clone, Default)]
@@ -40,13 +35,13 @@ async fn a_secret_never_reaches_events_logs_debug_output_or_errors() {
 
     const SECRET: &str = "Sup3r-S3cret~Value.0123456789abcdef";
     let db = TestDb::new().await;
-    let bus = CommandBus::new(db.pool().await, Services::system(), Metrics::new());
-    let key = app::register_tenant(&bus, &owner(), guid(TENANT), "Contoso", "contoso.com")
-        .await
-        .unwrap();
-    let c = app::create_connection(&bus, &owner(), &key, Provider::Microsoft, guid(TENANT), "G")
-        .await
-        .unwrap();
+    let bus = db.bus().await;
+    let (_, c) = ReadyTenant::new(&bus, CONTOSO)
+        .client_secret(SECRET)
+        .build()
+        .await;
+    // Rotation naming the tenant, and a refused attempt (wrong tenant id) with the same
+    // secret.
     let secret = SecretString::from(SECRET.to_owned());
     let stored = app::set_credential(
         &bus,
@@ -55,14 +50,10 @@ async fn a_secret_never_reaches_events_logs_debug_output_or_errors() {
         c,
         "client-1",
         &secret,
-        Some(guid(TENANT)),
+        Some(guid(CONTOSO)),
     )
     .await
     .unwrap();
-    // Rotation, and a refused attempt (wrong tenant id) with the same secret.
-    app::set_credential(&bus, &vault(), &owner(), c, "client-1", &secret, None)
-        .await
-        .unwrap();
     let refused = app::set_credential(
         &bus,
         &vault(),
@@ -70,7 +61,7 @@ async fn a_secret_never_reaches_events_logs_debug_output_or_errors() {
         c,
         "client-1",
         &secret,
-        Some(guid(SECOND)),
+        Some(guid(TAILSPIN)),
     )
     .await
     .unwrap_err();

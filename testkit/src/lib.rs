@@ -1,141 +1,37 @@
-//! Test harness: one embedded PostgreSQL cluster per test binary, a fresh database per
-//! test, cloned from a template that already has every migration applied (fast).
+//! Test support for every crate's tests, so setup is written once:
 //!
-//! The cluster lives in a temporary directory and is stopped and removed by its watchdog
-//! when the test process exits, however it exits. Tests never need anything running
-//! beforehand.
+//! - a fresh, migrated database per test on one embedded cluster per test binary
+//!   ([`TestDb`]), stopped and removed by its watchdog however the process exits;
+//! - waiting without fixed sleeps ([`eventually`], [`within`]) and for consumers of the log
+//!   ([`caught_up`], [`SteppedConsumer`]);
+//! - who acts ([`owner`], [`meta`], [`engine`]) and on which tenants ([`CONTOSO`], ...);
+//!   a tenant ready for operations ([`ReadyTenant`]); a history touching every read model
+//!   ([`History`]);
+//! - an engine driven by the test on a controlled clock ([`SteppedEngine`]);
+//! - with the feature `service`: the service in this process on a free port ([`TestApp`])
+//!   and a GraphQL client for it or for the real binary ([`GraphqlClient`]).
 
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{Connection, PgConnection, PgPool};
-use std::sync::OnceLock;
-use store::{EmbeddedOptions, EmbeddedPostgres};
+mod consumers;
+mod db;
+mod engine;
+#[cfg(feature = "service")]
+mod graphql;
+mod history;
+#[cfg(feature = "service")]
+mod served;
+mod tenants;
+mod wait;
 
-const TEMPLATE: &str = "tenantflow_template";
-
-/// Every read-model table and the key its rows are ordered by, for tests that compare read
-/// models (e.g. live against rebuilt). The projections' tests check that this is exactly
-/// the set of tables the projections own.
-pub const READ_MODEL_TABLES: &[(&str, &str)] = &[
-    ("rm_tenants", "tenant_key"),
-    ("rm_connections", "connection_id"),
-    ("rm_runs", "run_id"),
-    ("rm_run_steps", "run_id, step, attempt"),
-    ("rm_audit_log", "global_position"),
-    ("rm_policy_snapshots", "snapshot_id"),
-    ("rm_alerts", "snapshot_id"),
-    ("rm_licenses", "tenant_key"),
-    ("rm_schedules", "schedule_id"),
-];
-
-struct Cluster {
-    pg: EmbeddedPostgres,
-}
-
-static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-
-fn cluster() -> &'static Cluster {
-    CLUSTER.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!(
-            "tenantflow-test-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
-        ));
-        let pg = EmbeddedPostgres::start(&EmbeddedOptions {
-            data_dir: dir,
-            ephemeral: true,
-            remove_on_exit: true,
-        })
-        .unwrap_or_else(|e| panic!("cannot start the test cluster: {e}"));
-        // Each #[tokio::test] has its own runtime, so the template is made on a runtime of
-        // its own and no connection outlives it.
-        let options = pg.connect_options("postgres");
-        let template = pg.connect_options(TEMPLATE);
-        std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for the test template")
-                .block_on(async move {
-                    let mut admin = PgConnection::connect_with(&options).await?;
-                    sqlx::query(&format!("CREATE DATABASE {TEMPLATE}"))
-                        .execute(&mut admin)
-                        .await?;
-                    let mut conn = PgConnection::connect_with(&template).await?;
-                    store::MIGRATOR.run(&mut conn).await?;
-                    conn.close().await?;
-                    admin.close().await?;
-                    Ok::<(), anyhow::Error>(())
-                })
-        })
-        .join()
-        .expect("template thread")
-        .unwrap_or_else(|e| panic!("cannot prepare the template database: {e:#}"));
-        Cluster { pg }
-    })
-}
-
-/// A fresh, migrated database for one test.
-pub struct TestDb {
-    pub name: String,
-    pub options: PgConnectOptions,
-}
-
-impl TestDb {
-    /// Creates a new database from the migrated template.
-    pub async fn new() -> Self {
-        let cluster = tokio::task::spawn_blocking(cluster)
-            .await
-            .expect("cluster start");
-        let name = format!("test_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = PgConnection::connect_with(&cluster.pg.connect_options("postgres"))
-            .await
-            .expect("connect to the test cluster");
-        sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE}"))
-            .execute(&mut admin)
-            .await
-            .expect("create a test database");
-        let _ = admin.close().await;
-        let options = cluster.pg.connect_options(&name);
-        Self { name, options }
-    }
-
-    /// A pool on this test's database.
-    pub async fn pool(&self) -> PgPool {
-        self.pool_of(10).await
-    }
-
-    /// A pool with `max` connections.
-    pub async fn pool_of(&self, max: u32) -> PgPool {
-        store::connect(self.options.clone(), max)
-            .await
-            .expect("connect to the test database")
-    }
-
-    /// A `postgres://` URL for this database over loopback TCP (for child processes).
-    pub fn url(&self) -> String {
-        use secrecy::ExposeSecret;
-        cluster().pg.url(&self.name).expose_secret().to_owned()
-    }
-}
-
-/// How many events of `event_type` the log holds.
-pub async fn count_events(pool: &PgPool, event_type: &str) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = $1")
-        .bind(event_type)
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
-
-/// An Entra tenant id from a GUID literal.
-pub fn guid(s: &str) -> domain::EntraTenantId {
-    s.parse().expect("a GUID literal")
-}
-
-/// A vault with a fixed key: tests can decrypt what another test step stored.
-pub fn vault() -> store::Vault {
-    store::Vault::from_base64(&secrecy::SecretString::from(
-        "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".to_owned(),
-    ))
-    .expect("the test key is 32 bytes")
-}
+pub use consumers::{caught_up, has_read_everything, SteppedConsumer, CATCH_UP};
+pub use db::{count_events, TestDb, READ_MODEL_TABLES};
+pub use engine::SteppedEngine;
+#[cfg(feature = "service")]
+pub use graphql::{token, GraphqlClient};
+pub use history::{
+    queued_resync, record_progress, release_scope, Globex, History, HistoryBuilder, Runs, Schedule,
+};
+#[cfg(feature = "service")]
+pub use served::TestApp;
+pub use tenants::{engine, guid, meta, owner, vault, ReadyTenant};
+pub use tenants::{CLIENT_SECRET, CONTOSO, FABRIKAM, JWT_SECRET, NORTHWIND, TAILSPIN, VAULT_KEY};
+pub use wait::{eventually, within, Holds};

@@ -1,17 +1,11 @@
-mod support;
-
+use crate::counter::{Counter, CounterCommand, CounterError};
 use domain::{Role, Services};
 use std::sync::Arc;
-use store::{BusError, CommandBus, Metadata, Metrics};
-use support::{Counter, CounterCommand, CounterError};
+use store::{BusError, CommandBus, Metadata};
 use testkit::TestDb;
 
 fn meta(role: Role) -> Metadata {
-    Metadata::new("acme", "alice@acme.example", role)
-}
-
-async fn bus(db: &TestDb) -> CommandBus {
-    CommandBus::new(db.pool().await, Services::system(), Metrics::new())
+    testkit::meta("acme", role)
 }
 
 async fn event_count(bus: &CommandBus) -> i64 {
@@ -24,7 +18,7 @@ async fn event_count(bus: &CommandBus) -> i64 {
 #[tokio::test]
 async fn a_command_appends_its_events_with_the_callers_metadata() {
     let db = TestDb::new().await;
-    let bus = bus(&db).await;
+    let bus = db.bus().await;
     let m = meta(Role::Operator).caused_by("cause-1");
     let done = bus
         .execute::<Counter>("c1", CounterCommand::Add(2), &m)
@@ -41,7 +35,7 @@ async fn a_command_appends_its_events_with_the_callers_metadata() {
     .unwrap();
     assert_eq!((seq, ty.as_str(), version.as_str()), (1, "Added", "1.0"));
     assert_eq!(metadata["workspace"], "acme");
-    assert_eq!(metadata["actor"], "alice@acme.example");
+    assert_eq!(metadata["actor"], "oscar");
     assert_eq!(metadata["role"], "operator");
     assert_eq!(metadata["causation_id"], "cause-1");
     assert_eq!(metadata["correlation_id"], m.correlation_id.as_str());
@@ -57,7 +51,7 @@ async fn a_command_appends_its_events_with_the_callers_metadata() {
 #[tokio::test]
 async fn a_role_without_the_permission_is_refused_and_nothing_is_written() {
     let db = TestDb::new().await;
-    let bus = bus(&db).await;
+    let bus = db.bus().await;
     let err = bus
         .execute::<Counter>("c1", CounterCommand::Add(1), &meta(Role::Readonly))
         .await
@@ -84,7 +78,7 @@ async fn a_role_without_the_permission_is_refused_and_nothing_is_written() {
 #[tokio::test]
 async fn a_refused_command_writes_nothing() {
     let db = TestDb::new().await;
-    let bus = bus(&db).await;
+    let bus = db.bus().await;
     let err = bus
         .execute::<Counter>("c1", CounterCommand::Add(0), &meta(Role::Owner))
         .await
@@ -97,7 +91,7 @@ async fn a_refused_command_writes_nothing() {
 #[tokio::test]
 async fn a_repeated_idempotency_key_succeeds_without_new_events() {
     let db = TestDb::new().await;
-    let bus = bus(&db).await;
+    let bus = db.bus().await;
     let m = meta(Role::System).with_idempotency_key("run-1:step-2");
     let first = bus
         .execute::<Counter>("c1", CounterCommand::Add(5), &m)
@@ -117,7 +111,7 @@ async fn a_repeated_idempotency_key_succeeds_without_new_events() {
 #[tokio::test]
 async fn concurrent_commands_on_one_aggregate_all_apply_without_gaps() {
     let db = TestDb::new().await;
-    let bus = Arc::new(bus(&db).await);
+    let bus = Arc::new(db.bus().await);
     let tasks: Vec<_> = (0..20)
         .map(|_| {
             let bus = bus.clone();
@@ -143,7 +137,7 @@ async fn concurrent_commands_on_one_aggregate_all_apply_without_gaps() {
 #[tokio::test]
 async fn a_unit_of_work_appends_to_several_aggregates_or_to_none() {
     let db = TestDb::new().await;
-    let bus = bus(&db).await;
+    let bus = db.bus().await;
     let m = meta(Role::Operator);
 
     let mut uow = bus.begin().await.unwrap();
@@ -180,7 +174,7 @@ async fn a_unit_of_work_appends_to_several_aggregates_or_to_none() {
 #[tokio::test]
 async fn a_stale_expected_version_is_a_conflict() {
     let db = TestDb::new().await;
-    let bus = bus(&db).await;
+    let bus = db.bus().await;
     let m = meta(Role::Operator);
     bus.execute::<Counter>("c1", CounterCommand::Add(1), &m)
         .await
@@ -201,7 +195,7 @@ async fn a_stale_expected_version_is_a_conflict() {
 #[tokio::test]
 async fn events_are_append_only() {
     let db = TestDb::new().await;
-    let bus = bus(&db).await;
+    let bus = db.bus().await;
     bus.execute::<Counter>("c1", CounterCommand::Add(1), &meta(Role::Operator))
         .await
         .unwrap();
@@ -220,7 +214,7 @@ async fn events_are_append_only() {
 async fn postgres_es_reads_and_extends_streams_written_by_the_bus() {
     use cqrs_es::persist::PersistedEventRepository;
     let db = TestDb::new().await;
-    let bus = bus(&db).await;
+    let bus = db.bus().await;
     bus.execute::<Counter>("c1", CounterCommand::Add(3), &meta(Role::Operator))
         .await
         .unwrap();

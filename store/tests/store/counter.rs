@@ -1,6 +1,4 @@
-//! Shared test support: a tiny aggregate for exercising the bus mechanics without the real
-//! domain.
-#![allow(dead_code)]
+//! A tiny aggregate for exercising the bus mechanics without the real domain.
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};

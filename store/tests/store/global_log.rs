@@ -122,13 +122,10 @@ async fn a_concurrent_consumer_sees_every_committed_event_exactly_once_in_order(
         "the writers committed events"
     );
 
-    // Bounded wait for the consumer to catch up with everything committed.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while recorder.seen.lock().unwrap().len() < expected.len()
-        && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Bounded wait for the consumer to catch up with everything committed; if it does not,
+    // the assertions below say what it missed.
+    let everything = || async { recorder.seen.lock().unwrap().len() >= expected.len() };
+    let _ = testkit::within(Duration::from_secs(60), everything).await;
     shutdown.cancel();
     consumer.await.unwrap();
 

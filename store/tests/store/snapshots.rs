@@ -3,17 +3,16 @@
 
 use cqrs_es::Aggregate;
 use domain::scope_lock::{ScopeCommand, ScopeLock};
-use domain::{Role, RunId, Services};
+use domain::RunId;
 use std::sync::Arc;
-use store::log::{ConsumerRunner, RunnerOptions};
-use store::{CommandBus, Metadata, Metrics, Progress, SnapshotWriter};
-use testkit::TestDb;
+use store::{CommandBus, Metadata, SnapshotWriter};
+use testkit::{SteppedConsumer, TestDb};
 use uuid::Uuid;
 
 const LOCK: &str = "acme:72f988bf-86f1-41af-91ab-2d7cd011db47";
 
 fn meta(key: Option<String>) -> Metadata {
-    let m = Metadata::new("acme", "workflow:test", Role::System);
+    let m = testkit::engine("acme");
     match key {
         Some(k) => m.with_idempotency_key(k),
         None => m,
@@ -23,19 +22,13 @@ fn meta(key: Option<String>) -> Metadata {
 struct World {
     _db: TestDb,
     bus: CommandBus,
-    writer: ConsumerRunner,
+    writer: SteppedConsumer,
 }
 
 async fn world() -> World {
     let db = TestDb::new().await;
-    let pool = db.pool().await;
-    let bus = CommandBus::new(pool.clone(), Services::system(), Metrics::new());
-    let writer = ConsumerRunner::new(
-        pool,
-        Arc::new(SnapshotWriter),
-        RunnerOptions::default(),
-        Metrics::new(),
-    );
+    let bus = db.bus().await;
+    let writer = SteppedConsumer::new(bus.pool(), Arc::new(SnapshotWriter));
     World {
         _db: db,
         bus,
@@ -78,29 +71,9 @@ impl World {
             .unwrap()
     }
 
-    /// Runs the writer until it has read every event so far. (An idle step is not enough:
-    /// the log also waits for other tests' transactions on the shared cluster.)
+    /// Runs the writer until it has read every event so far.
     async fn write_snapshots(&self) {
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
-            while self.writer.step().await.unwrap() != Progress::Idle {}
-            let (consumed, total): (i64, i64) = sqlx::query_as(
-                "SELECT COALESCE((SELECT events_consumed FROM consumer_checkpoints WHERE name = $1), 0), \
-                        (SELECT count(*) FROM events)",
-            )
-            .bind(store::snapshots::WRITER)
-            .fetch_one(self.bus.pool())
-            .await
-            .unwrap();
-            if consumed >= total {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{consumed} of {total} events read"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        self.writer.catch_up().await;
     }
 
     async fn snapshot_version(&self) -> Option<i64> {

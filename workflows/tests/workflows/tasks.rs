@@ -1,95 +1,26 @@
 //! The task table against a real database: fed from the log, claimed once, leases expire.
 
-use app::Started;
-use domain::connection::ConnectionCommand;
-use domain::{Provider, Role, Services};
-use secrecy::SecretString;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
-use store::log::{ConsumerRunner, RunnerOptions};
-use store::{CommandBus, Metadata, Metrics, Progress};
-use testkit::TestDb;
+use testkit::{owner, queued_resync, ReadyTenant, SteppedConsumer, TestDb, CONTOSO};
 use uuid::Uuid;
 use workflows::tasks::{claim, release, TaskFeed};
 
-fn owner() -> Metadata {
-    Metadata::new("acme", "olivia", Role::Owner)
-}
-
-/// Runs the task feed until it has consumed every event. (Idle alone is not enough: other
-/// tests' open transactions on the shared cluster hold the readable log back for a moment.)
+/// Runs the task feed until it has read every event.
 async fn feed(pool: &sqlx::PgPool) {
-    let runner = ConsumerRunner::new(
-        pool.clone(),
-        Arc::new(TaskFeed),
-        RunnerOptions::default(),
-        Metrics::new(),
-    );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while tokio::time::Instant::now() < deadline {
-        if runner.step().await.unwrap() == Progress::Idle {
-            let (consumed, total): (i64, i64) = sqlx::query_as(
-                "SELECT COALESCE((SELECT events_consumed FROM consumer_checkpoints WHERE name = 'workflow_tasks'), 0), \
-                        (SELECT count(*) FROM events)",
-            )
-            .fetch_one(pool)
-            .await
-            .unwrap();
-            if consumed == total {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-    panic!("the task feed did not catch up");
-}
-
-async fn queued_run(bus: &CommandBus) -> Uuid {
-    let vault = testkit::vault();
-    let guid = "72f988bf-86f1-41af-91ab-2d7cd011db47".parse().unwrap();
-    let key = app::register_tenant(bus, &owner(), guid, "Contoso", "contoso.com")
+    SteppedConsumer::new(pool, Arc::new(TaskFeed))
+        .catch_up()
         .await
-        .unwrap();
-    let c = app::create_connection(bus, &owner(), &key, Provider::Microsoft, guid, "G")
-        .await
-        .unwrap();
-    app::set_credential(
-        bus,
-        &vault,
-        &owner(),
-        c,
-        "client",
-        &SecretString::from("s".to_owned()),
-        None,
-    )
-    .await
-    .unwrap();
-    app::change_connection(
-        bus,
-        &owner(),
-        c,
-        ConnectionCommand::GrantConsent {
-            scopes: vec!["Policy.Read.All".into()],
-        },
-    )
-    .await
-    .unwrap();
-    match app::start_operation(bus, &owner(), &key, "policy.resync", "ca")
-        .await
-        .unwrap()
-    {
-        Started::Queued(r) => r.as_uuid(),
-        other => panic!("expected a queued run, got {other:?}"),
-    }
 }
 
 #[tokio::test]
 async fn a_queued_run_gets_a_task_and_a_cancelled_run_loses_it() {
     let db = TestDb::new().await;
-    let pool = db.pool().await;
-    let bus = CommandBus::new(pool.clone(), Services::system(), Metrics::new());
-    let run = queued_run(&bus).await;
+    let bus = db.bus().await;
+    let pool = bus.pool().clone();
+    let (tenant, _) = ReadyTenant::new(&bus, CONTOSO).build().await;
+    let run = queued_resync(&bus, &tenant).await.as_uuid();
     feed(&pool).await;
     let task = claim(
         &pool,

@@ -1,50 +1,43 @@
 //! The resync workflow against the Graph simulator and a real database.
 
 use app::Started;
-use domain::connection::ConnectionCommand;
 use domain::run::{OperationRun, RunOutcome};
 use domain::tenant::Tenant;
-use domain::{EntraTenantId, Provider, ReasonCode, Role, RunId, Services, TenantKey};
+use domain::{FixedClock, ReasonCode, RunId, TenantKey};
 use graph::sim::{self, Fault, SimConfig, SimHandle};
-use graph::{Endpoint, GraphClient, RetryPolicy};
-use secrecy::SecretString;
-use std::sync::Arc;
+use graph::Endpoint;
 use std::time::Duration;
-use store::log::{ConsumerRunner, RunnerOptions};
-use store::{CommandBus, Metadata, Metrics, Progress, Vault};
-use testkit::TestDb;
-use workflows::{Backoff, Engine, TaskFeed};
-
-fn owner() -> Metadata {
-    Metadata::new("acme", "olivia", Role::Owner)
-}
+use testkit::{owner, ReadyTenant, SteppedEngine, TestDb};
 
 struct World {
     _db: TestDb,
-    /// The engine's (and the aggregates') clock: it moves only when a test moves it, or
-    /// when `drive` finds nothing due.
-    clock: domain::FixedClock,
-    bus: CommandBus,
+    /// The engine on a clock that moves only when a test moves it, or when `drive` finds
+    /// nothing due; the aggregates read the same clock.
+    stepped: SteppedEngine,
     sim: SimHandle,
-    engine: Engine,
-    feed: ConsumerRunner,
     tenant: TenantKey,
     entra: uuid::Uuid,
 }
 
+/// The engine, task feed, clock and bus of the world.
+impl std::ops::Deref for World {
+    type Target = SteppedEngine;
+    fn deref(&self) -> &SteppedEngine {
+        &self.stepped
+    }
+}
+
+impl std::ops::DerefMut for World {
+    fn deref_mut(&mut self) -> &mut SteppedEngine {
+        &mut self.stepped
+    }
+}
+
+/// One simulated tenant, ready, and an engine calling the simulator.
 async fn world() -> World {
     let db = TestDb::new().await;
-    let pool = db.pool().await;
-    let clock = domain::FixedClock::at(chrono::Utc::now());
-    let bus = CommandBus::new(
-        pool.clone(),
-        Services::new(Arc::new(clock.clone())),
-        Metrics::new(),
-    );
-    let vault = Vault::from_base64(&SecretString::from(
-        "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".to_owned(),
-    ))
-    .unwrap();
+    let clock = FixedClock::at(chrono::Utc::now());
+    let bus = db.bus_on(&clock).await;
     let sim = sim::spawn(SimConfig {
         tenants: 1,
         seed: 3,
@@ -52,63 +45,12 @@ async fn world() -> World {
     })
     .await;
     let t = sim.tenants().remove(0);
-    let entra = EntraTenantId::from(t.tenant_id);
-    let key = app::register_tenant(&bus, &owner(), entra, &t.display_name, &t.default_domain)
-        .await
-        .unwrap();
-    let c = app::create_connection(&bus, &owner(), &key, Provider::Microsoft, entra, "Graph")
-        .await
-        .unwrap();
-    app::set_credential(
-        &bus,
-        &vault,
-        &owner(),
-        c,
-        &t.client_id,
-        &t.client_secret,
-        Some(entra),
-    )
-    .await
-    .unwrap();
-    app::change_connection(
-        &bus,
-        &owner(),
-        c,
-        ConnectionCommand::GrantConsent {
-            scopes: vec!["Policy.Read.All".into()],
-        },
-    )
-    .await
-    .unwrap();
-    let mut config = sim.graph_config();
-    config.retry = RetryPolicy::none();
-    let engine = Engine {
-        bus: bus.clone(),
-        vault,
-        graph: Arc::new(GraphClient::new(config).unwrap()),
-        owner: "test-runner".into(),
-        lease: Duration::from_secs(60),
-        backoff: Backoff {
-            base: Duration::from_millis(10),
-            max: Duration::from_millis(50),
-        },
-        write_window: Engine::DEFAULT_WRITE_WINDOW,
-        workflows: workflows::Registry::standard(),
-    };
-    let feed = ConsumerRunner::new(
-        pool,
-        Arc::new(TaskFeed),
-        RunnerOptions::default(),
-        Metrics::new(),
-    );
+    let (tenant, _) = ReadyTenant::simulated(&bus, &t).build().await;
     World {
         _db: db,
-        clock,
-        bus,
+        stepped: SteppedEngine::against(&sim, &bus, &clock),
         sim,
-        engine,
-        feed,
-        tenant: key,
+        tenant,
         entra: t.tenant_id,
     }
 }
@@ -125,39 +67,19 @@ impl World {
         self.run(workflows::resync::IMPORT_RUN_TYPE).await
     }
 
+    /// Starts a run of `run_type` and drives it to its end.
     async fn run(&self, run_type: &str) -> OperationRun {
-        let started = self.start(run_type).await.unwrap();
-        let Started::Queued(run_id) = started else {
-            panic!("expected a queued run: {started:?}")
-        };
-        self.drive(run_id).await
+        self.stepped.run(&owner(), &self.tenant, run_type).await
     }
 
     async fn start(&self, run_type: &str) -> Result<Started, app::AppError> {
         app::start_operation(&self.bus, &owner(), &self.tenant, run_type, "ca").await
     }
 
-    /// Drives feed and engine until the run completes (bounded); when nothing is due, the
-    /// clock moves a second ahead, so retries come due without waiting for them.
-    async fn drive(&self, run_id: RunId) -> OperationRun {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while tokio::time::Instant::now() < deadline {
-            while self.feed.step().await.unwrap() != Progress::Idle {}
-            if !matches!(self.engine.tick().await, Ok(true)) {
-                self.clock.advance(chrono::Duration::seconds(1));
-            }
-            let run = self
-                .bus
-                .load::<OperationRun>(&run_id.to_string())
-                .await
-                .unwrap()
-                .aggregate;
-            if !run.is_active() {
-                return run;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        panic!("run {run_id} did not complete");
+    /// Starts a resync; returns its id once the task feed has made its task.
+    async fn queue_resync(&self) -> RunId {
+        self.queue(&owner(), &self.tenant, workflows::resync::RUN_TYPE)
+            .await
     }
 
     async fn tenant(&self) -> Tenant {
@@ -299,12 +221,12 @@ async fn throttling_is_retried_after_retry_after_and_then_succeeds() {
         .on(Endpoint::ListConditionalAccessPolicies)
         .times(1),
     );
-    let run_id = queue_resync(&w).await;
+    let run_id = w.queue_resync().await;
     assert!(w.engine.tick().await.unwrap(), "the first attempt ran");
     // Not due before Retry-After, by the engine's clock: nothing to claim, however long
     // the test takes.
     w.clock.advance(chrono::Duration::seconds(29));
-    while w.feed.step().await.unwrap() != Progress::Idle {}
+    w.feed.drain().await;
     assert!(
         !w.engine.tick().await.unwrap(),
         "retried before Retry-After"
@@ -516,36 +438,10 @@ async fn a_resyncs_summary_counts_carry_its_policy_count_and_whether_it_was_unch
     assert_eq!(partial.summary_counts["unchanged"], 1);
 }
 
-/// Starts a resync and lets the task feed create its task. (One idle step is not enough:
-/// the feed also waits for other tests' transactions on the shared cluster.)
-async fn queue_resync(w: &World) -> RunId {
-    let Started::Queued(run_id) = w.start(workflows::resync::RUN_TYPE).await.unwrap() else {
-        panic!("expected a queued run")
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        while w.feed.step().await.unwrap() != Progress::Idle {}
-        let tasked: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM workflow_tasks WHERE run_id = $1)")
-                .bind(run_id.0)
-                .fetch_one(w.bus.pool())
-                .await
-                .unwrap();
-        if tasked {
-            return run_id;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no task for {run_id}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 #[tokio::test]
 async fn quick_steps_of_a_run_are_written_together_in_one_statement() {
     let w = world().await;
-    let run_id = queue_resync(&w).await;
+    let run_id = w.queue_resync().await;
     let run = w.drive(run_id).await;
     assert_eq!(run.outcome, RunOutcome::Succeeded);
     let writes = w.step_writes(run_id).await;
@@ -575,7 +471,7 @@ async fn quick_steps_of_a_run_are_written_together_in_one_statement() {
 async fn with_no_write_window_each_step_is_written_on_its_own() {
     let mut w = world().await;
     w.engine.write_window = Duration::ZERO;
-    let run_id = queue_resync(&w).await;
+    let run_id = w.queue_resync().await;
     assert_eq!(w.drive(run_id).await.outcome, RunOutcome::Succeeded);
     let writes = w.step_writes(run_id).await;
     assert_eq!(writes.len(), 3);
@@ -590,7 +486,7 @@ async fn a_result_waiting_for_a_slow_next_step_is_written_when_the_window_ends()
     w.engine.write_window = Duration::from_millis(100);
     w.sim
         .inject(Fault::Slow { delay_ms: 3_000 }.on(Endpoint::ListSubscribedSkus));
-    let run_id = queue_resync(&w).await;
+    let run_id = w.queue_resync().await;
     assert_eq!(w.drive(run_id).await.outcome, RunOutcome::Succeeded);
     let writes = w.step_writes(run_id).await;
     let (snapshot, licenses) = (&writes[0], &writes[1]);
@@ -614,20 +510,17 @@ async fn a_cancellation_while_results_wait_unwritten_drops_them_and_the_slow_ste
         }
         .on(Endpoint::ListSubscribedSkus),
     );
-    let run_id = queue_resync(&w).await;
+    let run_id = w.queue_resync().await;
     let began = tokio::time::Instant::now();
     let cancel = async {
         // The policies were answered: the run's start and its snapshot wait unwritten
         // while the license step works, for at most the write window.
-        let deadline = began + Duration::from_secs(10);
-        while w
-            .sim
-            .requests_to(Endpoint::ListConditionalAccessPolicies)
-            .is_empty()
-        {
-            assert!(tokio::time::Instant::now() < deadline, "no policy request");
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        let asked = || async {
+            !w.sim
+                .requests_to(Endpoint::ListConditionalAccessPolicies)
+                .is_empty()
+        };
+        testkit::eventually("a policy request", Duration::from_secs(10), asked).await;
         app::cancel_run(&w.bus, &owner(), run_id).await.unwrap();
     };
     let (ticked, ()) = tokio::join!(w.engine.tick(), cancel);
@@ -672,7 +565,7 @@ async fn the_engine_decides_on_the_tenant_as_its_snapshot_says() {
 #[tokio::test]
 async fn the_events_of_one_commit_reach_the_log_in_the_order_they_happened() {
     let w = world().await;
-    let run_id = queue_resync(&w).await;
+    let run_id = w.queue_resync().await;
     assert_eq!(w.drive(run_id).await.outcome, RunOutcome::Succeeded);
     // Every event the run caused (its own, its tenant's effects, its scope's), in the
     // global order.

@@ -1,9 +1,7 @@
 //! The binary with no DATABASE_URL: embedded PostgreSQL, health, readiness, clean stop,
 //! and a second start that reuses the cluster.
 
-mod common;
-
-use common::{postgres_processes_for, Server};
+use crate::common::{postgres_processes_for, shared, Server};
 use std::time::Duration;
 
 fn temp_data_dir() -> std::path::PathBuf {
@@ -15,23 +13,21 @@ async fn get(url: &str) -> (u16, String) {
     (r.status().as_u16(), r.text().await.unwrap_or_default())
 }
 
-/// Waits (bounded) until the watchdog-free shutdown path has let PostgreSQL go.
-fn wait_no_postgres(dir: &std::path::Path) -> usize {
-    for _ in 0..100 {
-        if postgres_processes_for(dir) == 0 {
-            return 0;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// Waits (bounded) until PostgreSQL has let go of `dir`; returns how many of its processes
+/// are left.
+async fn wait_no_postgres(dir: &std::path::Path) -> usize {
+    let gone = || async { postgres_processes_for(dir) == 0 };
+    let _ = testkit::within(Duration::from_secs(10), gone).await;
     postgres_processes_for(dir)
 }
 
 #[tokio::test]
 async fn serve_runs_embedded_postgres_answers_health_and_stops_it_on_ctrl_c() {
+    let _turn = shared().await;
     let dir = temp_data_dir();
     let dir_arg = dir.to_string_lossy().to_string();
 
-    let env = [("TENANTFLOW_JWT_SECRET", common::graphql::JWT_SECRET)];
+    let env = [("TENANTFLOW_JWT_SECRET", testkit::JWT_SECRET)];
     let mut server = Server::start(&["--data-dir", &dir_arg], &env);
     assert_eq!(get(&format!("{}/healthz", server.base_url)).await.0, 200);
     let (status, body) = get(&format!("{}/readyz", server.base_url)).await;
@@ -51,7 +47,7 @@ async fn serve_runs_embedded_postgres_answers_health_and_stops_it_on_ctrl_c() {
         .contains("initialised a new PostgreSQL cluster"));
 
     // The demo: the simulator's fleet is registered with ready connections.
-    let demo = common::graphql::Client::new(&server, "demo", domain::Role::Readonly);
+    let demo = server.client("demo", domain::Role::Readonly);
     let q = "{ tenants { edges { node { id connections { status isDefault } } } } }";
     let data = demo
         .eventually(q, serde_json::json!({}), |d| {
@@ -76,7 +72,11 @@ async fn serve_runs_embedded_postgres_answers_health_and_stops_it_on_ctrl_c() {
 
     let status = server.signal_and_wait("INT");
     assert!(status.success(), "clean exit on SIGINT: {status}");
-    assert_eq!(wait_no_postgres(&dir), 0, "no stray postgres processes");
+    assert_eq!(
+        wait_no_postgres(&dir).await,
+        0,
+        "no stray postgres processes"
+    );
 
     // A second start reuses the cluster (no initdb) and its data.
     let mut again = Server::start(&["--data-dir", &dir_arg], &env);
@@ -89,19 +89,24 @@ async fn serve_runs_embedded_postgres_answers_health_and_stops_it_on_ctrl_c() {
         "the demo adds nothing on a restart"
     );
     assert!(again.signal_and_wait("TERM").success());
-    assert_eq!(wait_no_postgres(&dir), 0);
+    assert_eq!(wait_no_postgres(&dir).await, 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
 async fn a_crashed_server_leaves_no_postgres_behind_and_the_next_start_recovers() {
+    let _turn = shared().await;
     let dir = temp_data_dir();
     let dir_arg = dir.to_string_lossy().to_string();
     let mut server = Server::start(&["--data-dir", &dir_arg], &[]);
     assert_eq!(get(&format!("{}/readyz", server.base_url)).await.0, 200);
     server.signal_and_wait("KILL");
     // The watchdog notices the dead parent and stops PostgreSQL.
-    assert_eq!(wait_no_postgres(&dir), 0, "no stray postgres after kill -9");
+    assert_eq!(
+        wait_no_postgres(&dir).await,
+        0,
+        "no stray postgres after kill -9"
+    );
 
     let mut again = Server::start(&["--data-dir", &dir_arg], &[]);
     assert_eq!(get(&format!("{}/readyz", again.base_url)).await.0, 200);

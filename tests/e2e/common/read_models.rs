@@ -1,44 +1,27 @@
 //! Read models as an auditor checks them: caught up with the event log, and equal to what
 //! `tenantflow rebuild --all` replays from it.
-#![allow(dead_code)]
 
-use std::time::{Duration, Instant};
-
-use testkit::READ_MODEL_TABLES;
+use testkit::{has_read_everything, within, CATCH_UP, READ_MODEL_TABLES};
 
 /// Waits (bounded) until every read model has consumed every event.
 pub async fn projections_caught_up(db: &testkit::TestDb) {
     let pool = db.pool().await;
-    let names: Vec<String> = projections::all()
-        .iter()
-        .map(|p| p.name().to_owned())
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let done: Option<bool> = sqlx::query_scalar(
-            "SELECT bool_and(events_consumed = (SELECT count(*) FROM events)) AND count(*) = $2 \
-             FROM consumer_checkpoints WHERE name = ANY($1)",
-        )
-        .bind(&names)
-        .bind(names.len() as i64)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        if done == Some(true) {
-            return;
-        }
-        if Instant::now() > deadline {
+    for projection in projections::all() {
+        let name = projection.name();
+        if within(CATCH_UP, || has_read_everything(&pool, name))
+            .await
+            .is_none()
+        {
             let checkpoints: Vec<String> =
                 sqlx::query_scalar("SELECT row_to_json(c)::text FROM consumer_checkpoints c")
                     .fetch_all(&pool)
                     .await
                     .unwrap_or_default();
             panic!(
-                "the projections did not catch up; checkpoints:\n{}",
+                "the projection {name} did not catch up; checkpoints:\n{}",
                 checkpoints.join("\n")
             );
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 

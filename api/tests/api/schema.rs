@@ -2,7 +2,7 @@
 
 #[test]
 fn the_committed_schema_matches_the_code() {
-    let committed = include_str!("../schema.graphql");
+    let committed = include_str!("../../schema.graphql");
     let current = api::graphql::sdl();
     assert!(
         committed == current,

@@ -1,5 +1,4 @@
 //! Running the real `tenantflow` binary as a child process.
-#![allow(dead_code)]
 pub mod graphql;
 pub mod read_models;
 
@@ -9,6 +8,22 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// Fleet tests start many server processes on the machine's two cores: they run alone, so
+/// their timing (leases, the moment of a kill) does not depend on what other tests do
+/// meanwhile. Every other test that starts a server shares its turn with the others.
+static TURNS: RwLock<()> = RwLock::const_new(());
+
+/// Waits until no other test runs a server; holds them off while the guard lives.
+pub async fn alone() -> RwLockWriteGuard<'static, ()> {
+    TURNS.write().await
+}
+
+/// Waits until no fleet test runs; holds fleet tests off while the guard lives.
+pub async fn shared() -> RwLockReadGuard<'static, ()> {
+    TURNS.read().await
+}
 
 /// A running `tenantflow serve`.
 pub struct Server {
@@ -16,6 +31,8 @@ pub struct Server {
     pub base_url: String,
     /// Every line the server logged so far.
     pub log: Arc<Mutex<Vec<String>>>,
+    /// The turn (see [`shared`]) the test holds while the server runs, if it took one.
+    pub turn: Option<RwLockReadGuard<'static, ()>>,
 }
 
 impl Server {
@@ -65,7 +82,13 @@ impl Server {
             child,
             base_url,
             log,
+            turn: None,
         }
+    }
+
+    /// A GraphQL client for someone with `role` in `workspace`.
+    pub fn client(&self, workspace: &str, role: domain::Role) -> testkit::GraphqlClient {
+        testkit::GraphqlClient::new(&self.base_url, workspace, role)
     }
 
     /// Sends `signal` (e.g. "INT", "TERM", "KILL") and waits for the process to exit.

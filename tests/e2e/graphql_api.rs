@@ -1,11 +1,10 @@
 //! The API as a dashboard drives it: the real binary, a real database, HTTP and WebSocket.
 
-mod common;
-
-use common::graphql::*;
+use crate::common::graphql::*;
 use domain::Role;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use testkit::{GraphqlClient, CONTOSO};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -78,7 +77,7 @@ async fn next_within(stream: &mut (impl futures::Stream<Item = Value> + Unpin)) 
 #[tokio::test]
 async fn a_dashboard_registers_connects_starts_a_run_and_watches_it_live() {
     let (server, db, sim) = start_server().await;
-    let c = Client::new(&server, "acme", Role::Owner);
+    let c = server.client("acme", Role::Owner);
     let t = sim.tenants().remove(0);
     let secret = {
         use secrecy::ExposeSecret;
@@ -185,7 +184,7 @@ const IMPORT: &str =
     "mutation($t: String!) { resyncTenant(id: $t, source: IMPORT) { runId status reasonCode } }";
 
 /// Waits for a run to complete; returns it with its type and summary counts.
-async fn completed_run(c: &Client, run_id: &str) -> Value {
+async fn completed_run(c: &GraphqlClient, run_id: &str) -> Value {
     let q = "query($r: String!) { run(id: $r) { id type status outcome summaryCounts } }";
     c.eventually(q, json!({"r": run_id}), |d| {
         d["run"]["status"] == "completed"
@@ -197,7 +196,7 @@ async fn completed_run(c: &Client, run_id: &str) -> Value {
 #[tokio::test]
 async fn a_dashboard_imports_a_tenants_policies_as_its_intent_and_audits_each_resync() {
     let (server, _db, sim) = start_server().await;
-    let c = Client::new(&server, "acme", Role::Owner);
+    let c = server.client("acme", Role::Owner);
     let (tenant, _) = ready_sim_tenant(&c, &sim.tenants().remove(0)).await;
 
     // An import: a `policy.import` run whose snapshot becomes the tenant's intent.
@@ -301,8 +300,8 @@ async fn requests_without_a_valid_token_get_401_with_a_clear_message() {
 #[tokio::test]
 async fn every_mutation_is_allowed_or_denied_by_role() {
     let (server, db, _sim) = start_server().await;
-    let owner = Client::new(&server, "acme", Role::Owner);
-    let (tenant, conn) = ready_tenant(&owner, TENANT, SECRET).await;
+    let owner = server.client("acme", Role::Owner);
+    let (tenant, conn) = ready_tenant(&owner, CONTOSO, SECRET).await;
 
     // (mutation, variables, roles allowed)
     let other = "0b6a2f51-7f0e-4e43-9b2e-52c0e2a1b0a1";
@@ -332,12 +331,12 @@ async fn every_mutation_is_allowed_or_denied_by_role() {
         ("mutation($c: String!) { makeDefaultConnection(id: $c) { id } }", json!({"c": conn}), &[Role::Owner, Role::Manager]),
         (GRANT, json!({"c": conn}), &[Role::Owner, Role::Manager]),
         (RESYNC, json!({"t": tenant}), &[Role::Owner, Role::Manager, Role::Operator]),
-        ("mutation($t: String!) { startOperation(tenantId: $t, type: \"policy.resync\", module: \"ca\") { runId } }", json!({"t": tenant}), &[Role::Owner, Role::Manager, Role::Operator]),
+        ("mutation($t: String!) { startOperation(tenantId: $t, type: \"policy.resync\", module: \"conditional_access\") { runId } }", json!({"t": tenant}), &[Role::Owner, Role::Manager, Role::Operator]),
         (SET_SCHEDULE, json!({"i": 120}), &[Role::Owner, Role::Manager]),
         (DISABLE_SCHEDULE, json!({"s": schedule}), &[Role::Owner, Role::Manager]),
     ];
     for role in [Role::Readonly, Role::Operator, Role::Manager, Role::Owner] {
-        let c = Client::new(&server, "acme", role);
+        let c = server.client("acme", role);
         for (mutation, vars, allowed) in &cases {
             let before = event_count(&db).await;
             let body = c.post(mutation, vars.clone()).await;
@@ -366,7 +365,7 @@ async fn every_mutation_is_allowed_or_denied_by_role() {
         }
     }
     // Everyone may read.
-    let reader = Client::new(&server, "acme", Role::Readonly);
+    let reader = server.client("acme", Role::Readonly);
     reader
         .ok(
             "{ tenants { edges { node { id } } } runs { edges { node { id } } } }",
@@ -378,9 +377,9 @@ async fn every_mutation_is_allowed_or_denied_by_role() {
 #[tokio::test]
 async fn one_workspace_never_sees_another_workspaces_data() {
     let (server, _db, _sim) = start_server().await;
-    let acme = Client::new(&server, "acme", Role::Owner);
-    let globex = Client::new(&server, "globex", Role::Owner);
-    let (acme_tenant, acme_conn) = ready_tenant(&acme, TENANT, SECRET).await;
+    let acme = server.client("acme", Role::Owner);
+    let globex = server.client("globex", Role::Owner);
+    let (acme_tenant, acme_conn) = ready_tenant(&acme, CONTOSO, SECRET).await;
     let acme_run = acme.ok(RESYNC, json!({"t": acme_tenant})).await["resyncTenant"]["runId"]
         .as_str()
         .unwrap()
@@ -446,7 +445,7 @@ async fn one_workspace_never_sees_another_workspaces_data() {
 #[tokio::test]
 async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let (server, db, _sim) = start_server().await;
-    let c = Client::new(&server, "acme", Role::Owner);
+    let c = server.client("acme", Role::Owner);
     let before = event_count(&db).await;
 
     let body = c
@@ -487,7 +486,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         "validation_failed"
     );
     assert_eq!(
-        c.error_code(REGISTER, json!({"e": TENANT, "n": "   "}))
+        c.error_code(REGISTER, json!({"e": CONTOSO, "n": "   "}))
             .await,
         "validation_failed"
     );
@@ -517,7 +516,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
 #[tokio::test]
 async fn lists_page_with_cursors() {
     let (server, _db, _sim) = start_server().await;
-    let c = Client::new(&server, "acme", Role::Owner);
+    let c = server.client("acme", Role::Owner);
     let guids = [
         "11111111-1111-4111-8111-111111111111",
         "22222222-2222-4222-8222-222222222222",
@@ -549,8 +548,8 @@ async fn lists_page_with_cursors() {
 #[tokio::test]
 async fn rebuild_replays_every_read_model_to_the_same_rows() {
     let (server, db, _sim) = start_server().await;
-    let c = Client::new(&server, "acme", Role::Owner);
-    let (tenant, _) = ready_tenant(&c, TENANT, SECRET).await;
+    let c = server.client("acme", Role::Owner);
+    let (tenant, _) = ready_tenant(&c, CONTOSO, SECRET).await;
     let run = c.ok(RESYNC, json!({"t": tenant})).await["resyncTenant"]["runId"]
         .as_str()
         .unwrap()
@@ -559,7 +558,7 @@ async fn rebuild_replays_every_read_model_to_the_same_rows() {
     c.eventually(q, json!({"r": run}), |d| d["run"]["status"] == "completed")
         .await;
 
-    let printed = common::read_models::assert_rebuild_reproduces_read_models(&db).await;
+    let printed = crate::common::read_models::assert_rebuild_reproduces_read_models(&db).await;
     assert!(
         printed.contains("read_model=\"runs\"") && printed.contains("rebuilt: replayed"),
         "{printed}"
@@ -577,7 +576,7 @@ async fn rebuild_replays_every_read_model_to_the_same_rows() {
 #[tokio::test]
 async fn a_dashboard_sets_a_schedule_lists_it_and_sees_it_start_a_run_per_tenant() {
     let (server, _db, sim) = start_server_with(&[("TENANTFLOW_SCHEDULER_POLL_SECONDS", "1")]).await;
-    let c = Client::new(&server, "acme", Role::Owner);
+    let c = server.client("acme", Role::Owner);
     let mut tenants = Vec::new();
     for t in sim.tenants() {
         tenants.push(ready_sim_tenant(&c, &t).await.0);
@@ -604,19 +603,14 @@ async fn a_dashboard_sets_a_schedule_lists_it_and_sees_it_start_a_run_per_tenant
     // The scheduler fires it and starts a resync on each tenant.
     let q = "{ schedules { edges { node { id runType intervalMinutes enabled firstRunAt nextDueAt \
                lastFiredAt lastFanOut { started deduplicated busy blocked skipped tenants } } } } }";
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let schedule = loop {
+    let fanned_out = || async {
         let data = c.ok(q, json!({})).await;
         let node = data["schedules"]["edges"][0]["node"].clone();
-        if !node["lastFanOut"].is_null() {
-            break node;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the schedule never ran: {data}\n{}",
-            server.log_text()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        (!node["lastFanOut"].is_null()).then_some(node)
+    };
+    let within = std::time::Duration::from_secs(60);
+    let Some(schedule) = testkit::within(within, fanned_out).await else {
+        panic!("the schedule never ran:\n{}", server.log_text())
     };
     assert_eq!(schedule["id"], id.as_str());
     assert_eq!(schedule["runType"], "policy.resync");
@@ -653,7 +647,7 @@ async fn a_dashboard_sets_a_schedule_lists_it_and_sees_it_start_a_run_per_tenant
     assert_eq!(started, tenants, "one run per tenant");
 
     // Readers see it; another workspace does not.
-    let reader = Client::new(&server, "acme", Role::Readonly);
+    let reader = server.client("acme", Role::Readonly);
     assert_eq!(
         reader
             .ok("{ schedules { edges { node { id } } } }", json!({}))
@@ -662,7 +656,7 @@ async fn a_dashboard_sets_a_schedule_lists_it_and_sees_it_start_a_run_per_tenant
             .map(Vec::len),
         Some(1)
     );
-    let globex = Client::new(&server, "globex", Role::Owner);
+    let globex = server.client("globex", Role::Owner);
     assert_eq!(
         globex.error_code(DISABLE_SCHEDULE, json!({"s": id})).await,
         "not_found"
@@ -682,7 +676,7 @@ async fn a_dashboard_sets_a_schedule_lists_it_and_sees_it_start_a_run_per_tenant
 #[tokio::test]
 async fn a_tenant_resynced_many_times_is_loaded_from_snapshots_the_service_writes() {
     let (server, db, sim) = start_server().await;
-    let c = Client::new(&server, "acme", Role::Owner);
+    let c = server.client("acme", Role::Owner);
     let (tenant, _) = ready_sim_tenant(&c, &sim.tenants().remove(0)).await;
     // Each resync adds to the tenant's stream, and two events (acquire, release) to its
     // scope lock's: 55 resyncs take the lock's stream past a snapshot's 100 events.
@@ -708,18 +702,12 @@ async fn a_tenant_resynced_many_times_is_loaded_from_snapshots_the_service_write
         .unwrap();
     assert!(lock_length >= 110, "{stream_lengths:?}");
     // The service's snapshot writer catches up with the log on its own.
-    let mut snapshots: Vec<(String, i64)> = Vec::new();
-    for _ in 0..400 {
-        snapshots =
-            sqlx::query_as("SELECT aggregate_type, version FROM aggregate_snapshots ORDER BY 1, 2")
-                .fetch_all(&pool)
-                .await
-                .unwrap();
-        if snapshots.iter().any(|(t, _)| t == "scope_lock") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
+    testkit::caught_up(&pool, store::snapshots::WRITER).await;
+    let snapshots: Vec<(String, i64)> =
+        sqlx::query_as("SELECT aggregate_type, version FROM aggregate_snapshots ORDER BY 1, 2")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
     let expected: Vec<&str> = stream_lengths
         .iter()
         .filter(|(_, n)| *n >= 100)
@@ -748,7 +736,7 @@ async fn a_tenant_resynced_many_times_is_loaded_from_snapshots_the_service_write
 #[tokio::test]
 async fn a_blocked_run_offers_its_next_step_as_a_link_into_the_product() {
     let (server, _db, _sim) = start_server().await;
-    let c = Client::new(&server, "acme", Role::Owner);
+    let c = server.client("acme", Role::Owner);
     let entra = "72f988bf-86f1-41af-91ab-2d7cd011db47";
     let tenant = c.ok(REGISTER, json!({"e": entra, "n": "Contoso"})).await["registerTenant"]["id"]
         .as_str()

@@ -5,30 +5,24 @@
 
 use app::Started;
 use chrono::{DateTime, Duration, SubsecRound, Utc};
-use domain::connection::ConnectionCommand;
 use domain::schedule_tick::{tick_key, tick_run_id, FanOutCounts, ScheduleTick, TickCommand};
 use domain::tenant::TenantCommand;
-use domain::{FixedClock, Provider, Role, Services, TenantKey};
-use secrecy::SecretString;
+use domain::{FixedClock, Role, TenantKey};
 use std::sync::Arc;
-use store::log::{ConsumerRunner, RunnerOptions};
-use store::{CommandBus, Metadata, Metrics, Progress};
-use testkit::{guid, TestDb};
+use store::{CommandBus, Metadata};
+use testkit::{guid, meta, owner, ReadyTenant, SteppedConsumer, TestDb};
+use testkit::{CONTOSO, FABRIKAM, NORTHWIND, TAILSPIN};
 use workflows::scheduler::FAN_OUT_GRACE;
 use workflows::{Pass, Scheduler};
 
 const RESYNC: &str = "policy.resync";
 const SCHEDULE: &str = "acme:policy.resync";
 
-fn owner() -> Metadata {
-    Metadata::new("acme", "olivia", Role::Owner)
-}
-
 struct World {
     _db: TestDb,
     clock: FixedClock,
     bus: CommandBus,
-    schedules: ConsumerRunner,
+    schedules: SteppedConsumer,
     /// Two tenants with a usable default connection.
     ready: [TenantKey; 2],
     /// A tenant without a connection: its runs are blocked.
@@ -43,30 +37,24 @@ struct World {
 /// tenant, on a bus whose clock only moves when told to.
 async fn world() -> World {
     let db = TestDb::new().await;
-    let pool = db.pool().await;
     let clock = FixedClock::at(Utc::now().trunc_subsecs(0));
-    let bus = CommandBus::new(
-        pool.clone(),
-        Services::new(Arc::new(clock.clone())),
-        Metrics::new(),
-    );
+    let bus = db.bus_on(&clock).await;
     let ready = [
-        ready_tenant(&bus, &owner(), "72f988bf-86f1-41af-91ab-2d7cd011db47").await,
-        ready_tenant(&bus, &owner(), "0b6a2f51-7f0e-4e43-9b2e-52c0e2a1b0a1").await,
+        ReadyTenant::new(&bus, CONTOSO).build().await.0,
+        ReadyTenant::new(&bus, TAILSPIN).build().await.0,
     ];
-    let unconnected = register(&bus, &owner(), "1c2d3e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f").await;
-    let archived = ready_tenant(&bus, &owner(), "9e8d7c6b-5a49-4382-9170-6f5e4d3c2b1a").await;
+    let unconnected = app::register_tenant(&bus, &owner(), guid(FABRIKAM), "Fabrikam", "f.com")
+        .await
+        .unwrap();
+    let (archived, _) = ReadyTenant::new(&bus, NORTHWIND).build().await;
     app::change_tenant(&bus, &owner(), &archived, TenantCommand::Archive)
         .await
         .unwrap();
-    let globex = Metadata::new("globex", "gina", Role::Owner);
-    let foreign = ready_tenant(&bus, &globex, "72f988bf-86f1-41af-91ab-2d7cd011db47").await;
-    let schedules = ConsumerRunner::new(
-        pool,
-        Arc::new(projections::Schedules),
-        RunnerOptions::default(),
-        Metrics::new(),
-    );
+    let (foreign, _) = ReadyTenant::new(&bus, CONTOSO)
+        .workspace("globex")
+        .build()
+        .await;
+    let schedules = SteppedConsumer::new(bus.pool(), Arc::new(projections::Schedules));
     World {
         _db: db,
         clock,
@@ -77,29 +65,6 @@ async fn world() -> World {
         archived,
         foreign,
     }
-}
-
-async fn register(bus: &CommandBus, meta: &Metadata, entra: &str) -> TenantKey {
-    app::register_tenant(bus, meta, guid(entra), "Tenant", "tenant.example.com")
-        .await
-        .unwrap()
-}
-
-async fn ready_tenant(bus: &CommandBus, meta: &Metadata, entra: &str) -> TenantKey {
-    let vault = testkit::vault();
-    let key = register(bus, meta, entra).await;
-    let c = app::create_connection(bus, meta, &key, Provider::Microsoft, guid(entra), "Graph")
-        .await
-        .unwrap();
-    let secret = SecretString::from("secret".to_owned());
-    app::set_credential(bus, &vault, meta, c, "client", &secret, None)
-        .await
-        .unwrap();
-    let consent = ConnectionCommand::GrantConsent {
-        scopes: vec!["Policy.Read.All".into()],
-    };
-    app::change_connection(bus, meta, c, consent).await.unwrap();
-    key
 }
 
 impl World {
@@ -132,26 +97,9 @@ impl World {
         self.catch_up().await;
     }
 
-    /// Runs the schedules projection until it has consumed every event. (Idle alone is not
-    /// enough: other tests' open transactions on the shared cluster hold the log back.)
+    /// Runs the schedules projection until it has read every event.
     async fn catch_up(&self) {
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-        while tokio::time::Instant::now() < deadline {
-            if self.schedules.step().await.unwrap() == Progress::Idle {
-                let (consumed, total): (i64, i64) = sqlx::query_as(
-                    "SELECT COALESCE((SELECT events_consumed FROM consumer_checkpoints WHERE name = 'schedules'), 0), \
-                            (SELECT count(*) FROM events)",
-                )
-                .fetch_one(self.bus.pool())
-                .await
-                .unwrap();
-                if consumed == total {
-                    return;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-        }
-        panic!("the schedules projection did not catch up");
+        self.schedules.catch_up().await
     }
 
     /// A pass at the clock's time, then the read model catches up.
@@ -389,7 +337,7 @@ async fn starting_with_an_id_that_names_a_run_returns_that_run_as_first_started(
     assert_eq!(again, first);
     assert_eq!(w.runs_of(&w.unconnected).await.len(), 1);
     // Another workspace cannot reach it by its id.
-    let globex = Metadata::new("globex", "gina", Role::Owner);
+    let globex = meta("globex", Role::Owner);
     let foreign = app::start_operation_with_id(&w.bus, &globex, &w.foreign, RESYNC, "ca", id).await;
     assert!(
         matches!(foreign, Err(app::AppError::NotFound("run"))),

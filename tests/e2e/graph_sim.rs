@@ -4,6 +4,12 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
+/// The JSON body of the answer to `request`.
+async fn json_of(request: reqwest::RequestBuilder) -> serde_json::Value {
+    let answer = request.send().await.expect("an answer");
+    answer.json().await.expect("a JSON body")
+}
+
 #[tokio::test]
 async fn the_standalone_simulator_issues_tokens_and_serves_policies() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tenantflow"))
@@ -31,34 +37,21 @@ async fn the_standalone_simulator_issues_tokens_and_serves_policies() {
         .recv_timeout(std::time::Duration::from_secs(60))
         .expect("the simulator starts");
     let http = reqwest::Client::new();
-    let fleet: serde_json::Value = http
-        .get(&fleet_url)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let fleet = json_of(http.get(&fleet_url)).await;
     let t = &fleet["tenants"][0];
     let login = fleet["loginBase"].as_str().unwrap();
     let graph = fleet["graphBase"].as_str().unwrap();
-    let token: serde_json::Value = http
-        .post(format!(
-            "{login}/{}/oauth2/v2.0/token",
-            t["tenantId"].as_str().unwrap()
-        ))
-        .form(&[
-            ("client_id", t["clientId"].as_str().unwrap()),
-            ("client_secret", t["clientSecret"].as_str().unwrap()),
-            ("scope", "https://graph.microsoft.com/.default"),
-            ("grant_type", "client_credentials"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let token_url = format!(
+        "{login}/{}/oauth2/v2.0/token",
+        t["tenantId"].as_str().unwrap()
+    );
+    let token = json_of(http.post(token_url).form(&[
+        ("client_id", t["clientId"].as_str().unwrap()),
+        ("client_secret", t["clientSecret"].as_str().unwrap()),
+        ("scope", "https://graph.microsoft.com/.default"),
+        ("grant_type", "client_credentials"),
+    ]))
+    .await;
     assert_eq!(token["token_type"], "Bearer");
     let access = token["access_token"].as_str().unwrap();
     let r = http

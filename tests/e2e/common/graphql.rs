@@ -1,13 +1,9 @@
-//! A dashboard-like GraphQL client for end-to-end tests.
-#![allow(dead_code)]
+//! Starting the real binary against a Graph simulator, and dashboard steps over GraphQL.
 
-use serde_json::{json, Value};
-use std::time::Duration;
+use serde_json::json;
+use testkit::{GraphqlClient, JWT_SECRET, VAULT_KEY};
 
 use super::Server;
-
-pub const JWT_SECRET: &str = "e2e-test-jwt-secret-0123456789abcdef";
-pub const VAULT_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
 /// Starts the real binary on a fresh test database, talking to a Graph simulator in this
 /// process (never to Microsoft).
@@ -19,6 +15,7 @@ pub async fn start_server() -> (Server, testkit::TestDb, graph::sim::SimHandle) 
 pub async fn start_server_with(
     env: &[(&str, &str)],
 ) -> (Server, testkit::TestDb, graph::sim::SimHandle) {
+    let turn = super::shared().await;
     let db = testkit::TestDb::new().await;
     let sim = graph::sim::spawn(graph::sim::SimConfig {
         tenants: 2,
@@ -26,7 +23,8 @@ pub async fn start_server_with(
         ..graph::sim::SimConfig::default()
     })
     .await;
-    let server = start_server_on(&db, &sim, env).await;
+    let mut server = start_server_on(&db, &sim, env).await;
+    server.turn = Some(turn);
     (server, db, sim)
 }
 
@@ -61,81 +59,6 @@ pub async fn start_server_on(
     .unwrap()
 }
 
-pub fn token(workspace: &str, role: domain::Role) -> String {
-    let auth = api::auth::Authenticator::new(&secrecy::SecretString::from(JWT_SECRET.to_owned()));
-    auth.mint("e2e-user", workspace, role, chrono::Duration::hours(1))
-        .unwrap()
-}
-
-/// A caller of the API with one token.
-pub struct Client {
-    pub base_url: String,
-    pub token: String,
-    http: reqwest::Client,
-}
-
-impl Client {
-    pub fn new(server: &Server, workspace: &str, role: domain::Role) -> Self {
-        Self {
-            base_url: server.base_url.clone(),
-            token: token(workspace, role),
-            http: reqwest::Client::new(),
-        }
-    }
-
-    /// Posts a query; returns the whole response body (data and errors).
-    pub async fn post(&self, query: &str, variables: Value) -> Value {
-        let r = self
-            .http
-            .post(format!("{}/graphql", self.base_url))
-            .bearer_auth(&self.token)
-            .json(&json!({ "query": query, "variables": variables }))
-            .send()
-            .await
-            .expect("graphql request");
-        assert!(r.status().is_success(), "HTTP {}", r.status());
-        r.json().await.expect("graphql json")
-    }
-
-    /// Posts and expects no errors; returns `data`.
-    pub async fn ok(&self, query: &str, variables: Value) -> Value {
-        let body = self.post(query, variables).await;
-        assert!(body.get("errors").is_none(), "unexpected errors: {body}");
-        body["data"].clone()
-    }
-
-    /// Posts and expects an error; returns its `code` extension.
-    pub async fn error_code(&self, query: &str, variables: Value) -> String {
-        let body = self.post(query, variables).await;
-        let errors = body["errors"]
-            .as_array()
-            .unwrap_or_else(|| panic!("expected an error: {body}"));
-        errors[0]["extensions"]["code"]
-            .as_str()
-            .unwrap_or("<none>")
-            .to_owned()
-    }
-
-    /// Re-runs `query` until `done(data)` holds (read models catch up asynchronously).
-    pub async fn eventually(
-        &self,
-        query: &str,
-        variables: Value,
-        done: impl Fn(&Value) -> bool,
-    ) -> Value {
-        for _ in 0..200 {
-            let data = self.ok(query, variables.clone()).await;
-            if done(&data) {
-                return data;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("condition never held for {query}");
-    }
-}
-
-pub const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
-
 pub const REGISTER: &str = "mutation($e: String!, $n: String!) { registerTenant(input: {entraTenantId: $e, displayName: $n, primaryDomain: \"contoso.com\"}) { id } }";
 pub const CREATE_CONNECTION: &str = "mutation($t: String!, $e: String!) { createConnection(input: {tenantId: $t, entraTenantId: $e, displayName: \"Graph\"}) { id } }";
 pub const SET_CREDENTIAL: &str = "mutation($c: String!, $s: String!) { setCredential(input: {connectionId: $c, clientId: \"app-1\", clientSecret: $s}) { connectionId fingerprint } }";
@@ -148,12 +71,12 @@ pub const CANCEL: &str =
     "mutation($r: String!) { cancelRun(id: $r) { runId cancelled cancelRequested } }";
 
 /// Registers a tenant with a ready connection; returns (tenant id, connection id).
-pub async fn ready_tenant(c: &Client, entra: &str, secret: &str) -> (String, String) {
+pub async fn ready_tenant(c: &GraphqlClient, entra: &str, secret: &str) -> (String, String) {
     ready_tenant_as(c, entra, "app-1", secret).await
 }
 
 /// Registers one of the simulator's tenants with its real (simulated) credentials.
-pub async fn ready_sim_tenant(c: &Client, t: &graph::sim::SimTenant) -> (String, String) {
+pub async fn ready_sim_tenant(c: &GraphqlClient, t: &graph::sim::SimTenant) -> (String, String) {
     use secrecy::ExposeSecret;
     ready_tenant_as(
         c,
@@ -165,7 +88,7 @@ pub async fn ready_sim_tenant(c: &Client, t: &graph::sim::SimTenant) -> (String,
 }
 
 async fn ready_tenant_as(
-    c: &Client,
+    c: &GraphqlClient,
     entra: &str,
     client_id: &str,
     secret: &str,

@@ -1,17 +1,17 @@
 //! Replays: applying events again changes nothing, a rebuild reproduces the live tables,
 //! and a bad event stops its projection without losing its place.
 
-mod support;
-
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::json;
 use sqlx::PgPool;
 use store::log::{read_batch, ConsumerRunner, RunnerOptions};
 use store::{ConsumerError, Metrics, Position, Progress};
-use support::*;
+use testkit::CATCH_UP;
+use testkit::NORTHWIND;
+
+use crate::support::*;
 
 #[derive(Default)]
 struct Counted {
@@ -157,20 +157,16 @@ async fn an_event_that_cannot_be_decoded_stops_its_projection_without_advancing_
         Metrics::new(),
     );
     // Bounded: other tests' open transactions may hold the new event back for a moment.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let error = loop {
+    let error = testkit::eventually("the bad event to be read", CATCH_UP, || async {
         match runner.step().await {
-            Err(e) => break e,
+            Err(e) => Some(e),
             Ok(progress) => {
                 assert_eq!(progress, Progress::Idle);
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "the bad event was never read"
-                );
-                tokio::task::yield_now().await;
+                None
             }
         }
-    };
+    })
+    .await;
     match error {
         ConsumerError::Decode {
             position,
@@ -278,14 +274,8 @@ async fn a_live_projection_reads_only_the_payloads_it_asks_for() {
         &shutdown,
         &mut tasks,
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while probe.seen.lock().unwrap().len() < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the probe saw nothing"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let both = || async { probe.seen.lock().unwrap().len() >= 2 };
+    testkit::eventually("the probe to see both events", CATCH_UP, both).await;
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     let seen = probe.seen.lock().unwrap().clone();

@@ -6,20 +6,19 @@
 // The phase timeline printed on the way helps when a CI run is slow or fails.
 #![allow(clippy::print_stderr)]
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use common::graphql::{ready_sim_tenant, start_server_on, Client, RESYNC};
-use common::read_models::assert_rebuild_reproduces_read_models;
-use common::Server;
+use crate::common::graphql::{ready_sim_tenant, start_server_on, RESYNC};
+use crate::common::read_models::{assert_rebuild_reproduces_read_models, projections_caught_up};
+use crate::common::Server;
 use domain::Role;
 use futures::StreamExt;
 use graph::sim::{Fault, SimConfig, SimHandle, SimTenant};
 use graph::Endpoint;
 use serde_json::{json, Value};
 use sqlx::PgPool;
+use testkit::GraphqlClient;
 use uuid::Uuid;
 
 const WORKSPACE: &str = "acme";
@@ -40,10 +39,6 @@ const PAGE_SIZE: usize = 10;
 /// Requests the tests keep in flight against the API while registering and resyncing.
 const CONCURRENT_REQUESTS: usize = 8;
 
-/// Both tests run fleets of server processes on the same 2 cores; one at a time keeps the
-/// timing (leases, the moment of the kill) independent of the other test.
-static ONE_FLEET_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 fn elapsed(since: Instant) -> String {
     format!("{:.1}s", since.elapsed().as_secs_f64())
 }
@@ -51,7 +46,7 @@ fn elapsed(since: Instant) -> String {
 /// Registers every simulated tenant like a dashboard (tenant, connection, credential,
 /// consent), spreading the requests over `clients`; returns tenantflow's tenant ids in
 /// fleet order.
-async fn register_fleet(clients: &[&Client], fleet: &[SimTenant]) -> Vec<String> {
+async fn register_fleet(clients: &[&GraphqlClient], fleet: &[SimTenant]) -> Vec<String> {
     let mut ids: Vec<(usize, String)> = futures::stream::iter(fleet.iter().enumerate())
         .map(|(i, t)| async move {
             let (tenant, _) = ready_sim_tenant(clients[i % clients.len()], t).await;
@@ -65,7 +60,7 @@ async fn register_fleet(clients: &[&Client], fleet: &[SimTenant]) -> Vec<String>
 }
 
 /// Starts a resync of every tenant; returns the run ids in the same order.
-async fn resync_all(clients: &[&Client], tenants: &[String]) -> Vec<String> {
+async fn resync_all(clients: &[&GraphqlClient], tenants: &[String]) -> Vec<String> {
     let mut runs: Vec<(usize, String)> = futures::stream::iter(tenants.iter().enumerate())
         .map(|(i, tenant)| async move {
             let started = clients[i % clients.len()]
@@ -110,39 +105,33 @@ async fn wait_until_finished(
     servers: &[&Server],
     within: Duration,
 ) {
-    let deadline = Instant::now() + within;
-    loop {
+    let all_ended = || async { finished(pool, runs).await == runs.len() };
+    if testkit::within(within, all_ended).await.is_none() {
         let done = finished(pool, runs).await;
-        if done == runs.len() {
-            return;
-        }
-        if Instant::now() > deadline {
-            let last_events: Vec<(String, i64)> = sqlx::query_as(
-                "SELECT last, count(*) FROM (SELECT DISTINCT ON (aggregate_id) event_type AS last FROM events \
-                 WHERE aggregate_type = 'operation_run' AND aggregate_id = ANY($1) \
-                 ORDER BY aggregate_id, sequence DESC) l GROUP BY last ORDER BY last",
-            )
-            .bind(runs)
-            .fetch_all(pool)
-            .await
-            .unwrap_or_default();
-            let tasks: Vec<String> = sqlx::query_scalar(
-                "SELECT row_to_json(t)::text FROM workflow_tasks t ORDER BY due_at LIMIT 10",
-            )
-            .fetch_all(pool)
-            .await
-            .unwrap_or_default();
-            let logs: Vec<String> = servers.iter().map(|s| log_tail(s, 30)).collect();
-            panic!(
-                "only {done} of {} runs ended within {within:?}\n\
-                 runs by last event: {last_events:?}\nworkflow_tasks (first 10):\n{}\n\
-                 server logs (tail):\n{}",
-                runs.len(),
-                tasks.join("\n"),
-                logs.join("\n----\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let last_events: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT last, count(*) FROM (SELECT DISTINCT ON (aggregate_id) event_type AS last FROM events \
+             WHERE aggregate_type = 'operation_run' AND aggregate_id = ANY($1) \
+             ORDER BY aggregate_id, sequence DESC) l GROUP BY last ORDER BY last",
+        )
+        .bind(runs)
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default();
+        let tasks: Vec<String> = sqlx::query_scalar(
+            "SELECT row_to_json(t)::text FROM workflow_tasks t ORDER BY due_at LIMIT 10",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default();
+        let logs: Vec<String> = servers.iter().map(|s| log_tail(s, 30)).collect();
+        panic!(
+            "only {done} of {} runs ended within {within:?}\n\
+             runs by last event: {last_events:?}\nworkflow_tasks (first 10):\n{}\n\
+             server logs (tail):\n{}",
+            runs.len(),
+            tasks.join("\n"),
+            logs.join("\n----\n")
+        );
     }
 }
 
@@ -291,7 +280,7 @@ fn workflow_settings(lease_seconds: &'static str) -> [(&'static str, &'static st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_resync_survives_kill_9_and_every_tenant_ends_exact() {
-    let _alone = ONE_FLEET_AT_A_TIME.lock().await;
+    let _alone = crate::common::alone().await;
     let t0 = Instant::now();
     let (db, sim) = database_and_fleet(200, 7).await;
     // A short lease, so the restarted server takes the dead one's runs back quickly; still
@@ -303,7 +292,7 @@ async fn a_fleet_resync_survives_kill_9_and_every_tenant_ends_exact() {
     let fleet = sim.tenants();
     let n = fleet.len();
 
-    let c = Client::new(&first, WORKSPACE, Role::Owner);
+    let c = first.client(WORKSPACE, Role::Owner);
     let tenants = register_fleet(&[&c], &fleet).await;
     eprintln!("[{}] registered {n} tenants", elapsed(t0));
 
@@ -322,22 +311,23 @@ async fn a_fleet_resync_survives_kill_9_and_every_tenant_ends_exact() {
 
     let round2 = resync_all(&[&c], &tenants).await;
     eprintln!("[{}] round 2: {n} runs queued", elapsed(t0));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    let a_quarter_ended = || async {
         let done = finished(&pool, &round2).await;
         assert!(
             done < n,
             "round 2 ended before the kill; slow the policy endpoint down"
         );
-        if done >= n / 4 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "round 2 made no progress ({done} of {n} runs ended):\n{}",
+        done >= n / 4
+    };
+    if testkit::within(Duration::from_secs(60), a_quarter_ended)
+        .await
+        .is_none()
+    {
+        panic!(
+            "round 2 made no progress ({} of {n} runs ended):\n{}",
+            finished(&pool, &round2).await,
             log_tail(&first, 30)
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let killed = first.signal_and_wait("KILL");
     assert_eq!(
@@ -471,7 +461,7 @@ async fn a_fleet_resync_survives_kill_9_and_every_tenant_ends_exact() {
     );
 
     // The read models say the same, and equal a replay of the log.
-    common::read_models::projections_caught_up(&db).await;
+    projections_caught_up(&db).await;
     let outcomes: Vec<(String, String, i64)> =
         sqlx::query_as("SELECT status, outcome, count(*) FROM rm_runs GROUP BY 1, 2")
             .fetch_all(&pool)
@@ -497,7 +487,7 @@ async fn a_fleet_resync_survives_kill_9_and_every_tenant_ends_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_servers_share_the_work_and_each_step_runs_once() {
-    let _alone = ONE_FLEET_AT_A_TIME.lock().await;
+    let _alone = crate::common::alone().await;
     let t0 = Instant::now();
     let (db, sim) = database_and_fleet(100, 13).await;
     // A lease far longer than a run's advance: an expired lease would hand a run that is
@@ -511,8 +501,8 @@ async fn two_servers_share_the_work_and_each_step_runs_once() {
     let n = fleet.len();
 
     let (ca, cb) = (
-        Client::new(&a, WORKSPACE, Role::Owner),
-        Client::new(&b, WORKSPACE, Role::Owner),
+        a.client(WORKSPACE, Role::Owner),
+        b.client(WORKSPACE, Role::Owner),
     );
     let tenants = register_fleet(&[&ca, &cb], &fleet).await;
     eprintln!("[{}] registered {n} tenants", elapsed(t0));

@@ -2,8 +2,6 @@
 //! that they match the aggregates, carry their workspace, never hold a secret, and that a
 //! reader sees only its workspace's rows.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,14 +9,26 @@ use std::time::Duration;
 use domain::connection::{ConnectionCommand, ProviderConnection};
 use domain::run::{FailureSummary, OperationRun, RunCommand};
 use domain::tenant::Tenant;
-use domain::{ConnectionId, ReasonCode, RunId};
+use domain::{ConnectionId, ReasonCode, Role, RunId};
 use projections::RUNS_CHANNEL;
 use serde_json::{json, Value};
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use store::CommandBus;
-use support::*;
-use testkit::TestDb;
+use testkit::{engine, meta, owner, queued_resync, record_progress, release_scope};
+use testkit::{History, TestDb, CLIENT_SECRET, CONTOSO};
+
+use crate::support::*;
+
+/// A fresh database with the chapters of a [`History`] that `tell` asks for.
+async fn with_chapters(
+    tell: impl FnOnce(testkit::HistoryBuilder<'_>) -> testkit::HistoryBuilder<'_>,
+) -> (TestDb, CommandBus, History) {
+    let db = TestDb::new().await;
+    let bus = db.bus().await;
+    let history = tell(History::of(&bus)).build().await;
+    (db, bus, history)
+}
 
 #[tokio::test]
 async fn every_read_model_is_listed_once_with_the_tables_it_owns() {
@@ -45,7 +55,7 @@ async fn every_read_model_is_listed_once_with_the_tables_it_owns() {
 
 #[tokio::test]
 async fn the_tenants_read_model_shows_registrations_renames_archives_resyncs_and_the_intent() {
-    let (_db, bus, h) = with_history().await;
+    let (_db, bus, h) = with_chapters(|h| h.policies().other_workspace()).await;
     catch_up(bus.pool(), Arc::new(projections::Tenants)).await;
 
     let contoso = row(
@@ -101,7 +111,7 @@ async fn the_tenants_read_model_shows_registrations_renames_archives_resyncs_and
     assert!(northwind["archived_at"].is_string());
     assert!(northwind["intent_snapshot_id"].is_null() && northwind["intent_seeded_at"].is_null());
 
-    for key in [&h.contoso, &h.fabrikam, &h.northwind, &h.globex_contoso] {
+    for key in [&h.contoso, &h.fabrikam, &h.northwind, &h.globex().contoso] {
         let loaded = bus.load::<Tenant>(&key.to_string()).await.unwrap();
         let row = row(bus.pool(), "rm_tenants", "tenant_key", &key.to_string()).await;
         assert_eq!(row["status"], json!(loaded.aggregate.status));
@@ -175,7 +185,7 @@ async fn assert_connection_row_matches_the_aggregate(bus: &CommandBus, id: Conne
 
 #[tokio::test]
 async fn the_connections_read_model_follows_each_connections_status_default_and_credential() {
-    let (_db, bus, h) = with_history().await;
+    let (_db, bus, h) = with_chapters(|h| h.connections().other_workspace()).await;
     let pool = bus.pool().clone();
     catch_up(&pool, Arc::new(projections::Connections)).await;
 
@@ -195,7 +205,7 @@ async fn the_connections_read_model_follows_each_connections_status_default_and_
         &pool,
         "rm_connections",
         "connection_id",
-        &h.partner.to_string(),
+        &h.partner().to_string(),
     )
     .await;
     assert_eq!(partner["status"], "needs_consent");
@@ -208,14 +218,14 @@ async fn the_connections_read_model_follows_each_connections_status_default_and_
         reason: ReasonCode::ProviderAuthFailed,
         message: "invalid_client".into(),
     };
-    app::change_connection(&bus, &engine, h.partner, errored)
+    app::change_connection(&bus, &engine, h.partner(), errored)
         .await
         .unwrap();
-    let globex = owner("globex");
+    let globex = meta("globex", Role::Owner);
     app::change_connection(
         &bus,
         &globex,
-        h.globex_connection,
+        h.globex().connection,
         ConnectionCommand::Disable,
     )
     .await
@@ -232,7 +242,7 @@ async fn the_connections_read_model_follows_each_connections_status_default_and_
         statuses,
         BTreeSet::from(["connected".into(), "error".into(), "disabled".into()])
     );
-    for id in [h.primary, h.partner, h.globex_connection] {
+    for id in [h.primary, h.partner(), h.globex().connection] {
         assert_connection_row_matches_the_aggregate(&bus, id).await;
     }
 }
@@ -252,20 +262,26 @@ async fn no_read_model_ever_contains_the_client_secret() {
     for (table, rows) in tables {
         let text = serde_json::to_string(&rows).unwrap();
         assert!(!rows.is_empty(), "{table} has rows");
-        assert!(!text.contains(SECRET), "{table} holds the secret");
+        assert!(!text.contains(CLIENT_SECRET), "{table} holds the secret");
     }
 }
 
 #[tokio::test]
 async fn the_runs_read_model_shows_each_runs_status_outcome_and_step_attempts() {
-    let (_db, bus, h) = with_history().await;
+    let (_db, bus, h) = with_chapters(|h| h.runs()).await;
     // The two endings the history leaves out.
-    let failed = queued(&bus, &h.contoso).await;
-    progress(&bus, failed, RunCommand::Start).await;
-    fail(&bus, failed).await;
-    release(&bus, failed).await;
-    let partial = queued(&bus, &h.contoso).await;
-    progress(&bus, partial, RunCommand::Start).await;
+    let failed = queued_resync(&bus, &h.contoso).await;
+    let fail = RunCommand::Fail {
+        failure: FailureSummary {
+            reason: ReasonCode::GraphUnavailable,
+            message: "502".into(),
+            step: Some("fetch".into()),
+        },
+    };
+    record_progress(&bus, failed, [RunCommand::Start, fail]).await;
+    release_scope(&bus, failed).await;
+    let partial = queued_resync(&bus, &h.contoso).await;
+    record_progress(&bus, partial, [RunCommand::Start]).await;
     let partially = RunCommand::PartiallySucceed {
         summary_counts: BTreeMap::from([("policies".to_owned(), 3)]),
         failures: vec![FailureSummary {
@@ -274,7 +290,7 @@ async fn the_runs_read_model_shows_each_runs_status_outcome_and_step_attempts() 
             step: Some("fetch".into()),
         }],
     };
-    progress(&bus, partial, partially).await;
+    record_progress(&bus, partial, [partially]).await;
     let pool = bus.pool().clone();
     catch_up(&pool, Arc::new(projections::Runs)).await;
 
@@ -282,7 +298,7 @@ async fn the_runs_read_model_shows_each_runs_status_outcome_and_step_attempts() 
         let pool = pool.clone();
         async move { row(&pool, "rm_runs", "run_id", &id.to_string()).await }
     };
-    let succeeded = run(h.succeeded).await;
+    let succeeded = run(h.runs().succeeded).await;
     assert_eq!(succeeded["workspace_id"], "acme");
     assert_eq!(succeeded["run_type"], "policy.resync");
     assert_eq!(succeeded["tenant_key"], h.contoso.to_string());
@@ -299,7 +315,7 @@ async fn the_runs_read_model_shows_each_runs_status_outcome_and_step_attempts() 
     let steps: Vec<Value> = rows(&mut pool.acquire().await.unwrap(), "rm_run_steps")
         .await
         .into_iter()
-        .filter(|s| s["run_id"] == h.succeeded.to_string())
+        .filter(|s| s["run_id"] == h.runs().succeeded.to_string())
         .collect();
     let attempts: Vec<(&Value, &Value, &Value, &Value)> = steps
         .iter()
@@ -334,17 +350,17 @@ async fn the_runs_read_model_shows_each_runs_status_outcome_and_step_attempts() 
     assert!(steps[2]["started_at"].is_null());
     assert!(steps.iter().all(|s| s["workspace_id"] == "acme"));
 
-    let cancelled_queued = run(h.cancelled_queued).await;
+    let cancelled_queued = run(h.runs().cancelled_queued).await;
     assert_eq!(cancelled_queued["outcome"], "cancelled");
     assert!(cancelled_queued["started_at"].is_null());
-    let cancelled_running = run(h.cancelled_running).await;
+    let cancelled_running = run(h.runs().cancelled_running).await;
     assert_eq!(cancelled_running["outcome"], "cancelled");
     assert_eq!(cancelled_running["cancel_requested"], true);
     let interrupted = row(
         &pool,
         "rm_run_steps",
         "run_id",
-        &h.cancelled_running.to_string(),
+        &h.runs().cancelled_running.to_string(),
     )
     .await;
     assert_eq!(
@@ -352,7 +368,7 @@ async fn the_runs_read_model_shows_each_runs_status_outcome_and_step_attempts() 
         (&json!("fetch"), &json!("started"))
     );
 
-    let blocked = run(h.blocked).await;
+    let blocked = run(h.runs().blocked).await;
     assert_eq!(blocked["tenant_key"], h.fabrikam.to_string());
     assert_eq!(blocked["outcome"], "blocked");
     assert_eq!(blocked["reason_code"], "provider_connection_missing");
@@ -371,10 +387,10 @@ async fn the_runs_read_model_shows_each_runs_status_outcome_and_step_attempts() 
     );
 
     for id in [
-        h.succeeded,
-        h.cancelled_queued,
-        h.cancelled_running,
-        h.blocked,
+        h.runs().succeeded,
+        h.runs().cancelled_queued,
+        h.runs().cancelled_running,
+        h.runs().blocked,
         failed,
         partial,
     ] {
@@ -389,11 +405,11 @@ async fn the_runs_read_model_shows_each_runs_status_outcome_and_step_attempts() 
 
 #[tokio::test]
 async fn the_schedules_read_model_shows_settings_and_the_latest_ticks_fan_out() {
-    let (_db, bus, h) = with_history().await;
+    let (_db, bus, h) = with_chapters(|h| h.schedule()).await;
     let pool = bus.pool().clone();
     catch_up(&pool, Arc::new(projections::Schedules)).await;
 
-    let s = row(&pool, "rm_schedules", "schedule_id", &h.schedule).await;
+    let s = row(&pool, "rm_schedules", "schedule_id", &h.schedule().id).await;
     assert_eq!(s["workspace_id"], "acme");
     assert_eq!(s["run_type"], "policy.resync");
     assert_eq!(s["interval_minutes"], 30, "re-timed");
@@ -403,10 +419,16 @@ async fn the_schedules_read_model_shows_settings_and_the_latest_ticks_fan_out() 
         "a disabled schedule is never due"
     );
     assert_eq!(s["set_by"], "alice");
-    assert_eq!(micros(&s["last_due_at"]), h.tick_due_at.timestamp_micros());
+    assert_eq!(
+        micros(&s["last_due_at"]),
+        h.schedule().tick_due_at.timestamp_micros()
+    );
     assert!(s["last_fired_at"].is_string());
     assert!(s["last_fanned_out_at"].is_string());
-    assert_eq!(s["last_fan_out"], serde_json::to_value(FAN_OUT).unwrap());
+    assert_eq!(
+        s["last_fan_out"],
+        serde_json::to_value(History::TICK_FAN_OUT).unwrap()
+    );
     assert_eq!(s["version"], 3);
 }
 
@@ -415,10 +437,10 @@ async fn an_enabled_schedule_is_next_due_one_interval_after_its_latest_tick() {
     use chrono::{Duration, SubsecRound, Utc};
     use domain::schedule_tick::{tick_key, ScheduleTick, TickCommand};
     let db = TestDb::new().await;
-    let bus = bus(&db).await;
+    let bus = db.bus().await;
     let pool = bus.pool().clone();
     let first = (Utc::now() - Duration::minutes(150)).trunc_subsecs(0);
-    let id = app::set_schedule(&bus, &owner("acme"), "policy.resync", 60, true, Some(first))
+    let id = app::set_schedule(&bus, &owner(), "policy.resync", 60, true, Some(first))
         .await
         .unwrap();
     let next_due = || async {
@@ -502,15 +524,15 @@ async fn the_audit_log_records_who_did_what_to_which_tenant_for_every_event() {
     };
     let contoso = vec![h.contoso.to_string()];
     assert_eq!(
-        tenant_of("provider_connection", h.partner.to_string()).await,
+        tenant_of("provider_connection", h.partner().to_string()).await,
         contoso
     );
     assert_eq!(
-        tenant_of("operation_run", h.succeeded.to_string()).await,
+        tenant_of("operation_run", h.runs().succeeded.to_string()).await,
         contoso
     );
     assert_eq!(
-        tenant_of("operation_run", h.blocked.to_string()).await,
+        tenant_of("operation_run", h.runs().blocked.to_string()).await,
         vec![h.fabrikam.to_string()]
     );
     assert_eq!(
@@ -524,14 +546,14 @@ async fn the_audit_log_records_who_did_what_to_which_tenant_for_every_event() {
         "SELECT role, actor, causation_id FROM rm_audit_log \
          WHERE aggregate_id = $1 AND action = 'RunBlocked'",
     )
-    .bind(h.blocked.to_string())
+    .bind(h.runs().blocked.to_string())
     .fetch_one(&pool)
     .await
     .unwrap();
     let queued_by: String = sqlx::query_scalar(
         "SELECT request_id FROM rm_audit_log WHERE aggregate_id = $1 AND action = 'RunQueued'",
     )
-    .bind(h.blocked.to_string())
+    .bind(h.runs().blocked.to_string())
     .fetch_one(&pool)
     .await
     .unwrap();
@@ -542,11 +564,11 @@ async fn the_audit_log_records_who_did_what_to_which_tenant_for_every_event() {
 /// Records a resync run as the workflow engine does: its snapshot step's summary, then its
 /// end with the summary counts the engine derives from it.
 async fn resync_run(bus: &CommandBus, h: &History, policy_count: i64, unchanged: bool) -> RunId {
-    let run = queued(bus, &h.contoso).await;
+    let run = queued_resync(bus, &h.contoso).await;
     let summary = json!({
         "snapshot_id": uuid::Uuid::now_v7(), "unchanged": unchanged, "policy_count": policy_count,
     });
-    for command in [
+    let commands = [
         RunCommand::Start,
         RunCommand::CompleteStep {
             step: "snapshot_policies".into(),
@@ -560,16 +582,15 @@ async fn resync_run(bus: &CommandBus, h: &History, policy_count: i64, unchanged:
                 ("unchanged".to_owned(), i64::from(unchanged)),
             ]),
         },
-    ] {
-        progress(bus, run, command).await;
-    }
-    release(bus, run).await;
+    ];
+    record_progress(bus, run, commands).await;
+    release_scope(bus, run).await;
     run
 }
 
 #[tokio::test]
 async fn the_audit_log_shows_each_resyncs_policy_count_and_whether_it_was_unchanged() {
-    let (_db, bus, h) = with_history().await;
+    let (_db, bus, h) = with_chapters(|h| h.policies()).await;
     let changed = resync_run(&bus, &h, 7, false).await;
     let unchanged = resync_run(&bus, &h, 7, true).await;
     let pool = bus.pool().clone();
@@ -674,13 +695,13 @@ async fn every_row_carries_the_workspace_of_what_it_shows() {
         &pool,
         "rm_connections",
         "connection_id",
-        &h.globex_connection.to_string(),
+        &h.globex().connection.to_string(),
     )
     .await;
     assert_eq!(globex["workspace_id"], "globex");
     let audit: Vec<String> =
         sqlx::query_scalar("SELECT DISTINCT workspace_id FROM rm_audit_log WHERE tenant_key = $1")
-            .bind(h.globex_contoso.to_string())
+            .bind(h.globex().contoso.to_string())
             .fetch_all(&pool)
             .await
             .unwrap();
@@ -769,18 +790,18 @@ async fn next_run_notification(listener: &mut PgListener) -> Value {
 #[tokio::test]
 async fn run_changes_are_announced_on_the_runs_channel_when_their_batch_commits() {
     let db = TestDb::new().await;
-    let bus = bus(&db).await;
+    let bus = db.bus().await;
     let pool = bus.pool().clone();
     let mut listener = PgListener::connect_with(&pool).await.unwrap();
     listener.listen(RUNS_CHANNEL).await.unwrap();
-    let h = history(&bus).await;
+    let h = History::of(&bus).runs().build().await;
     catch_up(&pool, Arc::new(projections::Runs)).await;
 
     let runs = [
-        (h.succeeded, &h.contoso),
-        (h.cancelled_queued, &h.contoso),
-        (h.cancelled_running, &h.contoso),
-        (h.blocked, &h.fabrikam),
+        (h.runs().succeeded, &h.contoso),
+        (h.runs().cancelled_queued, &h.contoso),
+        (h.runs().cancelled_running, &h.contoso),
+        (h.runs().blocked, &h.fabrikam),
     ];
     let mut announced = HashSet::new();
     while announced.len() < runs.len() {
@@ -805,7 +826,7 @@ async fn run_changes_are_announced_on_the_runs_channel_when_their_batch_commits(
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    let next = queued(&bus, &h.contoso).await;
+    let next = queued_resync(&bus, &h.contoso).await;
     catch_up(&pool, Arc::new(projections::Runs)).await;
     let n = next_run_notification(&mut listener).await;
     assert_eq!(n["run_id"], next.to_string());

@@ -1,0 +1,75 @@
+//! The service in this process (API, runtime, Graph simulator) over HTTP: what a dashboard
+//! sees without the binary around it.
+
+use domain::Role;
+use serde_json::json;
+use testkit::{ReadyTenant, TestApp};
+
+#[tokio::test]
+async fn the_service_answers_health_readiness_and_metrics_on_its_port() {
+    let app = TestApp::start().await;
+    assert!(app.url().ends_with(&format!(":{}", app.port())));
+    let get = |path: &'static str| {
+        let url = format!("{}{path}", app.url());
+        async move {
+            let r = reqwest::get(url).await.expect("a response");
+            (r.status().as_u16(), r.text().await.unwrap_or_default())
+        }
+    };
+    assert_eq!(get("/healthz").await.0, 200);
+    let (status, body) = get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, metrics) = get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("tenantflow_http_requests_total"),
+        "{metrics}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_resync_started_over_graphql_runs_against_the_simulator_to_success() {
+    let app = TestApp::start().await;
+    let simulated = app.sim().tenants().remove(0);
+    let (tenant, _) = ReadyTenant::simulated(&app.bus, &simulated).build().await;
+    let c = app.client("acme", Role::Operator);
+
+    let started = c
+        .ok(
+            "mutation($t: String!) { resyncTenant(id: $t) { runId status } }",
+            json!({ "t": tenant.to_string() }),
+        )
+        .await["resyncTenant"]
+        .clone();
+    assert_eq!(started["status"], "QUEUED", "{started}");
+    let q = "query($r: String!) { run(id: $r) { status outcome summaryCounts } }";
+    let run = c
+        .eventually(q, json!({ "r": started["runId"] }), |d| {
+            d["run"]["status"] == "completed"
+        })
+        .await["run"]
+        .clone();
+    assert_eq!(run["outcome"], "succeeded", "{run}");
+    assert!(
+        run["summaryCounts"]["policy_count"].as_i64() > Some(0),
+        "{run}"
+    );
+
+    // Another workspace's token finds nothing of it.
+    let globex = app.client("globex", Role::Owner);
+    let theirs = globex
+        .ok("{ runs { edges { node { id } } } }", json!({}))
+        .await;
+    assert_eq!(theirs["runs"]["edges"], json!([]));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_stopped_service_no_longer_answers() {
+    let app = TestApp::start().await;
+    let url = format!("{}/healthz", app.url());
+    assert!(reqwest::get(&url).await.is_ok());
+    app.stop().await;
+    assert!(reqwest::get(&url).await.is_err(), "still answering");
+}

@@ -1,0 +1,6 @@
+//! The read models against a history made through the real use cases: one test binary
+//! (one embedded cluster), each test on its own fresh database.
+
+mod read_models;
+mod replay;
+mod support;

@@ -1,0 +1,9 @@
+//! End to end: the real `tenantflow` binary as a child process, against the Graph
+//! simulator and a test database. One test binary, so one embedded cluster serves every
+//! test's fresh database.
+
+mod common;
+mod crash;
+mod embedded_serve;
+mod graph_sim;
+mod graphql_api;

@@ -1,0 +1,6 @@
+//! The workflows against a real database: one test binary (one embedded cluster), each
+//! test on its own fresh database.
+
+mod resync;
+mod schedule;
+mod tasks;
