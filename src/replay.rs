@@ -294,3 +294,183 @@ fn describe(decision: &Decision) -> String {
         Decision::Done => "nothing: the run is over".to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::FixedClock;
+    use graph::sim::{self, Fault, SimConfig};
+    use graph::Endpoint;
+    use testkit::{owner, ReadyTenant, SteppedEngine, TestDb};
+    use workflows::resync::{LICENSES, RECORD, RUN_TYPE, SNAPSHOT};
+    use workflows::StepDef;
+
+    fn standard(run_type: &str) -> Option<Plan> {
+        Registry::standard().get(run_type).map(|w| *w.plan())
+    }
+
+    const fn step(name: &'static str, max_attempts: u32, fatal: bool) -> StepDef {
+        StepDef {
+            name,
+            max_attempts,
+            fatal,
+            calls_out: true,
+        }
+    }
+
+    /// The resync with its first two steps swapped.
+    fn reordered(run_type: &str) -> Option<Plan> {
+        const STEPS: &[StepDef] = &[
+            step(LICENSES, 3, false),
+            step(SNAPSHOT, 5, true),
+            step(RECORD, 5, true),
+        ];
+        (run_type == RUN_TYPE).then_some(Plan {
+            run_type: RUN_TYPE,
+            steps: STEPS,
+        })
+    }
+
+    /// The resync giving its snapshot a single attempt.
+    fn impatient(run_type: &str) -> Option<Plan> {
+        const STEPS: &[StepDef] = &[
+            step(SNAPSHOT, 1, true),
+            step(LICENSES, 3, false),
+            step(RECORD, 5, true),
+        ];
+        (run_type == RUN_TYPE).then_some(Plan {
+            run_type: RUN_TYPE,
+            steps: STEPS,
+        })
+    }
+
+    /// Resyncs of every kind the engine finishes: a plain one, one retried after
+    /// throttling, one whose license refresh gave up, one failed, and one cancelled while
+    /// queued; then one left queued. Returns the database and the runs, in that order.
+    async fn finished_resyncs() -> (TestDb, Vec<RunId>) {
+        let db = TestDb::new().await;
+        let clock = FixedClock::at(chrono::Utc::now());
+        let bus = db.bus_on(&clock).await;
+        let sim = sim::spawn(SimConfig {
+            tenants: 1,
+            seed: 5,
+            ..SimConfig::default()
+        })
+        .await;
+        let t = sim.tenants().remove(0);
+        let (tenant, _) = ReadyTenant::simulated(&bus, &t).build().await;
+        let engine = SteppedEngine::against(&sim, &bus, &clock);
+        let by = owner();
+        let resync = || engine.run(&by, &tenant, RUN_TYPE);
+        let plain = resync().await;
+        sim.inject(
+            Fault::Throttled {
+                retry_after_secs: None,
+            }
+            .on(Endpoint::ListConditionalAccessPolicies)
+            .times(2),
+        );
+        let throttled = resync().await;
+        sim.inject(Fault::Forbidden.on(Endpoint::ListSubscribedSkus));
+        let partial = resync().await;
+        sim.clear_faults();
+        sim.inject(Fault::MissingValue.on(Endpoint::ListConditionalAccessPolicies));
+        let failed = resync().await;
+        sim.clear_faults();
+        let cancelled = engine.queue(&owner(), &tenant, RUN_TYPE).await;
+        app::cancel_run(&bus, &owner(), cancelled).await.unwrap();
+        engine.queue(&owner(), &tenant, RUN_TYPE).await;
+        for (run, outcome) in [
+            (&plain, "succeeded"),
+            (&throttled, "succeeded"),
+            (&partial, "partially_succeeded"),
+            (&failed, "failed"),
+        ] {
+            assert_eq!(run.outcome.as_str(), outcome, "{run:?}");
+        }
+        assert_eq!(throttled.step(SNAPSHOT).map(|s| s.attempt), Some(3));
+        let runs: Vec<RunId> = sqlx::query_scalar::<_, String>(
+            "SELECT aggregate_id FROM events WHERE event_type = 'RunQueued' ORDER BY global_position",
+        )
+        .fetch_all(bus.pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|id| id.parse().unwrap())
+        .collect();
+        assert_eq!(runs.len(), 6);
+        (db, runs)
+    }
+
+    #[tokio::test]
+    async fn every_finished_resync_replays_without_divergence_and_a_changed_plan_is_reported() {
+        let (db, runs) = finished_resyncs().await;
+        let pool = db.pool().await;
+        let all = Selection::All { since: None };
+
+        let report = replay_selected(&pool, &all, None, standard).await.unwrap();
+        assert_eq!(
+            report.divergences,
+            vec![],
+            "today's plans agree with the log"
+        );
+        assert_eq!((report.replayed, report.skipped_active), (5, 1));
+
+        // Steps reordered: every run that performed a step diverges at its first one.
+        let report = replay_selected(&pool, &all, None, reordered).await.unwrap();
+        let diverged: Vec<&str> = report
+            .divergences
+            .iter()
+            .map(|d| d.run_id.as_str())
+            .collect();
+        let expected: Vec<String> = runs[..4].iter().map(RunId::to_string).collect();
+        assert_eq!(diverged, expected, "the cancelled run decided nothing");
+        let first = &report.divergences[0];
+        assert_eq!(first.step.as_deref(), Some(SNAPSHOT));
+        assert_eq!(
+            first.recorded,
+            "RunStepCompleted snapshot_policies attempt 1"
+        );
+        assert_eq!(first.decided, "to perform refresh_licenses attempt 1");
+        assert!(
+            first.to_string().starts_with(&format!(
+                "run {} (policy.resync) diverges at event #",
+                runs[0]
+            )),
+            "{first}"
+        );
+
+        // One attempt fewer: only the throttled run, at its second attempt.
+        let one = Selection::One(runs[1]);
+        let report = replay_selected(&pool, &one, None, impatient).await.unwrap();
+        let [d] = report.divergences.as_slice() else {
+            panic!("{:?}", report.divergences)
+        };
+        assert_eq!(d.run_id, runs[1].to_string());
+        assert_eq!(d.step.as_deref(), Some(SNAPSHOT));
+        assert_eq!(
+            d.recorded,
+            "RunStepFailed snapshot_policies attempt 2 (graph_throttled)"
+        );
+        assert_eq!(
+            d.decided,
+            "that the run failed at snapshot_policies (graph_throttled)"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_active_run_or_another_workspaces_run_is_not_replayed() {
+        let (db, runs) = finished_resyncs().await;
+        let pool = db.pool().await;
+        let active = Selection::One(runs[5]);
+        let refused = replay_selected(&pool, &active, None, standard).await;
+        assert!(refused.unwrap_err().to_string().contains("still active"));
+        let mine = Selection::One(runs[0]);
+        let theirs = replay_selected(&pool, &mine, Some("globex"), standard).await;
+        assert!(theirs.unwrap_err().to_string().contains("not found"));
+        let ours = replay_selected(&pool, &mine, Some("acme"), standard)
+            .await
+            .unwrap();
+        assert_eq!((ours.replayed, ours.divergences.len()), (1, 0));
+    }
+}

@@ -4,7 +4,7 @@ use crate::common::graphql::*;
 use domain::Role;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use testkit::{GraphqlClient, CONTOSO};
+use testkit::CONTOSO;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -180,19 +180,6 @@ async fn a_dashboard_registers_connects_starts_a_run_and_watches_it_live() {
     assert!(dump.iter().all(|e| !e.contains(&secret)));
 }
 
-const IMPORT: &str =
-    "mutation($t: String!) { resyncTenant(id: $t, source: IMPORT) { runId status reasonCode } }";
-
-/// Waits for a run to complete; returns it with its type and summary counts.
-async fn completed_run(c: &GraphqlClient, run_id: &str) -> Value {
-    let q = "query($r: String!) { run(id: $r) { id type status outcome summaryCounts } }";
-    c.eventually(q, json!({"r": run_id}), |d| {
-        d["run"]["status"] == "completed"
-    })
-    .await["run"]
-        .clone()
-}
-
 #[tokio::test]
 async fn a_dashboard_imports_a_tenants_policies_as_its_intent_and_audits_each_resync() {
     let (server, _db, sim) = start_server().await;
@@ -325,6 +312,7 @@ async fn every_mutation_is_allowed_or_denied_by_role() {
         ("mutation($t: String!) { archiveTenant(id: $t) { id } }", json!({"t": archivable}), &[Role::Owner, Role::Manager]),
         ("mutation($c: String!) { revokeConsent(id: $c) { id } }", json!({"c": conn}), &[Role::Owner, Role::Manager]),
         (CANCEL, json!({"r": run}), &[Role::Owner, Role::Manager, Role::Operator]),
+        ("mutation($r: String!) { retryRun(id: $r) { runId } }", json!({"r": run}), &[Role::Owner, Role::Manager, Role::Operator]),
         ("mutation($t: String!) { renameTenant(id: $t, displayName: \"Renamed\") { id } }", json!({"t": tenant}), &[Role::Owner, Role::Manager]),
         (CREATE_CONNECTION, json!({"t": tenant, "e": other}), &[Role::Owner, Role::Manager]),
         (SET_CREDENTIAL, json!({"c": conn, "s": "another-secret"}), &[Role::Owner, Role::Manager]),
@@ -335,7 +323,14 @@ async fn every_mutation_is_allowed_or_denied_by_role() {
         (SET_SCHEDULE, json!({"i": 120}), &[Role::Owner, Role::Manager]),
         (DISABLE_SCHEDULE, json!({"s": schedule}), &[Role::Owner, Role::Manager]),
     ];
-    for role in [Role::Readonly, Role::Operator, Role::Manager, Role::Owner] {
+    let roles = [
+        Role::Readonly,
+        Role::Auditor,
+        Role::Operator,
+        Role::Manager,
+        Role::Owner,
+    ];
+    for role in roles {
         let c = server.client("acme", role);
         for (mutation, vars, allowed) in &cases {
             let before = event_count(&db).await;
@@ -364,14 +359,17 @@ async fn every_mutation_is_allowed_or_denied_by_role() {
             }
         }
     }
-    // Everyone may read.
-    let reader = server.client("acme", Role::Readonly);
-    reader
-        .ok(
-            "{ tenants { edges { node { id } } } runs { edges { node { id } } } }",
-            json!({}),
-        )
-        .await;
+    // Everyone may read, the event streams and a run's past included.
+    let everything =
+        "query($r: String!) { tenants { edges { node { id } } } runs { edges { node { id } } } \
+        events { edges { node { eventType } } } auditLog { edges { node { action } } } \
+        run(id: $r) { history { type } } runAt(id: $r, asOf: {position: 1}) { id } }";
+    for role in roles {
+        server
+            .client("acme", role)
+            .ok(everything, json!({"r": run}))
+            .await;
+    }
 }
 
 #[tokio::test]

@@ -7,3 +7,5 @@ mod crash;
 mod embedded_serve;
 mod graph_sim;
 mod graphql_api;
+mod history;
+mod retry;

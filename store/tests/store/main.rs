@@ -4,4 +4,5 @@
 mod command_bus;
 mod counter;
 mod global_log;
+mod history;
 mod snapshots;

@@ -69,6 +69,19 @@ pub const RESYNC: &str =
     "mutation($t: String!) { resyncTenant(id: $t) { runId status reasonCode } }";
 pub const CANCEL: &str =
     "mutation($r: String!) { cancelRun(id: $r) { runId cancelled cancelRequested } }";
+pub const IMPORT: &str =
+    "mutation($t: String!) { resyncTenant(id: $t, source: IMPORT) { runId status reasonCode } }";
+
+/// Waits for a run to complete; returns it with its type, outcome, reason, summary counts
+/// and the run it retries.
+pub async fn completed_run(c: &GraphqlClient, run_id: &str) -> serde_json::Value {
+    let q = "query($r: String!) { run(id: $r) { id type status outcome reasonCode summaryCounts retryOf } }";
+    c.eventually(q, json!({"r": run_id}), |d| {
+        d["run"]["status"] == "completed"
+    })
+    .await["run"]
+        .clone()
+}
 
 /// Registers a tenant with a ready connection; returns (tenant id, connection id).
 pub async fn ready_tenant(c: &GraphqlClient, entra: &str, secret: &str) -> (String, String) {
