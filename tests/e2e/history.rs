@@ -2,6 +2,7 @@
 //! GraphQL, the same from the command line, and nothing of another workspace.
 
 use crate::common::graphql::*;
+use crate::common::run_cli;
 use domain::Role;
 use serde_json::{json, Value};
 
@@ -11,20 +12,6 @@ const RUN_AT: &str = "query($r: String!, $p: Int!) { runAt(id: $r, asOf: {positi
     { id version position state } }";
 const TENANT_AT: &str = "query($t: String!, $at: DateTime!) { tenantAt(id: $t, asOf: {time: $at}) \
     { id version state } }";
-
-/// Runs `tenantflow <args>` on the test database; returns (success, stdout, stderr).
-fn tenantflow(db: &testkit::TestDb, args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenantflow"))
-        .args(args)
-        .env("DATABASE_URL", db.url())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[tokio::test]
 async fn an_auditor_reads_a_runs_history_and_earlier_states_and_changes_nothing() {
@@ -125,7 +112,7 @@ async fn an_auditor_reads_a_runs_history_and_earlier_states_and_changes_nothing(
     );
 
     // The same from the command line: the timeline, and the run's state then.
-    let (ok, timeline, err) = tenantflow(&db, &["runs", "show", &run]);
+    let (ok, timeline, err) = run_cli(&db, &["runs", "show", &run]);
     assert!(ok, "{err}");
     assert!(
         timeline.starts_with(&format!("run {run}: 6 events")),
@@ -135,7 +122,7 @@ async fn an_auditor_reads_a_runs_history_and_earlier_states_and_changes_nothing(
         timeline.contains("RunStepCompleted       snapshot_policies attempt 1"),
         "{timeline}"
     );
-    let (ok, state, err) = tenantflow(
+    let (ok, state, err) = run_cli(
         &db,
         &["state", &format!("run/{run}"), "--at", &started.to_string()],
     );
@@ -145,6 +132,6 @@ async fn an_auditor_reads_a_runs_history_and_earlier_states_and_changes_nothing(
         (&state["version"], &state["state"]["status"]),
         (&json!(2), &json!("running"))
     );
-    let (ok, _, err) = tenantflow(&db, &["runs", "show", &run, "--workspace", "globex"]);
+    let (ok, _, err) = run_cli(&db, &["runs", "show", &run, "--workspace", "globex"]);
     assert!(!ok && err.contains("not found"), "{err}");
 }

@@ -2,6 +2,7 @@
 //! injected fault, and the start rules (R2.2) a retry obeys like any start.
 
 use crate::common::graphql::*;
+use crate::common::run_cli;
 use domain::Role;
 use graph::sim::Fault;
 use graph::Endpoint;
@@ -87,17 +88,8 @@ async fn a_failed_resync_retried_after_the_fault_is_cleared_succeeds_linked_to_i
     );
 
     // Today's workflow decides as the log recorded, for the failed run and its retry.
-    let replay = std::process::Command::new(env!("CARGO_BIN_EXE_tenantflow"))
-        .args(["replay", "--all"])
-        .env("DATABASE_URL", db.url())
-        .output()
-        .unwrap();
-    let printed = String::from_utf8_lossy(&replay.stdout);
-    assert!(
-        replay.status.success(),
-        "{printed}\n{}",
-        String::from_utf8_lossy(&replay.stderr)
-    );
+    let (ok, printed, err) = run_cli(&db, &["replay", "--all"]);
+    assert!(ok, "{printed}\n{err}");
     assert!(
         printed.contains("replayed 3 finished runs: 0 diverge"),
         "{printed}"

@@ -113,6 +113,21 @@ impl Drop for Server {
     }
 }
 
+/// Runs `tenantflow <args>` on `db` to its end (an operator's command, not the service):
+/// whether it succeeded, its stdout and its stderr.
+pub fn run_cli(db: &testkit::TestDb, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tenantflow"))
+        .args(args)
+        .env("DATABASE_URL", db.url())
+        .output()
+        .expect("run tenantflow");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// PostgreSQL processes serving the cluster in `dir`.
 pub fn postgres_processes_for(dir: &Path) -> usize {
     let needle = dir.to_string_lossy().to_string();
