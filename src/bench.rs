@@ -40,6 +40,23 @@ pub enum BenchCommand {
         #[arg(long, default_value = "bench-resync.json")]
         json: PathBuf,
     },
+    /// Audit chain: full verification rate (events/s) over a generated, sealed log, against
+    /// a bare SHA-256 pass over the same rows read by the same query; and the sealer's
+    /// catch-up rate. In a scratch database.
+    Verify {
+        /// Events in the generated log.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+        /// Workspaces the events are spread over (one chain each).
+        #[arg(long, default_value_t = 10)]
+        workspaces: usize,
+        /// Rounds of bare pass and verification; the best of each is reported.
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// Where to write the JSON results.
+        #[arg(long, default_value = "bench-verify.json")]
+        json: PathBuf,
+    },
 }
 
 /// Latency and throughput of one phase.
@@ -75,7 +92,34 @@ pub async fn run(config: Config, command: BenchCommand) -> anyhow::Result<()> {
             concurrency,
             json,
         } => crate::bench_resync::run(config, tenants.max(1), concurrency.max(1), json).await,
+        BenchCommand::Verify {
+            events,
+            workspaces,
+            rounds,
+            json,
+        } => {
+            crate::bench_verify::run(
+                config,
+                events.max(1),
+                workspaces.max(1),
+                rounds.max(1),
+                json,
+            )
+            .await
+        }
     }
+}
+
+/// Prints a bench's results as JSON and writes them to `json`.
+pub fn publish(report: &impl Serialize, json: &std::path::Path) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(report)?;
+    std::fs::write(json, &text).with_context(|| format!("cannot write {}", json.display()))?;
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{text}");
+    }
+    tracing::info!(path = %json.display(), "results written");
+    Ok(())
 }
 
 /// Runs `total` operations over `concurrency` tasks; `op(i)` performs operation `i`.
@@ -156,14 +200,7 @@ async fn append(
         report.ratio,
         report.target_ratio,
     );
-    let text = serde_json::to_string_pretty(&report)?;
-    std::fs::write(&json, &text).with_context(|| format!("cannot write {}", json.display()))?;
-    #[allow(clippy::print_stdout)]
-    {
-        println!("{text}");
-    }
-    tracing::info!(path = %json.display(), "results written");
-    Ok(())
+    publish(&report, &json)
 }
 
 async fn append_on(

@@ -2,7 +2,6 @@
 //! bare loop doing the same Graph reads (token, every policy page, subscribed SKUs) and one
 //! insert per tenant.
 
-use anyhow::Context;
 use domain::connection::ConnectionCommand;
 use domain::{EntraTenantId, Provider, Role, TenantKey};
 use graph::GraphApi;
@@ -55,13 +54,7 @@ pub async fn run(
         report.ratio,
         report.target_ratio
     );
-    let text = serde_json::to_string_pretty(&report)?;
-    std::fs::write(&json, &text).with_context(|| format!("cannot write {}", json.display()))?;
-    #[allow(clippy::print_stdout)]
-    {
-        println!("{text}");
-    }
-    Ok(())
+    crate::bench::publish(&report, &json)
 }
 
 async fn resync(

@@ -3,14 +3,17 @@
 mod architecture;
 mod bench;
 mod bench_resync;
+mod bench_verify;
 mod config;
 mod demo;
+mod export;
 mod rebuild;
 mod replay;
 mod runs_cmd;
 mod serve;
 mod state;
 mod telemetry;
+mod verify;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -63,6 +66,37 @@ enum Command {
         /// Rebuild every read model.
         #[arg(long, conflicts_with = "names")]
         all: bool,
+    },
+    /// Recompute the audit hash chains from the event log and compare them with their
+    /// seals (R9.4); names the first altered, deleted, inserted or reordered event and exits
+    /// non-zero when a chain is broken. The outcome is recorded for `auditChain`.
+    Verify {
+        /// Verify only this workspace's chain (else the global chain and every workspace's).
+        #[arg(long)]
+        workspace: Option<String>,
+        /// Verify only what follows a kept head, `<position>:<hex hash>` (of the global
+        /// chain, or of --workspace's).
+        #[arg(long, value_name = "POSITION:HASH")]
+        from: Option<store::audit::KeptHead>,
+        /// Also check that the recomputed chain has this kept head's hash at its position
+        /// (the history before it is the one the head was taken from).
+        #[arg(long, value_name = "POSITION:HASH")]
+        expect: Option<store::audit::KeptHead>,
+    },
+    /// Write a workspace's sealed events with their chain hashes as NDJSON, for auditors who
+    /// check the chain with their own tools (see README, "Audit chain").
+    Export {
+        #[arg(long)]
+        workspace: String,
+        /// From the first event recorded at or after this time (RFC 3339).
+        #[arg(long, value_name = "TIME")]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// To the last event recorded before this time (RFC 3339).
+        #[arg(long, value_name = "TIME")]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+        /// Output file (default: standard output).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
     /// Run the Microsoft Graph simulator alone: a seeded fleet of fake tenants speaking
     /// Graph's wire formats, with fault injection (admin API under /_sim).
@@ -168,6 +202,17 @@ fn main() -> std::process::ExitCode {
             Command::Migrate => serve::migrate_only(config).await,
             Command::Bench(cmd) => bench::run(config, cmd).await,
             Command::Rebuild { names, all } => rebuild::run(config, names, all).await,
+            Command::Verify {
+                workspace,
+                from,
+                expect,
+            } => verify::run(config, workspace, from, expect).await,
+            Command::Export {
+                workspace,
+                since,
+                until,
+                out,
+            } => export::run(config, workspace, since, until, out).await,
             Command::Runs(command) => runs_cmd::run(config, command).await,
             Command::State {
                 aggregate,

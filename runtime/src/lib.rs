@@ -1,8 +1,8 @@
 //! The one runtime wiring: everything that works behind the event log in a running
 //! service — the read-model projections, the workflow task feed, the aggregate snapshot
-//! writer, the workflow engines and the scheduler — started together, woken by the same
-//! notifications, and stopped together. `tenantflow serve`, the benches and the tests all
-//! start it here, so what is tested is what runs.
+//! writer, the audit chain's sealer, the workflow engines and the scheduler — started
+//! together, woken by the same notifications, and stopped together. `tenantflow serve`,
+//! the benches and the tests all start it here, so what is tested is what runs.
 
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -57,7 +57,7 @@ impl Default for Options {
 }
 
 /// The catch-up consumers a service runs: the projections (if asked for), the workflow
-/// task feed and the aggregate snapshot writer.
+/// task feed, the aggregate snapshot writer and the audit chain's sealer.
 pub fn consumers(projections: bool) -> Vec<Arc<dyn Consumer>> {
     let mut all: Vec<Arc<dyn Consumer>> = Vec::new();
     if projections {
@@ -70,6 +70,7 @@ pub fn consumers(projections: bool) -> Vec<Arc<dyn Consumer>> {
     }
     all.push(Arc::new(workflows::TaskFeed));
     all.push(Arc::new(store::SnapshotWriter));
+    all.push(Arc::new(store::AuditSealer));
     all
 }
 

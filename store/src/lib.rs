@@ -1,6 +1,8 @@
 //! Persistence: the PostgreSQL event store, the command bus, the gap-free global log,
-//! the credential vault, the embedded cluster and the service's metrics.
+//! the credential vault, the embedded cluster, the service's metrics and the audit hash
+//! chain.
 
+pub mod audit;
 pub mod bus;
 pub mod db;
 pub mod embedded;
@@ -10,6 +12,7 @@ pub mod metrics;
 pub mod snapshots;
 pub mod vault;
 
+pub use audit::AuditSealer;
 pub use bus::{
     AppendError, BusError, CommandBus, Committed, Decided, EventRows, Loaded, Metadata, Staged,
     StagedStream, Streams, UnitOfWork,

@@ -2,6 +2,7 @@
 //! simulator and a test database. One test binary, so one embedded cluster serves every
 //! test's fresh database.
 
+mod audit_chain;
 mod common;
 mod crash;
 mod embedded_serve;

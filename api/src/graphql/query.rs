@@ -511,6 +511,37 @@ impl QueryRoot {
         .map_err(internal)
     }
 
+    /// The caller's workspace's audit hash chain (R9.4): how far it is sealed, its head (a
+    /// head kept elsewhere, `tenantflow verify --workspace W --expect <sealedPosition>:<headHash>`
+    /// later checks that the history still leads to it), and the last verification of it.
+    async fn audit_chain(&self, ctx: &Context<'_>) -> async_graphql::Result<AuditChain> {
+        let caller = caller(ctx)?;
+        let mut tx = reader(ctx).await?;
+        let head: Option<(i64, i64, String)> = sqlx::query_as(
+            "SELECT global_position, workspace_seq, encode(workspace_hash, 'hex') FROM audit_seals \
+             WHERE workspace_id = $1 ORDER BY workspace_seq DESC LIMIT 1",
+        )
+        .bind(&caller.workspace)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(internal)?;
+        let last_verification: Option<AuditVerification> = sqlx::query_as(
+            "SELECT verified_at, ok, first_bad, events_checked, through_position \
+             FROM audit_verifications WHERE workspace_id = $1 \
+             ORDER BY verified_at DESC, verification_id DESC LIMIT 1",
+        )
+        .bind(&caller.workspace)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(internal)?;
+        Ok(AuditChain {
+            sealed_position: head.as_ref().map(|h| h.0),
+            sealed_events: head.as_ref().map(|h| h.1).unwrap_or(0),
+            head_hash: head.map(|h| h.2),
+            last_verification,
+        })
+    }
+
     /// Who the caller is.
     async fn me(&self, ctx: &Context<'_>) -> async_graphql::Result<Me> {
         let c = caller(ctx)?;

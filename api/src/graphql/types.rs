@@ -496,3 +496,29 @@ pub struct SchedulePayload {
     /// The schedule id.
     pub id: String,
 }
+
+/// A workspace's audit hash chain (R9.4).
+#[derive(Debug, Clone, SimpleObject)]
+pub struct AuditChain {
+    /// The global position of the workspace's last sealed event (null: none yet).
+    pub sealed_position: Option<i64>,
+    /// How many of the workspace's events are sealed.
+    pub sealed_events: i64,
+    /// The chain's hash at `sealedPosition`, lowercase hex: a head to keep.
+    pub head_hash: Option<String>,
+    /// The latest `tenantflow verify` of this chain.
+    pub last_verification: Option<AuditVerification>,
+}
+
+/// The outcome of a verification of a workspace's chain.
+#[derive(Debug, Clone, SimpleObject, sqlx::FromRow)]
+pub struct AuditVerification {
+    #[graphql(name = "at")]
+    pub verified_at: DateTime<Utc>,
+    pub ok: bool,
+    /// The first bad event: what is wrong, its position and stream.
+    pub first_bad: Option<String>,
+    pub events_checked: i64,
+    /// The last position found good.
+    pub through_position: Option<i64>,
+}
