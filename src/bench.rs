@@ -78,6 +78,18 @@ struct AppendReport {
     /// command_append.per_second / raw_insert.per_second
     ratio: f64,
     target_ratio: f64,
+    /// The audit chain's sealer, running beside the command appends as in the service.
+    sealer: SealerLag,
+}
+
+/// How far the audit sealer fell behind the command appends (events appended but not yet
+/// sealed, sampled every 20 ms), and how long it took to seal the rest once they stopped.
+#[derive(Debug, Serialize)]
+struct SealerLag {
+    samples: usize,
+    max_lag_events: i64,
+    mean_lag_events: f64,
+    catch_up_ms: f64,
 }
 
 pub async fn run(config: Config, command: BenchCommand) -> anyhow::Result<()> {
@@ -189,6 +201,12 @@ async fn append(
     db.close().await?;
     let report = result?;
     tracing::info!(
+        max_lag = report.sealer.max_lag_events,
+        mean_lag = report.sealer.mean_lag_events,
+        catch_up_ms = report.sealer.catch_up_ms,
+        "audit sealer beside the command appends"
+    );
+    tracing::info!(
         concurrency,
         "command append: {:.0}/s (p50 {:.2} ms, p99 {:.2} ms); raw insert: {:.0}/s (p50 {:.2} ms, p99 {:.2} ms); ratio {:.2} (target >= {:.1})",
         report.command_append.per_second,
@@ -267,7 +285,11 @@ async fn append_on(
     })
     .await?;
     let b = bus.clone();
+    // The sealer starts caught up (the warm-up's events sealed), then runs beside the
+    // appends as it does in the service.
+    let sealer = Sealer::start(pool).await?;
     let command_append = measure(total, concurrency, move |i| register(b.clone(), i)).await?;
+    let sealer = sealer.finish().await?;
     let ratio = command_append.per_second / raw_insert.per_second;
     Ok(AppendReport {
         benchmark: "append",
@@ -276,5 +298,100 @@ async fn append_on(
         raw_insert,
         ratio,
         target_ratio: 0.5,
+        sealer,
     })
+}
+
+/// The audit sealer driven batch by batch beside a load, with a sampler of its lag.
+struct Sealer {
+    pool: PgPool,
+    stop: tokio_util::sync::CancellationToken,
+    runner: tokio::task::JoinHandle<anyhow::Result<()>>,
+    sampler: tokio::task::JoinHandle<anyhow::Result<Vec<i64>>>,
+}
+
+impl Sealer {
+    async fn start(pool: &PgPool) -> anyhow::Result<Self> {
+        let runner = Arc::new(store::ConsumerRunner::new(
+            pool.clone(),
+            Arc::new(store::AuditSealer),
+            store::RunnerOptions::default(),
+            store::Metrics::new(),
+        ));
+        seal_all(&runner).await?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (r, s) = (runner.clone(), stop.clone());
+        let runner = tokio::spawn(async move {
+            while !s.is_cancelled() {
+                if seal_all(&r).await? == 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            Ok(())
+        });
+        let (p, s) = (pool.clone(), stop.clone());
+        let sampler = tokio::spawn(async move {
+            let mut lags = Vec::new();
+            while !s.is_cancelled() {
+                lags.push(unsealed(&p).await?);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(lags)
+        });
+        Ok(Self {
+            pool: pool.clone(),
+            stop,
+            runner,
+            sampler,
+        })
+    }
+
+    /// Stops sampling, then times the sealer sealing what is left.
+    async fn finish(self) -> anyhow::Result<SealerLag> {
+        let stopped = Instant::now();
+        self.stop.cancel();
+        self.runner.await.context("sealer task panicked")??;
+        let lags = self.sampler.await.context("sampler task panicked")??;
+        let runner = store::ConsumerRunner::new(
+            self.pool.clone(),
+            Arc::new(store::AuditSealer),
+            store::RunnerOptions::default(),
+            store::Metrics::new(),
+        );
+        seal_all(&runner).await?;
+        anyhow::ensure!(
+            unsealed(&self.pool).await? == 0,
+            "the sealer did not catch up"
+        );
+        let catch_up_ms = stopped.elapsed().as_secs_f64() * 1000.0;
+        Ok(SealerLag {
+            samples: lags.len(),
+            max_lag_events: lags.iter().copied().max().unwrap_or(0),
+            mean_lag_events: lags.iter().sum::<i64>() as f64 / lags.len().max(1) as f64,
+            catch_up_ms,
+        })
+    }
+}
+
+/// Seals batches until the sealer is caught up; returns how many events it sealed.
+async fn seal_all(runner: &store::ConsumerRunner) -> anyhow::Result<usize> {
+    let mut sealed = 0;
+    loop {
+        match runner.step().await? {
+            store::Progress::Consumed(n) => sealed += n,
+            store::Progress::Idle => return Ok(sealed),
+            store::Progress::Busy => {
+                anyhow::bail!("another process is sealing the scratch database")
+            }
+        }
+    }
+}
+
+/// Events appended and not yet sealed.
+async fn unsealed(pool: &PgPool) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM events) - (SELECT count(*) FROM audit_seals)",
+    )
+    .fetch_one(pool)
+    .await?)
 }
