@@ -15,7 +15,7 @@ pub use connections::{change_connection, create_connection, make_default, set_cr
 pub use error::AppError;
 pub use runs::{
     cancel_run, release_scope, retry_run, start_operation, start_operation_with_id,
-    start_operations, StartRequest, Started,
+    start_operations, start_workspace_operation, StartRequest, Started,
 };
 pub use schedules::{disable_schedule, set_schedule};
 pub use tenants::{change_tenant, register_tenant};

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 
 use cqrs_es::Aggregate;
 use domain::connection::{ConnectionStatus, ProviderConnection};
-use domain::run::{NextStep, OperationRun, RunCommand, RunContext, RunOutcome};
-use domain::scope_lock::{scope_key, ScopeCommand, ScopeLock};
+use domain::run::{NextStep, OperationRun, RunCommand, RunContext, RunOutcome, RunTarget};
+use domain::scope_lock::{scope_key, workspace_scope_key, ScopeCommand, ScopeLock};
 use domain::tenant::{Tenant, TenantError, TenantStatus};
 use domain::{EntraTenantId, Provider, ReasonCode, Role, RunId, TenantKey, WorkspaceId};
 use store::{CommandBus, Metadata, Staged, StagedStream, UnitOfWork};
@@ -179,7 +179,6 @@ pub async fn retry_run(
     earlier
         .check_retryable()
         .map_err(IntoRefusal::into_refusal)?;
-    let context = earlier.context.as_ref().ok_or(AppError::NotFound("run"))?;
     if !known_run_types.contains(&earlier.run_type.as_str()) {
         return Err(AppError::Invalid(format!(
             "no workflow runs operations of type `{}` any more; known types: {}",
@@ -187,13 +186,96 @@ pub async fn retry_run(
             known_run_types.join(", ")
         )));
     }
-    let operation = Operation {
-        run_type: &earlier.run_type,
-        module: &context.module,
-        retry_of: Some(run_id),
-    };
     let meta = meta.clone().caused_by(run_id.to_string());
-    start_one(bus, &meta, &context.tenant_key, operation, None).await
+    match earlier.target().ok_or(AppError::NotFound("run"))? {
+        RunTarget::Tenant(context) => {
+            let operation = Operation {
+                run_type: &earlier.run_type,
+                module: &context.module,
+                retry_of: Some(run_id),
+            };
+            start_one(bus, &meta, &context.tenant_key, operation, None).await
+        }
+        RunTarget::Workspace { module } => {
+            let operation = Operation {
+                run_type: &earlier.run_type,
+                module: &module,
+                retry_of: Some(run_id),
+            };
+            start_over_workspace(bus, &meta, operation).await
+        }
+    }
+}
+
+/// Starts (or dedupes to) an operation over the caller's whole workspace, such as a
+/// contact sync over every mapped tenant. The module's scope in the workspace is locked
+/// as a tenant's scope is for a tenant's operations: a run of the same type already active
+/// is returned instead (R2.2), another type's active run makes the scope busy. The lock
+/// and the run are appended in one transaction.
+pub async fn start_workspace_operation(
+    bus: &CommandBus,
+    meta: &Metadata,
+    run_type: &str,
+    module: &str,
+) -> Result<Started, AppError> {
+    let operation = Operation {
+        run_type,
+        module,
+        retry_of: None,
+    };
+    start_over_workspace(bus, meta, operation).await
+}
+
+async fn start_over_workspace(
+    bus: &CommandBus,
+    meta: &Metadata,
+    operation: Operation<'_>,
+) -> Result<Started, AppError> {
+    let workspace = caller_workspace(meta)?;
+    if !meta.role.allows(domain::Permission::StartOperations) {
+        return Err(AppError::Forbidden(meta.role));
+    }
+    let services = bus.services();
+    let lock_id = workspace_scope_key(&workspace, operation.module);
+    retrying(|| async {
+        let mut uow = bus.begin().await?;
+        let mut streams = uow
+            .fetch_streams(&[(ScopeLock::TYPE, lock_id.clone())])
+            .await?;
+        let mut lock = streams.stage::<ScopeLock>(&lock_id)?;
+        if let Some(active) = lock.state().active() {
+            if active.run_type == operation.run_type {
+                return Ok(Started::Deduplicated(active.run_id));
+            }
+            return Err(AppError::ScopeBusy {
+                active_run_id: active.run_id,
+                active_run_type: active.run_type.clone(),
+            });
+        }
+        let run_id = RunId::default();
+        let acquire = ScopeCommand::Acquire {
+            run_id,
+            run_type: operation.run_type.to_owned(),
+        };
+        lock.decide(services, acquire, meta)
+            .await
+            .map_err(scope_error)?;
+        let mut run = Staged::<OperationRun>::new(run_id.to_string(), OperationRun::default(), 0);
+        let queue = RunCommand::Queue {
+            workspace: workspace.clone(),
+            run_type: operation.run_type.to_owned(),
+            target: RunTarget::Workspace {
+                module: operation.module.to_owned(),
+            },
+            initiator: meta.actor.clone(),
+            retry_of: operation.retry_of,
+        };
+        run.decide(services, queue, meta).await?;
+        uow.append_all(&mut [&mut lock, &mut run]).await?;
+        uow.commit().await?;
+        Ok(Started::Queued(run_id))
+    })
+    .await
 }
 
 /// Starts an operation on many tenants at once (a fleet resync), with the same rules and
@@ -433,7 +515,7 @@ async fn decide_start(
     let queue = RunCommand::Queue {
         workspace: workspace.clone(),
         run_type: run_type.to_owned(),
-        context,
+        target: RunTarget::Tenant(context),
         initiator: meta.actor.clone(),
         retry_of,
     };
@@ -484,10 +566,9 @@ pub async fn release_scope(
     run_id: RunId,
     meta: &Metadata,
 ) -> Result<(), AppError> {
-    let (Some(workspace), Some(context)) = (&run.workspace, &run.context) else {
+    let Some(lock_id) = run.scope_lock_id() else {
         return Ok(());
     };
-    let lock_id = scope_key(workspace, context.target_scope);
     uow.execute::<ScopeLock>(&lock_id, ScopeCommand::Release { run_id }, meta)
         .await
         .map_err(scope_error)?;

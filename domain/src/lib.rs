@@ -43,7 +43,7 @@ pub use values::{
 
 // The aggregates, one line each: state, command, event, error.
 pub use connection::{ConnectionCommand, ConnectionError, ConnectionEvent, ProviderConnection};
-pub use run::{OperationRun, RunCommand, RunError, RunEvent};
+pub use run::{OperationRun, RunCommand, RunError, RunEvent, RunTarget};
 pub use schedule::{Schedule, ScheduleCommand, ScheduleError, ScheduleEvent};
 pub use schedule_tick::{ScheduleTick, TickCommand, TickError, TickEvent};
 pub use scope_lock::{ScopeCommand, ScopeError, ScopeEvent, ScopeLock};

@@ -42,6 +42,28 @@ pub struct RunContext {
     pub module: String,
 }
 
+/// What a run acts on: one tenant through one of its connections, or its workspace as a
+/// whole (a contact sync over every mapped tenant). The target is also the scope the run
+/// locks: one tenant, or one module of the workspace.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunTarget {
+    Tenant(RunContext),
+    Workspace {
+        /// A machine name such as `contacts`.
+        module: String,
+    },
+}
+
+impl RunTarget {
+    /// The module the run is started under.
+    pub fn module(&self) -> &str {
+        match self {
+            RunTarget::Tenant(context) => &context.module,
+            RunTarget::Workspace { module } => module,
+        }
+    }
+}
+
 /// What a person can do to unblock a run (R2.3). The run records which step applies; the
 /// API renders it as a link, because its wording and path belong to the UI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -130,7 +152,7 @@ pub enum RunCommand {
         workspace: WorkspaceId,
         /// A machine name such as `policy.resync`.
         run_type: String,
-        context: RunContext,
+        target: RunTarget,
         /// Who asked: a user id, or the schedule that started it.
         initiator: String,
         /// The failed, blocked or cancelled run this one starts again.
@@ -201,13 +223,18 @@ pub enum RunEvent {
     RunQueued {
         workspace: WorkspaceId,
         run_type: String,
-        context: RunContext,
+        /// A tenant run's context; `null` for a run over the whole workspace.
+        context: Option<RunContext>,
         initiator: String,
         queued_at: DateTime<Utc>,
         /// The run this one starts again. Absent from runs queued before retries existed,
         /// and left out of the payload when there is none.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         retry_of: Option<RunId>,
+        /// The module of a run over the whole workspace (absent for tenant runs, and from
+        /// every run queued before workspace runs existed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        workspace_module: Option<String>,
     },
     RunStarted {
         at: DateTime<Utc>,
@@ -518,12 +545,48 @@ pub struct OperationRun {
     /// The run this one starts again, if it is a retry.
     #[serde(default)]
     pub retry_of: Option<RunId>,
+    /// The module of a run over the whole workspace (then `context` is `None`).
+    #[serde(default)]
+    pub workspace_module: Option<String>,
 }
 
 impl OperationRun {
     /// Whether the run was queued.
     pub fn exists(&self) -> bool {
         self.queued_at.is_some()
+    }
+
+    /// The module the run was started under.
+    pub fn module(&self) -> Option<&str> {
+        match (&self.context, &self.workspace_module) {
+            (Some(context), _) => Some(&context.module),
+            (None, module) => module.as_deref(),
+        }
+    }
+
+    /// What the run acts on, as it was queued.
+    pub fn target(&self) -> Option<RunTarget> {
+        match (&self.context, &self.workspace_module) {
+            (Some(context), _) => Some(RunTarget::Tenant(context.clone())),
+            (None, Some(module)) => Some(RunTarget::Workspace {
+                module: module.clone(),
+            }),
+            (None, None) => None,
+        }
+    }
+
+    /// The id of the scope lock the run holds while active: its tenant's scope, or its
+    /// module's scope in the workspace.
+    pub fn scope_lock_id(&self) -> Option<String> {
+        let workspace = self.workspace.as_ref()?;
+        match (&self.context, &self.workspace_module) {
+            (Some(context), _) => Some(crate::scope_lock::scope_key(
+                workspace,
+                context.target_scope,
+            )),
+            (None, Some(module)) => Some(crate::scope_lock::workspace_scope_key(workspace, module)),
+            (None, None) => None,
+        }
     }
 
     /// Whether the run is queued or running.
@@ -656,7 +719,7 @@ impl Aggregate for OperationRun {
             RunCommand::Queue {
                 workspace,
                 run_type,
-                context,
+                target,
                 initiator,
                 retry_of,
             } => {
@@ -666,12 +729,18 @@ impl Aggregate for OperationRun {
                 if !is_machine_name(&run_type) {
                     return Err(RunError::InvalidRunType);
                 }
-                if !is_machine_name(&context.module) {
+                if !is_machine_name(target.module()) {
                     return Err(RunError::InvalidModule);
                 }
-                if context.tenant_key.workspace != workspace {
-                    return Err(RunError::WorkspaceMismatch);
-                }
+                let (context, workspace_module) = match target {
+                    RunTarget::Tenant(context) => {
+                        if context.tenant_key.workspace != workspace {
+                            return Err(RunError::WorkspaceMismatch);
+                        }
+                        (Some(context), None)
+                    }
+                    RunTarget::Workspace { module } => (None, Some(module)),
+                };
                 let initiator =
                     clean_name(&initiator, MAX_NAME).ok_or(RunError::InvalidInitiator)?;
                 let event = RunEvent::RunQueued {
@@ -681,6 +750,7 @@ impl Aggregate for OperationRun {
                     initiator,
                     queued_at: at,
                     retry_of,
+                    workspace_module,
                 };
                 sink.write(event, self).await;
             }
@@ -804,10 +874,12 @@ impl Aggregate for OperationRun {
                 initiator,
                 queued_at,
                 retry_of,
+                workspace_module,
             } => {
                 self.workspace = Some(workspace);
                 self.run_type = run_type;
-                self.context = Some(context);
+                self.context = context;
+                self.workspace_module = workspace_module;
                 self.initiator = initiator;
                 self.queued_at = Some(queued_at);
                 self.retry_of = retry_of;
@@ -907,7 +979,7 @@ mod tests {
         RunCommand::Queue {
             workspace: workspace(),
             run_type: "policy.resync".into(),
-            context: context(),
+            target: RunTarget::Tenant(context()),
             initiator: "alice".into(),
             retry_of: None,
         }
@@ -916,10 +988,11 @@ mod tests {
         RunEvent::RunQueued {
             workspace: workspace(),
             run_type: "policy.resync".into(),
-            context: context(),
+            context: Some(context()),
             initiator: "alice".into(),
             queued_at: now(),
             retry_of: None,
+            workspace_module: None,
         }
     }
     fn started() -> RunEvent {
@@ -1080,10 +1153,10 @@ mod tests {
                 .when(RunCommand::Queue {
                     workspace: workspace(),
                     run_type: run_type.into(),
-                    context: RunContext {
+                    target: RunTarget::Tenant(RunContext {
                         module: module.into(),
                         ..context()
-                    },
+                    }),
                     initiator: initiator.into(),
                     retry_of: None,
                 })
@@ -1098,11 +1171,94 @@ mod tests {
             .when(RunCommand::Queue {
                 workspace: "other".parse().unwrap(),
                 run_type: "policy.resync".into(),
-                context: context(),
+                target: RunTarget::Tenant(context()),
                 initiator: "alice".into(),
                 retry_of: None,
             })
             .then_expect_error(RunError::WorkspaceMismatch);
+    }
+
+    #[test]
+    fn a_run_over_the_whole_workspace_has_no_tenant_and_locks_its_module() {
+        let queue = RunCommand::Queue {
+            workspace: workspace(),
+            run_type: "contacts.sync".into(),
+            target: RunTarget::Workspace {
+                module: "contacts".into(),
+            },
+            initiator: "alice".into(),
+            retry_of: None,
+        };
+        let workspace_queued = RunEvent::RunQueued {
+            workspace: workspace(),
+            run_type: "contacts.sync".into(),
+            context: None,
+            initiator: "alice".into(),
+            queued_at: now(),
+            retry_of: None,
+            workspace_module: Some("contacts".into()),
+        };
+        F::with(services())
+            .given_no_previous_events()
+            .when(queue)
+            .then_expect_events(vec![workspace_queued.clone()]);
+        let run = state(vec![workspace_queued]);
+        assert_eq!(run.context, None);
+        assert_eq!(run.module(), Some("contacts"));
+        assert_eq!(run.scope_lock_id().as_deref(), Some("acme:contacts"));
+        assert_eq!(
+            run.target(),
+            Some(RunTarget::Workspace {
+                module: "contacts".into()
+            })
+        );
+        let tenant_run = state(vec![queued()]);
+        assert_eq!(tenant_run.module(), Some("policies"));
+        assert_eq!(
+            tenant_run.scope_lock_id(),
+            Some(crate::scope_lock::scope_key(&workspace(), guid()))
+        );
+    }
+
+    #[test]
+    fn a_workspace_run_with_a_module_that_is_no_machine_name_is_refused() {
+        F::with(services())
+            .given_no_previous_events()
+            .when(RunCommand::Queue {
+                workspace: workspace(),
+                run_type: "contacts.sync".into(),
+                target: RunTarget::Workspace {
+                    module: "Contacts!".into(),
+                },
+                initiator: "alice".into(),
+                retry_of: None,
+            })
+            .then_expect_error(RunError::InvalidModule);
+    }
+
+    #[test]
+    fn a_run_queued_before_workspace_runs_existed_reads_as_a_tenant_run() {
+        let mut stored = serde_json::to_value(queued()).unwrap();
+        stored["RunQueued"]
+            .as_object_mut()
+            .unwrap()
+            .remove("workspace_module");
+        assert!(stored["RunQueued"]["context"].is_object());
+        let read: RunEvent = serde_json::from_value(stored).unwrap();
+        assert_eq!(read, queued());
+        // And a workspace run leaves no tenant context in its payload.
+        let workspace_run = RunEvent::RunQueued {
+            workspace: workspace(),
+            run_type: "contacts.sync".into(),
+            context: None,
+            initiator: "alice".into(),
+            queued_at: now(),
+            retry_of: None,
+            workspace_module: Some("contacts".into()),
+        };
+        let payload = serde_json::to_value(&workspace_run).unwrap();
+        assert!(payload["RunQueued"]["context"].is_null());
+        assert_eq!(payload["RunQueued"]["workspace_module"], "contacts");
     }
 
     fn earlier_run() -> RunId {
@@ -1114,17 +1270,18 @@ mod tests {
         let retry = RunCommand::Queue {
             workspace: workspace(),
             run_type: "policy.resync".into(),
-            context: context(),
+            target: RunTarget::Tenant(context()),
             initiator: "alice".into(),
             retry_of: Some(earlier_run()),
         };
         let retried = RunEvent::RunQueued {
             workspace: workspace(),
             run_type: "policy.resync".into(),
-            context: context(),
+            context: Some(context()),
             initiator: "alice".into(),
             queued_at: now(),
             retry_of: Some(earlier_run()),
+            workspace_module: None,
         };
         F::with(services())
             .given_no_previous_events()

@@ -19,6 +19,12 @@ pub fn scope_key(workspace: &WorkspaceId, scope: EntraTenantId) -> String {
     format!("{workspace}:{scope}")
 }
 
+/// The scope lock id of a module's runs over a whole workspace (`acme:contacts`). Module
+/// names are machine names, never GUIDs, so these never meet a tenant's scope.
+pub fn workspace_scope_key(workspace: &WorkspaceId, module: &str) -> String {
+    format!("{workspace}:{module}")
+}
+
 /// What can be asked of a scope lock.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ScopeCommand {

@@ -247,7 +247,9 @@ async fn fill_in_scope(
         return Ok(());
     }
     let RunEvent::RunQueued {
-        workspace, context, ..
+        workspace,
+        context: Some(context),
+        ..
     } = e.decode::<RunEvent>()?
     else {
         return Ok(());

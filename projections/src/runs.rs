@@ -9,7 +9,6 @@ use cqrs_es::Aggregate;
 use domain::run::{OperationRun, RunEvent, RunOutcome, RunStatus, StepStatus};
 use sqlx::postgres::PgArguments;
 use sqlx::query::Query;
-use sqlx::types::Json;
 use sqlx::{PgConnection, Postgres, Row};
 use store::{Consumer, ConsumerError, Payloads, StoredEvent};
 use uuid::Uuid;
@@ -126,13 +125,23 @@ async fn apply(
             initiator,
             queued_at,
             retry_of,
+            workspace_module,
         } => versioned(QUEUE, id, e)
             .bind(workspace.to_string())
             .bind(run_type)
-            .bind(context.tenant_key.to_string())
+            .bind(context.as_ref().map(|c| c.tenant_key.to_string()))
             .bind(serde_name(e, &RunStatus::Queued)?)
             .bind(serde_name(e, &RunOutcome::Pending)?)
-            .bind(Json(context))
+            // A run over the whole workspace has no tenant context: its module stands in.
+            .bind(match context {
+                Some(context) => {
+                    serde_json::to_value(context).map_err(|err| ConsumerError::Refused {
+                        position: e.position,
+                        message: format!("run context cannot be written: {err}"),
+                    })?
+                }
+                None => serde_json::json!({ "module": workspace_module }),
+            })
             .bind(initiator)
             .bind(queued_at)
             .bind(retry_of.map(|r| r.as_uuid())),

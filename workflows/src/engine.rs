@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::connection::ProviderConnection;
 use domain::run::{FailureSummary, OperationRun, RunCommand};
-use domain::scope_lock::{scope_key, ScopeCommand, ScopeLock};
+use domain::scope_lock::{ScopeCommand, ScopeLock};
 use domain::tenant::Tenant;
 use domain::{DomainError, ReasonCode, Role, RunId};
 use graph::{AppCredentials, GraphApi};
@@ -161,12 +161,6 @@ enum Performed {
     Conflict,
 }
 
-/// The id of the scope lock a run holds.
-fn scope_of(run: &OperationRun) -> Option<String> {
-    let (workspace, context) = (run.workspace.as_ref()?, run.context.as_ref()?);
-    Some(scope_key(workspace, context.target_scope))
-}
-
 /// The command that ends a run, for a decision that ends it.
 fn ending(
     decision: &Decision,
@@ -291,7 +285,7 @@ impl Engine {
             .as_ref()
             .and_then(|c| c.connection_id)
             .map(|c| c.to_string());
-        let lock_id = scope_of(run.state());
+        let lock_id = run.state().scope_lock_id();
         let mut missing = Vec::new();
         for (t, i) in [
             (Tenant::TYPE, &tenant_id),
@@ -614,7 +608,10 @@ impl Engine {
         pending_since: &mut Option<Instant>,
     ) -> Result<Performed, EngineError> {
         let calls_out = wf.plan().step(step).is_some_and(|d| d.calls_out);
-        if app.is_none() && calls_out {
+        // A tenant run calls out through its connection; a run over the whole workspace
+        // has none, and its workflow finds what it calls out with itself.
+        let tenant_run = c.run.state().context.is_some();
+        if app.is_none() && calls_out && tenant_run {
             match self.credentials(c).await {
                 Ok(found) => *app = Some(found),
                 Err(f) => return Ok(Performed::Done(Err(f))),
@@ -623,7 +620,8 @@ impl Engine {
         // The run as decided so far: the step works on a copy, so what waits unwritten can
         // be written meanwhile.
         let run = c.run.state().clone();
-        let cx = StepContext::new(&run, self.now(), self.graph.as_ref(), app.as_ref());
+        let cx = StepContext::new(&run, self.now(), self.graph.as_ref(), app.as_ref())
+            .with_store(&self.bus, &self.vault);
         let work = wf.perform(step, &cx);
         tokio::pin!(work);
         if let Some(since) = *pending_since {
@@ -694,7 +692,8 @@ impl Engine {
                 break;
             }
             // A failure here is left for the step's own turn, where it is recorded.
-            let cx = StepContext::new(c.run.state(), self.now(), self.graph.as_ref(), None);
+            let cx = StepContext::new(c.run.state(), self.now(), self.graph.as_ref(), None)
+                .with_store(&self.bus, &self.vault);
             let Ok(next_effect) = wf.perform(next, &cx).await else {
                 break;
             };
@@ -722,6 +721,7 @@ impl Engine {
     ) -> Result<serde_json::Value, StepFailure> {
         let meta = self.meta(c.run.state(), run_id, format!("{run_id}:{step}:{attempt}"));
         let decided = match &effect {
+            Effect::Report(summary) => return Ok(summary.clone()),
             Effect::None => store::Decided {
                 event_types: Vec::new(),
                 repeated: false,

@@ -156,16 +156,17 @@ mod tests {
         let queued = RunEvent::RunQueued {
             workspace: "acme".parse().unwrap(),
             run_type: "test.flow".into(),
-            context: RunContext {
+            context: Some(RunContext {
                 provider: Provider::Microsoft,
                 connection_id: None,
                 target_scope: guid,
                 tenant_key: format!("acme:{guid}").parse().unwrap(),
                 module: "m".into(),
-            },
+            }),
             initiator: "alice".into(),
             queued_at: now(),
             retry_of: None,
+            workspace_module: None,
         };
         for e in std::iter::once(queued).chain(events) {
             cqrs_es::Aggregate::apply(&mut r, e);

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::connection::ProviderConnection;
 use domain::run::{OperationRun, RunEvent};
-use domain::scope_lock::{scope_key, ScopeLock};
+use domain::scope_lock::{scope_key, workspace_scope_key, ScopeLock};
 use domain::tenant::Tenant;
 use sqlx::{PgConnection, PgPool};
 use std::time::Duration;
@@ -72,19 +72,26 @@ impl Consumer for TaskFeed {
                     run_type,
                     queued_at,
                     context,
+                    workspace_module,
                     ..
                 } => {
                     queued.run_ids.push(run_id);
                     queued.workspaces.push(workspace.as_str().to_owned());
                     queued.run_types.push(run_type);
                     queued.due.push(queued_at);
-                    queued.tenants.push(context.tenant_key.to_string());
-                    queued
-                        .connections
-                        .push(context.connection_id.map(|c| c.to_string()));
-                    queued
-                        .locks
-                        .push(scope_key(&workspace, context.target_scope));
+                    let tenant = context.as_ref().map(|c| c.tenant_key.to_string());
+                    queued.tenants.push(tenant);
+                    queued.connections.push(
+                        context
+                            .as_ref()
+                            .and_then(|c| c.connection_id.map(|c| c.to_string())),
+                    );
+                    let lock = match (&context, &workspace_module) {
+                        (Some(c), _) => Some(scope_key(&workspace, c.target_scope)),
+                        (None, Some(m)) => Some(workspace_scope_key(&workspace, m)),
+                        (None, None) => None,
+                    };
+                    queued.locks.push(lock);
                 }
                 RunEvent::RunStepFailed {
                     retry_at: Some(at), ..
@@ -126,9 +133,9 @@ struct NewTasks {
     workspaces: Vec<String>,
     run_types: Vec<String>,
     due: Vec<DateTime<Utc>>,
-    tenants: Vec<String>,
+    tenants: Vec<Option<String>>,
     connections: Vec<Option<String>>,
-    locks: Vec<String>,
+    locks: Vec<Option<String>>,
 }
 
 impl NewTasks {

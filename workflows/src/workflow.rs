@@ -14,6 +14,7 @@ use graph::{AppCredentials, GraphApi, GraphError};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+use store::{CommandBus, Vault};
 
 use crate::plan::Plan;
 
@@ -28,6 +29,12 @@ pub trait Workflow: Send + Sync + 'static {
 
     /// Whether a schedule may start runs of this type across a workspace's tenants.
     fn schedulable(&self) -> bool {
+        false
+    }
+
+    /// Whether its runs act on the whole workspace (one run, no tenant, the module's scope
+    /// locked; started with `app::start_workspace_operation`) rather than on one tenant.
+    fn over_workspace(&self) -> bool {
         false
     }
 
@@ -66,18 +73,27 @@ pub fn steps_completed(run: &OperationRun) -> BTreeMap<String, i64> {
 pub enum Effect {
     /// Nothing beyond the step's completion.
     None,
+    /// Nothing beyond the step's completion, whose summary this is: a step of a run over
+    /// the whole workspace, which wrote its per-item results itself (see
+    /// [`StepContext::store`]), reports what it did.
+    Report(serde_json::Value),
     /// A command decided on the run's tenant.
     Tenant(TenantCommand),
 }
 
-/// What a step may use: the run, the time, Graph and (for steps that call out) the
-/// credentials of the run's connection.
+/// What a step may use: the run, the time, Graph and (for a tenant run's steps that call
+/// out) the credentials of the run's connection. A run over the whole workspace has no
+/// connection: its workflow reads what it needs (its own credentials from the vault, the
+/// streams it works on) through [`StepContext::store`], and writes its per-item results
+/// there, each under an idempotency key of the run, so a step performed again after a
+/// crash finds what it already wrote.
 pub struct StepContext<'a> {
     pub run: &'a OperationRun,
     /// Now, by the engine's clock.
     pub now: DateTime<Utc>,
     pub graph: &'a dyn GraphApi,
     credentials: Option<&'a AppCredentials>,
+    store: Option<(&'a CommandBus, &'a Vault)>,
 }
 
 impl<'a> StepContext<'a> {
@@ -92,7 +108,20 @@ impl<'a> StepContext<'a> {
             now,
             graph,
             credentials,
+            store: None,
         }
+    }
+
+    pub(crate) fn with_store(mut self, bus: &'a CommandBus, vault: &'a Vault) -> Self {
+        self.store = Some((bus, vault));
+        self
+    }
+
+    /// The command bus and the vault, for workflows over a whole workspace.
+    pub fn store(&self) -> Result<(&'a CommandBus, &'a Vault), StepFailure> {
+        self.store.ok_or_else(|| {
+            StepFailure::permanent(ReasonCode::InternalError, "the step has no store")
+        })
     }
 
     /// The run connection's app credentials (read once per run, for steps that call out).

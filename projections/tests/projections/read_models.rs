@@ -404,6 +404,37 @@ async fn the_runs_read_model_shows_each_runs_status_outcome_and_step_attempts() 
 }
 
 #[tokio::test]
+async fn a_run_over_the_whole_workspace_is_shown_without_a_tenant_under_its_module() {
+    let (_db, bus, _h) = with_chapters(|h| h).await;
+    let started = app::start_workspace_operation(&bus, &owner(), "contacts.sync", "contacts")
+        .await
+        .unwrap();
+    let pool = bus.pool().clone();
+    catch_up(&pool, Arc::new(projections::Runs)).await;
+    catch_up(&pool, Arc::new(projections::AuditLog)).await;
+    let run = row(&pool, "rm_runs", "run_id", &started.run_id().to_string()).await;
+    assert_eq!(run["workspace_id"], "acme");
+    assert_eq!(run["run_type"], "contacts.sync");
+    assert_eq!(run["tenant_key"], Value::Null);
+    assert_eq!(run["context"], json!({ "module": "contacts" }));
+    assert_eq!(run["status"], "queued");
+    // Its audit entries name no tenant.
+    let entries: Vec<Value> = rows(&mut pool.acquire().await.unwrap(), "rm_audit_log")
+        .await
+        .into_iter()
+        .filter(|e| {
+            e["aggregate_id"] == started.run_id().to_string()
+                || e["aggregate_id"] == "acme:contacts"
+        })
+        .collect();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert!(
+        entries.iter().all(|e| e["tenant_key"].is_null()),
+        "{entries:?}"
+    );
+}
+
+#[tokio::test]
 async fn the_schedules_read_model_shows_settings_and_the_latest_ticks_fan_out() {
     let (_db, bus, h) = with_chapters(|h| h.schedule()).await;
     let pool = bus.pool().clone();

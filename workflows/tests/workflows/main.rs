@@ -4,3 +4,4 @@
 mod resync;
 mod schedule;
 mod tasks;
+mod workspace;
