@@ -17,8 +17,10 @@ pub enum LogFormat {
     Json,
 }
 
-/// The service's configuration. Secrets are `SecretString`: they cannot be printed.
+/// The service's configuration. Secrets are `SecretString`: they cannot be printed. A key
+/// it does not know (a misspelled `lisen`) is an error, not silently ignored.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Config {
     /// An existing PostgreSQL server; without it an embedded cluster is started.
     pub database_url: Option<SecretString>,
@@ -41,9 +43,11 @@ pub struct Config {
     pub login_base_url: Option<String>,
     /// Microsoft Graph base URL.
     pub graph_base_url: Option<String>,
-    /// With no Graph configured: start the built-in Graph simulator and register its
-    /// fleet in the `demo` workspace.
-    pub demo: bool,
+    /// Start the built-in Graph simulator, register its fleet in the `demo` workspace and
+    /// send every workflow to it. Default: on only with the embedded database and no
+    /// Microsoft endpoint configured (the first-run demo); a service given `DATABASE_URL`
+    /// talks to the real Microsoft endpoints unless this is set explicitly.
+    pub demo: Option<bool>,
     /// Tenants in the demo fleet.
     pub demo_tenants: usize,
     /// Workflow runs this instance advances at the same time.
@@ -57,12 +61,24 @@ pub struct Config {
     /// How often the scheduler looks for due schedules (events also wake it, at most once
     /// a second).
     pub scheduler_poll_seconds: u64,
+    /// After SIGTERM or Ctrl-C: how long in-flight requests and workflow steps may take
+    /// to finish before they are cancelled and the process exits.
+    pub shutdown_grace_seconds: u64,
+    /// The service's own database sessions: a statement running longer is cancelled
+    /// (0: no limit). Operator commands (rebuild, verify, export) are not limited.
+    pub database_statement_timeout_seconds: u64,
+    /// The service's own database sessions: a transaction left idle this long is ended
+    /// by PostgreSQL, so it cannot hold back the log's visibility horizon (0: no limit).
+    pub database_idle_in_transaction_timeout_seconds: u64,
 }
 
 impl Config {
-    /// Whether the demo runs: asked for, and no real Microsoft endpoint configured.
+    /// Whether the demo runs: asked for (by default: with the embedded database), and no
+    /// real Microsoft endpoint configured.
     pub fn demo_enabled(&self) -> bool {
-        self.demo && self.login_base_url.is_none() && self.graph_base_url.is_none()
+        self.demo.unwrap_or(self.database_url.is_none())
+            && self.login_base_url.is_none()
+            && self.graph_base_url.is_none()
     }
 }
 
@@ -74,12 +90,14 @@ struct Defaults {
     log_format: LogFormat,
     log_filter: String,
     database_max_connections: u32,
-    demo: bool,
     demo_tenants: usize,
     workflow_workers: usize,
     workflow_lease_seconds: u64,
     workflow_write_window_ms: u64,
     scheduler_poll_seconds: u64,
+    shutdown_grace_seconds: u64,
+    database_statement_timeout_seconds: u64,
+    database_idle_in_transaction_timeout_seconds: u64,
 }
 
 impl Default for Defaults {
@@ -90,12 +108,14 @@ impl Default for Defaults {
             log_format: LogFormat::Pretty,
             log_filter: "info,sqlx=warn".to_owned(),
             database_max_connections: 20,
-            demo: true,
             demo_tenants: 5,
             workflow_workers: 4,
             workflow_lease_seconds: 60,
             workflow_write_window_ms: workflows::Engine::DEFAULT_WRITE_WINDOW.as_millis() as u64,
             scheduler_poll_seconds: 15,
+            shutdown_grace_seconds: 10,
+            database_statement_timeout_seconds: 300,
+            database_idle_in_transaction_timeout_seconds: 60,
         }
     }
 }
@@ -104,8 +124,46 @@ impl Default for Defaults {
 pub enum ConfigError {
     #[error("configuration file {0} does not exist")]
     MissingFile(PathBuf),
+    #[error("unknown configuration key `{key}` (from {origin}){}", suggestion.as_ref().map(|s| format!("; did you mean `{s}`?")).unwrap_or_default())]
+    UnknownKey {
+        key: String,
+        /// The known key closest to it, when one is close.
+        suggestion: Option<String>,
+        /// Where it was set: a file, or an environment variable.
+        origin: String,
+    },
     #[error("invalid configuration: {0}")]
     Invalid(#[from] Box<figment::Error>),
+}
+
+impl ConfigError {
+    fn from_figment(e: figment::Error) -> Self {
+        if let figment::error::Kind::UnknownField(key, expected) = &e.kind {
+            let suggestion = expected
+                .iter()
+                .map(|k| (strsim::jaro_winkler(key, k), *k))
+                .filter(|(score, _)| *score > 0.8)
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .map(|(_, k)| k.to_owned());
+            let origin = match e.metadata.as_ref() {
+                // Only our prefixed variables reach the configuration's keys.
+                Some(m) if m.name.contains("environment") => {
+                    format!("environment variable TENANTFLOW_{}", key.to_uppercase())
+                }
+                Some(m) => match &m.source {
+                    Some(source) => format!("{} {source}", m.name),
+                    None => m.name.to_string(),
+                },
+                None => "the configuration".to_owned(),
+            };
+            return ConfigError::UnknownKey {
+                key: key.clone(),
+                suggestion,
+                origin,
+            };
+        }
+        ConfigError::Invalid(Box::new(e))
+    }
 }
 
 /// Values given on the command line (highest precedence).
@@ -130,12 +188,11 @@ impl Config {
             None => figment = figment.merge(Toml::file("tenantflow.toml")),
         }
         figment = figment
-            .merge(Env::prefixed("TENANTFLOW_"))
+            // The embedded cluster reads its binaries' directory itself (store).
+            .merge(Env::prefixed("TENANTFLOW_").ignore(&["pg_bindir"]))
             .merge(Env::raw().only(&["DATABASE_URL"]))
             .merge(Serialized::defaults(overrides));
-        figment
-            .extract()
-            .map_err(|e| ConfigError::Invalid(Box::new(e)))
+        figment.extract().map_err(ConfigError::from_figment)
     }
 }
 
@@ -206,6 +263,79 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("does not exist"));
+    }
+
+    #[test]
+    fn a_misspelled_key_in_the_file_is_an_error_naming_it_and_the_closest_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("tf.toml", "lisen = \"127.0.0.1:9000\"\n")?;
+            let err = Config::load(Some(Path::new("tf.toml")), &Overrides::default()).unwrap_err();
+            match &err {
+                ConfigError::UnknownKey {
+                    key, suggestion, ..
+                } => {
+                    assert_eq!(key, "lisen");
+                    assert_eq!(suggestion.as_deref(), Some("listen"));
+                }
+                other => panic!("expected an unknown key: {other}"),
+            }
+            let text = err.to_string();
+            assert!(
+                text.contains("`lisen`") && text.contains("did you mean `listen`?"),
+                "{text}"
+            );
+            assert!(text.contains("tf.toml"), "{text}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_unknown_environment_variable_of_ours_is_an_error_but_the_cluster_binaries_are_not() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TENANTFLOW_PG_BINDIR", "/usr/lib/postgresql/15/bin");
+            Config::load(None, &Overrides::default()).expect("PG_BINDIR is read elsewhere");
+            jail.set_env("TENANTFLOW_WORKFLOW_WORKRES", "2");
+            let err = Config::load(None, &Overrides::default()).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains("`workflow_workres`"), "{text}");
+            assert!(text.contains("did you mean `workflow_workers`?"), "{text}");
+            assert!(text.contains("TENANTFLOW_WORKFLOW_WORKRES"), "{text}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_demo_is_on_by_default_only_with_the_embedded_database() {
+        figment::Jail::expect_with(|jail| {
+            let c = Config::load(None, &Overrides::default()).expect("load");
+            assert!(c.demo_enabled(), "the first run shows the demo");
+            jail.set_env("DATABASE_URL", "postgres://u@db/x");
+            let c = Config::load(None, &Overrides::default()).expect("load");
+            assert!(
+                !c.demo_enabled(),
+                "a real database means real Microsoft endpoints"
+            );
+            jail.set_env("TENANTFLOW_DEMO", "true");
+            let c = Config::load(None, &Overrides::default()).expect("load");
+            assert!(c.demo_enabled(), "unless the demo is asked for");
+            jail.set_env("TENANTFLOW_GRAPH_BASE_URL", "https://graph.example");
+            let c = Config::load(None, &Overrides::default()).expect("load");
+            assert!(!c.demo_enabled(), "a configured Graph always wins");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_key_near_no_known_one_gets_no_suggestion() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("tf.toml", "zzz = 1\n")?;
+            let err = Config::load(Some(Path::new("tf.toml")), &Overrides::default()).unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::UnknownKey { key, suggestion: None, .. } if key == "zzz"),
+                "{err}"
+            );
+            Ok(())
+        });
     }
 
     #[test]

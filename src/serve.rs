@@ -4,6 +4,7 @@ use anyhow::Context;
 use secrecy::ExposeSecret;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
+use std::future::IntoFuture;
 use std::str::FromStr;
 use std::sync::Arc;
 use store::{EmbeddedOptions, EmbeddedPostgres, Metrics};
@@ -22,6 +23,34 @@ impl Database {
     /// Connects to `DATABASE_URL`, or starts the embedded cluster and uses its
     /// `tenantflow` database; then applies migrations.
     pub async fn open(config: &Config, database: &str) -> anyhow::Result<Self> {
+        Self::open_with(config, database, &[]).await
+    }
+
+    /// Like [`open`](Self::open), for the service: its sessions carry the configured
+    /// statement and idle-in-transaction timeouts, so a stuck statement or a forgotten
+    /// transaction cannot hold back the log (operator commands are not limited).
+    pub async fn open_for_service(config: &Config) -> anyhow::Result<Self> {
+        let mut settings = Vec::new();
+        if config.database_statement_timeout_seconds > 0 {
+            let ms = config
+                .database_statement_timeout_seconds
+                .saturating_mul(1000);
+            settings.push(("statement_timeout", ms.to_string()));
+        }
+        if config.database_idle_in_transaction_timeout_seconds > 0 {
+            let ms = config
+                .database_idle_in_transaction_timeout_seconds
+                .saturating_mul(1000);
+            settings.push(("idle_in_transaction_session_timeout", ms.to_string()));
+        }
+        Self::open_with(config, "tenantflow", &settings).await
+    }
+
+    async fn open_with(
+        config: &Config,
+        database: &str,
+        settings: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
         let (options, embedded) = match &config.database_url {
             Some(url) => {
                 let options = PgConnectOptions::from_str(url.expose_secret())
@@ -46,6 +75,11 @@ impl Database {
                 admin.close().await;
                 (pg.connect_options(database), Some(pg))
             }
+        };
+        let options = if settings.is_empty() {
+            options
+        } else {
+            options.options(settings.iter().map(|(k, v)| (*k, v.as_str())))
         };
         let pool = store::connect(options.clone(), config.database_max_connections).await?;
         store::migrate(&pool).await?;
@@ -84,9 +118,16 @@ impl Database {
         })
     }
 
-    /// Closes the pool and stops the embedded cluster, if any.
+    /// Closes the pool and stops the embedded cluster, if any. Connections still held
+    /// (by work cancelled at a shutdown deadline) get a few seconds; the cluster's fast
+    /// stop ends them after that.
     pub async fn close(self) -> anyhow::Result<()> {
-        self.pool.close().await;
+        if tokio::time::timeout(std::time::Duration::from_secs(5), self.pool.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("database connections still in use at stop: closing them");
+        }
         if let Some(pg) = self.embedded {
             tokio::task::spawn_blocking(move || pg.stop()).await??;
         }
@@ -132,37 +173,62 @@ pub async fn migrate_only(config: Config) -> anyhow::Result<()> {
     db.close().await
 }
 
+/// The Graph endpoints the service calls when the demo is off: the configured ones, the
+/// public Microsoft cloud for what is not configured.
+fn configured_graph(config: &Config) -> anyhow::Result<graph::GraphConfig> {
+    let defaults = graph::GraphConfig::microsoft();
+    if config.login_base_url.is_none() && config.graph_base_url.is_none() {
+        return Ok(defaults);
+    }
+    let parse = |u: &Option<String>, default: &url::Url, what: &str| -> anyhow::Result<url::Url> {
+        match u {
+            Some(u) => url::Url::parse(u).with_context(|| format!("{what} is not a URL")),
+            None => Ok(default.clone()),
+        }
+    };
+    Ok(graph::GraphConfig::with_bases(
+        parse(
+            &config.login_base_url,
+            &defaults.login_base,
+            "login_base_url",
+        )?,
+        parse(
+            &config.graph_base_url,
+            &defaults.graph_base,
+            "graph_base_url",
+        )?,
+    ))
+}
+
 /// `tenantflow serve`.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let db = Database::open(&config, "tenantflow").await?;
+    // Everything that can be refused is checked, and the port taken, before PostgreSQL
+    // starts or the demo writes a row: a bad key or a busy port leaves nothing behind.
+    let vault = open_vault(&config)?;
+    let auth = authenticator(&config)?;
+    let configured = configured_graph(&config)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+
+    let db = Database::open_for_service(&config).await?;
     let shutdown = CancellationToken::new();
     let metrics = Metrics::new();
     let bus = store::CommandBus::new(db.pool.clone(), domain::Services::system(), metrics.clone());
-    let vault = open_vault(&config)?;
     let demo = if config.demo_enabled() {
+        tracing::warn!(
+            "demo mode: every workspace's workflows call the built-in Graph simulator, not Microsoft; \
+             set graph_base_url / login_base_url (or demo = false) for real tenants"
+        );
         Some(crate::demo::start(&bus, &vault, config.demo_tenants).await?)
     } else {
+        tracing::info!(graph = %configured.graph_base, login = %configured.login_base, "calling Microsoft Graph");
         None
     };
-    let graph_config = match (&demo, &config.login_base_url, &config.graph_base_url) {
-        (Some(sim), _, _) => sim.graph_config(),
-        (None, None, None) => graph::GraphConfig::microsoft(),
-        (None, login, graph_url) => {
-            let defaults = graph::GraphConfig::microsoft();
-            let parse = |u: &Option<String>,
-                         default: &url::Url,
-                         what: &str|
-             -> anyhow::Result<url::Url> {
-                match u {
-                    Some(u) => url::Url::parse(u).with_context(|| format!("{what} is not a URL")),
-                    None => Ok(default.clone()),
-                }
-            };
-            graph::GraphConfig::with_bases(
-                parse(login, &defaults.login_base, "login_base_url")?,
-                parse(graph_url, &defaults.graph_base, "graph_base_url")?,
-            )
-        }
+    let graph_config = match &demo {
+        Some(sim) => sim.graph_config(),
+        None => configured,
     };
     let graph_client: Arc<dyn graph::GraphApi> =
         Arc::new(graph::GraphClient::new(graph_config).map_err(|e| anyhow::anyhow!("{e}"))?);
@@ -178,7 +244,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         bus,
         metrics: metrics.clone(),
         vault,
-        auth: authenticator(&config)?,
+        auth: auth.clone(),
         runs: api::graphql::RunFeed::listen(db.pool.clone(), shutdown.clone()),
         schema: api::graphql::schema(),
         workflows: parts.workflows.clone(),
@@ -187,16 +253,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // from the events table.
     let background = runtime::start(&parts, &runtime_options(&config), shutdown.clone());
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let addr = listener.local_addr()?;
     tracing::info!(
         "tenantflow is listening on http://{addr} (GraphiQL: http://{addr}/graphql, health: /healthz, readiness: /readyz, metrics: /metrics)"
     );
 
     if demo.is_some() {
-        let token = authenticator(&config)?
+        let token = auth
             .mint(
                 "demo-user",
                 crate::demo::WORKSPACE,
@@ -220,11 +282,41 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         signal.cancel();
     });
     let stop = shutdown.clone();
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(async move { stop.cancelled().await })
+    let mut server = tokio::spawn(
+        axum::serve(listener, api::router(state))
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .into_future(),
+    );
+    // The server ends only after the shutdown signal (or on an error).
+    let ended_early = tokio::select! {
+        ended = &mut server => Some(ended),
+        () = shutdown.cancelled() => None,
+    };
+    // Drain, then cancel: requests and workflow steps get the grace period, no more.
+    let grace = std::time::Duration::from_secs(config.shutdown_grace_seconds);
+    let deadline = tokio::time::Instant::now() + grace;
+    let ended = match ended_early {
+        Some(ended) => Some(ended),
+        None => tokio::time::timeout_at(deadline, &mut server).await.ok(),
+    };
+    match ended {
+        Some(ended) => ended
+            .context("HTTP server panicked")?
+            .context("HTTP server failed")?,
+        None => {
+            tracing::warn!(
+                grace_seconds = grace.as_secs(),
+                "requests still in flight at the shutdown deadline: cancelled"
+            );
+            server.abort();
+        }
+    }
+    if tokio::time::timeout_at(deadline, background.stop())
         .await
-        .context("HTTP server failed")?;
-    background.stop().await;
+        .is_err()
+    {
+        tracing::warn!(grace_seconds = grace.as_secs(), "background work still running at the shutdown deadline: cancelled (its leases expire and another instance takes it over)");
+    }
     if let Some(sim) = demo {
         sim.shutdown().await;
     }

@@ -9,4 +9,5 @@ mod embedded_serve;
 mod graph_sim;
 mod graphql_api;
 mod history;
+mod lifecycle;
 mod retry;
