@@ -18,6 +18,12 @@ pub trait GraphApi: Send + Sync {
     /// Obtains an app-only token (and caches it): the credentials work.
     async fn verify_credentials(&self, app: &AppCredentials) -> Result<(), GraphError>;
 
+    /// Asks the token service for a new token now, even when a cached one is still valid
+    /// (and caches the new one): a connection test. A token issued before a secret was
+    /// revoked keeps working until it expires, so only a new request tells whether the
+    /// credential still does.
+    async fn test_credentials(&self, app: &AppCredentials) -> Result<(), GraphError>;
+
     /// Every Conditional Access policy of the tenant, all pages.
     async fn list_conditional_access_policies(
         &self,

@@ -54,6 +54,10 @@ impl GraphApi for GraphClient {
         self.ensure_token(app, &self.config().graph_scope).await
     }
 
+    async fn test_credentials(&self, app: &AppCredentials) -> Result<(), GraphError> {
+        self.renew_token(app, &self.config().graph_scope).await
+    }
+
     async fn list_conditional_access_policies(
         &self,
         app: &AppCredentials,

@@ -337,6 +337,36 @@ impl GraphClient {
         self.token(&key, credentials, scope).await.map(|_| ())
     }
 
+    /// Fetches a new token for the credentials whatever the cache holds, and caches it
+    /// (a connection test). A refusal also drops the cached token: it was issued to a
+    /// credential the token service no longer takes.
+    pub(crate) async fn renew_token(
+        &self,
+        credentials: &AppCredentials,
+        scope: &str,
+    ) -> Result<(), GraphError> {
+        let key = TokenKey::new(
+            credentials.tenant_id,
+            &credentials.client_id,
+            &credentials.client_secret,
+            scope,
+        );
+        let slot = self.inner.tokens.slot(&key);
+        let mut held = slot.lock().await;
+        match self.fetch_token(credentials, scope).await {
+            Ok(fetched) => {
+                *held = Some(fetched);
+                Ok(())
+            }
+            Err(e) => {
+                if !e.is_transient() {
+                    *held = None;
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Sends a Graph call and parses its JSON answer.
     pub(crate) async fn json<T: DeserializeOwned>(&self, call: &Call<'_>) -> Result<T, GraphError> {
         let body = self.execute(call).await?;

@@ -8,6 +8,7 @@ mod crash;
 mod embedded_serve;
 mod graph_sim;
 mod graphql_api;
+mod health;
 mod history;
 mod lifecycle;
 mod retry;

@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
-use domain::connection::ProviderConnection;
+use domain::connection::{ConnectionCommand, ProviderConnection};
 use domain::run::{FailureSummary, OperationRun, RunCommand};
 use domain::scope_lock::{ScopeCommand, ScopeLock};
 use domain::tenant::Tenant;
@@ -134,7 +134,7 @@ struct Carried {
     run: Staged<OperationRun>,
     tenant: Option<Staged<Tenant>>,
     lock: Option<Staged<ScopeLock>>,
-    connection: Option<ProviderConnection>,
+    connection: Option<Staged<ProviderConnection>>,
     /// The connection's newest vault row, read with the claim.
     sealed: Option<SealedCredential>,
 }
@@ -306,7 +306,7 @@ impl Engine {
             None => None,
         };
         let connection = match &connection_id {
-            Some(i) => Some(streams.stage::<ProviderConnection>(i)?.into_state()),
+            Some(i) => Some(streams.stage::<ProviderConnection>(i)?),
             None => None,
         };
         let lock = match &lock_id {
@@ -477,6 +477,11 @@ impl Engine {
                         .unwrap_or_default()
                 });
                 tracing::warn!(step, attempt, reason = %f.reason, retry = retry_at.is_some(), "step failed");
+                // Microsoft refused the connection's credential for good: the connection
+                // says so (status `error`) until a new credential, consent or healthy
+                // check, whichever workflow found it (R1.3).
+                let auth_failure = f.reason == ReasonCode::ProviderAuthFailed && !f.transient;
+                let (f_reason, f_message) = (f.reason, f.message.clone());
                 let command = RunCommand::FailStep {
                     step: step.to_owned(),
                     attempt,
@@ -486,6 +491,10 @@ impl Engine {
                 };
                 let key = format!("{step}:{attempt}:end");
                 self.stage(c, run_id, &key, command).await?;
+                if auth_failure {
+                    self.record_connection_error(c, run_id, (step, attempt), f_reason, &f_message)
+                        .await;
+                }
                 self.settle(Some(wf), task, c).await?
             }
         })
@@ -529,6 +538,7 @@ impl Engine {
         }
         let mut streams: Vec<&mut dyn StagedStream> = vec![&mut c.run];
         streams.extend(c.tenant.as_mut().map(|t| t as &mut dyn StagedStream));
+        streams.extend(c.connection.as_mut().map(|t| t as &mut dyn StagedStream));
         streams.extend(c.lock.as_mut().map(|l| l as &mut dyn StagedStream));
         // The task itself is removed by the task feed when it reads the run's end; until
         // then this runner's lease keeps others away from it.
@@ -544,6 +554,34 @@ impl Engine {
         Ok(Settled::Open)
     }
 
+    /// Stages a provider failure on the run's connection, to be written with the step's
+    /// failure. A connection that cannot take it (disabled meanwhile) is left as it is:
+    /// the run's own failure is what matters.
+    async fn record_connection_error(
+        &self,
+        c: &mut Carried,
+        run_id: RunId,
+        (step, attempt): (&str, u32),
+        reason: ReasonCode,
+        message: &str,
+    ) {
+        let meta = self.meta(
+            c.run.state(),
+            run_id,
+            format!("{run_id}:{step}:{attempt}:connection_error"),
+        );
+        let Some(connection) = c.connection.as_mut() else {
+            return;
+        };
+        let command = ConnectionCommand::RecordError {
+            reason,
+            message: message.to_owned(),
+        };
+        if let Err(e) = connection.decide(self.bus.services(), command, &meta).await {
+            tracing::debug!(error = %e, "the connection did not take the provider error");
+        }
+    }
+
     async fn credentials(&self, c: &Carried) -> Result<AppCredentials, StepFailure> {
         let run = c.run.state();
         let context = run.context.as_ref().ok_or_else(|| {
@@ -552,7 +590,7 @@ impl Engine {
                 "the run has no connection",
             )
         })?;
-        let connection = c.connection.as_ref().ok_or_else(|| {
+        let connection = c.connection.as_ref().map(|s| s.state()).ok_or_else(|| {
             StepFailure::permanent(
                 ReasonCode::ProviderConnectionMissing,
                 "the run has no connection",
@@ -620,7 +658,9 @@ impl Engine {
         // The run as decided so far: the step works on a copy, so what waits unwritten can
         // be written meanwhile.
         let run = c.run.state().clone();
+        let connection = c.connection.as_ref().map(|s| s.state().clone());
         let cx = StepContext::new(&run, self.now(), self.graph.as_ref(), app.as_ref())
+            .with_connection(connection.as_ref())
             .with_store(&self.bus, &self.vault);
         let work = wf.perform(step, &cx);
         tokio::pin!(work);
@@ -693,6 +733,7 @@ impl Engine {
             }
             // A failure here is left for the step's own turn, where it is recorded.
             let cx = StepContext::new(c.run.state(), self.now(), self.graph.as_ref(), None)
+                .with_connection(c.connection.as_ref().map(|s| s.state()))
                 .with_store(&self.bus, &self.vault);
             let Ok(next_effect) = wf.perform(next, &cx).await else {
                 break;
@@ -735,6 +776,30 @@ impl Engine {
                     .await
                     .map_err(bus_failure)?
             }
+            Effect::Connection(commands) => {
+                let connection = c.connection.as_mut().ok_or_else(|| {
+                    StepFailure::permanent(ReasonCode::InternalError, "the run has no connection")
+                })?;
+                let mut decided = store::Decided {
+                    event_types: Vec::new(),
+                    repeated: false,
+                };
+                // One idempotency key per command of the attempt.
+                for (i, command) in commands.iter().enumerate() {
+                    let meta = self.meta(
+                        c.run.state(),
+                        run_id,
+                        format!("{run_id}:{step}:{attempt}:{i}"),
+                    );
+                    let d = connection
+                        .decide(self.bus.services(), command.clone(), &meta)
+                        .await
+                        .map_err(bus_failure)?;
+                    decided.event_types.extend(d.event_types);
+                    decided.repeated |= d.repeated;
+                }
+                decided
+            }
         };
         Ok(wf.summarize(
             step,
@@ -742,6 +807,7 @@ impl Engine {
                 effect: &effect,
                 event_types: &decided.event_types,
                 tenant: c.tenant.as_ref().map(|t| t.state()),
+                connection: c.connection.as_ref().map(|t| t.state()),
                 repeated: decided.repeated,
             },
         ))

@@ -5,6 +5,7 @@
 //!
 //! Workflows: [`resync`] (Conditional Access resync and import).
 pub mod engine;
+pub mod health;
 pub mod plan;
 pub mod resync;
 pub mod retry;

@@ -7,6 +7,7 @@
 //! and one [`Registry::register`] line in [`Registry::standard`].
 
 use chrono::{DateTime, Utc};
+use domain::connection::{ConnectionCommand, ProviderConnection};
 use domain::run::{OperationRun, StepStatus};
 use domain::tenant::{Tenant, TenantCommand};
 use domain::ReasonCode;
@@ -79,6 +80,8 @@ pub enum Effect {
     Report(serde_json::Value),
     /// A command decided on the run's tenant.
     Tenant(TenantCommand),
+    /// Commands decided, in order, on the run's connection (a health check's finding).
+    Connection(Vec<ConnectionCommand>),
 }
 
 /// What a step may use: the run, the time, Graph and (for a tenant run's steps that call
@@ -93,6 +96,8 @@ pub struct StepContext<'a> {
     pub now: DateTime<Utc>,
     pub graph: &'a dyn GraphApi,
     credentials: Option<&'a AppCredentials>,
+    /// The run's connection as read with the claim (a tenant run's).
+    pub connection: Option<&'a ProviderConnection>,
     store: Option<(&'a CommandBus, &'a Vault)>,
 }
 
@@ -108,8 +113,14 @@ impl<'a> StepContext<'a> {
             now,
             graph,
             credentials,
+            connection: None,
             store: None,
         }
+    }
+
+    pub(crate) fn with_connection(mut self, connection: Option<&'a ProviderConnection>) -> Self {
+        self.connection = connection;
+        self
     }
 
     pub(crate) fn with_store(mut self, bus: &'a CommandBus, vault: &'a Vault) -> Self {
@@ -139,6 +150,8 @@ pub struct Applied<'a> {
     pub effect: &'a Effect,
     pub event_types: &'a [String],
     pub tenant: Option<&'a Tenant>,
+    /// The run's connection after it.
+    pub connection: Option<&'a ProviderConnection>,
     pub repeated: bool,
 }
 
@@ -194,7 +207,8 @@ impl Registry {
         let mut registry = Self::default();
         registry
             .register::<crate::resync::Resync>()
-            .register::<crate::resync::Import>();
+            .register::<crate::resync::Import>()
+            .register::<crate::health::HealthCheck>();
         registry
     }
 

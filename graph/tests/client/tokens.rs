@@ -145,3 +145,35 @@ async fn a_token_obtained_with_one_secret_is_not_handed_to_another() {
     assert_eq!(error.reason, ReasonCode::ProviderAuthFailed);
     assert!(sim.requests_to(Endpoint::ListUsers).is_empty());
 }
+
+#[tokio::test]
+async fn a_connection_test_asks_for_a_new_token_and_finds_a_revoked_secret_despite_the_cache() {
+    let sim = simulator().await;
+    let client = client(&sim);
+    let contoso = tenant(&sim, 0);
+    client
+        .verify_credentials(&contoso.credentials())
+        .await
+        .unwrap();
+    client
+        .test_credentials(&contoso.credentials())
+        .await
+        .unwrap();
+    assert_eq!(
+        sim.requests_to(Endpoint::Token).len(),
+        2,
+        "a test never answers from the cache"
+    );
+    sim.rotate_secret(contoso.tenant_id).unwrap();
+    // The cached token still works (as Microsoft's do until they expire)...
+    client
+        .verify_credentials(&contoso.credentials())
+        .await
+        .unwrap();
+    // ...but a test asks again, and the old secret is refused.
+    let error = client
+        .test_credentials(&contoso.credentials())
+        .await
+        .unwrap_err();
+    assert_eq!(error.reason, ReasonCode::ProviderAuthFailed);
+}
