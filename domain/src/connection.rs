@@ -35,7 +35,7 @@ pub enum ConnectionCommand {
     /// first credential is set; later ones rotate it, keeping the history.
     SetCredential {
         credential_ref: Uuid,
-        /// The vault's keyed fingerprint, `hmac-sha256:<hex>`.
+        /// The vault's keyed fingerprint, `hmac-sha256:v2:<hex>`.
         fingerprint: String,
         tenant_id: Option<EntraTenantId>,
     },
@@ -334,10 +334,12 @@ fn clean_scopes(scopes: Vec<String>) -> Result<Vec<String>, ConnectionError> {
     Ok(out)
 }
 
-/// Fingerprints are the vault's (`hmac-sha256:<hex>`); anything else may be a secret
-/// pasted into the wrong field and must not reach an event.
+/// Fingerprints are the vault's (`hmac-sha256:v2:<hex>`, keyed per workspace; earlier ones
+/// `hmac-sha256:<hex>`); anything else may be a secret pasted into the wrong field and must
+/// not reach an event.
 fn is_fingerprint(f: &str) -> bool {
     f.strip_prefix("hmac-sha256:")
+        .map(|h| h.strip_prefix("v2:").unwrap_or(h))
         .is_some_and(|h| !h.is_empty() && h.len() <= 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
@@ -756,7 +758,13 @@ mod tests {
 
     #[test]
     fn a_fingerprint_that_is_not_ours_never_reaches_an_event() {
-        for fingerprint in ["my-client-secret", "hmac-sha256:", "hmac-sha256:not-hex"] {
+        for fingerprint in [
+            "my-client-secret",
+            "hmac-sha256:",
+            "hmac-sha256:not-hex",
+            "hmac-sha256:v2:",
+            "hmac-sha256:v3:00ff",
+        ] {
             F::with(services())
                 .given(vec![created()])
                 .when(ConnectionCommand::SetCredential {
@@ -766,6 +774,14 @@ mod tests {
                 })
                 .then_expect_error(ConnectionError::BadFingerprint);
         }
+    }
+
+    #[test]
+    fn fingerprints_keyed_per_workspace_and_earlier_ones_are_both_accepted() {
+        assert!(is_fingerprint(FP));
+        assert!(is_fingerprint(
+            "hmac-sha256:v2:00112233445566778899aabbccddeeff"
+        ));
     }
 
     #[test]

@@ -119,16 +119,22 @@ impl Vault {
         &self.key_id
     }
 
-    /// A keyed fingerprint of a credential: equal credentials give equal fingerprints,
-    /// and nothing about the secret can be learned from it without the key.
-    pub fn fingerprint(&self, client_id: &str, secret: &SecretString) -> String {
+    /// A keyed fingerprint of a credential in a workspace: equal credentials give equal
+    /// fingerprints within the workspace, and nothing about the secret can be learned from
+    /// it without the key. The workspace is part of what is keyed, so two MSPs who hold the
+    /// same secret cannot tell from their fingerprints (`v2`; fingerprints recorded before
+    /// were not per workspace and say `hmac-sha256:` alone).
+    pub fn fingerprint(&self, workspace: &str, client_id: &str, secret: &SecretString) -> String {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.fingerprint_key)
             .expect("HMAC takes any key length");
+        mac.update(b"v2");
+        mac.update(&(workspace.len() as u64).to_be_bytes());
+        mac.update(workspace.as_bytes());
         mac.update(client_id.as_bytes());
         mac.update(&[0]);
         mac.update(secret.expose_secret().as_bytes());
         format!(
-            "hmac-sha256:{}",
+            "hmac-sha256:v2:{}",
             hex::encode(&mac.finalize().into_bytes()[..16])
         )
     }
@@ -158,7 +164,7 @@ impl Vault {
                 },
             )
             .map_err(|_| VaultError::Decrypt(id, self.key_id.clone()))?;
-        let fingerprint = self.fingerprint(client_id, secret);
+        let fingerprint = self.fingerprint(workspace, client_id, secret);
         sqlx::query(
             "INSERT INTO credential_vault (id, workspace_id, connection_id, client_id, nonce, ciphertext, key_id, fingerprint, created_by) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -269,13 +275,25 @@ mod tests {
     fn fingerprints_are_stable_and_do_not_contain_the_secret() {
         let v = vault();
         let s = SecretString::from("super-secret-value".to_owned());
-        let a = v.fingerprint("client", &s);
-        assert_eq!(a, v.fingerprint("client", &s));
+        let a = v.fingerprint("acme", "client", &s);
+        assert_eq!(a, v.fingerprint("acme", "client", &s));
         assert_ne!(
             a,
-            v.fingerprint("client", &SecretString::from("other".to_owned()))
+            v.fingerprint("acme", "client", &SecretString::from("other".to_owned()))
         );
         assert!(!a.contains("super-secret-value"));
+    }
+
+    #[test]
+    fn the_same_secret_has_another_fingerprint_in_another_workspace() {
+        let v = vault();
+        let s = SecretString::from("shared-secret".to_owned());
+        assert_ne!(
+            v.fingerprint("acme", "client", &s),
+            v.fingerprint("globex", "client", &s)
+        );
+        // The workspace's length is keyed too: no two splits of one string collide.
+        assert_ne!(v.fingerprint("ab", "c", &s), v.fingerprint("a", "bc", &s));
     }
 
     #[test]
