@@ -43,6 +43,37 @@ pub enum BenchCommand {
     /// Audit chain: full verification rate (events/s) over a generated, sealed log, against
     /// a bare SHA-256 pass over the same rows read by the same query; and the sealer's
     /// catch-up rate. In a scratch database.
+    /// A dashboard's list page (20 tenants) over HTTP through GraphQL — the service's
+    /// router in this process, keep-alive connections — against the same SQL page read
+    /// directly, at 1 and 32 concurrent clients, in a scratch database.
+    Graphql {
+        /// Tenants in the workspace.
+        #[arg(long, default_value_t = 200)]
+        tenants: usize,
+        /// Requests per measurement.
+        #[arg(long, default_value_t = 5000)]
+        requests: usize,
+        /// Where to write the JSON results.
+        #[arg(long, default_value = "bench-graphql.json")]
+        json: PathBuf,
+    },
+    /// `serve` started as a child process: time from start to ready, and its resident
+    /// memory (without PostgreSQL) once idle.
+    Idle {
+        /// How long to let it idle before reading its memory.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Where to write the JSON results.
+        #[arg(long, default_value = "bench-idle.json")]
+        json: PathBuf,
+    },
+    /// Every bench above with its defaults, one after the other; each writes its JSON into
+    /// DIR, and `DIR/bench-all.json` lists every figure with its target and whether it holds.
+    All {
+        /// Where the JSON files go.
+        #[arg(long, default_value = "bench-results")]
+        dir: PathBuf,
+    },
     Verify {
         /// Events in the generated log.
         #[arg(long, default_value_t = 1_000_000)]
@@ -104,6 +135,15 @@ pub async fn run(config: Config, command: BenchCommand) -> anyhow::Result<()> {
             concurrency,
             json,
         } => crate::bench_resync::run(config, tenants.max(1), concurrency.max(1), json).await,
+        BenchCommand::Graphql {
+            tenants,
+            requests,
+            json,
+        } => crate::bench_graphql::run(config, tenants.max(1), requests.max(1), json).await,
+        BenchCommand::Idle { seconds, json } => {
+            crate::bench_idle::run(Duration::from_secs(seconds), json).await
+        }
+        BenchCommand::All { dir } => all(config, dir).await,
         BenchCommand::Verify {
             events,
             workspaces,
@@ -120,6 +160,107 @@ pub async fn run(config: Config, command: BenchCommand) -> anyhow::Result<()> {
             .await
         }
     }
+}
+
+/// One figure of `bench all`: its value, its target and whether it holds.
+#[derive(Debug, Serialize)]
+struct Figure {
+    bench: &'static str,
+    figure: &'static str,
+    value: f64,
+    target: String,
+    holds: bool,
+}
+
+/// Runs every bench with its defaults, then lists every figure against its target.
+async fn all(config: Config, dir: PathBuf) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let file = |name: &str| dir.join(format!("bench-{name}.json"));
+    append(config.clone(), 5000, 4, file("append")).await?;
+    crate::bench_resync::run(config.clone(), 1000, 4, file("resync")).await?;
+    crate::bench_verify::run(config.clone(), 1_000_000, 10, 2, file("verify")).await?;
+    crate::bench_graphql::run(config.clone(), 200, 5000, file("graphql")).await?;
+    crate::bench_idle::run(Duration::from_secs(5), file("idle")).await?;
+
+    let read = |name: &str| -> anyhow::Result<serde_json::Value> {
+        let path = file(name);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        Ok(serde_json::from_str(&text)?)
+    };
+    let number = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+    let at_least = |bench, figure, value: f64, target: f64| Figure {
+        bench,
+        figure,
+        value,
+        target: format!(">= {target}"),
+        holds: value >= target,
+    };
+    let below = |bench, figure, value: f64, target: f64| Figure {
+        bench,
+        figure,
+        value,
+        target: format!("< {target}"),
+        holds: value < target,
+    };
+    let mut figures = Vec::new();
+    for name in ["append", "resync", "verify"] {
+        let r = read(name)?;
+        figures.push(at_least(
+            match name {
+                "append" => "append",
+                "resync" => "resync",
+                _ => "verify",
+            },
+            "ratio",
+            number(&r["ratio"]),
+            number(&r["target_ratio"]),
+        ));
+    }
+    let g = read("graphql")?;
+    for run in g["runs"].as_array().cloned().unwrap_or_default() {
+        let at_32 = run["concurrency"] == 32;
+        figures.push(at_least(
+            "graphql",
+            if at_32 { "ratio at 32" } else { "ratio at 1" },
+            number(&run["ratio"]),
+            number(&g["target_ratio"]),
+        ));
+        if at_32 {
+            figures.push(below(
+                "graphql",
+                "p99 ms at 32",
+                number(&run["graphql"]["p99_ms"]),
+                number(&g["target_p99_ms_at_32"]),
+            ));
+        }
+    }
+    let idle = read("idle")?;
+    figures.push(below(
+        "idle",
+        "idle RSS MB",
+        number(&idle["idle_rss_mb"]),
+        number(&idle["target_idle_rss_mb"]),
+    ));
+    for f in &figures {
+        tracing::info!(
+            "{:8} {:14} {:>10.2}  target {:8}  {}",
+            f.bench,
+            f.figure,
+            f.value,
+            f.target,
+            if f.holds { "holds" } else { "MISSES" }
+        );
+    }
+    publish(
+        &serde_json::json!({
+            "benchmark": "all",
+            "figures": figures,
+            "cold_start_to_ready_ms": idle["cold_start_to_ready_ms"],
+            "not_yet_measured": ["catch-up: rebuild of every read model over 1,000,000 events against a raw ordered read (issue 17)"],
+        }),
+        &file("all"),
+    )
 }
 
 /// Prints a bench's results as JSON and writes them to `json`.
@@ -297,7 +438,7 @@ async fn append_on(
         command_append,
         raw_insert,
         ratio,
-        target_ratio: 0.5,
+        target_ratio: 0.8,
         sealer,
     })
 }

@@ -240,7 +240,7 @@ async fn resync(
         starts_seconds,
         ratio: per_second / bare_loop.per_second,
         bare_loop,
-        target_ratio: 0.3,
+        target_ratio: 0.5,
     })
 }
 

@@ -19,7 +19,7 @@ pub enum LogFormat {
 
 /// The service's configuration. Secrets are `SecretString`: they cannot be printed. A key
 /// it does not know (a misspelled `lisen`) is an error, not silently ignored.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// An existing PostgreSQL server; without it an embedded cluster is started.
@@ -70,6 +70,10 @@ pub struct Config {
     /// The service's own database sessions: a transaction left idle this long is ended
     /// by PostgreSQL, so it cannot hold back the log's visibility horizon (0: no limit).
     pub database_idle_in_transaction_timeout_seconds: u64,
+    /// A transaction anywhere in the cluster open longer than this, holding back what
+    /// consumers can read, is reported: a metric, a readiness warning naming its backend,
+    /// a log line (0: not watched).
+    pub log_horizon_warning_seconds: u64,
 }
 
 impl Config {
@@ -98,6 +102,7 @@ struct Defaults {
     shutdown_grace_seconds: u64,
     database_statement_timeout_seconds: u64,
     database_idle_in_transaction_timeout_seconds: u64,
+    log_horizon_warning_seconds: u64,
 }
 
 impl Default for Defaults {
@@ -116,6 +121,7 @@ impl Default for Defaults {
             shutdown_grace_seconds: 10,
             database_statement_timeout_seconds: 300,
             database_idle_in_transaction_timeout_seconds: 60,
+            log_horizon_warning_seconds: 30,
         }
     }
 }

@@ -2,6 +2,8 @@
 
 mod architecture;
 mod bench;
+mod bench_graphql;
+mod bench_idle;
 mod bench_resync;
 mod bench_verify;
 mod config;

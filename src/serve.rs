@@ -173,6 +173,28 @@ pub async fn migrate_only(config: Config) -> anyhow::Result<()> {
     db.close().await
 }
 
+/// The API's state as the service serves it (also served by `bench graphql`).
+pub fn app_state(
+    pool: &PgPool,
+    bus: store::CommandBus,
+    metrics: Metrics,
+    vault: store::Vault,
+    auth: api::auth::Authenticator,
+    workflows: workflows::Registry,
+    shutdown: &CancellationToken,
+) -> api::AppState {
+    api::AppState(Arc::new(api::App {
+        pool: pool.clone(),
+        bus,
+        metrics,
+        vault,
+        auth,
+        runs: api::graphql::RunFeed::listen(pool.clone(), shutdown.clone()),
+        schema: api::graphql::schema(),
+        workflows,
+    }))
+}
+
 /// The Graph endpoints the service calls when the demo is off: the configured ones, the
 /// public Microsoft cloud for what is not configured.
 fn configured_graph(config: &Config) -> anyhow::Result<graph::GraphConfig> {
@@ -239,16 +261,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         workflows: workflows::Registry::standard(),
     };
-    let state = api::AppState(Arc::new(api::App {
-        pool: db.pool.clone(),
+    let state = app_state(
+        &db.pool,
         bus,
-        metrics: metrics.clone(),
+        metrics.clone(),
         vault,
-        auth: auth.clone(),
-        runs: api::graphql::RunFeed::listen(db.pool.clone(), shutdown.clone()),
-        schema: api::graphql::schema(),
-        workflows: parts.workflows.clone(),
-    }));
+        auth.clone(),
+        parts.workflows.clone(),
+        &shutdown,
+    );
     // Projections, task feed, snapshot writer, engines and scheduler, woken by NOTIFY
     // from the events table.
     let background = runtime::start(&parts, &runtime_options(&config), shutdown.clone());
@@ -350,6 +371,8 @@ pub fn runtime_options(config: &Config) -> runtime::Options {
         scheduler_poll: Some(std::time::Duration::from_secs(
             config.scheduler_poll_seconds.max(1),
         )),
+        horizon_threshold: (config.log_horizon_warning_seconds > 0)
+            .then(|| std::time::Duration::from_secs(config.log_horizon_warning_seconds)),
         ..runtime::Options::default()
     }
 }

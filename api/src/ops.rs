@@ -25,10 +25,35 @@ async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
 
-/// The database answers and every migration this binary knows is applied.
+/// The database answers, every migration this binary knows is applied, and no read model
+/// of this instance waits before an event type only a newer version knows (during a
+/// rolling deploy such an instance serves stale read models: take it out of rotation).
 async fn readyz(State(state): State<AppState>) -> Response {
+    let blocked = state.metrics.blocked();
+    if !blocked.is_empty() {
+        let consumers: Vec<_> = blocked
+            .into_iter()
+            .map(|(consumer, why)| json!({ "consumer": consumer, "why": why }))
+            .collect();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "not_ready",
+                "reason": "read models wait for a newer version",
+                "consumers": consumers,
+            })),
+        )
+            .into_response();
+    }
     match store::db::migrations_current(&state.pool).await {
-        Ok(true) => Json(json!({ "status": "ready" })).into_response(),
+        // A transaction elsewhere holding the log back stalls every instance alike:
+        // a warning, not a reason to take this one out of rotation.
+        Ok(true) => match state.metrics.horizon_warning() {
+            Some(warning) => {
+                Json(json!({ "status": "ready", "warnings": [warning] })).into_response()
+            }
+            None => Json(json!({ "status": "ready" })).into_response(),
+        },
         Ok(false) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "status": "not_ready", "reason": "migrations pending" })),

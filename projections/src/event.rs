@@ -55,33 +55,27 @@ pub(crate) fn events_of<'e, A: Aggregate>(
     events
         .iter()
         .filter(|e| e.aggregate_type == A::TYPE)
-        .filter_map(move |e| {
-            decode::<A::Event>(consumer, e)
-                .transpose()
-                .map(|r| r.map(|d| (e, d)))
+        .map(move |e| {
+            decode::<A::Event>(e).map(|d| (e, d)).inspect_err(|error| {
+                tracing::debug!(consumer, %error, "a projection stops before an event");
+            })
         })
 }
 
-/// Decodes `event` as `E` (an aggregate's event enum). `Ok(None)` when `E` has no variant
-/// of that name, e.g. an event written by a newer version: the caller skips it, and this
-/// logs the skip with its position so nothing is skipped silently. A known event type
-/// whose payload does not decode is an error (the runner retries and logs it).
-fn decode<E: DeserializeOwned>(
-    consumer: &str,
-    event: &StoredEvent,
-) -> Result<Option<E>, ConsumerError> {
+/// Decodes `event` as `E` (an aggregate's event enum). An event type `E` has no variant of
+/// was written by a newer version: the projection stops before it (the runner keeps the
+/// checkpoint, says so in readiness and metrics, and retries), so a newer instance applies
+/// it instead of this one skipping it for good. A known event type whose payload does not
+/// decode is an error too (the runner retries and logs it).
+fn decode<E: DeserializeOwned>(event: &StoredEvent) -> Result<E, ConsumerError> {
     if !variants::<E>().contains(&event.event_type.as_str()) {
-        tracing::warn!(
-            consumer,
-            aggregate_type = %event.aggregate_type,
-            event_type = %event.event_type,
-            global_position = event.position.global_position,
-            transaction_id = event.position.transaction_id,
-            "skipping an event type this projection does not know"
-        );
-        return Ok(None);
+        return Err(ConsumerError::UnknownEvent {
+            position: event.position,
+            aggregate_type: event.aggregate_type.clone(),
+            event_type: event.event_type.clone(),
+        });
     }
-    event.decode().map(Some)
+    event.decode()
 }
 
 /// A statement about one read-model row: `$1` is the row's key and `$2` the aggregate

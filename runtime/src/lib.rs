@@ -39,6 +39,9 @@ pub struct Options {
     /// Whether to run the read-model projections.
     pub projections: bool,
     pub consumers: RunnerOptions,
+    /// A transaction open longer than this holding back the log is reported (metric,
+    /// readiness warning, log); `None`: not watched.
+    pub horizon_threshold: Option<Duration>,
 }
 
 impl Default for Options {
@@ -52,6 +55,7 @@ impl Default for Options {
             scheduler_poll: Some(Duration::from_secs(15)),
             projections: true,
             consumers: RunnerOptions::default(),
+            horizon_threshold: Some(Duration::from_secs(30)),
         }
     }
 }
@@ -129,6 +133,15 @@ pub fn start(parts: &Parts, options: &Options, shutdown: CancellationToken) -> R
             poll,
         };
         tasks.spawn(scheduler.run(wakeups.clone(), shutdown.clone()));
+    }
+    if let Some(threshold) = options.horizon_threshold {
+        tasks.spawn(store::horizon::watch(
+            pool.clone(),
+            parts.metrics.clone(),
+            threshold,
+            (threshold / 3).clamp(Duration::from_secs(1), Duration::from_secs(10)),
+            shutdown.clone(),
+        ));
     }
     Running {
         shutdown,

@@ -7,6 +7,7 @@ pub mod bus;
 pub mod db;
 pub mod embedded;
 pub mod history;
+pub mod horizon;
 pub mod log;
 pub mod metrics;
 pub mod snapshots;

@@ -88,6 +88,15 @@ pub enum ConsumerError {
     },
     #[error("event at {position:?} was refused: {message}")]
     Refused { position: Position, message: String },
+    /// An event type of a known aggregate that this version does not know: written by a
+    /// newer version. The consumer stops before it (its checkpoint stays) instead of
+    /// skipping it, so a newer instance applies it and no read model misses it.
+    #[error("event {aggregate_type}/{event_type} at {position:?} is of a type this version does not know (written by a newer version?); waiting for an instance that knows it")]
+    UnknownEvent {
+        position: Position,
+        aggregate_type: String,
+        event_type: String,
+    },
 }
 
 pub(crate) type EventRow = (
@@ -399,12 +408,22 @@ impl ConsumerRunner {
             let pause = match self.step().await {
                 Ok(Progress::Consumed(n)) => {
                     backoff = Duration::from_millis(100);
+                    self.metrics.unblock(&name);
                     if (n as i64) < self.options.batch_size {
                         self.gather(&shutdown).await;
                     }
                     continue;
                 }
                 Ok(Progress::Idle) | Ok(Progress::Busy) => None,
+                Err(error @ ConsumerError::UnknownEvent { .. }) => {
+                    // Not a failure of this instance: it waits (retrying, with backoff)
+                    // for a newer one to apply the event, and says so.
+                    self.metrics.block(&name, error.to_string());
+                    tracing::warn!(consumer = %name, %error, retry_in = ?backoff, "consumer stopped before an unknown event type");
+                    let b = backoff;
+                    backoff = (backoff * 2).min(self.options.max_backoff);
+                    Some(b)
+                }
                 Err(error) => {
                     self.metrics
                         .consumer_failures

@@ -6,7 +6,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CommandLabels {
@@ -39,6 +40,14 @@ pub struct Metrics {
     pub consumer_lag: Family<ConsumerLabels, Gauge>,
     pub consumer_events: Family<ConsumerLabels, Counter>,
     pub consumer_failures: Family<ConsumerLabels, Counter>,
+    /// 1 while a consumer is stopped before an event type this version does not know.
+    pub consumer_blocked: Family<ConsumerLabels, Gauge>,
+    /// Why each stopped consumer is stopped, for readiness.
+    blocked: Arc<Mutex<BTreeMap<String, String>>>,
+    /// Seconds the oldest open transaction has held back the log (0: none past the
+    /// threshold).
+    pub log_horizon_held: Gauge,
+    horizon_warning: Arc<Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -54,6 +63,54 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Records that consumer `name` is stopped, and why.
+    pub fn block(&self, name: &str, why: String) {
+        self.consumer_blocked
+            .get_or_create(&ConsumerLabels {
+                consumer: name.to_owned(),
+            })
+            .set(1);
+        if let Ok(mut blocked) = self.blocked.lock() {
+            blocked.insert(name.to_owned(), why);
+        }
+    }
+
+    /// Records that consumer `name` moves again.
+    pub fn unblock(&self, name: &str) {
+        let was = self
+            .blocked
+            .lock()
+            .map(|mut blocked| blocked.remove(name).is_some())
+            .unwrap_or(false);
+        if was {
+            self.consumer_blocked
+                .get_or_create(&ConsumerLabels {
+                    consumer: name.to_owned(),
+                })
+                .set(0);
+        }
+    }
+
+    /// The consumers that are stopped, and why (for readiness).
+    pub fn blocked(&self) -> Vec<(String, String)> {
+        self.blocked
+            .lock()
+            .map(|b| b.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Who holds the log's horizon back, for readiness (`None`: nobody).
+    pub fn set_horizon_warning(&self, warning: Option<String>) {
+        if let Ok(mut w) = self.horizon_warning.lock() {
+            *w = warning;
+        }
+    }
+
+    /// The readiness warning about the log's horizon, if any.
+    pub fn horizon_warning(&self) -> Option<String> {
+        self.horizon_warning.lock().ok().and_then(|w| w.clone())
+    }
+
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("tenantflow");
         let commands = Family::<CommandLabels, Counter>::default();
@@ -100,8 +157,24 @@ impl Metrics {
             "Failed batches of a consumer (retried)",
             consumer_failures.clone(),
         );
+        let consumer_blocked = Family::<ConsumerLabels, Gauge>::default();
+        registry.register(
+            "consumer_blocked",
+            "1 while a consumer waits before an event type this version does not know",
+            consumer_blocked.clone(),
+        );
+        let log_horizon_held = Gauge::default();
+        registry.register(
+            "log_horizon_held_seconds",
+            "How long the oldest open transaction has held back what consumers can read",
+            log_horizon_held.clone(),
+        );
         Self {
             registry: Arc::new(registry),
+            consumer_blocked,
+            blocked: Arc::default(),
+            log_horizon_held,
+            horizon_warning: Arc::default(),
             commands,
             events_appended,
             http_requests,

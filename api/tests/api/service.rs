@@ -73,3 +73,50 @@ async fn a_stopped_service_no_longer_answers() {
     app.stop().await;
     assert!(reqwest::get(&url).await.is_err(), "still answering");
 }
+
+#[tokio::test]
+async fn an_instance_whose_read_models_wait_for_a_newer_version_is_not_ready() {
+    let app = TestApp::start().await;
+    let ready = || async {
+        let r = reqwest::get(format!("{}/readyz", app.url()))
+            .await
+            .expect("a response");
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    };
+    assert_eq!(ready().await.0, 200);
+    // A newer version appended an event type this one does not know.
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+         VALUES ('tenant', 'acme:00000000-0000-4000-8000-000000000001', 1, 'TenantMerged', '1.0', \
+                 '{\"TenantMerged\": {}}', '{\"workspace\": \"acme\"}')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let body = testkit::eventually("readiness to say why", testkit::CATCH_UP, || async {
+        let (status, body) = ready().await;
+        (status == 503).then_some(body)
+    })
+    .await;
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["status"], "not_ready");
+    let consumers = body["consumers"].as_array().unwrap();
+    assert!(
+        consumers
+            .iter()
+            .any(|c| c["consumer"] == "tenants"
+                && c["why"].as_str().unwrap().contains("TenantMerged")),
+        "{body}"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", app.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tenantflow_consumer_blocked{consumer=\"tenants\"} 1"),
+        "{metrics}"
+    );
+    app.stop().await;
+}

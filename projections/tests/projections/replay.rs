@@ -194,23 +194,93 @@ async fn an_event_that_cannot_be_decoded_stops_its_projection_without_advancing_
     assert_eq!(recorded, 1, "the audit log records it without decoding it");
 }
 
+/// A newer version's `tenants` projection, as far as this test needs one: it knows every
+/// event type (it records how many it was handed).
+struct NewerTenants {
+    handed: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl store::Consumer for NewerTenants {
+    fn name(&self) -> &str {
+        "tenants"
+    }
+    async fn handle(
+        &self,
+        _tx: &mut sqlx::PgConnection,
+        events: &[store::StoredEvent],
+    ) -> Result<(), ConsumerError> {
+        self.handed
+            .fetch_add(events.len(), std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+}
+
 #[tokio::test]
-async fn an_event_type_the_domain_does_not_know_is_skipped_and_the_projection_moves_on() {
+async fn an_event_type_only_a_newer_version_knows_stops_the_projection_until_one_applies_it() {
     let (_db, bus, _) = projected_history().await;
     let pool = bus.pool().clone();
+    let before = checkpoint(&pool, "tenants").await;
     let tenants_before = snapshot_of(&pool).await["rm_tenants"].clone();
 
-    append_raw(
+    let merged = append_raw(
         &pool,
         &format!("acme:{NORTHWIND}-y"),
         "TenantMerged",
         json!({ "TenantMerged": { "into": "elsewhere" } }),
     )
     .await;
-    catch_up(&pool, Arc::new(projections::Tenants)).await;
 
+    // This version stops before it: no skip, checkpoint kept, metric and readiness say so.
+    let metrics = Metrics::new();
+    let runner = ConsumerRunner::new(
+        pool.clone(),
+        Arc::new(projections::Tenants),
+        RunnerOptions::default(),
+        metrics.clone(),
+    );
+    let error = testkit::eventually("the unknown event to be read", CATCH_UP, || async {
+        runner.step().await.err()
+    })
+    .await;
+    match &error {
+        ConsumerError::UnknownEvent {
+            position,
+            aggregate_type,
+            event_type,
+        } => {
+            assert_eq!(position.global_position, merged);
+            assert_eq!(
+                (aggregate_type.as_str(), event_type.as_str()),
+                ("tenant", "TenantMerged")
+            );
+        }
+        other => panic!("expected an unknown event type, got {other}"),
+    }
+    assert_eq!(checkpoint(&pool, "tenants").await, before);
     assert_eq!(snapshot_of(&pool).await["rm_tenants"], tenants_before);
+    assert!(
+        runner.step().await.is_err(),
+        "it stays stopped on every retry"
+    );
+
+    // The service's runner records why (readiness reads it) and clears it once it moves.
+    metrics.block("tenants", error.to_string());
+    assert_eq!(metrics.blocked()[0].0, "tenants");
+    assert!(metrics
+        .render()
+        .contains("tenantflow_consumer_blocked{consumer=\"tenants\"} 1"));
+
+    // A newer instance's projection of the same name takes over from the same checkpoint
+    // and is handed the event.
+    let newer = Arc::new(NewerTenants {
+        handed: std::sync::atomic::AtomicUsize::new(0),
+    });
+    catch_up(&pool, newer.clone()).await;
+    assert!(newer.handed.load(std::sync::atomic::Ordering::Relaxed) >= 1);
     assert_eq!(consumed(&pool, "tenants").await, log_length(&pool).await);
+    metrics.unblock("tenants");
+    assert!(metrics.blocked().is_empty());
 }
 
 /// Records, for every event it is handed, its type and whether its payload came along.

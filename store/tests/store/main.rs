@@ -6,4 +6,5 @@ mod command_bus;
 mod counter;
 mod global_log;
 mod history;
+mod horizon;
 mod snapshots;
