@@ -119,7 +119,7 @@ pub struct ServicePlan {
 
 /// Fields requested for users, in lists and in delta rounds.
 pub const USER_FIELDS: &str = "id,displayName,givenName,surname,mail,userPrincipalName,jobTitle,\
-businessPhones,mobilePhone,officeLocation,accountEnabled";
+department,businessPhones,mobilePhone,officeLocation,proxyAddresses,accountEnabled";
 
 /// A directory user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,11 +139,16 @@ pub struct User {
     #[serde(default)]
     pub job_title: Option<String>,
     #[serde(default)]
+    pub department: Option<String>,
+    #[serde(default)]
     pub business_phones: Vec<String>,
     #[serde(default)]
     pub mobile_phone: Option<String>,
     #[serde(default)]
     pub office_location: Option<String>,
+    /// `SMTP:` (primary) and `smtp:` (alias) addresses, and others such as `x500:`.
+    #[serde(default)]
+    pub proxy_addresses: Vec<String>,
     /// Only present when selected.
     #[serde(default)]
     pub account_enabled: Option<bool>,
