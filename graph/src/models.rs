@@ -190,6 +190,43 @@ impl TryFrom<Value> for UserChange {
     }
 }
 
+impl User {
+    /// The user as the contact sync rules read it ([`domain::contact_sync`]). `None` when
+    /// its id is not a GUID (Graph object ids always are; such an entry cannot be linked).
+    pub fn to_upstream(&self) -> Option<domain::UpstreamUser> {
+        Some(domain::UpstreamUser {
+            object_id: self.id.parse().ok()?,
+            display_name: self.display_name.clone(),
+            given_name: self.given_name.clone(),
+            surname: self.surname.clone(),
+            mail: self.mail.clone(),
+            user_principal_name: self.user_principal_name.clone(),
+            proxy_addresses: self.proxy_addresses.clone(),
+            account_enabled: self.account_enabled,
+            business_phones: self.business_phones.clone(),
+            mobile_phone: self.mobile_phone.clone(),
+            job_title: self.job_title.clone(),
+            department: self.department.clone(),
+        })
+    }
+}
+
+impl UserChange {
+    /// The change as the contact sync rules read it; `None` for an id that is not a GUID.
+    /// Soft and permanent removals are one: either way linked contacts become inactive.
+    pub fn to_upstream(&self) -> Option<domain::UpstreamChange> {
+        match self {
+            UserChange::Upserted(user) => user
+                .to_upstream()
+                .map(|u| domain::UpstreamChange::Present(Box::new(u))),
+            UserChange::Removed { id, .. } => id
+                .parse()
+                .ok()
+                .map(|object_id| domain::UpstreamChange::Removed { object_id }),
+        }
+    }
+}
+
 /// Why a user left the directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -556,6 +593,35 @@ mod tests {
         assert!(
             matches!(changed, UserChange::Upserted(user) if user.account_enabled == Some(false))
         );
+    }
+
+    #[test]
+    fn a_delta_entry_becomes_the_sync_rules_input() {
+        let id = "6e7b768e-07e2-4810-8459-485f84f8f204";
+        let user: UserChange = serde_json::from_value(json!({
+            "id": id, "displayName": "Adele Vance", "mail": "AdeleV@contoso.com",
+            "proxyAddresses": ["SMTP:AdeleV@contoso.com", "smtp:adele@contoso.net"],
+            "accountEnabled": false, "department": "Sales", "businessPhones": ["+1 425 555 0109"]
+        }))
+        .unwrap();
+        let removed: UserChange =
+            serde_json::from_value(json!({"id": id, "@removed": {"reason": "deleted"}})).unwrap();
+        let not_a_guid: UserChange = serde_json::from_value(json!({"id": "u1"})).unwrap();
+
+        let Some(domain::UpstreamChange::Present(upstream)) = user.to_upstream() else {
+            panic!("a present user")
+        };
+        assert_eq!(upstream.object_id.to_string(), id);
+        assert_eq!(upstream.account_enabled, Some(false));
+        assert_eq!(upstream.department.as_deref(), Some("Sales"));
+        assert!(upstream.emails().contains("adele@contoso.net"));
+        assert_eq!(
+            removed.to_upstream(),
+            Some(domain::UpstreamChange::Removed {
+                object_id: id.parse().unwrap()
+            })
+        );
+        assert_eq!(not_a_guid.to_upstream(), None);
     }
 
     #[test]

@@ -3,7 +3,11 @@
 
 use std::collections::BTreeSet;
 
-use domain::ReasonCode;
+use domain::contact_sync::{decide, tally};
+use domain::{
+    BookContact, ClientId, ContactField, ContactStatus, FieldSyncConfig, InactiveReason,
+    ReasonCode, SyncAction, SyncScope, WorkspaceId,
+};
 use graph::models::UserChange;
 use graph::sim::{self, Fault, SimConfig, SimHandle, UserRename};
 use graph::{Endpoint, GraphApi};
@@ -256,4 +260,120 @@ async fn a_fleet_can_give_several_users_one_surname_with_unique_addresses() {
         .map(|u| u.user_principal_name.clone())
         .collect();
     assert_eq!(upns.len(), listed.len(), "every UPN is unique");
+}
+
+/// The contact book after applying `actions` the way the aggregates would.
+fn apply(book: &mut Vec<BookContact>, actions: &[SyncAction]) {
+    for action in actions {
+        match action {
+            SyncAction::Create {
+                contact_id,
+                details,
+                entra_user,
+            } => book.push(BookContact {
+                contact_id: *contact_id,
+                details: details.clone(),
+                status: ContactStatus::Active,
+                entra_user: Some(*entra_user),
+            }),
+            SyncAction::MarkInactive { contact_id, .. } => {
+                if let Some(c) = book.iter_mut().find(|c| c.contact_id == *contact_id) {
+                    c.status = ContactStatus::Inactive;
+                }
+            }
+            other => panic!("not expected here: {other:?}"),
+        }
+    }
+}
+
+/// One delta round through the rules: every action, in the order decided.
+async fn sync_round(
+    sim: &SimHandle,
+    from: Option<&graph::models::DeltaLink>,
+    book: &[BookContact],
+    field_sync: &FieldSyncConfig,
+) -> (Vec<SyncAction>, graph::models::DeltaLink) {
+    let contoso = tenant(sim, 0);
+    let delta = client(sim)
+        .users_delta(&contoso.credentials(), from)
+        .await
+        .unwrap();
+    let workspace: WorkspaceId = "acme".parse().unwrap();
+    let scope = SyncScope {
+        workspace: &workspace,
+        client_id: ClientId(uuid::Uuid::from_u128(1)),
+        entra_tenant_id: contoso.tenant_id.into(),
+        field_sync,
+    };
+    let actions = delta
+        .changes
+        .iter()
+        .filter_map(UserChange::to_upstream)
+        .flat_map(|change| decide(&change, book, &scope))
+        .collect();
+    (actions, delta.next)
+}
+
+#[tokio::test]
+async fn the_simulators_users_drive_the_sync_rules_through_a_first_and_a_second_round() {
+    let sim = simulator().await;
+    let contoso = tenant(&sim, 0);
+    let listed = users(&sim).await;
+    let enabled = listed
+        .iter()
+        .filter(|u| u.account_enabled == Some(true))
+        .count();
+    let names = FieldSyncConfig::allowing([ContactField::Name]);
+
+    let (first, link) = sync_round(&sim, None, &[], &names).await;
+    let mut book = Vec::new();
+    apply(&mut book, &first);
+    sim.disable_user(contoso.tenant_id, &listed[1].id).unwrap();
+    sim.delete_user(contoso.tenant_id, &listed[4].id, false)
+        .unwrap();
+    sim.rename_user(
+        contoso.tenant_id,
+        &listed[0].id,
+        &UserRename {
+            display_name: "Service Desk".to_owned(),
+            given_name: None,
+            surname: None,
+        },
+    )
+    .unwrap();
+    let (second, link) = sync_round(&sim, Some(&link), &book, &names).await;
+    let (third, _) = sync_round(&sim, Some(&link), &book, &names).await;
+
+    assert_eq!(
+        tally(&first).created as usize,
+        enabled,
+        "disabled users create nothing"
+    );
+    let contact_of = |user: &graph::models::User| {
+        book.iter()
+            .find(|c| {
+                c.entra_user
+                    .is_some_and(|e| e.object_id.to_string() == user.id)
+            })
+            .map(|c| c.contact_id)
+            .unwrap()
+    };
+    assert_eq!(
+        second,
+        [
+            SyncAction::UpdateFields {
+                contact_id: contact_of(&listed[0]),
+                changes: vec![(ContactField::Name, Some("Service Desk".to_owned()))],
+            },
+            SyncAction::MarkInactive {
+                contact_id: contact_of(&listed[1]),
+                reason: InactiveReason::Disabled,
+            },
+            SyncAction::MarkInactive {
+                contact_id: contact_of(&listed[4]),
+                reason: InactiveReason::Deleted,
+            },
+        ]
+    );
+    assert_eq!(third, [], "no upstream change, nothing to do");
 }
