@@ -456,15 +456,19 @@ mod tests {
     fn id(n: u128) -> ContactId {
         ContactId(Uuid::from_u128(n))
     }
-    fn run(user: UpstreamUser, book: &[BookContact], config: &FieldSyncConfig) -> Vec<SyncAction> {
-        let workspace = workspace();
-        let scope = SyncScope {
-            workspace: &workspace,
+    /// The scope of every test: client 42 of the test tenant.
+    fn scope<'a>(workspace: &'a WorkspaceId, config: &'a FieldSyncConfig) -> SyncScope<'a> {
+        SyncScope {
+            workspace,
             client_id: CLIENT,
             entra_tenant_id: guid(),
             field_sync: config,
-        };
-        decide(&UpstreamChange::Present(Box::new(user)), book, &scope)
+        }
+    }
+    fn run(user: UpstreamUser, book: &[BookContact], config: &FieldSyncConfig) -> Vec<SyncAction> {
+        let workspace = workspace();
+        let change = UpstreamChange::Present(Box::new(user));
+        decide(&change, book, &scope(&workspace, config))
     }
     fn no_field_sync() -> FieldSyncConfig {
         FieldSyncConfig::default()
@@ -675,14 +679,8 @@ mod tests {
 
     #[test]
     fn a_deleted_user_marks_its_linked_contact_inactive_and_deletes_nothing() {
-        let workspace = workspace();
-        let config = no_field_sync();
-        let scope = SyncScope {
-            workspace: &workspace,
-            client_id: CLIENT,
-            entra_tenant_id: guid(),
-            field_sync: &config,
-        };
+        let (workspace, config) = (workspace(), no_field_sync());
+        let scope = scope(&workspace, &config);
         let book = [
             linked(contact(7, "Adele Vance", None)),
             contact(8, "Someone Else", None),
@@ -760,14 +758,8 @@ mod tests {
 
     #[test]
     fn actions_become_commands_and_are_counted() {
-        let workspace = workspace();
-        let config = no_field_sync();
-        let scope = SyncScope {
-            workspace: &workspace,
-            client_id: CLIENT,
-            entra_tenant_id: guid(),
-            field_sync: &config,
-        };
+        let (workspace, config) = (workspace(), no_field_sync());
+        let scope = scope(&workspace, &config);
         let actions = [
             SyncAction::Link {
                 contact_id: id(7),

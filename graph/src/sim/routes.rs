@@ -142,12 +142,7 @@ const USER_HIDDEN: &[&str] = &["accountEnabled"];
 
 async fn list_users(State(sim): SharedSim, incoming: Incoming) -> Response {
     sim.serve(Endpoint::ListUsers, &incoming, |world, tenant| {
-        let users: Vec<Value> = tenant_of(world, tenant)?
-            .users
-            .iter()
-            .filter(|u| u.removed.is_none())
-            .map(|u| u.json.clone())
-            .collect();
+        let users = tenant_of(world, tenant)?.present_users();
         ok(page(
             &users,
             &incoming,
@@ -331,13 +326,7 @@ async fn cipp_list_users(State(sim): SharedSim, incoming: Incoming) -> Response 
             .ok_or_else(|| {
                 Failure::bad_request(format!("tenantFilter '{filter}' names no managed tenant."))
             })?;
-        let users: Vec<Value> = tenant_of(world, tenant)?
-            .users
-            .iter()
-            .filter(|u| u.removed.is_none())
-            .map(|u| u.json.clone())
-            .collect();
-        Ok((200, Value::Array(users)))
+        Ok((200, Value::Array(tenant_of(world, tenant)?.present_users())))
     })
     .await
 }

@@ -253,6 +253,15 @@ impl TenantState {
             .find(|u| u.removed.is_none() && u.answers_to(key))
     }
 
+    /// Every user not removed, as the directory lists them.
+    pub(crate) fn present_users(&self) -> Vec<Value> {
+        self.users
+            .iter()
+            .filter(|u| u.removed.is_none())
+            .map(|u| u.json.clone())
+            .collect()
+    }
+
     pub(crate) fn user_mut(&mut self, key: &str) -> Option<&mut UserState> {
         self.users
             .iter_mut()
