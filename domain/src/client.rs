@@ -35,6 +35,7 @@ impl ClientStatus {
 }
 
 display_as_str!(ClientStatus);
+spelled_values!(ClientStatus { Active, Inactive });
 
 /// What can be asked of a client.
 #[derive(Debug, Clone, PartialEq)]
@@ -378,6 +379,10 @@ mod tests {
         let client: Client = fold([created(), deactivated()]);
         assert_eq!(client.status, ClientStatus::Inactive);
         assert_eq!(client.status.to_string(), "inactive");
+        assert_eq!(
+            ClientStatus::parse("inactive"),
+            Some(ClientStatus::Inactive)
+        );
     }
 
     #[test]

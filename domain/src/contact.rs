@@ -31,16 +31,15 @@ pub enum ContactField {
     Department,
 }
 
-impl ContactField {
-    /// Every field, in a stable order.
-    pub const ALL: [ContactField; 5] = [
-        ContactField::Name,
-        ContactField::Phone,
-        ContactField::Mobile,
-        ContactField::JobTitle,
-        ContactField::Department,
-    ];
+spelled_values!(ContactField {
+    Name,
+    Phone,
+    Mobile,
+    JobTitle,
+    Department
+});
 
+impl ContactField {
     /// The stable snake_case spelling.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -93,6 +92,8 @@ impl InactiveReason {
 }
 
 display_as_str!(ContactField, ContactStatus, InactiveReason);
+spelled_values!(ContactStatus { Active, Inactive });
+spelled_values!(InactiveReason { Disabled, Deleted });
 
 /// A contact's details. `name` is required; the rest may be empty.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -708,7 +709,17 @@ pub(crate) mod tests {
         );
         for field in ContactField::ALL {
             assert_eq!(serde_json::to_value(field).unwrap(), field.as_str());
+            assert_eq!(ContactField::parse(field.as_str()), Some(field));
         }
+        for status in ContactStatus::ALL {
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+            assert_eq!(ContactStatus::parse(status.as_str()), Some(status));
+        }
+        assert_eq!(
+            InactiveReason::parse("deleted"),
+            Some(InactiveReason::Deleted)
+        );
+        assert_eq!(ContactStatus::parse("Active"), None);
     }
 
     #[test]

@@ -35,16 +35,16 @@ pub enum FeatureFlag {
     AmbiguousQueue,
 }
 
-impl FeatureFlag {
-    /// Every flag, in the order seed 002 lists them.
-    pub const ALL: [FeatureFlag; 5] = [
-        FeatureFlag::Ui,
-        FeatureFlag::ClientSyncAction,
-        FeatureFlag::Cipp,
-        FeatureFlag::FieldSync,
-        FeatureFlag::AmbiguousQueue,
-    ];
+// In the order seed 002 lists them.
+spelled_values!(FeatureFlag {
+    Ui,
+    ClientSyncAction,
+    Cipp,
+    FieldSync,
+    AmbiguousQueue
+});
 
+impl FeatureFlag {
     /// The stable snake_case spelling.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -389,6 +389,7 @@ mod tests {
     fn flags_and_events_have_stable_spellings() {
         for flag in FeatureFlag::ALL {
             assert_eq!(serde_json::to_value(flag).unwrap(), flag.as_str());
+            assert_eq!(FeatureFlag::parse(flag.as_str()), Some(flag));
         }
         assert_event_types_match_payload_tags(&[configured(), flag_set(FeatureFlag::Cipp, true)]);
         assert_eq!(

@@ -15,6 +15,9 @@
 //!   the id [`ContactId::for_entra_user`], so a sync redone after a crash cannot duplicate it.
 //! - A field overwrites a local value only when the field sync config enables it, and an
 //!   empty upstream value never clears a local one.
+//! - A user whose reconciliation item a person resolved as ignored is left alone.
+//! - Queueing does not depend on the `ambiguous_queue` flag: the flag hides the queue, and
+//!   the data is there when it is turned on again.
 //! - No change upstream: no action, so re-running a sync writes no event.
 
 use std::collections::BTreeSet;
@@ -140,14 +143,18 @@ impl BookContact {
     }
 }
 
-/// Which tenant and client a sync decides for, and the field sync config it applies
-/// ([`ContactSyncSettings::effective_field_sync`](crate::ContactSyncSettings::effective_field_sync)).
+/// Which tenant and client a sync decides for, the field sync config it applies
+/// ([`ContactSyncSettings::effective_field_sync`](crate::ContactSyncSettings::effective_field_sync))
+/// and the users a person chose to ignore.
 #[derive(Debug, Clone, Copy)]
 pub struct SyncScope<'a> {
     pub workspace: &'a WorkspaceId,
     pub client_id: ClientId,
     pub entra_tenant_id: EntraTenantId,
     pub field_sync: &'a FieldSyncConfig,
+    /// Users whose reconciliation item was resolved as
+    /// [`Ignored`](crate::Resolution::Ignored): nothing is linked, created or queued for them.
+    pub ignored: &'a BTreeSet<EntraUserRef>,
 }
 
 /// What the sync does about one upstream change.
@@ -357,8 +364,9 @@ pub fn decide(
             .flat_map(|c| follow(c, user, scope.field_sync))
             .collect();
     }
-    // Nothing is created or linked for a disabled account: there is nobody to reach.
-    if user.account_enabled == Some(false) {
+    // Nothing is created or linked for a disabled account (there is nobody to reach), nor for
+    // a user a person chose to ignore.
+    if user.account_enabled == Some(false) || scope.ignored.contains(&entra_user) {
         return Vec::new();
     }
     let Some(details) = user.details() else {
@@ -409,6 +417,7 @@ mod tests {
     use crate::testing::{guid, workspace};
 
     const CLIENT: ClientId = ClientId(Uuid::from_u128(42));
+    static NO_ONE: BTreeSet<EntraUserRef> = BTreeSet::new();
 
     fn adele() -> UpstreamUser {
         UpstreamUser {
@@ -463,6 +472,7 @@ mod tests {
             client_id: CLIENT,
             entra_tenant_id: guid(),
             field_sync: config,
+            ignored: &NO_ONE,
         }
     }
     fn run(user: UpstreamUser, book: &[BookContact], config: &FieldSyncConfig) -> Vec<SyncAction> {
@@ -599,6 +609,23 @@ mod tests {
             run(adele(), &[taken], &no_field_sync())[..],
             [SyncAction::Create { .. }]
         ));
+    }
+
+    #[test]
+    fn a_user_whose_reconciliation_was_ignored_is_left_alone() {
+        let (workspace, config) = (workspace(), no_field_sync());
+        let ignored = BTreeSet::from([adele_ref()]);
+        let scope = SyncScope {
+            ignored: &ignored,
+            ..scope(&workspace, &config)
+        };
+        let book = [
+            contact(7, "Adele Vance", Some("adele.vance@contoso.com")),
+            contact(8, "Adele Vance", Some("av@contoso.net")),
+        ];
+        let change = UpstreamChange::Present(Box::new(adele()));
+        assert_eq!(decide(&change, &book, &scope), []);
+        assert_eq!(decide(&change, &[], &scope), []);
     }
 
     #[test]

@@ -33,6 +33,22 @@ macro_rules! display_as_str {
     )+};
 }
 
+/// `ALL` (declaration order) and `parse` (the inverse of `as_str`) for enums with a stable
+/// spelling, so read-model filters and API inputs accept exactly the domain's values.
+macro_rules! spelled_values {
+    ($t:ident { $($v:ident),+ $(,)? }) => {
+        impl $t {
+            /// Every value, in declaration order.
+            pub const ALL: [$t; [$(stringify!($v)),+].len()] = [$($t::$v),+];
+
+            /// The value spelled `s` (its `as_str`).
+            pub fn parse(s: &str) -> Option<Self> {
+                Self::ALL.into_iter().find(|v| v.as_str() == s)
+            }
+        }
+    };
+}
+
 pub mod auth;
 pub mod canonical;
 pub mod client;
@@ -94,8 +110,8 @@ pub use reconciliation::{
     Resolution, UpstreamSummary,
 };
 pub use tenant_mapping::{
-    DiscoveredTenant, MappingCommand, MappingError, MappingEvent, MappingState, Proposal,
-    TenantMapping, TenantSyncResult,
+    ClientSummary, DiscoveredTenant, DiscoverySource, MappingCommand, MappingError, MappingEvent,
+    MappingState, MatchReason, Proposal, SyncRecord, TenantMapping, TenantSyncResult,
 };
 
 /// Implemented by every refusal the domain gives (each aggregate's error and

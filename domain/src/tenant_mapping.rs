@@ -69,7 +69,31 @@ pub enum MatchReason {
     NoMatch,
 }
 
-display_as_str!(MappingState);
+impl MatchReason {
+    /// The stable snake_case spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MatchReason::DomainMatch => "domain_match",
+            MatchReason::SeveralDomainMatches => "several_domain_matches",
+            MatchReason::NameSimilarity => "name_similarity",
+            MatchReason::NoMatch => "no_match",
+        }
+    }
+}
+
+display_as_str!(MappingState, MatchReason);
+spelled_values!(MappingState {
+    AutoMatched,
+    NeedsReview,
+    Skipped,
+    Confirmed
+});
+spelled_values!(MatchReason {
+    DomainMatch,
+    SeveralDomainMatches,
+    NameSimilarity,
+    NoMatch
+});
 
 /// A tenant as discovery found it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -888,13 +912,12 @@ mod tests {
             synced(1, None),
             MappingEvent::DeltaLinkReset { at: now() },
         ]);
-        for state in [
-            MappingState::AutoMatched,
-            MappingState::NeedsReview,
-            MappingState::Skipped,
-            MappingState::Confirmed,
-        ] {
+        for state in MappingState::ALL {
             assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+            assert_eq!(MappingState::parse(state.as_str()), Some(state));
+        }
+        for reason in MatchReason::ALL {
+            assert_eq!(serde_json::to_value(reason).unwrap(), reason.as_str());
         }
     }
 }

@@ -304,6 +304,7 @@ async fn sync_round(
         client_id: ClientId(uuid::Uuid::from_u128(1)),
         entra_tenant_id: contoso.tenant_id.into(),
         field_sync,
+        ignored: &BTreeSet::new(),
     };
     let actions = delta
         .changes
