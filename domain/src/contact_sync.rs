@@ -393,7 +393,7 @@ pub fn decide(
     };
     if plausible.is_empty() {
         return vec![SyncAction::Create {
-            contact_id: ContactId::for_entra_user(scope.workspace, &entra_user),
+            contact_id: ContactId::for_entra_user(scope.workspace, scope.client_id, &entra_user),
             details,
             entra_user,
         }];
@@ -531,7 +531,7 @@ mod tests {
     fn a_user_nothing_matches_creates_a_linked_contact_with_a_deterministic_id() {
         let book = [contact(7, "Megan Bowen", Some("megan@contoso.com"))];
         let actions = run(adele(), &book, &no_field_sync());
-        let expected_id = ContactId::for_entra_user(&workspace(), &adele_ref());
+        let expected_id = ContactId::for_entra_user(&workspace(), CLIENT, &adele_ref());
         assert_eq!(
             actions,
             [SyncAction::Create {

@@ -30,8 +30,8 @@ pub enum Resolution {
     /// Linked to one of the candidates.
     LinkedExisting { contact_id: ContactId },
     /// A new contact was created for the user; use
-    /// [`ContactId::for_entra_user`](crate::ContactId::for_entra_user), the id the sync
-    /// itself would give it.
+    /// [`ContactId::for_entra_user`](crate::ContactId::for_entra_user) with the item's
+    /// client, the id the sync itself would give it.
     CreatedNew { contact_id: ContactId },
     /// Nothing is done for this user; later syncs leave it alone (the workflow passes such
     /// users in [`SyncScope::ignored`](crate::SyncScope::ignored)).

@@ -226,12 +226,15 @@ impl EntraUserRef {
 }
 
 impl ContactId {
-    /// The contact the sync creates for `user` in `workspace`: the same every time.
-    pub fn for_entra_user(workspace: &WorkspaceId, user: &EntraUserRef) -> Self {
+    /// The contact the sync creates for `user` under `client` in `workspace`: the same every
+    /// time. The client is part of it because a tenant mapped to another client starts a
+    /// contact of its own there, while the first client keeps its contact.
+    pub fn for_entra_user(workspace: &WorkspaceId, client: ClientId, user: &EntraUserRef) -> Self {
         let [tenant, object] = user.id_parts();
+        let client = client.to_string();
         Self(derived_uuid(
             "contact",
-            &[workspace.as_str(), &tenant, &object],
+            &[workspace.as_str(), &client, &tenant, &object],
         ))
     }
 }
@@ -509,9 +512,14 @@ mod tests {
         };
         let acme: WorkspaceId = "acme".parse().unwrap();
         let other: WorkspaceId = "other".parse().unwrap();
-        let id = ContactId::for_entra_user(&acme, &user);
-        assert_eq!(id, ContactId::for_entra_user(&acme, &user));
-        assert_ne!(id, ContactId::for_entra_user(&other, &user));
+        let client = ClientId(Uuid::from_u128(1));
+        let id = ContactId::for_entra_user(&acme, client, &user);
+        assert_eq!(id, ContactId::for_entra_user(&acme, client, &user));
+        assert_ne!(id, ContactId::for_entra_user(&other, client, &user));
+        assert_ne!(
+            id,
+            ContactId::for_entra_user(&acme, ClientId(Uuid::from_u128(2)), &user)
+        );
         assert_ne!(
             id.as_uuid(),
             ReconciliationItemId::for_entra_user(&acme, &user).as_uuid()
