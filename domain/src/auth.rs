@@ -31,16 +31,20 @@ pub enum Permission {
     ManageSchedules,
     /// Internal progress of workflows: only the engine records it.
     RecordProgress,
+    /// Contact sync (R5): connect the partner, map tenants, edit clients and contacts,
+    /// resolve reconciliation items, configure field sync and feature flags.
+    ManageContactSync,
 }
 
 impl Permission {
     /// Every permission: together, everything that changes anything.
-    pub const ALL: [Permission; 5] = [
+    pub const ALL: [Permission; 6] = [
         Permission::ManageTenants,
         Permission::ManageConnections,
         Permission::StartOperations,
         Permission::ManageSchedules,
         Permission::RecordProgress,
+        Permission::ManageContactSync,
     ];
 }
 
@@ -53,7 +57,11 @@ impl Role {
             Role::Owner | Role::Manager => {
                 matches!(
                     permission,
-                    ManageTenants | ManageConnections | StartOperations | ManageSchedules
+                    ManageTenants
+                        | ManageConnections
+                        | StartOperations
+                        | ManageSchedules
+                        | ManageContactSync
                 )
             }
             Role::Operator => matches!(permission, StartOperations),
@@ -138,6 +146,7 @@ mod tests {
         assert!(!Role::Operator.allows(Permission::ManageConnections));
         assert!(!Role::Operator.allows(Permission::ManageTenants));
         assert!(!Role::Operator.allows(Permission::ManageSchedules));
+        assert!(!Role::Operator.allows(Permission::ManageContactSync));
     }
 
     #[test]
@@ -146,6 +155,7 @@ mod tests {
             assert!(r.allows(Permission::ManageConnections));
             assert!(r.allows(Permission::StartOperations));
             assert!(r.allows(Permission::ManageSchedules));
+            assert!(r.allows(Permission::ManageContactSync));
             assert!(!r.allows(Permission::RecordProgress));
         }
     }

@@ -337,7 +337,7 @@ fn clean_scopes(scopes: Vec<String>) -> Result<Vec<String>, ConnectionError> {
 /// Fingerprints are the vault's (`hmac-sha256:v2:<hex>`, keyed per workspace; earlier ones
 /// `hmac-sha256:<hex>`); anything else may be a secret pasted into the wrong field and must
 /// not reach an event.
-fn is_fingerprint(f: &str) -> bool {
+pub(crate) fn is_fingerprint(f: &str) -> bool {
     f.strip_prefix("hmac-sha256:")
         .map(|h| h.strip_prefix("v2:").unwrap_or(h))
         .is_some_and(|h| !h.is_empty() && h.len() <= 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))

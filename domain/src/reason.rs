@@ -38,6 +38,8 @@ pub enum ReasonCode {
     Forbidden,
     Conflict,
     Cancelled,
+    /// A surface whose feature flag is off (R5.6): its data is kept, only hidden.
+    FeatureDisabled,
     // Anything we could not classify; the message stays opaque.
     InternalError,
 }
@@ -69,6 +71,7 @@ impl ReasonCode {
             Self::Forbidden => "forbidden",
             Self::Conflict => "conflict",
             Self::Cancelled => "cancelled",
+            Self::FeatureDisabled => "feature_disabled",
             Self::InternalError => "internal_error",
         }
     }
@@ -95,6 +98,7 @@ mod tests {
             ReasonCode::GraphThrottled,
             ReasonCode::SnapshotStoreMissing,
             ReasonCode::ScopeBusy,
+            ReasonCode::FeatureDisabled,
         ] {
             let json = serde_json::to_value(code).unwrap();
             assert_eq!(json, serde_json::Value::String(code.as_str().to_owned()));

@@ -49,3 +49,12 @@ pub fn assert_event_types_match_payload_tags<E: DomainEvent>(events: &[E]) {
         assert_eq!(e.event_version(), "1.0");
     }
 }
+
+/// The state `events` fold into, as the store would load it.
+pub fn fold<A: cqrs_es::Aggregate>(events: impl IntoIterator<Item = A::Event>) -> A {
+    let mut aggregate = A::default();
+    for event in events {
+        aggregate.apply(event);
+    }
+    aggregate
+}

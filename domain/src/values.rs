@@ -178,6 +178,91 @@ uuid_id!(
     /// An operation run.
     RunId
 );
+uuid_id!(
+    /// An MSP customer record ([`Client`](crate::Client)) that contacts belong to.
+    ClientId
+);
+uuid_id!(
+    /// A contact of a client ([`Contact`](crate::Contact)). Contacts the sync creates get
+    /// [`ContactId::for_entra_user`], so a sync redone after a crash finds its own contact.
+    ContactId
+);
+uuid_id!(
+    /// A reconciliation item ([`ReconciliationItem`](crate::ReconciliationItem)); always
+    /// [`ReconciliationItemId::for_entra_user`], so queueing a user twice is one item.
+    ReconciliationItemId
+);
+
+/// A name-based id: the same kind and parts always give the same UUID, different ones
+/// (practically) never collide. Like UUIDv5, but SHA-256 (already a dependency) instead of
+/// SHA-1, so it carries version 8 ("custom"). Each part is length-prefixed, so
+/// `("ab", "c")` and `("a", "bc")` differ.
+pub fn derived_uuid(kind: &str, parts: &[&str]) -> Uuid {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(b"tenantflow/");
+    for part in std::iter::once(kind).chain(parts.iter().copied()) {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part.as_bytes());
+    }
+    let digest = hasher.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
+/// A user of a customer's Entra directory: the tenant and the user's object id. Object ids
+/// are unique per tenant only, so the pair names the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct EntraUserRef {
+    pub entra_tenant_id: EntraTenantId,
+    pub object_id: Uuid,
+}
+
+impl EntraUserRef {
+    fn id_parts(&self) -> [String; 2] {
+        [self.entra_tenant_id.to_string(), self.object_id.to_string()]
+    }
+}
+
+impl ContactId {
+    /// The contact the sync creates for `user` under `client` in `workspace`: the same every
+    /// time. The client is part of it because a tenant mapped to another client starts a
+    /// contact of its own there, while the first client keeps its contact.
+    pub fn for_entra_user(workspace: &WorkspaceId, client: ClientId, user: &EntraUserRef) -> Self {
+        let [tenant, object] = user.id_parts();
+        let client = client.to_string();
+        Self(derived_uuid(
+            "contact",
+            &[workspace.as_str(), &client, &tenant, &object],
+        ))
+    }
+}
+
+impl ReconciliationItemId {
+    /// The one reconciliation item of `user` in `workspace`.
+    pub fn for_entra_user(workspace: &WorkspaceId, user: &EntraUserRef) -> Self {
+        let [tenant, object] = user.id_parts();
+        Self(derived_uuid(
+            "reconciliation_item",
+            &[workspace.as_str(), &tenant, &object],
+        ))
+    }
+}
+
+/// An email address the way contacts are matched (R5.4): trimmed and lowercased, one `@`,
+/// a non-empty local part without spaces and a DNS domain. `None` when it is not one.
+pub fn normalize_email(s: &str) -> Option<String> {
+    let lower = s.trim().to_lowercase();
+    let (local, domain) = lower.split_once('@')?;
+    let local_ok = !local.is_empty()
+        && local.chars().count() <= 64
+        && !local
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '@');
+    let domain = clean_domain(domain)?;
+    local_ok.then(|| format!("{local}@{domain}"))
+}
 
 /// The aggregate id of a tenant: a workspace and the tenant's Entra GUID. The same Microsoft
 /// tenant may be managed by two MSPs; each sees its own tenant.
@@ -398,6 +483,51 @@ mod tests {
         assert_eq!(
             ValueError::EntraTenantId.reason_code(),
             ReasonCode::ValidationFailed
+        );
+    }
+
+    #[test]
+    fn emails_are_trimmed_lowercased_and_checked() {
+        assert_eq!(
+            normalize_email("  Adele.Vance@Contoso.COM ").as_deref(),
+            Some("adele.vance@contoso.com")
+        );
+        for bad in [
+            "",
+            "adele",
+            "@contoso.com",
+            "a@b@contoso.com",
+            "a b@contoso.com",
+            "a@contoso",
+        ] {
+            assert_eq!(normalize_email(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn derived_ids_are_stable_and_tell_their_inputs_apart() {
+        let user = EntraUserRef {
+            entra_tenant_id: "72f988bf-86f1-41af-91ab-2d7cd011db47".parse().unwrap(),
+            object_id: Uuid::from_u128(7),
+        };
+        let acme: WorkspaceId = "acme".parse().unwrap();
+        let other: WorkspaceId = "other".parse().unwrap();
+        let client = ClientId(Uuid::from_u128(1));
+        let id = ContactId::for_entra_user(&acme, client, &user);
+        assert_eq!(id, ContactId::for_entra_user(&acme, client, &user));
+        assert_ne!(id, ContactId::for_entra_user(&other, client, &user));
+        assert_ne!(
+            id,
+            ContactId::for_entra_user(&acme, ClientId(Uuid::from_u128(2)), &user)
+        );
+        assert_ne!(
+            id.as_uuid(),
+            ReconciliationItemId::for_entra_user(&acme, &user).as_uuid()
+        );
+        assert_eq!(id.as_uuid().get_version_num(), 8);
+        assert_ne!(
+            derived_uuid("k", &["ab", "c"]),
+            derived_uuid("k", &["a", "bc"])
         );
     }
 

@@ -69,6 +69,14 @@ pub trait GraphApi: Send + Sync {
         cipp: &CippCredentials,
     ) -> Result<Vec<CippTenant>, GraphError>;
 
+    /// Users of one managed tenant through a partner's CIPP instance (`tenant`: its id or
+    /// default domain). CIPP answers a bare array of Graph user objects, without paging.
+    async fn cipp_list_users(
+        &self,
+        cipp: &CippCredentials,
+        tenant: &str,
+    ) -> Result<Vec<User>, GraphError>;
+
     /// Creates a change-notification subscription (Graph validates the notification URL first).
     async fn create_subscription(
         &self,

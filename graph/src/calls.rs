@@ -28,6 +28,25 @@ impl GraphClient {
             .map(|(items, _)| items)
     }
 
+    /// A CIPP call: a bearer token for CIPP's API app, from the partner's app registration.
+    async fn cipp_json<T: DeserializeOwned>(
+        &self,
+        cipp: &CippCredentials,
+        endpoint: Endpoint,
+        url: Url,
+    ) -> Result<T, GraphError> {
+        let scope = cipp.scope();
+        let call = Call {
+            endpoint,
+            url,
+            auth: Auth::App(&cipp.app, &scope),
+            body: Body::Empty,
+            prefer: None,
+            tenant: cipp.app.tenant_id,
+        };
+        self.json(&call).await
+    }
+
     async fn single<T: DeserializeOwned>(
         &self,
         app: &AppCredentials,
@@ -139,17 +158,8 @@ impl GraphApi for GraphClient {
         &self,
         cipp: &CippCredentials,
     ) -> Result<Vec<CippTenant>, GraphError> {
-        let endpoint = Endpoint::CippListTenants;
-        let scope = cipp.scope();
-        let call = Call {
-            endpoint,
-            url: endpoint.url(&cipp.api_url, &[])?,
-            auth: Auth::App(&cipp.app, &scope),
-            body: Body::Empty,
-            prefer: None,
-            tenant: cipp.app.tenant_id,
-        };
-        let tenants: Vec<CippTenant> = self.json(&call).await?;
+        let url = Endpoint::CippListTenants.url(&cipp.api_url, &[])?;
+        let tenants: Vec<CippTenant> = self.cipp_json(cipp, Endpoint::CippListTenants, url).await?;
         if tenants.iter().any(|t| t.customer_id.is_empty()) {
             // CIPP answers 200 with one blank entry when it failed internally.
             return Err(GraphError::new(
@@ -162,6 +172,16 @@ impl GraphApi for GraphClient {
             .into_iter()
             .filter(|t| t.customer_id != "AllTenants")
             .collect())
+    }
+
+    async fn cipp_list_users(
+        &self,
+        cipp: &CippCredentials,
+        tenant: &str,
+    ) -> Result<Vec<User>, GraphError> {
+        let mut url = Endpoint::CippListUsers.url(&cipp.api_url, &[])?;
+        url.query_pairs_mut().append_pair("tenantFilter", tenant);
+        self.cipp_json(cipp, Endpoint::CippListUsers, url).await
     }
 
     async fn create_subscription(

@@ -45,6 +45,7 @@ pub enum Endpoint {
     ListContracts,
     ListDelegatedAdminCustomers,
     CippListTenants,
+    CippListUsers,
     CreateSubscription,
     RenewSubscription,
     DeleteSubscription,
@@ -64,7 +65,7 @@ struct Spec {
 
 impl Endpoint {
     /// The whole registry, in declaration order.
-    pub const ALL: [Endpoint; 17] = [
+    pub const ALL: [Endpoint; 18] = [
         Endpoint::Token,
         Endpoint::ListConditionalAccessPolicies,
         Endpoint::ListSubscribedSkus,
@@ -75,6 +76,7 @@ impl Endpoint {
         Endpoint::ListContracts,
         Endpoint::ListDelegatedAdminCustomers,
         Endpoint::CippListTenants,
+        Endpoint::CippListUsers,
         Endpoint::CreateSubscription,
         Endpoint::RenewSubscription,
         Endpoint::DeleteSubscription,
@@ -140,6 +142,7 @@ impl Endpoint {
                 "list_delegated_admin_customers",
             ),
             Self::CippListTenants => (Get, Cipp, "/api/ListTenants", None, "cipp_list_tenants"),
+            Self::CippListUsers => (Get, Cipp, "/api/ListUsers", None, "cipp_list_users"),
             Self::CreateSubscription => (
                 Post,
                 Graph,

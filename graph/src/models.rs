@@ -119,7 +119,7 @@ pub struct ServicePlan {
 
 /// Fields requested for users, in lists and in delta rounds.
 pub const USER_FIELDS: &str = "id,displayName,givenName,surname,mail,userPrincipalName,jobTitle,\
-businessPhones,mobilePhone,officeLocation,accountEnabled";
+department,businessPhones,mobilePhone,officeLocation,proxyAddresses,accountEnabled";
 
 /// A directory user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,11 +139,16 @@ pub struct User {
     #[serde(default)]
     pub job_title: Option<String>,
     #[serde(default)]
+    pub department: Option<String>,
+    #[serde(default)]
     pub business_phones: Vec<String>,
     #[serde(default)]
     pub mobile_phone: Option<String>,
     #[serde(default)]
     pub office_location: Option<String>,
+    /// `SMTP:` (primary) and `smtp:` (alias) addresses, and others such as `x500:`.
+    #[serde(default)]
+    pub proxy_addresses: Vec<String>,
     /// Only present when selected.
     #[serde(default)]
     pub account_enabled: Option<bool>,
@@ -181,6 +186,43 @@ impl TryFrom<Value> for UserChange {
             None => User::deserialize(value)
                 .map(|user| Self::Upserted(Box::new(user)))
                 .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+impl User {
+    /// The user as the contact sync rules read it ([`domain::contact_sync`]). `None` when
+    /// its id is not a GUID (Graph object ids always are; such an entry cannot be linked).
+    pub fn to_upstream(&self) -> Option<domain::UpstreamUser> {
+        Some(domain::UpstreamUser {
+            object_id: self.id.parse().ok()?,
+            display_name: self.display_name.clone(),
+            given_name: self.given_name.clone(),
+            surname: self.surname.clone(),
+            mail: self.mail.clone(),
+            user_principal_name: self.user_principal_name.clone(),
+            proxy_addresses: self.proxy_addresses.clone(),
+            account_enabled: self.account_enabled,
+            business_phones: self.business_phones.clone(),
+            mobile_phone: self.mobile_phone.clone(),
+            job_title: self.job_title.clone(),
+            department: self.department.clone(),
+        })
+    }
+}
+
+impl UserChange {
+    /// The change as the contact sync rules read it; `None` for an id that is not a GUID.
+    /// Soft and permanent removals are one: either way linked contacts become inactive.
+    pub fn to_upstream(&self) -> Option<domain::UpstreamChange> {
+        match self {
+            UserChange::Upserted(user) => user
+                .to_upstream()
+                .map(|u| domain::UpstreamChange::Present(Box::new(u))),
+            UserChange::Removed { id, .. } => id
+                .parse()
+                .ok()
+                .map(|object_id| domain::UpstreamChange::Removed { object_id }),
         }
     }
 }
@@ -551,6 +593,35 @@ mod tests {
         assert!(
             matches!(changed, UserChange::Upserted(user) if user.account_enabled == Some(false))
         );
+    }
+
+    #[test]
+    fn a_delta_entry_becomes_the_sync_rules_input() {
+        let id = "6e7b768e-07e2-4810-8459-485f84f8f204";
+        let user: UserChange = serde_json::from_value(json!({
+            "id": id, "displayName": "Adele Vance", "mail": "AdeleV@contoso.com",
+            "proxyAddresses": ["SMTP:AdeleV@contoso.com", "smtp:adele@contoso.net"],
+            "accountEnabled": false, "department": "Sales", "businessPhones": ["+1 425 555 0109"]
+        }))
+        .unwrap();
+        let removed: UserChange =
+            serde_json::from_value(json!({"id": id, "@removed": {"reason": "deleted"}})).unwrap();
+        let not_a_guid: UserChange = serde_json::from_value(json!({"id": "u1"})).unwrap();
+
+        let Some(domain::UpstreamChange::Present(upstream)) = user.to_upstream() else {
+            panic!("a present user")
+        };
+        assert_eq!(upstream.object_id.to_string(), id);
+        assert_eq!(upstream.account_enabled, Some(false));
+        assert_eq!(upstream.department.as_deref(), Some("Sales"));
+        assert!(upstream.emails().contains("adele@contoso.net"));
+        assert_eq!(
+            removed.to_upstream(),
+            Some(domain::UpstreamChange::Removed {
+                object_id: id.parse().unwrap()
+            })
+        );
+        assert_eq!(not_a_guid.to_upstream(), None);
     }
 
     #[test]

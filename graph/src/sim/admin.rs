@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::faults::{ActiveFault, FaultSpec};
 use super::state::Sim;
-use super::{DeliveryReport, NewMail, NewSimUser, RequestRecord, SimError, SimTenant};
+use super::{DeliveryReport, NewMail, NewSimUser, RequestRecord, SimError, SimTenant, UserRename};
 
 impl IntoResponse for SimError {
     fn into_response(self) -> Response {
@@ -113,6 +113,24 @@ impl Sim {
         self.world()
             .tenant_mut(tenant)?
             .remove_user(user, permanently)
+    }
+
+    pub(crate) fn rename_user(
+        &self,
+        tenant: Uuid,
+        user: &str,
+        rename: &UserRename,
+    ) -> Result<(), SimError> {
+        self.world().tenant_mut(tenant)?.rename_user(user, rename)
+    }
+
+    pub(crate) fn add_user_address(
+        &self,
+        tenant: Uuid,
+        user: &str,
+        address: &str,
+    ) -> Result<(), SimError> {
+        self.world().tenant_mut(tenant)?.add_address(user, address)
     }
 
     /// Withdraws admin consent: new tokens are refused and issued ones stop working.
@@ -214,6 +232,11 @@ pub(crate) fn router() -> Router<Arc<Sim>> {
         )
         .route("/tenants/{tenant}/users/{user}/disable", post(disable_user))
         .route("/tenants/{tenant}/users/{user}/enable", post(enable_user))
+        .route("/tenants/{tenant}/users/{user}/rename", post(rename_user))
+        .route(
+            "/tenants/{tenant}/users/{user}/addresses",
+            post(add_user_address),
+        )
         .route("/tenants/{tenant}/consent/revoke", post(revoke_consent))
         .route("/tenants/{tenant}/consent/grant", post(grant_consent))
         .route("/tenants/{tenant}/secret/rotate", post(rotate_secret))
@@ -346,6 +369,29 @@ async fn enable_user(
     Path((tenant, user)): Path<(Uuid, String)>,
 ) -> Result<StatusCode, SimError> {
     sim.set_user_enabled(tenant, &user, true)
+        .map(|()| StatusCode::NO_CONTENT)
+}
+
+async fn rename_user(
+    State(sim): SharedSim,
+    Path((tenant, user)): Path<(Uuid, String)>,
+    Json(rename): Json<UserRename>,
+) -> Result<StatusCode, SimError> {
+    sim.rename_user(tenant, &user, &rename)
+        .map(|()| StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct NewAddress {
+    address: String,
+}
+
+async fn add_user_address(
+    State(sim): SharedSim,
+    Path((tenant, user)): Path<(Uuid, String)>,
+    Json(body): Json<NewAddress>,
+) -> Result<StatusCode, SimError> {
+    sim.add_user_address(tenant, &user, &body.address)
         .map(|()| StatusCode::NO_CONTENT)
 }
 

@@ -9,7 +9,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::world::{new_mailbox, timestamp, TenantState, UserState, World};
+use super::world::{new_mailbox, proxy_addresses, timestamp, TenantState, UserState, World};
 use super::SimConfig;
 
 const COMPANIES: [&str; 12] = [
@@ -82,9 +82,13 @@ const PLAN_EXCHANGE_BASIC: Named = (
     "9aaf7827-d63c-4b61-89c3-182f06f82e5c",
 );
 
+const DEPARTMENTS: [&str; 4] = ["Finance", "Sales", "Operations", "IT"];
+
 struct Seeder {
     rng: StdRng,
     epoch: DateTime<Utc>,
+    users_per_tenant: Option<usize>,
+    shared_surname_users: usize,
 }
 
 /// Builds the fleet for the configuration's seed and size.
@@ -95,6 +99,8 @@ pub(crate) fn seed_world(config: &SimConfig) -> World {
             .with_ymd_and_hms(2024, 1, 8, 9, 0, 0)
             .single()
             .unwrap_or_default(),
+        users_per_tenant: config.users_per_tenant,
+        shared_surname_users: config.shared_surname_users,
     };
     let mut tenants = HashMap::new();
     let mut customers = Vec::new();
@@ -103,7 +109,7 @@ pub(crate) fn seed_world(config: &SimConfig) -> World {
         customers.push(tenant.id);
         tenants.insert(tenant.id, tenant);
     }
-    let mut partner = seeder.tenant("Lakeshore MSP", "lakeshoremsp.onmicrosoft.com", 3);
+    let mut partner = seeder.tenant("Lakeshore MSP", "lakeshoremsp.onmicrosoft.com", 3, 0);
     for customer in &customers {
         let customer = &tenants[customer];
         let id = seeder.uuid();
@@ -165,14 +171,24 @@ impl Seeder {
                 format!("{}{}", company.replace(' ', "").to_lowercase(), n + 1),
             ),
         };
-        let users = 5 + self.rng.gen_range(0..4);
-        let mut tenant = self.tenant(&name, &format!("{slug}.onmicrosoft.com"), users);
+        let users = match self.users_per_tenant {
+            Some(count) => count,
+            None => 5 + self.rng.gen_range(0..4),
+        };
+        let shared = self.shared_surname_users;
+        let mut tenant = self.tenant(&name, &format!("{slug}.onmicrosoft.com"), users, shared);
         tenant.policies = self.policies(&tenant);
         tenant.skus = self.skus(tenant.id, index);
         tenant
     }
 
-    fn tenant(&mut self, name: &str, domain: &str, user_count: usize) -> TenantState {
+    fn tenant(
+        &mut self,
+        name: &str,
+        domain: &str,
+        user_count: usize,
+        shared_surname: usize,
+    ) -> TenantState {
         let id = self.uuid();
         let client_id = self.uuid().to_string();
         let client_secret = self.secret();
@@ -192,13 +208,14 @@ impl Seeder {
             customers: Vec::new(),
             subscriptions: Vec::new(),
         };
-        tenant.users = self.users(domain, user_count);
+        tenant.users = self.users(domain, user_count, shared_surname);
         tenant
     }
 
     /// The first user is the shared helpdesk mailbox; the third is disabled and the fourth has
-    /// no mailbox, so every tenant shows both cases.
-    fn users(&mut self, domain: &str, count: usize) -> Vec<UserState> {
+    /// no mailbox, so every tenant shows both cases. Users 1..=`shared_surname` share one
+    /// surname (with given names in turn), for contacts that share a surname.
+    fn users(&mut self, domain: &str, count: usize, shared_surname: usize) -> Vec<UserState> {
         let mut names: Vec<(&str, &str)> = GIVEN_NAMES
             .iter()
             .flat_map(|g| SURNAMES.iter().map(move |s| (*g, *s)))
@@ -210,12 +227,30 @@ impl Seeder {
                 let (given, surname, display, local) = match index {
                     0 => (None, None, "Helpdesk".to_owned(), "helpdesk".to_owned()),
                     _ => {
-                        let (given, surname) = names[index];
+                        // Suffixes keep UPNs unique: `.n` for the surname sharers, a
+                        // round number past the name pairs.
+                        let (given, surname, suffix) = if index <= shared_surname {
+                            let given = GIVEN_NAMES[(index - 1) % GIVEN_NAMES.len()];
+                            (given, names[1].1, format!(".{index}"))
+                        } else {
+                            let (given, surname) = names[index % names.len()];
+                            let round = index / names.len();
+                            let suffix = if round == 0 {
+                                String::new()
+                            } else {
+                                round.to_string()
+                            };
+                            (given, surname, suffix)
+                        };
                         (
                             Some(given),
                             Some(surname),
                             format!("{given} {surname}"),
-                            format!("{}.{}", given.to_lowercase(), surname.to_lowercase()),
+                            format!(
+                                "{}.{}{suffix}",
+                                given.to_lowercase(),
+                                surname.to_lowercase()
+                            ),
                         )
                     }
                 };
@@ -231,10 +266,12 @@ impl Seeder {
                     "mail": has_mailbox.then(|| upn.clone()),
                     "userPrincipalName": upn,
                     "jobTitle": given.map(|_| JOB_TITLES[self.rng.gen_range(0..JOB_TITLES.len())]),
+                    "department": given.map(|_| DEPARTMENTS[index % DEPARTMENTS.len()]),
                     "businessPhones": [format!("+1 425 555 01{:02}", self.rng.gen_range(0..100))],
                     "mobilePhone": null,
                     "officeLocation": office,
                     "preferredLanguage": "en-US",
+                    "proxyAddresses": proxy_addresses(has_mailbox, &upn),
                     "accountEnabled": enabled,
                 });
                 UserState {

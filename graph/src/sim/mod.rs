@@ -4,14 +4,16 @@
 //! One server hosts everything, by path prefix:
 //! - `{base}/login/{tenant}/oauth2/v2.0/token`: the token service (client credentials);
 //! - `{base}/graph/v1.0/...`: Graph (see [`Endpoint`] for what is served);
-//! - `{base}/cipp/api/ListTenants`: a partner's CIPP instance;
+//! - `{base}/cipp/api/ListTenants` and `ListUsers?tenantFilter=`: a partner's CIPP instance;
 //! - `{base}/_sim/...`: the admin API (JSON), mirrored by the methods of [`SimHandle`].
 //!
 //! Admin API: `GET /_sim/fleet` (tenants with credentials, base URLs, CIPP app id);
 //! `GET|DELETE /_sim/requests`; `GET|POST|DELETE /_sim/faults` (body: [`FaultSpec`]);
 //! `PUT /_sim/page-size` `{"pageSize":n}`; below `/_sim/tenants/{tenant}`:
 //! `GET|POST policies`, `PUT|DELETE policies/{id}`, `POST users`, `DELETE users/{user}[?permanent=true]`,
-//! `POST users/{user}/disable|enable`, `POST consent/revoke|grant`, `POST secret/rotate`,
+//! `POST users/{user}/disable|enable`, `POST users/{user}/rename` (body: [`UserRename`]),
+//! `POST users/{user}/addresses` `{"address":"a@b.example"}`, `POST consent/revoke|grant`,
+//! `POST secret/rotate`,
 //! `POST permissions/revoke|grant` `{"permission":"User.Read.All"}`,
 //! `GET|POST mailboxes/{user}/messages` (POST body: [`NewMail`], delivers and notifies),
 //! `GET subscriptions`.
@@ -62,6 +64,10 @@ pub struct SimConfig {
     pub subscription_max_minutes: i64,
     /// Lifetime of issued tokens.
     pub token_lifetime: Duration,
+    /// Users per customer tenant; 5 to 8 (seeded) when absent.
+    pub users_per_tenant: Option<usize>,
+    /// How many named users of each customer tenant share one surname (0: names as drawn).
+    pub shared_surname_users: usize,
 }
 
 impl Default for SimConfig {
@@ -74,6 +80,8 @@ impl Default for SimConfig {
             page_size: 2,
             subscription_max_minutes: 4230,
             token_lifetime: Duration::from_secs(3599),
+            users_per_tenant: None,
+            shared_surname_users: 0,
         }
     }
 }
@@ -215,10 +223,23 @@ pub struct NewSimUser {
     pub surname: Option<String>,
     #[serde(default)]
     pub job_title: Option<String>,
+    #[serde(default)]
+    pub department: Option<String>,
     #[serde(default = "yes")]
     pub account_enabled: bool,
     #[serde(default = "yes")]
     pub has_mailbox: bool,
+}
+
+/// A user's new name (admin API `POST users/{user}/rename`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserRename {
+    pub display_name: String,
+    #[serde(default)]
+    pub given_name: Option<String>,
+    #[serde(default)]
+    pub surname: Option<String>,
 }
 
 fn yes() -> bool {
@@ -427,6 +448,27 @@ impl SimHandle {
     /// Deletes a user: soft (`@removed` reason `changed`) or permanently (`deleted`).
     pub fn delete_user(&self, tenant: Uuid, user: &str, permanently: bool) -> Result<(), SimError> {
         self.sim.delete_user(tenant, user, permanently)
+    }
+
+    /// Renames a user (id or UPN); the next delta round reports it.
+    pub fn rename_user(
+        &self,
+        tenant: Uuid,
+        user: &str,
+        rename: &UserRename,
+    ) -> Result<(), SimError> {
+        self.sim.rename_user(tenant, user, rename)
+    }
+
+    /// Gives a user a second address (an `smtp:` proxy address); the next delta round
+    /// reports it.
+    pub fn add_user_address(
+        &self,
+        tenant: Uuid,
+        user: &str,
+        address: &str,
+    ) -> Result<(), SimError> {
+        self.sim.add_user_address(tenant, user, address)
     }
 
     /// Withdraws admin consent: tokens are refused with AADSTS65001 and issued ones stop working.

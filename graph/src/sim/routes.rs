@@ -65,6 +65,7 @@ pub(crate) fn router(sim: Arc<Sim>) -> Router {
     Router::new()
         .route("/login/{tenant}/oauth2/v2.0/token", post(token))
         .route("/cipp/api/ListTenants", get(cipp_list_tenants))
+        .route("/cipp/api/ListUsers", get(cipp_list_users))
         .nest("/graph/v1.0", graph)
         .nest("/_sim", super::admin::router())
         .layer(middleware::from_fn_with_state(sim.clone(), record))
@@ -141,12 +142,7 @@ const USER_HIDDEN: &[&str] = &["accountEnabled"];
 
 async fn list_users(State(sim): SharedSim, incoming: Incoming) -> Response {
     sim.serve(Endpoint::ListUsers, &incoming, |world, tenant| {
-        let users: Vec<Value> = tenant_of(world, tenant)?
-            .users
-            .iter()
-            .filter(|u| u.removed.is_none())
-            .map(|u| u.json.clone())
-            .collect();
+        let users = tenant_of(world, tenant)?.present_users();
         ok(page(
             &users,
             &incoming,
@@ -315,6 +311,22 @@ async fn cipp_list_tenants(State(sim): SharedSim, incoming: Incoming) -> Respons
             );
         }
         Ok((200, Value::Array(tenants)))
+    })
+    .await
+}
+
+/// CIPP's user list of one managed tenant (`tenantFilter`: its id or default domain): a bare
+/// array of Graph user objects, `accountEnabled` included, removed users left out.
+async fn cipp_list_users(State(sim): SharedSim, incoming: Incoming) -> Response {
+    sim.serve(Endpoint::CippListUsers, &incoming, |world, _| {
+        let filter = incoming.query("tenantFilter").unwrap_or_default();
+        let tenant = world
+            .find_tenant(filter)
+            .filter(|id| world.customers.contains(id))
+            .ok_or_else(|| {
+                Failure::bad_request(format!("tenantFilter '{filter}' names no managed tenant."))
+            })?;
+        Ok((200, Value::Array(tenant_of(world, tenant)?.present_users())))
     })
     .await
 }

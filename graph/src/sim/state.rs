@@ -15,7 +15,7 @@ use super::http::{Incoming, Tag};
 use super::wire::{json_response, malformed_response, Failure, GONE_PAGE};
 use super::world::{Audience, World};
 use super::{RequestRecord, SimConfig};
-use crate::Endpoint;
+use crate::{Endpoint, Host};
 
 pub(crate) struct Sim {
     /// `http://host:port/`; Graph lives below `graph/v1.0`, the token service below `login`.
@@ -99,9 +99,9 @@ impl Sim {
         endpoint: Endpoint,
         incoming: &Incoming,
     ) -> Result<Admitted, Response> {
-        let audience = match endpoint {
-            Endpoint::CippListTenants => Audience::Cipp,
-            _ => Audience::Graph,
+        let audience = match endpoint.host() {
+            Host::Cipp => Audience::Cipp,
+            Host::Graph | Host::Login => Audience::Graph,
         };
         let bearer = incoming
             .header("authorization")

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::wire::Failure;
-use super::{NewMail, NewSimUser, SimError, SimMailbox, SimTenant};
+use super::{NewMail, NewSimUser, SimError, SimMailbox, SimTenant, UserRename};
 use crate::models::RemovedReason;
 
 /// Who a token was issued to, and for which API.
@@ -253,6 +253,15 @@ impl TenantState {
             .find(|u| u.removed.is_none() && u.answers_to(key))
     }
 
+    /// Every user not removed, as the directory lists them.
+    pub(crate) fn present_users(&self) -> Vec<Value> {
+        self.users
+            .iter()
+            .filter(|u| u.removed.is_none())
+            .map(|u| u.json.clone())
+            .collect()
+    }
+
     pub(crate) fn user_mut(&mut self, key: &str) -> Option<&mut UserState> {
         self.users
             .iter_mut()
@@ -271,6 +280,34 @@ impl TenantState {
 
     pub(crate) fn set_account_enabled(&mut self, key: &str, enabled: bool) -> Result<(), SimError> {
         self.touch(key)?.json["accountEnabled"] = json!(enabled);
+        Ok(())
+    }
+
+    /// Renames a user; given name and surname change only when given.
+    pub(crate) fn rename_user(&mut self, key: &str, rename: &UserRename) -> Result<(), SimError> {
+        let json = &mut self.touch(key)?.json;
+        json["displayName"] = json!(rename.display_name);
+        if let Some(given) = &rename.given_name {
+            json["givenName"] = json!(given);
+        }
+        if let Some(surname) = &rename.surname {
+            json["surname"] = json!(surname);
+        }
+        Ok(())
+    }
+
+    /// Gives a user another address: an `smtp:` alias in `proxyAddresses`.
+    pub(crate) fn add_address(&mut self, key: &str, address: &str) -> Result<(), SimError> {
+        if !address.contains('@') || address.contains(char::is_whitespace) {
+            return Err(SimError::Invalid(format!("`{address}` is not an address")));
+        }
+        let json = &mut self.touch(key)?.json;
+        let alias = json!(format!("smtp:{address}"));
+        match json["proxyAddresses"].as_array_mut() {
+            Some(addresses) if addresses.contains(&alias) => {}
+            Some(addresses) => addresses.push(alias),
+            None => json["proxyAddresses"] = json!([alias]),
+        }
         Ok(())
     }
 
@@ -300,10 +337,12 @@ impl TenantState {
             "mail": new.has_mailbox.then(|| new.user_principal_name.clone()),
             "userPrincipalName": new.user_principal_name,
             "jobTitle": new.job_title,
+            "department": new.department,
             "businessPhones": [],
             "mobilePhone": null,
             "officeLocation": null,
             "preferredLanguage": "en-US",
+            "proxyAddresses": proxy_addresses(new.has_mailbox, &new.user_principal_name),
             "accountEnabled": new.account_enabled,
         });
         let mailbox = new
@@ -391,6 +430,16 @@ impl TenantState {
             message_json(mail, &message_id, &inbox, (&name, &address), attachment_ids);
         mailbox.messages.push(StoredMessage { json, attachments });
         Ok((user_id, message_id))
+    }
+}
+
+/// A mailbox user's primary address (`SMTP:`, upper case by Exchange's convention); none
+/// without a mailbox.
+pub(crate) fn proxy_addresses(has_mailbox: bool, address: &str) -> Vec<String> {
+    if has_mailbox {
+        vec![format!("SMTP:{address}")]
+    } else {
+        Vec::new()
     }
 }
 

@@ -127,6 +127,7 @@ async fn a_new_user_appears_in_the_next_delta_round() {
             given_name: Some("Nora".to_owned()),
             surname: Some("New".to_owned()),
             job_title: None,
+            department: None,
             account_enabled: true,
             has_mailbox: true,
         },

@@ -1,5 +1,6 @@
 //! The Graph client against the simulator, over real HTTP.
 
+mod contacts;
 mod directory;
 mod faults;
 mod helpers;
