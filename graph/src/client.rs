@@ -143,12 +143,7 @@ impl GraphClient {
             attempt += 1;
             let token = match call.auth {
                 Auth::App(credentials, scope) => {
-                    let key = TokenKey::new(
-                        credentials.tenant_id,
-                        &credentials.client_id,
-                        &credentials.client_secret,
-                        scope,
-                    );
+                    let key = TokenKey::of(credentials, scope);
                     let token = self.token(&key, credentials, scope).await?;
                     Some((key, token))
                 }
@@ -328,12 +323,7 @@ impl GraphClient {
         credentials: &AppCredentials,
         scope: &str,
     ) -> Result<(), GraphError> {
-        let key = TokenKey::new(
-            credentials.tenant_id,
-            &credentials.client_id,
-            &credentials.client_secret,
-            scope,
-        );
+        let key = TokenKey::of(credentials, scope);
         self.token(&key, credentials, scope).await.map(|_| ())
     }
 
@@ -345,12 +335,7 @@ impl GraphClient {
         credentials: &AppCredentials,
         scope: &str,
     ) -> Result<(), GraphError> {
-        let key = TokenKey::new(
-            credentials.tenant_id,
-            &credentials.client_id,
-            &credentials.client_secret,
-            scope,
-        );
+        let key = TokenKey::of(credentials, scope);
         let slot = self.inner.tokens.slot(&key);
         let mut held = slot.lock().await;
         match self.fetch_token(credentials, scope).await {

@@ -64,6 +64,16 @@ impl TokenKey {
             scope: scope.to_owned(),
         }
     }
+
+    /// The key of a token for `credentials` and `scope`.
+    pub(crate) fn of(credentials: &crate::AppCredentials, scope: &str) -> Self {
+        Self::new(
+            credentials.tenant_id,
+            &credentials.client_id,
+            &credentials.client_secret,
+            scope,
+        )
+    }
 }
 
 type Slot = Arc<tokio::sync::Mutex<Option<CachedToken>>>;

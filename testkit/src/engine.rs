@@ -95,3 +95,41 @@ impl SteppedEngine {
         .await
     }
 }
+
+/// A fresh database with one of the simulator's tenants registered, ready (a default
+/// connection with its real simulated credentials and consent), and an engine stepped by
+/// the test against the simulator, on a clock only the test (or `drive`) moves.
+pub struct OneTenant {
+    pub db: crate::TestDb,
+    pub stepped: SteppedEngine,
+    pub sim: graph::sim::SimHandle,
+    pub tenant: TenantKey,
+    pub connection: domain::ConnectionId,
+    /// The tenant's Entra id in the simulator.
+    pub entra: uuid::Uuid,
+}
+
+impl OneTenant {
+    /// The world of a fleet of one simulated tenant made from `seed`.
+    pub async fn new(seed: u64) -> Self {
+        let db = crate::TestDb::new().await;
+        let clock = FixedClock::at(chrono::Utc::now());
+        let bus = db.bus_on(&clock).await;
+        let sim = graph::sim::spawn(graph::sim::SimConfig {
+            tenants: 1,
+            seed,
+            ..graph::sim::SimConfig::default()
+        })
+        .await;
+        let t = sim.tenants().remove(0);
+        let (tenant, connection) = crate::ReadyTenant::simulated(&bus, &t).build().await;
+        Self {
+            stepped: SteppedEngine::against(&sim, &bus, &clock),
+            db,
+            sim,
+            tenant,
+            connection,
+            entra: t.tenant_id,
+        }
+    }
+}

@@ -24,7 +24,7 @@ mod wait;
 
 pub use consumers::{caught_up, has_read_everything, SteppedConsumer, CATCH_UP};
 pub use db::{count_events, TestDb, READ_MODEL_TABLES};
-pub use engine::SteppedEngine;
+pub use engine::{OneTenant, SteppedEngine};
 #[cfg(feature = "service")]
 pub use graphql::{token, GraphqlClient};
 pub use history::{

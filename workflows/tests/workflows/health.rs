@@ -3,40 +3,22 @@
 
 use domain::connection::{ConnectionStatus, HealthStatus, ProviderConnection};
 use domain::run::{OperationRun, RunOutcome};
-use domain::{Clock, ConnectionId, FixedClock, ReasonCode, TenantKey};
-use graph::sim::{self, SimConfig, SimHandle};
-use testkit::{owner, ReadyTenant, SteppedEngine, TestDb};
+use domain::{Clock, ReasonCode};
+use testkit::{owner, OneTenant};
 use workflows::health;
 
-struct World {
-    _db: TestDb,
-    stepped: SteppedEngine,
-    sim: SimHandle,
-    tenant: TenantKey,
-    connection: ConnectionId,
-    entra: uuid::Uuid,
+/// One simulated tenant, ready, and an engine calling the simulator.
+struct World(OneTenant);
+
+impl std::ops::Deref for World {
+    type Target = OneTenant;
+    fn deref(&self) -> &OneTenant {
+        &self.0
+    }
 }
 
 async fn world() -> World {
-    let db = TestDb::new().await;
-    let clock = FixedClock::at(chrono::Utc::now());
-    let bus = db.bus_on(&clock).await;
-    let sim = sim::spawn(SimConfig {
-        tenants: 1,
-        seed: 9,
-        ..SimConfig::default()
-    })
-    .await;
-    let t = sim.tenants().remove(0);
-    let (tenant, connection) = ReadyTenant::simulated(&bus, &t).build().await;
-    World {
-        _db: db,
-        stepped: SteppedEngine::against(&sim, &bus, &clock),
-        sim,
-        tenant,
-        connection,
-        entra: t.tenant_id,
-    }
+    World(OneTenant::new(9).await)
 }
 
 impl World {

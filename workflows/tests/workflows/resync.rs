@@ -3,11 +3,11 @@
 use app::Started;
 use domain::run::{OperationRun, RunOutcome};
 use domain::tenant::Tenant;
-use domain::{FixedClock, ReasonCode, RunId, TenantKey};
-use graph::sim::{self, Fault, SimConfig, SimHandle};
+use domain::{ReasonCode, RunId, TenantKey};
+use graph::sim::{Fault, SimHandle};
 use graph::Endpoint;
 use std::time::Duration;
-use testkit::{owner, ReadyTenant, SteppedEngine, TestDb};
+use testkit::{owner, OneTenant, SteppedEngine, TestDb};
 
 struct World {
     _db: TestDb,
@@ -35,23 +35,20 @@ impl std::ops::DerefMut for World {
 
 /// One simulated tenant, ready, and an engine calling the simulator.
 async fn world() -> World {
-    let db = TestDb::new().await;
-    let clock = FixedClock::at(chrono::Utc::now());
-    let bus = db.bus_on(&clock).await;
-    let sim = sim::spawn(SimConfig {
-        tenants: 1,
-        seed: 3,
-        ..SimConfig::default()
-    })
-    .await;
-    let t = sim.tenants().remove(0);
-    let (tenant, _) = ReadyTenant::simulated(&bus, &t).build().await;
-    World {
-        _db: db,
-        stepped: SteppedEngine::against(&sim, &bus, &clock),
+    let OneTenant {
+        db,
+        stepped,
         sim,
         tenant,
-        entra: t.tenant_id,
+        entra,
+        ..
+    } = OneTenant::new(3).await;
+    World {
+        _db: db,
+        stepped,
+        sim,
+        tenant,
+        entra,
     }
 }
 

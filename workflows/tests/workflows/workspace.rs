@@ -4,9 +4,7 @@
 use app::Started;
 use domain::run::{OperationRun, RunOutcome, RunTarget};
 use domain::scope_lock::ScopeLock;
-use domain::FixedClock;
-use graph::sim::{self, SimConfig};
-use testkit::{owner, ReadyTenant, SteppedEngine, TestDb};
+use testkit::{owner, OneTenant};
 
 /// A workflow over the whole workspace that only these tests know: it counts the
 /// workspace's tenants through the store and reports the count as its step's summary.
@@ -59,32 +57,20 @@ impl workflows::Workflow for Sweep {
     }
 }
 
-struct World {
-    _db: TestDb,
-    stepped: SteppedEngine,
-    tenant: domain::TenantKey,
+/// One simulated tenant, ready, and an engine that also runs [`Sweep`].
+struct World(OneTenant);
+
+impl std::ops::Deref for World {
+    type Target = OneTenant;
+    fn deref(&self) -> &OneTenant {
+        &self.0
+    }
 }
 
 async fn world() -> World {
-    let db = TestDb::new().await;
-    let clock = FixedClock::at(chrono::Utc::now());
-    let bus = db.bus_on(&clock).await;
-    let sim = sim::spawn(SimConfig {
-        tenants: 1,
-        seed: 5,
-        ..SimConfig::default()
-    })
-    .await;
-    let (tenant, _) = ReadyTenant::simulated(&bus, &sim.tenants()[0])
-        .build()
-        .await;
-    let mut stepped = SteppedEngine::against(&sim, &bus, &clock);
-    stepped.engine.register::<Sweep>();
-    World {
-        _db: db,
-        stepped,
-        tenant,
-    }
+    let mut one = OneTenant::new(5).await;
+    one.stepped.engine.register::<Sweep>();
+    World(one)
 }
 
 impl World {
