@@ -3,6 +3,7 @@
 
 mod errors;
 mod feed;
+mod introspection;
 mod mutation;
 mod next_steps;
 mod page;
@@ -13,6 +14,8 @@ mod types;
 use async_graphql::Schema;
 
 pub use feed::{RunFeed, RunNotice};
+pub use introspection::MAX_INTROSPECTION_DEPTH;
+use introspection::{route, Route};
 pub use mutation::{MutationRoot, RequestId};
 pub use query::QueryRoot;
 pub use subscription::SubscriptionRoot;
@@ -20,7 +23,7 @@ pub use subscription::SubscriptionRoot;
 /// The schema type.
 pub type TenantflowSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 
-/// Deepest query accepted.
+/// Deepest query accepted (introspection has its own limits: see [`MAX_INTROSPECTION_DEPTH`]).
 pub const MAX_DEPTH: usize = 12;
 /// Most complex query accepted (each field costs 1, lists multiply by their page size).
 pub const MAX_COMPLEXITY: usize = 5000;
@@ -33,6 +36,23 @@ pub fn schema() -> TenantflowSchema {
         .limit_depth(MAX_DEPTH)
         .limit_complexity(MAX_COMPLEXITY)
         .finish()
+}
+
+/// Executes a request with the schema its kind calls for: introspection with the limits
+/// made for it, anything else with the ordinary ones.
+pub(crate) async fn execute(
+    schema: &TenantflowSchema,
+    request: async_graphql::Request,
+) -> async_graphql::Response {
+    match route(&request.query, request.operation_name.as_deref()) {
+        Route::Ordinary => schema.execute(request).await,
+        Route::Introspection => {
+            introspection::schema()
+                .execute(request.only_introspection())
+                .await
+        }
+        Route::TooDeep => introspection::too_deep(),
+    }
 }
 
 /// The schema in SDL (committed as `api/schema.graphql`; `tenantflow schema` prints it).
