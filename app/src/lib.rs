@@ -14,8 +14,8 @@ mod tenants;
 pub use connections::{change_connection, create_connection, make_default, set_credential};
 pub use error::AppError;
 pub use runs::{
-    cancel_run, release_scope, retry_run, start_operation, start_operation_with_id,
-    start_operations, StartRequest, Started,
+    cancel_run, release_scope, retry_run, start_operation, start_operation_through,
+    start_operation_with_id, start_operations, StartRequest, Started,
 };
 pub use schedules::{disable_schedule, set_schedule};
 pub use tenants::{change_tenant, register_tenant};

@@ -72,16 +72,75 @@ pub struct EventFilter {
     pub tenant_id: Option<String>,
     pub recorded_after: Option<DateTime<Utc>>,
     pub recorded_before: Option<DateTime<Utc>>,
+    /// Who recorded the event (a person's subject, `workflow:<instance>`, ...).
+    pub actor: Option<String>,
+    /// The correlation id every event of one request (or one run's work) shares.
+    pub correlation_id: Option<String>,
+}
+
+/// Which end of the log a list of events starts from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, async_graphql::Enum)]
+pub enum EventOrder {
+    /// The log's global order: the oldest first.
+    #[default]
+    OldestFirst,
+    /// The newest first (the log's global order, reversed).
+    NewestFirst,
+}
+
+/// Which audit log entries to list.
+#[derive(InputObject, Default)]
+pub struct AuditFilter {
+    #[graphql(name = "tenantId")]
+    pub tenant_id: Option<String>,
+    /// Who acted: a person's subject, `workflow:<instance>`, `schedule:<id>`, ...
+    pub actor: Option<String>,
+    /// What happened: the event type (`RunFailed`, `ConnectionDisabled`, ...).
+    pub action: Option<String>,
+    pub recorded_after: Option<DateTime<Utc>>,
+    pub recorded_before: Option<DateTime<Utc>>,
+}
+
+/// A time range: `after` inclusive, `before` exclusive; either may be left open.
+#[derive(InputObject, Default, Clone, Copy)]
+pub struct TimeRange {
+    pub after: Option<DateTime<Utc>>,
+    pub before: Option<DateTime<Utc>>,
+}
+
+impl TimeRange {
+    /// Appends ` AND column >= after AND column < before` for the ends given.
+    fn push(&self, q: &mut QueryBuilder<'_, Postgres>, column: &str) {
+        if let Some(t) = self.after {
+            q.push(format!(" AND {column} >= ")).push_bind(t);
+        }
+        if let Some(t) = self.before {
+            q.push(format!(" AND {column} < ")).push_bind(t);
+        }
+    }
+}
+
+/// `text` as a case-insensitive `LIKE` pattern that matches it anywhere (its own `%`, `_`
+/// and `\` match only themselves).
+fn contains_pattern(text: &str) -> String {
+    let escaped = text
+        .trim()
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
 }
 
 pub struct QueryRoot;
 
 #[Object]
 impl QueryRoot {
-    /// Tenants of the caller's workspace, by display name.
+    /// Tenants of the caller's workspace, by display name. `search` keeps those whose
+    /// display name, primary domain or Entra tenant id contains it (case-insensitive).
     async fn tenants(
         &self,
         ctx: &Context<'_>,
+        search: Option<String>,
         first: Option<i32>,
         after: Option<String>,
     ) -> async_graphql::Result<Connection<String, TenantNode>> {
@@ -91,6 +150,19 @@ impl QueryRoot {
             "SELECT {TENANT_COLUMNS} FROM rm_tenants WHERE workspace_id = "
         ));
         q.push_bind(&caller.workspace);
+        if let Some(search) = search.filter(|s| !s.trim().is_empty()) {
+            if search.len() > 200 {
+                return Err(invalid("`search` is at most 200 characters"));
+            }
+            let pattern = contains_pattern(&search);
+            q.push(" AND (display_name ILIKE ")
+                .push_bind(pattern.clone())
+                .push(" OR primary_domain ILIKE ")
+                .push_bind(pattern.clone())
+                .push(" OR entra_tenant_id::text ILIKE ")
+                .push_bind(pattern)
+                .push(")");
+        }
         if let (Some(name), Some(key)) = (page.key_str(0)?, page.key_str(1)?) {
             q.push(" AND (display_name, tenant_key) > (")
                 .push_bind(name)
@@ -292,24 +364,38 @@ impl QueryRoot {
         state_at(ctx, AggregateKind::Run, &id.to_string(), as_of).await
     }
 
-    /// Who did what, when, to which tenant: newest first.
+    /// Who did what, when, to which tenant: newest first. `tenantId` alone is kept for
+    /// older clients; `filter` narrows by tenant, actor, action and time.
     async fn audit_log(
         &self,
         ctx: &Context<'_>,
         #[graphql(name = "tenantId")] tenant_id: Option<String>,
+        filter: Option<AuditFilter>,
         first: Option<i32>,
         after: Option<String>,
     ) -> async_graphql::Result<Connection<String, AuditEntry>> {
         let page = PageRequest::parse(first, after)?;
+        let f = filter.unwrap_or_default();
         let caller = caller(ctx)?;
         let mut q = QueryBuilder::<Postgres>::new(
             "SELECT global_position, recorded_at, actor, role, action, aggregate_type, aggregate_id, tenant_key, correlation_id, \
              details FROM rm_audit_log WHERE workspace_id = ",
         );
         q.push_bind(&caller.workspace);
-        if let Some(t) = tenant_id {
+        for t in [tenant_id, f.tenant_id].into_iter().flatten() {
             q.push(" AND tenant_key = ").push_bind(t);
         }
+        if let Some(actor) = f.actor {
+            q.push(" AND actor = ").push_bind(actor);
+        }
+        if let Some(action) = f.action {
+            q.push(" AND action = ").push_bind(action);
+        }
+        TimeRange {
+            after: f.recorded_after,
+            before: f.recorded_before,
+        }
+        .push(&mut q, "recorded_at");
         if let Some(p) = page.key_i64(0)? {
             q.push(" AND global_position < ").push_bind(p);
         }
@@ -324,11 +410,13 @@ impl QueryRoot {
         Ok(connection(&page, rows, |a| vec![a.global_position.into()]))
     }
 
-    /// The event streams themselves, in global order (R9.1), for auditors.
+    /// The event streams themselves, for auditors: in the log's global order, or newest
+    /// first with `order: NEWEST_FIRST`.
     async fn events(
         &self,
         ctx: &Context<'_>,
         filter: Option<EventFilter>,
+        order: Option<EventOrder>,
         first: Option<i32>,
         after: Option<String>,
     ) -> async_graphql::Result<Connection<String, EventNode>> {
@@ -354,23 +442,37 @@ impl QueryRoot {
                 .push_bind(t)
                 .push(")");
         }
-        if let Some(t) = f.recorded_after {
-            q.push(" AND e.recorded_at >= ").push_bind(t);
+        TimeRange {
+            after: f.recorded_after,
+            before: f.recorded_before,
         }
-        if let Some(t) = f.recorded_before {
-            q.push(" AND e.recorded_at < ").push_bind(t);
+        .push(&mut q, "e.recorded_at");
+        if let Some(actor) = f.actor {
+            q.push(" AND e.metadata ->> 'actor' = ").push_bind(actor);
         }
+        if let Some(c) = f.correlation_id {
+            q.push(" AND e.metadata ->> 'correlation_id' = ")
+                .push_bind(c);
+        }
+        let (beyond, direction) = match order.unwrap_or_default() {
+            EventOrder::OldestFirst => (">", "ASC"),
+            EventOrder::NewestFirst => ("<", "DESC"),
+        };
         if let (Some(tx_id), Some(pos)) = (page.key_i64(0)?, page.key_i64(1)?) {
-            q.push(" AND (e.transaction_id, e.global_position) > (")
-                .push_bind(tx_id.to_string())
-                .push("::text::xid8, ")
-                .push_bind(pos)
-                .push(")");
+            q.push(format!(
+                " AND (e.transaction_id, e.global_position) {beyond} ("
+            ))
+            .push_bind(tx_id.to_string())
+            .push("::text::xid8, ")
+            .push_bind(pos)
+            .push(")");
         }
         // Only what no running transaction can still precede: the order is final.
         q.push(" AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())");
-        q.push(" ORDER BY e.transaction_id, e.global_position LIMIT ")
-            .push_bind(page.limit());
+        q.push(format!(
+            " ORDER BY e.transaction_id {direction}, e.global_position {direction} LIMIT "
+        ))
+        .push_bind(page.limit());
         let mut tx = reader(ctx).await?;
         let rows: Vec<EventNode> = q
             .build_query_as()
@@ -385,11 +487,13 @@ impl QueryRoot {
         }))
     }
 
-    /// A tenant's policy snapshots, newest first, with their diffs.
+    /// A tenant's policy snapshots, newest first, with their diffs; `taken` keeps those
+    /// taken in a time range.
     async fn snapshots(
         &self,
         ctx: &Context<'_>,
         #[graphql(name = "tenantId")] tenant_id: String,
+        taken: Option<TimeRange>,
         first: Option<i32>,
         after: Option<String>,
     ) -> async_graphql::Result<Connection<String, SnapshotNode>> {
@@ -401,6 +505,7 @@ impl QueryRoot {
         q.push_bind(&caller.workspace)
             .push(" AND tenant_key = ")
             .push_bind(tenant_id);
+        taken.unwrap_or_default().push(&mut q, "taken_at");
         if let (Some(at), Some(id)) = (page.key_str(0)?, page.key_str(1)?) {
             let at: DateTime<Utc> = at.parse().map_err(|_| invalid("invalid cursor"))?;
             q.push(" AND (taken_at, snapshot_id) < (")
@@ -425,11 +530,13 @@ impl QueryRoot {
         }))
     }
 
-    /// Drift alerts of the caller's workspace (optionally of one tenant), newest first.
+    /// Drift alerts of the caller's workspace (optionally of one tenant), newest first;
+    /// `raised` keeps those raised in a time range.
     async fn alerts(
         &self,
         ctx: &Context<'_>,
         #[graphql(name = "tenantId")] tenant_id: Option<String>,
+        raised: Option<TimeRange>,
         first: Option<i32>,
         after: Option<String>,
     ) -> async_graphql::Result<Connection<String, Alert>> {
@@ -442,6 +549,7 @@ impl QueryRoot {
         if let Some(t) = tenant_id {
             q.push(" AND tenant_key = ").push_bind(t);
         }
+        raised.unwrap_or_default().push(&mut q, "raised_at");
         if let (Some(at), Some(id)) = (page.key_str(0)?, page.key_str(1)?) {
             let at: DateTime<Utc> = at.parse().map_err(|_| invalid("invalid cursor"))?;
             q.push(" AND (raised_at, snapshot_id) < (")

@@ -8,7 +8,7 @@ use domain::run::NextStep;
 use domain::RunId;
 
 use super::errors::internal;
-use super::next_steps::links;
+use super::next_steps::{links, of_run};
 use super::query::reader;
 
 #[derive(Debug, Clone, SimpleObject, sqlx::FromRow)]
@@ -134,6 +134,8 @@ pub struct RunNode {
     pub tenant_key: Option<String>,
     pub status: String,
     pub outcome: String,
+    /// A cancellation was asked for while the run was running: it stops at its next step.
+    pub cancel_requested: bool,
     pub context: serde_json::Value,
     pub initiator: String,
     pub summary_counts: serde_json::Value,
@@ -151,26 +153,61 @@ pub struct RunNode {
 }
 
 pub(crate) const RUN_COLUMNS: &str =
-    "run_id, run_type, tenant_key, status, outcome, context, initiator, summary_counts, \
+    "run_id, run_type, tenant_key, status, outcome, cancel_requested, context, initiator, summary_counts, \
      failure_summary, reason_code, next_steps, queued_at, started_at, completed_at, retry_of";
 
 #[ComplexObject]
 impl RunNode {
-    /// What a person can do to unblock a blocked run: links into the product,
-    /// `[{ "label": ..., "href": ... }]`. Empty for other runs.
+    /// What a person can do about a blocked or failed run: links into the product,
+    /// `[{ "label": ..., "href": ... }]`, one per step its reason calls for (check the
+    /// service status, fix permissions, grant consent again, provide a new secret, ...).
+    /// Empty for other runs.
     async fn next_steps(&self) -> serde_json::Value {
-        links(&self.next_steps, self.tenant_key.as_deref())
+        let steps = of_run(&self.next_steps, &self.outcome, self.reason_code.as_deref());
+        links(&steps, self.tenant_key.as_deref())
     }
 
     /// Every recorded step attempt, in order.
     async fn steps(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<RunStep>> {
         let mut tx = reader(ctx).await?;
         sqlx::query_as::<_, RunStep>(
-            "SELECT step, attempt, status, reason_code, message, retry_at, recorded_at FROM rm_run_steps \
+            "SELECT step, attempt, status, reason_code, message, summary, retry_at, started_at, recorded_at FROM rm_run_steps \
              WHERE run_id = $1 ORDER BY recorded_at, step, attempt LIMIT 500",
         )
         .bind(self.run_id)
         .fetch_all(&mut *tx)
+        .await
+        .map_err(internal)
+    }
+
+    /// The policy snapshot a resync or import ended with: the one it wrote, or the
+    /// existing one when the policies were unchanged. Null for other runs and before the
+    /// snapshot step has completed.
+    async fn snapshot_id(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Uuid>> {
+        let mut tx = reader(ctx).await?;
+        let id: Option<(Option<String>,)> = sqlx::query_as(
+            "SELECT summary ->> 'snapshot_id' FROM rm_run_steps \
+             WHERE run_id = $1 AND status = 'completed' AND summary ? 'snapshot_id' \
+             ORDER BY recorded_at DESC, attempt DESC LIMIT 1",
+        )
+        .bind(self.run_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(internal)?;
+        Ok(id.and_then(|(s,)| s).and_then(|s| Uuid::try_parse(&s).ok()))
+    }
+
+    /// The snapshot of `snapshotId`, with its policies and diff.
+    async fn snapshot(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<SnapshotNode>> {
+        let Some(id) = self.snapshot_id(ctx).await? else {
+            return Ok(None);
+        };
+        let mut tx = reader(ctx).await?;
+        sqlx::query_as(&format!(
+            "SELECT {SNAPSHOT_COLUMNS} FROM rm_policy_snapshots WHERE snapshot_id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(internal)
     }
@@ -288,7 +325,13 @@ pub struct RunStep {
     pub status: String,
     pub reason_code: Option<String>,
     pub message: Option<String>,
+    /// What a completed step reports (a resync's snapshot step: `snapshot_id`,
+    /// `policy_count`, `unchanged`); never policies or secrets.
+    pub summary: Option<serde_json::Value>,
     pub retry_at: Option<DateTime<Utc>>,
+    /// When the attempt began; null when it was recorded without a start.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When the attempt's last event happened.
     pub recorded_at: DateTime<Utc>,
 }
 

@@ -1,6 +1,9 @@
 //! The API crate's tests: the committed schema, the service served in this process, and
-//! the API as dashboard toolchains see it.
+//! the API as dashboard screens and toolchains see it.
 
+mod connections;
+mod dashboard;
+mod filters;
 mod graphql_js;
 mod schema;
 mod service;

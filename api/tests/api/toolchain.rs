@@ -6,6 +6,7 @@ use domain::Role;
 use serde_json::json;
 use testkit::TestApp;
 
+use crate::dashboard::readme_queries;
 use crate::graphql_js;
 
 /// The names the committed SDL declares (types, inputs, enums, interfaces, unions, scalars).
@@ -36,7 +37,11 @@ async fn the_standard_introspection_query_succeeds_and_rebuilds_the_whole_schema
         .await;
     assert!(answer.get("errors").is_none(), "{answer}");
 
-    let report = graphql_js::client_schema(&answer, &json!([]));
+    let operations: Vec<_> = readme_queries()
+        .into_iter()
+        .map(|(name, document)| json!({ "name": name, "document": document }))
+        .collect();
+    let report = graphql_js::client_schema(&answer, &json!(operations));
     let rebuilt: Vec<&str> = report["types"]
         .as_array()
         .expect("type names")
