@@ -29,17 +29,20 @@ pub enum Permission {
     StartOperations,
     /// Set, change and disable a workspace's recurring schedules.
     ManageSchedules,
+    /// Acknowledge drift alerts: the work of whoever watches the fleet.
+    HandleAlerts,
     /// Internal progress of workflows: only the engine records it.
     RecordProgress,
 }
 
 impl Permission {
     /// Every permission: together, everything that changes anything.
-    pub const ALL: [Permission; 5] = [
+    pub const ALL: [Permission; 6] = [
         Permission::ManageTenants,
         Permission::ManageConnections,
         Permission::StartOperations,
         Permission::ManageSchedules,
+        Permission::HandleAlerts,
         Permission::RecordProgress,
     ];
 }
@@ -53,10 +56,14 @@ impl Role {
             Role::Owner | Role::Manager => {
                 matches!(
                     permission,
-                    ManageTenants | ManageConnections | StartOperations | ManageSchedules
+                    ManageTenants
+                        | ManageConnections
+                        | StartOperations
+                        | ManageSchedules
+                        | HandleAlerts
                 )
             }
-            Role::Operator => matches!(permission, StartOperations),
+            Role::Operator => matches!(permission, StartOperations | HandleAlerts),
             Role::Readonly | Role::Auditor => false,
         }
     }

@@ -59,6 +59,10 @@ pub enum ConnectionCommand {
     },
     Disable,
     Enable,
+    /// Gives the connection a new display name (validated as at creation).
+    Rename {
+        display_name: String,
+    },
 }
 
 impl Authorize for ConnectionCommand {
@@ -74,7 +78,8 @@ impl Authorize for ConnectionCommand {
             | ConnectionCommand::GrantConsent { .. }
             | ConnectionCommand::RevokeConsent
             | ConnectionCommand::Disable
-            | ConnectionCommand::Enable => Permission::ManageConnections,
+            | ConnectionCommand::Enable
+            | ConnectionCommand::Rename { .. } => Permission::ManageConnections,
         }
     }
 }
@@ -177,6 +182,10 @@ pub enum ConnectionEvent {
     ConnectionEnabled {
         at: DateTime<Utc>,
     },
+    ConnectionRenamed {
+        display_name: String,
+        at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for ConnectionEvent {
@@ -193,6 +202,7 @@ impl DomainEvent for ConnectionEvent {
             ConnectionEvent::ConnectionErrored { .. } => "ConnectionErrored",
             ConnectionEvent::ConnectionDisabled { .. } => "ConnectionDisabled",
             ConnectionEvent::ConnectionEnabled { .. } => "ConnectionEnabled",
+            ConnectionEvent::ConnectionRenamed { .. } => "ConnectionRenamed",
         }
         .to_owned()
     }
@@ -472,6 +482,19 @@ impl Aggregate for ProviderConnection {
                 sink.write(ConnectionEvent::ConnectionEnabled { at: now }, self)
                     .await;
             }
+            ConnectionCommand::Rename { display_name } => {
+                self.require_created()?;
+                let display_name =
+                    clean_name(&display_name, MAX_NAME).ok_or(ConnectionError::InvalidName)?;
+                // The same name again: nothing happened.
+                if display_name != self.display_name {
+                    let event = ConnectionEvent::ConnectionRenamed {
+                        display_name,
+                        at: now,
+                    };
+                    sink.write(event, self).await;
+                }
+            }
         }
         Ok(())
     }
@@ -555,6 +578,9 @@ impl Aggregate for ProviderConnection {
             }
             ConnectionEvent::ConnectionDisabled { .. } => self.disabled = true,
             ConnectionEvent::ConnectionEnabled { .. } => self.disabled = false,
+            ConnectionEvent::ConnectionRenamed { display_name, .. } => {
+                self.display_name = display_name
+            }
         }
         self.recompute_status();
     }
@@ -943,6 +969,31 @@ mod tests {
             .given(with(connected(), disabled()))
             .when(ConnectionCommand::Enable)
             .then_expect_events(vec![ConnectionEvent::ConnectionEnabled { at: now() }]);
+    }
+
+    #[test]
+    fn a_connection_is_renamed_to_a_valid_new_name_only() {
+        F::with(services())
+            .given(vec![created()])
+            .when(ConnectionCommand::Rename {
+                display_name: "  Contoso (partner)  ".into(),
+            })
+            .then_expect_events(vec![ConnectionEvent::ConnectionRenamed {
+                display_name: "Contoso (partner)".into(),
+                at: now(),
+            }]);
+        F::with(services())
+            .given(vec![created()])
+            .when(ConnectionCommand::Rename {
+                display_name: "\u{7}".into(),
+            })
+            .then_expect_error(ConnectionError::InvalidName);
+        F::with(services())
+            .given_no_previous_events()
+            .when(ConnectionCommand::Rename {
+                display_name: "x".into(),
+            })
+            .then_expect_error(ConnectionError::NotFound);
     }
 
     #[test]

@@ -53,6 +53,8 @@ const ERRORED: &str = "UPDATE rm_connections SET version = $2, errored = true, \
     WHERE connection_id = $1 AND version < $2";
 const DISABLED: &str = "UPDATE rm_connections SET version = $2, disabled = $3 \
     WHERE connection_id = $1 AND version < $2";
+const RENAMED: &str = "UPDATE rm_connections SET version = $2, display_name = $3 \
+    WHERE connection_id = $1 AND version < $2";
 
 aggregate_projection!(
     Connections,
@@ -125,6 +127,9 @@ async fn apply(
             .bind(message),
         ConnectionEvent::ConnectionDisabled { .. } => versioned(DISABLED, id, e).bind(true),
         ConnectionEvent::ConnectionEnabled { .. } => versioned(DISABLED, id, e).bind(false),
+        ConnectionEvent::ConnectionRenamed { display_name, .. } => {
+            versioned(RENAMED, id, e).bind(display_name)
+        }
     };
     query.execute(&mut *tx).await?;
     Ok(())

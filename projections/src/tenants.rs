@@ -73,6 +73,7 @@ async fn apply(
         | TenantEvent::DefaultConnectionChanged { .. }
         | TenantEvent::PolicySnapshotted { .. }
         | TenantEvent::PolicyDriftDetected { .. }
+        | TenantEvent::AlertAcknowledged { .. }
         | TenantEvent::LicensesRefreshed { .. } => versioned(TOUCH, key, e),
     };
     query.execute(&mut *tx).await?;

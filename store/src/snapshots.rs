@@ -22,7 +22,7 @@ use crate::log::{Consumer, ConsumerError, Payloads, Position, StoredEvent};
 /// folded whole, and the writer replaces them. The `state_shapes` test fails when a shape
 /// changes without its version.
 pub const SNAPSHOTTED: &[(&str, i32)] = &[
-    (Tenant::TYPE, 1),
+    (Tenant::TYPE, 2),
     (ProviderConnection::TYPE, 1),
     (ScopeLock::TYPE, 1),
 ];
@@ -186,7 +186,7 @@ mod tests {
         let expected: &[(&str, i32, Vec<String>, &[&str])] = &[
             (
                 Tenant::TYPE,
-                1,
+                2,
                 fields_of::<Tenant>(),
                 &[
                     "capabilities",
@@ -198,6 +198,7 @@ mod tests {
                     "last_alert_at",
                     "last_resynced_at",
                     "last_snapshot",
+                    "open_alerts",
                     "primary_domain",
                     "status",
                     "workspace",

@@ -241,6 +241,16 @@ impl MutationRoot {
         change_connection(ctx, &id, ConnectionCommand::Disable).await
     }
 
+    /// Renames a connection (Owner, Manager): 1-200 characters, no control characters.
+    async fn rename_connection(
+        &self,
+        ctx: &Context<'_>,
+        id: String,
+        display_name: String,
+    ) -> async_graphql::Result<ConnectionPayload> {
+        change_connection(ctx, &id, ConnectionCommand::Rename { display_name }).await
+    }
+
     /// Enables a disabled connection again (Owner, Manager).
     async fn enable_connection(
         &self,
@@ -248,6 +258,26 @@ impl MutationRoot {
         id: String,
     ) -> async_graphql::Result<ConnectionPayload> {
         change_connection(ctx, &id, ConnectionCommand::Enable).await
+    }
+
+    /// Acknowledges a tenant's open drift alert, named by the snapshot that raised it
+    /// (Owner, Manager, Operator). An alert that is not open (unknown, or acknowledged
+    /// already) is `not_found`.
+    async fn acknowledge_alert(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(name = "tenantId")] tenant_id: String,
+        snapshot_id: String,
+    ) -> async_graphql::Result<AlertPayload> {
+        let snapshot_id = uuid::Uuid::try_parse(snapshot_id.trim())
+            .map_err(|_| invalid("`snapshotId` is not a valid snapshot id"))?;
+        change_tenant(
+            ctx,
+            &tenant_id,
+            TenantCommand::AcknowledgeAlert { snapshot_id },
+        )
+        .await?;
+        Ok(AlertPayload { snapshot_id })
     }
 
     /// Starts a Conditional Access resync of a tenant (Owner, Manager, Operator), or

@@ -531,25 +531,33 @@ impl QueryRoot {
     }
 
     /// Drift alerts of the caller's workspace (optionally of one tenant), newest first;
-    /// `raised` keeps those raised in a time range.
+    /// `raised` keeps those raised in a time range, `acknowledged` those acknowledged
+    /// (`true`) or still open (`false`).
     async fn alerts(
         &self,
         ctx: &Context<'_>,
         #[graphql(name = "tenantId")] tenant_id: Option<String>,
         raised: Option<TimeRange>,
+        acknowledged: Option<bool>,
         first: Option<i32>,
         after: Option<String>,
     ) -> async_graphql::Result<Connection<String, Alert>> {
         let page = PageRequest::parse(first, after)?;
         let caller = caller(ctx)?;
         let mut q = QueryBuilder::<Postgres>::new(
-            "SELECT snapshot_id, tenant_key, kind, raised_at FROM rm_alerts WHERE workspace_id = ",
+            "SELECT snapshot_id, tenant_key, kind, raised_at, acknowledged_at, acknowledged_by \
+             FROM rm_alerts WHERE workspace_id = ",
         );
         q.push_bind(&caller.workspace);
         if let Some(t) = tenant_id {
             q.push(" AND tenant_key = ").push_bind(t);
         }
         raised.unwrap_or_default().push(&mut q, "raised_at");
+        match acknowledged {
+            Some(true) => q.push(" AND acknowledged_at IS NOT NULL"),
+            Some(false) => q.push(" AND acknowledged_at IS NULL"),
+            None => &mut q,
+        };
         if let (Some(at), Some(id)) = (page.key_str(0)?, page.key_str(1)?) {
             let at: DateTime<Utc> = at.parse().map_err(|_| invalid("invalid cursor"))?;
             q.push(" AND (raised_at, snapshot_id) < (")

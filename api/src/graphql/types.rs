@@ -449,6 +449,17 @@ pub struct Alert {
     pub tenant_key: String,
     pub kind: String,
     pub raised_at: DateTime<Utc>,
+    /// When someone acknowledged it (see `acknowledgeAlert`); null while open.
+    pub acknowledged_at: Option<DateTime<Utc>>,
+    /// Who acknowledged it.
+    pub acknowledged_by: Option<String>,
+}
+
+/// What `acknowledgeAlert` did.
+#[derive(Debug, Clone, SimpleObject)]
+pub struct AlertPayload {
+    /// The alert, by the snapshot that raised it.
+    pub snapshot_id: Uuid,
 }
 
 /// What a tenant's licenses allow (capability gating).

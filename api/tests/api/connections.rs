@@ -8,6 +8,9 @@ use testkit::TestApp;
 use crate::dashboard::{add_connection, completed, ready};
 
 const DISABLE: &str = "mutation($c: String!) { disableConnection(id: $c) { id } }";
+const RENAME: &str =
+    "mutation($c: String!, $n: String!) { renameConnection(id: $c, displayName: $n) { id } }";
+const NAMES: &str = "query($t: String!) { tenant(id: $t) { connections { id displayName } } }";
 const ENABLE: &str = "mutation($c: String!) { enableConnection(id: $c) { id } }";
 const CONNECTION_STATUS: &str =
     "query($t: String!) { tenant(id: $t) { connections { id status } } }";
@@ -69,16 +72,43 @@ async fn a_disabled_connection_blocks_runs_through_it_until_it_is_enabled() {
 }
 
 #[tokio::test]
-async fn readonly_and_auditor_may_not_disable_or_enable_a_connection() {
+async fn a_connection_is_renamed_and_a_bad_name_changes_nothing() {
+    let app = TestApp::start().await;
+    let c = app.client("acme", Role::Manager);
+    let (tenant, connection) = ready(&c, &app.sim().tenants().remove(0)).await;
+    c.ok(RENAME, json!({"c": connection, "n": "Contoso (partner)"}))
+        .await;
+    let renamed = c
+        .eventually(NAMES, json!({"t": tenant}), |d| {
+            d["tenant"]["connections"][0]["displayName"] == "Contoso (partner)"
+        })
+        .await;
+    assert_eq!(
+        renamed["tenant"]["connections"][0]["id"],
+        connection.as_str()
+    );
+    let before = event_count(&app).await;
+    assert_eq!(
+        c.error_code(RENAME, json!({"c": connection, "n": ""}))
+            .await,
+        "validation_failed"
+    );
+    assert_eq!(event_count(&app).await, before);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn readonly_and_auditor_may_not_disable_enable_or_rename_a_connection() {
     let app = TestApp::start().await;
     let owner = app.client("acme", Role::Owner);
     let (_, connection) = ready(&owner, &app.sim().tenants().remove(0)).await;
     let before = event_count(&app).await;
     for role in [Role::Readonly, Role::Auditor] {
         let c = app.client("acme", role);
-        for mutation in [DISABLE, ENABLE] {
+        for mutation in [DISABLE, ENABLE, RENAME] {
             assert_eq!(
-                c.error_code(mutation, json!({"c": connection})).await,
+                c.error_code(mutation, json!({"c": connection, "n": "x"}))
+                    .await,
                 "forbidden",
                 "{role:?}"
             );

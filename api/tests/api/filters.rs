@@ -10,8 +10,9 @@ use crate::dashboard::{completed, ready, resync};
 const EVENTS: &str =
     "query($f: EventFilter, $o: EventOrder, $n: Int) { events(filter: $f, order: $o, first: $n) { \
      edges { node { globalPosition eventType metadata } } } }";
-const ALERTS: &str = "query($t: String, $r: TimeRange) { alerts(tenantId: $t, raised: $r) { \
-     edges { node { snapshotId kind raisedAt } } } }";
+const ALERTS: &str = "query($t: String, $r: TimeRange, $a: Boolean) { alerts(tenantId: $t, raised: $r, acknowledged: $a) { \
+     edges { node { snapshotId kind raisedAt acknowledgedAt acknowledgedBy } } } }";
+const ACKNOWLEDGE: &str = "mutation($t: String!, $s: String!) { acknowledgeAlert(tenantId: $t, snapshotId: $s) { snapshotId } }";
 
 fn nodes(data: &Value, field: &str) -> Vec<Value> {
     data[field]["edges"]
@@ -77,7 +78,7 @@ async fn events_filter_by_actor_and_correlation_id_and_list_newest_first() {
 }
 
 #[tokio::test]
-async fn alerts_filter_by_the_time_they_were_raised() {
+async fn alerts_filter_by_the_time_they_were_raised_and_are_acknowledged_once() {
     let app = TestApp::start().await;
     let c = app.client("acme", Role::Owner);
     let sim_tenant = app.sim().tenants().remove(0);
@@ -116,5 +117,42 @@ async fn alerts_filter_by_the_time_they_were_raised() {
         )
         .await;
     assert!(nodes(&after, "alerts").is_empty(), "{after}");
+
+    // Readers may not acknowledge it; an operator does, once.
+    let alert = json!({"t": tenant, "s": alerts[0]["snapshotId"]});
+    let before = event_count(&app).await;
+    for role in [Role::Readonly, Role::Auditor] {
+        let refused = app
+            .client("acme", role)
+            .error_code(ACKNOWLEDGE, alert.clone())
+            .await;
+        assert_eq!(refused, "forbidden", "{role:?}");
+    }
+    assert_eq!(event_count(&app).await, before);
+    let operator = app.client("acme", Role::Operator);
+    let done = operator.ok(ACKNOWLEDGE, alert.clone()).await;
+    assert_eq!(
+        done["acknowledgeAlert"]["snapshotId"],
+        alerts[0]["snapshotId"]
+    );
+    let acknowledged = c
+        .eventually(ALERTS, json!({"t": tenant, "a": true}), |d| {
+            !nodes(d, "alerts").is_empty()
+        })
+        .await;
+    let shown = &nodes(&acknowledged, "alerts")[0];
+    assert_eq!(shown["acknowledgedBy"], "test-user", "{shown}");
+    assert!(shown["acknowledgedAt"].is_string(), "{shown}");
+    let open = c.ok(ALERTS, json!({"t": tenant, "a": false})).await;
+    assert!(nodes(&open, "alerts").is_empty(), "{open}");
+    assert_eq!(operator.error_code(ACKNOWLEDGE, alert).await, "not_found");
     app.stop().await;
+}
+
+/// Every event in the log: a refusal must add none.
+async fn event_count(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&app.pool)
+        .await
+        .expect("a count of events")
 }
