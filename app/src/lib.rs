@@ -11,7 +11,9 @@ mod runs;
 mod schedules;
 mod tenants;
 
-pub use connections::{change_connection, create_connection, make_default, set_credential};
+pub use connections::{
+    change_connection, create_connection, make_default, remove_connection, set_credential,
+};
 pub use error::AppError;
 pub use runs::{
     cancel_run, release_scope, retry_run, start_operation, start_operation_through,

@@ -63,6 +63,9 @@ pub enum ConnectionCommand {
     Rename {
         display_name: String,
     },
+    /// Removes the connection; issued with `TenantCommand::DetachConnection`. A removed
+    /// connection is not found by any later command.
+    Remove,
 }
 
 impl Authorize for ConnectionCommand {
@@ -79,7 +82,8 @@ impl Authorize for ConnectionCommand {
             | ConnectionCommand::RevokeConsent
             | ConnectionCommand::Disable
             | ConnectionCommand::Enable
-            | ConnectionCommand::Rename { .. } => Permission::ManageConnections,
+            | ConnectionCommand::Rename { .. }
+            | ConnectionCommand::Remove => Permission::ManageConnections,
         }
     }
 }
@@ -186,6 +190,9 @@ pub enum ConnectionEvent {
         display_name: String,
         at: DateTime<Utc>,
     },
+    ConnectionRemoved {
+        at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for ConnectionEvent {
@@ -203,6 +210,7 @@ impl DomainEvent for ConnectionEvent {
             ConnectionEvent::ConnectionDisabled { .. } => "ConnectionDisabled",
             ConnectionEvent::ConnectionEnabled { .. } => "ConnectionEnabled",
             ConnectionEvent::ConnectionRenamed { .. } => "ConnectionRenamed",
+            ConnectionEvent::ConnectionRemoved { .. } => "ConnectionRemoved",
         }
         .to_owned()
     }
@@ -288,6 +296,9 @@ pub struct ProviderConnection {
     disabled: bool,
     /// An error stands until a new credential, a new consent or a healthy check.
     errored: bool,
+    /// Removed: no later command finds it.
+    #[serde(default)]
+    removed: bool,
 }
 
 impl ProviderConnection {
@@ -300,7 +311,7 @@ impl ProviderConnection {
     }
 
     fn require_created(&self) -> Result<(), ConnectionError> {
-        if self.created {
+        if self.created && !self.removed {
             Ok(())
         } else {
             Err(ConnectionError::NotFound)
@@ -495,6 +506,11 @@ impl Aggregate for ProviderConnection {
                     sink.write(event, self).await;
                 }
             }
+            ConnectionCommand::Remove => {
+                self.require_created()?;
+                sink.write(ConnectionEvent::ConnectionRemoved { at: now }, self)
+                    .await;
+            }
         }
         Ok(())
     }
@@ -581,6 +597,7 @@ impl Aggregate for ProviderConnection {
             ConnectionEvent::ConnectionRenamed { display_name, .. } => {
                 self.display_name = display_name
             }
+            ConnectionEvent::ConnectionRemoved { .. } => self.removed = true,
         }
         self.recompute_status();
     }
@@ -994,6 +1011,23 @@ mod tests {
                 display_name: "x".into(),
             })
             .then_expect_error(ConnectionError::NotFound);
+    }
+
+    #[test]
+    fn a_removed_connection_is_found_by_no_later_command() {
+        F::with(services())
+            .given(vec![created()])
+            .when(ConnectionCommand::Remove)
+            .then_expect_events(vec![ConnectionEvent::ConnectionRemoved { at: now() }]);
+        for command in [ConnectionCommand::Remove, ConnectionCommand::Enable] {
+            F::with(services())
+                .given(vec![
+                    created(),
+                    ConnectionEvent::ConnectionRemoved { at: now() },
+                ])
+                .when(command)
+                .then_expect_error(ConnectionError::NotFound);
+        }
     }
 
     #[test]

@@ -64,6 +64,11 @@ pub enum TenantCommand {
     RecordLicenses {
         capabilities: Capabilities,
     },
+    /// Detaches a removed connection. The default of its provider is detached only when it
+    /// is the provider's last connection: otherwise another must be made default first.
+    DetachConnection {
+        connection_id: ConnectionId,
+    },
     /// Acknowledges an open drift alert (named by the snapshot that raised it): someone
     /// has looked at it. Refused for an alert that is not open.
     AcknowledgeAlert {
@@ -104,7 +109,8 @@ impl Authorize for TenantCommand {
             | TenantCommand::Archive => Permission::ManageTenants,
             // Issued as part of creating a connection or making one default.
             TenantCommand::AttachConnection { .. }
-            | TenantCommand::MakeDefaultConnection { .. } => Permission::ManageConnections,
+            | TenantCommand::MakeDefaultConnection { .. }
+            | TenantCommand::DetachConnection { .. } => Permission::ManageConnections,
             TenantCommand::RecordResync { .. }
             | TenantCommand::RecordSnapshot { .. }
             | TenantCommand::RecordLicenses { .. } => Permission::RecordProgress,
@@ -161,6 +167,11 @@ pub enum TenantEvent {
         kind: String,
         raised_at: DateTime<Utc>,
     },
+    /// A removed connection left the tenant (and, if it was, its provider's default).
+    ConnectionDetached {
+        connection_id: ConnectionId,
+        provider: Provider,
+    },
     /// Someone acknowledged the drift alert raised with this snapshot (who: the event's
     /// metadata).
     AlertAcknowledged {
@@ -190,6 +201,7 @@ impl DomainEvent for TenantEvent {
             TenantEvent::PolicySnapshotted { .. } => "PolicySnapshotted",
             TenantEvent::PolicyDriftDetected { .. } => "PolicyDriftDetected",
             TenantEvent::AlertAcknowledged { .. } => "AlertAcknowledged",
+            TenantEvent::ConnectionDetached { .. } => "ConnectionDetached",
             TenantEvent::PolicyIntentSeeded { .. } => "PolicyIntentSeeded",
             TenantEvent::LicensesRefreshed { .. } => "LicensesRefreshed",
         }
@@ -222,6 +234,8 @@ pub enum TenantError {
     UnknownConnection(ConnectionId),
     #[error("the tenant has no open alert raised with snapshot {0}")]
     NoOpenAlert(uuid::Uuid),
+    #[error("connection {0} is the default: make another connection the default first")]
+    DefaultInUse(ConnectionId),
 }
 
 impl DomainError for TenantError {
@@ -233,7 +247,7 @@ impl DomainError for TenantError {
             TenantError::AlreadyRegistered | TenantError::DuplicateConnection { .. } => {
                 ReasonCode::AlreadyExists
             }
-            TenantError::Archived => ReasonCode::InvalidTransition,
+            TenantError::Archived | TenantError::DefaultInUse(_) => ReasonCode::InvalidTransition,
             TenantError::InvalidName(_) | TenantError::InvalidDomain => {
                 ReasonCode::ValidationFailed
             }
@@ -481,6 +495,28 @@ impl Aggregate for Tenant {
                 sink.write(TenantEvent::LicensesRefreshed { capabilities, at }, self)
                     .await;
             }
+            TenantCommand::DetachConnection { connection_id } => {
+                if self.status == TenantStatus::Unregistered {
+                    return Err(TenantError::NotRegistered);
+                }
+                let provider = self
+                    .connection(connection_id)
+                    .map(|c| c.provider)
+                    .ok_or(TenantError::UnknownConnection(connection_id))?;
+                let others = self
+                    .connections
+                    .iter()
+                    .filter(|c| c.provider == provider && c.connection_id != connection_id)
+                    .count();
+                if self.default_connection(provider) == Some(connection_id) && others > 0 {
+                    return Err(TenantError::DefaultInUse(connection_id));
+                }
+                let event = TenantEvent::ConnectionDetached {
+                    connection_id,
+                    provider,
+                };
+                sink.write(event, self).await;
+            }
             TenantCommand::AcknowledgeAlert { snapshot_id } => {
                 if self.status == TenantStatus::Unregistered {
                     return Err(TenantError::NotRegistered);
@@ -551,6 +587,16 @@ impl Aggregate for Tenant {
             }
             TenantEvent::AlertAcknowledged { snapshot_id, .. } => {
                 self.open_alerts.remove(&snapshot_id);
+            }
+            TenantEvent::ConnectionDetached {
+                connection_id,
+                provider,
+            } => {
+                self.connections
+                    .retain(|c| c.connection_id != connection_id);
+                if self.default_connection(provider) == Some(connection_id) {
+                    self.defaults.remove(&provider);
+                }
             }
             TenantEvent::PolicyIntentSeeded { snapshot_id, hash } => {
                 self.intent = Some(IntentRef { snapshot_id, hash })

@@ -74,6 +74,7 @@ async fn apply(
         | TenantEvent::PolicySnapshotted { .. }
         | TenantEvent::PolicyDriftDetected { .. }
         | TenantEvent::AlertAcknowledged { .. }
+        | TenantEvent::ConnectionDetached { .. }
         | TenantEvent::LicensesRefreshed { .. } => versioned(TOUCH, key, e),
     };
     query.execute(&mut *tx).await?;

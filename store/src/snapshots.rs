@@ -23,7 +23,7 @@ use crate::log::{Consumer, ConsumerError, Payloads, Position, StoredEvent};
 /// changes without its version.
 pub const SNAPSHOTTED: &[(&str, i32)] = &[
     (Tenant::TYPE, 2),
-    (ProviderConnection::TYPE, 1),
+    (ProviderConnection::TYPE, 2),
     (ScopeLock::TYPE, 1),
 ];
 
@@ -206,7 +206,7 @@ mod tests {
             ),
             (
                 ProviderConnection::TYPE,
-                1,
+                2,
                 fields_of::<ProviderConnection>(),
                 &[
                     "consent_granted",
@@ -224,6 +224,7 @@ mod tests {
                     "last_error_reason_code",
                     "last_health_check_at",
                     "provider",
+                    "removed",
                     "scopes_granted",
                     "status",
                     "tenant_key",

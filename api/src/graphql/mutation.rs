@@ -251,6 +251,21 @@ impl MutationRoot {
         change_connection(ctx, &id, ConnectionCommand::Rename { display_name }).await
     }
 
+    /// Removes a connection from its tenant (Owner, Manager). The tenant's default may be
+    /// removed only when it is its last connection: otherwise make another the default
+    /// first (`invalid_transition`). Its history stays in the event log and audit log.
+    async fn remove_connection(
+        &self,
+        ctx: &Context<'_>,
+        id: String,
+    ) -> async_graphql::Result<ConnectionPayload> {
+        let id = connection_id(&id)?;
+        app::remove_connection(&state(ctx)?.bus, &meta(ctx)?, id)
+            .await
+            .map_err(app_error)?;
+        Ok(ConnectionPayload { id: id.as_uuid() })
+    }
+
     /// Enables a disabled connection again (Owner, Manager).
     async fn enable_connection(
         &self,

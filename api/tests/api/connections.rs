@@ -8,6 +8,7 @@ use testkit::TestApp;
 use crate::dashboard::{add_connection, completed, ready};
 
 const DISABLE: &str = "mutation($c: String!) { disableConnection(id: $c) { id } }";
+const REMOVE: &str = "mutation($c: String!) { removeConnection(id: $c) { id } }";
 const RENAME: &str =
     "mutation($c: String!, $n: String!) { renameConnection(id: $c, displayName: $n) { id } }";
 const NAMES: &str = "query($t: String!) { tenant(id: $t) { connections { id displayName } } }";
@@ -72,6 +73,45 @@ async fn a_disabled_connection_blocks_runs_through_it_until_it_is_enabled() {
 }
 
 #[tokio::test]
+async fn a_connection_is_removed_but_the_default_only_as_the_last_one() {
+    let app = TestApp::start().await;
+    let c = app.client("acme", Role::Owner);
+    let (tenant, primary) = ready(&c, &app.sim().tenants().remove(0)).await;
+    let entra = app.sim().tenants()[1].tenant_id.to_string();
+    let second = add_connection(&c, &tenant, &entra, "Second").await;
+
+    let before = event_count(&app).await;
+    assert_eq!(
+        c.error_code(REMOVE, json!({"c": primary})).await,
+        "invalid_transition"
+    );
+    assert_eq!(event_count(&app).await, before);
+
+    c.ok(REMOVE, json!({"c": second})).await;
+    c.eventually(NAMES, json!({"t": tenant}), |d| {
+        d["tenant"]["connections"].as_array().map(Vec::len) == Some(1)
+    })
+    .await;
+    assert_eq!(
+        c.error_code(REMOVE, json!({"c": second})).await,
+        "not_found"
+    );
+
+    // The default as the last connection: the tenant has none, and runs are blocked.
+    c.ok(REMOVE, json!({"c": primary})).await;
+    c.eventually(NAMES, json!({"t": tenant}), |d| {
+        d["tenant"]["connections"] == json!([])
+    })
+    .await;
+    let blocked = c.ok(RESYNC_THROUGH, json!({"t": tenant, "c": null})).await;
+    assert_eq!(
+        blocked["resyncTenant"]["reasonCode"], "provider_connection_missing",
+        "{blocked}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_connection_is_renamed_and_a_bad_name_changes_nothing() {
     let app = TestApp::start().await;
     let c = app.client("acme", Role::Manager);
@@ -98,14 +138,14 @@ async fn a_connection_is_renamed_and_a_bad_name_changes_nothing() {
 }
 
 #[tokio::test]
-async fn readonly_and_auditor_may_not_disable_enable_or_rename_a_connection() {
+async fn readonly_and_auditor_may_not_disable_enable_rename_or_remove_a_connection() {
     let app = TestApp::start().await;
     let owner = app.client("acme", Role::Owner);
     let (_, connection) = ready(&owner, &app.sim().tenants().remove(0)).await;
     let before = event_count(&app).await;
     for role in [Role::Readonly, Role::Auditor] {
         let c = app.client("acme", role);
-        for mutation in [DISABLE, ENABLE, RENAME] {
+        for mutation in [DISABLE, ENABLE, RENAME, REMOVE] {
             assert_eq!(
                 c.error_code(mutation, json!({"c": connection, "n": "x"}))
                     .await,
