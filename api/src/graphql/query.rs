@@ -3,7 +3,7 @@
 //! security filters rows even where a query's own filter is wrong (R8.3).
 
 use async_graphql::connection::Connection;
-use async_graphql::{Context, InputObject, Object};
+use async_graphql::{Context, InputObject, Object, ID};
 use chrono::{DateTime, Utc};
 use domain::run::{RunOutcome, RunStatus};
 use sqlx::{Postgres, QueryBuilder, Transaction};
@@ -51,14 +51,21 @@ fn parse_uuid(s: &str, what: &str) -> async_graphql::Result<Uuid> {
     })
 }
 
+/// Which runs to list.
 #[derive(InputObject, Default)]
 pub struct RunFilter {
     #[graphql(name = "tenantId")]
     pub tenant_id: Option<String>,
     #[graphql(name = "type")]
     pub run_type: Option<String>,
+    #[graphql(deprecation = "Use `statusIn`, typed by the RunStatus enum.")]
     pub status: Option<String>,
+    #[graphql(deprecation = "Use `outcomeIn`, typed by the RunOutcome enum.")]
     pub outcome: Option<String>,
+    /// Runs in any of these statuses.
+    pub status_in: Option<Vec<super::enums::RunStatus>>,
+    /// Runs with any of these outcomes (`[failed, blocked]`: the runs that need someone).
+    pub outcome_in: Option<Vec<super::enums::RunOutcome>>,
     pub queued_after: Option<DateTime<Utc>>,
     pub queued_before: Option<DateTime<Utc>>,
 }
@@ -288,6 +295,20 @@ impl QueryRoot {
         if let Some(o) = f.outcome {
             q.push(" AND outcome = ").push_bind(o);
         }
+        if let Some(statuses) = f.status_in {
+            let names: Vec<&str> = statuses
+                .into_iter()
+                .map(|s| RunStatus::from(s).as_str())
+                .collect();
+            q.push(" AND status = ANY(").push_bind(names).push(")");
+        }
+        if let Some(outcomes) = f.outcome_in {
+            let names: Vec<&str> = outcomes
+                .into_iter()
+                .map(|o| RunOutcome::from(o).as_str())
+                .collect();
+            q.push(" AND outcome = ANY(").push_bind(names).push(")");
+        }
         if let Some(t) = f.queued_after {
             q.push(" AND queued_at >= ").push_bind(t);
         }
@@ -328,7 +349,7 @@ impl QueryRoot {
         .map_err(internal)
     }
 
-    /// The state a tenant had at an earlier point of the log (R9.3); null when it had
+    /// The state a tenant had at an earlier point of the log; null when it had
     /// no events by then, or belongs to another workspace.
     async fn tenant_at(
         &self,
@@ -342,7 +363,7 @@ impl QueryRoot {
         state_at(ctx, AggregateKind::Tenant, &key.to_string(), as_of).await
     }
 
-    /// The state a provider connection had at an earlier point of the log (R9.3).
+    /// The state a provider connection had at an earlier point of the log.
     async fn connection_at(
         &self,
         ctx: &Context<'_>,
@@ -353,7 +374,7 @@ impl QueryRoot {
         state_at(ctx, AggregateKind::Connection, &id.to_string(), as_of).await
     }
 
-    /// The state a run had at an earlier point of the log (R9.3).
+    /// The state a run had at an earlier point of the log.
     async fn run_at(
         &self,
         ctx: &Context<'_>,
@@ -369,7 +390,9 @@ impl QueryRoot {
     async fn audit_log(
         &self,
         ctx: &Context<'_>,
-        #[graphql(name = "tenantId")] tenant_id: Option<String>,
+        #[graphql(name = "tenantId", deprecation = "Use `filter: {tenantId}`.")] tenant_id: Option<
+            String,
+        >,
         filter: Option<AuditFilter>,
         first: Option<i32>,
         after: Option<String>,
@@ -627,7 +650,7 @@ impl QueryRoot {
         .map_err(internal)
     }
 
-    /// The caller's workspace's audit hash chain (R9.4): how far it is sealed, its head (a
+    /// The caller's workspace's audit hash chain: how far it is sealed, its head (a
     /// head kept elsewhere, `tenantflow verify --workspace W --expect <sealedPosition>:<headHash>`
     /// later checks that the history still leads to it), and the last verification of it.
     async fn audit_chain(&self, ctx: &Context<'_>) -> async_graphql::Result<AuditChain> {
@@ -656,6 +679,64 @@ impl QueryRoot {
             head_hash: head.map(|h| h.2),
             last_verification,
         })
+    }
+
+    /// Any entity by its global id (Tenant, ProviderConnection, Run, PolicySnapshot,
+    /// Schedule); null when none of the caller's workspace has it.
+    async fn node(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Node>> {
+        let id = id.0.trim().to_owned();
+        let mut tx = reader(ctx).await?;
+        if let Ok(key) = id.parse::<domain::TenantKey>() {
+            let tenant: Option<TenantNode> = sqlx::query_as(&format!(
+                "SELECT {TENANT_COLUMNS} FROM rm_tenants WHERE tenant_key = $1"
+            ))
+            .bind(key.to_string())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(internal)?;
+            return Ok(tenant.map(Node::Tenant));
+        }
+        if let Ok(uuid) = Uuid::try_parse(&id) {
+            let run: Option<RunNode> = sqlx::query_as(&format!(
+                "SELECT {RUN_COLUMNS} FROM rm_runs WHERE run_id = $1"
+            ))
+            .bind(uuid)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(internal)?;
+            if let Some(run) = run {
+                return Ok(Some(Node::Run(run)));
+            }
+            let connection: Option<ConnectionNode> = sqlx::query_as(&format!(
+                "SELECT {CONNECTION_COLUMNS} FROM rm_connections WHERE connection_id = $1"
+            ))
+            .bind(uuid)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(internal)?;
+            if let Some(c) = connection {
+                return Ok(Some(Node::ProviderConnection(c)));
+            }
+            let snapshot: Option<SnapshotNode> = sqlx::query_as(&format!(
+                "SELECT {SNAPSHOT_COLUMNS} FROM rm_policy_snapshots WHERE snapshot_id = $1"
+            ))
+            .bind(uuid)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(internal)?;
+            return Ok(snapshot.map(Node::PolicySnapshot));
+        }
+        if id.len() <= 200 && id.contains(':') {
+            let schedule: Option<ScheduleNode> = sqlx::query_as(&format!(
+                "SELECT {SCHEDULE_COLUMNS} FROM rm_schedules WHERE schedule_id = $1"
+            ))
+            .bind(&id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(internal)?;
+            return Ok(schedule.map(Node::Schedule));
+        }
+        Err(invalid("`id` is not the id of any kind of node"))
     }
 
     /// Who the caller is.

@@ -1,25 +1,41 @@
 //! GraphQL object types: rows of the read models. Secrets have no column to come from.
 
-use async_graphql::{ComplexObject, Context, Enum, OneofObject, SimpleObject};
+use async_graphql::{ComplexObject, Context, Enum, Interface, OneofObject, SimpleObject, ID};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use domain::run::NextStep;
 use domain::RunId;
 
+use super::enums::{stored, ConnectionStatus, HealthStatus, RunOutcome, RunStatus, TenantStatus};
 use super::errors::internal;
 use super::next_steps::{links, of_run};
 use super::query::reader;
 
+/// Anything with a global id, refetchable with `node(id:)` (the Relay convention). Ids are
+/// the entities' own (a tenant key, a run's or connection's or snapshot's UUID, a
+/// schedule's `<workspace>:<run type>`): unique across types, and the same after any
+/// rebuild of the read models.
+#[derive(Interface)]
+#[graphql(field(name = "id", ty = "ID", desc = "The global id."))]
+pub enum Node {
+    Tenant(TenantNode),
+    ProviderConnection(ConnectionNode),
+    Run(RunNode),
+    PolicySnapshot(SnapshotNode),
+    Schedule(ScheduleNode),
+}
+
 #[derive(Debug, Clone, SimpleObject, sqlx::FromRow)]
 #[graphql(complex, name = "Tenant")]
 pub struct TenantNode {
-    /// The tenant key: `<workspace>:<entra tenant guid>`.
-    #[graphql(name = "id")]
+    /// The tenant key: `<workspace>:<entra tenant guid>` (shown as `id`).
+    #[graphql(skip)]
     pub tenant_key: String,
     pub entra_tenant_id: Uuid,
     pub display_name: String,
     pub primary_domain: String,
+    #[graphql(skip)]
     pub status: String,
     pub registered_at: DateTime<Utc>,
     pub archived_at: Option<DateTime<Utc>>,
@@ -34,6 +50,15 @@ pub struct TenantNode {
 
 #[ComplexObject]
 impl TenantNode {
+    /// The tenant key, `<workspace>:<entra tenant guid>`: also its global id (`node`).
+    async fn id(&self) -> ID {
+        ID(self.tenant_key.clone())
+    }
+
+    async fn status(&self) -> async_graphql::Result<TenantStatus> {
+        stored::<domain::tenant::TenantStatus, _>(&self.status)
+    }
+
     /// The tenant's intended Conditional Access policies, seeded by its latest import
     /// (`resyncTenant(source: IMPORT)`); null until one is imported.
     async fn policy_intent(&self) -> Option<PolicyIntent> {
@@ -94,10 +119,11 @@ impl PolicyIntent {
     }
 }
 
+/// A tenant's connection to a provider (Microsoft): how tenantflow reaches the tenant.
 #[derive(Debug, Clone, SimpleObject, sqlx::FromRow)]
-#[graphql(name = "Connection")]
+#[graphql(complex, name = "ProviderConnection")]
 pub struct ConnectionNode {
-    #[graphql(name = "id")]
+    #[graphql(skip)]
     pub connection_id: Uuid,
     #[graphql(name = "tenantId")]
     pub tenant_key: String,
@@ -105,7 +131,9 @@ pub struct ConnectionNode {
     pub entra_tenant_id: Uuid,
     pub display_name: String,
     pub is_default: bool,
+    #[graphql(skip)]
     pub status: String,
+    #[graphql(skip)]
     pub health_status: String,
     pub consent_granted: bool,
     pub scopes_granted: serde_json::Value,
@@ -119,6 +147,22 @@ pub struct ConnectionNode {
     pub created_at: DateTime<Utc>,
 }
 
+#[ComplexObject]
+impl ConnectionNode {
+    /// The connection id: also its global id (`node`).
+    async fn id(&self) -> ID {
+        ID(self.connection_id.to_string())
+    }
+
+    async fn status(&self) -> async_graphql::Result<ConnectionStatus> {
+        stored::<domain::connection::ConnectionStatus, _>(&self.status)
+    }
+
+    async fn health_status(&self) -> async_graphql::Result<HealthStatus> {
+        stored::<domain::connection::HealthStatus, _>(&self.health_status)
+    }
+}
+
 pub(crate) const CONNECTION_COLUMNS: &str = "connection_id, tenant_key, provider, entra_tenant_id, display_name, is_default, \
      status, health_status, consent_granted, scopes_granted, credential_fingerprint, credential_set_at, credential_set_by, \
      last_health_check_at, last_error_reason_code, last_error_message, created_at";
@@ -126,13 +170,15 @@ pub(crate) const CONNECTION_COLUMNS: &str = "connection_id, tenant_key, provider
 #[derive(Debug, Clone, SimpleObject, sqlx::FromRow)]
 #[graphql(complex, name = "Run")]
 pub struct RunNode {
-    #[graphql(name = "id")]
+    #[graphql(skip)]
     pub run_id: Uuid,
     #[graphql(name = "type")]
     pub run_type: String,
     #[graphql(name = "tenantId")]
     pub tenant_key: Option<String>,
+    #[graphql(skip)]
     pub status: String,
+    #[graphql(skip)]
     pub outcome: String,
     /// A cancellation was asked for while the run was running: it stops at its next step.
     pub cancel_requested: bool,
@@ -158,6 +204,19 @@ pub(crate) const RUN_COLUMNS: &str =
 
 #[ComplexObject]
 impl RunNode {
+    /// The run id: also its global id (`node`).
+    async fn id(&self) -> ID {
+        ID(self.run_id.to_string())
+    }
+
+    async fn status(&self) -> async_graphql::Result<RunStatus> {
+        stored::<domain::run::RunStatus, _>(&self.status)
+    }
+
+    async fn outcome(&self) -> async_graphql::Result<RunOutcome> {
+        stored::<domain::run::RunOutcome, _>(&self.outcome)
+    }
+
     /// What a person can do about a blocked or failed run: links into the product,
     /// `[{ "label": ..., "href": ... }]`, one per step its reason calls for (check the
     /// service status, fix permissions, grant consent again, provide a new secret, ...).
@@ -212,7 +271,7 @@ impl RunNode {
         .map_err(internal)
     }
 
-    /// Every event of the run, in the log's order, with its timing (R9.2): read from the
+    /// Every event of the run, in the log's order, with its timing: read from the
     /// event log itself, so it is complete even while the read models catch up.
     async fn history(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<RunHistoryEvent>> {
         let mut tx = reader(ctx).await?;
@@ -285,7 +344,7 @@ impl From<AsOfInput> for store::history::AsOf {
     }
 }
 
-/// An aggregate's state as it was at an earlier point of the log (R9.3), folded from its
+/// An aggregate's state as it was at an earlier point of the log, folded from its
 /// events up to that point. The state is the aggregate's own (as JSON), not a read
 /// model's row: read models hold fields no aggregate keeps (such as when a tenant was
 /// registered) and their nested lists show the present.
@@ -354,7 +413,7 @@ pub struct AuditEntry {
     pub details: Option<serde_json::Value>,
 }
 
-/// An event as stored, for auditors (R9.1).
+/// An event as stored, for auditors.
 #[derive(Debug, Clone, SimpleObject, sqlx::FromRow)]
 #[graphql(name = "Event")]
 pub struct EventNode {
@@ -418,9 +477,9 @@ pub struct CancelRunPayload {
 
 /// A snapshot of a tenant's curated Conditional Access policies (never the raw response).
 #[derive(Debug, Clone, SimpleObject, sqlx::FromRow)]
-#[graphql(name = "PolicySnapshot")]
+#[graphql(complex, name = "PolicySnapshot")]
 pub struct SnapshotNode {
-    #[graphql(name = "id")]
+    #[graphql(skip)]
     pub snapshot_id: Uuid,
     #[graphql(name = "tenantId")]
     pub tenant_key: String,
@@ -435,6 +494,14 @@ pub struct SnapshotNode {
     pub taken_at: DateTime<Utc>,
     /// The run that took it.
     pub run_id: Option<String>,
+}
+
+#[ComplexObject]
+impl SnapshotNode {
+    /// The snapshot id: also its global id (`node`).
+    async fn id(&self) -> ID {
+        ID(self.snapshot_id.to_string())
+    }
 }
 
 pub(crate) const SNAPSHOT_COLUMNS: &str =
@@ -479,8 +546,8 @@ pub struct Licenses {
 #[derive(Debug, Clone, SimpleObject, sqlx::FromRow)]
 #[graphql(complex, name = "Schedule")]
 pub struct ScheduleNode {
-    /// `<workspace>:<run type>`.
-    #[graphql(name = "id")]
+    /// `<workspace>:<run type>` (shown as `id`).
+    #[graphql(skip)]
     pub schedule_id: String,
     pub run_type: String,
     pub interval_minutes: i32,
@@ -504,6 +571,11 @@ pub struct ScheduleNode {
 
 #[ComplexObject]
 impl ScheduleNode {
+    /// `<workspace>:<run type>`: also its global id (`node`).
+    async fn id(&self) -> ID {
+        ID(self.schedule_id.clone())
+    }
+
     /// What the latest run did with each tenant; null until it has started them all.
     async fn last_fan_out(&self) -> Option<FanOut> {
         self.last_fan_out.as_ref().map(|c| FanOut::from(c.0))
@@ -551,7 +623,7 @@ pub struct SchedulePayload {
     pub id: String,
 }
 
-/// A workspace's audit hash chain (R9.4).
+/// A workspace's audit hash chain.
 #[derive(Debug, Clone, SimpleObject)]
 pub struct AuditChain {
     /// The global position of the workspace's last sealed event (null: none yet).

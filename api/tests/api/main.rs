@@ -5,6 +5,7 @@ mod connections;
 mod dashboard;
 mod filters;
 mod graphql_js;
+mod relay;
 mod schema;
 mod service;
 mod toolchain;
