@@ -41,3 +41,41 @@ fn the_provider_connection_type_is_not_named_like_a_page_of_edges() {
         assert!(!names.contains(&gone), "`{gone}` is still a type");
     }
 }
+
+#[test]
+fn the_live_schema_breaks_nothing_the_committed_one_promised() {
+    // Run before `tenantflow schema` rewrites the contract: it lists what the change would
+    // break for dashboards that were built against the committed SDL.
+    let committed = include_str!("../../schema.graphql");
+    let changes = api::graphql::compat::breaking_changes(committed, &api::graphql::sdl())
+        .expect("both schemas parse");
+    let listed: Vec<String> = changes.iter().map(ToString::to_string).collect();
+    assert!(
+        listed.is_empty(),
+        "breaking changes (deprecate first, remove later):\n{}",
+        listed.join("\n")
+    );
+}
+
+#[test]
+fn the_compatibility_check_fails_on_a_removed_field_and_passes_on_an_added_one() {
+    let committed = include_str!("../../schema.graphql");
+    // A fixture made from the contract itself: one field of `Tenant` less, then one more.
+    let (head, tenant) = committed
+        .split_once("type Tenant implements Node {")
+        .expect("the Tenant type");
+    let with_tenant = |body: String| format!("{head}type Tenant implements Node {{{body}");
+    let field = "\tprimaryDomain: String!\n";
+    assert!(tenant.contains(field), "{tenant}");
+    let removed = with_tenant(tenant.replacen(field, "", 1));
+    let changes = api::graphql::compat::breaking_changes(committed, &removed).unwrap();
+    assert_eq!(
+        changes.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        ["Tenant.primaryDomain: removed without @deprecated first"]
+    );
+    let added = with_tenant(tenant.replacen(field, &format!("{field}\ttimeZone: String\n"), 1));
+    assert_eq!(
+        api::graphql::compat::breaking_changes(committed, &added).unwrap(),
+        vec![]
+    );
+}
