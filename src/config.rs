@@ -57,6 +57,9 @@ pub struct Config {
     /// How often the scheduler looks for due schedules (events also wake it, at most once
     /// a second).
     pub scheduler_poll_seconds: u64,
+    /// An Apollo persisted query manifest (JSON). Set, the API accepts only the queries it
+    /// lists (by hash or by text); unset, any query, with hashes learnt from clients.
+    pub graphql_known_queries: Option<PathBuf>,
 }
 
 impl Config {

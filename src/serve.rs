@@ -181,6 +181,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         auth: authenticator(&config)?,
         runs: api::graphql::RunFeed::listen(db.pool.clone(), shutdown.clone()),
         schema: api::graphql::schema(),
+        persisted: persisted_queries(&config)?,
         workflows: parts.workflows.clone(),
     }));
     // Projections, task feed, snapshot writer, engines and scheduler, woken by NOTIFY
@@ -287,4 +288,18 @@ fn hostname() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "tenantflow".to_owned())
+}
+
+/// The persisted queries the API accepts: only a manifest's when one is configured (read
+/// and checked before the API serves), else any (APQ).
+fn persisted_queries(config: &Config) -> anyhow::Result<api::graphql::PersistedQueries> {
+    let Some(path) = &config.graphql_known_queries else {
+        return Ok(api::graphql::PersistedQueries::open());
+    };
+    let manifest = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the known queries in {}", path.display()))?;
+    let known = api::graphql::PersistedQueries::only_known(&manifest)
+        .with_context(|| format!("the known queries in {}", path.display()))?;
+    tracing::info!(manifest = %path.display(), "the API accepts only its known queries");
+    Ok(known)
 }

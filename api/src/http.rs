@@ -53,7 +53,7 @@ async fn graphql(
         .data(RequestId(request_id));
     // The span follows the future (an entered guard would leak across awaits).
     GraphQLResponse::from(
-        crate::graphql::execute(&state.schema, req)
+        crate::graphql::execute(&state.schema, &state.persisted, req)
             .instrument(span)
             .await,
     )

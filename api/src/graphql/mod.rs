@@ -9,6 +9,7 @@ mod introspection;
 mod mutation;
 mod next_steps;
 mod page;
+mod persisted;
 mod query;
 mod subscription;
 mod types;
@@ -19,6 +20,7 @@ pub use feed::{RunFeed, RunNotice};
 pub use introspection::MAX_INTROSPECTION_DEPTH;
 use introspection::{route, Route};
 pub use mutation::{MutationRoot, RequestId};
+pub use persisted::{hash as persisted_query_hash, ManifestError, PersistedQueries};
 pub use query::QueryRoot;
 pub use subscription::SubscriptionRoot;
 
@@ -40,12 +42,18 @@ pub fn schema() -> TenantflowSchema {
         .finish()
 }
 
-/// Executes a request with the schema its kind calls for: introspection with the limits
-/// made for it, anything else with the ordinary ones.
+/// Executes a request: its persisted query (if it names one by hash) resolved first, then
+/// with the schema its kind calls for: introspection with the limits made for it,
+/// anything else with the ordinary ones.
 pub(crate) async fn execute(
     schema: &TenantflowSchema,
+    persisted: &PersistedQueries,
     request: async_graphql::Request,
 ) -> async_graphql::Response {
+    let request = match persisted.resolve(request) {
+        Ok(request) => request,
+        Err(refused) => return *refused,
+    };
     match route(&request.query, request.operation_name.as_deref()) {
         Route::Ordinary => schema.execute(request).await,
         Route::Introspection => {

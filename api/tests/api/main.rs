@@ -5,6 +5,7 @@ mod connections;
 mod dashboard;
 mod filters;
 mod graphql_js;
+mod persisted;
 mod relay;
 mod schema;
 mod service;
