@@ -5,7 +5,7 @@ use domain::Role;
 use serde_json::{json, Value};
 use testkit::TestApp;
 
-use crate::dashboard::{add_connection, completed, ready};
+use crate::dashboard::{add_connection, completed, event_count, ready};
 
 const DISABLE: &str = "mutation($c: String!) { disableConnection(id: $c) { id } }";
 const REMOVE: &str = "mutation($c: String!) { removeConnection(id: $c) { id } }";
@@ -24,14 +24,6 @@ fn status_of(data: &Value, connection: &str) -> Value {
         .and_then(|cs| cs.iter().find(|c| c["id"] == connection))
         .map(|c| c["status"].clone())
         .unwrap_or(Value::Null)
-}
-
-/// Every event in the log: a refusal must add none.
-async fn event_count(app: &TestApp) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&app.pool)
-        .await
-        .expect("a count of events")
 }
 
 #[tokio::test]

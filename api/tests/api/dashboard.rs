@@ -104,11 +104,20 @@ pub async fn completed(c: &GraphqlClient, run: &str) -> Value {
         .clone()
 }
 
-fn nodes(connection: &Value) -> Vec<Value> {
+/// The nodes of a page (`{ edges { node } }`).
+pub fn nodes(connection: &Value) -> Vec<Value> {
     connection["edges"]
         .as_array()
         .map(|edges| edges.iter().map(|e| e["node"].clone()).collect())
         .unwrap_or_default()
+}
+
+/// Every event in the log: a refusal must add none.
+pub async fn event_count(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&app.pool)
+        .await
+        .expect("a count of events")
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@ use domain::Role;
 use serde_json::{json, Value};
 use testkit::TestApp;
 
-use crate::dashboard::{completed, ready, resync};
+use crate::dashboard::{completed, event_count, ready, resync};
 
 const EVENTS: &str =
     "query($f: EventFilter, $o: EventOrder, $n: Int) { events(filter: $f, order: $o, first: $n) { \
@@ -15,10 +15,7 @@ const ALERTS: &str = "query($t: String, $r: TimeRange, $a: Boolean) { alerts(ten
 const ACKNOWLEDGE: &str = "mutation($t: String!, $s: String!) { acknowledgeAlert(tenantId: $t, snapshotId: $s) { snapshotId } }";
 
 fn nodes(data: &Value, field: &str) -> Vec<Value> {
-    data[field]["edges"]
-        .as_array()
-        .map(|edges| edges.iter().map(|e| e["node"].clone()).collect())
-        .unwrap_or_default()
+    crate::dashboard::nodes(&data[field])
 }
 
 fn positions(events: &[Value]) -> Vec<i64> {
@@ -147,12 +144,4 @@ async fn alerts_filter_by_the_time_they_were_raised_and_are_acknowledged_once() 
     assert!(nodes(&open, "alerts").is_empty(), "{open}");
     assert_eq!(operator.error_code(ACKNOWLEDGE, alert).await, "not_found");
     app.stop().await;
-}
-
-/// Every event in the log: a refusal must add none.
-async fn event_count(app: &TestApp) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&app.pool)
-        .await
-        .expect("a count of events")
 }
