@@ -123,8 +123,11 @@ async fn measure_on(
         bus,
         metrics,
         crate::serve::open_vault(config)?,
-        auth,
-        workflows::Registry::standard(),
+        crate::serve::ApiSettings {
+            auth,
+            persisted: api::graphql::PersistedQueries::open(),
+            workflows: workflows::Registry::standard(),
+        },
         &shutdown,
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

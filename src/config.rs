@@ -74,6 +74,9 @@ pub struct Config {
     /// consumers can read, is reported: a metric, a readiness warning naming its backend,
     /// a log line (0: not watched).
     pub log_horizon_warning_seconds: u64,
+    /// An Apollo persisted query manifest (JSON). Set, the API accepts only the queries it
+    /// lists (by hash or by text); unset, any query, with hashes learnt from clients.
+    pub graphql_known_queries: Option<PathBuf>,
 }
 
 impl Config {

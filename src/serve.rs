@@ -173,14 +173,21 @@ pub async fn migrate_only(config: Config) -> anyhow::Result<()> {
     db.close().await
 }
 
+/// What the API is configured with beyond the store.
+pub struct ApiSettings {
+    pub auth: api::auth::Authenticator,
+    pub persisted: api::graphql::PersistedQueries,
+    /// The workflows runs may be started for.
+    pub workflows: workflows::Registry,
+}
+
 /// The API's state as the service serves it (also served by `bench graphql`).
 pub fn app_state(
     pool: &PgPool,
     bus: store::CommandBus,
     metrics: Metrics,
     vault: store::Vault,
-    auth: api::auth::Authenticator,
-    workflows: workflows::Registry,
+    settings: ApiSettings,
     shutdown: &CancellationToken,
 ) -> api::AppState {
     api::AppState(Arc::new(api::App {
@@ -188,10 +195,11 @@ pub fn app_state(
         bus,
         metrics,
         vault,
-        auth,
+        auth: settings.auth,
         runs: api::graphql::RunFeed::listen(pool.clone(), shutdown.clone()),
         schema: api::graphql::schema(),
-        workflows,
+        persisted: settings.persisted,
+        workflows: settings.workflows,
     }))
 }
 
@@ -229,6 +237,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let vault = open_vault(&config)?;
     let auth = authenticator(&config)?;
     let configured = configured_graph(&config)?;
+    let persisted = persisted_queries(&config)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -266,8 +275,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         bus,
         metrics.clone(),
         vault,
-        auth.clone(),
-        parts.workflows.clone(),
+        ApiSettings {
+            auth: auth.clone(),
+            persisted,
+            workflows: parts.workflows.clone(),
+        },
         &shutdown,
     );
     // Projections, task feed, snapshot writer, engines and scheduler, woken by NOTIFY
@@ -402,4 +414,18 @@ fn hostname() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "tenantflow".to_owned())
+}
+
+/// The persisted queries the API accepts: only a manifest's when one is configured (read
+/// and checked before the API serves), else any (APQ).
+fn persisted_queries(config: &Config) -> anyhow::Result<api::graphql::PersistedQueries> {
+    let Some(path) = &config.graphql_known_queries else {
+        return Ok(api::graphql::PersistedQueries::open());
+    };
+    let manifest = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the known queries in {}", path.display()))?;
+    let known = api::graphql::PersistedQueries::only_known(&manifest)
+        .with_context(|| format!("the known queries in {}", path.display()))?;
+    tracing::info!(manifest = %path.display(), "the API accepts only its known queries");
+    Ok(known)
 }

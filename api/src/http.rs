@@ -52,7 +52,12 @@ async fn graphql(
         .data(caller)
         .data(RequestId(request_id));
     // The span follows the future (an entered guard would leak across awaits).
-    GraphQLResponse::from(state.schema.execute(req).instrument(span).await).into_response()
+    GraphQLResponse::from(
+        crate::graphql::execute(&state.schema, &state.persisted, req)
+            .instrument(span)
+            .await,
+    )
+    .into_response()
 }
 
 /// Subscriptions: the token comes in the `connection_init` payload, as

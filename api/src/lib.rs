@@ -20,6 +20,8 @@ pub struct App {
     pub auth: auth::Authenticator,
     pub runs: graphql::RunFeed,
     pub schema: graphql::TenantflowSchema,
+    /// Persisted queries: learnt from clients (APQ), or only the known ones.
+    pub persisted: graphql::PersistedQueries,
     /// The workflows runs may be started for (the engines run the same registry).
     pub workflows: workflows::Registry,
 }

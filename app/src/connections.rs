@@ -170,6 +170,38 @@ pub async fn make_default(
     .await
 }
 
+/// Removes a connection: the connection and its tenant record it in one transaction. The
+/// tenant's default is removed only when it is the tenant's last connection of its
+/// provider (`invalid_transition` otherwise: make another the default first). The
+/// credential stays in the vault, as rotated ones do, for the audit trail.
+pub async fn remove_connection(
+    bus: &CommandBus,
+    meta: &Metadata,
+    connection_id: ConnectionId,
+) -> Result<(), AppError> {
+    retrying(|| async {
+        let mut uow = bus.begin().await?;
+        let id = connection_id.to_string();
+        let connection = guard::load::<ProviderConnection>(&mut uow, meta, &id)
+            .await?
+            .aggregate;
+        let tenant = connection
+            .tenant_key
+            .ok_or(AppError::NotFound("connection"))?;
+        uow.execute::<Tenant>(
+            &tenant.to_string(),
+            TenantCommand::DetachConnection { connection_id },
+            meta,
+        )
+        .await?;
+        uow.execute::<ProviderConnection>(&id, ConnectionCommand::Remove, meta)
+            .await?;
+        uow.commit().await?;
+        Ok(())
+    })
+    .await
+}
+
 /// Any other command on a connection of the caller's workspace (consent, disable, ...).
 pub async fn change_connection(
     bus: &CommandBus,

@@ -11,11 +11,13 @@ mod runs;
 mod schedules;
 mod tenants;
 
-pub use connections::{change_connection, create_connection, make_default, set_credential};
+pub use connections::{
+    change_connection, create_connection, make_default, remove_connection, set_credential,
+};
 pub use error::AppError;
 pub use runs::{
-    cancel_run, release_scope, retry_run, start_operation, start_operation_with_id,
-    start_operations, start_workspace_operation, StartRequest, Started,
+    cancel_run, release_scope, retry_run, start_operation, start_operation_through,
+    start_operation_with_id, start_operations, start_workspace_operation, StartRequest, Started,
 };
 pub use schedules::{disable_schedule, set_schedule};
 pub use tenants::{change_tenant, register_tenant};

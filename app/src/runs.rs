@@ -10,7 +10,9 @@ use domain::connection::{ConnectionStatus, ProviderConnection};
 use domain::run::{NextStep, OperationRun, RunCommand, RunContext, RunOutcome, RunTarget};
 use domain::scope_lock::{scope_key, workspace_scope_key, ScopeCommand, ScopeLock};
 use domain::tenant::{Tenant, TenantError, TenantStatus};
-use domain::{EntraTenantId, Provider, ReasonCode, Role, RunId, TenantKey, WorkspaceId};
+use domain::{
+    ConnectionId, EntraTenantId, Provider, ReasonCode, Role, RunId, TenantKey, WorkspaceId,
+};
 use store::{CommandBus, Metadata, Staged, StagedStream, UnitOfWork};
 
 use crate::error::{scope_error, IntoRefusal};
@@ -49,12 +51,28 @@ pub struct StartRequest {
 /// Tenants per transaction of a fleet start.
 const START_CHUNK: usize = 64;
 
-/// What every run of one start call is: its type and module, and the run it retries.
+/// What every run of one start call is: its type and module, the run it retries, and the
+/// connection it goes through (`None`: each tenant's default Microsoft connection).
 #[derive(Debug, Clone, Copy)]
 struct Operation<'a> {
     run_type: &'a str,
     module: &'a str,
     retry_of: Option<RunId>,
+    connection: Option<ConnectionId>,
+}
+
+impl Operation<'_> {
+    /// The connection of `tenant` a run goes through: the one asked for, if it is one of
+    /// the tenant's Microsoft connections, else none; without one asked for, the default.
+    fn connection_of(&self, tenant: &Tenant) -> Option<ConnectionId> {
+        match self.connection {
+            Some(id) => tenant
+                .connection(id)
+                .filter(|c| c.provider == Provider::Microsoft)
+                .map(|c| c.connection_id),
+            None => tenant.default_connection(Provider::Microsoft),
+        }
+    }
 }
 
 /// Engine-side metadata for effects a person's command causes (e.g. releasing a scope).
@@ -107,7 +125,22 @@ pub async fn start_operation(
     run_type: &str,
     module: &str,
 ) -> Result<Started, AppError> {
-    start(bus, meta, tenant, run_type, module, None).await
+    start(bus, meta, tenant, run_type, module, None, None).await
+}
+
+/// Like [`start_operation`], through one of the tenant's connections that the caller names
+/// rather than its default. A connection that is not the tenant's is refused as not
+/// found; a disabled one, or one without credential or consent, blocks the run as the
+/// default would.
+pub async fn start_operation_through(
+    bus: &CommandBus,
+    meta: &Metadata,
+    tenant: &TenantKey,
+    connection: ConnectionId,
+    run_type: &str,
+    module: &str,
+) -> Result<Started, AppError> {
+    start(bus, meta, tenant, run_type, module, None, Some(connection)).await
 }
 
 /// Like [`start_operation`], with the id the new run gets. When `run_id` already names a
@@ -122,7 +155,7 @@ pub async fn start_operation_with_id(
     module: &str,
     run_id: RunId,
 ) -> Result<Started, AppError> {
-    start(bus, meta, tenant, run_type, module, Some(run_id)).await
+    start(bus, meta, tenant, run_type, module, Some(run_id), None).await
 }
 
 async fn start(
@@ -132,11 +165,13 @@ async fn start(
     run_type: &str,
     module: &str,
     requested: Option<RunId>,
+    connection: Option<ConnectionId>,
 ) -> Result<Started, AppError> {
     let operation = Operation {
         run_type,
         module,
         retry_of: None,
+        connection,
     };
     start_one(bus, meta, tenant, operation, requested).await
 }
@@ -189,10 +224,14 @@ pub async fn retry_run(
     let meta = meta.clone().caused_by(run_id.to_string());
     match earlier.target().ok_or(AppError::NotFound("run"))? {
         RunTarget::Tenant(context) => {
+            // Through the tenant's default connection as it is now: the run may have
+            // failed for want of a usable connection, which the default may since have
+            // become.
             let operation = Operation {
                 run_type: &earlier.run_type,
                 module: &context.module,
                 retry_of: Some(run_id),
+                connection: None,
             };
             start_one(bus, &meta, &context.tenant_key, operation, None).await
         }
@@ -201,6 +240,7 @@ pub async fn retry_run(
                 run_type: &earlier.run_type,
                 module: &module,
                 retry_of: Some(run_id),
+                connection: None,
             };
             start_over_workspace(bus, &meta, operation).await
         }
@@ -222,6 +262,7 @@ pub async fn start_workspace_operation(
         run_type,
         module,
         retry_of: None,
+        connection: None,
     };
     start_over_workspace(bus, meta, operation).await
 }
@@ -294,6 +335,7 @@ pub async fn start_operations(
         run_type,
         module,
         retry_of: None,
+        connection: None,
     };
     start_requests(bus, meta, requests, operation).await
 }
@@ -361,7 +403,7 @@ async fn start_chunk(
         .iter()
         .filter_map(|r| tenants.get(&r.tenant.to_string()))
         .filter(|t| owned(meta, *t).is_ok())
-        .filter_map(|t| t.default_connection(Provider::Microsoft))
+        .filter_map(|t| operation.connection_of(t))
         .map(|c| (ProviderConnection::TYPE, c.to_string()))
         .collect();
     let mut streams = uow.fetch_streams(&connection_ids).await?;
@@ -375,7 +417,7 @@ async fn start_chunk(
     let scope_of = |r: &StartRequest| -> EntraTenantId {
         tenants
             .get(&r.tenant.to_string())
-            .and_then(|t| t.default_connection(Provider::Microsoft))
+            .and_then(|t| operation.connection_of(t))
             .and_then(|c| connections.get(&c.to_string()))
             .and_then(|c: &ProviderConnection| c.entra_tenant_id)
             .unwrap_or(r.tenant.entra_tenant_id)
@@ -397,8 +439,16 @@ async fn start_chunk(
     let mut outcomes = Vec::with_capacity(chunk.len());
     for r in chunk {
         let tenant = tenants.get(&r.tenant.to_string());
+        // A connection asked for must be the tenant's own: anything else is not found
+        // (whether it exists elsewhere is no answer to give).
+        if let (Some(t), Some(_)) = (tenant, operation.connection) {
+            if owned(meta, t).is_ok() && operation.connection_of(t).is_none() {
+                outcomes.push(Err(AppError::NotFound("connection")));
+                continue;
+            }
+        }
         let connection = tenant
-            .and_then(|t| t.default_connection(Provider::Microsoft))
+            .and_then(|t| operation.connection_of(t))
             .and_then(|c| connections.get(&c.to_string()));
         let lock_id = scope_key(workspace, scope_of(r));
         let Some(lock) = locks.get_mut(&lock_id) else {
@@ -458,10 +508,11 @@ async fn decide_start(
         connection,
         scope,
         operation:
-            Operation {
+            operation @ Operation {
                 run_type,
                 module,
                 retry_of,
+                ..
             },
     } = input;
     let tenant = match tenant.map(|t| owned(meta, t)) {
@@ -506,7 +557,7 @@ async fn decide_start(
     }
     let context = RunContext {
         provider: Provider::Microsoft,
-        connection_id: tenant.default_connection(Provider::Microsoft),
+        connection_id: operation.connection_of(tenant),
         target_scope: scope,
         tenant_key: tenant_key.clone(),
         module: module.to_owned(),

@@ -29,6 +29,8 @@ pub enum Permission {
     StartOperations,
     /// Set, change and disable a workspace's recurring schedules.
     ManageSchedules,
+    /// Acknowledge drift alerts: the work of whoever watches the fleet.
+    HandleAlerts,
     /// Internal progress of workflows: only the engine records it.
     RecordProgress,
     /// Contact sync (R5): connect the partner, map tenants, edit clients and contacts,
@@ -38,11 +40,12 @@ pub enum Permission {
 
 impl Permission {
     /// Every permission: together, everything that changes anything.
-    pub const ALL: [Permission; 6] = [
+    pub const ALL: [Permission; 7] = [
         Permission::ManageTenants,
         Permission::ManageConnections,
         Permission::StartOperations,
         Permission::ManageSchedules,
+        Permission::HandleAlerts,
         Permission::RecordProgress,
         Permission::ManageContactSync,
     ];
@@ -62,9 +65,10 @@ impl Role {
                         | StartOperations
                         | ManageSchedules
                         | ManageContactSync
+                        | HandleAlerts
                 )
             }
-            Role::Operator => matches!(permission, StartOperations),
+            Role::Operator => matches!(permission, StartOperations | HandleAlerts),
             Role::Readonly | Role::Auditor => false,
         }
     }

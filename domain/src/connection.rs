@@ -59,6 +59,13 @@ pub enum ConnectionCommand {
     },
     Disable,
     Enable,
+    /// Gives the connection a new display name (validated as at creation).
+    Rename {
+        display_name: String,
+    },
+    /// Removes the connection; issued with `TenantCommand::DetachConnection`. A removed
+    /// connection is not found by any later command.
+    Remove,
 }
 
 impl Authorize for ConnectionCommand {
@@ -74,7 +81,9 @@ impl Authorize for ConnectionCommand {
             | ConnectionCommand::GrantConsent { .. }
             | ConnectionCommand::RevokeConsent
             | ConnectionCommand::Disable
-            | ConnectionCommand::Enable => Permission::ManageConnections,
+            | ConnectionCommand::Enable
+            | ConnectionCommand::Rename { .. }
+            | ConnectionCommand::Remove => Permission::ManageConnections,
         }
     }
 }
@@ -177,6 +186,13 @@ pub enum ConnectionEvent {
     ConnectionEnabled {
         at: DateTime<Utc>,
     },
+    ConnectionRenamed {
+        display_name: String,
+        at: DateTime<Utc>,
+    },
+    ConnectionRemoved {
+        at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for ConnectionEvent {
@@ -193,6 +209,8 @@ impl DomainEvent for ConnectionEvent {
             ConnectionEvent::ConnectionErrored { .. } => "ConnectionErrored",
             ConnectionEvent::ConnectionDisabled { .. } => "ConnectionDisabled",
             ConnectionEvent::ConnectionEnabled { .. } => "ConnectionEnabled",
+            ConnectionEvent::ConnectionRenamed { .. } => "ConnectionRenamed",
+            ConnectionEvent::ConnectionRemoved { .. } => "ConnectionRemoved",
         }
         .to_owned()
     }
@@ -278,6 +296,9 @@ pub struct ProviderConnection {
     disabled: bool,
     /// An error stands until a new credential, a new consent or a healthy check.
     errored: bool,
+    /// Removed: no later command finds it.
+    #[serde(default)]
+    removed: bool,
 }
 
 impl ProviderConnection {
@@ -290,7 +311,7 @@ impl ProviderConnection {
     }
 
     fn require_created(&self) -> Result<(), ConnectionError> {
-        if self.created {
+        if self.created && !self.removed {
             Ok(())
         } else {
             Err(ConnectionError::NotFound)
@@ -474,6 +495,24 @@ impl Aggregate for ProviderConnection {
                 sink.write(ConnectionEvent::ConnectionEnabled { at: now }, self)
                     .await;
             }
+            ConnectionCommand::Rename { display_name } => {
+                self.require_created()?;
+                let display_name =
+                    clean_name(&display_name, MAX_NAME).ok_or(ConnectionError::InvalidName)?;
+                // The same name again: nothing happened.
+                if display_name != self.display_name {
+                    let event = ConnectionEvent::ConnectionRenamed {
+                        display_name,
+                        at: now,
+                    };
+                    sink.write(event, self).await;
+                }
+            }
+            ConnectionCommand::Remove => {
+                self.require_created()?;
+                sink.write(ConnectionEvent::ConnectionRemoved { at: now }, self)
+                    .await;
+            }
         }
         Ok(())
     }
@@ -557,6 +596,10 @@ impl Aggregate for ProviderConnection {
             }
             ConnectionEvent::ConnectionDisabled { .. } => self.disabled = true,
             ConnectionEvent::ConnectionEnabled { .. } => self.disabled = false,
+            ConnectionEvent::ConnectionRenamed { display_name, .. } => {
+                self.display_name = display_name
+            }
+            ConnectionEvent::ConnectionRemoved { .. } => self.removed = true,
         }
         self.recompute_status();
     }
@@ -959,6 +1002,48 @@ mod tests {
             .given(with(connected(), disabled()))
             .when(ConnectionCommand::Enable)
             .then_expect_events(vec![ConnectionEvent::ConnectionEnabled { at: now() }]);
+    }
+
+    #[test]
+    fn a_connection_is_renamed_to_a_valid_new_name_only() {
+        F::with(services())
+            .given(vec![created()])
+            .when(ConnectionCommand::Rename {
+                display_name: "  Contoso (partner)  ".into(),
+            })
+            .then_expect_events(vec![ConnectionEvent::ConnectionRenamed {
+                display_name: "Contoso (partner)".into(),
+                at: now(),
+            }]);
+        F::with(services())
+            .given(vec![created()])
+            .when(ConnectionCommand::Rename {
+                display_name: "\u{7}".into(),
+            })
+            .then_expect_error(ConnectionError::InvalidName);
+        F::with(services())
+            .given_no_previous_events()
+            .when(ConnectionCommand::Rename {
+                display_name: "x".into(),
+            })
+            .then_expect_error(ConnectionError::NotFound);
+    }
+
+    #[test]
+    fn a_removed_connection_is_found_by_no_later_command() {
+        F::with(services())
+            .given(vec![created()])
+            .when(ConnectionCommand::Remove)
+            .then_expect_events(vec![ConnectionEvent::ConnectionRemoved { at: now() }]);
+        for command in [ConnectionCommand::Remove, ConnectionCommand::Enable] {
+            F::with(services())
+                .given(vec![
+                    created(),
+                    ConnectionEvent::ConnectionRemoved { at: now() },
+                ])
+                .when(command)
+                .then_expect_error(ConnectionError::NotFound);
+        }
     }
 
     #[test]

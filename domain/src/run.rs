@@ -74,17 +74,47 @@ pub enum NextStep {
     EnableConnection,
     /// The default connection has no credential.
     SetCredential,
-    /// Admin consent has not been granted to the default connection.
+    /// Admin consent has not been granted to the default connection (or must be granted
+    /// again, with the permissions the run needs).
     GrantConsent,
+    /// Microsoft's service failed or timed out: its status says whether to wait.
+    CheckServiceStatus,
+    /// The app registration lacks a Graph permission (or the tenant a license) the run
+    /// needs.
+    FixPermissions,
+    /// Microsoft refused the connection's credential: it needs a new secret.
+    ProvideNewSecret,
 }
 
 impl NextStep {
-    const ALL: [NextStep; 4] = [
+    const ALL: [NextStep; 7] = [
         NextStep::AddConnection,
         NextStep::EnableConnection,
         NextStep::SetCredential,
         NextStep::GrantConsent,
+        NextStep::CheckServiceStatus,
+        NextStep::FixPermissions,
+        NextStep::ProvideNewSecret,
     ];
+
+    /// What a person can do after a run failed for `reason`, in the order to try them;
+    /// none where nothing but another attempt helps (or the failure is ours).
+    pub fn after_failure(reason: ReasonCode) -> &'static [NextStep] {
+        match reason {
+            ReasonCode::ProviderConnectionMissing => &[NextStep::AddConnection],
+            ReasonCode::ProviderConnectionDisabled => &[NextStep::EnableConnection],
+            ReasonCode::ProviderCredentialMissing => &[NextStep::SetCredential],
+            ReasonCode::ProviderConsentMissing => &[NextStep::GrantConsent],
+            ReasonCode::ProviderAuthFailed => &[NextStep::ProvideNewSecret],
+            ReasonCode::ProviderPermissionMissing | ReasonCode::LicensePermissionMissing => {
+                &[NextStep::FixPermissions, NextStep::GrantConsent]
+            }
+            ReasonCode::GraphThrottled
+            | ReasonCode::GraphUnavailable
+            | ReasonCode::GraphTimeout => &[NextStep::CheckServiceStatus],
+            _ => &[],
+        }
+    }
 
     /// The stored name, in snake_case.
     pub fn as_str(self) -> &'static str {
@@ -93,6 +123,9 @@ impl NextStep {
             NextStep::EnableConnection => "enable_connection",
             NextStep::SetCredential => "set_credential",
             NextStep::GrantConsent => "grant_consent",
+            NextStep::CheckServiceStatus => "check_service_status",
+            NextStep::FixPermissions => "fix_permissions",
+            NextStep::ProvideNewSecret => "provide_new_secret",
         }
     }
 
@@ -1103,6 +1136,32 @@ mod tests {
     }
 
     #[test]
+    fn every_failure_mode_of_a_resync_has_a_recovery_step() {
+        for (reason, step) in [
+            (ReasonCode::GraphUnavailable, NextStep::CheckServiceStatus),
+            (ReasonCode::GraphTimeout, NextStep::CheckServiceStatus),
+            (
+                ReasonCode::ProviderPermissionMissing,
+                NextStep::FixPermissions,
+            ),
+            (ReasonCode::ProviderConsentMissing, NextStep::GrantConsent),
+            (ReasonCode::ProviderAuthFailed, NextStep::ProvideNewSecret),
+        ] {
+            assert_eq!(
+                NextStep::after_failure(reason).first(),
+                Some(&step),
+                "{reason}"
+            );
+        }
+        assert!(NextStep::after_failure(ReasonCode::InternalError).is_empty());
+        // Each step round-trips through its stored name.
+        for step in NextStep::ALL {
+            let json = serde_json::to_value(step).unwrap();
+            assert_eq!(serde_json::from_value::<NextStep>(json).unwrap(), step);
+        }
+    }
+
+    #[test]
     fn a_run_is_queued_pending() {
         F::with(services())
             .given_no_previous_events()
@@ -1776,7 +1835,10 @@ mod tests {
                 "add_connection",
                 "enable_connection",
                 "set_credential",
-                "grant_consent"
+                "grant_consent",
+                "check_service_status",
+                "fix_permissions",
+                "provide_new_secret"
             ])
         );
         let back: Vec<NextStep> = serde_json::from_value(json).unwrap();
@@ -1801,7 +1863,7 @@ mod tests {
         else {
             panic!("not a RunBlocked");
         };
-        assert_eq!(next_steps, NextStep::ALL);
+        assert_eq!(next_steps, NextStep::ALL[..4]);
         let unknown = serde_json::json!({ "label": "Call us", "href": "/support" });
         assert!(serde_json::from_value::<NextStep>(unknown).is_err());
     }

@@ -18,6 +18,7 @@
 use std::collections::HashMap;
 
 use cqrs_es::Aggregate;
+use domain::connection::{ConnectionEvent, ProviderConnection};
 use domain::run::{OperationRun, RunEvent};
 use domain::scope_lock::{scope_key, ScopeLock};
 use domain::tenant::{Tenant, TenantEvent};
@@ -100,7 +101,11 @@ impl Projection for AuditLog {
 ///   `policy_count` and `unchanged` as 0 or 1), and the failed steps' reason codes;
 /// - `PolicySnapshotted`: `snapshot_id`, `policy_count`, `source` and how many policies
 ///   were added, removed or modified (never the policies);
-/// - `PolicyIntentSeeded`: `snapshot_id`.
+/// - `PolicyIntentSeeded`: `snapshot_id`;
+/// - failures: `RunStepFailed` (`step`, `attempt`, `reason`, `message`, `retry_at`),
+///   `RunFailed` (`reason`, `message`, `step`), `RunBlocked` (`reason`, `next_steps`),
+///   `ConnectionErrored` (`reason`, `message`); their messages are sanitized (no secrets,
+///   no payloads) by the aggregates that record them.
 ///
 /// A pure function of the event, so replays and rebuilds write the same details. An event
 /// that does not decode is still recorded, without details (and the skip is logged).
@@ -109,14 +114,22 @@ fn details(e: &StoredEvent) -> Option<Value> {
         (e.aggregate_type.as_str(), e.event_type.as_str()),
         (
             OperationRun::TYPE,
-            "RunStepCompleted" | "RunSucceeded" | "RunPartiallySucceeded"
+            "RunStepCompleted"
+                | "RunStepFailed"
+                | "RunSucceeded"
+                | "RunPartiallySucceeded"
+                | "RunFailed"
+                | "RunBlocked"
         ) | (Tenant::TYPE, "PolicySnapshotted" | "PolicyIntentSeeded")
+            | (ProviderConnection::TYPE, "ConnectionErrored")
     );
     if !wanted {
         return None;
     }
     let decoded = if e.aggregate_type == Tenant::TYPE {
         e.decode::<TenantEvent>().map(tenant_details)
+    } else if e.aggregate_type == ProviderConnection::TYPE {
+        e.decode::<ConnectionEvent>().map(connection_details)
     } else {
         e.decode::<RunEvent>().map(run_details)
     };
@@ -139,6 +152,24 @@ fn run_details(event: RunEvent) -> Option<Value> {
             summary,
             ..
         } => Some(json!({ "step": step, "attempt": attempt, "summary": summary })),
+        // Messages of failures are sanitized when they are recorded.
+        RunEvent::RunStepFailed {
+            step,
+            attempt,
+            reason,
+            message,
+            retry_at,
+            ..
+        } => Some(json!({
+            "step": step, "attempt": attempt, "reason": reason, "message": message,
+            "retry_at": retry_at,
+        })),
+        RunEvent::RunFailed { failure, .. } => Some(json!({
+            "reason": failure.reason, "message": failure.message, "step": failure.step,
+        })),
+        RunEvent::RunBlocked {
+            reason, next_steps, ..
+        } => Some(json!({ "reason": reason, "next_steps": next_steps })),
         RunEvent::RunSucceeded { summary_counts, .. } => {
             Some(json!({ "summary_counts": summary_counts }))
         }
@@ -153,6 +184,15 @@ fn run_details(event: RunEvent) -> Option<Value> {
                 .collect();
             Some(json!({ "summary_counts": summary_counts, "failed_steps": failed }))
         }
+        _ => None,
+    }
+}
+
+fn connection_details(event: ConnectionEvent) -> Option<Value> {
+    match event {
+        ConnectionEvent::ConnectionErrored {
+            reason, message, ..
+        } => Some(json!({ "reason": reason, "message": message })),
         _ => None,
     }
 }
@@ -323,6 +363,43 @@ mod tests {
                 "summary_counts": {"steps_completed": 3, "policy_count": 4, "unchanged": 0},
                 "failed_steps": [{"step": "refresh_licenses", "reason": "license_permission_missing"}],
             }))
+        );
+    }
+
+    #[test]
+    fn failures_carry_their_reason_message_and_next_steps() {
+        let failed = RunEvent::RunFailed {
+            failure: FailureSummary {
+                reason: ReasonCode::ProviderAuthFailed,
+                message: "token request refused".into(),
+                step: Some("fetch_policies".into()),
+            },
+            at: chrono::Utc::now(),
+        };
+        assert_eq!(
+            details(&stored(OperationRun::TYPE, failed)),
+            Some(json!({
+                "reason": "provider_auth_failed", "message": "token request refused",
+                "step": "fetch_policies",
+            }))
+        );
+        let blocked = RunEvent::RunBlocked {
+            reason: ReasonCode::ProviderConsentMissing,
+            next_steps: vec![domain::run::NextStep::GrantConsent],
+            at: chrono::Utc::now(),
+        };
+        assert_eq!(
+            details(&stored(OperationRun::TYPE, blocked)),
+            Some(json!({ "reason": "provider_consent_missing", "next_steps": ["grant_consent"] }))
+        );
+        let errored = ConnectionEvent::ConnectionErrored {
+            reason: ReasonCode::GraphUnavailable,
+            message: "service unavailable".into(),
+            at: chrono::Utc::now(),
+        };
+        assert_eq!(
+            details(&stored(ProviderConnection::TYPE, errored)),
+            Some(json!({ "reason": "graph_unavailable", "message": "service unavailable" }))
         );
     }
 

@@ -53,6 +53,10 @@ const ERRORED: &str = "UPDATE rm_connections SET version = $2, errored = true, \
     WHERE connection_id = $1 AND version < $2";
 const DISABLED: &str = "UPDATE rm_connections SET version = $2, disabled = $3 \
     WHERE connection_id = $1 AND version < $2";
+// The row goes; the events stay in the log (and the audit log says who removed it).
+const REMOVED: &str = "DELETE FROM rm_connections WHERE connection_id = $1 AND version < $2";
+const RENAMED: &str = "UPDATE rm_connections SET version = $2, display_name = $3 \
+    WHERE connection_id = $1 AND version < $2";
 
 aggregate_projection!(
     Connections,
@@ -125,6 +129,10 @@ async fn apply(
             .bind(message),
         ConnectionEvent::ConnectionDisabled { .. } => versioned(DISABLED, id, e).bind(true),
         ConnectionEvent::ConnectionEnabled { .. } => versioned(DISABLED, id, e).bind(false),
+        ConnectionEvent::ConnectionRenamed { display_name, .. } => {
+            versioned(RENAMED, id, e).bind(display_name)
+        }
+        ConnectionEvent::ConnectionRemoved { .. } => versioned(REMOVED, id, e),
     };
     query.execute(&mut *tx).await?;
     Ok(())

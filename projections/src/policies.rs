@@ -20,6 +20,9 @@ const SNAPSHOT: &str = "\
 const ALERT: &str = "\
     INSERT INTO rm_alerts (snapshot_id, workspace_id, tenant_key, kind, raised_at) \
     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (snapshot_id) DO NOTHING";
+// Replays write the same values, so it needs no version.
+const ACKNOWLEDGE: &str = "\
+    UPDATE rm_alerts SET acknowledged_at = $2, acknowledged_by = $3 WHERE snapshot_id = $1";
 const LICENSES: &str = "\
     INSERT INTO rm_licenses AS l (tenant_key, version, workspace_id, ca_p1, ca_p2, skus, refreshed_at) \
     VALUES ($1, $2, $3, $4, $5, $6, $7) \
@@ -97,6 +100,14 @@ async fn apply(
                 .bind(capabilities.ca_p2)
                 .bind(json(e, &capabilities.skus)?)
                 .bind(at)
+                .execute(&mut *tx)
+                .await?;
+        }
+        TenantEvent::AlertAcknowledged { snapshot_id, at } => {
+            sqlx::query(ACKNOWLEDGE)
+                .bind(snapshot_id)
+                .bind(at)
+                .bind(required_meta(e, "actor")?)
                 .execute(&mut *tx)
                 .await?;
         }

@@ -73,6 +73,8 @@ async fn apply(
         | TenantEvent::DefaultConnectionChanged { .. }
         | TenantEvent::PolicySnapshotted { .. }
         | TenantEvent::PolicyDriftDetected { .. }
+        | TenantEvent::AlertAcknowledged { .. }
+        | TenantEvent::ConnectionDetached { .. }
         | TenantEvent::LicensesRefreshed { .. } => versioned(TOUCH, key, e),
     };
     query.execute(&mut *tx).await?;

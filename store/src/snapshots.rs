@@ -22,8 +22,8 @@ use crate::log::{Consumer, ConsumerError, Payloads, Position, StoredEvent};
 /// folded whole, and the writer replaces them. The `state_shapes` test fails when a shape
 /// changes without its version.
 pub const SNAPSHOTTED: &[(&str, i32)] = &[
-    (Tenant::TYPE, 1),
-    (ProviderConnection::TYPE, 1),
+    (Tenant::TYPE, 2),
+    (ProviderConnection::TYPE, 2),
     (ScopeLock::TYPE, 1),
 ];
 
@@ -186,7 +186,7 @@ mod tests {
         let expected: &[(&str, i32, Vec<String>, &[&str])] = &[
             (
                 Tenant::TYPE,
-                1,
+                2,
                 fields_of::<Tenant>(),
                 &[
                     "capabilities",
@@ -198,6 +198,7 @@ mod tests {
                     "last_alert_at",
                     "last_resynced_at",
                     "last_snapshot",
+                    "open_alerts",
                     "primary_domain",
                     "status",
                     "workspace",
@@ -205,7 +206,7 @@ mod tests {
             ),
             (
                 ProviderConnection::TYPE,
-                1,
+                2,
                 fields_of::<ProviderConnection>(),
                 &[
                     "consent_granted",
@@ -223,6 +224,7 @@ mod tests {
                     "last_error_reason_code",
                     "last_health_check_at",
                     "provider",
+                    "removed",
                     "scopes_granted",
                     "status",
                     "tenant_key",

@@ -57,6 +57,25 @@ impl TestApp {
     /// Starts the service against a simulator started with `fleet`, its runtime with
     /// `options`.
     pub async fn start_with(fleet: SimConfig, options: runtime::Options) -> Self {
+        Self::serve(fleet, options, api::graphql::PersistedQueries::open()).await
+    }
+
+    /// Starts the service as [`start`](Self::start) does, accepting only the persisted
+    /// queries `persisted` allows.
+    pub async fn start_with_persisted(persisted: api::graphql::PersistedQueries) -> Self {
+        let fleet = SimConfig {
+            tenants: 2,
+            seed: 11,
+            ..SimConfig::default()
+        };
+        Self::serve(fleet, Self::options(), persisted).await
+    }
+
+    async fn serve(
+        fleet: SimConfig,
+        options: runtime::Options,
+        persisted: api::graphql::PersistedQueries,
+    ) -> Self {
         let db = TestDb::new().await;
         let pool = db.pool().await;
         let metrics = Metrics::new();
@@ -79,6 +98,7 @@ impl TestApp {
             auth: api::auth::Authenticator::new(&SecretString::from(JWT_SECRET.to_owned())),
             runs: api::graphql::RunFeed::listen(pool.clone(), shutdown.clone()),
             schema: api::graphql::schema(),
+            persisted,
             workflows: parts.workflows.clone(),
         }));
         let background = runtime::start(&parts, &options, shutdown.clone());

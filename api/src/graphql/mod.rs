@@ -1,11 +1,15 @@
 //! The GraphQL API (R8.2–R8.4): queries over read models, mutations that map to the
 //! application services, and live run progress over WebSocket.
 
+pub mod compat;
+mod enums;
 mod errors;
 mod feed;
+mod introspection;
 mod mutation;
 mod next_steps;
 mod page;
+mod persisted;
 mod query;
 mod subscription;
 mod types;
@@ -13,14 +17,17 @@ mod types;
 use async_graphql::Schema;
 
 pub use feed::{RunFeed, RunNotice};
+pub use introspection::MAX_INTROSPECTION_DEPTH;
+use introspection::{route, Route};
 pub use mutation::{MutationRoot, RequestId};
+pub use persisted::{hash as persisted_query_hash, ManifestError, PersistedQueries};
 pub use query::QueryRoot;
 pub use subscription::SubscriptionRoot;
 
 /// The schema type.
 pub type TenantflowSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 
-/// Deepest query accepted.
+/// Deepest query accepted (introspection has its own limits: see [`MAX_INTROSPECTION_DEPTH`]).
 pub const MAX_DEPTH: usize = 12;
 /// Most complex query accepted (each field costs 1, lists multiply by their page size).
 pub const MAX_COMPLEXITY: usize = 5000;
@@ -33,6 +40,29 @@ pub fn schema() -> TenantflowSchema {
         .limit_depth(MAX_DEPTH)
         .limit_complexity(MAX_COMPLEXITY)
         .finish()
+}
+
+/// Executes a request: its persisted query (if it names one by hash) resolved first, then
+/// with the schema its kind calls for: introspection with the limits made for it,
+/// anything else with the ordinary ones.
+pub(crate) async fn execute(
+    schema: &TenantflowSchema,
+    persisted: &PersistedQueries,
+    request: async_graphql::Request,
+) -> async_graphql::Response {
+    let request = match persisted.resolve(request) {
+        Ok(request) => request,
+        Err(refused) => return *refused,
+    };
+    match route(&request.query, request.operation_name.as_deref()) {
+        Route::Ordinary => schema.execute(request).await,
+        Route::Introspection => {
+            introspection::schema()
+                .execute(request.only_introspection())
+                .await
+        }
+        Route::TooDeep => introspection::too_deep(),
+    }
 }
 
 /// The schema in SDL (committed as `api/schema.graphql`; `tenantflow schema` prints it).

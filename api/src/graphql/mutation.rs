@@ -221,6 +221,7 @@ impl MutationRoot {
         change_connection(ctx, &id, ConnectionCommand::GrantConsent { scopes }).await
     }
 
+    /// Records that admin consent was withdrawn (Owner, Manager).
     async fn revoke_consent(
         &self,
         ctx: &Context<'_>,
@@ -229,32 +230,109 @@ impl MutationRoot {
         change_connection(ctx, &id, ConnectionCommand::RevokeConsent).await
     }
 
+    /// Disables a connection (Owner, Manager): runs that would go through it are blocked
+    /// with `provider_connection_disabled` until it is enabled again. Disabling a disabled
+    /// connection is refused with `provider_connection_disabled`.
+    async fn disable_connection(
+        &self,
+        ctx: &Context<'_>,
+        id: String,
+    ) -> async_graphql::Result<ConnectionPayload> {
+        change_connection(ctx, &id, ConnectionCommand::Disable).await
+    }
+
+    /// Renames a connection (Owner, Manager): 1-200 characters, no control characters.
+    async fn rename_connection(
+        &self,
+        ctx: &Context<'_>,
+        id: String,
+        display_name: String,
+    ) -> async_graphql::Result<ConnectionPayload> {
+        change_connection(ctx, &id, ConnectionCommand::Rename { display_name }).await
+    }
+
+    /// Removes a connection from its tenant (Owner, Manager). The tenant's default may be
+    /// removed only when it is its last connection: otherwise make another the default
+    /// first (`invalid_transition`). Its history stays in the event log and audit log.
+    async fn remove_connection(
+        &self,
+        ctx: &Context<'_>,
+        id: String,
+    ) -> async_graphql::Result<ConnectionPayload> {
+        let id = connection_id(&id)?;
+        app::remove_connection(&state(ctx)?.bus, &meta(ctx)?, id)
+            .await
+            .map_err(app_error)?;
+        Ok(ConnectionPayload { id: id.as_uuid() })
+    }
+
+    /// Enables a disabled connection again (Owner, Manager).
+    async fn enable_connection(
+        &self,
+        ctx: &Context<'_>,
+        id: String,
+    ) -> async_graphql::Result<ConnectionPayload> {
+        change_connection(ctx, &id, ConnectionCommand::Enable).await
+    }
+
+    /// Acknowledges a tenant's open drift alert, named by the snapshot that raised it
+    /// (Owner, Manager, Operator). An alert that is not open (unknown, or acknowledged
+    /// already) is `not_found`.
+    async fn acknowledge_alert(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(name = "tenantId")] tenant_id: String,
+        snapshot_id: String,
+    ) -> async_graphql::Result<AlertPayload> {
+        let snapshot_id = uuid::Uuid::try_parse(snapshot_id.trim())
+            .map_err(|_| invalid("`snapshotId` is not a valid snapshot id"))?;
+        change_tenant(
+            ctx,
+            &tenant_id,
+            TenantCommand::AcknowledgeAlert { snapshot_id },
+        )
+        .await?;
+        Ok(AlertPayload { snapshot_id })
+    }
+
     /// Starts a Conditional Access resync of a tenant (Owner, Manager, Operator), or
     /// returns the active one. With `source: IMPORT` the run (`policy.import`) also makes
-    /// the policies it reads the tenant's policy intent.
+    /// the policies it reads the tenant's policy intent. It goes through the tenant's
+    /// default connection, or through `connectionId` (one of the tenant's connections).
     async fn resync_tenant(
         &self,
         ctx: &Context<'_>,
         id: String,
         #[graphql(default)] source: ResyncSource,
+        connection_id: Option<String>,
     ) -> async_graphql::Result<StartRunPayload> {
         let run_type = match source {
             ResyncSource::Graph => workflows::resync::RUN_TYPE,
             ResyncSource::Import => workflows::resync::IMPORT_RUN_TYPE,
         };
-        start(ctx, &id, run_type, None).await
+        start(ctx, &id, run_type, None, connection_id.as_deref()).await
     }
 
     /// Starts an operation of a given type on a tenant. The type must be one a workflow
-    /// runs (the error lists them); `module`, if given, must be that workflow's.
+    /// runs (the error lists them); `module`, if given, must be that workflow's. It goes
+    /// through the tenant's default connection, or through `connectionId` (one of the
+    /// tenant's connections; another is `not_found`).
     async fn start_operation(
         &self,
         ctx: &Context<'_>,
         #[graphql(name = "tenantId")] tenant_id: String,
         #[graphql(name = "type")] run_type: String,
         module: Option<String>,
+        connection_id: Option<String>,
     ) -> async_graphql::Result<StartRunPayload> {
-        start(ctx, &tenant_id, &run_type, module.as_deref()).await
+        start(
+            ctx,
+            &tenant_id,
+            &run_type,
+            module.as_deref(),
+            connection_id.as_deref(),
+        )
+        .await
     }
 
     /// Sets the workspace's schedule of an operation (Owner, Manager): each time it is due,
@@ -377,8 +455,10 @@ async fn start(
     tenant: &str,
     run_type: &str,
     module: Option<&str>,
+    connection: Option<&str>,
 ) -> async_graphql::Result<StartRunPayload> {
     let key = tenant_key(tenant)?;
+    let connection = connection.map(connection_id).transpose()?;
     let workflow = state(ctx)?
         .workflows
         .known(run_type)
@@ -392,9 +472,12 @@ async fn start(
         }
         _ => workflow.module(),
     };
-    let started = app::start_operation(&state(ctx)?.bus, &meta(ctx)?, &key, run_type, module)
-        .await
-        .map_err(app_error)?;
+    let (bus, meta) = (&state(ctx)?.bus, &meta(ctx)?);
+    let started = match connection {
+        Some(c) => app::start_operation_through(bus, meta, &key, c, run_type, module).await,
+        None => app::start_operation(bus, meta, &key, run_type, module).await,
+    }
+    .map_err(app_error)?;
     Ok(start_payload(&started))
 }
 

@@ -3,7 +3,7 @@
 //! security filters rows even where a query's own filter is wrong (R8.3).
 
 use async_graphql::connection::Connection;
-use async_graphql::{Context, InputObject, Object};
+use async_graphql::{Context, InputObject, Object, ID};
 use chrono::{DateTime, Utc};
 use domain::run::{RunOutcome, RunStatus};
 use sqlx::{Postgres, QueryBuilder, Transaction};
@@ -51,14 +51,21 @@ fn parse_uuid(s: &str, what: &str) -> async_graphql::Result<Uuid> {
     })
 }
 
+/// Which runs to list.
 #[derive(InputObject, Default)]
 pub struct RunFilter {
     #[graphql(name = "tenantId")]
     pub tenant_id: Option<String>,
     #[graphql(name = "type")]
     pub run_type: Option<String>,
+    #[graphql(deprecation = "Use `statusIn`, typed by the RunStatus enum.")]
     pub status: Option<String>,
+    #[graphql(deprecation = "Use `outcomeIn`, typed by the RunOutcome enum.")]
     pub outcome: Option<String>,
+    /// Runs in any of these statuses.
+    pub status_in: Option<Vec<super::enums::RunStatus>>,
+    /// Runs with any of these outcomes (`[failed, blocked]`: the runs that need someone).
+    pub outcome_in: Option<Vec<super::enums::RunOutcome>>,
     pub queued_after: Option<DateTime<Utc>>,
     pub queued_before: Option<DateTime<Utc>>,
 }
@@ -72,16 +79,75 @@ pub struct EventFilter {
     pub tenant_id: Option<String>,
     pub recorded_after: Option<DateTime<Utc>>,
     pub recorded_before: Option<DateTime<Utc>>,
+    /// Who recorded the event (a person's subject, `workflow:<instance>`, ...).
+    pub actor: Option<String>,
+    /// The correlation id every event of one request (or one run's work) shares.
+    pub correlation_id: Option<String>,
+}
+
+/// Which end of the log a list of events starts from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, async_graphql::Enum)]
+pub enum EventOrder {
+    /// The log's global order: the oldest first.
+    #[default]
+    OldestFirst,
+    /// The newest first (the log's global order, reversed).
+    NewestFirst,
+}
+
+/// Which audit log entries to list.
+#[derive(InputObject, Default)]
+pub struct AuditFilter {
+    #[graphql(name = "tenantId")]
+    pub tenant_id: Option<String>,
+    /// Who acted: a person's subject, `workflow:<instance>`, `schedule:<id>`, ...
+    pub actor: Option<String>,
+    /// What happened: the event type (`RunFailed`, `ConnectionDisabled`, ...).
+    pub action: Option<String>,
+    pub recorded_after: Option<DateTime<Utc>>,
+    pub recorded_before: Option<DateTime<Utc>>,
+}
+
+/// A time range: `after` inclusive, `before` exclusive; either may be left open.
+#[derive(InputObject, Default, Clone, Copy)]
+pub struct TimeRange {
+    pub after: Option<DateTime<Utc>>,
+    pub before: Option<DateTime<Utc>>,
+}
+
+impl TimeRange {
+    /// Appends ` AND column >= after AND column < before` for the ends given.
+    fn push(&self, q: &mut QueryBuilder<'_, Postgres>, column: &str) {
+        if let Some(t) = self.after {
+            q.push(format!(" AND {column} >= ")).push_bind(t);
+        }
+        if let Some(t) = self.before {
+            q.push(format!(" AND {column} < ")).push_bind(t);
+        }
+    }
+}
+
+/// `text` as a case-insensitive `LIKE` pattern that matches it anywhere (its own `%`, `_`
+/// and `\` match only themselves).
+fn contains_pattern(text: &str) -> String {
+    let escaped = text
+        .trim()
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
 }
 
 pub struct QueryRoot;
 
 #[Object]
 impl QueryRoot {
-    /// Tenants of the caller's workspace, by display name.
+    /// Tenants of the caller's workspace, by display name. `search` keeps those whose
+    /// display name, primary domain or Entra tenant id contains it (case-insensitive).
     async fn tenants(
         &self,
         ctx: &Context<'_>,
+        search: Option<String>,
         first: Option<i32>,
         after: Option<String>,
     ) -> async_graphql::Result<Connection<String, TenantNode>> {
@@ -91,6 +157,19 @@ impl QueryRoot {
             "SELECT {TENANT_COLUMNS} FROM rm_tenants WHERE workspace_id = "
         ));
         q.push_bind(&caller.workspace);
+        if let Some(search) = search.filter(|s| !s.trim().is_empty()) {
+            if search.len() > 200 {
+                return Err(invalid("`search` is at most 200 characters"));
+            }
+            let pattern = contains_pattern(&search);
+            q.push(" AND (display_name ILIKE ")
+                .push_bind(pattern.clone())
+                .push(" OR primary_domain ILIKE ")
+                .push_bind(pattern.clone())
+                .push(" OR entra_tenant_id::text ILIKE ")
+                .push_bind(pattern)
+                .push(")");
+        }
         if let (Some(name), Some(key)) = (page.key_str(0)?, page.key_str(1)?) {
             q.push(" AND (display_name, tenant_key) > (")
                 .push_bind(name)
@@ -216,6 +295,20 @@ impl QueryRoot {
         if let Some(o) = f.outcome {
             q.push(" AND outcome = ").push_bind(o);
         }
+        if let Some(statuses) = f.status_in {
+            let names: Vec<&str> = statuses
+                .into_iter()
+                .map(|s| RunStatus::from(s).as_str())
+                .collect();
+            q.push(" AND status = ANY(").push_bind(names).push(")");
+        }
+        if let Some(outcomes) = f.outcome_in {
+            let names: Vec<&str> = outcomes
+                .into_iter()
+                .map(|o| RunOutcome::from(o).as_str())
+                .collect();
+            q.push(" AND outcome = ANY(").push_bind(names).push(")");
+        }
         if let Some(t) = f.queued_after {
             q.push(" AND queued_at >= ").push_bind(t);
         }
@@ -256,7 +349,7 @@ impl QueryRoot {
         .map_err(internal)
     }
 
-    /// The state a tenant had at an earlier point of the log (R9.3); null when it had
+    /// The state a tenant had at an earlier point of the log; null when it had
     /// no events by then, or belongs to another workspace.
     async fn tenant_at(
         &self,
@@ -270,7 +363,7 @@ impl QueryRoot {
         state_at(ctx, AggregateKind::Tenant, &key.to_string(), as_of).await
     }
 
-    /// The state a provider connection had at an earlier point of the log (R9.3).
+    /// The state a provider connection had at an earlier point of the log.
     async fn connection_at(
         &self,
         ctx: &Context<'_>,
@@ -281,7 +374,7 @@ impl QueryRoot {
         state_at(ctx, AggregateKind::Connection, &id.to_string(), as_of).await
     }
 
-    /// The state a run had at an earlier point of the log (R9.3).
+    /// The state a run had at an earlier point of the log.
     async fn run_at(
         &self,
         ctx: &Context<'_>,
@@ -292,24 +385,40 @@ impl QueryRoot {
         state_at(ctx, AggregateKind::Run, &id.to_string(), as_of).await
     }
 
-    /// Who did what, when, to which tenant: newest first.
+    /// Who did what, when, to which tenant: newest first. `tenantId` alone is kept for
+    /// older clients; `filter` narrows by tenant, actor, action and time.
     async fn audit_log(
         &self,
         ctx: &Context<'_>,
-        #[graphql(name = "tenantId")] tenant_id: Option<String>,
+        #[graphql(name = "tenantId", deprecation = "Use `filter: {tenantId}`.")] tenant_id: Option<
+            String,
+        >,
+        filter: Option<AuditFilter>,
         first: Option<i32>,
         after: Option<String>,
     ) -> async_graphql::Result<Connection<String, AuditEntry>> {
         let page = PageRequest::parse(first, after)?;
+        let f = filter.unwrap_or_default();
         let caller = caller(ctx)?;
         let mut q = QueryBuilder::<Postgres>::new(
             "SELECT global_position, recorded_at, actor, role, action, aggregate_type, aggregate_id, tenant_key, correlation_id, \
              details FROM rm_audit_log WHERE workspace_id = ",
         );
         q.push_bind(&caller.workspace);
-        if let Some(t) = tenant_id {
+        for t in [tenant_id, f.tenant_id].into_iter().flatten() {
             q.push(" AND tenant_key = ").push_bind(t);
         }
+        if let Some(actor) = f.actor {
+            q.push(" AND actor = ").push_bind(actor);
+        }
+        if let Some(action) = f.action {
+            q.push(" AND action = ").push_bind(action);
+        }
+        TimeRange {
+            after: f.recorded_after,
+            before: f.recorded_before,
+        }
+        .push(&mut q, "recorded_at");
         if let Some(p) = page.key_i64(0)? {
             q.push(" AND global_position < ").push_bind(p);
         }
@@ -324,11 +433,13 @@ impl QueryRoot {
         Ok(connection(&page, rows, |a| vec![a.global_position.into()]))
     }
 
-    /// The event streams themselves, in global order (R9.1), for auditors.
+    /// The event streams themselves, for auditors: in the log's global order, or newest
+    /// first with `order: NEWEST_FIRST`.
     async fn events(
         &self,
         ctx: &Context<'_>,
         filter: Option<EventFilter>,
+        order: Option<EventOrder>,
         first: Option<i32>,
         after: Option<String>,
     ) -> async_graphql::Result<Connection<String, EventNode>> {
@@ -354,23 +465,37 @@ impl QueryRoot {
                 .push_bind(t)
                 .push(")");
         }
-        if let Some(t) = f.recorded_after {
-            q.push(" AND e.recorded_at >= ").push_bind(t);
+        TimeRange {
+            after: f.recorded_after,
+            before: f.recorded_before,
         }
-        if let Some(t) = f.recorded_before {
-            q.push(" AND e.recorded_at < ").push_bind(t);
+        .push(&mut q, "e.recorded_at");
+        if let Some(actor) = f.actor {
+            q.push(" AND e.metadata ->> 'actor' = ").push_bind(actor);
         }
+        if let Some(c) = f.correlation_id {
+            q.push(" AND e.metadata ->> 'correlation_id' = ")
+                .push_bind(c);
+        }
+        let (beyond, direction) = match order.unwrap_or_default() {
+            EventOrder::OldestFirst => (">", "ASC"),
+            EventOrder::NewestFirst => ("<", "DESC"),
+        };
         if let (Some(tx_id), Some(pos)) = (page.key_i64(0)?, page.key_i64(1)?) {
-            q.push(" AND (e.transaction_id, e.global_position) > (")
-                .push_bind(tx_id.to_string())
-                .push("::text::xid8, ")
-                .push_bind(pos)
-                .push(")");
+            q.push(format!(
+                " AND (e.transaction_id, e.global_position) {beyond} ("
+            ))
+            .push_bind(tx_id.to_string())
+            .push("::text::xid8, ")
+            .push_bind(pos)
+            .push(")");
         }
         // Only what no running transaction can still precede: the order is final.
         q.push(" AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())");
-        q.push(" ORDER BY e.transaction_id, e.global_position LIMIT ")
-            .push_bind(page.limit());
+        q.push(format!(
+            " ORDER BY e.transaction_id {direction}, e.global_position {direction} LIMIT "
+        ))
+        .push_bind(page.limit());
         let mut tx = reader(ctx).await?;
         let rows: Vec<EventNode> = q
             .build_query_as()
@@ -385,11 +510,13 @@ impl QueryRoot {
         }))
     }
 
-    /// A tenant's policy snapshots, newest first, with their diffs.
+    /// A tenant's policy snapshots, newest first, with their diffs; `taken` keeps those
+    /// taken in a time range.
     async fn snapshots(
         &self,
         ctx: &Context<'_>,
         #[graphql(name = "tenantId")] tenant_id: String,
+        taken: Option<TimeRange>,
         first: Option<i32>,
         after: Option<String>,
     ) -> async_graphql::Result<Connection<String, SnapshotNode>> {
@@ -401,6 +528,7 @@ impl QueryRoot {
         q.push_bind(&caller.workspace)
             .push(" AND tenant_key = ")
             .push_bind(tenant_id);
+        taken.unwrap_or_default().push(&mut q, "taken_at");
         if let (Some(at), Some(id)) = (page.key_str(0)?, page.key_str(1)?) {
             let at: DateTime<Utc> = at.parse().map_err(|_| invalid("invalid cursor"))?;
             q.push(" AND (taken_at, snapshot_id) < (")
@@ -425,23 +553,34 @@ impl QueryRoot {
         }))
     }
 
-    /// Drift alerts of the caller's workspace (optionally of one tenant), newest first.
+    /// Drift alerts of the caller's workspace (optionally of one tenant), newest first;
+    /// `raised` keeps those raised in a time range, `acknowledged` those acknowledged
+    /// (`true`) or still open (`false`).
     async fn alerts(
         &self,
         ctx: &Context<'_>,
         #[graphql(name = "tenantId")] tenant_id: Option<String>,
+        raised: Option<TimeRange>,
+        acknowledged: Option<bool>,
         first: Option<i32>,
         after: Option<String>,
     ) -> async_graphql::Result<Connection<String, Alert>> {
         let page = PageRequest::parse(first, after)?;
         let caller = caller(ctx)?;
         let mut q = QueryBuilder::<Postgres>::new(
-            "SELECT snapshot_id, tenant_key, kind, raised_at FROM rm_alerts WHERE workspace_id = ",
+            "SELECT snapshot_id, tenant_key, kind, raised_at, acknowledged_at, acknowledged_by \
+             FROM rm_alerts WHERE workspace_id = ",
         );
         q.push_bind(&caller.workspace);
         if let Some(t) = tenant_id {
             q.push(" AND tenant_key = ").push_bind(t);
         }
+        raised.unwrap_or_default().push(&mut q, "raised_at");
+        match acknowledged {
+            Some(true) => q.push(" AND acknowledged_at IS NOT NULL"),
+            Some(false) => q.push(" AND acknowledged_at IS NULL"),
+            None => &mut q,
+        };
         if let (Some(at), Some(id)) = (page.key_str(0)?, page.key_str(1)?) {
             let at: DateTime<Utc> = at.parse().map_err(|_| invalid("invalid cursor"))?;
             q.push(" AND (raised_at, snapshot_id) < (")
@@ -511,7 +650,7 @@ impl QueryRoot {
         .map_err(internal)
     }
 
-    /// The caller's workspace's audit hash chain (R9.4): how far it is sealed, its head (a
+    /// The caller's workspace's audit hash chain: how far it is sealed, its head (a
     /// head kept elsewhere, `tenantflow verify --workspace W --expect <sealedPosition>:<headHash>`
     /// later checks that the history still leads to it), and the last verification of it.
     async fn audit_chain(&self, ctx: &Context<'_>) -> async_graphql::Result<AuditChain> {
@@ -540,6 +679,64 @@ impl QueryRoot {
             head_hash: head.map(|h| h.2),
             last_verification,
         })
+    }
+
+    /// Any entity by its global id (Tenant, ProviderConnection, Run, PolicySnapshot,
+    /// Schedule); null when none of the caller's workspace has it.
+    async fn node(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Node>> {
+        let id = id.0.trim().to_owned();
+        let mut tx = reader(ctx).await?;
+        if let Ok(key) = id.parse::<domain::TenantKey>() {
+            let tenant: Option<TenantNode> = sqlx::query_as(&format!(
+                "SELECT {TENANT_COLUMNS} FROM rm_tenants WHERE tenant_key = $1"
+            ))
+            .bind(key.to_string())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(internal)?;
+            return Ok(tenant.map(Node::Tenant));
+        }
+        if let Ok(uuid) = Uuid::try_parse(&id) {
+            let run: Option<RunNode> = sqlx::query_as(&format!(
+                "SELECT {RUN_COLUMNS} FROM rm_runs WHERE run_id = $1"
+            ))
+            .bind(uuid)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(internal)?;
+            if let Some(run) = run {
+                return Ok(Some(Node::Run(run)));
+            }
+            let connection: Option<ConnectionNode> = sqlx::query_as(&format!(
+                "SELECT {CONNECTION_COLUMNS} FROM rm_connections WHERE connection_id = $1"
+            ))
+            .bind(uuid)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(internal)?;
+            if let Some(c) = connection {
+                return Ok(Some(Node::ProviderConnection(c)));
+            }
+            let snapshot: Option<SnapshotNode> = sqlx::query_as(&format!(
+                "SELECT {SNAPSHOT_COLUMNS} FROM rm_policy_snapshots WHERE snapshot_id = $1"
+            ))
+            .bind(uuid)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(internal)?;
+            return Ok(snapshot.map(Node::PolicySnapshot));
+        }
+        if id.len() <= 200 && id.contains(':') {
+            let schedule: Option<ScheduleNode> = sqlx::query_as(&format!(
+                "SELECT {SCHEDULE_COLUMNS} FROM rm_schedules WHERE schedule_id = $1"
+            ))
+            .bind(&id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(internal)?;
+            return Ok(schedule.map(Node::Schedule));
+        }
+        Err(invalid("`id` is not the id of any kind of node"))
     }
 
     /// Who the caller is.

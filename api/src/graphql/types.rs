@@ -1,25 +1,41 @@
 //! GraphQL object types: rows of the read models. Secrets have no column to come from.
 
-use async_graphql::{ComplexObject, Context, Enum, OneofObject, SimpleObject};
+use async_graphql::{ComplexObject, Context, Enum, Interface, OneofObject, SimpleObject, ID};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use domain::run::NextStep;
 use domain::RunId;
 
+use super::enums::{stored, ConnectionStatus, HealthStatus, RunOutcome, RunStatus, TenantStatus};
 use super::errors::internal;
-use super::next_steps::links;
+use super::next_steps::{links, of_run};
 use super::query::reader;
+
+/// Anything with a global id, refetchable with `node(id:)` (the Relay convention). Ids are
+/// the entities' own (a tenant key, a run's or connection's or snapshot's UUID, a
+/// schedule's `<workspace>:<run type>`): unique across types, and the same after any
+/// rebuild of the read models.
+#[derive(Interface)]
+#[graphql(field(name = "id", ty = "ID", desc = "The global id."))]
+pub enum Node {
+    Tenant(TenantNode),
+    ProviderConnection(ConnectionNode),
+    Run(RunNode),
+    PolicySnapshot(SnapshotNode),
+    Schedule(ScheduleNode),
+}
 
 #[derive(Debug, Clone, SimpleObject, sqlx::FromRow)]
 #[graphql(complex, name = "Tenant")]
 pub struct TenantNode {
-    /// The tenant key: `<workspace>:<entra tenant guid>`.
-    #[graphql(name = "id")]
+    /// The tenant key: `<workspace>:<entra tenant guid>` (shown as `id`).
+    #[graphql(skip)]
     pub tenant_key: String,
     pub entra_tenant_id: Uuid,
     pub display_name: String,
     pub primary_domain: String,
+    #[graphql(skip)]
     pub status: String,
     pub registered_at: DateTime<Utc>,
     pub archived_at: Option<DateTime<Utc>>,
@@ -34,6 +50,15 @@ pub struct TenantNode {
 
 #[ComplexObject]
 impl TenantNode {
+    /// The tenant key, `<workspace>:<entra tenant guid>`: also its global id (`node`).
+    async fn id(&self) -> ID {
+        ID(self.tenant_key.clone())
+    }
+
+    async fn status(&self) -> async_graphql::Result<TenantStatus> {
+        stored::<domain::tenant::TenantStatus, _>(&self.status)
+    }
+
     /// The tenant's intended Conditional Access policies, seeded by its latest import
     /// (`resyncTenant(source: IMPORT)`); null until one is imported.
     async fn policy_intent(&self) -> Option<PolicyIntent> {
@@ -94,10 +119,11 @@ impl PolicyIntent {
     }
 }
 
+/// A tenant's connection to a provider (Microsoft): how tenantflow reaches the tenant.
 #[derive(Debug, Clone, SimpleObject, sqlx::FromRow)]
-#[graphql(name = "Connection")]
+#[graphql(complex, name = "ProviderConnection")]
 pub struct ConnectionNode {
-    #[graphql(name = "id")]
+    #[graphql(skip)]
     pub connection_id: Uuid,
     #[graphql(name = "tenantId")]
     pub tenant_key: String,
@@ -105,7 +131,9 @@ pub struct ConnectionNode {
     pub entra_tenant_id: Uuid,
     pub display_name: String,
     pub is_default: bool,
+    #[graphql(skip)]
     pub status: String,
+    #[graphql(skip)]
     pub health_status: String,
     pub consent_granted: bool,
     pub scopes_granted: serde_json::Value,
@@ -119,6 +147,22 @@ pub struct ConnectionNode {
     pub created_at: DateTime<Utc>,
 }
 
+#[ComplexObject]
+impl ConnectionNode {
+    /// The connection id: also its global id (`node`).
+    async fn id(&self) -> ID {
+        ID(self.connection_id.to_string())
+    }
+
+    async fn status(&self) -> async_graphql::Result<ConnectionStatus> {
+        stored::<domain::connection::ConnectionStatus, _>(&self.status)
+    }
+
+    async fn health_status(&self) -> async_graphql::Result<HealthStatus> {
+        stored::<domain::connection::HealthStatus, _>(&self.health_status)
+    }
+}
+
 pub(crate) const CONNECTION_COLUMNS: &str = "connection_id, tenant_key, provider, entra_tenant_id, display_name, is_default, \
      status, health_status, consent_granted, scopes_granted, credential_fingerprint, credential_set_at, credential_set_by, \
      last_health_check_at, last_error_reason_code, last_error_message, created_at";
@@ -126,14 +170,18 @@ pub(crate) const CONNECTION_COLUMNS: &str = "connection_id, tenant_key, provider
 #[derive(Debug, Clone, SimpleObject, sqlx::FromRow)]
 #[graphql(complex, name = "Run")]
 pub struct RunNode {
-    #[graphql(name = "id")]
+    #[graphql(skip)]
     pub run_id: Uuid,
     #[graphql(name = "type")]
     pub run_type: String,
     #[graphql(name = "tenantId")]
     pub tenant_key: Option<String>,
+    #[graphql(skip)]
     pub status: String,
+    #[graphql(skip)]
     pub outcome: String,
+    /// A cancellation was asked for while the run was running: it stops at its next step.
+    pub cancel_requested: bool,
     pub context: serde_json::Value,
     pub initiator: String,
     pub summary_counts: serde_json::Value,
@@ -151,22 +199,38 @@ pub struct RunNode {
 }
 
 pub(crate) const RUN_COLUMNS: &str =
-    "run_id, run_type, tenant_key, status, outcome, context, initiator, summary_counts, \
+    "run_id, run_type, tenant_key, status, outcome, cancel_requested, context, initiator, summary_counts, \
      failure_summary, reason_code, next_steps, queued_at, started_at, completed_at, retry_of";
 
 #[ComplexObject]
 impl RunNode {
-    /// What a person can do to unblock a blocked run: links into the product,
-    /// `[{ "label": ..., "href": ... }]`. Empty for other runs.
+    /// The run id: also its global id (`node`).
+    async fn id(&self) -> ID {
+        ID(self.run_id.to_string())
+    }
+
+    async fn status(&self) -> async_graphql::Result<RunStatus> {
+        stored::<domain::run::RunStatus, _>(&self.status)
+    }
+
+    async fn outcome(&self) -> async_graphql::Result<RunOutcome> {
+        stored::<domain::run::RunOutcome, _>(&self.outcome)
+    }
+
+    /// What a person can do about a blocked or failed run: links into the product,
+    /// `[{ "label": ..., "href": ... }]`, one per step its reason calls for (check the
+    /// service status, fix permissions, grant consent again, provide a new secret, ...).
+    /// Empty for other runs.
     async fn next_steps(&self) -> serde_json::Value {
-        links(&self.next_steps, self.tenant_key.as_deref())
+        let steps = of_run(&self.next_steps, &self.outcome, self.reason_code.as_deref());
+        links(&steps, self.tenant_key.as_deref())
     }
 
     /// Every recorded step attempt, in order.
     async fn steps(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<RunStep>> {
         let mut tx = reader(ctx).await?;
         sqlx::query_as::<_, RunStep>(
-            "SELECT step, attempt, status, reason_code, message, retry_at, recorded_at FROM rm_run_steps \
+            "SELECT step, attempt, status, reason_code, message, summary, retry_at, started_at, recorded_at FROM rm_run_steps \
              WHERE run_id = $1 ORDER BY recorded_at, step, attempt LIMIT 500",
         )
         .bind(self.run_id)
@@ -175,7 +239,39 @@ impl RunNode {
         .map_err(internal)
     }
 
-    /// Every event of the run, in the log's order, with its timing (R9.2): read from the
+    /// The policy snapshot a resync or import ended with: the one it wrote, or the
+    /// existing one when the policies were unchanged. Null for other runs and before the
+    /// snapshot step has completed.
+    async fn snapshot_id(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Uuid>> {
+        let mut tx = reader(ctx).await?;
+        let id: Option<(Option<String>,)> = sqlx::query_as(
+            "SELECT summary ->> 'snapshot_id' FROM rm_run_steps \
+             WHERE run_id = $1 AND status = 'completed' AND summary ? 'snapshot_id' \
+             ORDER BY recorded_at DESC, attempt DESC LIMIT 1",
+        )
+        .bind(self.run_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(internal)?;
+        Ok(id.and_then(|(s,)| s).and_then(|s| Uuid::try_parse(&s).ok()))
+    }
+
+    /// The snapshot of `snapshotId`, with its policies and diff.
+    async fn snapshot(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<SnapshotNode>> {
+        let Some(id) = self.snapshot_id(ctx).await? else {
+            return Ok(None);
+        };
+        let mut tx = reader(ctx).await?;
+        sqlx::query_as(&format!(
+            "SELECT {SNAPSHOT_COLUMNS} FROM rm_policy_snapshots WHERE snapshot_id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(internal)
+    }
+
+    /// Every event of the run, in the log's order, with its timing: read from the
     /// event log itself, so it is complete even while the read models catch up.
     async fn history(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<RunHistoryEvent>> {
         let mut tx = reader(ctx).await?;
@@ -248,7 +344,7 @@ impl From<AsOfInput> for store::history::AsOf {
     }
 }
 
-/// An aggregate's state as it was at an earlier point of the log (R9.3), folded from its
+/// An aggregate's state as it was at an earlier point of the log, folded from its
 /// events up to that point. The state is the aggregate's own (as JSON), not a read
 /// model's row: read models hold fields no aggregate keeps (such as when a tenant was
 /// registered) and their nested lists show the present.
@@ -288,7 +384,13 @@ pub struct RunStep {
     pub status: String,
     pub reason_code: Option<String>,
     pub message: Option<String>,
+    /// What a completed step reports (a resync's snapshot step: `snapshot_id`,
+    /// `policy_count`, `unchanged`); never policies or secrets.
+    pub summary: Option<serde_json::Value>,
     pub retry_at: Option<DateTime<Utc>>,
+    /// When the attempt began; null when it was recorded without a start.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When the attempt's last event happened.
     pub recorded_at: DateTime<Utc>,
 }
 
@@ -311,7 +413,7 @@ pub struct AuditEntry {
     pub details: Option<serde_json::Value>,
 }
 
-/// An event as stored, for auditors (R9.1).
+/// An event as stored, for auditors.
 #[derive(Debug, Clone, SimpleObject, sqlx::FromRow)]
 #[graphql(name = "Event")]
 pub struct EventNode {
@@ -375,9 +477,9 @@ pub struct CancelRunPayload {
 
 /// A snapshot of a tenant's curated Conditional Access policies (never the raw response).
 #[derive(Debug, Clone, SimpleObject, sqlx::FromRow)]
-#[graphql(name = "PolicySnapshot")]
+#[graphql(complex, name = "PolicySnapshot")]
 pub struct SnapshotNode {
-    #[graphql(name = "id")]
+    #[graphql(skip)]
     pub snapshot_id: Uuid,
     #[graphql(name = "tenantId")]
     pub tenant_key: String,
@@ -394,6 +496,14 @@ pub struct SnapshotNode {
     pub run_id: Option<String>,
 }
 
+#[ComplexObject]
+impl SnapshotNode {
+    /// The snapshot id: also its global id (`node`).
+    async fn id(&self) -> ID {
+        ID(self.snapshot_id.to_string())
+    }
+}
+
 pub(crate) const SNAPSHOT_COLUMNS: &str =
     "snapshot_id, tenant_key, hash, policy_count, policies, diff, source, taken_at, run_id";
 
@@ -406,6 +516,17 @@ pub struct Alert {
     pub tenant_key: String,
     pub kind: String,
     pub raised_at: DateTime<Utc>,
+    /// When someone acknowledged it (see `acknowledgeAlert`); null while open.
+    pub acknowledged_at: Option<DateTime<Utc>>,
+    /// Who acknowledged it.
+    pub acknowledged_by: Option<String>,
+}
+
+/// What `acknowledgeAlert` did.
+#[derive(Debug, Clone, SimpleObject)]
+pub struct AlertPayload {
+    /// The alert, by the snapshot that raised it.
+    pub snapshot_id: Uuid,
 }
 
 /// What a tenant's licenses allow (capability gating).
@@ -425,8 +546,8 @@ pub struct Licenses {
 #[derive(Debug, Clone, SimpleObject, sqlx::FromRow)]
 #[graphql(complex, name = "Schedule")]
 pub struct ScheduleNode {
-    /// `<workspace>:<run type>`.
-    #[graphql(name = "id")]
+    /// `<workspace>:<run type>` (shown as `id`).
+    #[graphql(skip)]
     pub schedule_id: String,
     pub run_type: String,
     pub interval_minutes: i32,
@@ -450,6 +571,11 @@ pub struct ScheduleNode {
 
 #[ComplexObject]
 impl ScheduleNode {
+    /// `<workspace>:<run type>`: also its global id (`node`).
+    async fn id(&self) -> ID {
+        ID(self.schedule_id.clone())
+    }
+
     /// What the latest run did with each tenant; null until it has started them all.
     async fn last_fan_out(&self) -> Option<FanOut> {
         self.last_fan_out.as_ref().map(|c| FanOut::from(c.0))
@@ -497,7 +623,7 @@ pub struct SchedulePayload {
     pub id: String,
 }
 
-/// A workspace's audit hash chain (R9.4).
+/// A workspace's audit hash chain.
 #[derive(Debug, Clone, SimpleObject)]
 pub struct AuditChain {
     /// The global position of the workspace's last sealed event (null: none yet).

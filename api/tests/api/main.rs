@@ -1,4 +1,12 @@
-//! The API crate's tests: the committed schema, and the service served in this process.
+//! The API crate's tests: the committed schema, the service served in this process, and
+//! the API as dashboard screens and toolchains see it.
 
+mod connections;
+mod dashboard;
+mod filters;
+mod graphql_js;
+mod persisted;
+mod relay;
 mod schema;
 mod service;
+mod toolchain;

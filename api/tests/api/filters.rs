@@ -1,0 +1,147 @@
+//! Filters and orders the screens need beyond the README's queries: events by actor and
+//! correlation id, newest first; alerts by time.
+
+use domain::Role;
+use serde_json::{json, Value};
+use testkit::TestApp;
+
+use crate::dashboard::{completed, event_count, ready, resync};
+
+const EVENTS: &str =
+    "query($f: EventFilter, $o: EventOrder, $n: Int) { events(filter: $f, order: $o, first: $n) { \
+     edges { node { globalPosition eventType metadata } } } }";
+const ALERTS: &str = "query($t: String, $r: TimeRange, $a: Boolean) { alerts(tenantId: $t, raised: $r, acknowledged: $a) { \
+     edges { node { snapshotId kind raisedAt acknowledgedAt acknowledgedBy } } } }";
+const ACKNOWLEDGE: &str = "mutation($t: String!, $s: String!) { acknowledgeAlert(tenantId: $t, snapshotId: $s) { snapshotId } }";
+
+fn nodes(data: &Value, field: &str) -> Vec<Value> {
+    crate::dashboard::nodes(&data[field])
+}
+
+fn positions(events: &[Value]) -> Vec<i64> {
+    events
+        .iter()
+        .map(|e| e["globalPosition"].as_i64().expect("a position"))
+        .collect()
+}
+
+#[tokio::test]
+async fn events_filter_by_actor_and_correlation_id_and_list_newest_first() {
+    let app = TestApp::start().await;
+    let c = app.client("acme", Role::Owner);
+    let (tenant, _) = ready(&c, &app.sim().tenants().remove(0)).await;
+    let run = resync(&c, &tenant).await;
+    completed(&c, &run).await;
+    let auditor = app.client("acme", Role::Auditor);
+
+    // Everything the test's person did, and nothing else.
+    let mine = auditor
+        .ok(EVENTS, json!({"f": {"actor": "test-user"}, "n": 100}))
+        .await;
+    let mine = nodes(&mine, "events");
+    assert!(mine.len() >= 4, "{mine:?}");
+    assert!(mine.iter().all(|e| e["metadata"]["actor"] == "test-user"));
+    let nobody = auditor.ok(EVENTS, json!({"f": {"actor": "nobody"}})).await;
+    assert!(nodes(&nobody, "events").is_empty(), "{nobody}");
+
+    // One request's events share its correlation id.
+    let registered = &mine[0];
+    let correlation = registered["metadata"]["correlation_id"].clone();
+    let together = auditor
+        .ok(
+            EVENTS,
+            json!({"f": {"correlationId": correlation}, "n": 100}),
+        )
+        .await;
+    let together = nodes(&together, "events");
+    assert!(!together.is_empty());
+    assert!(together
+        .iter()
+        .all(|e| e["metadata"]["correlation_id"] == correlation));
+    assert!(together
+        .iter()
+        .any(|e| e["eventType"] == "TenantRegistered"));
+
+    // Newest first is the log's order reversed.
+    let oldest = auditor.ok(EVENTS, json!({"n": 100})).await;
+    let newest = auditor
+        .ok(EVENTS, json!({"o": "NEWEST_FIRST", "n": 100}))
+        .await;
+    let mut reversed = positions(&nodes(&oldest, "events"));
+    reversed.reverse();
+    assert!(reversed.len() > 4);
+    assert_eq!(positions(&nodes(&newest, "events")), reversed);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn alerts_filter_by_the_time_they_were_raised_and_are_acknowledged_once() {
+    let app = TestApp::start().await;
+    let c = app.client("acme", Role::Owner);
+    let sim_tenant = app.sim().tenants().remove(0);
+    let (tenant, _) = ready(&c, &sim_tenant).await;
+    let first = completed(&c, &resync(&c, &tenant).await).await;
+    // Someone changes a policy in the portal; the next resync finds the drift.
+    let policies = app.sim().policies(sim_tenant.tenant_id).expect("policies");
+    let id = policies[0]["id"].as_str().expect("a policy id");
+    app.sim()
+        .remove_policy(sim_tenant.tenant_id, id)
+        .expect("a removed policy");
+    let second = completed(&c, &resync(&c, &tenant).await).await;
+    assert_eq!(second["outcome"], "succeeded", "{second}");
+
+    let raised = c
+        .eventually(
+            ALERTS,
+            json!({"t": tenant, "r": {"after": first["completedAt"]}}),
+            |d| !nodes(d, "alerts").is_empty(),
+        )
+        .await;
+    let alerts = nodes(&raised, "alerts");
+    assert_eq!(alerts.len(), 1, "{raised}");
+    assert_eq!(alerts[0]["snapshotId"], second["snapshotId"]);
+    let before = c
+        .ok(
+            ALERTS,
+            json!({"t": tenant, "r": {"before": first["completedAt"]}}),
+        )
+        .await;
+    assert!(nodes(&before, "alerts").is_empty(), "{before}");
+    let after = c
+        .ok(
+            ALERTS,
+            json!({"t": tenant, "r": {"after": second["completedAt"]}}),
+        )
+        .await;
+    assert!(nodes(&after, "alerts").is_empty(), "{after}");
+
+    // Readers may not acknowledge it; an operator does, once.
+    let alert = json!({"t": tenant, "s": alerts[0]["snapshotId"]});
+    let before = event_count(&app).await;
+    for role in [Role::Readonly, Role::Auditor] {
+        let refused = app
+            .client("acme", role)
+            .error_code(ACKNOWLEDGE, alert.clone())
+            .await;
+        assert_eq!(refused, "forbidden", "{role:?}");
+    }
+    assert_eq!(event_count(&app).await, before);
+    let operator = app.client("acme", Role::Operator);
+    let done = operator.ok(ACKNOWLEDGE, alert.clone()).await;
+    assert_eq!(
+        done["acknowledgeAlert"]["snapshotId"],
+        alerts[0]["snapshotId"]
+    );
+    let acknowledged = c
+        .eventually(ALERTS, json!({"t": tenant, "a": true}), |d| {
+            !nodes(d, "alerts").is_empty()
+        })
+        .await;
+    let shown = &nodes(&acknowledged, "alerts")[0];
+    assert_eq!(shown["acknowledgedBy"], "test-user", "{shown}");
+    assert!(shown["acknowledgedAt"].is_string(), "{shown}");
+    let open = c.ok(ALERTS, json!({"t": tenant, "a": false})).await;
+    assert!(nodes(&open, "alerts").is_empty(), "{open}");
+    assert_eq!(operator.error_code(ACKNOWLEDGE, alert).await, "not_found");
+    app.stop().await;
+}
