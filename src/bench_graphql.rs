@@ -127,6 +127,7 @@ async fn measure_on(
             auth,
             persisted: api::graphql::PersistedQueries::open(),
             workflows: workflows::Registry::standard(),
+            limits: api::Limits::default(),
         },
         &shutdown,
     );

@@ -74,6 +74,10 @@ pub struct Config {
     /// consumers can read, is reported: a metric, a readiness warning naming its backend,
     /// a log line (0: not watched).
     pub log_horizon_warning_seconds: u64,
+    /// Largest HTTP request body the API reads, in bytes (after checking the token).
+    pub http_body_limit_bytes: usize,
+    /// Longest a GraphQL request may run before it is answered with a timeout.
+    pub graphql_request_timeout_seconds: u64,
     /// An Apollo persisted query manifest (JSON). Set, the API accepts only the queries it
     /// lists (by hash or by text); unset, any query, with hashes learnt from clients.
     pub graphql_known_queries: Option<PathBuf>,
@@ -106,6 +110,8 @@ struct Defaults {
     database_statement_timeout_seconds: u64,
     database_idle_in_transaction_timeout_seconds: u64,
     log_horizon_warning_seconds: u64,
+    http_body_limit_bytes: usize,
+    graphql_request_timeout_seconds: u64,
 }
 
 impl Default for Defaults {
@@ -125,6 +131,8 @@ impl Default for Defaults {
             database_statement_timeout_seconds: 300,
             database_idle_in_transaction_timeout_seconds: 60,
             log_horizon_warning_seconds: 30,
+            http_body_limit_bytes: 256 * 1024,
+            graphql_request_timeout_seconds: 30,
         }
     }
 }

@@ -179,6 +179,7 @@ pub struct ApiSettings {
     pub persisted: api::graphql::PersistedQueries,
     /// The workflows runs may be started for.
     pub workflows: workflows::Registry,
+    pub limits: api::Limits,
 }
 
 /// The API's state as the service serves it (also served by `bench graphql`).
@@ -200,7 +201,19 @@ pub fn app_state(
         schema: api::graphql::schema(),
         persisted: settings.persisted,
         workflows: settings.workflows,
+        limits: settings.limits,
     }))
+}
+
+/// What one request may cost, from the configuration.
+fn api_limits(config: &Config) -> api::Limits {
+    api::Limits {
+        body_bytes: config.http_body_limit_bytes,
+        request_timeout: std::time::Duration::from_secs(
+            config.graphql_request_timeout_seconds.max(1),
+        ),
+        ..api::Limits::default()
+    }
 }
 
 /// The Graph endpoints the service calls when the demo is off: the configured ones, the
@@ -279,6 +292,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             auth: auth.clone(),
             persisted,
             workflows: parts.workflows.clone(),
+            limits: api_limits(&config),
         },
         &shutdown,
     );

@@ -2,9 +2,10 @@
 
 use async_graphql::http::{GraphiQLSource, ALL_WEBSOCKET_PROTOCOLS};
 use async_graphql::Data;
-use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
+use async_graphql_axum::{GraphQLProtocol, GraphQLResponse, GraphQLWebSocket};
+use axum::body::Body;
 use axum::extract::{State, WebSocketUpgrade};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -29,14 +30,32 @@ async fn graphiql() -> impl IntoResponse {
     )
 }
 
-async fn graphql(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    req: GraphQLRequest,
-) -> Response {
+/// `POST /graphql`. The token is checked before the body is read, and the body is read
+/// only up to the configured limit: an unauthenticated or oversized request costs no
+/// memory. The request then runs under the configured deadline.
+async fn graphql(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let caller = match state.auth.authenticate(&headers) {
         Ok(c) => c,
         Err(e) => return e.into_response(),
+    };
+    let limit = state.limits.body_bytes;
+    let bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            return refused(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body is over {limit} bytes"),
+            )
+        }
+    };
+    let req: async_graphql::Request = match serde_json::from_slice(&bytes) {
+        Ok(req) => req,
+        Err(e) => {
+            return refused(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not a GraphQL request in JSON: {e}"),
+            )
+        }
     };
     let request_id = headers
         .get("x-request-id")
@@ -46,18 +65,44 @@ async fn graphql(
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let span = tracing::info_span!("graphql", workspace = %caller.workspace, subject = %caller.subject, request_id = %request_id);
     let req = req
-        .into_inner()
         .data(state.clone())
         .data(state.runs.clone())
         .data(caller)
         .data(RequestId(request_id));
+    let deadline = state.limits.request_timeout;
     // The span follows the future (an entered guard would leak across awaits).
-    GraphQLResponse::from(
-        crate::graphql::execute(&state.schema, &state.persisted, req)
-            .instrument(span)
-            .await,
+    let work = crate::graphql::execute(&state.schema, &state.persisted, &state.limits.query, req)
+        .instrument(span);
+    match tokio::time::timeout(deadline, work).await {
+        Ok(response) => GraphQLResponse::from(response).into_response(),
+        Err(_) => {
+            tracing::warn!(
+                deadline_s = deadline.as_secs(),
+                "a GraphQL request ran past its deadline"
+            );
+            refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the request took longer than {} s", deadline.as_secs()),
+            )
+        }
+    }
+}
+
+/// A refusal before (or instead of) execution, in GraphQL's error shape.
+fn refused(status: StatusCode, message: String) -> Response {
+    let code = if status == StatusCode::SERVICE_UNAVAILABLE {
+        domain::ReasonCode::RequestTimeout
+    } else {
+        domain::ReasonCode::ValidationFailed
+    }
+    .as_str();
+    (
+        status,
+        axum::Json(serde_json::json!({
+            "errors": [{ "message": message, "extensions": { "code": code } }]
+        })),
     )
-    .into_response()
+        .into_response()
 }
 
 /// Subscriptions: the token comes in the `connection_init` payload, as

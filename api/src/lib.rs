@@ -24,6 +24,29 @@ pub struct App {
     pub persisted: graphql::PersistedQueries,
     /// The workflows runs may be started for (the engines run the same registry).
     pub workflows: workflows::Registry,
+    /// What one request may cost.
+    pub limits: Limits,
+}
+
+/// What one HTTP request may cost: checked before the work they bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request body read, in bytes; read only after the token was checked.
+    pub body_bytes: usize,
+    /// The query's own limits (size, expanded selections), checked before validation.
+    pub query: graphql::QueryLimits,
+    /// Longest a GraphQL request may run before it is answered with a timeout.
+    pub request_timeout: std::time::Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            body_bytes: 256 * 1024,
+            query: graphql::QueryLimits::default(),
+            request_timeout: std::time::Duration::from_secs(30),
+        }
+    }
 }
 
 /// Shared application state.

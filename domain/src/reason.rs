@@ -40,6 +40,8 @@ pub enum ReasonCode {
     Cancelled,
     /// A surface whose feature flag is off (R5.6): its data is kept, only hidden.
     FeatureDisabled,
+    /// A request to the API ran past its deadline and was cancelled.
+    RequestTimeout,
     // Anything we could not classify; the message stays opaque.
     InternalError,
 }
@@ -72,6 +74,7 @@ impl ReasonCode {
             Self::Conflict => "conflict",
             Self::Cancelled => "cancelled",
             Self::FeatureDisabled => "feature_disabled",
+            Self::RequestTimeout => "request_timeout",
             Self::InternalError => "internal_error",
         }
     }
@@ -99,6 +102,7 @@ mod tests {
             ReasonCode::SnapshotStoreMissing,
             ReasonCode::ScopeBusy,
             ReasonCode::FeatureDisabled,
+            ReasonCode::RequestTimeout,
         ] {
             let json = serde_json::to_value(code).unwrap();
             assert_eq!(json, serde_json::Value::String(code.as_str().to_owned()));

@@ -15,6 +15,7 @@ pub fn token(workspace: &str, role: domain::Role) -> String {
 }
 
 /// A caller of the API at `base_url` with one token.
+#[derive(Clone)]
 pub struct GraphqlClient {
     pub base_url: String,
     pub token: String,

@@ -100,6 +100,7 @@ impl TestApp {
             schema: api::graphql::schema(),
             persisted,
             workflows: parts.workflows.clone(),
+            limits: api::Limits::default(),
         }));
         let background = runtime::start(&parts, &options, shutdown.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -10,5 +10,6 @@ mod graph_sim;
 mod graphql_api;
 mod health;
 mod history;
+mod hostile;
 mod lifecycle;
 mod retry;

@@ -2,6 +2,7 @@
 //! application services, and live run progress over WebSocket.
 
 pub mod compat;
+mod cost;
 mod enums;
 mod errors;
 mod feed;
@@ -16,6 +17,7 @@ mod types;
 
 use async_graphql::Schema;
 
+pub use cost::QueryLimits;
 pub use feed::{RunFeed, RunNotice};
 pub use introspection::MAX_INTROSPECTION_DEPTH;
 use introspection::{route, Route};
@@ -48,12 +50,17 @@ pub fn schema() -> TenantflowSchema {
 pub(crate) async fn execute(
     schema: &TenantflowSchema,
     persisted: &PersistedQueries,
+    limits: &QueryLimits,
     request: async_graphql::Request,
 ) -> async_graphql::Response {
     let request = match persisted.resolve(request) {
         Ok(request) => request,
         Err(refused) => return *refused,
     };
+    // Before anything whose cost grows with the query's fragments.
+    if let Err(refused) = cost::check(&request, limits) {
+        return *refused;
+    }
     match route(&request.query, request.operation_name.as_deref()) {
         Route::Ordinary => schema.execute(request).await,
         Route::Introspection => {

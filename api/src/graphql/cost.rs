@@ -1,0 +1,212 @@
+//! Bounded work before validation. async-graphql validates a query by walking it with its
+//! fragments expanded, so a few hundred bytes of fragments that each spread the next one
+//! twice cost 2^n steps before any depth or complexity limit answers (26 levels kept a
+//! worker busy for a minute). Here the query is parsed once (linear in its size) and its
+//! selections counted with each fragment's count computed once, so the expanded size is
+//! known in time linear in the text, and a query over the limit is refused before anything
+//! expensive runs. NUL characters, which PostgreSQL cannot store in text, are refused here
+//! too rather than deep inside a resolver.
+
+use std::collections::HashMap;
+
+use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
+use async_graphql::{ErrorExtensions, Value};
+
+/// Limits on one request's query, checked before it is routed or validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueryLimits {
+    /// Longest query text, in bytes.
+    pub max_query_bytes: usize,
+    /// Most selections (fields, each directive counting as one more) once every fragment
+    /// spread is expanded.
+    pub max_expanded_selections: u64,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        Self {
+            max_query_bytes: 100 * 1024,
+            max_expanded_selections: 20_000,
+        }
+    }
+}
+
+/// Refuses a request whose query is over the limits or that carries a NUL character.
+pub(crate) fn check(
+    request: &async_graphql::Request,
+    limits: &QueryLimits,
+) -> Result<(), Box<async_graphql::Response>> {
+    let query = &request.query;
+    if query.len() > limits.max_query_bytes {
+        return Err(refusal(format!(
+            "the query is {} bytes; at most {} are accepted",
+            query.len(),
+            limits.max_query_bytes
+        )));
+    }
+    if query.contains('\0') || request.variables.values().any(has_nul) {
+        return Err(refusal(
+            "NUL characters are not accepted in queries or variables".to_owned(),
+        ));
+    }
+    // What does not parse is the ordinary validation's error to report (cheaply).
+    let Ok(doc) = async_graphql::parser::parse_query(query) else {
+        return Ok(());
+    };
+    let expanded = expanded_size(&doc);
+    if expanded > limits.max_expanded_selections {
+        return Err(refusal(format!(
+            "the query expands to more than {} selections once its fragments are spread",
+            limits.max_expanded_selections
+        )));
+    }
+    Ok(())
+}
+
+fn has_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::List(items) => items.iter().any(has_nul),
+        Value::Object(fields) => fields
+            .iter()
+            .any(|(k, v)| k.as_str().contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
+/// Selections of every operation of `doc` with its fragments expanded (saturating).
+fn expanded_size(doc: &ExecutableDocument) -> u64 {
+    let mut sizes = Sizes {
+        doc,
+        known: HashMap::new(),
+    };
+    doc.operations
+        .iter()
+        .map(|(_, op)| sizes.of(&op.node.selection_set.node))
+        .fold(0u64, u64::saturating_add)
+}
+
+/// Each fragment's expanded size, computed once.
+struct Sizes<'a> {
+    doc: &'a ExecutableDocument,
+    /// `None` while a fragment is being counted: a spread of it then is a cycle, counted
+    /// as nothing (the validator reports cycles).
+    known: HashMap<&'a str, Option<u64>>,
+}
+
+impl<'a> Sizes<'a> {
+    fn of(&mut self, set: &'a SelectionSet) -> u64 {
+        set.items
+            .iter()
+            .map(|s| match &s.node {
+                Selection::Field(f) => (1 + f.node.directives.len() as u64)
+                    .saturating_add(self.of(&f.node.selection_set.node)),
+                Selection::InlineFragment(i) => (i.node.directives.len() as u64)
+                    .saturating_add(self.of(&i.node.selection_set.node)),
+                Selection::FragmentSpread(spread) => {
+                    let name = spread.node.fragment_name.node.as_str();
+                    (spread.node.directives.len() as u64).saturating_add(self.fragment(name))
+                }
+            })
+            .fold(0u64, u64::saturating_add)
+    }
+
+    fn fragment(&mut self, name: &'a str) -> u64 {
+        match self.known.get(name) {
+            Some(Some(size)) => return *size,
+            Some(None) => return 0,
+            None => {}
+        }
+        let Some(fragment) = self.doc.fragments.get(name) else {
+            return 0;
+        };
+        self.known.insert(name, None);
+        let size = self.of(&fragment.node.selection_set.node);
+        self.known.insert(name, Some(size));
+        size
+    }
+}
+
+fn refusal(message: String) -> Box<async_graphql::Response> {
+    let error = async_graphql::Error::new(message)
+        .extend_with(|_, ext| ext.set("code", domain::ReasonCode::ValidationFailed.as_str()));
+    Box::new(async_graphql::Response::from_errors(vec![
+        error.into_server_error(Default::default())
+    ]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fragments each spreading the next one twice, `levels` deep.
+    fn doubling(levels: usize) -> String {
+        let mut q = String::from("query { ...F0 }\n");
+        for i in 0..levels {
+            q.push_str(&format!(
+                "fragment F{i} on QueryRoot {{ ...F{n} ...F{n} }}\n",
+                n = i + 1
+            ));
+        }
+        q.push_str(&format!(
+            "fragment F{levels} on QueryRoot {{ me {{ workspace }} }}\n"
+        ));
+        q
+    }
+
+    fn size(query: &str) -> u64 {
+        expanded_size(&async_graphql::parser::parse_query(query).unwrap())
+    }
+
+    #[test]
+    fn fields_directives_and_spread_fragments_are_counted_once_per_place() {
+        assert_eq!(size("{ me { workspace role } }"), 3);
+        assert_eq!(size("{ me @include(if: true) { workspace } }"), 3);
+        assert_eq!(
+            size("{ ...A ...A } fragment A on QueryRoot { me { role } }"),
+            4
+        );
+    }
+
+    #[test]
+    fn doubling_fragments_are_sized_without_being_expanded() {
+        let started = std::time::Instant::now();
+        // 2^60 selections: counted by arithmetic, not by walking them.
+        assert_eq!(size(&doubling(60)), 2 * (1u64 << 60));
+        assert!(
+            size(&doubling(200)) == u64::MAX,
+            "saturates instead of overflowing"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_fragment_cycle_counts_as_nothing_and_is_left_to_the_validator() {
+        assert_eq!(
+            size("{ ...A } fragment A on QueryRoot { me { role } ...B } fragment B on QueryRoot { ...A }"),
+            2
+        );
+    }
+
+    #[test]
+    fn over_the_limit_or_with_a_nul_is_refused_as_validation_failed() {
+        let limits = QueryLimits::default();
+        let refused = check(&async_graphql::Request::new(doubling(30)), &limits).unwrap_err();
+        assert_eq!(
+            refused.errors[0]
+                .extensions
+                .as_ref()
+                .and_then(|e| e.get("code"))
+                .map(|c| c.to_string()),
+            Some("\"validation_failed\"".to_owned())
+        );
+        assert!(check(&async_graphql::Request::new("{ me { role } }"), &limits).is_ok());
+        assert!(check(&async_graphql::Request::new("{ me { role } }\0"), &limits).is_err());
+        let with_nul = async_graphql::Request::new("query($s: String) { me { role } }").variables(
+            async_graphql::Variables::from_json(serde_json::json!({ "s": "a\u{0}b" })),
+        );
+        assert!(check(&with_nul, &limits).is_err());
+        let long = "#".repeat(limits.max_query_bytes + 1);
+        assert!(check(&async_graphql::Request::new(long), &limits).is_err());
+    }
+}

@@ -1,0 +1,171 @@
+//! A hostile client against the real binary: bodies that never end, queries whose
+//! fragments explode, NUL characters. Each is answered quickly with a typed refusal, the
+//! process keeps its memory, and `/healthz` answers meanwhile.
+
+use crate::common::graphql::start_server;
+use domain::Role;
+use serde_json::json;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+/// The server's resident memory, in MB.
+fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
+
+/// POSTs `total` bytes of body to /graphql over a raw connection (headers as given),
+/// stopping when the server stops reading; returns the status line it answered, if any.
+fn post_raw(host: &str, headers: &str, total: usize) -> Option<String> {
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /graphql HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{headers}Content-Length: {total}\r\n\r\n"
+    )
+    .unwrap();
+    let chunk = vec![b' '; 1 << 20];
+    let mut sent = 0;
+    while sent < total {
+        if stream
+            .write_all(&chunk[..chunk.len().min(total - sent)])
+            .is_err()
+        {
+            break;
+        }
+        sent += chunk.len();
+    }
+    let mut answer = vec![0u8; 512];
+    let n = stream.read(&mut answer).unwrap_or(0);
+    String::from_utf8_lossy(&answer[..n])
+        .lines()
+        .next()
+        .map(str::to_owned)
+}
+
+#[tokio::test]
+async fn huge_bodies_are_refused_before_they_are_read_and_cost_no_memory() {
+    let (server, _db, _sim) = start_server().await;
+    let pid = server.child.id();
+    let host = server.base_url.trim_start_matches("http://").to_owned();
+    let token = testkit::token("acme", Role::Owner);
+    let before = rss_mb(pid);
+
+    // Three unauthenticated 300 MB bodies at once: refused on their headers.
+    let started = Instant::now();
+    let unauthenticated: Vec<_> = (0..3)
+        .map(|_| {
+            let host = host.clone();
+            tokio::task::spawn_blocking(move || post_raw(&host, "", 300 << 20))
+        })
+        .collect();
+    for answer in unauthenticated {
+        if let Some(status) = answer.await.unwrap() {
+            assert!(status.contains(" 401 "), "{status}");
+        }
+    }
+    // Authenticated, but over the body limit: 413, having read no more than the limit.
+    let h = host.clone();
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    let oversized = tokio::task::spawn_blocking(move || post_raw(&h, &auth, 50 << 20))
+        .await
+        .unwrap();
+    if let Some(status) = oversized {
+        assert!(status.contains(" 413 "), "{status}");
+    }
+    let took = started.elapsed();
+    let after = rss_mb(pid);
+    assert!(
+        after - before < 50.0,
+        "memory grew from {before:.1} MB to {after:.1} MB"
+    );
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    let health = reqwest::get(format!("{}/healthz", server.base_url))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+/// Fragments each spreading the next one twice, `levels` deep (2^levels selections).
+fn exploding_fragments(levels: usize) -> String {
+    let mut q = String::from("query { ...F0 }\n");
+    for i in 0..levels {
+        q.push_str(&format!(
+            "fragment F{i} on QueryRoot {{ ...F{n} ...F{n} }}\n",
+            n = i + 1
+        ));
+    }
+    q.push_str(&format!(
+        "fragment F{levels} on QueryRoot {{ me {{ workspace }} }}\n"
+    ));
+    q
+}
+
+#[tokio::test]
+async fn exploding_fragments_are_refused_before_validation_and_health_answers_meanwhile() {
+    let (server, _db, _sim) = start_server().await;
+    let owner = server.client("acme", Role::Owner);
+    let attacks: Vec<_> = (0..2)
+        .map(|_| {
+            let owner = owner.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let answer = owner.post(&exploding_fragments(30), json!({})).await;
+                (answer, started.elapsed())
+            })
+        })
+        .collect();
+    let health = reqwest::get(format!("{}/healthz", server.base_url))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    for attack in attacks {
+        let (answer, took) = attack.await.unwrap();
+        assert_eq!(
+            answer["errors"][0]["extensions"]["code"], "validation_failed",
+            "{answer}"
+        );
+        assert!(
+            answer["errors"][0]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("selections"),
+            "{answer}"
+        );
+        // The check is linear in the query's 1.5 KB; generous for a loaded machine.
+        assert!(took < Duration::from_secs(2), "took {took:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_nul_character_in_a_filter_is_a_validation_failure_not_an_internal_error() {
+    let (server, db, _sim) = start_server().await;
+    let owner = server.client("acme", Role::Owner);
+    let events_before = testkit::count_events(&db.pool().await, "TenantRegistered").await;
+    let code = owner
+        .error_code(
+            "query($s: String) { tenants(search: $s) { edges { node { id } } } }",
+            json!({ "s": "con\u{0}toso" }),
+        )
+        .await;
+    assert_eq!(code, "validation_failed");
+    let code = owner
+        .error_code(
+            "mutation($n: String!) { registerTenant(input: {entraTenantId: \"72f988bf-86f1-41af-91ab-2d7cd011db47\", displayName: $n, primaryDomain: \"contoso.com\"}) { id } }",
+            json!({ "n": "Con\u{0}toso" }),
+        )
+        .await;
+    assert_eq!(code, "validation_failed");
+    assert_eq!(
+        testkit::count_events(&db.pool().await, "TenantRegistered").await,
+        events_before,
+        "a refusal changes nothing"
+    );
+}
