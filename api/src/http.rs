@@ -1,14 +1,17 @@
 //! GraphQL over HTTP (POST, GraphiQL on GET) and WebSocket (graphql-transport-ws).
 
-use async_graphql::http::{GraphiQLSource, ALL_WEBSOCKET_PROTOCOLS};
+use async_graphql::http::{GraphiQLSource, WebSocketProtocols, WsMessage, ALL_WEBSOCKET_PROTOCOLS};
 use async_graphql::Data;
-use async_graphql_axum::{GraphQLProtocol, GraphQLResponse, GraphQLWebSocket};
+use async_graphql_axum::GraphQLResponse;
 use axum::body::Body;
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use axum::extract::{State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use tracing::Instrument;
 
 use crate::auth::AuthError;
@@ -105,38 +108,103 @@ fn refused(status: StatusCode, message: String) -> Response {
         .into_response()
 }
 
+/// graphql-transport-ws's close code for a refused `connection_init` (async-graphql closes
+/// with 1002, a protocol error, which clients treat as a bug rather than as "log in again").
+const FORBIDDEN: u16 = 4403;
+
 /// Subscriptions: the token comes in the `connection_init` payload, as
-/// `{"Authorization": "Bearer <token>"}` (or `{"token": "<token>"}`).
+/// `{"Authorization": "Bearer <token>"}` (or `{"token": "<token>"}`). A missing or bad
+/// token closes the socket with 4403 Forbidden, as the protocol says.
 async fn websocket(
     State(state): State<AppState>,
-    protocol: GraphQLProtocol,
+    headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let schema = state.schema.clone();
+    // The subprotocol the client offers first that we speak (as async-graphql-axum's
+    // extractor picks it).
+    let protocol = headers
+        .get(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|offered| {
+            offered
+                .split(',')
+                .find_map(|p| p.trim().parse::<WebSocketProtocols>().ok())
+        });
+    let Some(protocol) = protocol else {
+        return refused(
+            StatusCode::BAD_REQUEST,
+            "offer the graphql-transport-ws (or graphql-ws) subprotocol".to_owned(),
+        );
+    };
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |socket| {
+        .on_upgrade(move |socket| serve_socket(state, protocol, socket))
+}
+
+async fn serve_socket(state: AppState, protocol: WebSocketProtocols, socket: WebSocket) {
+    use futures::{SinkExt, StreamExt};
+    let (mut sink, incoming) = socket.split();
+    let input = incoming
+        .take_while(|res| std::future::ready(res.is_ok()))
+        .filter_map(|msg| {
+            std::future::ready(match msg {
+                Ok(Message::Text(text)) => Some(axum::body::Bytes::from(text.as_str().to_owned())),
+                Ok(Message::Binary(bytes)) => Some(bytes),
+                _ => None,
+            })
+        });
+    let mut data = Data::default();
+    data.insert(state.clone());
+    data.insert(state.runs.clone());
+    let refused = Arc::new(AtomicBool::new(false));
+    let on_refusal = refused.clone();
+    let auth_state = state.clone();
+    let stream = async_graphql::http::WebSocket::new(state.schema.clone(), input, protocol)
+        .connection_data(data)
+        .on_connection_init(move |payload| async move {
+            let caller = authenticate_init(&auth_state, &payload).inspect_err(|_| {
+                on_refusal.store(true, Ordering::SeqCst);
+            })?;
             let mut data = Data::default();
-            data.insert(state.clone());
-            data.insert(state.runs.clone());
-            GraphQLWebSocket::new(socket, schema, protocol)
-                .with_data(data)
-                .on_connection_init(move |payload| async move {
-                    let token = payload
-                        .get("Authorization")
-                        .or_else(|| payload.get("authorization"))
-                        .and_then(|v| v.as_str())
-                        .and_then(|v| v.strip_prefix("Bearer "))
-                        .or_else(|| payload.get("token").and_then(|v| v.as_str()))
-                        .ok_or_else(|| async_graphql::Error::new(AuthError::Missing.to_string()))?;
-                    let caller = state
-                        .auth
-                        .verify(token)
-                        .map_err(|e| async_graphql::Error::new(e.to_string()))?;
-                    let mut data = Data::default();
-                    data.insert(caller);
-                    Ok(data)
-                })
-                .serve()
-        })
+            data.insert(caller);
+            Ok(data)
+        });
+    futures::pin_mut!(stream);
+    while let Some(message) = stream.next().await {
+        let message = match message {
+            WsMessage::Text(text) => Message::Text(text.into()),
+            WsMessage::Close(code, reason) => {
+                let code = if refused.load(Ordering::SeqCst) {
+                    FORBIDDEN
+                } else {
+                    code
+                };
+                Message::Close(Some(CloseFrame {
+                    code,
+                    reason: reason.into(),
+                }))
+            }
+        };
+        if sink.send(message).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// The caller named by a `connection_init` payload's token.
+fn authenticate_init(
+    state: &AppState,
+    payload: &serde_json::Value,
+) -> async_graphql::Result<crate::auth::Caller> {
+    let token = payload
+        .get("Authorization")
+        .or_else(|| payload.get("authorization"))
+        .and_then(|v| v.as_str())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| payload.get("token").and_then(|v| v.as_str()))
+        .ok_or_else(|| async_graphql::Error::new(AuthError::Missing.to_string()))?;
+    state
+        .auth
+        .verify(token)
+        .map_err(|e| async_graphql::Error::new(e.to_string()))
 }

@@ -169,3 +169,63 @@ async fn a_nul_character_in_a_filter_is_a_validation_failure_not_an_internal_err
         "a refusal changes nothing"
     );
 }
+
+/// Opens a graphql-transport-ws socket and sends `connection_init` with `payload`; returns
+/// the close code the server answers with, if it closes.
+async fn init_close_code(base_url: &str, payload: serde_json::Value) -> Option<u16> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let url = format!("{}/graphql/ws", base_url.replacen("http://", "ws://", 1));
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("websocket");
+    let init = json!({ "type": "connection_init", "payload": payload });
+    ws.send(Message::Text(init.to_string().into()))
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(m)) = ws.next().await {
+            match m {
+                Message::Close(frame) => return frame.map(|f| u16::from(f.code)),
+                Message::Text(t) if t.contains("connection_ack") => return Some(0),
+                _ => {}
+            }
+        }
+        None
+    })
+    .await;
+    answer.ok().flatten()
+}
+
+#[tokio::test]
+async fn a_socket_with_a_missing_or_bad_token_is_closed_4403_forbidden() {
+    let (server, _db, _sim) = start_server().await;
+    assert_eq!(
+        init_close_code(&server.base_url, json!({})).await,
+        Some(4403)
+    );
+    assert_eq!(
+        init_close_code(
+            &server.base_url,
+            json!({ "Authorization": "Bearer not-a-token" })
+        )
+        .await,
+        Some(4403)
+    );
+    // A good token is acknowledged (0 here), not closed.
+    let token = testkit::token("acme", Role::Readonly);
+    assert_eq!(
+        init_close_code(
+            &server.base_url,
+            json!({ "Authorization": format!("Bearer {token}") })
+        )
+        .await,
+        Some(0)
+    );
+}

@@ -88,3 +88,24 @@ pub fn client_schema(answer: &Value, operations: &Value) -> Value {
     let _ = std::fs::remove_dir_all(&dir);
     serde_json::from_str(&report).expect("a JSON report")
 }
+
+/// The reference graphql-transport-ws client (graphql-ws) subscribed to `query` at the
+/// service's `ws_url` with `token`, started now: a handle whose output is the first `count`
+/// results as a JSON list, or `{"closed": code, "reason"}` when the server refused.
+pub fn subscribe(
+    ws_url: &str,
+    token: &str,
+    query: &str,
+    variables: &Value,
+    count: usize,
+) -> std::process::Child {
+    Command::new("node")
+        .args(["check.mjs", "subscribe", ws_url, token, query])
+        .arg(variables.to_string())
+        .arg(count.to_string())
+        .current_dir(installed())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("node (v18 or later) is needed for the toolchain tests: {e}"))
+}

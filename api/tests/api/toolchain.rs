@@ -99,3 +99,79 @@ async fn introspection_that_nests_the_schemas_lists_three_deep_is_refused() {
     assert_eq!(code, "validation_failed");
     app.stop().await;
 }
+
+/// What a node subscriber printed, once it ended (bounded).
+async fn output_of(mut child: std::process::Child) -> serde_json::Value {
+    let ended = testkit::within(std::time::Duration::from_secs(30), || {
+        let done = matches!(child.try_wait(), Ok(Some(_)));
+        async move { done }
+    })
+    .await;
+    assert!(ended.is_some(), "the graphql-ws client did not finish");
+    let out = child.wait_with_output().expect("the client's output");
+    assert!(
+        out.status.success(),
+        "graphql-ws client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON from the graphql-ws client")
+}
+
+#[tokio::test]
+async fn the_reference_graphql_ws_client_follows_runs_live_and_is_refused_without_a_token() {
+    let app = TestApp::start().await;
+    let simulated = app.sim().tenants().remove(0);
+    let (tenant, _) = testkit::ReadyTenant::simulated(&app.bus, &simulated)
+        .build()
+        .await;
+    let ws_url = format!("{}/graphql/ws", app.url().replacen("http://", "ws://", 1));
+    let subscription =
+        "subscription($t: String!) { runUpdated(tenantId: $t) { id type status outcome } }";
+    let token = app.token("acme", Role::Readonly);
+    let subscriber = graphql_js::subscribe(
+        &ws_url,
+        &token,
+        subscription,
+        &json!({ "t": tenant.to_string() }),
+        1,
+    );
+    // Runs are started until the subscriber has seen one change (it connects on its own
+    // time; each round waits for its run to end, so the loop is bounded by the client).
+    let operator = app.client("acme", Role::Operator);
+    let mut subscriber = Some(subscriber);
+    for _ in 0..20 {
+        let child = subscriber.as_mut().expect("the subscriber");
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            break;
+        }
+        let run = operator
+            .ok(
+                "mutation($t: String!) { resyncTenant(id: $t) { runId } }",
+                json!({ "t": tenant.to_string() }),
+            )
+            .await["resyncTenant"]["runId"]
+            .clone();
+        operator
+            .eventually(
+                "query($r: String!) { run(id: $r) { status } }",
+                json!({ "r": run }),
+                |d| d["run"]["status"] == "completed",
+            )
+            .await;
+    }
+    let seen = output_of(subscriber.take().expect("the subscriber")).await;
+    let first = &seen[0]["data"]["runUpdated"];
+    assert_eq!(first["type"], "policy.resync", "{seen}");
+    assert!(first["id"].is_string(), "{seen}");
+
+    let refused = output_of(graphql_js::subscribe(
+        &ws_url,
+        "not-a-token",
+        subscription,
+        &json!({ "t": tenant.to_string() }),
+        1,
+    ))
+    .await;
+    assert_eq!(refused["closed"], 4403, "{refused}");
+    app.stop().await;
+}

@@ -6,6 +6,10 @@
 //   node check.mjs client-schema <answer.json> <operations.json>
 //       rebuilds a client schema from an introspection answer, validates each operation
 //       ([{ "name", "document" }]) against it and types it: prints a JSON report
+//   node check.mjs subscribe <ws url> <token> <query> <variables json> <count>
+//       subscribes with the reference graphql-transport-ws client (graphql-ws) and prints
+//       the first <count> results as a JSON list; a refused connection prints
+//       {"closed": <code>}
 import { readFileSync } from "node:fs";
 import {
   buildClientSchema,
@@ -43,6 +47,43 @@ if (command === "introspection-query") {
     operations: operations.map(({ name, document }) => typed(schema, name, document)),
   };
   process.stdout.write(JSON.stringify(report));
+} else if (command === "subscribe") {
+  const [url, token, query, variables, count] = args;
+  const { createClient } = await import("graphql-ws");
+  const { default: WebSocket } = await import("ws");
+  const results = [];
+  const client = createClient({
+    url,
+    webSocketImpl: WebSocket,
+    connectionParams: { Authorization: `Bearer ${token}` },
+    retryAttempts: 0,
+    lazy: true,
+  });
+  const done = await new Promise((resolve) => {
+    const timer = setTimeout(() => resolve({ timeout: true, results }), 20000);
+    client.subscribe(
+      { query, variables: JSON.parse(variables) },
+      {
+        next: (value) => {
+          results.push(value);
+          if (results.length >= Number(count)) {
+            clearTimeout(timer);
+            resolve(results);
+          }
+        },
+        error: (err) => {
+          clearTimeout(timer);
+          resolve({ closed: err?.code ?? null, reason: err?.reason ?? String(err) });
+        },
+        complete: () => {
+          clearTimeout(timer);
+          resolve(results);
+        },
+      },
+    );
+  });
+  await client.dispose();
+  process.stdout.write(JSON.stringify(done));
 } else {
   process.stderr.write(`unknown command ${command}\n`);
   process.exit(2);
