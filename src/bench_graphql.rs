@@ -128,6 +128,7 @@ async fn measure_on(
             persisted: api::graphql::PersistedQueries::open(),
             workflows: workflows::Registry::standard(),
             limits: api::Limits::default(),
+            graph_endpoint: "simulator".to_owned(),
         },
         &shutdown,
     );

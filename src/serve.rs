@@ -180,6 +180,8 @@ pub struct ApiSettings {
     /// The workflows runs may be started for.
     pub workflows: workflows::Registry,
     pub limits: api::Limits,
+    /// Which Graph the workflows call, shown on every connection.
+    pub graph_endpoint: String,
 }
 
 /// The API's state as the service serves it (also served by `bench graphql`).
@@ -202,6 +204,7 @@ pub fn app_state(
         persisted: settings.persisted,
         workflows: settings.workflows,
         limits: settings.limits,
+        graph_endpoint: settings.graph_endpoint,
     }))
 }
 
@@ -270,9 +273,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!(graph = %configured.graph_base, login = %configured.login_base, "calling Microsoft Graph");
         None
     };
-    let graph_config = match &demo {
-        Some(sim) => sim.graph_config(),
-        None => configured,
+    let (graph_config, graph_endpoint) = match &demo {
+        Some(sim) => (sim.graph_config(), "simulator".to_owned()),
+        None => {
+            let endpoint = configured.graph_base.to_string();
+            (configured, endpoint)
+        }
     };
     let graph_client: Arc<dyn graph::GraphApi> =
         Arc::new(graph::GraphClient::new(graph_config).map_err(|e| anyhow::anyhow!("{e}"))?);
@@ -293,6 +299,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             persisted,
             workflows: parts.workflows.clone(),
             limits: api_limits(&config),
+            graph_endpoint,
         },
         &shutdown,
     );

@@ -26,6 +26,9 @@ pub struct App {
     pub workflows: workflows::Registry,
     /// What one request may cost.
     pub limits: Limits,
+    /// Which Graph the workflows call (a base URL, or `simulator` in the demo), shown on
+    /// every connection.
+    pub graph_endpoint: String,
 }
 
 /// What one HTTP request may cost: checked before the work they bound.

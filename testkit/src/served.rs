@@ -101,6 +101,7 @@ impl TestApp {
             persisted,
             workflows: parts.workflows.clone(),
             limits: api::Limits::default(),
+            graph_endpoint: "simulator".to_owned(),
         }));
         let background = runtime::start(&parts, &options, shutdown.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -48,7 +48,7 @@ async fn serve_runs_embedded_postgres_answers_health_and_stops_it_on_ctrl_c() {
 
     // The demo: the simulator's fleet is registered with ready connections.
     let demo = server.client("demo", domain::Role::Readonly);
-    let q = "{ tenants { edges { node { id connections { status isDefault } } } } }";
+    let q = "{ tenants { edges { node { id connections { status isDefault graphEndpoint } } } } }";
     let data = demo
         .eventually(q, serde_json::json!({}), |d| {
             let edges = d["tenants"]["edges"]
@@ -62,6 +62,11 @@ async fn serve_runs_embedded_postgres_answers_health_and_stops_it_on_ctrl_c() {
         })
         .await;
     assert_eq!(data["tenants"]["edges"].as_array().unwrap().len(), 5);
+    // The demo's connections say they talk to the simulator, not to Microsoft.
+    assert_eq!(
+        data["tenants"]["edges"][0]["node"]["connections"][0]["graphEndpoint"],
+        "simulator"
+    );
     // ... and each resync runs to success against the simulator.
     let runs = "{ runs { edges { node { type outcome } } } }";
     demo.eventually(runs, serde_json::json!({}), |d| {

@@ -14,7 +14,7 @@ async fn a_dashboard_starts_a_health_check_and_sees_the_connection_healthy_then_
         "mutation {{ startOperation(tenantId: \"{tenant}\", type: \"provider.health_check\") {{ runId status }} }}"
     );
     let health = format!(
-        "{{ tenant(id: \"{tenant}\") {{ connections {{ status healthStatus lastHealthCheckAt lastErrorReasonCode }} }} }}"
+        "{{ tenant(id: \"{tenant}\") {{ connections {{ status healthStatus lastHealthCheckAt lastErrorReasonCode graphEndpoint }} }} }}"
     );
 
     let started = owner.ok(&check, json!({})).await;
@@ -33,6 +33,8 @@ async fn a_dashboard_starts_a_health_check_and_sees_the_connection_healthy_then_
     let connection = &seen["tenant"]["connections"][0];
     assert_eq!(connection["status"], "connected");
     assert!(connection["lastHealthCheckAt"].is_string(), "{connection}");
+    // The connection says which Graph it talks to: here the test's simulator.
+    assert_eq!(connection["graphEndpoint"], sim.graph_base().to_string());
 
     // Microsoft stops taking the secret: the next check finds the connection down.
     sim.rotate_secret(t.tenant_id).unwrap();

@@ -229,3 +229,41 @@ async fn a_socket_with_a_missing_or_bad_token_is_closed_4403_forbidden() {
         Some(0)
     );
 }
+
+#[tokio::test]
+async fn a_variable_of_the_wrong_type_is_refused_and_never_reaches_a_mutation() {
+    let (server, db, sim) = start_server().await;
+    let owner = server.client("acme", Role::Owner);
+    let t = sim.tenants().remove(0);
+    let (_, connection) = crate::common::graphql::ready_sim_tenant(&owner, &t).await;
+    let pool = db.pool().await;
+    let before = testkit::count_events(&pool, "CredentialSet").await
+        + testkit::count_events(&pool, "CredentialRotated").await;
+    // Declared Int!, given a string, used where a String! is expected.
+    let answer = owner
+        .post(
+            "mutation($c: String!, $x: Int!) { setCredential(input: {connectionId: $c, clientId: \"app\", clientSecret: $x}) { connectionId } }",
+            json!({ "c": connection, "x": "s3cret-value" }),
+        )
+        .await;
+    assert!(answer["data"].is_null(), "{answer}");
+    assert_eq!(
+        answer["errors"][0]["extensions"]["code"], "validation_failed",
+        "{answer}"
+    );
+    // Declared String!, given a number.
+    let answer = owner
+        .post(
+            "mutation($c: String!, $x: String!) { setCredential(input: {connectionId: $c, clientId: \"app\", clientSecret: $x}) { connectionId } }",
+            json!({ "c": connection, "x": 12345 }),
+        )
+        .await;
+    assert!(answer["data"].is_null(), "{answer}");
+    assert!(!answer["errors"][0]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("s3cret"));
+    let after = testkit::count_events(&pool, "CredentialSet").await
+        + testkit::count_events(&pool, "CredentialRotated").await;
+    assert_eq!(after, before, "no credential was set");
+}

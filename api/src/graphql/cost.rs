@@ -9,7 +9,9 @@
 
 use std::collections::HashMap;
 
-use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
+use async_graphql::parser::types::{
+    BaseType, DocumentOperations, ExecutableDocument, Selection, SelectionSet, Type,
+};
 use async_graphql::{ErrorExtensions, Value};
 
 /// Limits on one request's query, checked before it is routed or validated.
@@ -60,7 +62,83 @@ pub(crate) fn check(
             limits.max_expanded_selections
         )));
     }
+    check_variables(&doc, request)
+}
+
+/// Each variable's value against the type its operation declares, for the built-in
+/// scalars and the list and non-null wrappers around them: async-graphql lets a value of
+/// another type through when the variable is used where that type fits (a string declared
+/// `Int!` reached a `String!` argument), so a client's typing mistake would silently do
+/// something. The message names the variable and the types, never the value (it may be a
+/// secret). Enums, input objects and custom scalars are checked where they are used.
+fn check_variables(
+    doc: &ExecutableDocument,
+    request: &async_graphql::Request,
+) -> Result<(), Box<async_graphql::Response>> {
+    let operation = match (&doc.operations, request.operation_name.as_deref()) {
+        (DocumentOperations::Single(op), _) => Some(op),
+        (DocumentOperations::Multiple(ops), Some(name)) => ops
+            .iter()
+            .find(|(n, _)| n.as_str() == name)
+            .map(|(_, op)| op),
+        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next(),
+        _ => None,
+    };
+    let Some(operation) = operation else {
+        return Ok(());
+    };
+    for definition in &operation.node.variable_definitions {
+        let name = &definition.node.name.node;
+        let ty = &definition.node.var_type.node;
+        let Some(value) = request.variables.get(name) else {
+            continue;
+        };
+        if !fits(ty, value) {
+            return Err(refusal(format!(
+                "variable `${name}` is declared `{ty}` but its value is {}",
+                kind_of(value)
+            )));
+        }
+    }
     Ok(())
+}
+
+fn fits(ty: &Type, value: &Value) -> bool {
+    if matches!(value, Value::Null) {
+        return ty.nullable;
+    }
+    match &ty.base {
+        // A single value is coerced to a list of one.
+        BaseType::List(inner) => match value {
+            Value::List(items) => items.iter().all(|v| fits(inner, v)),
+            other => fits(inner, other),
+        },
+        BaseType::Named(name) => match name.as_str() {
+            "Int" => {
+                matches!(value, Value::Number(n) if n.as_i64().is_some_and(|i| i32::try_from(i).is_ok()))
+            }
+            "Float" => matches!(value, Value::Number(_)),
+            "String" => matches!(value, Value::String(_)),
+            "Boolean" => matches!(value, Value::Boolean(_)),
+            "ID" => {
+                matches!(value, Value::String(_))
+                    || matches!(value, Value::Number(n) if n.is_i64() || n.is_u64())
+            }
+            _ => true,
+        },
+    }
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Boolean(_) => "a boolean",
+        Value::List(_) => "a list",
+        Value::Object(_) => "an object",
+        _ => "of another kind",
+    }
 }
 
 fn has_nul(value: &Value) -> bool {
@@ -186,6 +264,38 @@ mod tests {
             size("{ ...A } fragment A on QueryRoot { me { role } ...B } fragment B on QueryRoot { ...A }"),
             2
         );
+    }
+
+    fn with_variables(query: &str, variables: serde_json::Value) -> async_graphql::Request {
+        async_graphql::Request::new(query).variables(async_graphql::Variables::from_json(variables))
+    }
+
+    #[test]
+    fn variables_must_be_of_the_type_they_are_declared() {
+        let limits = QueryLimits::default();
+        let q = "query($i: Int!, $s: String, $l: [ID!], $b: Boolean!) { me { role } }";
+        let ok = serde_json::json!({ "i": 5, "s": null, "l": ["a", 7], "b": true });
+        assert!(check(&with_variables(q, ok), &limits).is_ok());
+        // A single value where a list is declared is a list of one.
+        let one = serde_json::json!({ "i": 5, "l": "a", "b": false });
+        assert!(check(&with_variables(q, one), &limits).is_ok());
+        for bad in [
+            serde_json::json!({ "i": "s3cret", "b": true }),
+            serde_json::json!({ "i": 1.5, "b": true }),
+            serde_json::json!({ "i": 3_000_000_000i64, "b": true }),
+            serde_json::json!({ "i": 1, "s": 5, "b": true }),
+            serde_json::json!({ "i": 1, "l": [true], "b": true }),
+            serde_json::json!({ "i": null, "b": true }),
+            serde_json::json!({ "i": 1, "b": "yes" }),
+        ] {
+            let refused = check(&with_variables(q, bad.clone()), &limits).unwrap_err();
+            let message = &refused.errors[0].message;
+            assert!(message.contains("is declared"), "{bad}: {message}");
+            assert!(
+                !message.contains("s3cret"),
+                "the value is never echoed: {message}"
+            );
+        }
     }
 
     #[test]

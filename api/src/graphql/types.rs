@@ -161,6 +161,12 @@ impl ConnectionNode {
     async fn health_status(&self) -> async_graphql::Result<HealthStatus> {
         stored::<domain::connection::HealthStatus, _>(&self.health_status)
     }
+
+    /// Which Microsoft Graph this connection's workflows call: the service's Graph base
+    /// URL, or `simulator` while the service runs the demo (never real tenants' data).
+    async fn graph_endpoint(&self, ctx: &Context<'_>) -> async_graphql::Result<String> {
+        Ok(super::query::state(ctx)?.graph_endpoint.clone())
+    }
 }
 
 pub(crate) const CONNECTION_COLUMNS: &str = "connection_id, tenant_key, provider, entra_tenant_id, display_name, is_default, \
