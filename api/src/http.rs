@@ -159,7 +159,11 @@ async fn serve_socket(state: AppState, protocol: WebSocketProtocols, socket: Web
     let refused = Arc::new(AtomicBool::new(false));
     let on_refusal = refused.clone();
     let auth_state = state.clone();
-    let stream = async_graphql::http::WebSocket::new(state.schema.clone(), input, protocol)
+    let executor = Bounded {
+        schema: state.schema.clone(),
+        limits: state.limits.query,
+    };
+    let stream = async_graphql::http::WebSocket::new(executor, input, protocol)
         .connection_data(data)
         .on_connection_init(move |payload| async move {
             let caller = authenticate_init(&auth_state, &payload).inspect_err(|_| {
@@ -187,6 +191,35 @@ async fn serve_socket(state: AppState, protocol: WebSocketProtocols, socket: Web
         };
         if sink.send(message).await.is_err() {
             break;
+        }
+    }
+}
+
+/// The schema behind the WebSocket, with each subscription's document put through the
+/// same linear checks as a POST's (size, fragment fan-out, NUL, variable types) first.
+#[derive(Clone)]
+struct Bounded {
+    schema: crate::graphql::TenantflowSchema,
+    limits: crate::graphql::QueryLimits,
+}
+
+impl async_graphql::Executor for Bounded {
+    async fn execute(&self, request: async_graphql::Request) -> async_graphql::Response {
+        match crate::graphql::checked(&request, &self.limits) {
+            Ok(()) => self.schema.execute(request).await,
+            Err(refused) => *refused,
+        }
+    }
+
+    fn execute_stream(
+        &self,
+        request: async_graphql::Request,
+        session_data: Option<Arc<Data>>,
+    ) -> futures::stream::BoxStream<'static, async_graphql::Response> {
+        use futures::StreamExt;
+        match crate::graphql::checked(&request, &self.limits) {
+            Ok(()) => async_graphql::Executor::execute_stream(&self.schema, request, session_data),
+            Err(refused) => futures::stream::once(async move { *refused }).boxed(),
         }
     }
 }

@@ -267,3 +267,59 @@ async fn a_variable_of_the_wrong_type_is_refused_and_never_reaches_a_mutation() 
         + testkit::count_events(&pool, "CredentialRotated").await;
     assert_eq!(after, before, "no credential was set");
 }
+
+#[tokio::test]
+async fn a_subscription_whose_fragments_explode_is_refused_before_validation() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let (server, _db, _sim) = start_server().await;
+    let url = format!(
+        "{}/graphql/ws",
+        server.base_url.replacen("http://", "ws://", 1)
+    );
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let token = testkit::token("acme", Role::Readonly);
+    let init = json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {token}") } });
+    ws.send(Message::Text(init.to_string().into()))
+        .await
+        .unwrap();
+    let mut query = String::from("subscription { ...F0 }\n");
+    for i in 0..30 {
+        query.push_str(&format!(
+            "fragment F{i} on SubscriptionRoot {{ ...F{n} ...F{n} }}\n",
+            n = i + 1
+        ));
+    }
+    query.push_str("fragment F30 on SubscriptionRoot { runUpdated { id } }\n");
+    let subscribe = json!({ "id": "1", "type": "subscribe", "payload": { "query": query } });
+    ws.send(Message::Text(subscribe.to_string().into()))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let refusal = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Text(t) = m {
+                if t.contains("selections") {
+                    return Some(t.to_string());
+                }
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .expect("the subscription is refused with a message");
+    assert!(refusal.contains("validation_failed"), "{refusal}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -72,6 +72,14 @@ pub(crate) async fn execute(
     }
 }
 
+/// The checks a request's document passes before it is validated (see `cost`).
+pub(crate) fn checked(
+    request: &async_graphql::Request,
+    limits: &QueryLimits,
+) -> Result<(), Box<async_graphql::Response>> {
+    cost::check(request, limits)
+}
+
 /// The schema in SDL (committed as `api/schema.graphql`; `tenantflow schema` prints it).
 pub fn sdl() -> String {
     schema().sdl()
