@@ -15,12 +15,7 @@ const AUDIT_CHAIN: &str = "{ auditChain { sealedPosition sealedEvents headHash \
 async fn an_auditor_checks_the_sealed_log_exports_it_and_verify_names_a_rewritten_event() {
     let (server, db, sim) = start_server().await;
     let owner = server.client("acme", Role::Owner);
-    let t = sim.tenants().remove(0);
-    let (tenant, _) = ready_sim_tenant(&owner, &t).await;
-    let run = owner.ok(RESYNC, json!({"t": tenant})).await["resyncTenant"]["runId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (_, run) = resynced_sim_tenant(&owner, &sim).await;
     completed_run(&owner, &run).await;
     let pool = db.pool().await;
     testkit::caught_up(&pool, "audit_sealer").await;

@@ -5,7 +5,6 @@ use domain::Role;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use testkit::CONTOSO;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &str = "e2e-Client-Secret~0123456789-abcdef";
@@ -30,15 +29,7 @@ async fn subscribe(
     query: &str,
     variables: Value,
 ) -> impl futures::Stream<Item = Value> {
-    let url = format!("{}/graphql/ws", base_url.replacen("http://", "ws://", 1));
-    let mut request = url.into_client_request().unwrap();
-    request.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        "graphql-transport-ws".parse().unwrap(),
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .expect("websocket");
+    let mut ws = websocket(base_url).await;
     let init =
         json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {token}")}});
     ws.send(Message::Text(init.to_string().into()))

@@ -17,12 +17,7 @@ const TENANT_AT: &str = "query($t: String!, $at: DateTime!) { tenantAt(id: $t, a
 async fn an_auditor_reads_a_runs_history_and_earlier_states_and_changes_nothing() {
     let (server, db, sim) = start_server().await;
     let owner = server.client("acme", Role::Owner);
-    let t = sim.tenants().remove(0);
-    let (tenant, _) = ready_sim_tenant(&owner, &t).await;
-    let run = owner.ok(RESYNC, json!({"t": tenant})).await["resyncTenant"]["runId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (tenant, run) = resynced_sim_tenant(&owner, &sim).await;
 
     let auditor = server.client("acme", Role::Auditor);
     let data = auditor
@@ -88,7 +83,7 @@ async fn an_auditor_reads_a_runs_history_and_earlier_states_and_changes_nothing(
         .ok(TENANT_AT, json!({"t": tenant, "at": queued_at}))
         .await;
     let tenant_then = &tenant_then["tenantAt"]["state"];
-    assert_eq!(tenant_then["display_name"], t.display_name.as_str());
+    assert_eq!(tenant_then["display_name"], sim.tenants()[0].display_name.as_str());
     assert!(
         tenant_then["last_resynced_at"].is_null(),
         "not resynced yet"

@@ -174,17 +174,8 @@ async fn a_nul_character_in_a_filter_is_a_validation_failure_not_an_internal_err
 /// the close code the server answers with, if it closes.
 async fn init_close_code(base_url: &str, payload: serde_json::Value) -> Option<u16> {
     use futures::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     use tokio_tungstenite::tungstenite::Message;
-    let url = format!("{}/graphql/ws", base_url.replacen("http://", "ws://", 1));
-    let mut request = url.into_client_request().unwrap();
-    request.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        "graphql-transport-ws".parse().unwrap(),
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .expect("websocket");
+    let mut ws = crate::common::graphql::websocket(base_url).await;
     let init = json!({ "type": "connection_init", "payload": payload });
     ws.send(Message::Text(init.to_string().into()))
         .await

@@ -10,8 +10,10 @@
 use std::collections::HashMap;
 
 use async_graphql::parser::types::{
-    BaseType, DocumentOperations, ExecutableDocument, Selection, SelectionSet, Type,
+    BaseType, DocumentOperations, ExecutableDocument, OperationDefinition, Selection, SelectionSet,
+    Type,
 };
+use async_graphql::parser::Positioned;
 use async_graphql::{ErrorExtensions, Value};
 
 /// Limits on one request's query, checked before it is routed or validated.
@@ -75,16 +77,7 @@ fn check_variables(
     doc: &ExecutableDocument,
     request: &async_graphql::Request,
 ) -> Result<(), Box<async_graphql::Response>> {
-    let operation = match (&doc.operations, request.operation_name.as_deref()) {
-        (DocumentOperations::Single(op), _) => Some(op),
-        (DocumentOperations::Multiple(ops), Some(name)) => ops
-            .iter()
-            .find(|(n, _)| n.as_str() == name)
-            .map(|(_, op)| op),
-        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next(),
-        _ => None,
-    };
-    let Some(operation) = operation else {
+    let Some(operation) = operation(doc, request.operation_name.as_deref()) else {
         return Ok(());
     };
     for definition in &operation.node.variable_definitions {
@@ -101,6 +94,22 @@ fn check_variables(
         }
     }
     Ok(())
+}
+
+/// The operation a request runs: the only one, or the one it names.
+pub(crate) fn operation<'a>(
+    doc: &'a ExecutableDocument,
+    name: Option<&str>,
+) -> Option<&'a Positioned<OperationDefinition>> {
+    match (&doc.operations, name) {
+        (DocumentOperations::Single(op), _) => Some(op),
+        (DocumentOperations::Multiple(ops), Some(name)) => ops
+            .iter()
+            .find(|(n, _)| n.as_str() == name)
+            .map(|(_, op)| op),
+        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next(),
+        _ => None,
+    }
 }
 
 fn fits(ty: &Type, value: &Value) -> bool {

@@ -11,9 +11,7 @@
 use std::collections::HashSet;
 use std::sync::LazyLock;
 
-use async_graphql::parser::types::{
-    DocumentOperations, ExecutableDocument, OperationType, Selection, SelectionSet,
-};
+use async_graphql::parser::types::{ExecutableDocument, OperationType, Selection, SelectionSet};
 use async_graphql::{ErrorExtensions, Schema};
 
 use super::{MutationRoot, QueryRoot, SubscriptionRoot, TenantflowSchema, MAX_COMPLEXITY};
@@ -41,16 +39,7 @@ pub(crate) fn route(query: &str, operation_name: Option<&str>) -> Route {
     let Ok(doc) = async_graphql::parser::parse_query(query) else {
         return Route::Ordinary;
     };
-    let operation = match (&doc.operations, operation_name) {
-        (DocumentOperations::Single(op), _) => Some(op),
-        (DocumentOperations::Multiple(ops), Some(name)) => ops
-            .iter()
-            .find(|(n, _)| n.as_str() == name)
-            .map(|(_, op)| op),
-        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next(),
-        _ => None,
-    };
-    let Some(op) = operation else {
+    let Some(op) = super::cost::operation(&doc, operation_name) else {
         return Route::Ordinary;
     };
     if op.node.ty != OperationType::Query

@@ -122,3 +122,35 @@ async fn ready_tenant_as(
     c.ok(GRANT, json!({"c": conn})).await;
     (t, conn)
 }
+
+/// A graphql-transport-ws socket to the server at `base_url` (not yet initialised).
+pub async fn websocket(
+    base_url: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!("{}/graphql/ws", base_url.replacen("http://", "ws://", 1));
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    tokio_tungstenite::connect_async(request)
+        .await
+        .expect("websocket")
+        .0
+}
+
+/// One of the simulator's tenants registered ready by `owner` and resynced: (tenant id,
+/// the resync's run id; the run may still be going).
+pub async fn resynced_sim_tenant(
+    owner: &GraphqlClient,
+    sim: &graph::sim::SimHandle,
+) -> (String, String) {
+    let t = sim.tenants().remove(0);
+    let (tenant, _) = ready_sim_tenant(owner, &t).await;
+    let run = owner.ok(RESYNC, json!({"t": tenant})).await["resyncTenant"]["runId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (tenant, run)
+}
