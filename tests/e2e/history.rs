@@ -83,7 +83,10 @@ async fn an_auditor_reads_a_runs_history_and_earlier_states_and_changes_nothing(
         .ok(TENANT_AT, json!({"t": tenant, "at": queued_at}))
         .await;
     let tenant_then = &tenant_then["tenantAt"]["state"];
-    assert_eq!(tenant_then["display_name"], sim.tenants()[0].display_name.as_str());
+    assert_eq!(
+        tenant_then["display_name"],
+        sim.tenants()[0].display_name.as_str()
+    );
     assert!(
         tenant_then["last_resynced_at"].is_null(),
         "not resynced yet"
