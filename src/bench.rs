@@ -57,6 +57,17 @@ pub enum BenchCommand {
         #[arg(long, default_value = "bench-graphql.json")]
         json: PathBuf,
     },
+    /// Every read model rebuilt from a generated log (a template history made through the
+    /// use cases, copied into many workspaces), against an ordered raw read of the same
+    /// rows, in a scratch database.
+    Catchup {
+        /// Events in the generated log.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+        /// Where to write the JSON results.
+        #[arg(long, default_value = "bench-catchup.json")]
+        json: PathBuf,
+    },
     /// `serve` started as a child process: time from start to ready, and its resident
     /// memory (without PostgreSQL) once idle.
     Idle {
@@ -140,6 +151,9 @@ pub async fn run(config: Config, command: BenchCommand) -> anyhow::Result<()> {
             requests,
             json,
         } => crate::bench_graphql::run(config, tenants.max(1), requests.max(1), json).await,
+        BenchCommand::Catchup { events, json } => {
+            crate::bench_catchup::run(config, events.max(1), json).await
+        }
         BenchCommand::Idle { seconds, json } => {
             crate::bench_idle::run(Duration::from_secs(seconds), json).await
         }
@@ -179,6 +193,7 @@ async fn all(config: Config, dir: PathBuf) -> anyhow::Result<()> {
     append(config.clone(), 5000, 4, file("append")).await?;
     crate::bench_resync::run(config.clone(), 1000, 4, file("resync")).await?;
     crate::bench_verify::run(config.clone(), 1_000_000, 10, 2, file("verify")).await?;
+    crate::bench_catchup::run(config.clone(), 1_000_000, file("catchup")).await?;
     crate::bench_graphql::run(config.clone(), 200, 5000, file("graphql")).await?;
     crate::bench_idle::run(Duration::from_secs(5), file("idle")).await?;
 
@@ -217,6 +232,19 @@ async fn all(config: Config, dir: PathBuf) -> anyhow::Result<()> {
             number(&r["target_ratio"]),
         ));
     }
+    let c = read("catchup")?;
+    figures.push(at_least(
+        "catchup",
+        "ratio",
+        number(&c["ratio"]),
+        number(&c["target_ratio"]),
+    ));
+    figures.push(at_least(
+        "catchup",
+        "events/s",
+        number(&c["all_read_models_events_per_second"]),
+        number(&c["target_events_per_second"]),
+    ));
     let g = read("graphql")?;
     for run in g["runs"].as_array().cloned().unwrap_or_default() {
         let at_32 = run["concurrency"] == 32;
@@ -257,7 +285,6 @@ async fn all(config: Config, dir: PathBuf) -> anyhow::Result<()> {
             "benchmark": "all",
             "figures": figures,
             "cold_start_to_ready_ms": idle["cold_start_to_ready_ms"],
-            "not_yet_measured": ["catch-up: rebuild of every read model over 1,000,000 events against a raw ordered read (issue 17)"],
         }),
         &file("all"),
     )

@@ -2,6 +2,7 @@
 
 mod architecture;
 mod bench;
+mod bench_catchup;
 mod bench_graphql;
 mod bench_idle;
 mod bench_resync;
