@@ -290,6 +290,15 @@ async fn all(config: Config, dir: PathBuf) -> anyhow::Result<()> {
     )
 }
 
+/// A rebuild that reports nothing (the benches print their own figures).
+pub(crate) struct Quiet;
+
+impl projections::RebuildProgress for Quiet {
+    fn start(&self, _: &str, _: u64) {}
+    fn advance(&self, _: u64) {}
+    fn finish(&self, _: u64) {}
+}
+
 /// Prints a bench's results as JSON and writes them to `json`.
 pub fn publish(report: &impl Serialize, json: &std::path::Path) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(report)?;

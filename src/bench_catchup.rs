@@ -16,15 +16,6 @@ use crate::serve::{open_vault, Database};
 const TEMPLATE_WORKSPACE: &str = "catchup";
 const TEMPLATE_TENANTS: usize = 20;
 
-/// A rebuild that reports nothing (the bench prints its own figures).
-struct Quiet;
-
-impl projections::RebuildProgress for Quiet {
-    fn start(&self, _: &str, _: u64) {}
-    fn advance(&self, _: u64) {}
-    fn finish(&self, _: u64) {}
-}
-
 #[derive(Debug, Serialize)]
 struct ModelRebuild {
     read_model: String,
@@ -128,7 +119,7 @@ async fn measure(config: &Config, pool: &PgPool, events: usize) -> anyhow::Resul
     let mut all_seconds = 0.0;
     for projection in projections::all() {
         let started = Instant::now();
-        let applied = projections::rebuild(pool, projection.as_ref(), 1000, &Quiet)
+        let applied = projections::rebuild(pool, projection.as_ref(), 1000, &crate::bench::Quiet)
             .await
             .map_err(|e| anyhow::anyhow!("rebuilding {}: {e}", projection.name()))?;
         let seconds = started.elapsed().as_secs_f64();

@@ -25,15 +25,6 @@ const SQL_PAGE: &str =
 
 const WORKSPACE: &str = "bench";
 
-/// A rebuild that reports nothing (the bench prints its own figures).
-struct Quiet;
-
-impl projections::RebuildProgress for Quiet {
-    fn start(&self, _: &str, _: u64) {}
-    fn advance(&self, _: u64) {}
-    fn finish(&self, _: u64) {}
-}
-
 #[derive(Debug, Serialize)]
 struct AtConcurrency {
     concurrency: usize,
@@ -102,7 +93,7 @@ async fn measure_on(
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
-    projections::rebuild(pool, &projections::Tenants, 1000, &Quiet)
+    projections::rebuild(pool, &projections::Tenants, 1000, &crate::bench::Quiet)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
 
