@@ -20,16 +20,23 @@ fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("spawn tenantflow");
-    let started = Instant::now();
-    while child.try_wait().expect("poll tenantflow").is_none() {
-        if started.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
+    let child = cmd.spawn().expect("spawn tenantflow");
+    let pid = child.id();
+    // Waited for on a thread, so the wait itself is bounded.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(out) => out.expect("tenantflow's output"),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .status();
             panic!("tenantflow {args:?} did not exit");
         }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().expect("tenantflow's output");
+    };
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -152,14 +159,12 @@ async fn sigterm_with_a_stuck_request_exits_at_the_shutdown_deadline() {
         .arg(server.child.id().to_string())
         .status()
         .expect("kill");
-    let mut exited = false;
-    while signalled.elapsed() < Duration::from_secs(30) {
-        if matches!(server.child.try_wait(), Ok(Some(_))) {
-            exited = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let exited = testkit::within(Duration::from_secs(30), || {
+        let done = matches!(server.child.try_wait(), Ok(Some(_)));
+        async move { done }
+    })
+    .await
+    .is_some();
     let took = signalled.elapsed();
     assert!(
         exited,
