@@ -97,10 +97,7 @@ impl Workflow for HealthCheck {
     }
     async fn perform(&self, step: &str, cx: &StepContext<'_>) -> Result<Effect, StepFailure> {
         if step != CHECK {
-            return Err(StepFailure::permanent(
-                ReasonCode::InternalError,
-                format!("unknown step {step}"),
-            ));
+            return Err(StepFailure::unknown_step(step));
         }
         let connection = cx.connection.ok_or_else(|| {
             StepFailure::permanent(

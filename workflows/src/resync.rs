@@ -162,12 +162,7 @@ async fn perform(
         RECORD => TenantCommand::RecordResync {
             at: cx.run.started_at.unwrap_or(cx.now),
         },
-        other => {
-            return Err(StepFailure::permanent(
-                ReasonCode::InternalError,
-                format!("unknown step {other}"),
-            ))
-        }
+        other => return Err(StepFailure::unknown_step(other)),
     };
     Ok(Effect::Tenant(command))
 }

@@ -176,6 +176,11 @@ impl StepFailure {
             retry_after: None,
         }
     }
+
+    /// A step the workflow's plan does not have (a run recorded by another version).
+    pub fn unknown_step(step: &str) -> Self {
+        Self::permanent(ReasonCode::InternalError, format!("unknown step {step}"))
+    }
 }
 
 impl From<GraphError> for StepFailure {
