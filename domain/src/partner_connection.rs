@@ -32,8 +32,14 @@ pub struct SecretRef {
 pub enum PartnerTarget {
     /// Microsoft Graph with the partner tenant's own app.
     Direct { partner_tenant_id: EntraTenantId },
-    /// A CIPP instance; the URL is validated by [`cipp_base_url`].
-    Cipp { base_url: String },
+    /// A CIPP instance; the URL is validated by [`cipp_base_url`]. CIPP's API takes tokens
+    /// for its own API app (`api_client_id`), issued to an app registration of the partner
+    /// tenant (`partner_tenant_id`) whose client id and secret are the vault row.
+    Cipp {
+        base_url: String,
+        api_client_id: String,
+        partner_tenant_id: EntraTenantId,
+    },
 }
 
 impl PartnerTarget {
@@ -158,6 +164,8 @@ pub enum PartnerConnectionError {
     BadFingerprint,
     #[error("the CIPP URL must be an http(s) URL without credentials, query or fragment")]
     InvalidCippUrl,
+    #[error("the CIPP API client id is required (1 to 128 characters)")]
+    InvalidCippApiClient,
 }
 
 impl DomainError for PartnerConnectionError {
@@ -166,7 +174,8 @@ impl DomainError for PartnerConnectionError {
             PartnerConnectionError::NotConfigured => ReasonCode::ProviderConnectionMissing,
             PartnerConnectionError::WorkspaceMismatch
             | PartnerConnectionError::BadFingerprint
-            | PartnerConnectionError::InvalidCippUrl => ReasonCode::ValidationFailed,
+            | PartnerConnectionError::InvalidCippUrl
+            | PartnerConnectionError::InvalidCippApiClient => ReasonCode::ValidationFailed,
         }
     }
 }
@@ -248,9 +257,21 @@ impl Aggregate for PartnerConnection {
                     return Err(PartnerConnectionError::BadFingerprint);
                 }
                 let target = match target {
-                    PartnerTarget::Cipp { base_url } => PartnerTarget::Cipp {
-                        base_url: cipp_base_url(&base_url)?,
-                    },
+                    PartnerTarget::Cipp {
+                        base_url,
+                        api_client_id,
+                        partner_tenant_id,
+                    } => {
+                        let api_client_id = api_client_id.trim();
+                        if api_client_id.is_empty() || api_client_id.len() > 128 {
+                            return Err(PartnerConnectionError::InvalidCippApiClient);
+                        }
+                        PartnerTarget::Cipp {
+                            base_url: cipp_base_url(&base_url)?,
+                            api_client_id: api_client_id.to_owned(),
+                            partner_tenant_id,
+                        }
+                    }
                     direct => direct,
                 };
                 if self.target.as_ref() == Some(&target) && self.secret.as_ref() == Some(&secret) {
@@ -376,6 +397,8 @@ mod tests {
     fn cipp(url: &str) -> PartnerTarget {
         PartnerTarget::Cipp {
             base_url: url.into(),
+            api_client_id: "cipp-api".into(),
+            partner_tenant_id: guid(),
         }
     }
     fn configure(target: PartnerTarget, n: u128) -> PartnerConnectionCommand {
@@ -606,7 +629,11 @@ mod tests {
         assert_eq!(keys, ["credential_ref", "fingerprint"]);
         assert_eq!(
             json["PartnerConnectionConfigured"]["target"],
-            serde_json::json!({"cipp": {"base_url": CIPP}})
+            serde_json::json!({"cipp": {
+                "base_url": CIPP,
+                "api_client_id": "cipp-api",
+                "partner_tenant_id": guid().to_string(),
+            }})
         );
     }
 
