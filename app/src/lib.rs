@@ -4,6 +4,7 @@
 //! several streams (or the vault) must change together. Lost optimistic races are retried.
 
 mod connections;
+pub mod contacts;
 mod error;
 mod guard;
 mod retry;
@@ -17,7 +18,8 @@ pub use connections::{
 pub use error::AppError;
 pub use runs::{
     cancel_run, release_scope, retry_run, start_operation, start_operation_through,
-    start_operation_with_id, start_operations, start_workspace_operation, StartRequest, Started,
+    start_operation_with_id, start_operations, start_workspace_operation,
+    start_workspace_operation_on, StartRequest, Started,
 };
 pub use schedules::{disable_schedule, set_schedule};
 pub use tenants::{change_tenant, register_tenant};

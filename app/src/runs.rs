@@ -235,14 +235,14 @@ pub async fn retry_run(
             };
             start_one(bus, &meta, &context.tenant_key, operation, None).await
         }
-        RunTarget::Workspace { module } => {
+        RunTarget::Workspace { module, subject } => {
             let operation = Operation {
                 run_type: &earlier.run_type,
                 module: &module,
                 retry_of: Some(run_id),
                 connection: None,
             };
-            start_over_workspace(bus, &meta, operation).await
+            start_over_workspace(bus, &meta, operation, subject.as_deref()).await
         }
     }
 }
@@ -258,19 +258,33 @@ pub async fn start_workspace_operation(
     run_type: &str,
     module: &str,
 ) -> Result<Started, AppError> {
+    start_workspace_operation_on(bus, meta, run_type, module, None).await
+}
+
+/// Like [`start_workspace_operation`], limited to `subject` of the workspace (a contact
+/// sync of one client: `client:<id>`). The module's scope is the same: while a run of the
+/// same type is active, whatever its subject, that run is returned.
+pub async fn start_workspace_operation_on(
+    bus: &CommandBus,
+    meta: &Metadata,
+    run_type: &str,
+    module: &str,
+    subject: Option<&str>,
+) -> Result<Started, AppError> {
     let operation = Operation {
         run_type,
         module,
         retry_of: None,
         connection: None,
     };
-    start_over_workspace(bus, meta, operation).await
+    start_over_workspace(bus, meta, operation, subject).await
 }
 
 async fn start_over_workspace(
     bus: &CommandBus,
     meta: &Metadata,
     operation: Operation<'_>,
+    subject: Option<&str>,
 ) -> Result<Started, AppError> {
     let workspace = caller_workspace(meta)?;
     if !meta.role.allows(domain::Permission::StartOperations) {
@@ -307,6 +321,7 @@ async fn start_over_workspace(
             run_type: operation.run_type.to_owned(),
             target: RunTarget::Workspace {
                 module: operation.module.to_owned(),
+                subject: subject.map(str::to_owned),
             },
             initiator: meta.actor.clone(),
             retry_of: operation.retry_of,

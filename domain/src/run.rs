@@ -51,6 +51,9 @@ pub enum RunTarget {
     Workspace {
         /// A machine name such as `contacts`.
         module: String,
+        /// What of the workspace the run is limited to (a contact sync of one client:
+        /// `client:<id>`); `None`: all of it.
+        subject: Option<String>,
     },
 }
 
@@ -59,9 +62,17 @@ impl RunTarget {
     pub fn module(&self) -> &str {
         match self {
             RunTarget::Tenant(context) => &context.module,
-            RunTarget::Workspace { module } => module,
+            RunTarget::Workspace { module, .. } => module,
         }
     }
+}
+
+/// A run's subject: `kind:value`, printable ASCII without spaces, at most 100 bytes.
+fn is_subject(s: &str) -> bool {
+    s.len() <= 100
+        && s.split_once(':')
+            .is_some_and(|(k, v)| !k.is_empty() && !v.is_empty())
+        && s.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// What a person can do to unblock a run (R2.3). The run records which step applies; the
@@ -268,6 +279,9 @@ pub enum RunEvent {
         /// every run queued before workspace runs existed).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         workspace_module: Option<String>,
+        /// What of the workspace such a run is limited to (absent: all of it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        workspace_subject: Option<String>,
     },
     RunStarted {
         at: DateTime<Utc>,
@@ -581,6 +595,9 @@ pub struct OperationRun {
     /// The module of a run over the whole workspace (then `context` is `None`).
     #[serde(default)]
     pub workspace_module: Option<String>,
+    /// What of the workspace a run over it is limited to.
+    #[serde(default)]
+    pub workspace_subject: Option<String>,
 }
 
 impl OperationRun {
@@ -603,6 +620,7 @@ impl OperationRun {
             (Some(context), _) => Some(RunTarget::Tenant(context.clone())),
             (None, Some(module)) => Some(RunTarget::Workspace {
                 module: module.clone(),
+                subject: self.workspace_subject.clone(),
             }),
             (None, None) => None,
         }
@@ -765,14 +783,19 @@ impl Aggregate for OperationRun {
                 if !is_machine_name(target.module()) {
                     return Err(RunError::InvalidModule);
                 }
-                let (context, workspace_module) = match target {
+                let (context, workspace_module, workspace_subject) = match target {
                     RunTarget::Tenant(context) => {
                         if context.tenant_key.workspace != workspace {
                             return Err(RunError::WorkspaceMismatch);
                         }
-                        (Some(context), None)
+                        (Some(context), None, None)
                     }
-                    RunTarget::Workspace { module } => (None, Some(module)),
+                    RunTarget::Workspace { module, subject } => {
+                        if subject.as_deref().is_some_and(|s| !is_subject(s)) {
+                            return Err(RunError::InvalidModule);
+                        }
+                        (None, Some(module), subject)
+                    }
                 };
                 let initiator =
                     clean_name(&initiator, MAX_NAME).ok_or(RunError::InvalidInitiator)?;
@@ -784,6 +807,7 @@ impl Aggregate for OperationRun {
                     queued_at: at,
                     retry_of,
                     workspace_module,
+                    workspace_subject,
                 };
                 sink.write(event, self).await;
             }
@@ -908,11 +932,13 @@ impl Aggregate for OperationRun {
                 queued_at,
                 retry_of,
                 workspace_module,
+                workspace_subject,
             } => {
                 self.workspace = Some(workspace);
                 self.run_type = run_type;
                 self.context = context;
                 self.workspace_module = workspace_module;
+                self.workspace_subject = workspace_subject;
                 self.initiator = initiator;
                 self.queued_at = Some(queued_at);
                 self.retry_of = retry_of;
@@ -1026,6 +1052,7 @@ mod tests {
             queued_at: now(),
             retry_of: None,
             workspace_module: None,
+            workspace_subject: None,
         }
     }
     fn started() -> RunEvent {
@@ -1244,6 +1271,7 @@ mod tests {
             run_type: "contacts.sync".into(),
             target: RunTarget::Workspace {
                 module: "contacts".into(),
+                subject: None,
             },
             initiator: "alice".into(),
             retry_of: None,
@@ -1256,6 +1284,7 @@ mod tests {
             queued_at: now(),
             retry_of: None,
             workspace_module: Some("contacts".into()),
+            workspace_subject: None,
         };
         F::with(services())
             .given_no_previous_events()
@@ -1268,7 +1297,8 @@ mod tests {
         assert_eq!(
             run.target(),
             Some(RunTarget::Workspace {
-                module: "contacts".into()
+                module: "contacts".into(),
+                subject: None,
             })
         );
         let tenant_run = state(vec![queued()]);
@@ -1288,6 +1318,7 @@ mod tests {
                 run_type: "contacts.sync".into(),
                 target: RunTarget::Workspace {
                     module: "Contacts!".into(),
+                    subject: None,
                 },
                 initiator: "alice".into(),
                 retry_of: None,
@@ -1314,6 +1345,7 @@ mod tests {
             queued_at: now(),
             retry_of: None,
             workspace_module: Some("contacts".into()),
+            workspace_subject: None,
         };
         let payload = serde_json::to_value(&workspace_run).unwrap();
         assert!(payload["RunQueued"]["context"].is_null());
@@ -1341,6 +1373,7 @@ mod tests {
             queued_at: now(),
             retry_of: Some(earlier_run()),
             workspace_module: None,
+            workspace_subject: None,
         };
         F::with(services())
             .given_no_previous_events()

@@ -126,6 +126,7 @@ async fn apply(
             queued_at,
             retry_of,
             workspace_module,
+            workspace_subject,
         } => versioned(QUEUE, id, e)
             .bind(workspace.to_string())
             .bind(run_type)
@@ -140,7 +141,12 @@ async fn apply(
                         message: format!("run context cannot be written: {err}"),
                     })?
                 }
-                None => serde_json::json!({ "module": workspace_module }),
+                None => match workspace_subject {
+                    Some(subject) => {
+                        serde_json::json!({ "module": workspace_module, "subject": subject })
+                    }
+                    None => serde_json::json!({ "module": workspace_module }),
+                },
             })
             .bind(initiator)
             .bind(queued_at)

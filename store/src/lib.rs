@@ -8,6 +8,7 @@ pub mod db;
 pub mod embedded;
 pub mod history;
 pub mod horizon;
+pub mod index;
 pub mod log;
 pub mod metrics;
 pub mod snapshots;

@@ -186,6 +186,27 @@ impl Vault {
         })
     }
 
+    /// Deletes credentials of `workspace` in the caller's transaction (with the event that
+    /// says they are cleared): the ciphertext is gone, not only unreferenced. Returns how
+    /// many rows went.
+    pub async fn shred(
+        &self,
+        conn: &mut PgConnection,
+        workspace: &str,
+        credential_refs: &[Uuid],
+    ) -> Result<u64, VaultError> {
+        if credential_refs.is_empty() {
+            return Ok(0);
+        }
+        let done =
+            sqlx::query("DELETE FROM credential_vault WHERE workspace_id = $1 AND id = ANY($2)")
+                .bind(workspace)
+                .bind(credential_refs)
+                .execute(conn)
+                .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Decrypts a stored credential.
     pub async fn fetch(
         &self,

@@ -169,12 +169,25 @@ fn ending(
 ) -> Option<(&'static str, RunCommand)> {
     Some(match decision {
         Decision::Cancel => ("cancel", RunCommand::Cancel),
-        Decision::Succeed => (
-            "succeed",
-            RunCommand::Succeed {
-                summary_counts: workflow.summary_counts(run),
-            },
-        ),
+        Decision::Succeed => {
+            let failures = workflow.item_failures(run);
+            if failures.is_empty() {
+                (
+                    "succeed",
+                    RunCommand::Succeed {
+                        summary_counts: workflow.summary_counts(run),
+                    },
+                )
+            } else {
+                (
+                    "partial",
+                    RunCommand::PartiallySucceed {
+                        summary_counts: workflow.summary_counts(run),
+                        failures,
+                    },
+                )
+            }
+        }
         Decision::PartiallySucceed { failed_steps } => (
             "partial",
             RunCommand::PartiallySucceed {
@@ -659,9 +672,15 @@ impl Engine {
         // be written meanwhile.
         let run = c.run.state().clone();
         let connection = c.connection.as_ref().map(|s| s.state().clone());
-        let cx = StepContext::new(&run, self.now(), self.graph.as_ref(), app.as_ref())
-            .with_connection(connection.as_ref())
-            .with_store(&self.bus, &self.vault);
+        let cx = StepContext::new(
+            &run,
+            RunId(task.run_id),
+            self.now(),
+            self.graph.as_ref(),
+            app.as_ref(),
+        )
+        .with_connection(connection.as_ref())
+        .with_store(&self.bus, &self.vault);
         let work = wf.perform(step, &cx);
         tokio::pin!(work);
         if let Some(since) = *pending_since {
@@ -676,7 +695,19 @@ impl Engine {
             }
             *pending_since = None;
         }
-        Ok(Performed::Done(work.await))
+        // A long step (a contact sync over many tenants) keeps the run's lease while it
+        // works, so no other runner takes the run meanwhile.
+        loop {
+            tokio::select! {
+                biased;
+                done = &mut work => return Ok(Performed::Done(done)),
+                () = tokio::time::sleep(self.lease / 2) => {
+                    if extend(self.pool(), task.run_id, &self.owner, self.lease).await?.is_none() {
+                        return Err(EngineError::LeaseLost);
+                    }
+                }
+            }
+        }
     }
 
     /// Whether what was just decided can wait for the next step's result: the window is
@@ -732,7 +763,7 @@ impl Engine {
                 break;
             }
             // A failure here is left for the step's own turn, where it is recorded.
-            let cx = StepContext::new(c.run.state(), self.now(), self.graph.as_ref(), None)
+            let cx = StepContext::new(c.run.state(), run_id, self.now(), self.graph.as_ref(), None)
                 .with_connection(c.connection.as_ref().map(|s| s.state()))
                 .with_store(&self.bus, &self.vault);
             let Ok(next_effect) = wf.perform(next, &cx).await else {

@@ -3,7 +3,9 @@
 //! retry timing, the leased task table runners claim work from, and the scheduler that
 //! starts a workspace's fleet of runs on a recurring schedule.
 //!
-//! Workflows: [`resync`] (Conditional Access resync and import).
+//! Workflows: [`resync`] (Conditional Access resync and import), [`health`] (connection
+//! health checks), [`contacts`] (tenant discovery and contact sync).
+pub mod contacts;
 pub mod engine;
 pub mod health;
 pub mod plan;

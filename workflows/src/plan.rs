@@ -167,6 +167,7 @@ mod tests {
             queued_at: now(),
             retry_of: None,
             workspace_module: None,
+            workspace_subject: None,
         };
         for e in std::iter::once(queued).chain(events) {
             cqrs_es::Aggregate::apply(&mut r, e);

@@ -8,9 +8,9 @@
 
 use chrono::{DateTime, Utc};
 use domain::connection::{ConnectionCommand, ProviderConnection};
-use domain::run::{OperationRun, StepStatus};
+use domain::run::{FailureSummary, OperationRun, StepStatus};
 use domain::tenant::{Tenant, TenantCommand};
-use domain::ReasonCode;
+use domain::{ReasonCode, RunId};
 use graph::{AppCredentials, GraphApi, GraphError};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -49,6 +49,13 @@ pub trait Workflow: Send + Sync + 'static {
     /// decided.
     fn summarize(&self, _step: &str, _applied: &Applied<'_>) -> serde_json::Value {
         serde_json::json!({})
+    }
+
+    /// Items a run's steps worked through that failed without failing their step (the
+    /// tenants of a contact sync): a run with any ends partially succeeded, with these as
+    /// its failures. Default: none.
+    fn item_failures(&self, _run: &OperationRun) -> Vec<FailureSummary> {
+        Vec::new()
     }
 
     /// The run's summary counts when it ends. Default: the steps completed.
@@ -92,6 +99,7 @@ pub enum Effect {
 /// crash finds what it already wrote.
 pub struct StepContext<'a> {
     pub run: &'a OperationRun,
+    pub run_id: RunId,
     /// Now, by the engine's clock.
     pub now: DateTime<Utc>,
     pub graph: &'a dyn GraphApi,
@@ -104,12 +112,14 @@ pub struct StepContext<'a> {
 impl<'a> StepContext<'a> {
     pub(crate) fn new(
         run: &'a OperationRun,
+        run_id: RunId,
         now: DateTime<Utc>,
         graph: &'a dyn GraphApi,
         credentials: Option<&'a AppCredentials>,
     ) -> Self {
         Self {
             run,
+            run_id,
             now,
             graph,
             credentials,
@@ -213,7 +223,9 @@ impl Registry {
         registry
             .register::<crate::resync::Resync>()
             .register::<crate::resync::Import>()
-            .register::<crate::health::HealthCheck>();
+            .register::<crate::health::HealthCheck>()
+            .register::<crate::contacts::Discover>()
+            .register::<crate::contacts::Sync>();
         registry
     }
 

@@ -2,6 +2,7 @@
 //! application services, and live run progress over WebSocket.
 
 pub mod compat;
+mod contact_mutation;
 mod cost;
 mod enums;
 mod errors;
@@ -21,10 +22,16 @@ pub use cost::QueryLimits;
 pub use feed::{RunFeed, RunNotice};
 pub use introspection::MAX_INTROSPECTION_DEPTH;
 use introspection::{route, Route};
-pub use mutation::{MutationRoot, RequestId};
+pub use mutation::RequestId;
 pub use persisted::{hash as persisted_query_hash, ManifestError, PersistedQueries};
 pub use query::QueryRoot;
 pub use subscription::SubscriptionRoot;
+
+/// Every mutation: the core ones and contact sync's, under one root type named
+/// `MutationRoot`.
+#[derive(async_graphql::MergedObject, Default)]
+#[graphql(name = "MutationRoot")]
+pub struct MutationRoot(mutation::CoreMutation, contact_mutation::ContactMutation);
 
 /// The schema type.
 pub type TenantflowSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
@@ -38,7 +45,7 @@ pub const MAX_PAGE: i32 = 100;
 
 /// Builds the schema. Request data (the app state and the caller) is attached per request.
 pub fn schema() -> TenantflowSchema {
-    Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
+    Schema::build(QueryRoot, MutationRoot::default(), SubscriptionRoot)
         .limit_depth(MAX_DEPTH)
         .limit_complexity(MAX_COMPLEXITY)
         .finish()

@@ -15,7 +15,7 @@ use super::errors::{app_error, invalid};
 use super::query::{caller, state};
 use super::types::*;
 
-fn meta(ctx: &Context<'_>) -> async_graphql::Result<Metadata> {
+pub(super) fn meta(ctx: &Context<'_>) -> async_graphql::Result<Metadata> {
     let c = caller(ctx)?;
     // A role that may change nothing (readonly, auditor) is refused every mutation here,
     // before any use case runs: no answer of one (a dedupe, a not found) reaches it.
@@ -108,10 +108,11 @@ pub enum ResyncSource {
     Import,
 }
 
-pub struct MutationRoot;
+#[derive(Default)]
+pub struct CoreMutation;
 
 #[Object]
-impl MutationRoot {
+impl CoreMutation {
     /// Registers a tenant in the caller's workspace (Owner, Manager).
     async fn register_tenant(
         &self,
@@ -463,6 +464,11 @@ async fn start(
         .workflows
         .known(run_type)
         .map_err(|e| invalid(e.to_string()))?;
+    if workflow.over_workspace() {
+        return Err(invalid(format!(
+            "operations of type `{run_type}` run over the whole workspace, not on a tenant"
+        )));
+    }
     let module = match module {
         Some(m) if m != workflow.module() => {
             return Err(invalid(format!(
@@ -482,7 +488,7 @@ async fn start(
 }
 
 /// What a start (or a retry) answers.
-fn start_payload(started: &Started) -> StartRunPayload {
+pub(super) fn start_payload(started: &Started) -> StartRunPayload {
     let (status, reason) = match started {
         Started::Queued(_) => (StartStatus::Queued, None),
         Started::Deduplicated(_) => (StartStatus::Deduplicated, None),

@@ -1,6 +1,7 @@
 //! The workflows against a real database: one test binary (one embedded cluster), each
 //! test on its own fresh database.
 
+mod contacts;
 mod health;
 mod resync;
 mod schedule;

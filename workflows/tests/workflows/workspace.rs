@@ -119,7 +119,8 @@ async fn a_run_over_the_workspace_locks_its_module_reports_its_work_and_frees_th
     assert_eq!(
         run.target(),
         Some(RunTarget::Workspace {
-            module: "sweep".into()
+            module: "sweep".into(),
+            subject: None,
         })
     );
     assert_eq!(
