@@ -4,6 +4,7 @@
 
 mod audit_chain;
 mod common;
+mod contacts;
 mod crash;
 mod embedded_serve;
 mod graph_sim;
