@@ -40,6 +40,20 @@ pub enum BenchCommand {
         #[arg(long, default_value = "bench-resync.json")]
         json: PathBuf,
     },
+    /// Contact sync throughput: one sync of every user of a simulated fleet (users delta,
+    /// the rules, contact events and each tenant's result), against a bare loop reading the
+    /// same pages and upserting one row per user, in a scratch database.
+    Contacts {
+        /// Tenants in the simulated fleet (each mapped to a client).
+        #[arg(long, default_value_t = 100)]
+        tenants: usize,
+        /// Users per tenant.
+        #[arg(long, default_value_t = 500)]
+        users: usize,
+        /// Where to write the JSON results.
+        #[arg(long, default_value = "bench-contacts.json")]
+        json: PathBuf,
+    },
     /// Audit chain: full verification rate (events/s) over a generated, sealed log, against
     /// a bare SHA-256 pass over the same rows read by the same query; and the sealer's
     /// catch-up rate. In a scratch database.
@@ -146,6 +160,11 @@ pub async fn run(config: Config, command: BenchCommand) -> anyhow::Result<()> {
             concurrency,
             json,
         } => crate::bench_resync::run(config, tenants.max(1), concurrency.max(1), json).await,
+        BenchCommand::Contacts {
+            tenants,
+            users,
+            json,
+        } => crate::bench_contacts::run(config, tenants.max(1), users.max(1), json).await,
         BenchCommand::Graphql {
             tenants,
             requests,
@@ -193,6 +212,7 @@ async fn all(config: Config, dir: PathBuf) -> anyhow::Result<()> {
     append(config.clone(), 5000, 4, file("append")).await?;
     crate::bench_resync::run(config.clone(), 1000, 4, file("resync")).await?;
     crate::bench_verify::run(config.clone(), 1_000_000, 10, 2, file("verify")).await?;
+    crate::bench_contacts::run(config.clone(), 100, 500, file("contacts")).await?;
     crate::bench_catchup::run(config.clone(), 1_000_000, file("catchup")).await?;
     crate::bench_graphql::run(config.clone(), 200, 5000, file("graphql")).await?;
     crate::bench_idle::run(Duration::from_secs(5), file("idle")).await?;
@@ -219,12 +239,13 @@ async fn all(config: Config, dir: PathBuf) -> anyhow::Result<()> {
         holds: value < target,
     };
     let mut figures = Vec::new();
-    for name in ["append", "resync", "verify"] {
+    for name in ["append", "resync", "verify", "contacts"] {
         let r = read(name)?;
         figures.push(at_least(
             match name {
                 "append" => "append",
                 "resync" => "resync",
+                "contacts" => "contacts",
                 _ => "verify",
             },
             "ratio",

@@ -3,6 +3,7 @@
 mod architecture;
 mod bench;
 mod bench_catchup;
+mod bench_contacts;
 mod bench_graphql;
 mod bench_idle;
 mod bench_resync;

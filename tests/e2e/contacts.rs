@@ -31,7 +31,13 @@ pub const SYNC: &str =
 
 /// Turns every contact sync feature on.
 pub async fn enable_contact_sync(c: &GraphqlClient) {
-    for feature in ["UI", "CLIENT_SYNC_ACTION", "CIPP", "FIELD_SYNC", "AMBIGUOUS_QUEUE"] {
+    for feature in [
+        "UI",
+        "CLIENT_SYNC_ACTION",
+        "CIPP",
+        "FIELD_SYNC",
+        "AMBIGUOUS_QUEUE",
+    ] {
         c.ok(SET_FEATURE, json!({"f": feature, "on": true})).await;
     }
 }
@@ -169,7 +175,10 @@ async fn a_contact_sync_survives_kill_9_without_duplicates_or_lost_links() {
     assert_eq!(done["outcome"], "succeeded", "{done}");
 
     // Every tenant's result recorded, once.
-    assert_eq!(recorded(&pool, &run).await, (TENANTS as i64, TENANTS as i64));
+    assert_eq!(
+        recorded(&pool, &run).await,
+        (TENANTS as i64, TENANTS as i64)
+    );
     // One contact per enabled user, each linked once: nothing duplicated, nothing lost.
     let users = enabled_users(&sim, &fleet).await as i64;
     let (contacts, created, links, linked_users): (i64, i64, i64, i64) = sqlx::query_as(
