@@ -53,6 +53,7 @@ pub async fn start(
         .await
         .map_err(|e| anyhow::anyhow!("demo: resync of {}: {e}", t.display_name))?;
     }
+    crate::demo_contacts::start(bus, vault, &meta, &sim);
     tracing::info!(
         graph_base = %sim.graph_base(),
         tenants = sim.tenants().len(),

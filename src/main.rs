@@ -10,6 +10,7 @@ mod bench_resync;
 mod bench_verify;
 mod config;
 mod demo;
+mod demo_contacts;
 mod export;
 mod rebuild;
 mod replay;

@@ -795,6 +795,10 @@ impl Workflow for Sync {
     fn module(&self) -> &'static str {
         MODULE
     }
+    /// A schedule of `contacts.sync` starts one sync of the workspace each time it is due.
+    fn schedulable(&self) -> bool {
+        true
+    }
     fn over_workspace(&self) -> bool {
         true
     }
@@ -811,6 +815,10 @@ impl Workflow for Sync {
             .await
             .map_err(store_failure)?
             .aggregate;
+        // A schedule starts syncs without asking the flags: the sync asks them itself.
+        settings
+            .require(domain::FeatureFlag::Ui)
+            .map_err(|e| StepFailure::permanent(ReasonCode::FeatureDisabled, e.to_string()))?;
         let field_sync = settings.effective_field_sync();
         let only = sync_subject_client(cx.run.workspace_subject.as_deref());
 

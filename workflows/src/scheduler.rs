@@ -211,10 +211,30 @@ impl Scheduler {
     ) -> Result<FanOutCounts, SchedulerError> {
         // A schedule saved for a type this binary no longer runs still starts its runs
         // (under the type's name as module); the engine then fails them as unknown.
-        let module = self
-            .workflows
-            .get(&target.run_type)
-            .map_or(target.run_type.as_str(), |w| w.module());
+        let workflow = self.workflows.get(&target.run_type);
+        let module = workflow.map_or(target.run_type.as_str(), |w| w.module());
+        if workflow.is_some_and(|w| w.over_workspace()) {
+            // One run over the whole workspace (a contact sync), not one per tenant.
+            let mut counts = FanOutCounts::default();
+            match app::start_workspace_operation(&self.bus, meta, &target.run_type, module).await {
+                Ok(Started::Queued(_)) => counts.started += 1,
+                Ok(Started::Deduplicated(_)) => counts.deduplicated += 1,
+                Ok(Started::Blocked(..)) => counts.blocked += 1,
+                Err(AppError::ScopeBusy { .. }) => counts.busy += 1,
+                Err(AppError::Refused { .. } | AppError::NotFound(_)) => counts.skipped += 1,
+                Err(e) => return Err(e.into()),
+            }
+            self.bus
+                .execute::<ScheduleTick>(tick, TickCommand::CompleteFanOut { counts }, meta)
+                .await
+                .map_err(AppError::from)?;
+            tracing::info!(
+                tick,
+                started = counts.started,
+                "schedule started its workspace run"
+            );
+            return Ok(counts);
+        }
         let tenants = workspace_tenants(self.pool(), &target.workspace).await?;
         // One fleet start: a few transactions per 64 tenants, each run id derived from the
         // tick, so a fan-out repeated after a crash starts nothing twice.

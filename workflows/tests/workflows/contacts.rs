@@ -400,3 +400,54 @@ async fn surfaces_answer_feature_disabled_while_their_flag_is_off_and_keep_their
         domain::ReasonCode::FeatureDisabled
     );
 }
+
+#[tokio::test]
+async fn a_schedule_of_contact_syncs_starts_one_sync_of_the_workspace_and_the_sync_obeys_the_flags()
+{
+    let w = world(2, 2).await;
+    let meta = owner();
+    let bus = w.bus();
+    let now = {
+        use domain::Clock;
+        w.stepped.clock.now()
+    };
+    app::set_schedule(bus, &meta, contacts::SYNC, 60, true, Some(now))
+        .await
+        .expect("contact syncs can be scheduled");
+    let schedules =
+        testkit::SteppedConsumer::new(bus.pool(), std::sync::Arc::new(projections::Schedules));
+    schedules.catch_up().await;
+    let scheduler = workflows::Scheduler {
+        workflows: workflows::Registry::standard(),
+        bus: bus.clone(),
+        poll: std::time::Duration::from_secs(1),
+    };
+    let pass = scheduler.tick(now).await.expect("a pass");
+    let (_, counts) = pass
+        .fanned_out
+        .first()
+        .cloned()
+        .expect("the schedule fired");
+    assert_eq!(
+        counts.started, 1,
+        "one run for the workspace, not one per tenant"
+    );
+    let queued: Vec<String> = sqlx::query_scalar(
+        "SELECT aggregate_id FROM events WHERE event_type = 'RunQueued' \
+         AND payload -> 'RunQueued' ->> 'run_type' = 'contacts.sync'",
+    )
+    .fetch_all(bus.pool())
+    .await
+    .unwrap();
+    assert_eq!(queued.len(), 1);
+    // With the contact sync turned off meanwhile, the scheduled sync refuses to work.
+    contacts::set_feature_flag(bus, &meta, FeatureFlag::Ui, false)
+        .await
+        .unwrap();
+    let run = w.stepped.drive(queued[0].parse().unwrap()).await;
+    assert_eq!(run.outcome, RunOutcome::Failed, "{run:?}");
+    assert_eq!(
+        run.failure_summary.first().map(|f| f.reason),
+        Some(domain::ReasonCode::FeatureDisabled)
+    );
+}
