@@ -243,10 +243,14 @@ pub async fn configure_partner_connection(
             .load::<PartnerConnection>(workspace.as_str())
             .await?
             .aggregate;
-        let same_secret = current
-            .secret
-            .as_ref()
-            .is_some_and(|s| s.fingerprint == fingerprint);
+        // The same secret under the same kind is kept; a switch of kinds clears every
+        // secret of the old kind, so the new kind gets a row of its own.
+        let same_kind = current.target.as_ref().map(PartnerTarget::kind) == Some(target.kind());
+        let same_secret = same_kind
+            && current
+                .secret
+                .as_ref()
+                .is_some_and(|s| s.fingerprint == fingerprint);
         let secret = if same_secret {
             current.secret.clone().expect("checked above")
         } else {

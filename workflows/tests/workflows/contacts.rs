@@ -451,3 +451,97 @@ async fn a_schedule_of_contact_syncs_starts_one_sync_of_the_workspace_and_the_sy
         Some(domain::ReasonCode::FeatureDisabled)
     );
 }
+
+#[tokio::test]
+async fn through_cipp_discovery_and_sync_work_and_switching_the_kind_shreds_the_old_secret() {
+    let w = world(2, 3).await;
+    let meta = owner();
+    let bus = w.bus();
+    let vault_rows = || async {
+        sqlx::query_scalar::<_, uuid::Uuid>("SELECT id FROM credential_vault ORDER BY id")
+            .fetch_all(bus.pool())
+            .await
+            .unwrap()
+    };
+    let direct_rows = vault_rows().await;
+    assert_eq!(direct_rows.len(), 1, "the direct connection's secret");
+
+    let cipp = w.sim.cipp_credentials();
+    let partner = w.sim.partner();
+    let setup = PartnerSetup::Cipp {
+        base_url: cipp.api_url.to_string(),
+        api_client_id: cipp.api_client_id.clone(),
+        partner_tenant_id: partner.tenant_id.into(),
+        client_id: partner.client_id.clone(),
+        client_secret: partner.client_secret.clone(),
+    };
+    let configured = contacts::configure_partner_connection(bus, &testkit::vault(), &meta, &setup)
+        .await
+        .expect("switched to CIPP");
+    assert_eq!(configured.target.as_ref().map(|t| t.kind()), Some("cipp"));
+    // The direct secret is gone from the vault, in the same transaction as the switch,
+    // and the event says which rows it cleared.
+    let rows = vault_rows().await;
+    assert_eq!(rows.len(), 1);
+    assert!(!rows.contains(&direct_rows[0]));
+    let cleared: Vec<serde_json::Value> = sqlx::query_scalar(
+        "SELECT payload -> 'PartnerConnectionConfigured' -> 'cleared_credential_refs' FROM events \
+         WHERE event_type = 'PartnerConnectionConfigured' ORDER BY global_position",
+    )
+    .fetch_all(bus.pool())
+    .await
+    .unwrap();
+    assert_eq!(cleared.last(), Some(&serde_json::json!([direct_rows[0]])));
+
+    let mut rows = Vec::new();
+    for t in &w.tenants {
+        let client =
+            contacts::create_client(bus, &meta, &t.display_name, vec![t.default_domain.clone()])
+                .await
+                .unwrap();
+        rows.push(MappingConfirmation {
+            entra_tenant_id: t.tenant_id.into(),
+            client_id: client,
+        });
+    }
+    let discovery = w.discover().await;
+    assert_eq!(discovery.outcome, RunOutcome::Succeeded, "{discovery:?}");
+    let found = summary(&discovery, workflows::contacts::DISCOVER_STEP);
+    assert_eq!(found["source"], "cipp", "{found}");
+    assert_eq!(found["auto_matched"], 2, "{found}");
+    contacts::confirm_mappings(bus, &meta, &rows).await.unwrap();
+    let sync = w.sync().await;
+    assert_eq!(sync.outcome, RunOutcome::Succeeded, "{sync:?}");
+    let mut users = Vec::new();
+    for t in &w.tenants {
+        users.extend(w.users(t).await.into_iter().map(|u| (t.tenant_id, u)));
+    }
+    assert_eq!(
+        summary(&sync, workflows::contacts::SYNC_STEP)["created"],
+        enabled(users.iter().map(|(_, u)| u)) as u64
+    );
+    assert!(!w.sim.requests_to(graph::Endpoint::CippListUsers).is_empty());
+    assert!(w.sim.requests_to(graph::Endpoint::UsersDelta).is_empty());
+
+    // A user deleted upstream is missing from CIPP's full list: its contact goes inactive.
+    let (tenant, gone) = users
+        .iter()
+        .find(|(_, u)| u.account_enabled != Some(false))
+        .unwrap();
+    w.sim.delete_user(*tenant, &gone.id, true).unwrap();
+    let next = w.sync().await;
+    assert_eq!(next.outcome, RunOutcome::Succeeded, "{next:?}");
+    assert_eq!(
+        summary(&next, workflows::contacts::SYNC_STEP)["inactivated"],
+        1
+    );
+    let book = w.contacts().await;
+    let contact = book
+        .values()
+        .find(|c| {
+            c.entra_user
+                .is_some_and(|u| u.object_id.to_string() == gone.id)
+        })
+        .unwrap();
+    assert_eq!(contact.status, ContactStatus::Inactive);
+}
