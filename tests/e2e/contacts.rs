@@ -209,3 +209,196 @@ async fn a_contact_sync_survives_kill_9_without_duplicates_or_lost_links() {
     assert_rebuild_reproduces_read_models(&db).await;
     eprintln!("[{}] read models equal a rebuild", since(t0));
 }
+
+pub const CREATE_CONTACT: &str = "mutation($c: String!, $n: String!, $e: String) { createContact(input: {clientId: $c, name: $n, email: $e}) { id } }";
+pub const RESOLVE: &str = "mutation($i: String!, $a: ReconciliationAction!, $c: String) { resolveReconciliationItem(id: $i, action: $a, contactId: $c) { id resolution resolvedBy } }";
+pub const FIELD_SYNC: &str =
+    "mutation($f: [SyncableContactField!]!) { setContactFieldSync(fields: $f) { fieldSync } }";
+
+/// Events of the contact sync's own aggregates.
+async fn contact_sync_events(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE aggregate_type IN \
+         ('contact', 'reconciliation_item', 'tenant_mapping', 'client', 'partner_connection')",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// `(object id, status, name, email)` of every contact linked to a user, from its events.
+async fn linked_contacts(pool: &PgPool) -> Vec<(String, String)> {
+    sqlx::query_as(
+        "SELECT payload -> 'ContactLinked' -> 'entra_user' ->> 'object_id', aggregate_id FROM events \
+         WHERE event_type = 'ContactLinked' ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_dashboard_connects_discovers_confirms_syncs_and_reconciles_and_no_secret_leaks() {
+    let _turn = crate::common::shared().await;
+    let db = testkit::TestDb::new().await;
+    let sim = graph::sim::spawn(SimConfig {
+        tenants: 2,
+        seed: 31,
+        users_per_tenant: Some(10),
+        ..SimConfig::default()
+    })
+    .await;
+    let server = start_server_on(&db, &sim, &[]).await;
+    let pool = db.pool().await;
+    let c = server.client(WORKSPACE, Role::Owner);
+    let fleet = sim.tenants();
+    let partner = sim.partner();
+    let secret = partner.client_secret.expose_secret().to_owned();
+
+    enable_contact_sync(&c).await;
+    let connected = connect_direct(&c, &sim).await;
+    assert_eq!(connected["kind"], "direct", "{connected}");
+    assert!(connected["credentialFingerprint"]
+        .as_str()
+        .unwrap()
+        .starts_with("hmac-sha256:"));
+    let clients = clients_for(&c, &fleet).await;
+    // A person the MSP knows by name only, and one it knows by (differently written) email.
+    let graph = graph::GraphClient::new(sim.graph_config()).unwrap();
+    let users = graph.list_users(&fleet[0].credentials()).await.unwrap();
+    let enabled: Vec<_> = users
+        .iter()
+        .filter(|u| u.account_enabled != Some(false) && u.mail.is_some())
+        .collect();
+    let known = enabled[0];
+    let by_email = c
+        .ok(
+            CREATE_CONTACT,
+            json!({"c": clients[0], "n": "Known", "e": format!(" {} ", known.mail.as_ref().unwrap().to_uppercase())}),
+        )
+        .await["createContact"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let by_name = c
+        .ok(CREATE_CONTACT, json!({"c": clients[0], "n": "Quinn Zed"}))
+        .await["createContact"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    discover_and_confirm(&c, &fleet, &clients).await;
+    let first = run_to_end(&c, SYNC, "syncContacts", json!({})).await;
+    assert_eq!(first["outcome"], "succeeded", "{first}");
+    let links = linked_contacts(&pool).await;
+    assert!(
+        links.contains(&(known.id.clone(), by_email.clone())),
+        "linked by email"
+    );
+    let before = contact_sync_events(&pool).await;
+    let again = run_to_end(&c, SYNC, "syncContacts", json!({})).await;
+    assert_eq!(again["outcome"], "succeeded", "{again}");
+    // Only the mappings record the run (with their next delta link): no contact changes.
+    assert_eq!(
+        contact_sync_events(&pool).await,
+        before + fleet.len() as i64,
+        "an unchanged sync writes no contact event"
+    );
+
+    // Upstream: one disabled, one deleted, one renamed, one new user named like Quinn.
+    let (off, gone, renamed) = (&enabled[1], &enabled[2], &enabled[3]);
+    let a = fleet[0].tenant_id;
+    sim.disable_user(a, &off.id).unwrap();
+    sim.delete_user(a, &gone.id, false).unwrap();
+    let rename = graph::sim::UserRename {
+        display_name: "Renamed Person".into(),
+        given_name: None,
+        surname: None,
+    };
+    sim.rename_user(a, &renamed.id, &rename).unwrap();
+    let new_user = graph::sim::NewSimUser {
+        display_name: "Quinn Zed".into(),
+        user_principal_name: format!("quinn@{}", fleet[0].default_domain),
+        given_name: None,
+        surname: None,
+        job_title: Some("Buyer".into()),
+        department: None,
+        account_enabled: true,
+        has_mailbox: true,
+    };
+    sim.add_user(a, &new_user).unwrap();
+    c.ok(FIELD_SYNC, json!({"f": ["NAME"]})).await;
+    let next = run_to_end(&c, SYNC, "syncContacts", json!({})).await;
+    assert_eq!(next["outcome"], "succeeded", "{next}");
+    let counts = &next["summaryCounts"];
+    assert_eq!(counts["inactivated"], 2, "{next}");
+    assert_eq!(counts["updated"], 1, "{next}");
+    assert_eq!(counts["queued"], 1, "{next}");
+
+    // The queued user is resolved by linking it to Quinn.
+    let item: String = sqlx::query_scalar(
+        "SELECT aggregate_id FROM events WHERE event_type = 'ReconciliationQueued'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let resolved = c
+        .ok(RESOLVE, json!({"i": item, "a": "LINK", "c": by_name}))
+        .await["resolveReconciliationItem"]
+        .clone();
+    assert_eq!(resolved["resolution"], "linked_existing", "{resolved}");
+    // Another workspace cannot see or resolve it.
+    let other = server.client("globex", Role::Owner);
+    enable_contact_sync(&other).await;
+    let refused = other
+        .error_code(RESOLVE, json!({"i": item, "a": "IGNORE"}))
+        .await;
+    assert_eq!(refused, "not_found");
+
+    // Switching to CIPP deletes the direct secret from the vault.
+    let vault_before: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT id FROM credential_vault ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let cipp = sim.cipp_credentials();
+    let switched = c
+        .ok(
+            CONFIGURE_CIPP,
+            json!({
+                "p": partner.tenant_id.to_string(),
+                "c": partner.client_id,
+                "s": secret,
+                "u": cipp.api_url.to_string(),
+                "a": cipp.api_client_id,
+            }),
+        )
+        .await["configurePartnerConnection"]
+        .clone();
+    assert_eq!(switched["kind"], "cipp", "{switched}");
+    let vault_after: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT id FROM credential_vault ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(vault_after.len(), 1);
+    assert!(vault_before.iter().all(|id| !vault_after.contains(id)));
+    let through_cipp = run_to_end(&c, DISCOVER, "discoverTenants", json!({})).await;
+    assert_eq!(through_cipp["outcome"], "succeeded", "{through_cipp}");
+
+    // The partner secret is nowhere but in the vault, encrypted.
+    let leaked: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE payload::text LIKE $1 OR metadata::text LIKE $1",
+    )
+    .bind(format!("%{secret}%"))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(leaked, 0, "the secret reached the event log");
+    assert!(
+        !server.log_text().contains(&secret),
+        "the secret reached the log"
+    );
+    assert!(!switched.to_string().contains(&secret));
+    assert!(!connected.to_string().contains(&secret));
+}
