@@ -452,6 +452,60 @@ pub async fn confirm_mappings(
     meta: &Metadata,
     rows: &[MappingConfirmation],
 ) -> Result<usize, AppError> {
+    confirm_and_register(bus, meta, rows, false)
+        .await
+        .map(|(changed, _)| changed)
+}
+
+/// Like [`confirm_mappings`]; with `register`, each confirmed tenant that is not a managed
+/// tenant of the workspace yet is registered as one (R1.1) after the confirm commits, with
+/// its discovered name and default domain. Returns how many mappings changed and how many
+/// tenants were registered.
+pub async fn confirm_and_register(
+    bus: &CommandBus,
+    meta: &Metadata,
+    rows: &[MappingConfirmation],
+    register: bool,
+) -> Result<(usize, usize), AppError> {
+    let changed = confirm_rows(bus, meta, rows).await?;
+    let mut registered = 0;
+    if register {
+        if !meta.role.allows(domain::Permission::ManageTenants) {
+            return Err(AppError::Forbidden(meta.role));
+        }
+        let workspace = caller_workspace(meta)?;
+        for row in rows {
+            let key = TenantMapping::key(&workspace, row.entra_tenant_id);
+            let mapping = bus.load::<TenantMapping>(&key).await?.aggregate;
+            let Some(tenant) = mapping.tenant else {
+                continue;
+            };
+            match crate::register_tenant(
+                bus,
+                meta,
+                row.entra_tenant_id,
+                &tenant.display_name,
+                &tenant.default_domain,
+            )
+            .await
+            {
+                Ok(_) => registered += 1,
+                Err(AppError::Refused {
+                    code: domain::ReasonCode::AlreadyExists,
+                    ..
+                }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok((changed, registered))
+}
+
+async fn confirm_rows(
+    bus: &CommandBus,
+    meta: &Metadata,
+    rows: &[MappingConfirmation],
+) -> Result<usize, AppError> {
     require_permission(meta)?;
     if rows.is_empty() || rows.len() > MAX_CONFIRM {
         return Err(AppError::Invalid(format!(

@@ -25,7 +25,7 @@ pub const CONFIGURE_CIPP: &str = "mutation($p: String!, $c: String!, $s: String!
 pub const CREATE_CLIENT: &str =
     "mutation($n: String!, $d: [String!]!) { createClient(input: {name: $n, domains: $d}) { id } }";
 pub const DISCOVER: &str = "mutation { discoverTenants { runId status reasonCode } }";
-pub const CONFIRM: &str = "mutation($rows: [MappingConfirmationInput!]!) { confirmTenantMappings(rows: $rows) { changed } }";
+pub const CONFIRM: &str = "mutation($rows: [MappingConfirmationInput!]!, $r: Boolean) { confirmTenantMappings(rows: $rows, registerTenants: $r) { changed registeredTenants } }";
 pub const SYNC: &str =
     "mutation($c: String) { syncContacts(clientId: $c) { runId status reasonCode } }";
 
@@ -79,8 +79,14 @@ pub async fn run_to_end(c: &GraphqlClient, mutation: &str, field: &str, vars: Va
     completed_run(c, started["runId"].as_str().unwrap()).await
 }
 
-/// Discovers the fleet and confirms each tenant to its client.
-pub async fn discover_and_confirm(c: &GraphqlClient, fleet: &[SimTenant], clients: &[String]) {
+/// Discovers the fleet and confirms each tenant to its client (registering each as a
+/// managed tenant too, with `register`).
+pub async fn discover_and_confirm(
+    c: &GraphqlClient,
+    fleet: &[SimTenant],
+    clients: &[String],
+    register: bool,
+) {
     let discovery = run_to_end(c, DISCOVER, "discoverTenants", json!({})).await;
     assert_eq!(discovery["outcome"], "succeeded", "{discovery}");
     let rows: Vec<Value> = fleet
@@ -88,10 +94,15 @@ pub async fn discover_and_confirm(c: &GraphqlClient, fleet: &[SimTenant], client
         .zip(clients)
         .map(|(t, client)| json!({"entraTenantId": t.tenant_id.to_string(), "clientId": client}))
         .collect();
-    let confirmed = c.ok(CONFIRM, json!({ "rows": rows })).await;
+    let confirmed = c.ok(CONFIRM, json!({ "rows": rows, "r": register })).await;
     assert_eq!(
         confirmed["confirmTenantMappings"]["changed"],
         fleet.len(),
+        "{confirmed}"
+    );
+    let registered = if register { fleet.len() } else { 0 };
+    assert_eq!(
+        confirmed["confirmTenantMappings"]["registeredTenants"], registered,
         "{confirmed}"
     );
 }
@@ -145,7 +156,7 @@ async fn a_contact_sync_survives_kill_9_without_duplicates_or_lost_links() {
     enable_contact_sync(&c).await;
     connect_direct(&c, &sim).await;
     let clients = clients_for(&c, &fleet).await;
-    discover_and_confirm(&c, &fleet, &clients).await;
+    discover_and_confirm(&c, &fleet, &clients, false).await;
     eprintln!("[{}] {TENANTS} tenants discovered and confirmed", since(t0));
 
     // Slow user reads keep the sync going long enough to kill the server in the middle.
@@ -287,7 +298,19 @@ async fn a_dashboard_connects_discovers_confirms_syncs_and_reconciles_and_no_sec
         .unwrap()
         .to_owned();
 
-    discover_and_confirm(&c, &fleet, &clients).await;
+    discover_and_confirm(&c, &fleet, &clients, true).await;
+    // The confirmed tenants are managed tenants now (R1.1).
+    let tenants = c
+        .eventually(
+            "{ tenants(first: 10) { edges { node { id } } } }",
+            json!({}),
+            |d| d["tenants"]["edges"].as_array().map(Vec::len) == Some(fleet.len()),
+        )
+        .await;
+    assert_eq!(
+        tenants["tenants"]["edges"].as_array().unwrap().len(),
+        fleet.len()
+    );
     let first = run_to_end(&c, SYNC, "syncContacts", json!({})).await;
     assert_eq!(first["outcome"], "succeeded", "{first}");
     let links = linked_contacts(&pool).await;

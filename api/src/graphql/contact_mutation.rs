@@ -209,6 +209,8 @@ pub struct MappingConfirmationInput {
 pub struct ConfirmMappingsPayload {
     /// Mappings that changed (a row confirmed to the same client already does not).
     pub changed: i32,
+    /// Tenants registered as managed tenants by this confirm (with `registerTenants`).
+    pub registered_tenants: i32,
 }
 
 /// What to do with a reconciliation item.
@@ -382,11 +384,13 @@ impl ContactMutation {
     }
 
     /// Confirms mappings of discovered tenants to clients, all or none (Owner, Manager;
-    /// R5.2). At most 500 rows.
+    /// R5.2). At most 500 rows. With `registerTenants`, each confirmed tenant that is not a
+    /// managed tenant yet is registered as one (R1.1), with its discovered name and domain.
     async fn confirm_tenant_mappings(
         &self,
         ctx: &Context<'_>,
         rows: Vec<MappingConfirmationInput>,
+        #[graphql(default)] register_tenants: bool,
     ) -> async_graphql::Result<ConfirmMappingsPayload> {
         if rows.len() > MAX_CONFIRM {
             return Err(invalid(format!(
@@ -402,11 +406,17 @@ impl ContactMutation {
                 })
             })
             .collect::<async_graphql::Result<Vec<_>>>()?;
-        let changed = app::contacts::confirm_mappings(&state(ctx)?.bus, &meta(ctx)?, &rows)
-            .await
-            .map_err(app_error)?;
+        let (changed, registered) = app::contacts::confirm_and_register(
+            &state(ctx)?.bus,
+            &meta(ctx)?,
+            &rows,
+            register_tenants,
+        )
+        .await
+        .map_err(app_error)?;
         Ok(ConfirmMappingsPayload {
             changed: changed as i32,
+            registered_tenants: registered as i32,
         })
     }
 
