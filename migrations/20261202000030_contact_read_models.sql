@@ -50,6 +50,8 @@ CREATE TABLE rm_tenant_mappings (
     source                  text        NOT NULL,
     -- auto_matched, needs_review, skipped (also before any proposal), confirmed.
     state                   text        NOT NULL,
+    -- The latest proposal (kept after a confirmation): its state, client, reason, candidates.
+    proposal_state          text,
     proposed_client_id      uuid,
     proposal_reason         text,
     proposal_candidates     uuid[]      NOT NULL DEFAULT '{}',

@@ -260,7 +260,8 @@ const DISCOVERED: &str = "\
         discovered_at = EXCLUDED.discovered_at \
     WHERE m.version < EXCLUDED.version";
 const PROPOSED: &str = "UPDATE rm_tenant_mappings SET version = $2, state = $3, \
-    proposed_client_id = $4, proposal_reason = $5, proposal_candidates = $6 \
+    proposal_state = $3, proposed_client_id = $4, proposal_reason = $5, \
+    proposal_candidates = $6 \
     WHERE mapping_key = $1 AND version < $2";
 // Confirmed to another client: that client's contact book starts from a full read.
 const CONFIRMED: &str = "UPDATE rm_tenant_mappings SET version = $2, state = $3, \

@@ -126,7 +126,7 @@ fn list_nesting<'a>(
 /// introspection. Built once, on first use.
 pub(crate) fn schema() -> &'static TenantflowSchema {
     static SCHEMA: LazyLock<TenantflowSchema> = LazyLock::new(|| {
-        Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
+        Schema::build(QueryRoot::default(), MutationRoot, SubscriptionRoot)
             .limit_depth(MAX_INTROSPECTION_DEPTH)
             .limit_complexity(MAX_COMPLEXITY)
             .finish()

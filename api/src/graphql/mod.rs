@@ -2,6 +2,7 @@
 //! application services, and live run progress over WebSocket.
 
 pub mod compat;
+mod contacts;
 mod cost;
 mod enums;
 mod errors;
@@ -23,8 +24,13 @@ pub use introspection::MAX_INTROSPECTION_DEPTH;
 use introspection::{route, Route};
 pub use mutation::{MutationRoot, RequestId};
 pub use persisted::{hash as persisted_query_hash, ManifestError, PersistedQueries};
-pub use query::QueryRoot;
 pub use subscription::SubscriptionRoot;
+
+/// The query root: the core queries and the contact sync ones, merged under one GraphQL
+/// type named `QueryRoot` (the name clients' fragments use).
+#[derive(async_graphql::MergedObject, Default)]
+#[graphql(name = "QueryRoot")]
+pub struct QueryRoot(query::CoreQuery, contacts::ContactQuery);
 
 /// The schema type.
 pub type TenantflowSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
@@ -38,7 +44,7 @@ pub const MAX_PAGE: i32 = 100;
 
 /// Builds the schema. Request data (the app state and the caller) is attached per request.
 pub fn schema() -> TenantflowSchema {
-    Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
+    Schema::build(QueryRoot::default(), MutationRoot, SubscriptionRoot)
         .limit_depth(MAX_DEPTH)
         .limit_complexity(MAX_COMPLEXITY)
         .finish()
