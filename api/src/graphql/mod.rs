@@ -26,8 +26,8 @@ pub use mutation::{MutationRoot, RequestId};
 pub use persisted::{hash as persisted_query_hash, ManifestError, PersistedQueries};
 pub use subscription::SubscriptionRoot;
 
-/// The query root: the core queries and the contact sync ones, merged under one GraphQL
-/// type named `QueryRoot` (the name clients' fragments use).
+/// Every query: the core ones and those of contact sync.
+// Merged under the GraphQL name `QueryRoot`, the name clients' fragments already use.
 #[derive(async_graphql::MergedObject, Default)]
 #[graphql(name = "QueryRoot")]
 pub struct QueryRoot(query::CoreQuery, contacts::ContactQuery);
