@@ -503,7 +503,15 @@ async fn an_enabled_schedule_is_next_due_one_interval_after_its_latest_tick() {
 
 #[tokio::test]
 async fn the_audit_log_records_who_did_what_to_which_tenant_for_every_event() {
-    let (_db, bus, h) = with_history().await;
+    // Every chapter about tenants (contact sync's events concern the workspace as a whole).
+    let (_db, bus, h) = with_chapters(|h| {
+        h.policies()
+            .connections()
+            .runs()
+            .schedule()
+            .other_workspace()
+    })
+    .await;
     let pool = bus.pool().clone();
     catch_up(&pool, Arc::new(projections::AuditLog)).await;
 
