@@ -35,7 +35,7 @@ use uuid::Uuid;
 use super::enums::stored;
 use super::errors::{internal, invalid};
 use super::page::{connection, PageRequest};
-use super::query::{caller, reader};
+use super::query::{caller, parse_uuid, reader};
 use super::types::{Node, RunNode, RUN_COLUMNS};
 
 /// The run type of contact syncs in `rm_runs`.
@@ -766,9 +766,10 @@ impl ReconciliationItemNode {
         let mut tx = reader(ctx).await?;
         sqlx::query_as(&format!(
             "SELECT {CONTACT_COLUMNS} FROM rm_contacts WHERE contact_id = ANY($1) \
-             ORDER BY lower(name), contact_id"
+             AND workspace_id = $2 ORDER BY lower(name), contact_id"
         ))
         .bind(&self.candidate_ids)
+        .bind(&caller(ctx)?.workspace)
         .fetch_all(&mut *tx)
         .await
         .map_err(internal)
@@ -803,9 +804,10 @@ impl ContactSyncRun {
         sqlx::query_as(
             "SELECT run_id, entra_tenant_id, client_id, created, linked, updated, inactivated, \
              reactivated, queued, failed_reason, recorded_at FROM rm_contact_sync_results \
-             WHERE run_id = $1 ORDER BY entra_tenant_id LIMIT 1000",
+             WHERE run_id = $1 AND workspace_id = $2 ORDER BY entra_tenant_id LIMIT 1000",
         )
         .bind(self.run.run_id)
+        .bind(&caller(ctx)?.workspace)
         .fetch_all(&mut *tx)
         .await
         .map_err(internal)
@@ -845,9 +847,10 @@ async fn clients_by_id(
     }
     let mut tx = reader(ctx).await?;
     let rows: Vec<ClientNode> = sqlx::query_as(&format!(
-        "SELECT {CLIENT_COLUMNS} FROM rm_clients WHERE client_id = ANY($1)"
+        "SELECT {CLIENT_COLUMNS} FROM rm_clients WHERE client_id = ANY($1) AND workspace_id = $2"
     ))
     .bind(ids)
+    .bind(&caller(ctx)?.workspace)
     .fetch_all(&mut *tx)
     .await
     .map_err(internal)?;
@@ -862,9 +865,10 @@ pub(crate) async fn node(
     id: Uuid,
 ) -> async_graphql::Result<Option<Node>> {
     let client: Option<ClientNode> = sqlx::query_as(&format!(
-        "SELECT {CLIENT_COLUMNS} FROM rm_clients WHERE client_id = $1"
+        "SELECT {CLIENT_COLUMNS} FROM rm_clients WHERE client_id = $1 AND workspace_id = $2"
     ))
     .bind(id)
+    .bind(&caller(ctx)?.workspace)
     .fetch_optional(&mut *tx)
     .await
     .map_err(internal)?;
@@ -872,9 +876,10 @@ pub(crate) async fn node(
         Some(c) => Some(Node::Client(c)),
         None => {
             let contact: Option<ContactNode> = sqlx::query_as(&format!(
-                "SELECT {CONTACT_COLUMNS} FROM rm_contacts WHERE contact_id = $1"
+                "SELECT {CONTACT_COLUMNS} FROM rm_contacts WHERE contact_id = $1 AND workspace_id = $2"
             ))
             .bind(id)
+            .bind(&caller(ctx)?.workspace)
             .fetch_optional(&mut *tx)
             .await
             .map_err(internal)?;
@@ -885,15 +890,6 @@ pub(crate) async fn node(
         require(ctx, tx, &[DomainFlag::Ui]).await?;
     }
     Ok(found)
-}
-
-fn parse_uuid(s: &str, what: &str) -> async_graphql::Result<Uuid> {
-    Uuid::try_parse(s.trim()).map_err(|_| {
-        invalid(format!(
-            "`{}` is not a valid {what} id",
-            s.chars().take(40).collect::<String>()
-        ))
-    })
 }
 
 /// `text` escaped for `LIKE` (its `%`, `_` and `\` match only themselves), lowercase.
@@ -1172,9 +1168,10 @@ impl ContactQuery {
         let mut tx = reader(ctx).await?;
         require(ctx, &mut tx, &[DomainFlag::Ui]).await?;
         sqlx::query_as(&format!(
-            "SELECT {CONTACT_COLUMNS} FROM rm_contacts WHERE contact_id = $1"
+            "SELECT {CONTACT_COLUMNS} FROM rm_contacts WHERE contact_id = $1 AND workspace_id = $2"
         ))
         .bind(id)
+        .bind(&caller(ctx)?.workspace)
         .fetch_optional(&mut *tx)
         .await
         .map_err(internal)

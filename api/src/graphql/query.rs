@@ -42,7 +42,7 @@ pub(crate) async fn reader_for(
         .map_err(internal)
 }
 
-fn parse_uuid(s: &str, what: &str) -> async_graphql::Result<Uuid> {
+pub(crate) fn parse_uuid(s: &str, what: &str) -> async_graphql::Result<Uuid> {
     Uuid::try_parse(s.trim()).map_err(|_| {
         invalid(format!(
             "`{}` is not a valid {what} id",

@@ -16,15 +16,10 @@ use testkit::{CIPP_FINGERPRINT, CIPP_URL, CONTOSO, DELTA_LINK, TAILSPIN};
 
 use crate::support::*;
 
-const CONTACT_TABLES: &[&str] = &[
-    "rm_partner_connections",
-    "rm_clients",
-    "rm_tenant_mappings",
-    "rm_contact_sync_results",
-    "rm_contacts",
-    "rm_reconciliation_items",
-    "rm_contact_settings",
-];
+/// The tables of the `contacts` projection.
+fn contact_tables() -> &'static [&'static str] {
+    projections::Projection::tables(&projections::Contacts)
+}
 
 /// acme's and globex's contact books, acme's flags and field sync set, projected.
 async fn projected_books() -> (TestDb, CommandBus, ContactBook, ContactBook) {
@@ -44,7 +39,7 @@ async fn projected_books() -> (TestDb, CommandBus, ContactBook, ContactBook) {
 async fn contact_rows(pool: &PgPool) -> Vec<Vec<Value>> {
     let mut conn = pool.acquire().await.unwrap();
     let mut all = Vec::new();
-    for table in CONTACT_TABLES {
+    for table in contact_tables() {
         all.push(rows(&mut conn, table).await);
     }
     all
@@ -237,7 +232,7 @@ async fn the_contacts_read_models_hold_no_secret_nor_delta_link_and_each_row_its
 
     // A reader confined to acme sees acme's rows only, and some of every table.
     let mut reader = store::db::workspace_reader(pool, "acme").await.unwrap();
-    for table in CONTACT_TABLES {
+    for table in contact_tables() {
         let (mine, others): (i64, i64) = sqlx::query_as(&format!(
             "SELECT count(*) FILTER (WHERE workspace_id = 'acme'), \
              count(*) FILTER (WHERE workspace_id <> 'acme') FROM {table}"
@@ -279,12 +274,12 @@ async fn contact_events_applied_again_twice_over_or_rebuilt_leave_the_same_rows(
             .unwrap();
     }
     let mut again = Vec::new();
-    for table in CONTACT_TABLES {
+    for table in contact_tables() {
         again.push(rows(&mut tx, table).await);
     }
     assert_eq!(again, live);
     // From empty tables, the whole log applied twice.
-    sqlx::query(&format!("TRUNCATE {}", CONTACT_TABLES.join(", ")))
+    sqlx::query(&format!("TRUNCATE {}", contact_tables().join(", ")))
         .execute(&mut *tx)
         .await
         .unwrap();
@@ -294,7 +289,7 @@ async fn contact_events_applied_again_twice_over_or_rebuilt_leave_the_same_rows(
             .unwrap();
     }
     let mut twice = Vec::new();
-    for table in CONTACT_TABLES {
+    for table in contact_tables() {
         twice.push(rows(&mut tx, table).await);
     }
     assert_eq!(twice, live);
