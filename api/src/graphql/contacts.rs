@@ -23,17 +23,17 @@ use std::collections::{BTreeSet, HashMap};
 
 use async_graphql::connection::Connection;
 use async_graphql::resolver_utils::EnumType;
-use async_graphql::{ComplexObject, Context, Enum, ErrorExtensions, Object, SimpleObject, ID};
+use async_graphql::{ComplexObject, Context, Enum, Object, SimpleObject, ID};
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::contact_settings::{FeatureDisabled, FeatureFlag as DomainFlag};
 use domain::tenant_mapping::{propose, ClientSummary, DiscoveredTenant};
-use domain::{ContactEvent, DomainError, EntraTenantId};
+use domain::{ContactEvent, EntraTenantId};
 use sqlx::{PgConnection, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::enums::stored;
-use super::errors::{internal, invalid};
+use super::errors::{feature_disabled, internal, invalid};
 use super::page::{connection, PageRequest};
 use super::query::{caller, parse_uuid, reader};
 use super::types::{Node, RunNode, RUN_COLUMNS};
@@ -231,7 +231,7 @@ async fn enabled_flags(
 }
 
 /// `Ok` when every flag of `flags` is on in the caller's workspace.
-async fn require(
+pub(crate) async fn require(
     ctx: &Context<'_>,
     tx: &mut PgConnection,
     flags: &[DomainFlag],
@@ -241,15 +241,6 @@ async fn require(
         None => Ok(()),
         Some(&flag) => Err(feature_disabled(FeatureDisabled { flag })),
     }
-}
-
-/// The refusal of a surface whose flag is off: `feature_disabled`, naming the flag.
-fn feature_disabled(e: FeatureDisabled) -> async_graphql::Error {
-    let flag = e.flag.as_str();
-    async_graphql::Error::new(e.to_string()).extend_with(|_, ext| {
-        ext.set("code", e.reason_code().as_str());
-        ext.set("flag", flag);
-    })
 }
 
 // Types -------------------------------------------------------------------------------
@@ -442,7 +433,8 @@ impl TenantMappingNode {
 }
 
 const MAPPING_COLUMNS: &str = "mapping_key, entra_tenant_id, display_name, default_domain, \
-    verified_domains, source, state, proposal_state, proposed_client_id, proposal_reason, proposal_candidates, \
+    verified_domains, source, state, proposal_state, proposed_client_id, proposal_reason, \
+    proposal_candidates, \
     confirmed_client_id, confirmed_by, confirmed_at, discovered_at, last_sync_run_id, \
     last_sync_at, last_sync_created, last_sync_linked, last_sync_updated, \
     last_sync_inactivated, last_sync_reactivated, last_sync_queued, last_sync_failed_reason, \
@@ -931,6 +923,7 @@ pub struct ContactQuery;
 
 #[Object]
 impl ContactQuery {
+    // R5.1, R5.6.
     /// The workspace's partner connection for contact sync: its kind, target, status and
     /// credential fingerprint (never a secret). Null when none was ever configured. Behind
     /// the `ui` flag, and the `cipp` flag while its kind is `cipp`.
@@ -953,6 +946,7 @@ impl ContactQuery {
         Ok(found)
     }
 
+    // R5.2.
     /// The workspace's clients, by name (case-insensitive); `status` keeps those in it.
     /// Behind the `ui` flag.
     async fn clients(
@@ -986,6 +980,7 @@ impl ContactQuery {
         }))
     }
 
+    // R5.2, R5.3.
     /// The tenants discovery found, by name, each with its proposal, confirmed client and
     /// last sync; `state` keeps those in it. Behind the `ui` flag.
     async fn tenant_mappings(
@@ -1025,6 +1020,7 @@ impl ContactQuery {
         }))
     }
 
+    // R5.2: the preview writes nothing.
     /// How every discovered tenant (up to 1000, by name) would be mapped now against the
     /// workspace's current clients: computed when asked, it writes nothing. Only a
     /// confirmation maps a tenant. Behind the `ui` flag.
@@ -1095,6 +1091,7 @@ impl ContactQuery {
             .collect()
     }
 
+    // R5.4, R8.2.
     /// The workspace's contacts by name (case-insensitive), then id. Filters: `clientId`,
     /// `status`, `linked` (to an Entra user or not), and `search`: contacts whose email
     /// starts with it, or whose name or one of its words does (case-insensitive). Behind
@@ -1157,6 +1154,7 @@ impl ContactQuery {
         }))
     }
 
+    // R5.4, R5.5: history from the contact's events.
     /// One contact, with its history; null when the workspace has none with this id.
     /// Behind the `ui` flag.
     async fn contact(
@@ -1177,6 +1175,7 @@ impl ContactQuery {
         .map_err(internal)
     }
 
+    // R5.4, R5.6.
     /// The reconciliation queue: upstream users with several plausible contacts, oldest
     /// first; `status` keeps the open or the resolved ones. Behind the `ui` and
     /// `ambiguous_queue` flags.
@@ -1220,6 +1219,7 @@ impl ContactQuery {
         }))
     }
 
+    // R5.3.
     /// Contact sync runs, newest first, each with its per-tenant results. Behind the `ui`
     /// flag.
     async fn contact_sync_runs(
@@ -1261,6 +1261,7 @@ impl ContactQuery {
         }))
     }
 
+    // R5.5, R5.6.
     /// The workspace's contact sync settings: which fields Entra may overwrite and which
     /// feature flags are on. Never behind a flag (it is where flags are seen).
     async fn contact_sync_settings(
