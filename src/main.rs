@@ -66,7 +66,8 @@ enum Command {
     Migrate,
     /// Truncate read models and replay them from the event log, with progress.
     Rebuild {
-        /// Read models to rebuild (tenants, connections, runs, audit_log).
+        /// Read models to rebuild (tenants, connections, runs, audit_log, policies, schedules,
+        /// contacts).
         names: Vec<String>,
         /// Rebuild every read model.
         #[arg(long, conflicts_with = "names")]

@@ -22,6 +22,13 @@ pub const READ_MODEL_TABLES: &[(&str, &str)] = &[
     ("rm_alerts", "snapshot_id"),
     ("rm_licenses", "tenant_key"),
     ("rm_schedules", "schedule_id"),
+    ("rm_partner_connections", "workspace_id"),
+    ("rm_clients", "client_id"),
+    ("rm_tenant_mappings", "mapping_key"),
+    ("rm_contact_sync_results", "run_id, entra_tenant_id"),
+    ("rm_contacts", "contact_id"),
+    ("rm_reconciliation_items", "item_id"),
+    ("rm_contact_settings", "workspace_id"),
 ];
 
 struct Cluster {

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use app::Started;
 use chrono::{DateTime, SubsecRound, Utc};
 use domain::connection::{ConnectionCommand, HealthStatus};
+use domain::contact::ContactField;
+use domain::contact_settings::FeatureFlag;
 use domain::run::{OperationRun, RunCommand};
 use domain::schedule_tick::{tick_key, FanOutCounts, ScheduleTick, TickCommand};
 use domain::tenant::{SnapshotSource, Tenant, TenantCommand};
@@ -14,6 +16,7 @@ use domain::{ConnectionId, Provider, ReasonCode, RunId, TenantKey};
 use secrecy::SecretString;
 use store::CommandBus;
 
+use crate::contact_book::{set_field_sync, set_flag, ContactBook};
 use crate::tenants::{engine, guid, owner, vault, ReadyTenant, CLIENT_SECRET};
 use crate::tenants::{CONTOSO, FABRIKAM, NORTHWIND, TAILSPIN};
 
@@ -34,6 +37,7 @@ pub struct History {
     runs: Option<Runs>,
     schedule: Option<Schedule>,
     globex: Option<Globex>,
+    contacts: Option<ContactBook>,
 }
 
 /// The runs of [`HistoryBuilder::runs`], all of them resyncs.
@@ -83,6 +87,7 @@ impl History {
             runs: false,
             schedule: false,
             other_workspace: false,
+            contacts: false,
         }
     }
 
@@ -94,6 +99,7 @@ impl History {
             .runs()
             .schedule()
             .other_workspace()
+            .contacts()
             .build()
             .await
     }
@@ -112,6 +118,10 @@ impl History {
         self.schedule.as_ref().expect("a history with .schedule()")
     }
 
+    pub fn contacts(&self) -> &ContactBook {
+        self.contacts.as_ref().expect("a history with .contacts()")
+    }
+
     pub fn globex(&self) -> &Globex {
         self.globex
             .as_ref()
@@ -128,6 +138,7 @@ pub struct HistoryBuilder<'a> {
     runs: bool,
     schedule: bool,
     other_workspace: bool,
+    contacts: bool,
 }
 
 impl HistoryBuilder<'_> {
@@ -162,6 +173,12 @@ impl HistoryBuilder<'_> {
     /// globex registers Contoso too, with a ready connection.
     pub fn other_workspace(mut self) -> Self {
         self.other_workspace = true;
+        self
+    }
+
+    /// acme's contact sync: a [`ContactBook`], the `ui` flag on and a field sync config.
+    pub fn contacts(mut self) -> Self {
+        self.contacts = true;
         self
     }
 
@@ -211,6 +228,15 @@ impl HistoryBuilder<'_> {
             }
             false => None,
         };
+        let contacts = match self.contacts {
+            true => {
+                let book = ContactBook::seed(bus, "acme").await;
+                set_flag(bus, "acme", FeatureFlag::Ui, true).await;
+                set_field_sync(bus, "acme", &[ContactField::JobTitle]).await;
+                Some(book)
+            }
+            false => None,
+        };
         History {
             contoso,
             fabrikam,
@@ -220,6 +246,7 @@ impl HistoryBuilder<'_> {
             runs,
             schedule,
             globex,
+            contacts,
         }
     }
 }

@@ -6,12 +6,13 @@
 //!   ([`caught_up`], [`SteppedConsumer`]);
 //! - who acts ([`owner`], [`meta`], [`engine`]) and on which tenants ([`CONTOSO`], ...);
 //!   a tenant ready for operations ([`ReadyTenant`]); a history touching every read model
-//!   ([`History`]);
+//!   ([`History`]); a contact sync history of one workspace ([`ContactBook`]);
 //! - an engine driven by the test on a controlled clock ([`SteppedEngine`]);
 //! - with the feature `service`: the service in this process on a free port ([`TestApp`])
 //!   and a GraphQL client for it or for the real binary ([`GraphqlClient`]).
 
 mod consumers;
+mod contact_book;
 mod db;
 mod engine;
 #[cfg(feature = "service")]
@@ -23,6 +24,8 @@ mod tenants;
 mod wait;
 
 pub use consumers::{caught_up, has_read_everything, SteppedConsumer, CATCH_UP};
+pub use contact_book::{set_field_sync, set_flag, ContactBook};
+pub use contact_book::{CIPP_FINGERPRINT, CIPP_URL, DELTA_LINK, DIRECT_FINGERPRINT};
 pub use db::{count_events, TestDb, READ_MODEL_TABLES};
 pub use engine::{OneTenant, SteppedEngine};
 #[cfg(feature = "service")]

@@ -5,7 +5,6 @@
 
 use async_graphql::{Context, Enum, InputObject, Object, SimpleObject};
 use domain::contact::ContactField;
-use domain::contact_settings::FeatureFlag;
 use domain::partner_connection::PartnerConnection;
 use domain::{ClientId, ContactId, EntraTenantId, ReconciliationItemId};
 use secrecy::SecretString;
@@ -15,6 +14,7 @@ use app::contacts::{
     ClientChange, MappingConfirmation, PartnerSetup, ResolutionChoice, MAX_CONFIRM,
 };
 
+use super::contacts::{ContactField as FieldName, FeatureFlag as Feature, PartnerConnectionKind};
 use super::errors::{app_error, invalid};
 use super::mutation::{meta, start_payload};
 use super::query::state;
@@ -25,67 +25,7 @@ fn parse<T: std::str::FromStr<Err = domain::ValueError>>(id: &str) -> async_grap
         .map_err(|e: domain::ValueError| invalid(e.to_string()))
 }
 
-/// A contact sync feature flag (seed 002's rollout order).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
-#[graphql(name = "ContactSyncFeature")]
-pub enum ContactSyncFeature {
-    /// Every contact sync surface.
-    Ui,
-    /// Syncing one client on demand.
-    ClientSyncAction,
-    /// Partner connections through CIPP.
-    Cipp,
-    /// The field sync config takes effect (off: local values always win).
-    FieldSync,
-    /// The reconciliation queue and its resolutions.
-    AmbiguousQueue,
-}
-
-impl From<ContactSyncFeature> for FeatureFlag {
-    fn from(f: ContactSyncFeature) -> Self {
-        match f {
-            ContactSyncFeature::Ui => FeatureFlag::Ui,
-            ContactSyncFeature::ClientSyncAction => FeatureFlag::ClientSyncAction,
-            ContactSyncFeature::Cipp => FeatureFlag::Cipp,
-            ContactSyncFeature::FieldSync => FeatureFlag::FieldSync,
-            ContactSyncFeature::AmbiguousQueue => FeatureFlag::AmbiguousQueue,
-        }
-    }
-}
-
-/// A contact field Entra may be allowed to overwrite.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
-#[graphql(name = "SyncableContactField")]
-pub enum SyncableContactField {
-    Name,
-    Phone,
-    Mobile,
-    JobTitle,
-    Department,
-}
-
-impl From<SyncableContactField> for ContactField {
-    fn from(f: SyncableContactField) -> Self {
-        match f {
-            SyncableContactField::Name => ContactField::Name,
-            SyncableContactField::Phone => ContactField::Phone,
-            SyncableContactField::Mobile => ContactField::Mobile,
-            SyncableContactField::JobTitle => ContactField::JobTitle,
-            SyncableContactField::Department => ContactField::Department,
-        }
-    }
-}
-
-/// How the partner connection reaches the customers' tenants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
-pub enum PartnerConnectionKind {
-    /// The partner tenant's Microsoft app (GDAP).
-    Direct,
-    /// A CIPP instance.
-    Cipp,
-}
-
-/// The partner connection and its secret (R5.1). The secret is stored encrypted and never
+/// The partner connection and its secret. The secret is stored encrypted and never
 /// returned; switching the kind deletes the old kind's secrets.
 #[derive(InputObject)]
 pub struct PartnerConnectionInput {
@@ -105,18 +45,20 @@ pub struct PartnerConnectionInput {
 /// The partner connection after a change: never a secret, only its fingerprint.
 #[derive(SimpleObject)]
 pub struct PartnerConnectionPayload {
-    /// `direct`, `cipp`, or null when not connected.
-    pub kind: Option<String>,
-    /// `not_connected`, `pending_validation`, `connected` or `error`.
-    pub status: String,
+    /// Null when not connected.
+    pub kind: Option<PartnerConnectionKind>,
+    pub status: super::contacts::PartnerConnectionStatus,
     pub credential_fingerprint: Option<String>,
 }
 
 impl From<&PartnerConnection> for PartnerConnectionPayload {
     fn from(p: &PartnerConnection) -> Self {
         Self {
-            kind: p.target.as_ref().map(|t| t.kind().to_owned()),
-            status: p.status.as_str().to_owned(),
+            kind: p.target.as_ref().map(|t| match t {
+                domain::PartnerTarget::Direct { .. } => PartnerConnectionKind::Direct,
+                domain::PartnerTarget::Cipp { .. } => PartnerConnectionKind::Cipp,
+            }),
+            status: p.status.into(),
             credential_fingerprint: p.secret.as_ref().map(|s| s.fingerprint.clone()),
         }
     }
@@ -125,34 +67,23 @@ impl From<&PartnerConnection> for PartnerConnectionPayload {
 /// The contact sync settings after a change.
 #[derive(SimpleObject)]
 pub struct ContactSyncSettingsPayload {
-    pub enabled_features: Vec<ContactSyncFeature>,
-    pub field_sync: Vec<SyncableContactField>,
+    pub enabled_features: Vec<Feature>,
+    /// The fields Entra may overwrite, as configured (in effect while `field_sync` is on).
+    pub field_sync: Vec<FieldName>,
 }
 
 impl From<&domain::ContactSyncSettings> for ContactSyncSettingsPayload {
     fn from(s: &domain::ContactSyncSettings) -> Self {
-        let features = [
-            ContactSyncFeature::Ui,
-            ContactSyncFeature::ClientSyncAction,
-            ContactSyncFeature::Cipp,
-            ContactSyncFeature::FieldSync,
-            ContactSyncFeature::AmbiguousQueue,
-        ];
-        let fields = [
-            SyncableContactField::Name,
-            SyncableContactField::Phone,
-            SyncableContactField::Mobile,
-            SyncableContactField::JobTitle,
-            SyncableContactField::Department,
-        ];
         Self {
-            enabled_features: features
+            enabled_features: domain::FeatureFlag::ALL
                 .into_iter()
-                .filter(|f| s.is_enabled((*f).into()))
+                .filter(|f| s.is_enabled(*f))
+                .map(Feature::from)
                 .collect(),
-            field_sync: fields
+            field_sync: ContactField::ALL
                 .into_iter()
-                .filter(|f| s.field_sync.allows((*f).into()))
+                .filter(|f| s.field_sync.allows(*f))
+                .map(FieldName::from)
                 .collect(),
         }
     }
@@ -215,6 +146,7 @@ pub struct ConfirmMappingsPayload {
 
 /// What to do with a reconciliation item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[graphql(rename_items = "snake_case")]
 pub enum ReconciliationAction {
     /// Link the user to one of the candidates (`contactId`).
     Link,
@@ -227,8 +159,7 @@ pub enum ReconciliationAction {
 #[derive(SimpleObject)]
 pub struct ReconciliationPayload {
     pub id: Uuid,
-    /// `linked_existing`, `created_new` or `ignored`.
-    pub resolution: Option<String>,
+    pub resolution: Option<super::contacts::ReconciliationResolution>,
     pub resolved_by: Option<String>,
 }
 
@@ -238,11 +169,11 @@ pub struct ContactMutation;
 #[Object]
 impl ContactMutation {
     /// Turns a contact sync feature on or off (Owner, Manager). Off hides its surface with
-    /// `feature_disabled` and deletes nothing (R5.8).
+    /// `feature_disabled` and deletes nothing.
     async fn set_contact_sync_feature(
         &self,
         ctx: &Context<'_>,
-        feature: ContactSyncFeature,
+        feature: Feature,
         enabled: bool,
     ) -> async_graphql::Result<ContactSyncSettingsPayload> {
         let settings =
@@ -253,11 +184,11 @@ impl ContactMutation {
     }
 
     /// Sets which contact fields Entra may overwrite (Owner, Manager); the others keep
-    /// their local values. Takes effect while the `FIELD_SYNC` feature is on (R5.5).
+    /// their local values. Takes effect while the `field_sync` feature is on.
     async fn set_contact_field_sync(
         &self,
         ctx: &Context<'_>,
-        fields: Vec<SyncableContactField>,
+        fields: Vec<FieldName>,
     ) -> async_graphql::Result<ContactSyncSettingsPayload> {
         let config = domain::FieldSyncConfig::allowing(fields.into_iter().map(ContactField::from));
         let settings = app::contacts::set_field_sync(&state(ctx)?.bus, &meta(ctx)?, config)
@@ -266,8 +197,7 @@ impl ContactMutation {
         Ok((&settings).into())
     }
 
-    /// Connects (or re-configures) the workspace's partner connection (Owner, Manager;
-    /// R5.1). Validated by the next discovery.
+    /// Connects (or re-configures) the workspace's partner connection (Owner, Manager). Validated by the next discovery.
     async fn configure_partner_connection(
         &self,
         ctx: &Context<'_>,
@@ -347,7 +277,7 @@ impl ContactMutation {
     }
 
     /// Adds a contact to a client's book by hand (Owner, Manager). The next sync links it
-    /// to the Entra user one of whose addresses is its email (R5.4).
+    /// to the Entra user one of whose addresses is its email.
     async fn create_contact(
         &self,
         ctx: &Context<'_>,
@@ -375,7 +305,7 @@ impl ContactMutation {
     }
 
     /// Starts a discovery of the partner's customer tenants, which records them and
-    /// proposes a client for each (R5.2). Look at the proposals before confirming.
+    /// proposes a client for each. Look at the proposals before confirming.
     async fn discover_tenants(&self, ctx: &Context<'_>) -> async_graphql::Result<StartRunPayload> {
         let started = app::contacts::start_discovery(&state(ctx)?.bus, &meta(ctx)?)
             .await
@@ -383,9 +313,8 @@ impl ContactMutation {
         Ok(start_payload(&started))
     }
 
-    /// Confirms mappings of discovered tenants to clients, all or none (Owner, Manager;
-    /// R5.2). At most 500 rows. With `registerTenants`, each confirmed tenant that is not a
-    /// managed tenant yet is registered as one (R1.1), with its discovered name and domain.
+    /// Confirms mappings of discovered tenants to clients, all or none (Owner, Manager). At most 500 rows. With `registerTenants`, each confirmed tenant that is not a
+    /// managed tenant yet is registered as one, with its discovered name and domain.
     async fn confirm_tenant_mappings(
         &self,
         ctx: &Context<'_>,
@@ -420,7 +349,7 @@ impl ContactMutation {
         })
     }
 
-    /// Starts a contact sync of every confirmed mapping, or of one client's (R5.3). A sync
+    /// Starts a contact sync of every confirmed mapping, or of one client's. A sync
     /// already running is returned instead of a second.
     async fn sync_contacts(
         &self,
@@ -435,7 +364,7 @@ impl ContactMutation {
     }
 
     /// Resolves a reconciliation item: link one of its candidates, create a new contact,
-    /// or ignore the user in later syncs (Owner, Manager; R5.4). Recorded with its actor.
+    /// or ignore the user in later syncs (Owner, Manager). Recorded with its actor.
     async fn resolve_reconciliation_item(
         &self,
         ctx: &Context<'_>,
@@ -461,12 +390,12 @@ impl ContactMutation {
         Ok(ReconciliationPayload {
             id: item_id.as_uuid(),
             resolution: item.resolution.map(|r| {
+                use super::contacts::ReconciliationResolution as R;
                 match r {
-                    domain::Resolution::LinkedExisting { .. } => "linked_existing",
-                    domain::Resolution::CreatedNew { .. } => "created_new",
-                    domain::Resolution::Ignored => "ignored",
+                    domain::Resolution::LinkedExisting { .. } => R::LinkedExisting,
+                    domain::Resolution::CreatedNew { .. } => R::CreatedNew,
+                    domain::Resolution::Ignored => R::Ignored,
                 }
-                .to_owned()
             }),
             resolved_by: item.resolved_by,
         })

@@ -2,7 +2,8 @@
 
 use app::AppError;
 use async_graphql::ErrorExtensions;
-use domain::ReasonCode;
+use domain::contact_settings::FeatureDisabled;
+use domain::{DomainError, ReasonCode};
 
 /// A GraphQL error for a use-case failure. Internal failures are logged here, once, and
 /// shown as an opaque message.
@@ -34,4 +35,14 @@ pub(crate) fn invalid(message: impl Into<String>) -> async_graphql::Error {
 /// A database failure while reading.
 pub(crate) fn internal(e: sqlx::Error) -> async_graphql::Error {
     app_error(AppError::Database(e))
+}
+
+/// The refusal of a surface whose feature flag is off: `feature_disabled`, with the flag's
+/// name in `extensions.flag`.
+pub(crate) fn feature_disabled(e: FeatureDisabled) -> async_graphql::Error {
+    let flag = e.flag.as_str();
+    async_graphql::Error::new(e.to_string()).extend_with(|_, ext| {
+        ext.set("code", e.reason_code().as_str());
+        ext.set("flag", flag);
+    })
 }

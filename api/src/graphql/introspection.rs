@@ -126,10 +126,14 @@ fn list_nesting<'a>(
 /// introspection. Built once, on first use.
 pub(crate) fn schema() -> &'static TenantflowSchema {
     static SCHEMA: LazyLock<TenantflowSchema> = LazyLock::new(|| {
-        Schema::build(QueryRoot, MutationRoot::default(), SubscriptionRoot)
-            .limit_depth(MAX_INTROSPECTION_DEPTH)
-            .limit_complexity(MAX_COMPLEXITY)
-            .finish()
+        Schema::build(
+            QueryRoot::default(),
+            MutationRoot::default(),
+            SubscriptionRoot,
+        )
+        .limit_depth(MAX_INTROSPECTION_DEPTH)
+        .limit_complexity(MAX_COMPLEXITY)
+        .finish()
     });
     &SCHEMA
 }

@@ -3,6 +3,7 @@
 
 pub mod compat;
 mod contact_mutation;
+mod contacts;
 mod cost;
 mod enums;
 mod errors;
@@ -24,8 +25,13 @@ pub use introspection::MAX_INTROSPECTION_DEPTH;
 use introspection::{route, Route};
 pub use mutation::RequestId;
 pub use persisted::{hash as persisted_query_hash, ManifestError, PersistedQueries};
-pub use query::QueryRoot;
 pub use subscription::SubscriptionRoot;
+
+/// Every query: the core ones and those of contact sync.
+// Merged under the GraphQL name `QueryRoot`, the name clients' fragments already use.
+#[derive(async_graphql::MergedObject, Default)]
+#[graphql(name = "QueryRoot")]
+pub struct QueryRoot(query::CoreQuery, contacts::ContactQuery);
 
 /// Every mutation: the core ones and contact sync's, under one root type named
 /// `MutationRoot`.
@@ -45,10 +51,14 @@ pub const MAX_PAGE: i32 = 100;
 
 /// Builds the schema. Request data (the app state and the caller) is attached per request.
 pub fn schema() -> TenantflowSchema {
-    Schema::build(QueryRoot, MutationRoot::default(), SubscriptionRoot)
-        .limit_depth(MAX_DEPTH)
-        .limit_complexity(MAX_COMPLEXITY)
-        .finish()
+    Schema::build(
+        QueryRoot::default(),
+        MutationRoot::default(),
+        SubscriptionRoot,
+    )
+    .limit_depth(MAX_DEPTH)
+    .limit_complexity(MAX_COMPLEXITY)
+    .finish()
 }
 
 /// Executes a request: its persisted query (if it names one by hash) resolved first, then

@@ -42,7 +42,7 @@ pub(crate) async fn reader_for(
         .map_err(internal)
 }
 
-fn parse_uuid(s: &str, what: &str) -> async_graphql::Result<Uuid> {
+pub(crate) fn parse_uuid(s: &str, what: &str) -> async_graphql::Result<Uuid> {
     Uuid::try_parse(s.trim()).map_err(|_| {
         invalid(format!(
             "`{}` is not a valid {what} id",
@@ -138,10 +138,12 @@ fn contains_pattern(text: &str) -> String {
     format!("%{escaped}%")
 }
 
-pub struct QueryRoot;
+/// The queries over tenants, connections, runs, policies, schedules and the log.
+#[derive(Default)]
+pub struct CoreQuery;
 
 #[Object]
-impl QueryRoot {
+impl CoreQuery {
     /// Tenants of the caller's workspace, by display name. `search` keeps those whose
     /// display name, primary domain or Entra tenant id contains it (case-insensitive).
     async fn tenants(
@@ -682,7 +684,7 @@ impl QueryRoot {
     }
 
     /// Any entity by its global id (Tenant, ProviderConnection, Run, PolicySnapshot,
-    /// Schedule); null when none of the caller's workspace has it.
+    /// Schedule, Client, Contact); null when none of the caller's workspace has it.
     async fn node(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Node>> {
         let id = id.0.trim().to_owned();
         let mut tx = reader(ctx).await?;
@@ -724,7 +726,10 @@ impl QueryRoot {
             .fetch_optional(&mut *tx)
             .await
             .map_err(internal)?;
-            return Ok(snapshot.map(Node::PolicySnapshot));
+            if let Some(s) = snapshot {
+                return Ok(Some(Node::PolicySnapshot(s)));
+            }
+            return super::contacts::node(ctx, &mut tx, uuid).await;
         }
         if id.len() <= 200 && id.contains(':') {
             let schedule: Option<ScheduleNode> = sqlx::query_as(&format!(

@@ -13,9 +13,9 @@ use super::next_steps::{links, of_run};
 use super::query::reader;
 
 /// Anything with a global id, refetchable with `node(id:)` (the Relay convention). Ids are
-/// the entities' own (a tenant key, a run's or connection's or snapshot's UUID, a
-/// schedule's `<workspace>:<run type>`): unique across types, and the same after any
-/// rebuild of the read models.
+/// the entities' own (a tenant key, a run's or connection's or snapshot's or client's or
+/// contact's UUID, a schedule's `<workspace>:<run type>`): unique across types, and the
+/// same after any rebuild of the read models.
 #[derive(Interface)]
 #[graphql(field(name = "id", ty = "ID", desc = "The global id."))]
 pub enum Node {
@@ -24,6 +24,8 @@ pub enum Node {
     Run(RunNode),
     PolicySnapshot(SnapshotNode),
     Schedule(ScheduleNode),
+    Client(super::contacts::ClientNode),
+    Contact(super::contacts::ContactNode),
 }
 
 #[derive(Debug, Clone, SimpleObject, sqlx::FromRow)]

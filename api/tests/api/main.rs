@@ -2,6 +2,7 @@
 //! the API as dashboard screens and toolchains see it.
 
 mod connections;
+mod contacts;
 mod dashboard;
 mod filters;
 mod graphql_js;

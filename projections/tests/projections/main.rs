@@ -1,6 +1,7 @@
 //! The read models against a history made through the real use cases: one test binary
 //! (one embedded cluster), each test on its own fresh database.
 
+mod contacts;
 mod read_models;
 mod replay;
 mod support;
