@@ -160,7 +160,7 @@ async fn serve_socket(state: AppState, protocol: WebSocketProtocols, socket: Web
     let on_refusal = refused.clone();
     let auth_state = state.clone();
     let executor = Bounded {
-        schema: state.schema.clone(),
+        state: state.clone(),
         limits: state.limits.query,
     };
     let stream = async_graphql::http::WebSocket::new(executor, input, protocol)
@@ -195,18 +195,30 @@ async fn serve_socket(state: AppState, protocol: WebSocketProtocols, socket: Web
     }
 }
 
-/// The schema behind the WebSocket, with each subscription's document put through the
-/// same linear checks as a POST's (size, fragment fan-out, NUL, variable types) first.
+/// The schema behind the WebSocket: each subscription's persisted query (a hash instead
+/// of its text, as over HTTP) is resolved first, and its document put through the same
+/// linear checks as a POST's (size, fragment fan-out, NUL, variable types).
 #[derive(Clone)]
 struct Bounded {
-    schema: crate::graphql::TenantflowSchema,
+    state: AppState,
     limits: crate::graphql::QueryLimits,
+}
+
+impl Bounded {
+    fn admitted(
+        &self,
+        request: async_graphql::Request,
+    ) -> Result<async_graphql::Request, Box<async_graphql::Response>> {
+        let request = self.state.persisted.resolve(request)?;
+        crate::graphql::checked(&request, &self.limits)?;
+        Ok(request)
+    }
 }
 
 impl async_graphql::Executor for Bounded {
     async fn execute(&self, request: async_graphql::Request) -> async_graphql::Response {
-        match crate::graphql::checked(&request, &self.limits) {
-            Ok(()) => self.schema.execute(request).await,
+        match self.admitted(request) {
+            Ok(request) => self.state.schema.execute(request).await,
             Err(refused) => *refused,
         }
     }
@@ -217,8 +229,10 @@ impl async_graphql::Executor for Bounded {
         session_data: Option<Arc<Data>>,
     ) -> futures::stream::BoxStream<'static, async_graphql::Response> {
         use futures::StreamExt;
-        match crate::graphql::checked(&request, &self.limits) {
-            Ok(()) => async_graphql::Executor::execute_stream(&self.schema, request, session_data),
+        match self.admitted(request) {
+            Ok(request) => {
+                async_graphql::Executor::execute_stream(&self.state.schema, request, session_data)
+            }
             Err(refused) => futures::stream::once(async move { *refused }).boxed(),
         }
     }
