@@ -118,6 +118,21 @@ impl Database {
         })
     }
 
+    /// A URL of `database` on this database's server, for child processes (`chaos`).
+    pub fn url_of(&self, config: &Config, database: &str) -> anyhow::Result<String> {
+        use secrecy::ExposeSecret;
+        if let Some(pg) = &self.embedded {
+            return Ok(pg.url(database).expose_secret().to_owned());
+        }
+        let raw = config
+            .database_url
+            .as_ref()
+            .context("no DATABASE_URL and no embedded cluster")?;
+        let mut url = url::Url::parse(raw.expose_secret()).context("DATABASE_URL is no URL")?;
+        url.set_path(&format!("/{database}"));
+        Ok(url.to_string())
+    }
+
     /// Closes the pool and stops the embedded cluster, if any. Connections still held
     /// (by work cancelled at a shutdown deadline) get a few seconds; the cluster's fast
     /// stop ends them after that.

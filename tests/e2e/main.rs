@@ -3,6 +3,7 @@
 //! test's fresh database.
 
 mod audit_chain;
+mod chaos;
 mod common;
 mod contacts;
 mod crash;
