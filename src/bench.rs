@@ -311,6 +311,34 @@ async fn all(config: Config, dir: PathBuf) -> anyhow::Result<()> {
     )
 }
 
+/// The runtime as `serve` starts it, less the read models and the scheduler: the task
+/// feed, the snapshot writer and `workers` engines calling `graph`.
+pub(crate) fn engines(
+    config: &Config,
+    bus: &store::CommandBus,
+    vault: &store::Vault,
+    graph: Arc<dyn graph::GraphApi>,
+    metrics: &store::Metrics,
+    workers: usize,
+) -> runtime::Running {
+    let parts = runtime::Parts {
+        bus: bus.clone(),
+        vault: vault.clone(),
+        graph,
+        metrics: metrics.clone(),
+        workflows: workflows::Registry::standard(),
+    };
+    let options = runtime::Options {
+        owner: "bench".to_owned(),
+        workers,
+        write_window: Duration::from_millis(config.workflow_write_window_ms),
+        scheduler_poll: None,
+        projections: false,
+        ..runtime::Options::default()
+    };
+    runtime::start(&parts, &options, tokio_util::sync::CancellationToken::new())
+}
+
 /// A rebuild that reports nothing (the benches print their own figures).
 pub(crate) struct Quiet;
 

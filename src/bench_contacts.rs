@@ -1,7 +1,7 @@
 //! `tenantflow bench contacts`: one contact sync of a simulated fleet (every user of every
 //! mapped tenant read through users delta, decided against the client's book, written as
 //! contact events with the tenant's result), against a bare loop that reads the same pages
-//! and upserts one row per user.
+//! and upserts one row per user, a tenant per transaction (as the sync commits).
 
 use app::contacts::{self, MappingConfirmation, PartnerSetup};
 use domain::contact_settings::FeatureFlag;
@@ -13,7 +13,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use store::{CommandBus, Metadata, Metrics};
-use tokio_util::sync::CancellationToken;
 
 use crate::bench::{measure, PhaseResult};
 use crate::config::Config;
@@ -112,23 +111,7 @@ async fn sync(
     let fleet = sim.tenants();
     let client: Arc<dyn GraphApi> =
         Arc::new(graph::GraphClient::new(sim.graph_config()).map_err(fail)?);
-    // The runtime as `serve` starts it, less the read models and the scheduler.
-    let parts = runtime::Parts {
-        bus: bus.clone(),
-        vault: vault.clone(),
-        graph: client,
-        metrics: metrics.clone(),
-        workflows: workflows::Registry::standard(),
-    };
-    let options = runtime::Options {
-        owner: "bench".to_owned(),
-        workers: 1,
-        write_window: Duration::from_millis(config.workflow_write_window_ms),
-        scheduler_poll: None,
-        projections: false,
-        ..runtime::Options::default()
-    };
-    let background = runtime::start(&parts, &options, CancellationToken::new());
+    let background = crate::bench::engines(config, &bus, &vault, client, &metrics, 1);
 
     tracing::info!(
         tenants,
@@ -213,6 +196,8 @@ async fn sync(
                 partner.client_secret.clone(),
             );
             let delta = client.users_delta(&app, None).await.map_err(fail)?;
+            // One transaction per tenant, as the sync commits a tenant at a time.
+            let mut tx = pool.begin().await?;
             for change in &delta.changes {
                 let graph::models::UserChange::Upserted(user) = change else {
                     continue;
@@ -224,9 +209,10 @@ async fn sync(
                 .bind(t.tenant_id)
                 .bind(&user.id)
                 .bind(serde_json::to_value(user.as_ref())?)
-                .execute(&pool)
+                .execute(&mut *tx)
                 .await?;
             }
+            tx.commit().await?;
             Ok(())
         }
     })

@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use store::{CommandBus, Metadata, Metrics};
-use tokio_util::sync::CancellationToken;
 
 use crate::bench::{measure, PhaseResult};
 use crate::config::Config;
@@ -82,24 +81,7 @@ async fn resync(
     // work until every run has completed.
     let client: Arc<dyn GraphApi> =
         Arc::new(graph::GraphClient::new(sim.graph_config()).map_err(|e| anyhow::anyhow!("{e}"))?);
-    // The runtime as `serve` starts it, less the read models and the scheduler: the task
-    // feed, the snapshot writer and `concurrency` engines.
-    let parts = runtime::Parts {
-        bus: bus.clone(),
-        vault: vault.clone(),
-        graph: client,
-        metrics: metrics.clone(),
-        workflows: workflows::Registry::standard(),
-    };
-    let options = runtime::Options {
-        owner: "bench".to_owned(),
-        workers: concurrency,
-        write_window: Duration::from_millis(config.workflow_write_window_ms),
-        scheduler_poll: None,
-        projections: false,
-        ..runtime::Options::default()
-    };
-    let background = runtime::start(&parts, &options, CancellationToken::new());
+    let background = crate::bench::engines(config, &bus, &vault, client, &metrics, concurrency);
     tracing::info!(tenants, "registering the fleet");
     let mut keys = Vec::with_capacity(fleet.len());
     for t in &fleet {

@@ -213,40 +213,22 @@ impl Scheduler {
         // (under the type's name as module); the engine then fails them as unknown.
         let workflow = self.workflows.get(&target.run_type);
         let module = workflow.map_or(target.run_type.as_str(), |w| w.module());
-        if workflow.is_some_and(|w| w.over_workspace()) {
+        let outcomes = if workflow.is_some_and(|w| w.over_workspace()) {
             // One run over the whole workspace (a contact sync), not one per tenant.
-            let mut counts = FanOutCounts::default();
-            match app::start_workspace_operation(&self.bus, meta, &target.run_type, module).await {
-                Ok(Started::Queued(_)) => counts.started += 1,
-                Ok(Started::Deduplicated(_)) => counts.deduplicated += 1,
-                Ok(Started::Blocked(..)) => counts.blocked += 1,
-                Err(AppError::ScopeBusy { .. }) => counts.busy += 1,
-                Err(AppError::Refused { .. } | AppError::NotFound(_)) => counts.skipped += 1,
-                Err(e) => return Err(e.into()),
-            }
-            self.bus
-                .execute::<ScheduleTick>(tick, TickCommand::CompleteFanOut { counts }, meta)
-                .await
-                .map_err(AppError::from)?;
-            tracing::info!(
-                tick,
-                started = counts.started,
-                "schedule started its workspace run"
-            );
-            return Ok(counts);
-        }
-        let tenants = workspace_tenants(self.pool(), &target.workspace).await?;
-        // One fleet start: a few transactions per 64 tenants, each run id derived from the
-        // tick, so a fan-out repeated after a crash starts nothing twice.
-        let requests: Vec<app::StartRequest> = tenants
-            .iter()
-            .map(|tenant| app::StartRequest {
-                tenant: tenant.clone(),
-                run_id: Some(tick_run_id(tick, tenant)),
-            })
-            .collect();
-        let outcomes =
-            app::start_operations(&self.bus, meta, &requests, &target.run_type, module).await?;
+            vec![app::start_workspace_operation(&self.bus, meta, &target.run_type, module).await]
+        } else {
+            let tenants = workspace_tenants(self.pool(), &target.workspace).await?;
+            // One fleet start: a few transactions per 64 tenants, each run id derived from
+            // the tick, so a fan-out repeated after a crash starts nothing twice.
+            let requests: Vec<app::StartRequest> = tenants
+                .iter()
+                .map(|tenant| app::StartRequest {
+                    tenant: tenant.clone(),
+                    run_id: Some(tick_run_id(tick, tenant)),
+                })
+                .collect();
+            app::start_operations(&self.bus, meta, &requests, &target.run_type, module).await?
+        };
         let mut counts = FanOutCounts::default();
         for outcome in outcomes {
             match outcome {
