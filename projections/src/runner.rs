@@ -34,16 +34,18 @@ pub fn spawn_all(
 }
 
 /// Reports rebuild progress: events replayed so far, and the total to replay.
-pub trait RebuildProgress {
+pub trait RebuildProgress: Send + Sync {
     fn start(&self, name: &str, total: u64);
     fn advance(&self, replayed: u64);
     fn finish(&self, replayed: u64);
 }
 
-/// Truncates a projection's tables and replays it from the start of the log, in one
-/// transaction: readers see the old tables until the new ones are complete, and the live
-/// runner of this projection (on any instance) waits on the checkpoint row meanwhile.
-/// Returns the number of events replayed.
+/// Replays a projection from the start of the log into shadow copies of its tables (in a
+/// schema of their own), then swaps them in for the live tables, all in one transaction.
+/// Readers keep reading the live tables until the swap, which only waits for the queries
+/// running at that moment; the live runner of this projection (on any instance) waits on
+/// the checkpoint row meanwhile, and continues from where the rebuild ended. Returns the
+/// number of events replayed.
 pub async fn rebuild(
     pool: &PgPool,
     projection: &dyn Projection,
@@ -51,6 +53,10 @@ pub async fn rebuild(
     progress: &dyn RebuildProgress,
 ) -> Result<u64, ConsumerError> {
     let name = projection.name();
+    let shadow = format!(
+        "rebuild_{}",
+        name.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+    );
     let mut tx = pool.begin().await?;
     sqlx::query(
         "INSERT INTO consumer_checkpoints (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
@@ -66,12 +72,24 @@ pub async fn rebuild(
         .fetch_one(&mut *tx)
         .await?;
     progress.start(name, total.max(0) as u64);
-    let tables = projection.tables().join(", ");
-    if !tables.is_empty() {
-        sqlx::query(&format!("TRUNCATE {tables}"))
-            .execute(&mut *tx)
-            .await?;
+    // A rebuild cut short (a crash) left its schema behind; nothing else uses it.
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {shadow} CASCADE"))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(&format!("CREATE SCHEMA {shadow}"))
+        .execute(&mut *tx)
+        .await?;
+    for table in projection.tables() {
+        sqlx::query(&format!(
+            "CREATE TABLE {shadow}.{table} (LIKE public.{table} INCLUDING ALL)"
+        ))
+        .execute(&mut *tx)
+        .await?;
     }
+    // The projection's statements name its tables unqualified: they now write the shadows.
+    sqlx::query(&format!("SET LOCAL search_path = {shadow}, public"))
+        .execute(&mut *tx)
+        .await?;
     let mut position = Position::default();
     let mut replayed = 0u64;
     loop {
@@ -85,6 +103,19 @@ pub async fn rebuild(
         position = last;
         progress.advance(replayed);
     }
+    sqlx::query("SET LOCAL search_path = public")
+        .execute(&mut *tx)
+        .await?;
+    for table in projection.tables() {
+        sqlx::query("SELECT tenantflow_swap_in_shadow($1, $2)")
+            .bind(&shadow)
+            .bind(table)
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query(&format!("DROP SCHEMA {shadow}"))
+        .execute(&mut *tx)
+        .await?;
     sqlx::query(
         "UPDATE consumer_checkpoints SET transaction_id = $2::text::xid8, global_position = $3, \
          events_consumed = $4, updated_at = now() WHERE name = $1",

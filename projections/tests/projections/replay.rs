@@ -100,6 +100,116 @@ async fn rebuilding_every_read_model_reproduces_the_tables_built_live() {
     }
 }
 
+/// Holds a rebuild after its first batch until the test lets it go on.
+struct Paused {
+    started: std::sync::Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    go: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl projections::RebuildProgress for Paused {
+    fn start(&self, _name: &str, _total: u64) {}
+    fn advance(&self, _replayed: u64) {
+        if let Some(started) = self.started.lock().unwrap().take() {
+            started.send(()).unwrap();
+            // Blocks the rebuild's own thread until the readers are done.
+            self.go.lock().unwrap().recv().unwrap();
+        }
+    }
+    fn finish(&self, _replayed: u64) {}
+}
+
+/// The rows of `rm_tenants` a reader of workspace `acme` sees, through the API's role.
+async fn acme_reads(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET LOCAL statement_timeout = '3s'")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SET LOCAL ROLE tenantflow_reader")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SELECT set_config('app.workspace', 'acme', true)")
+        .execute(&mut *tx)
+        .await?;
+    let n = sqlx::query_scalar("SELECT count(*) FROM rm_tenants")
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.rollback().await?;
+    Ok(n)
+}
+
+async fn index_names(pool: &PgPool, table: &str) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT indexname::text FROM pg_indexes WHERE schemaname = 'public' AND tablename = $1 ORDER BY 1",
+    )
+    .bind(table)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn readers_are_served_during_a_rebuild_which_swaps_in_equal_tables() {
+    let (db, bus, _) = projected_history().await;
+    let pool = bus.pool().clone();
+    let live = snapshot_of(&pool).await;
+    let acme = acme_reads(&pool).await.unwrap();
+    assert!(acme > 0);
+    let all: i64 = sqlx::query_scalar("SELECT count(*) FROM rm_tenants")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(
+        all > acme,
+        "the history has another workspace's tenants too"
+    );
+    let indexes = index_names(&pool, "rm_tenants").await;
+
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let (go, go_rx) = std::sync::mpsc::channel();
+    let paused = Arc::new(Paused {
+        started: std::sync::Mutex::new(Some(started_tx)),
+        go: std::sync::Mutex::new(go_rx),
+    });
+    // The rebuild runs on a thread and runtime of its own, which its paused progress may
+    // block while this runtime reads.
+    let (url, progress) = (db.url(), paused.clone());
+    let rebuild = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let pool = PgPool::connect(&url).await.unwrap();
+            projections::rebuild(&pool, &projections::Tenants, 1, progress.as_ref()).await
+        })
+    });
+    tokio::task::spawn_blocking(move || started.recv().unwrap())
+        .await
+        .unwrap();
+    // Mid-rebuild: the live table answers at once (a lock would hit the 3 s timeout).
+    assert_eq!(acme_reads(&pool).await.unwrap(), acme);
+    go.send(()).unwrap();
+    tokio::task::spawn_blocking(move || rebuild.join().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+
+    assert_eq!(
+        snapshot_of(&pool).await,
+        live,
+        "the swapped-in tables equal the live ones"
+    );
+    // The swapped-in table keeps the live one's row-level security and index names.
+    assert_eq!(acme_reads(&pool).await.unwrap(), acme);
+    assert_eq!(index_names(&pool, "rm_tenants").await, indexes);
+    let shadows: i64 =
+        sqlx::query_scalar(r"SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'rebuild\_%'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(shadows, 0, "the shadow schema is gone");
+}
+
 /// Appends an event straight to the log (the command bus would never write these).
 async fn append_raw(
     pool: &PgPool,
