@@ -6,6 +6,7 @@
 mod connections;
 mod error;
 mod guard;
+pub mod mailboxes;
 mod retry;
 mod runs;
 mod schedules;

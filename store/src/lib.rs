@@ -26,4 +26,4 @@ pub use log::{
 };
 pub use metrics::Metrics;
 pub use snapshots::SnapshotWriter;
-pub use vault::{SealedCredential, Vault, VaultError};
+pub use vault::{DelegatedTokens, MailboxSecret, SealedCredential, Vault, VaultError};

@@ -6,6 +6,7 @@
 //! Workflows: [`resync`] (Conditional Access resync and import).
 pub mod engine;
 pub mod health;
+pub mod mail;
 pub mod plan;
 pub mod resync;
 pub mod retry;
