@@ -86,7 +86,8 @@ CREATE TABLE rm_inbound_emails (
     notified_at         timestamptz NOT NULL,
     email               jsonb,
     processed           jsonb,
-    seq                 bigint GENERATED ALWAYS AS IDENTITY,
+    -- The notification event's global position: the list's order, the same after a rebuild.
+    seq                 bigint      NOT NULL,
     version             bigint      NOT NULL
 );
 CREATE INDEX rm_inbound_emails_workspace ON rm_inbound_emails (workspace_id, seq DESC);

@@ -210,6 +210,11 @@ pub async fn disable_mailbox(
         guard::load::<Mailbox>(&mut uow, meta, &mailbox.to_string()).await?;
         uow.execute::<Mailbox>(&mailbox.to_string(), MailboxCommand::Disable, meta)
             .await?;
+        // From now on its notifications are unknown; the worker deletes it at Graph.
+        sqlx::query("DELETE FROM mail_subscriptions WHERE mailbox_id = $1")
+            .bind(mailbox.as_uuid())
+            .execute(uow.connection())
+            .await?;
         schedule_work(
             uow.connection(),
             "subscription",

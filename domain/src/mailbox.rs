@@ -502,11 +502,8 @@ impl Aggregate for Mailbox {
                 self.degraded_reason = Some(reason);
             }
             MailboxEvent::MailboxTested { outcome, .. } => self.last_test = Some(outcome),
-            MailboxEvent::MailboxDisabled { .. } => {
-                self.status = MailboxStatus::Disabled;
-                self.subscription_id = None;
-                self.subscription_expires_at = None;
-            }
+            // The subscription id stays: the worker deletes it at Graph.
+            MailboxEvent::MailboxDisabled { .. } => self.status = MailboxStatus::Disabled,
         }
     }
 }

@@ -9,6 +9,7 @@
 //! | `audit_log`   | `rm_audit_log`               | every event                 |
 //! | `policies`    | `rm_policy_snapshots`, `rm_alerts`, `rm_licenses` | tenant events (resync) |
 //! | `schedules`   | `rm_schedules`               | schedule and schedule tick events |
+//! | `mailboxes`   | `rm_mailboxes`, `rm_inbound_emails` | mailbox and inbound email events |
 //!
 //! Every row carries its `workspace_id` (row-level security keys on it) and, except audit
 //! and step rows, the `version` (aggregate sequence) last applied, so replaying an event
@@ -17,6 +18,7 @@
 mod audit_log;
 mod connections;
 mod event;
+mod mailboxes;
 mod policies;
 mod runner;
 mod runs;
@@ -27,6 +29,7 @@ use std::sync::Arc;
 
 pub use audit_log::AuditLog;
 pub use connections::Connections;
+pub use mailboxes::Mailboxes;
 pub use policies::Policies;
 pub use runner::{rebuild, spawn_all, Projection, RebuildProgress};
 pub use runs::{Runs, RUNS_CHANNEL};
@@ -42,5 +45,6 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
         Arc::new(AuditLog),
         Arc::new(Policies),
         Arc::new(Schedules),
+        Arc::new(Mailboxes),
     ]
 }

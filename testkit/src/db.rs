@@ -22,6 +22,8 @@ pub const READ_MODEL_TABLES: &[(&str, &str)] = &[
     ("rm_alerts", "snapshot_id"),
     ("rm_licenses", "tenant_key"),
     ("rm_schedules", "schedule_id"),
+    ("rm_mailboxes", "mailbox_id"),
+    ("rm_inbound_emails", "email_key"),
 ];
 
 struct Cluster {

@@ -508,8 +508,8 @@ impl MailWorker {
             return Ok(Done::Finished);
         }
         if mailbox.status == MailboxStatus::Disabled {
-            if let (Some(sub), Ok(app)) = (lookup_subscription(self, work.mailbox).await?, &target.app) {
-                if let Err(e) = self.graph.delete_subscription(app, &sub).await {
+            if let (Some(sub), Ok(app)) = (&mailbox.subscription_id, &target.app) {
+                if let Err(e) = self.graph.delete_subscription(app, sub).await {
                     tracing::debug!(reason = %e.reason, "the disabled mailbox's subscription could not be deleted");
                 }
             }
@@ -737,18 +737,6 @@ async fn finish(conn: &mut PgConnection, work: &Work) -> Result<(), sqlx::Error>
         .execute(conn)
         .await?;
     Ok(())
-}
-
-async fn lookup_subscription(
-    worker: &MailWorker,
-    mailbox: MailboxId,
-) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT subscription_id FROM mail_subscriptions WHERE mailbox_id = $1 AND subscription_id NOT LIKE 'pending:%' LIMIT 1",
-    )
-    .bind(mailbox.as_uuid())
-    .fetch_optional(worker.bus.pool())
-    .await
 }
 
 /// Whether `/me` (or the user read by address) is the configured mailbox: its `mail` or
