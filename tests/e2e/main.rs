@@ -12,4 +12,5 @@ mod health;
 mod history;
 mod hostile;
 mod lifecycle;
+mod mail;
 mod retry;
