@@ -11,6 +11,8 @@ use crate::models::{
     User, UsersDelta,
 };
 use crate::{AppCredentials, CippCredentials, GraphError};
+use crate::models::DelegatedGrant;
+use secrecy::SecretString;
 
 /// Typed calls to Microsoft Graph, the token service and CIPP.
 #[async_trait]
@@ -124,6 +126,18 @@ pub trait GraphApi: Send + Sync {
         message_id: &str,
         categories: &[String],
     ) -> Result<Message, GraphError>;
+
+    /// Redeems a mailbox owner's refresh token for a new access token (and the rotated
+    /// refresh token), with the app's own credentials. A revoked or expired refresh token
+    /// is `MailboxRefreshTokenRevoked`.
+    async fn refresh_delegated_token(
+        &self,
+        app: &AppCredentials,
+        refresh_token: &SecretString,
+    ) -> Result<DelegatedGrant, GraphError>;
+
+    /// The signed-in user of a delegated access token (`/me`).
+    async fn get_me(&self, tenant: uuid::Uuid, access_token: &SecretString) -> Result<User, GraphError>;
 
     /// Moves a message; the moved message has a new id.
     async fn move_message(

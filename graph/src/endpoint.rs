@@ -53,6 +53,8 @@ pub enum Endpoint {
     ListAttachments,
     SetMessageCategories,
     MoveMessage,
+    /// The signed-in user of a delegated token (a mailbox's connection test).
+    Me,
 }
 
 struct Spec {
@@ -65,7 +67,7 @@ struct Spec {
 
 impl Endpoint {
     /// The whole registry, in declaration order.
-    pub const ALL: [Endpoint; 18] = [
+    pub const ALL: [Endpoint; 19] = [
         Endpoint::Token,
         Endpoint::ListConditionalAccessPolicies,
         Endpoint::ListSubscribedSkus,
@@ -84,6 +86,7 @@ impl Endpoint {
         Endpoint::ListAttachments,
         Endpoint::SetMessageCategories,
         Endpoint::MoveMessage,
+        Endpoint::Me,
     ];
 
     fn spec(self) -> Spec {
@@ -192,6 +195,7 @@ impl Endpoint {
                 Some("Mail.ReadWrite"),
                 "move_message",
             ),
+            Self::Me => (Get, Graph, "/me", None, "me"),
         };
         Spec {
             method,

@@ -385,6 +385,57 @@ impl MailWorker {
         }
     }
 
+    /// A usable delegated access token of the mailbox: the sealed one while it lives, else
+    /// one redeemed with the refresh token (both re-sealed in the vault right away, since
+    /// the old refresh token may no longer work).
+    async fn delegated_access(
+        &self,
+        mailbox: MailboxId,
+        app: &AppCredentials,
+    ) -> Result<SecretString, GraphError> {
+        let missing = || GraphError {
+            reason: ReasonCode::MailboxCredentialMissing,
+            status: None,
+            graph_code: None,
+            message: "the mailbox has no delegated tokens".into(),
+            retry_after: None,
+        };
+        let internal = |_| GraphError {
+            reason: ReasonCode::InternalError,
+            status: None,
+            graph_code: None,
+            message: "the vault could not be read or written".into(),
+            retry_after: None,
+        };
+        let tokens = self
+            .vault
+            .delegated_tokens(self.bus.pool(), mailbox.as_uuid())
+            .await
+            .map_err(internal)?
+            .ok_or_else(missing)?;
+        let now = self.now();
+        if tokens.expires_at > now + chrono::Duration::minutes(5)
+            && !tokens.access_token.expose_secret().is_empty()
+        {
+            return Ok(tokens.access_token);
+        }
+        let grant = self
+            .graph
+            .refresh_delegated_token(app, &tokens.refresh_token)
+            .await?;
+        let renewed = store::DelegatedTokens {
+            access_token: grant.access_token.clone(),
+            refresh_token: grant.refresh_token.unwrap_or(tokens.refresh_token),
+            expires_at: now + chrono::Duration::seconds(grant.expires_in as i64),
+        };
+        let mut conn = self.bus.pool().acquire().await.map_err(|e| internal(e.into()))?;
+        self.vault
+            .store_delegated_tokens(&mut conn, mailbox.as_uuid(), &renewed)
+            .await
+            .map_err(internal)?;
+        Ok(grant.access_token)
+    }
+
     /// When to try again after a failed attempt.
     fn retry_at(&self, attempts: i32, error: &GraphError) -> DateTime<Utc> {
         let unit: f64 = rand::thread_rng().gen();
@@ -530,6 +581,12 @@ impl MailWorker {
                 return Ok(Done::Finished);
             }
         };
+        if mailbox.delegated {
+            // The owner's consent must still stand: a revoked refresh token blocks.
+            if let Err(e) = self.delegated_access(work.mailbox, app).await {
+                return self.lifecycle_failure(&id, &meta, work, e).await;
+            }
+        }
         let Some(url) = self.settings.notification_url.clone() else {
             self.degrade(&id, &meta, ReasonCode::ValidationFailed, "no public webhook URL is configured").await?;
             return Ok(Done::Finished);
@@ -683,7 +740,15 @@ impl MailWorker {
             },
             Ok(app) => {
                 let configured = &target.mailbox.address;
-                match self.graph.get_user(app, configured).await {
+                let user = if target.mailbox.delegated {
+                    match self.delegated_access(work.mailbox, app).await {
+                        Ok(access) => self.graph.get_me(app.tenant_id, &access).await,
+                        Err(e) => Err(e),
+                    }
+                } else {
+                    self.graph.get_user(app, configured).await
+                };
+                match user {
                     Ok(user) => mailbox_match(configured, user.mail.as_deref(), user.user_principal_name.as_deref()),
                     Err(e) if e.is_transient() && work.attempts + 1 < 3 => {
                         return Ok(Done::Again(self.retry_at(work.attempts, &e), true));

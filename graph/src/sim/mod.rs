@@ -541,6 +541,16 @@ impl SimHandle {
         self.sim.remove_subscription(tenant, subscription_id).await
     }
 
+    /// A delegated refresh token for `user` (id or UPN) of `tenant`.
+    pub fn issue_refresh_token(&self, tenant: Uuid, user: &str) -> Result<String, SimError> {
+        self.sim.issue_refresh_token(tenant, user)
+    }
+
+    /// Revokes every refresh token of `user`.
+    pub fn revoke_refresh_tokens(&self, tenant: Uuid, user: &str) -> Result<(), SimError> {
+        self.sim.revoke_refresh_tokens(tenant, user)
+    }
+
     /// Lets a subscription run out now.
     pub fn expire_subscription(&self, tenant: Uuid, subscription_id: &str) -> Result<(), SimError> {
         self.sim.expire_subscription(tenant, subscription_id)

@@ -110,3 +110,130 @@ impl Sim {
         Ok(())
     }
 }
+
+/// The token service's refresh-token grant (delegated access): the app's own credentials,
+/// a refresh token it was given for a user, and a new access token and (rotated) refresh
+/// token back. A revoked or unknown refresh token is `invalid_grant`.
+pub(crate) fn refresh_grant(
+    world: &mut super::world::World,
+    tenant_key: &str,
+    tenant: Option<Uuid>,
+    form: &std::collections::HashMap<String, String>,
+) -> Result<Value, super::routes::OAuthRefusal> {
+    use super::routes::OAuthRefusal;
+    let field = |key: &str| form.get(key).map(String::as_str).unwrap_or_default();
+    let Some(state) = tenant.and_then(|id| world.tenants.get(&id)) else {
+        return Err(OAuthRefusal::new(
+            400,
+            "invalid_request",
+            90002,
+            &format!("Tenant '{tenant_key}' not found."),
+        ));
+    };
+    if field("client_id") != state.client_id || field("client_secret") != state.client_secret {
+        return Err(OAuthRefusal::new(
+            401,
+            "invalid_client",
+            7000215,
+            "Invalid client secret provided.",
+        ));
+    }
+    let tenant = state.id;
+    let Some((owner_tenant, user)) = world.refresh_tokens.get(field("refresh_token")).cloned()
+    else {
+        return Err(OAuthRefusal::new(
+            400,
+            "invalid_grant",
+            70008,
+            "The provided authorization code or refresh token has expired due to inactivity or was revoked.",
+        ));
+    };
+    if owner_tenant != tenant {
+        return Err(OAuthRefusal::new(
+            400,
+            "invalid_grant",
+            9002313,
+            "Invalid request. Request is malformed or invalid.",
+        ));
+    }
+    world.refresh_tokens.remove(field("refresh_token"));
+    let rotated = format!("simrt.{}", world.random_token(24));
+    world
+        .refresh_tokens
+        .insert(rotated.clone(), (tenant, user.clone()));
+    let access = world.issue_token(tenant, super::world::Audience::Graph);
+    world.delegated.insert(access.clone(), user);
+    let lifetime = world.token_lifetime.as_secs();
+    Ok(json!({
+        "token_type": "Bearer",
+        "scope": "Mail.ReadWrite User.Read offline_access",
+        "expires_in": lifetime,
+        "ext_expires_in": lifetime,
+        "access_token": access,
+        "refresh_token": rotated,
+    }))
+}
+
+/// `GET /me`: the user a delegated token was issued for.
+pub(crate) async fn me(
+    axum::extract::State(sim): axum::extract::State<std::sync::Arc<Sim>>,
+    incoming: super::http::Incoming,
+) -> axum::response::Response {
+    let bearer = incoming
+        .header("authorization")
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    sim.serve(crate::Endpoint::Me, &incoming, |world, tenant| {
+        let user = bearer
+            .as_deref()
+            .and_then(|t| world.delegated.get(t))
+            .cloned()
+            .ok_or_else(|| {
+                super::wire::Failure::bad_request(
+                    "/me request is only valid with delegated authentication flow.",
+                )
+            })?;
+        let state = world
+            .tenants
+            .get(&tenant)
+            .and_then(|t| t.user(&user))
+            .ok_or_else(|| {
+                super::wire::Failure::new(404, "Request_ResourceNotFound", "Resource does not exist.")
+            })?;
+        Ok((200, state.json.clone()))
+    })
+    .await
+}
+
+impl Sim {
+    /// A refresh token for `user` of `tenant`, as an interactive consent would give one.
+    pub(crate) fn issue_refresh_token(&self, tenant: Uuid, user: &str) -> Result<String, SimError> {
+        let mut world = self.world();
+        let user_id = world
+            .tenants
+            .get(&tenant)
+            .ok_or(SimError::UnknownTenant(tenant))?
+            .user(user)
+            .map(|u| u.id().to_owned())
+            .ok_or_else(|| SimError::UnknownUser(user.to_owned()))?;
+        let token = format!("simrt.{}", world.random_token(24));
+        world.refresh_tokens.insert(token.clone(), (tenant, user_id));
+        Ok(token)
+    }
+
+    /// Revokes every refresh token of `user` (a password reset, a revoked consent).
+    pub(crate) fn revoke_refresh_tokens(&self, tenant: Uuid, user: &str) -> Result<(), SimError> {
+        let mut world = self.world();
+        let user_id = world
+            .tenants
+            .get(&tenant)
+            .ok_or(SimError::UnknownTenant(tenant))?
+            .user(user)
+            .map(|u| u.id().to_owned())
+            .ok_or_else(|| SimError::UnknownUser(user.to_owned()))?;
+        world
+            .refresh_tokens
+            .retain(|_, (t, u)| !(*t == tenant && *u == user_id));
+        Ok(())
+    }
+}

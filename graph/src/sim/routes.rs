@@ -56,6 +56,7 @@ pub(crate) fn router(sim: Arc<Sim>) -> Router {
             "/tenantRelationships/delegatedAdminCustomers",
             get(list_customers),
         )
+        .route("/me", get(super::notify::me))
         .route("/subscriptions", post(mail::create_subscription))
         .route(
             "/subscriptions/{id}",
@@ -394,6 +395,9 @@ fn issue_token(
         form.entry("client_secret".to_owned()).or_insert(secret);
     }
     let field = |key: &str| form.get(key).map(String::as_str).unwrap_or_default();
+    if field("grant_type") == "refresh_token" {
+        return super::notify::refresh_grant(world, tenant_key, tenant, &form);
+    }
     if field("grant_type") != "client_credentials" {
         return Err(OAuthRefusal::new(
             400,
@@ -477,7 +481,7 @@ fn basic_credentials(incoming: &Incoming) -> Option<(String, String)> {
 }
 
 /// The token service's error shape.
-struct OAuthRefusal {
+pub(crate) struct OAuthRefusal {
     status: u16,
     error: &'static str,
     code: u32,
@@ -487,7 +491,7 @@ struct OAuthRefusal {
 }
 
 impl OAuthRefusal {
-    fn new(status: u16, error: &'static str, code: u32, description: &str) -> Self {
+    pub(crate) fn new(status: u16, error: &'static str, code: u32, description: &str) -> Self {
         Self {
             status,
             error,

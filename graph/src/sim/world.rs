@@ -40,6 +40,10 @@ pub(crate) struct World {
     pub(crate) cipp_api_client_id: String,
     pub(crate) tenants: HashMap<Uuid, TenantState>,
     pub(crate) tokens: HashMap<String, IssuedToken>,
+    /// Delegated refresh tokens: token to (tenant, user id).
+    pub(crate) refresh_tokens: HashMap<String, (Uuid, String)>,
+    /// Delegated access tokens: token to the user id it was issued for.
+    pub(crate) delegated: HashMap<String, String>,
     /// Seeded, so ids minted while running are reproducible too.
     pub(crate) rng: StdRng,
 }
