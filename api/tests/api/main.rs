@@ -5,6 +5,7 @@ mod connections;
 mod dashboard;
 mod filters;
 mod graphql_js;
+mod mail;
 mod persisted;
 mod relay;
 mod schema;
