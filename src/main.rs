@@ -5,6 +5,7 @@ mod bench;
 mod bench_catchup;
 mod bench_graphql;
 mod bench_idle;
+mod bench_mail;
 mod bench_resync;
 mod bench_verify;
 mod config;

@@ -13,4 +13,5 @@ mod history;
 mod hostile;
 mod lifecycle;
 mod mail;
+mod mail_crash;
 mod retry;
