@@ -180,7 +180,10 @@ async fn mail(
         if mailbox.status == MailboxStatus::Active {
             break;
         }
-        anyhow::ensure!(Instant::now() < deadline, "the mailbox's subscription was not created");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the mailbox's subscription was not created"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let subscription = sim
@@ -203,7 +206,11 @@ async fn mail(
             subject: format!("ticket {i}"),
             ..graph::sim::NewMail::default()
         };
-        ids.push(sim.deliver_mail(t.tenant_id, &user, &mail).await?.message_id);
+        ids.push(
+            sim.deliver_mail(t.tenant_id, &user, &mail)
+                .await?
+                .message_id,
+        );
     }
     let (ours, bare): (Vec<String>, Vec<String>) = {
         let mut ours = ids;

@@ -308,6 +308,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let mut options = runtime_options(&config);
     options.mail = Some(mail_settings(&config, addr)?);
     let background = runtime::start(&parts, &options, shutdown.clone());
+    if let Some(sim) = &demo {
+        crate::demo::start_mail(&parts.bus, &parts.vault, sim).await?;
+    }
 
     tracing::info!(
         "tenantflow is listening on http://{addr} (GraphiQL: http://{addr}/graphql, health: /healthz, readiness: /readyz, metrics: /metrics)"
@@ -435,7 +438,10 @@ pub fn mail_settings(
         notification_url: Some(hook.clone()),
         lifecycle_url: Some(hook),
         app_client,
-        category: config.mail_category.clone().unwrap_or(defaults.category.clone()),
+        category: config
+            .mail_category
+            .clone()
+            .unwrap_or(defaults.category.clone()),
         ..defaults
     })
 }

@@ -349,7 +349,10 @@ pub async fn record_notifications(
         };
         let presented = client_state_hash(n.client_state.as_deref().unwrap_or(""));
         let current = same_hash(&presented, &k.client_state);
-        let legacy = k.legacy.as_deref().is_some_and(|l| same_hash(&presented, l));
+        let legacy = k
+            .legacy
+            .as_deref()
+            .is_some_and(|l| same_hash(&presented, l));
         verdicts.push(if current {
             Verdict::Accepted
         } else if legacy {
@@ -370,7 +373,11 @@ pub async fn record_notifications(
                 continue;
             };
             if let Some(event) = &n.lifecycle_event {
-                let kind = if event == "missed" { "catch_up" } else { "subscription" };
+                let kind = if event == "missed" {
+                    "catch_up"
+                } else {
+                    "subscription"
+                };
                 schedule_work(uow.connection(), kind, k.mailbox, &k.workspace, None, now).await?;
                 if let Some(e) = domain::mailbox::LifecycleEvent::parse_graph(event) {
                     let meta = system_meta(&k.workspace);
@@ -385,7 +392,10 @@ pub async fn record_notifications(
                 }
                 continue;
             }
-            let Some(message_id) = n.message_id.as_deref().filter(|m| valid_message_id(m).is_ok())
+            let Some(message_id) = n
+                .message_id
+                .as_deref()
+                .filter(|m| valid_message_id(m).is_ok())
             else {
                 *verdict = Verdict::Malformed;
                 continue;

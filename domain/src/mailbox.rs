@@ -422,8 +422,8 @@ impl Aggregate for Mailbox {
             }
             MailboxCommand::Degrade { reason, message } => {
                 self.require_live()?;
-                let same = self.status == MailboxStatus::Degraded
-                    && self.degraded_reason == Some(reason);
+                let same =
+                    self.status == MailboxStatus::Degraded && self.degraded_reason == Some(reason);
                 (!same).then(|| MailboxEvent::MailboxDegraded {
                     reason,
                     message: sanitize_message(&message),

@@ -5,13 +5,13 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use crate::models::DelegatedGrant;
 use crate::models::{
     AttachmentMeta, CippTenant, ConditionalAccessPolicy, Contract, DelegatedAdminCustomer,
     DeltaLink, MailFolder, Message, MoveDestination, NewSubscription, SubscribedSku, Subscription,
     User, UsersDelta,
 };
 use crate::{AppCredentials, CippCredentials, GraphError};
-use crate::models::DelegatedGrant;
 use secrecy::SecretString;
 
 /// Typed calls to Microsoft Graph, the token service and CIPP.
@@ -137,7 +137,11 @@ pub trait GraphApi: Send + Sync {
     ) -> Result<DelegatedGrant, GraphError>;
 
     /// The signed-in user of a delegated access token (`/me`).
-    async fn get_me(&self, tenant: uuid::Uuid, access_token: &SecretString) -> Result<User, GraphError>;
+    async fn get_me(
+        &self,
+        tenant: uuid::Uuid,
+        access_token: &SecretString,
+    ) -> Result<User, GraphError>;
 
     /// Moves a message; the moved message has a new id.
     async fn move_message(

@@ -37,7 +37,8 @@ const DEGRADED: &str = "UPDATE rm_mailboxes SET version = $2, status = 'degraded
     degraded_reason = $3 WHERE mailbox_id = $1 AND version < $2";
 const TESTED: &str = "UPDATE rm_mailboxes SET version = $2, last_test_reason = $3, \
     last_test_message = $4, last_tested_at = $5 WHERE mailbox_id = $1 AND version < $2";
-const VERSION_ONLY: &str = "UPDATE rm_mailboxes SET version = $2 WHERE mailbox_id = $1 AND version < $2";
+const VERSION_ONLY: &str =
+    "UPDATE rm_mailboxes SET version = $2 WHERE mailbox_id = $1 AND version < $2";
 
 const NOTIFIED: &str = "\
     WITH inserted AS ( \
@@ -184,7 +185,11 @@ async fn apply_email(
             processed,
             ..
         } => {
-            let status = if email.is_some() { "received" } else { "failed" };
+            let status = if email.is_some() {
+                "received"
+            } else {
+                "failed"
+            };
             let (subject, from, thread, internet_id, received_at) = match &email {
                 Some(m) => (
                     Some(m.subject.clone()),

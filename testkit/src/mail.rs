@@ -116,8 +116,8 @@ impl MailWorld {
 
     /// The mail settings a worker of this world uses: the webhook on this world's port.
     pub fn settings(&self) -> MailSettings {
-        let hook = url::Url::parse(&format!("http://{}/webhooks/graph/mail", self.addr))
-            .expect("a URL");
+        let hook =
+            url::Url::parse(&format!("http://{}/webhooks/graph/mail", self.addr)).expect("a URL");
         MailSettings {
             notification_url: Some(hook.clone()),
             lifecycle_url: Some(hook),
@@ -170,11 +170,13 @@ impl MailWorld {
     /// When the mailbox's subscription timer is due next, if it has one.
     pub async fn renewal_due(&self, id: MailboxId) -> Option<chrono::DateTime<chrono::Utc>> {
         let pool = self.db.pool().await;
-        sqlx::query_scalar("SELECT due_at FROM mail_work WHERE kind = 'subscription' AND mailbox_id = $1")
-            .bind(id.as_uuid())
-            .fetch_optional(&pool)
-            .await
-            .expect("the timer reads")
+        sqlx::query_scalar(
+            "SELECT due_at FROM mail_work WHERE kind = 'subscription' AND mailbox_id = $1",
+        )
+        .bind(id.as_uuid())
+        .fetch_optional(&pool)
+        .await
+        .expect("the timer reads")
     }
 }
 

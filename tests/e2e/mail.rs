@@ -23,7 +23,10 @@ async fn active_mailbox(
     let (tenant, _) = ready_sim_tenant(owner, &t).await;
     let user = t.mailboxes[0].user_principal_name.clone();
     let added = owner.ok(ADD, json!({"t": tenant, "a": user})).await;
-    let id = added["addMailbox"]["mailboxId"].as_str().unwrap().to_owned();
+    let id = added["addMailbox"]["mailboxId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let seen = owner
         .eventually(MAILBOX, json!({"id": id}), |d| {
             d["mailbox"]["status"] == "ACTIVE"
@@ -98,7 +101,10 @@ async fn mail_delivered_to_a_mailbox_becomes_one_enriched_event_and_is_categoris
     assert_eq!(email["subject"], "Re: Printer on floor 2");
     assert_eq!(email["fromAddress"], "pat@customer.example");
     assert!(email["threadId"].is_string(), "{email}");
-    assert!(email["internetMessageId"].as_str().unwrap().starts_with('<'));
+    assert!(email["internetMessageId"]
+        .as_str()
+        .unwrap()
+        .starts_with('<'));
     assert_eq!(email["inReplyTo"], "<first@customer.example>");
     assert_eq!(email["references"].as_array().unwrap().len(), 2);
     assert_eq!(email["cc"][0]["address"], "boss@customer.example");
@@ -154,8 +160,12 @@ async fn mail_delivered_to_a_mailbox_becomes_one_enriched_event_and_is_categoris
         metrics.contains("tenantflow_mail_notifications_total{outcome=\"duplicate\"} 1"),
         "{metrics}"
     );
-    assert!(metrics.contains("tenantflow_mail_notifications_total{outcome=\"wrong_client_state\"} 1"));
-    assert!(metrics.contains("tenantflow_mail_notifications_total{outcome=\"unknown_subscription\"} 1"));
+    assert!(
+        metrics.contains("tenantflow_mail_notifications_total{outcome=\"wrong_client_state\"} 1")
+    );
+    assert!(
+        metrics.contains("tenantflow_mail_notifications_total{outcome=\"unknown_subscription\"} 1")
+    );
     assert_eq!(inbound_events(&db).await.0, 2);
     let mailbox = owner.ok(MAILBOX, json!({"id": id})).await;
     assert_eq!(mailbox["mailbox"]["notifications"], 1);
@@ -201,7 +211,9 @@ async fn bad_webhook_input_is_refused_with_a_typed_error_and_the_handshake_echoe
     let http = reqwest::Client::new();
     let url = format!("{}/webhooks/graph/mail", server.base_url);
     let handshake = http
-        .post(format!("{url}?validationToken=Validation%3A%20hello%20world"))
+        .post(format!(
+            "{url}?validationToken=Validation%3A%20hello%20world"
+        ))
         .send()
         .await
         .unwrap();

@@ -66,7 +66,9 @@ async fn notifications_acknowledged_across_a_kill_9_are_each_received_exactly_on
         .unwrap()
         .to_owned();
     owner
-        .eventually(MAILBOX, json!({"id": id}), |d| d["mailbox"]["status"] == "ACTIVE")
+        .eventually(MAILBOX, json!({"id": id}), |d| {
+            d["mailbox"]["status"] == "ACTIVE"
+        })
         .await;
     let sub = sim.subscriptions(t.tenant_id).unwrap().remove(0);
     let subscription = sub["id"].as_str().unwrap().to_owned();
@@ -80,7 +82,12 @@ async fn notifications_acknowledged_across_a_kill_9_are_each_received_exactly_on
             subject: format!("ticket {i}"),
             ..NewMail::default()
         };
-        messages.push(sim.deliver_mail(t.tenant_id, &user, &mail).await.unwrap().message_id);
+        messages.push(
+            sim.deliver_mail(t.tenant_id, &user, &mail)
+                .await
+                .unwrap()
+                .message_id,
+        );
     }
 
     let http = reqwest::Client::new();
@@ -88,7 +95,8 @@ async fn notifications_acknowledged_across_a_kill_9_are_each_received_exactly_on
     let posted = Arc::new(AtomicUsize::new(0));
     let base = Arc::new(std::sync::Mutex::new(first.base_url.clone()));
     let send_all = |batch: Vec<String>| {
-        let (http, acked, posted, base) = (http.clone(), acked.clone(), posted.clone(), base.clone());
+        let (http, acked, posted, base) =
+            (http.clone(), acked.clone(), posted.clone(), base.clone());
         let (subscription, client_state) = (subscription.clone(), client_state.clone());
         async move {
             let refused: Vec<String> = futures::stream::iter(batch)
@@ -117,13 +125,20 @@ async fn notifications_acknowledged_across_a_kill_9_are_each_received_exactly_on
     };
     // Kill the server once a third of the notifications went out.
     let sender = tokio::spawn(send_all(messages.clone()));
-    testkit::eventually("a third of the notifications sent", Duration::from_secs(120), || {
-        let posted = posted.clone();
-        async move { posted.load(Ordering::SeqCst) >= MESSAGES / 3 }
-    })
+    testkit::eventually(
+        "a third of the notifications sent",
+        Duration::from_secs(120),
+        || {
+            let posted = posted.clone();
+            async move { posted.load(Ordering::SeqCst) >= MESSAGES / 3 }
+        },
+    )
     .await;
     let killed = first.signal_and_wait("KILL");
-    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&killed), Some(9));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&killed),
+        Some(9)
+    );
     let acked_before_restart = acked.lock().unwrap().len();
     let refused = sender.await.unwrap();
     assert!(!refused.is_empty(), "the kill refused no notification");
@@ -133,7 +148,11 @@ async fn notifications_acknowledged_across_a_kill_9_are_each_received_exactly_on
     let second = start_server_on(&db, &sim, &env).await;
     *base.lock().unwrap() = second.base_url.clone();
     let still_refused = send_all(refused).await;
-    assert!(still_refused.is_empty(), "{} refused by the running server", still_refused.len());
+    assert!(
+        still_refused.is_empty(),
+        "{} refused by the running server",
+        still_refused.len()
+    );
     // And delivers a few twice.
     let again = send_all(messages[..50].to_vec()).await;
     assert!(again.is_empty());
@@ -151,21 +170,22 @@ async fn notifications_acknowledged_across_a_kill_9_are_each_received_exactly_on
         .unwrap();
         rows.into_iter().collect::<HashMap<String, i64>>()
     };
-    testkit::eventually("every acknowledged message received", Duration::from_secs(180), || async {
-        received().await.len() >= MESSAGES
-    })
+    testkit::eventually(
+        "every acknowledged message received",
+        Duration::from_secs(180),
+        || async { received().await.len() >= MESSAGES },
+    )
     .await;
     let received = received().await;
     for m in &acked {
         assert_eq!(received.get(m), Some(&1), "message {m}");
     }
     assert_eq!(received.len(), MESSAGES);
-    let notified: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM events WHERE event_type = 'NotificationRecorded'",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let notified: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'NotificationRecorded'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(notified, MESSAGES as i64);
     let failed: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM events WHERE event_type = 'InboundEmailReceived' AND payload->'InboundEmailReceived' ? 'failure'",

@@ -73,7 +73,10 @@ pub struct MailSettings {
 impl std::fmt::Debug for MailSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MailSettings")
-            .field("notification_url", &self.notification_url.as_ref().map(Url::as_str))
+            .field(
+                "notification_url",
+                &self.notification_url.as_ref().map(Url::as_str),
+            )
             .field("category", &self.category)
             .field("app_client", &self.app_client.as_ref().map(|(id, _)| id))
             .field("subscription_minutes", &self.subscription_minutes)
@@ -253,14 +256,16 @@ impl MailWorker {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(key, kind, mailbox, workspace, message_id, attempts)| Work {
-                key,
-                kind,
-                mailbox: MailboxId(mailbox),
-                workspace,
-                message_id,
-                attempts,
-            })
+            .map(
+                |(key, kind, mailbox, workspace, message_id, attempts)| Work {
+                    key,
+                    kind,
+                    mailbox: MailboxId(mailbox),
+                    workspace,
+                    message_id,
+                    attempts,
+                },
+            )
             .collect())
     }
 
@@ -344,7 +349,10 @@ impl MailWorker {
         mailbox: &Mailbox,
     ) -> Result<Result<AppCredentials, (ReasonCode, String)>, MailError> {
         let (Some(tenant), Some(entra)) = (&mailbox.tenant, &mailbox.entra_tenant_id) else {
-            return Ok(Err((ReasonCode::NotFound, "the mailbox does not exist".into())));
+            return Ok(Err((
+                ReasonCode::NotFound,
+                "the mailbox does not exist".into(),
+            )));
         };
         if let Some((client_id, secret)) = &self.settings.app_client {
             return Ok(Ok(AppCredentials::new(
@@ -372,7 +380,11 @@ impl MailWorker {
         let Some(credential) = &connection.credential else {
             return missing("the tenant's connection has no credential");
         };
-        match self.vault.fetch(self.bus.pool(), credential.credential_ref).await {
+        match self
+            .vault
+            .fetch(self.bus.pool(), credential.credential_ref)
+            .await
+        {
             Ok(c) => Ok(Ok(AppCredentials::new(
                 entra.as_uuid(),
                 c.client_id,
@@ -428,7 +440,12 @@ impl MailWorker {
             refresh_token: grant.refresh_token.unwrap_or(tokens.refresh_token),
             expires_at: now + chrono::Duration::seconds(grant.expires_in as i64),
         };
-        let mut conn = self.bus.pool().acquire().await.map_err(|e| internal(e.into()))?;
+        let mut conn = self
+            .bus
+            .pool()
+            .acquire()
+            .await
+            .map_err(|e| internal(e.into()))?;
         self.vault
             .store_delegated_tokens(&mut conn, mailbox.as_uuid(), &renewed)
             .await
@@ -439,10 +456,10 @@ impl MailWorker {
     /// When to try again after a failed attempt.
     fn retry_at(&self, attempts: i32, error: &GraphError) -> DateTime<Utc> {
         let unit: f64 = rand::thread_rng().gen();
-        let delay = self
-            .settings
-            .backoff
-            .delay(attempts.max(0) as u32 + 1, error.retry_after, unit);
+        let delay =
+            self.settings
+                .backoff
+                .delay(attempts.max(0) as u32 + 1, error.retry_after, unit);
         self.now() + chrono::Duration::from_std(delay).unwrap_or_default()
     }
 
@@ -454,7 +471,10 @@ impl MailWorker {
         };
         let target = self.target(work.mailbox, false).await?;
         let fetched = match &target.app {
-            Ok(app) => self.fetch_message(app, &target.mailbox.address, message_id).await,
+            Ok(app) => {
+                self.fetch_message(app, &target.mailbox.address, message_id)
+                    .await
+            }
             Err((reason, message)) => Err(GraphError {
                 reason: *reason,
                 status: None,
@@ -527,7 +547,12 @@ impl MailWorker {
 
     /// Adds the category (Graph replaces the list, so the old ones are sent along). A
     /// failure leaves the message unmarked; the event stands.
-    async fn mark_processed(&self, app: &AppCredentials, user: &str, message: &Message) -> Processed {
+    async fn mark_processed(
+        &self,
+        app: &AppCredentials,
+        user: &str,
+        message: &Message,
+    ) -> Processed {
         let category = self.settings.category.clone();
         if message.categories.contains(&category) {
             return Processed::Categorized { category };
@@ -588,7 +613,13 @@ impl MailWorker {
             }
         }
         let Some(url) = self.settings.notification_url.clone() else {
-            self.degrade(&id, &meta, ReasonCode::ValidationFailed, "no public webhook URL is configured").await?;
+            self.degrade(
+                &id,
+                &meta,
+                ReasonCode::ValidationFailed,
+                "no public webhook URL is configured",
+            )
+            .await?;
             return Ok(Done::Finished);
         };
         let expiration = now + chrono::Duration::minutes(self.settings.subscription_minutes);
@@ -612,9 +643,14 @@ impl MailWorker {
                             )
                             .await
                             .map_err(app::AppError::from)?;
-                        return Ok(Done::Again(self.renew_at(renewed.expiration_date_time), false));
+                        return Ok(Done::Again(
+                            self.renew_at(renewed.expiration_date_time),
+                            false,
+                        ));
                     }
-                    Err(e) if e.reason == ReasonCode::GraphNotFound => Some(SubscriptionLoss::NotFound),
+                    Err(e) if e.reason == ReasonCode::GraphNotFound => {
+                        Some(SubscriptionLoss::NotFound)
+                    }
                     Err(e) => return self.lifecycle_failure(&id, &meta, work, e).await,
                 }
             };
@@ -642,7 +678,13 @@ impl MailWorker {
             .await
             .map_err(app::AppError::from)?
         else {
-            self.degrade(&id, &meta, ReasonCode::MailboxCredentialMissing, "the mailbox has no verification token").await?;
+            self.degrade(
+                &id,
+                &meta,
+                ReasonCode::MailboxCredentialMissing,
+                "the mailbox has no verification token",
+            )
+            .await?;
             return Ok(Done::Finished);
         };
         let mut request =
@@ -676,7 +718,10 @@ impl MailWorker {
             )
             .await
             .map_err(app::AppError::from)?;
-        Ok(Done::Again(self.renew_at(created.expiration_date_time), false))
+        Ok(Done::Again(
+            self.renew_at(created.expiration_date_time),
+            false,
+        ))
     }
 
     /// The renewal time of a subscription expiring at `expires`: `renew_before` ahead,
@@ -749,7 +794,11 @@ impl MailWorker {
                     self.graph.get_user(app, configured).await
                 };
                 match user {
-                    Ok(user) => mailbox_match(configured, user.mail.as_deref(), user.user_principal_name.as_deref()),
+                    Ok(user) => mailbox_match(
+                        configured,
+                        user.mail.as_deref(),
+                        user.user_principal_name.as_deref(),
+                    ),
                     Err(e) if e.is_transient() && work.attempts + 1 < 3 => {
                         return Ok(Done::Again(self.retry_at(work.attempts, &e), true));
                     }
@@ -843,7 +892,11 @@ pub fn email_data(m: &Message) -> EmailData {
         thread_id: m.conversation_id.clone(),
         in_reply_to: None,
         references: Vec::new(),
-        body_text: m.body.as_ref().map(|b| b.content.clone()).unwrap_or_default(),
+        body_text: m
+            .body
+            .as_ref()
+            .map(|b| b.content.clone())
+            .unwrap_or_default(),
         body_truncated: false,
         body_preview: m.body_preview.clone().unwrap_or_default(),
         headers: m
@@ -865,10 +918,21 @@ mod tests {
 
     #[test]
     fn the_configured_mailbox_matches_by_mail_or_principal_name() {
-        assert_eq!(mailbox_match("Help@Contoso.com", Some("help@contoso.com"), Some("x@y")).reason, None);
-        assert_eq!(mailbox_match("help@contoso.com", None, Some("HELP@contoso.com")).reason, None);
         assert_eq!(
-            mailbox_match("help@contoso.com", Some("adele@contoso.com"), Some("adele@contoso.com")).reason,
+            mailbox_match("Help@Contoso.com", Some("help@contoso.com"), Some("x@y")).reason,
+            None
+        );
+        assert_eq!(
+            mailbox_match("help@contoso.com", None, Some("HELP@contoso.com")).reason,
+            None
+        );
+        assert_eq!(
+            mailbox_match(
+                "help@contoso.com",
+                Some("adele@contoso.com"),
+                Some("adele@contoso.com")
+            )
+            .reason,
             Some(ReasonCode::MailboxMismatch)
         );
     }

@@ -335,19 +335,24 @@ pub(crate) async fn mailboxes(
     ));
     q.push_bind(&caller.workspace);
     if let Some(t) = &tenant_id {
-        q.push(" AND tenant_key = ").push_bind(bounded(t, "tenantId")?.to_owned());
+        q.push(" AND tenant_key = ")
+            .push_bind(bounded(t, "tenantId")?.to_owned());
     }
     if let Some(id) = page.key_str(0)? {
-        q.push(" AND mailbox_id > ").push_bind(mailbox_id(&id)?.as_uuid());
+        q.push(" AND mailbox_id > ")
+            .push_bind(mailbox_id(&id)?.as_uuid());
     }
-    q.push(" ORDER BY mailbox_id LIMIT ").push_bind(page.limit());
+    q.push(" ORDER BY mailbox_id LIMIT ")
+        .push_bind(page.limit());
     let mut tx = reader(ctx).await?;
     let rows: Vec<MailboxNode> = q
         .build_query_as()
         .fetch_all(&mut *tx)
         .await
         .map_err(internal)?;
-    Ok(connection(&page, rows, |m| vec![m.mailbox_id.to_string().into()]))
+    Ok(connection(&page, rows, |m| {
+        vec![m.mailbox_id.to_string().into()]
+    }))
 }
 
 /// `mailbox(id:)`.
@@ -381,13 +386,16 @@ pub(crate) async fn inbound_emails(
     ));
     q.push_bind(&caller.workspace);
     if let Some(m) = &filter.mailbox_id {
-        q.push(" AND mailbox_id = ").push_bind(mailbox_id(m)?.as_uuid());
+        q.push(" AND mailbox_id = ")
+            .push_bind(mailbox_id(m)?.as_uuid());
     }
     if let Some(t) = &filter.tenant_id {
-        q.push(" AND tenant_key = ").push_bind(bounded(t, "tenantId")?.to_owned());
+        q.push(" AND tenant_key = ")
+            .push_bind(bounded(t, "tenantId")?.to_owned());
     }
     if let Some(t) = &filter.thread_id {
-        q.push(" AND thread_id = ").push_bind(bounded(t, "threadId")?.to_owned());
+        q.push(" AND thread_id = ")
+            .push_bind(bounded(t, "threadId")?.to_owned());
     }
     if let Some(t) = filter.received_after {
         q.push(" AND received_at >= ").push_bind(t);

@@ -34,8 +34,9 @@ impl SubscriptionRoot {
         &self,
         ctx: &Context<'_>,
         mailbox_id: Option<async_graphql::ID>,
-    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<super::mail::InboundEmailNode>>>
-    {
+    ) -> async_graphql::Result<
+        impl Stream<Item = async_graphql::Result<super::mail::InboundEmailNode>>,
+    > {
         super::mail::received_feed(ctx, mailbox_id).await
     }
 

@@ -21,20 +21,35 @@ async fn a_subscription_is_renewed_before_it_expires_even_after_a_restart() {
     let subscription = first.subscription_id.clone().unwrap();
     let expires = first.subscription_expires_at.unwrap();
     let due = world.renewal_due(id).await.unwrap();
-    assert!(due < expires - Duration::hours(12) + Duration::seconds(1), "renewal at {due}, expiry {expires}");
-    assert!(due > world.clock.now() + Duration::hours(24), "renewal at {due} is too early");
+    assert!(
+        due < expires - Duration::hours(12) + Duration::seconds(1),
+        "renewal at {due}, expiry {expires}"
+    );
+    assert!(
+        due > world.clock.now() + Duration::hours(24),
+        "renewal at {due} is too early"
+    );
 
     // The service restarts: a new worker, only the database to go on.
     let restarted = world.worker();
-    world.clock.advance(due - world.clock.now() - Duration::minutes(1));
+    world
+        .clock
+        .advance(due - world.clock.now() - Duration::minutes(1));
     restarted.drain().await.unwrap();
-    assert_eq!(world.mailbox(id).await.subscription_expires_at, Some(expires), "nothing is due yet");
+    assert_eq!(
+        world.mailbox(id).await.subscription_expires_at,
+        Some(expires),
+        "nothing is due yet"
+    );
 
     world.clock.advance(Duration::minutes(2));
     restarted.drain().await.unwrap();
     let renewed = world.mailbox(id).await;
     assert_eq!(renewed.status, MailboxStatus::Active);
-    assert_eq!(renewed.subscription_id.as_deref(), Some(subscription.as_str()));
+    assert_eq!(
+        renewed.subscription_id.as_deref(),
+        Some(subscription.as_str())
+    );
     let new_expiry = renewed.subscription_expires_at.unwrap();
     assert!(new_expiry > expires, "{new_expiry} is not after {expires}");
     assert!(world.clock.now() < expires, "renewed before the old expiry");
@@ -53,7 +68,11 @@ async fn a_subscription_graph_removed_is_created_again() {
     worker.drain().await.unwrap();
     let old = world.mailbox(id).await.subscription_id.unwrap();
 
-    let delivery = world.sim.remove_subscription(world.entra, &old).await.unwrap();
+    let delivery = world
+        .sim
+        .remove_subscription(world.entra, &old)
+        .await
+        .unwrap();
     assert_eq!(delivery.status, Some(202));
     worker.drain().await.unwrap();
 
@@ -74,19 +93,21 @@ async fn a_subscription_graph_removed_is_created_again() {
     assert_eq!(report.deliveries[0].status, Some(202));
     worker.drain().await.unwrap();
     let pool = world.db.pool().await;
-    let received: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM events WHERE event_type = 'InboundEmailReceived'",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let received: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'InboundEmailReceived'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(received, 1);
 }
 
 #[tokio::test]
 async fn a_revoked_refresh_token_blocks_the_mailbox_with_its_reason() {
     let world = MailWorld::new().await;
-    let refresh = world.sim.issue_refresh_token(world.entra, &world.user).unwrap();
+    let refresh = world
+        .sim
+        .issue_refresh_token(world.entra, &world.user)
+        .unwrap();
     let id = world.add_mailbox(Some(refresh.clone())).await;
     let worker = world.worker();
     worker.drain().await.unwrap();
@@ -101,14 +122,26 @@ async fn a_revoked_refresh_token_blocks_the_mailbox_with_its_reason() {
     assert_ne!(sealed.refresh_token.expose_secret(), refresh.as_str());
     assert!(!sealed.access_token.expose_secret().is_empty());
 
-    world.sim.revoke_refresh_tokens(world.entra, &world.user).unwrap();
+    world
+        .sim
+        .revoke_refresh_tokens(world.entra, &world.user)
+        .unwrap();
     let due = world.renewal_due(id).await.unwrap();
-    world.clock.advance(due - world.clock.now() + Duration::seconds(1));
+    world
+        .clock
+        .advance(due - world.clock.now() + Duration::seconds(1));
     worker.drain().await.unwrap();
     let blocked = world.mailbox(id).await;
     assert_eq!(blocked.status, MailboxStatus::Degraded);
-    assert_eq!(blocked.degraded_reason, Some(ReasonCode::MailboxRefreshTokenRevoked));
-    assert_eq!(world.renewal_due(id).await, None, "a blocked mailbox has no timer");
+    assert_eq!(
+        blocked.degraded_reason,
+        Some(ReasonCode::MailboxRefreshTokenRevoked)
+    );
+    assert_eq!(
+        world.renewal_due(id).await,
+        None,
+        "a blocked mailbox has no timer"
+    );
 }
 
 #[tokio::test]
@@ -122,27 +155,39 @@ async fn the_connection_test_reports_a_mailbox_mismatch_and_a_match() {
     let worker = world.worker();
     worker.drain().await.unwrap();
     let meta = testkit::meta(world.tenant.workspace.as_str(), Role::Operator);
-    app::mailboxes::test_mailbox(&world.bus, &meta, id).await.unwrap();
+    app::mailboxes::test_mailbox(&world.bus, &meta, id)
+        .await
+        .unwrap();
     worker.drain().await.unwrap();
     let tested = world.mailbox(id).await.last_test.unwrap();
     assert_eq!(tested.reason, Some(ReasonCode::MailboxMismatch));
     assert!(tested.message.contains(&other.to_lowercase()) || tested.message.contains(&other));
 
-    let right = world.sim.issue_refresh_token(world.entra, &world.user).unwrap();
+    let right = world
+        .sim
+        .issue_refresh_token(world.entra, &world.user)
+        .unwrap();
     let good = world.add_mailbox(Some(right)).await;
-    app::mailboxes::test_mailbox(&world.bus, &meta, good).await.unwrap();
+    app::mailboxes::test_mailbox(&world.bus, &meta, good)
+        .await
+        .unwrap();
     worker.drain().await.unwrap();
     assert_eq!(world.mailbox(good).await.last_test.unwrap().reason, None);
 
     // A reader may not ask for a test.
     let reader = testkit::meta(world.tenant.workspace.as_str(), Role::Readonly);
-    assert!(app::mailboxes::test_mailbox(&world.bus, &reader, good).await.is_err());
+    assert!(app::mailboxes::test_mailbox(&world.bus, &reader, good)
+        .await
+        .is_err());
 }
 
 #[tokio::test]
 async fn mailbox_secrets_stay_in_the_vault() {
     let world = MailWorld::new().await;
-    let refresh = world.sim.issue_refresh_token(world.entra, &world.user).unwrap();
+    let refresh = world
+        .sim
+        .issue_refresh_token(world.entra, &world.user)
+        .unwrap();
     let id = world.add_mailbox(Some(refresh.clone())).await;
     let worker = world.worker();
     worker.drain().await.unwrap();
@@ -186,7 +231,8 @@ async fn mailbox_secrets_stay_in_the_vault() {
             .fetch_all(&pool)
             .await
             .unwrap();
-    let client = testkit::GraphqlClient::new(&world.url(), world.tenant.workspace.as_str(), Role::Owner);
+    let client =
+        testkit::GraphqlClient::new(&world.url(), world.tenant.workspace.as_str(), Role::Owner);
     let answer = client
         .eventually(
             "{ mailboxes { edges { node { id address status subscriptionId lastTest { ok } } } } inboundEmails { edges { node { id subject status headers { name value } } } } }",
@@ -203,8 +249,16 @@ async fn mailbox_secrets_stay_in_the_vault() {
     .unwrap();
     for secret in &secrets {
         assert!(!secret.is_empty());
-        for text in events.iter().chain(&subscriptions).chain(&read_models).chain([&answer]) {
-            assert!(!text.contains(secret.as_str()), "a secret leaked into {text}");
+        for text in events
+            .iter()
+            .chain(&subscriptions)
+            .chain(&read_models)
+            .chain([&answer])
+        {
+            assert!(
+                !text.contains(secret.as_str()),
+                "a secret leaked into {text}"
+            );
         }
     }
     assert!(!format!("{tokens:?}").contains(tokens.refresh_token.expose_secret()));

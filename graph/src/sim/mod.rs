@@ -529,7 +529,9 @@ impl SimHandle {
         subscription_id: &str,
         event: &str,
     ) -> Result<Delivery, SimError> {
-        self.sim.notify_lifecycle(tenant, subscription_id, event).await
+        self.sim
+            .notify_lifecycle(tenant, subscription_id, event)
+            .await
     }
 
     /// Drops a subscription and posts `subscriptionRemoved` for it.

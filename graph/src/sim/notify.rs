@@ -90,7 +90,9 @@ impl Sim {
         tenant: Uuid,
         id: &str,
     ) -> Result<Delivery, SimError> {
-        let delivery = self.notify_lifecycle(tenant, id, "subscriptionRemoved").await;
+        let delivery = self
+            .notify_lifecycle(tenant, id, "subscriptionRemoved")
+            .await;
         let mut world = self.world();
         let t = world.tenant_mut(tenant)?;
         t.subscriptions.retain(|s| s.id != id);
@@ -198,7 +200,11 @@ pub(crate) async fn me(
             .get(&tenant)
             .and_then(|t| t.user(&user))
             .ok_or_else(|| {
-                super::wire::Failure::new(404, "Request_ResourceNotFound", "Resource does not exist.")
+                super::wire::Failure::new(
+                    404,
+                    "Request_ResourceNotFound",
+                    "Resource does not exist.",
+                )
             })?;
         Ok((200, state.json.clone()))
     })
@@ -217,7 +223,9 @@ impl Sim {
             .map(|u| u.id().to_owned())
             .ok_or_else(|| SimError::UnknownUser(user.to_owned()))?;
         let token = format!("simrt.{}", world.random_token(24));
-        world.refresh_tokens.insert(token.clone(), (tenant, user_id));
+        world
+            .refresh_tokens
+            .insert(token.clone(), (tenant, user_id));
         Ok(token)
     }
 
