@@ -291,12 +291,20 @@ impl Verdict {
 }
 
 /// A subscription as the webhook looks it up.
+#[derive(sqlx::FromRow)]
 struct Known {
-    mailbox: MailboxId,
-    workspace: String,
-    tenant: String,
-    client_state: Vec<u8>,
-    legacy: Option<Vec<u8>>,
+    subscription_id: String,
+    mailbox_id: Uuid,
+    workspace_id: String,
+    tenant_key: String,
+    client_state_sha256: Vec<u8>,
+    legacy_state_sha256: Option<Vec<u8>>,
+}
+
+impl Known {
+    fn mailbox(&self) -> MailboxId {
+        MailboxId(self.mailbox_id)
+    }
 }
 
 /// Constant-time: how long the comparison takes says nothing about how much matched.
@@ -319,7 +327,7 @@ pub async fn record_notifications(
         .collect();
     ids.sort_unstable();
     ids.dedup();
-    let rows: Vec<(String, Uuid, String, String, Vec<u8>, Option<Vec<u8>>)> = sqlx::query_as(
+    let rows: Vec<Known> = sqlx::query_as(
         "SELECT subscription_id, mailbox_id, workspace_id, tenant_key, client_state_sha256, legacy_state_sha256 \
          FROM mail_subscriptions WHERE subscription_id = ANY($1)",
     )
@@ -328,18 +336,7 @@ pub async fn record_notifications(
     .await?;
     let known: std::collections::HashMap<String, Known> = rows
         .into_iter()
-        .map(|(id, mailbox, workspace, tenant, client_state, legacy)| {
-            (
-                id,
-                Known {
-                    mailbox: MailboxId(mailbox),
-                    workspace,
-                    tenant,
-                    client_state,
-                    legacy,
-                },
-            )
-        })
+        .map(|k| (k.subscription_id.clone(), k))
         .collect();
     let mut verdicts = Vec::with_capacity(notifications.len());
     for n in notifications {
@@ -348,9 +345,9 @@ pub async fn record_notifications(
             continue;
         };
         let presented = client_state_hash(n.client_state.as_deref().unwrap_or(""));
-        let current = same_hash(&presented, &k.client_state);
+        let current = same_hash(&presented, &k.client_state_sha256);
         let legacy = k
-            .legacy
+            .legacy_state_sha256
             .as_deref()
             .is_some_and(|l| same_hash(&presented, l));
         verdicts.push(if current {
@@ -378,13 +375,21 @@ pub async fn record_notifications(
                 } else {
                     "subscription"
                 };
-                schedule_work(uow.connection(), kind, k.mailbox, &k.workspace, None, now).await?;
+                schedule_work(
+                    uow.connection(),
+                    kind,
+                    k.mailbox(),
+                    &k.workspace_id,
+                    None,
+                    now,
+                )
+                .await?;
                 if let Some(e) = domain::mailbox::LifecycleEvent::parse_graph(event) {
-                    let meta = system_meta(&k.workspace);
+                    let meta = system_meta(&k.workspace_id);
                     // A disabled mailbox ignores lifecycle notices; nothing to record.
                     let _ = uow
                         .execute::<Mailbox>(
-                            &k.mailbox.to_string(),
+                            &k.mailbox().to_string(),
                             MailboxCommand::RecordLifecycle { event: e },
                             &meta,
                         )
@@ -401,20 +406,20 @@ pub async fn record_notifications(
                 continue;
             };
             let (Ok(workspace), Ok(tenant)) = (
-                k.workspace.parse::<WorkspaceId>(),
-                k.tenant.parse::<TenantKey>(),
+                k.workspace_id.parse::<WorkspaceId>(),
+                k.tenant_key.parse::<TenantKey>(),
             ) else {
                 *verdict = Verdict::Malformed;
                 continue;
             };
-            let meta = system_meta(&k.workspace);
+            let meta = system_meta(&k.workspace_id);
             let committed = uow
                 .execute::<InboundEmail>(
-                    &InboundEmail::id(k.mailbox, message_id),
+                    &InboundEmail::id(k.mailbox(), message_id),
                     InboundEmailCommand::RecordNotification {
                         workspace,
                         tenant,
-                        mailbox: k.mailbox,
+                        mailbox: k.mailbox(),
                         message_id: message_id.to_owned(),
                         subscription_id: n.subscription_id.clone(),
                     },
@@ -428,8 +433,8 @@ pub async fn record_notifications(
             schedule_work(
                 uow.connection(),
                 "fetch",
-                k.mailbox,
-                &k.workspace,
+                k.mailbox(),
+                &k.workspace_id,
                 Some(message_id),
                 now,
             )

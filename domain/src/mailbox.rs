@@ -361,7 +361,7 @@ impl Aggregate for Mailbox {
                 let address = valid_address(&address)?;
                 Some(MailboxEvent::MailboxAdded {
                     workspace,
-                    entra_tenant_id: tenant.entra_tenant_id.clone(),
+                    entra_tenant_id: tenant.entra_tenant_id,
                     tenant,
                     address,
                     verification_fingerprint,
