@@ -446,6 +446,60 @@ pub async fn record_notifications(
     .await
 }
 
+/// Records messages found in the inbox after a missed notification as if each had been
+/// notified (one transaction; those already notified add nothing). Returns how many were new.
+pub async fn record_missed(
+    bus: &CommandBus,
+    mailbox: MailboxId,
+    state: &Mailbox,
+    message_ids: &[String],
+) -> Result<usize, AppError> {
+    let (Some(workspace), Some(tenant)) = (&state.workspace, &state.tenant) else {
+        return Err(AppError::NotFound("mailbox"));
+    };
+    let meta = system_meta(workspace.as_str());
+    let subscription = state
+        .subscription_id
+        .clone()
+        .unwrap_or_else(|| "missed".to_owned());
+    let now = bus.services().clock.now();
+    retrying(|| async {
+        let mut uow = bus.begin().await?;
+        let mut new = 0;
+        for message_id in message_ids.iter().filter(|m| valid_message_id(m).is_ok()) {
+            let committed = uow
+                .execute::<InboundEmail>(
+                    &InboundEmail::id(mailbox, message_id),
+                    InboundEmailCommand::RecordNotification {
+                        workspace: workspace.clone(),
+                        tenant: tenant.clone(),
+                        mailbox,
+                        message_id: message_id.clone(),
+                        subscription_id: subscription.clone(),
+                    },
+                    &meta,
+                )
+                .await?;
+            if committed.events.is_empty() {
+                continue;
+            }
+            new += 1;
+            schedule_work(
+                uow.connection(),
+                "fetch",
+                mailbox,
+                workspace.as_str(),
+                Some(message_id),
+                now,
+            )
+            .await?;
+        }
+        uow.commit().await?;
+        Ok(new)
+    })
+    .await
+}
+
 /// The engine's metadata in a workspace.
 pub fn system_meta(workspace: &str) -> Metadata {
     Metadata::new(workspace, "mail-worker", domain::Role::System)

@@ -136,6 +136,15 @@ pub trait GraphApi: Send + Sync {
         refresh_token: &SecretString,
     ) -> Result<DelegatedGrant, GraphError>;
 
+    /// Ids and received times of the inbox's messages received at or after `since`,
+    /// oldest first, all pages.
+    async fn list_inbox_messages(
+        &self,
+        app: &AppCredentials,
+        user: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<Message>, GraphError>;
+
     /// The signed-in user of a delegated access token (`/me`).
     async fn get_me(
         &self,

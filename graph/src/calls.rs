@@ -307,6 +307,24 @@ impl GraphApi for GraphClient {
         }
     }
 
+    async fn list_inbox_messages(
+        &self,
+        app: &AppCredentials,
+        user: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<Message>, GraphError> {
+        let endpoint = Endpoint::ListInboxMessages;
+        let mut url = with_select(self.graph_url(endpoint, &[user])?, "id,receivedDateTime");
+        url.query_pairs_mut()
+            .append_pair(
+                "$filter",
+                &format!("receivedDateTime ge {}", timestamp(since)),
+            )
+            .append_pair("$orderby", "receivedDateTime")
+            .append_pair("$top", "100");
+        self.list(app, endpoint, url).await
+    }
+
     async fn get_me(
         &self,
         tenant: uuid::Uuid,

@@ -55,6 +55,8 @@ pub enum Endpoint {
     MoveMessage,
     /// The signed-in user of a delegated token (a mailbox's connection test).
     Me,
+    /// Inbox messages received since a time (catching up after a missed notification).
+    ListInboxMessages,
 }
 
 struct Spec {
@@ -67,7 +69,7 @@ struct Spec {
 
 impl Endpoint {
     /// The whole registry, in declaration order.
-    pub const ALL: [Endpoint; 19] = [
+    pub const ALL: [Endpoint; 20] = [
         Endpoint::Token,
         Endpoint::ListConditionalAccessPolicies,
         Endpoint::ListSubscribedSkus,
@@ -87,6 +89,7 @@ impl Endpoint {
         Endpoint::SetMessageCategories,
         Endpoint::MoveMessage,
         Endpoint::Me,
+        Endpoint::ListInboxMessages,
     ];
 
     fn spec(self) -> Spec {
@@ -195,7 +198,14 @@ impl Endpoint {
                 Some("Mail.ReadWrite"),
                 "move_message",
             ),
-            Self::Me => (Get, Graph, "/me", None, "me"),
+            Self::Me => (Get, Graph, "/me", Some("User.Read"), "me"),
+            Self::ListInboxMessages => (
+                Get,
+                Graph,
+                "/users/{user}/mailFolders/inbox/messages",
+                Some("Mail.Read"),
+                "list_inbox_messages",
+            ),
         };
         Spec {
             method,

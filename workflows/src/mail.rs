@@ -826,10 +826,46 @@ impl MailWorker {
 
     // ---- after a missed notification ----
 
-    /// Graph dropped notifications: schedule a renewal (which proves the subscription) and
-    /// record that the inbox may hold messages nobody was told about.
+    /// Graph dropped notifications: read the inbox since the last message received (or
+    /// the last three days), record what nobody was told about, and renew the subscription
+    /// (which proves it still stands).
     async fn catch_up(&self, work: &Work) -> Result<Done, MailError> {
+        let target = self.target(work.mailbox, true).await?;
+        let Ok(app) = &target.app else {
+            return Ok(Done::Finished);
+        };
+        let last: Option<DateTime<Utc>> = sqlx::query_scalar(
+            "SELECT max(received_at) FROM rm_inbound_emails WHERE mailbox_id = $1",
+        )
+        .bind(work.mailbox.as_uuid())
+        .fetch_one(self.bus.pool())
+        .await?;
         let now = self.now();
+        let since = last
+            .map(|l| l - chrono::Duration::minutes(10))
+            .unwrap_or(now - chrono::Duration::days(3));
+        let listed = match self
+            .graph
+            .list_inbox_messages(app, &target.mailbox.address, since)
+            .await
+        {
+            Ok(listed) => listed,
+            Err(e) if e.is_transient() && work.attempts + 1 < self.settings.fetch_attempts => {
+                return Ok(Done::Again(self.retry_at(work.attempts, &e), true));
+            }
+            Err(e) => {
+                tracing::warn!(reason = %e.reason, "the inbox could not be read after a missed notification");
+                return Ok(Done::Finished);
+            }
+        };
+        let ids: Vec<String> = listed.into_iter().map(|m| m.id).collect();
+        let new =
+            app::mailboxes::record_missed(&self.bus, work.mailbox, &target.mailbox, &ids).await?;
+        tracing::info!(
+            listed = ids.len(),
+            new,
+            "caught up after a missed notification"
+        );
         let mut conn = self.bus.pool().acquire().await?;
         sqlx::query(
             "INSERT INTO mail_work (work_key, kind, mailbox_id, workspace_id, due_at) VALUES ($1, 'subscription', $2, $3, $4) \

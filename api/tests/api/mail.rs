@@ -263,3 +263,55 @@ async fn mailbox_secrets_stay_in_the_vault() {
     }
     assert!(!format!("{tokens:?}").contains(tokens.refresh_token.expose_secret()));
 }
+
+#[tokio::test]
+async fn after_a_missed_notification_the_inbox_is_read_and_nothing_is_lost_or_doubled() {
+    let world = MailWorld::new().await;
+    let id = world.add_mailbox(None).await;
+    let worker = world.worker();
+    worker.drain().await.unwrap();
+    let subscription = world.mailbox(id).await.subscription_id.unwrap();
+    // One message notified as usual, then two Graph never announced.
+    let told = world
+        .sim
+        .deliver_mail(world.entra, &world.user, &NewMail::default())
+        .await
+        .unwrap();
+    assert_eq!(told.deliveries.len(), 1);
+    worker.drain().await.unwrap();
+    world
+        .sim
+        .expire_subscription(world.entra, &subscription)
+        .unwrap();
+    for _ in 0..2 {
+        let untold = world
+            .sim
+            .deliver_mail(world.entra, &world.user, &NewMail::default())
+            .await
+            .unwrap();
+        assert!(untold.deliveries.is_empty());
+    }
+    let missed = world
+        .sim
+        .notify_lifecycle(world.entra, &subscription, "missed")
+        .await
+        .unwrap();
+    assert_eq!(missed.status, Some(202));
+    worker.drain().await.unwrap();
+    let pool = world.db.pool().await;
+    let received: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT aggregate_id, count(*) FROM events WHERE event_type = 'InboundEmailReceived' GROUP BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(received.len(), 3, "{received:?}");
+    assert!(received.iter().all(|(_, n)| *n == 1));
+    // The renewal after it found the expired subscription gone and made a new one.
+    let mailbox = world.mailbox(id).await;
+    assert_eq!(mailbox.status, MailboxStatus::Active);
+    assert_ne!(
+        mailbox.subscription_id.as_deref(),
+        Some(subscription.as_str())
+    );
+}

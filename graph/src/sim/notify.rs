@@ -245,3 +245,77 @@ impl Sim {
         Ok(())
     }
 }
+
+/// `GET /users/{user}/mailFolders/inbox/messages[?$filter=receivedDateTime ge <time>]`:
+/// the inbox's messages, oldest first.
+pub(crate) async fn list_inbox_messages(
+    axum::extract::State(sim): axum::extract::State<std::sync::Arc<Sim>>,
+    axum::extract::Path((user, folder)): axum::extract::Path<(String, String)>,
+    incoming: super::http::Incoming,
+) -> axum::response::Response {
+    sim.serve(
+        crate::Endpoint::ListInboxMessages,
+        &incoming,
+        |world, tenant| {
+            let page_size = world.page_size;
+            let not_found = || {
+                super::wire::Failure::new(
+                    404,
+                    "ErrorItemNotFound",
+                    "The specified object was not found in the store.",
+                )
+            };
+            if !folder.eq_ignore_ascii_case("inbox") {
+                return Err(not_found());
+            }
+            let since = match incoming.query("$filter") {
+                None => None,
+                Some(f) => Some(
+                    f.strip_prefix("receivedDateTime ge ")
+                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t.trim()).ok())
+                        .map(|t| t.with_timezone(&Utc))
+                        .ok_or_else(|| {
+                            super::wire::Failure::bad_request("Invalid filter clause")
+                        })?,
+                ),
+            };
+            let user_state = world
+                .tenants
+                .get_mut(&tenant)
+                .and_then(|t| t.user_mut(&user))
+                .ok_or_else(not_found)?;
+            let mailbox = user_state.mailbox.as_ref().ok_or_else(not_found)?;
+            let inbox = mailbox.folder_id("inbox").unwrap_or_default().to_owned();
+            let mut items: Vec<Value> = mailbox
+                .messages
+                .iter()
+                .filter(|m| m.json["parentFolderId"] == json!(inbox))
+                .filter(|m| {
+                    since.is_none_or(|s| {
+                        m.json["receivedDateTime"]
+                            .as_str()
+                            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                            .is_some_and(|t| t.with_timezone(&Utc) >= s)
+                    })
+                })
+                .map(|m| m.json.clone())
+                .collect();
+            items.sort_by(|a, b| {
+                a["receivedDateTime"]
+                    .as_str()
+                    .cmp(&b["receivedDateTime"].as_str())
+            });
+            let set = format!("users('{user}')/mailFolders('inbox')/messages");
+            super::wire::page(
+                &items,
+                &incoming,
+                page_size,
+                1000,
+                &set,
+                &["internetMessageHeaders"],
+            )
+            .map(|b| (200, b))
+        },
+    )
+    .await
+}

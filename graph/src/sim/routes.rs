@@ -57,6 +57,10 @@ pub(crate) fn router(sim: Arc<Sim>) -> Router {
             get(list_customers),
         )
         .route("/me", get(super::notify::me))
+        .route(
+            "/users/{user}/mailFolders/{folder}/messages",
+            get(super::notify::list_inbox_messages),
+        )
         .route("/subscriptions", post(mail::create_subscription))
         .route(
             "/subscriptions/{id}",
