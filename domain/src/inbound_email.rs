@@ -145,7 +145,7 @@ impl Authorize for InboundEmailCommand {
 pub enum InboundEmailEvent {
     NotificationRecorded {
         workspace: WorkspaceId,
-        tenant: TenantKey,
+        tenant_key: TenantKey,
         mailbox: MailboxId,
         message_id: String,
         subscription_id: String,
@@ -253,7 +253,7 @@ impl Aggregate for InboundEmail {
                     .is_none()
                     .then_some(InboundEmailEvent::NotificationRecorded {
                         workspace,
-                        tenant,
+                        tenant_key: tenant,
                         mailbox,
                         message_id,
                         subscription_id,
@@ -315,7 +315,7 @@ mod tests {
     fn notified() -> InboundEmailEvent {
         InboundEmailEvent::NotificationRecorded {
             workspace: crate::testing::workspace(),
-            tenant: tenant_key(),
+            tenant_key: tenant_key(),
             mailbox: mailbox(),
             message_id: "AAMkADm1".into(),
             subscription_id: "sub-1".into(),

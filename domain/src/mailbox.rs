@@ -188,7 +188,7 @@ impl Authorize for MailboxCommand {
 pub enum MailboxEvent {
     MailboxAdded {
         workspace: WorkspaceId,
-        tenant: TenantKey,
+        tenant_key: TenantKey,
         entra_tenant_id: EntraTenantId,
         address: String,
         verification_fingerprint: String,
@@ -362,7 +362,7 @@ impl Aggregate for Mailbox {
                 Some(MailboxEvent::MailboxAdded {
                     workspace,
                     entra_tenant_id: tenant.entra_tenant_id,
-                    tenant,
+                    tenant_key: tenant,
                     address,
                     verification_fingerprint,
                     legacy_fingerprint,
@@ -458,7 +458,7 @@ impl Aggregate for Mailbox {
         match event {
             MailboxEvent::MailboxAdded {
                 workspace,
-                tenant,
+                tenant_key: tenant,
                 entra_tenant_id,
                 address,
                 verification_fingerprint,
@@ -519,7 +519,7 @@ mod tests {
     fn added() -> MailboxEvent {
         MailboxEvent::MailboxAdded {
             workspace: crate::testing::workspace(),
-            tenant: tenant_key(),
+            tenant_key: tenant_key(),
             entra_tenant_id: crate::testing::guid(),
             address: "help@contoso.com".into(),
             verification_fingerprint: "hmac-sha256:v2:abc".into(),

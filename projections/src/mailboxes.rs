@@ -111,7 +111,7 @@ async fn apply_mailbox(
     let query = match event {
         MailboxEvent::MailboxAdded {
             workspace,
-            tenant,
+            tenant_key: tenant,
             address,
             added_at,
             ..
@@ -163,7 +163,7 @@ async fn apply_email(
     let query = match event {
         InboundEmailEvent::NotificationRecorded {
             workspace,
-            tenant,
+            tenant_key: tenant,
             mailbox,
             message_id,
             at,

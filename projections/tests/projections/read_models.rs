@@ -42,7 +42,8 @@ async fn every_read_model_is_listed_once_with_the_tables_it_owns() {
             "runs",
             "audit_log",
             "policies",
-            "schedules"
+            "schedules",
+            "mailboxes"
         ]
     );
     let owned: Vec<&str> = all
