@@ -315,3 +315,68 @@ async fn after_a_missed_notification_the_inbox_is_read_and_nothing_is_lost_or_do
         Some(subscription.as_str())
     );
 }
+
+#[tokio::test]
+async fn a_legacy_client_state_is_still_accepted_with_a_warning_and_counted() {
+    let world = MailWorld::new().await;
+    let id = app::mailboxes::add_mailbox(
+        &world.bus,
+        &world.vault,
+        &testkit::meta(world.tenant.workspace.as_str(), Role::Owner),
+        app::mailboxes::NewMailbox {
+            tenant: world.tenant.clone(),
+            address: world.user.clone(),
+            delegated: None,
+            legacy_client_state: Some("the-old-provider-client-state".to_owned().into()),
+        },
+    )
+    .await
+    .unwrap();
+    let worker = world.worker();
+    worker.drain().await.unwrap();
+    let subscription = world.mailbox(id).await.subscription_id.unwrap();
+    world
+        .sim
+        .expire_subscription(world.entra, &subscription)
+        .unwrap();
+    let message = world
+        .sim
+        .deliver_mail(world.entra, &world.user, &NewMail::default())
+        .await
+        .unwrap()
+        .message_id;
+    let legacy = world
+        .sim
+        .notify_message(
+            world.entra,
+            &subscription,
+            &message,
+            Some("the-old-provider-client-state"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(legacy.status, Some(202));
+    worker.drain().await.unwrap();
+    let pool = world.db.pool().await;
+    let received: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'InboundEmailReceived'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(received, 1);
+    assert!(world
+        .metrics
+        .render()
+        .contains("tenantflow_mail_notifications_total{outcome=\"accepted_legacy\"} 1"));
+    // Any other value is still refused.
+    let wrong = world
+        .sim
+        .notify_message(world.entra, &subscription, "AAMkADother", Some("guess"))
+        .await
+        .unwrap();
+    assert_eq!(wrong.status, Some(202));
+    assert!(world
+        .metrics
+        .render()
+        .contains("tenantflow_mail_notifications_total{outcome=\"wrong_client_state\"} 1"));
+}
