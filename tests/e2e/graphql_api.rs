@@ -23,7 +23,7 @@ async fn event_count(db: &testkit::TestDb) -> i64 {
 }
 
 /// A graphql-transport-ws subscription.
-async fn subscribe(
+pub(crate) async fn subscribe(
     base_url: &str,
     token: &str,
     query: &str,
@@ -58,7 +58,9 @@ async fn subscribe(
     })
 }
 
-async fn next_within(stream: &mut (impl futures::Stream<Item = Value> + Unpin)) -> Value {
+pub(crate) async fn next_within(
+    stream: &mut (impl futures::Stream<Item = Value> + Unpin),
+) -> Value {
     tokio::time::timeout(std::time::Duration::from_secs(20), stream.next())
         .await
         .expect("a subscription update in time")

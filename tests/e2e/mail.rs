@@ -245,3 +245,29 @@ async fn bad_webhook_input_is_refused_with_a_typed_error_and_the_handshake_echoe
     assert_eq!(huge.status(), 413);
     assert_eq!(count().await, before);
 }
+
+#[tokio::test]
+async fn a_dashboard_sees_inbound_email_arrive_live() {
+    let (server, _db, sim) = start_server().await;
+    let owner = server.client("acme", Role::Owner);
+    let (id, t, user, _) = active_mailbox(&owner, &sim).await;
+    let token = testkit::token("acme", Role::Owner);
+    let mut live = Box::pin(
+        crate::graphql_api::subscribe(
+            &server.base_url,
+            &token,
+            "subscription($m: ID) { inboundEmailReceived(mailboxId: $m) { messageId subject status threadId } }",
+            json!({"m": id}),
+        )
+        .await,
+    );
+    let report = sim
+        .deliver_mail(t.tenant_id, &user, &NewMail::default())
+        .await
+        .unwrap();
+    let seen = crate::graphql_api::next_within(&mut live).await;
+    let email = &seen["inboundEmailReceived"];
+    assert_eq!(email["messageId"], report.message_id.as_str());
+    assert_eq!(email["status"], "received");
+    assert_eq!(email["subject"], "Printer on floor 2 is jammed");
+}
