@@ -65,7 +65,7 @@ pub fn client_state_hash(value: &str) -> Vec<u8> {
 }
 
 /// Inserts (or moves) a mailbox's work row.
-pub(crate) async fn schedule_work(
+pub async fn schedule_work(
     conn: &mut PgConnection,
     kind: &str,
     mailbox: MailboxId,
@@ -176,25 +176,7 @@ pub async fn renew_mailbox(
     meta: &Metadata,
     mailbox: MailboxId,
 ) -> Result<(), AppError> {
-    let now = bus.services().clock.now();
-    retrying(|| async {
-        let mut uow = bus.begin().await?;
-        guard::load::<Mailbox>(&mut uow, meta, &mailbox.to_string()).await?;
-        uow.execute::<Mailbox>(&mailbox.to_string(), MailboxCommand::RequestRenewal, meta)
-            .await?;
-        schedule_work(
-            uow.connection(),
-            "subscription",
-            mailbox,
-            &meta.workspace,
-            None,
-            now,
-        )
-        .await?;
-        uow.commit().await?;
-        Ok(())
-    })
-    .await
+    command_with_timer(bus, meta, mailbox, MailboxCommand::RequestRenewal).await
 }
 
 /// Disables a mailbox: no notification is accepted any more; the worker deletes its
@@ -204,17 +186,30 @@ pub async fn disable_mailbox(
     meta: &Metadata,
     mailbox: MailboxId,
 ) -> Result<(), AppError> {
+    command_with_timer(bus, meta, mailbox, MailboxCommand::Disable).await
+}
+
+/// A person's command on a mailbox and its subscription timer due now, in one transaction.
+/// A disabled mailbox's notifications are unknown from then on.
+async fn command_with_timer(
+    bus: &CommandBus,
+    meta: &Metadata,
+    mailbox: MailboxId,
+    command: MailboxCommand,
+) -> Result<(), AppError> {
     let now = bus.services().clock.now();
+    let disabling = command == MailboxCommand::Disable;
     retrying(|| async {
         let mut uow = bus.begin().await?;
         guard::load::<Mailbox>(&mut uow, meta, &mailbox.to_string()).await?;
-        uow.execute::<Mailbox>(&mailbox.to_string(), MailboxCommand::Disable, meta)
+        uow.execute::<Mailbox>(&mailbox.to_string(), command.clone(), meta)
             .await?;
-        // From now on its notifications are unknown; the worker deletes it at Graph.
-        sqlx::query("DELETE FROM mail_subscriptions WHERE mailbox_id = $1")
-            .bind(mailbox.as_uuid())
-            .execute(uow.connection())
-            .await?;
+        if disabling {
+            sqlx::query("DELETE FROM mail_subscriptions WHERE mailbox_id = $1")
+                .bind(mailbox.as_uuid())
+                .execute(uow.connection())
+                .await?;
+        }
         schedule_work(
             uow.connection(),
             "subscription",

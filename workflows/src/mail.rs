@@ -867,15 +867,14 @@ impl MailWorker {
             "caught up after a missed notification"
         );
         let mut conn = self.bus.pool().acquire().await?;
-        sqlx::query(
-            "INSERT INTO mail_work (work_key, kind, mailbox_id, workspace_id, due_at) VALUES ($1, 'subscription', $2, $3, $4) \
-             ON CONFLICT (work_key) DO UPDATE SET due_at = LEAST(mail_work.due_at, EXCLUDED.due_at)",
+        app::mailboxes::schedule_work(
+            &mut conn,
+            "subscription",
+            work.mailbox,
+            &work.workspace,
+            None,
+            now,
         )
-        .bind(app::mailboxes::work_key("subscription", work.mailbox, None))
-        .bind(work.mailbox.as_uuid())
-        .bind(&work.workspace)
-        .bind(now)
-        .execute(&mut *conn)
         .await?;
         Ok(Done::Finished)
     }

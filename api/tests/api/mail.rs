@@ -380,3 +380,52 @@ async fn a_legacy_client_state_is_still_accepted_with_a_warning_and_counted() {
         .render()
         .contains("tenantflow_mail_notifications_total{outcome=\"wrong_client_state\"} 1"));
 }
+
+#[tokio::test]
+async fn a_disabled_mailbox_loses_its_subscription_and_its_notifications_change_nothing() {
+    let world = MailWorld::new().await;
+    let id = world.add_mailbox(None).await;
+    let worker = world.worker();
+    worker.drain().await.unwrap();
+    let subscription = world.mailbox(id).await.subscription_id.unwrap();
+    let owner = testkit::meta(world.tenant.workspace.as_str(), Role::Owner);
+    app::mailboxes::disable_mailbox(&world.bus, &owner, id)
+        .await
+        .unwrap();
+    worker.drain().await.unwrap();
+    assert_eq!(world.mailbox(id).await.status, MailboxStatus::Disabled);
+    assert!(world.sim.subscriptions(world.entra).unwrap().is_empty());
+    assert_eq!(world.renewal_due(id).await, None);
+    // A late notification for it, genuine clientState and all, is acknowledged and ignored.
+    let pool = world.db.pool().await;
+    let token = world
+        .vault
+        .verification_token(&pool, id.as_uuid())
+        .await
+        .unwrap()
+        .unwrap();
+    let late = reqwest::Client::new()
+        .post(format!("{}/webhooks/graph/mail", world.url()))
+        .json(&json!({"value": [{
+            "subscriptionId": subscription,
+            "clientState": token.expose_secret(),
+            "changeType": "created",
+            "resource": "Users/u/Messages/AAMkADlate",
+            "resourceData": {"id": "AAMkADlate"},
+        }]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(late.status(), 202);
+    let notified: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'NotificationRecorded'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(notified, 0);
+    // A reader may not disable, nor renew.
+    let reader = testkit::meta(world.tenant.workspace.as_str(), Role::Readonly);
+    assert!(app::mailboxes::renew_mailbox(&world.bus, &reader, id)
+        .await
+        .is_err());
+}

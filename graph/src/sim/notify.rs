@@ -212,16 +212,21 @@ pub(crate) async fn me(
 }
 
 impl Sim {
-    /// A refresh token for `user` of `tenant`, as an interactive consent would give one.
-    pub(crate) fn issue_refresh_token(&self, tenant: Uuid, user: &str) -> Result<String, SimError> {
-        let mut world = self.world();
-        let user_id = world
+    /// The id of `user` (id or UPN) of `tenant`.
+    fn user_id(&self, tenant: Uuid, user: &str) -> Result<String, SimError> {
+        self.world()
             .tenants
             .get(&tenant)
             .ok_or(SimError::UnknownTenant(tenant))?
             .user(user)
             .map(|u| u.id().to_owned())
-            .ok_or_else(|| SimError::UnknownUser(user.to_owned()))?;
+            .ok_or_else(|| SimError::UnknownUser(user.to_owned()))
+    }
+
+    /// A refresh token for `user` of `tenant`, as an interactive consent would give one.
+    pub(crate) fn issue_refresh_token(&self, tenant: Uuid, user: &str) -> Result<String, SimError> {
+        let user_id = self.user_id(tenant, user)?;
+        let mut world = self.world();
         let token = format!("simrt.{}", world.random_token(24));
         world
             .refresh_tokens
@@ -231,15 +236,8 @@ impl Sim {
 
     /// Revokes every refresh token of `user` (a password reset, a revoked consent).
     pub(crate) fn revoke_refresh_tokens(&self, tenant: Uuid, user: &str) -> Result<(), SimError> {
-        let mut world = self.world();
-        let user_id = world
-            .tenants
-            .get(&tenant)
-            .ok_or(SimError::UnknownTenant(tenant))?
-            .user(user)
-            .map(|u| u.id().to_owned())
-            .ok_or_else(|| SimError::UnknownUser(user.to_owned()))?;
-        world
+        let user_id = self.user_id(tenant, user)?;
+        self.world()
             .refresh_tokens
             .retain(|_, (t, u)| !(*t == tenant && *u == user_id));
         Ok(())
