@@ -36,6 +36,7 @@ use sqlx::PgConnection;
 use store::metrics::MailLabels;
 use store::{CommandBus, Metrics, Vault, Wakeups};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use url::Url;
 use uuid::Uuid;
 
@@ -271,17 +272,20 @@ impl MailWorker {
 
     async fn work(&self, work: Work) -> Result<(), MailError> {
         let span = tracing::debug_span!("mail_work", kind = %work.kind, mailbox = %work.mailbox, workspace = %work.workspace);
-        let _ = &span;
-        let done = match work.kind.as_str() {
-            "fetch" => self.fetch(&work).await?,
-            "subscription" => self.subscription(&work).await?,
-            "test" => self.test(&work).await?,
-            "catch_up" => self.catch_up(&work).await?,
-            other => {
-                tracing::warn!(kind = other, "unknown mail work: dropped");
-                Done::Finished
-            }
-        };
+        let done = async {
+            Ok::<_, MailError>(match work.kind.as_str() {
+                "fetch" => self.fetch(&work).await?,
+                "subscription" => self.subscription(&work).await?,
+                "test" => self.test(&work).await?,
+                "catch_up" => self.catch_up(&work).await?,
+                other => {
+                    tracing::warn!(kind = other, "unknown mail work: dropped");
+                    Done::Finished
+                }
+            })
+        }
+        .instrument(span)
+        .await?;
         let outcome = match &done {
             Done::Finished | Done::Recorded => "done",
             Done::Again(_, true) => "retry",
