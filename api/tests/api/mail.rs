@@ -429,3 +429,56 @@ async fn a_disabled_mailbox_loses_its_subscription_and_its_notifications_change_
         .await
         .is_err());
 }
+
+#[tokio::test]
+async fn a_reply_is_received_in_the_thread_of_the_message_it_answers() {
+    use graph::models::MessageHeader;
+    let world = MailWorld::new().await;
+    world.add_mailbox(None).await;
+    let worker = world.worker();
+    worker.drain().await.unwrap();
+    let first = NewMail {
+        headers: vec![MessageHeader {
+            name: "Message-ID".into(),
+            value: "<first@customer.example>".into(),
+        }],
+        ..NewMail::default()
+    };
+    let reply = NewMail {
+        subject: "Re: Printer on floor 2 is jammed".into(),
+        headers: vec![MessageHeader {
+            name: "In-Reply-To".into(),
+            value: "<first@customer.example>".into(),
+        }],
+        ..NewMail::default()
+    };
+    for mail in [first, reply, NewMail::default()] {
+        world
+            .sim
+            .deliver_mail(world.entra, &world.user, &mail)
+            .await
+            .unwrap();
+    }
+    worker.drain().await.unwrap();
+    let pool = world.db.pool().await;
+    let threads: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT payload->'InboundEmailReceived'->'email'->>'thread_id', \
+                payload->'InboundEmailReceived'->'email'->>'internet_message_id', \
+                payload->'InboundEmailReceived'->'email'->>'in_reply_to' \
+         FROM events WHERE event_type = 'InboundEmailReceived' ORDER BY global_position",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(threads.len(), 3);
+    assert_eq!(threads[0].1.as_deref(), Some("<first@customer.example>"));
+    assert_eq!(threads[1].2.as_deref(), Some("<first@customer.example>"));
+    assert_eq!(
+        threads[0].0, threads[1].0,
+        "the reply is in the first message's thread"
+    );
+    assert_ne!(
+        threads[0].0, threads[2].0,
+        "an unrelated message has its own"
+    );
+}
