@@ -482,3 +482,33 @@ async fn a_reply_is_received_in_the_thread_of_the_message_it_answers() {
         "an unrelated message has its own"
     );
 }
+
+#[tokio::test]
+async fn an_outage_at_graph_backs_the_subscription_off_and_it_is_created_once_graph_is_back() {
+    use graph::sim::{Fault, FaultSpec};
+    let world = MailWorld::new().await;
+    world.sim.inject(FaultSpec {
+        tenant: Some(world.entra),
+        endpoint: Some(graph::Endpoint::CreateSubscription),
+        fault: Fault::ServerError { status: 503 },
+        times: None,
+    });
+    let id = world.add_mailbox(None).await;
+    let worker = world.worker();
+    worker.drain().await.unwrap();
+    let waiting = world.mailbox(id).await;
+    assert_eq!(
+        waiting.status,
+        MailboxStatus::Connecting,
+        "not blocked: retried later"
+    );
+    let retry = world.renewal_due(id).await.unwrap();
+    assert!(retry > world.clock.now(), "the retry waits");
+
+    world.sim.clear_faults();
+    world
+        .clock
+        .advance(retry - world.clock.now() + Duration::seconds(1));
+    worker.drain().await.unwrap();
+    assert_eq!(world.mailbox(id).await.status, MailboxStatus::Active);
+}
