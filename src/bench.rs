@@ -92,6 +92,21 @@ pub enum BenchCommand {
         #[arg(long, default_value = "bench-idle.json")]
         json: PathBuf,
     },
+    /// Inbound mail: change notifications posted to the webhook until each became an
+    /// enriched `InboundEmailReceived`, against a bare loop of the same message fetches
+    /// and one insert each; the webhook's p99 acknowledgement, and the events and bytes
+    /// per message. In a scratch database.
+    Mail {
+        /// Messages notified (and as many fetched by the bare loop).
+        #[arg(long, default_value_t = 2000)]
+        messages: usize,
+        /// Concurrent webhook posts, fetches and bare-loop tasks.
+        #[arg(long, short = 'c', default_value_t = 8)]
+        concurrency: usize,
+        /// Where to write the JSON results.
+        #[arg(long, default_value = "bench-mail.json")]
+        json: PathBuf,
+    },
     /// Every bench above with its defaults, one after the other; each writes its JSON into
     /// DIR, and `DIR/bench-all.json` lists every figure with its target and whether it holds.
     All {
@@ -176,6 +191,11 @@ pub async fn run(config: Config, command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Idle { seconds, json } => {
             crate::bench_idle::run(Duration::from_secs(seconds), json).await
         }
+        BenchCommand::Mail {
+            messages,
+            concurrency,
+            json,
+        } => crate::bench_mail::run(config, messages.max(1), concurrency.max(1), json).await,
         BenchCommand::All { dir } => all(config, dir).await,
         BenchCommand::Verify {
             events,
@@ -216,6 +236,7 @@ async fn all(config: Config, dir: PathBuf) -> anyhow::Result<()> {
     crate::bench_catchup::run(config.clone(), 1_000_000, file("catchup")).await?;
     crate::bench_graphql::run(config.clone(), 200, 5000, file("graphql")).await?;
     crate::bench_idle::run(Duration::from_secs(5), file("idle")).await?;
+    crate::bench_mail::run(config.clone(), 2000, 8, file("mail")).await?;
 
     let read = |name: &str| -> anyhow::Result<serde_json::Value> {
         let path = file(name);
@@ -265,6 +286,19 @@ async fn all(config: Config, dir: PathBuf) -> anyhow::Result<()> {
         "events/s",
         number(&c["all_read_models_events_per_second"]),
         number(&c["target_events_per_second"]),
+    ));
+    let m = read("mail")?;
+    figures.push(at_least(
+        "mail",
+        "ratio",
+        number(&m["ratio"]),
+        number(&m["target_ratio"]),
+    ));
+    figures.push(below(
+        "mail",
+        "webhook ack p99 ms",
+        number(&m["webhook_ack"]["p99_ms"]),
+        number(&m["target_ack_p99_ms"]),
     ));
     let g = read("graphql")?;
     for run in g["runs"].as_array().cloned().unwrap_or_default() {

@@ -81,6 +81,17 @@ pub struct Config {
     /// An Apollo persisted query manifest (JSON). Set, the API accepts only the queries it
     /// lists (by hash or by text); unset, any query, with hashes learnt from clients.
     pub graphql_known_queries: Option<PathBuf>,
+    /// Inbound mail: the public HTTPS base URL Graph reaches this service at; the webhook
+    /// is `{base}/webhooks/graph/mail`. Unset: this instance's own listen address (only
+    /// the simulator can reach that).
+    pub mail_webhook_base_url: Option<String>,
+    /// Inbound mail: an app registration's client id and secret for every mailbox
+    /// (`TENANTFLOW_MAIL_CLIENT_ID` / `TENANTFLOW_MAIL_CLIENT_SECRET`); unset, each
+    /// tenant's stored credential (its default Microsoft connection's) is used.
+    pub mail_client_id: Option<String>,
+    pub mail_client_secret: Option<SecretString>,
+    /// The category a received message is marked with (default `tenantflow/processed`).
+    pub mail_category: Option<String>,
 }
 
 impl Config {

@@ -135,3 +135,117 @@ async fn register(
     }
     Ok(wrote)
 }
+
+/// Messages the demo mailbox receives, so inbound email shows up without anyone typing:
+/// a request, the reply in its thread, and one with an attachment.
+fn demo_mail() -> Vec<graph::sim::NewMail> {
+    use graph::models::MessageHeader;
+    use graph::sim::{NewAttachment, NewMail};
+    vec![
+        NewMail {
+            subject: "Printer on floor 2 is jammed".into(),
+            headers: vec![MessageHeader {
+                name: "Message-ID".into(),
+                value: "<printer-1@customer.example>".into(),
+            }],
+            ..NewMail::default()
+        },
+        NewMail {
+            subject: "Re: Printer on floor 2 is jammed".into(),
+            body_text: "Still jammed after the restart.".into(),
+            headers: vec![
+                MessageHeader {
+                    name: "In-Reply-To".into(),
+                    value: "<printer-1@customer.example>".into(),
+                },
+                MessageHeader {
+                    name: "References".into(),
+                    value: "<printer-1@customer.example>".into(),
+                },
+            ],
+            ..NewMail::default()
+        },
+        NewMail {
+            subject: "New laptop for Megan".into(),
+            from_name: "Megan Bowen".into(),
+            from_address: "megan@customer.example".into(),
+            body_text: "Quote attached, please order.".into(),
+            attachments: vec![NewAttachment {
+                name: "quote.pdf".into(),
+                content_type: "application/pdf".into(),
+                size: 48_213,
+                is_inline: false,
+            }],
+            ..NewMail::default()
+        },
+    ]
+}
+
+/// Adds the demo mailbox (the first demo tenant's helpdesk user) the first time, and once
+/// its subscription is live, has the simulator deliver a few messages to it, which arrive
+/// through the webhook like Microsoft's would.
+pub async fn start_mail(
+    bus: &CommandBus,
+    vault: &Vault,
+    sim: &graph::sim::SimHandle,
+) -> anyhow::Result<()> {
+    use domain::mailbox::{Mailbox, MailboxStatus};
+    let Some(t) = sim.tenants().into_iter().next() else {
+        return Ok(());
+    };
+    let Some(user) = t.mailboxes.first().map(|m| m.user_principal_name.clone()) else {
+        return Ok(());
+    };
+    let existing: Option<String> = sqlx::query_scalar(
+        "SELECT aggregate_id FROM events WHERE aggregate_type = 'mailbox' AND metadata->>'workspace' = $1 LIMIT 1",
+    )
+    .bind(WORKSPACE)
+    .fetch_optional(bus.pool())
+    .await?;
+    if existing.is_some() {
+        return Ok(());
+    }
+    let meta = Metadata::new(WORKSPACE, "demo-setup", Role::Owner);
+    let tenant = TenantKey::new(WORKSPACE.parse()?, EntraTenantId::from(t.tenant_id));
+    let id = app::mailboxes::add_mailbox(
+        bus,
+        vault,
+        &meta,
+        app::mailboxes::NewMailbox {
+            tenant,
+            address: user.clone(),
+            delegated: None,
+            legacy_client_state: None,
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("demo: mailbox {user}: {e}"))?;
+    let bus = bus.clone();
+    let deliver = sim.base_url().join(&format!(
+        "_sim/tenants/{}/mailboxes/{user}/messages",
+        t.tenant_id
+    ))?;
+    tokio::spawn(async move {
+        // The worker creates the subscription right after start-up; give it a minute.
+        for _ in 0..600 {
+            let active = bus
+                .load::<Mailbox>(&id.to_string())
+                .await
+                .map(|l| l.aggregate.status == MailboxStatus::Active)
+                .unwrap_or(false);
+            if active {
+                let http = reqwest::Client::new();
+                for mail in demo_mail() {
+                    if let Err(error) = http.post(deliver.clone()).json(&mail).send().await {
+                        tracing::warn!(%error, "demo: a message could not be delivered");
+                    }
+                }
+                tracing::info!(mailbox = %user, "demo: the demo mailbox received a few messages (see `inboundEmails`)");
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        tracing::warn!("demo: the demo mailbox's subscription was not created in a minute");
+    });
+    Ok(())
+}

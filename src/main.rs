@@ -6,6 +6,7 @@ mod bench_catchup;
 mod bench_contacts;
 mod bench_graphql;
 mod bench_idle;
+mod bench_mail;
 mod bench_resync;
 mod bench_verify;
 mod chaos;

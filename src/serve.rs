@@ -320,7 +320,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     );
     // Projections, task feed, snapshot writer, engines and scheduler, woken by NOTIFY
     // from the events table.
-    let background = runtime::start(&parts, &runtime_options(&config), shutdown.clone());
+    let mut options = runtime_options(&config);
+    options.mail = Some(mail_settings(&config, addr)?);
+    let background = runtime::start(&parts, &options, shutdown.clone());
+    if let Some(sim) = &demo {
+        crate::demo::start_mail(&parts.bus, &parts.vault, sim).await?;
+    }
 
     tracing::info!(
         "tenantflow is listening on http://{addr} (GraphiQL: http://{addr}/graphql, health: /healthz, readiness: /readyz, metrics: /metrics)"
@@ -423,6 +428,37 @@ pub fn runtime_options(config: &Config) -> runtime::Options {
             .then(|| std::time::Duration::from_secs(config.log_horizon_warning_seconds)),
         ..runtime::Options::default()
     }
+}
+
+/// Inbound mail's settings: the webhook URL Graph posts to (the configured public base,
+/// else this instance's address) and the app client from the environment, if given.
+pub fn mail_settings(
+    config: &Config,
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<workflows::mail::MailSettings> {
+    let base = match &config.mail_webhook_base_url {
+        Some(base) => url::Url::parse(base).context("mail_webhook_base_url is not a URL")?,
+        None => url::Url::parse(&format!("http://{addr}"))?,
+    };
+    let hook = base
+        .join("webhooks/graph/mail")
+        .context("mail_webhook_base_url cannot take the webhook path")?;
+    let app_client = match (&config.mail_client_id, &config.mail_client_secret) {
+        (Some(id), Some(secret)) => Some((id.clone(), secret.clone())),
+        (None, None) => None,
+        _ => anyhow::bail!("set both mail_client_id and mail_client_secret, or neither"),
+    };
+    let defaults = workflows::mail::MailSettings::default();
+    Ok(workflows::mail::MailSettings {
+        notification_url: Some(hook.clone()),
+        lifecycle_url: Some(hook),
+        app_client,
+        category: config
+            .mail_category
+            .clone()
+            .unwrap_or(defaults.category.clone()),
+        ..defaults
+    })
 }
 
 /// `tenantflow token`.

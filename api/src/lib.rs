@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod graphql;
 mod http;
+mod mail_webhook;
 mod ops;
 
 use axum::Router;
@@ -67,6 +68,7 @@ impl std::ops::Deref for AppState {
 pub fn router(state: AppState) -> Router {
     ops::routes()
         .merge(http::routes())
+        .merge(mail_webhook::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             ops::track_requests,

@@ -7,6 +7,7 @@ mod connections;
 pub mod contacts;
 mod error;
 mod guard;
+pub mod mailboxes;
 mod retry;
 mod runs;
 mod schedules;

@@ -57,6 +57,8 @@ pub mod connection;
 pub mod contact;
 pub mod contact_settings;
 pub mod contact_sync;
+pub mod inbound_email;
+pub mod mailbox;
 pub mod partner_connection;
 pub mod policy;
 pub mod reason;

@@ -42,6 +42,15 @@ pub enum ReasonCode {
     FeatureDisabled,
     /// A request to the API ran past its deadline and was cancelled.
     RequestTimeout,
+    // Inbound mail (R6).
+    /// `/me` is another mailbox than the one configured (mail and userPrincipalName differ).
+    MailboxMismatch,
+    /// The mailbox's refresh token was revoked or expired: someone must sign in again.
+    MailboxRefreshTokenRevoked,
+    /// The mailbox has no delegated tokens or app credentials to call Graph with.
+    MailboxCredentialMissing,
+    /// The message could not be fetched (the event carries only its ids).
+    MailFetchFailed,
     // Anything we could not classify; the message stays opaque.
     InternalError,
 }
@@ -75,6 +84,10 @@ impl ReasonCode {
             Self::Cancelled => "cancelled",
             Self::FeatureDisabled => "feature_disabled",
             Self::RequestTimeout => "request_timeout",
+            Self::MailboxMismatch => "mailbox_mismatch",
+            Self::MailboxRefreshTokenRevoked => "mailbox_refresh_token_revoked",
+            Self::MailboxCredentialMissing => "mailbox_credential_missing",
+            Self::MailFetchFailed => "mail_fetch_failed",
             Self::InternalError => "internal_error",
         }
     }

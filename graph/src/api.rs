@@ -5,12 +5,14 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use crate::models::DelegatedGrant;
 use crate::models::{
     AttachmentMeta, CippTenant, ConditionalAccessPolicy, Contract, DelegatedAdminCustomer,
     DeltaLink, MailFolder, Message, MoveDestination, NewSubscription, SubscribedSku, Subscription,
     User, UsersDelta,
 };
 use crate::{AppCredentials, CippCredentials, GraphError};
+use secrecy::SecretString;
 
 /// Typed calls to Microsoft Graph, the token service and CIPP.
 #[async_trait]
@@ -124,6 +126,31 @@ pub trait GraphApi: Send + Sync {
         message_id: &str,
         categories: &[String],
     ) -> Result<Message, GraphError>;
+
+    /// Redeems a mailbox owner's refresh token for a new access token (and the rotated
+    /// refresh token), with the app's own credentials. A revoked or expired refresh token
+    /// is `MailboxRefreshTokenRevoked`.
+    async fn refresh_delegated_token(
+        &self,
+        app: &AppCredentials,
+        refresh_token: &SecretString,
+    ) -> Result<DelegatedGrant, GraphError>;
+
+    /// Ids and received times of the inbox's messages received at or after `since`,
+    /// oldest first, all pages.
+    async fn list_inbox_messages(
+        &self,
+        app: &AppCredentials,
+        user: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<Message>, GraphError>;
+
+    /// The signed-in user of a delegated access token (`/me`).
+    async fn get_me(
+        &self,
+        tenant: uuid::Uuid,
+        access_token: &SecretString,
+    ) -> Result<User, GraphError>;
 
     /// Moves a message; the moved message has a new id.
     async fn move_message(

@@ -271,6 +271,78 @@ impl GraphApi for GraphClient {
         self.single(app, endpoint, url, Body::Json(body)).await
     }
 
+    async fn refresh_delegated_token(
+        &self,
+        app: &AppCredentials,
+        refresh_token: &secrecy::SecretString,
+    ) -> Result<crate::models::DelegatedGrant, GraphError> {
+        let tenant = app.tenant_id.to_string();
+        let url = Endpoint::Token.url(&self.config().login_base, &[&tenant])?;
+        let scope = format!("offline_access {}", self.config().graph_scope);
+        let form = [
+            ("client_id", app.client_id.as_str()),
+            ("client_secret", app.client_secret.expose_secret()),
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token.expose_secret()),
+            ("scope", scope.as_str()),
+        ];
+        let call = Call {
+            endpoint: Endpoint::Token,
+            url,
+            auth: Auth::None,
+            body: Body::Form(&form),
+            prefer: None,
+            tenant: app.tenant_id,
+        };
+        match self.json(&call).await {
+            Err(mut e)
+                if e.graph_code.as_deref() == Some("invalid_grant")
+                    && e.reason != ReasonCode::ProviderConsentMissing =>
+            {
+                e.reason = ReasonCode::MailboxRefreshTokenRevoked;
+                e.message = "the mailbox's refresh token was revoked or has expired".into();
+                Err(e)
+            }
+            other => other,
+        }
+    }
+
+    async fn list_inbox_messages(
+        &self,
+        app: &AppCredentials,
+        user: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<Message>, GraphError> {
+        let endpoint = Endpoint::ListInboxMessages;
+        let mut url = with_select(self.graph_url(endpoint, &[user])?, "id,receivedDateTime");
+        url.query_pairs_mut()
+            .append_pair(
+                "$filter",
+                &format!("receivedDateTime ge {}", timestamp(since)),
+            )
+            .append_pair("$orderby", "receivedDateTime")
+            .append_pair("$top", "100");
+        self.list(app, endpoint, url).await
+    }
+
+    async fn get_me(
+        &self,
+        tenant: uuid::Uuid,
+        access_token: &secrecy::SecretString,
+    ) -> Result<User, GraphError> {
+        let endpoint = Endpoint::Me;
+        let url = with_select(self.graph_url(endpoint, &[])?, USER_FIELDS);
+        let call = Call {
+            endpoint,
+            url,
+            auth: Auth::Bearer(access_token),
+            body: Body::Empty,
+            prefer: None,
+            tenant,
+        };
+        self.json(&call).await
+    }
+
     async fn move_message(
         &self,
         app: &AppCredentials,

@@ -48,6 +48,8 @@ pub(crate) enum Auth<'a> {
     None,
     /// App-only token of these credentials for this scope.
     App(&'a AppCredentials, &'a str),
+    /// A delegated access token the caller holds (a mailbox owner's).
+    Bearer(&'a secrecy::SecretString),
 }
 
 /// What a request carries.
@@ -147,9 +149,13 @@ impl GraphClient {
                     let token = self.token(&key, credentials, scope).await?;
                     Some((key, token))
                 }
-                Auth::None => None,
+                Auth::None | Auth::Bearer(_) => None,
             };
-            let outcome = self.send_once(call, token.as_ref().map(|(_, t)| t)).await;
+            let bearer = match call.auth {
+                Auth::Bearer(secret) => Some(secret.expose_secret()),
+                _ => token.as_ref().map(|(_, t)| t.token.bearer()),
+            };
+            let outcome = self.send_once(call, bearer).await;
             let not_sent = matches!(outcome, Attempt::Unreachable);
             let error = match outcome {
                 Attempt::Answered { status, body, .. } if (200..300).contains(&status) => {
@@ -210,7 +216,7 @@ impl GraphClient {
         }
     }
 
-    async fn send_once(&self, call: &Call<'_>, token: Option<&CachedToken>) -> Attempt {
+    async fn send_once(&self, call: &Call<'_>, bearer: Option<&str>) -> Attempt {
         let method = match call.endpoint.method() {
             Method::Get => reqwest::Method::GET,
             Method::Post => reqwest::Method::POST,
@@ -224,8 +230,8 @@ impl GraphClient {
             .request(method, call.url.clone())
             .header("client-request-id", &client_request_id)
             .header(reqwest::header::ACCEPT, "application/json");
-        if let Some(token) = token {
-            request = request.bearer_auth(token.token.bearer());
+        if let Some(bearer) = bearer {
+            request = request.bearer_auth(bearer);
         }
         if let Some(prefer) = call.prefer {
             request = request.header("Prefer", prefer);

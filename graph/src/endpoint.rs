@@ -53,6 +53,10 @@ pub enum Endpoint {
     ListAttachments,
     SetMessageCategories,
     MoveMessage,
+    /// The signed-in user of a delegated token (a mailbox's connection test).
+    Me,
+    /// Inbox messages received since a time (catching up after a missed notification).
+    ListInboxMessages,
 }
 
 struct Spec {
@@ -65,7 +69,7 @@ struct Spec {
 
 impl Endpoint {
     /// The whole registry, in declaration order.
-    pub const ALL: [Endpoint; 18] = [
+    pub const ALL: [Endpoint; 20] = [
         Endpoint::Token,
         Endpoint::ListConditionalAccessPolicies,
         Endpoint::ListSubscribedSkus,
@@ -84,6 +88,8 @@ impl Endpoint {
         Endpoint::ListAttachments,
         Endpoint::SetMessageCategories,
         Endpoint::MoveMessage,
+        Endpoint::Me,
+        Endpoint::ListInboxMessages,
     ];
 
     fn spec(self) -> Spec {
@@ -191,6 +197,14 @@ impl Endpoint {
                 "/users/{user}/messages/{message}/move",
                 Some("Mail.ReadWrite"),
                 "move_message",
+            ),
+            Self::Me => (Get, Graph, "/me", Some("User.Read"), "me"),
+            Self::ListInboxMessages => (
+                Get,
+                Graph,
+                "/users/{user}/mailFolders/inbox/messages",
+                Some("Mail.Read"),
+                "list_inbox_messages",
             ),
         };
         Spec {

@@ -340,6 +340,25 @@ impl std::fmt::Debug for NewSubscription {
     }
 }
 
+/// What the token service gives for a refresh token: a delegated access token, the
+/// rotated refresh token and how long the access token lives. Never printed.
+#[derive(Clone, Deserialize)]
+pub struct DelegatedGrant {
+    pub access_token: SecretString,
+    /// Absent when the service keeps the old one valid.
+    #[serde(default)]
+    pub refresh_token: Option<SecretString>,
+    pub expires_in: u64,
+}
+
+impl std::fmt::Debug for DelegatedGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DelegatedGrant")
+            .field("expires_in", &self.expires_in)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A change-notification subscription (its `clientState` is not kept).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

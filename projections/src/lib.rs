@@ -10,6 +10,7 @@
 //! | `policies`    | `rm_policy_snapshots`, `rm_alerts`, `rm_licenses` | tenant events (resync) |
 //! | `schedules`   | `rm_schedules`               | schedule and schedule tick events |
 //! | `contacts`    | `rm_partner_connections`, `rm_clients`, `rm_tenant_mappings`, `rm_contact_sync_results`, `rm_contacts`, `rm_reconciliation_items`, `rm_contact_settings` | contact sync events (R5) |
+//! | `mailboxes`   | `rm_mailboxes`, `rm_inbound_emails` | mailbox and inbound email events |
 //!
 //! Every row carries its `workspace_id` (row-level security keys on it) and, except audit
 //! and step rows, the `version` (aggregate sequence) last applied, so replaying an event
@@ -19,6 +20,7 @@ mod audit_log;
 mod connections;
 mod contacts;
 mod event;
+mod mailboxes;
 mod policies;
 mod runner;
 mod runs;
@@ -30,6 +32,7 @@ use std::sync::Arc;
 pub use audit_log::AuditLog;
 pub use connections::Connections;
 pub use contacts::Contacts;
+pub use mailboxes::Mailboxes;
 pub use policies::Policies;
 pub use runner::{rebuild, spawn_all, Projection, RebuildProgress};
 pub use runs::{Runs, RUNS_CHANNEL};
@@ -46,5 +49,6 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
         Arc::new(Policies),
         Arc::new(Schedules),
         Arc::new(Contacts),
+        Arc::new(Mailboxes),
     ]
 }

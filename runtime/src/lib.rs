@@ -42,6 +42,8 @@ pub struct Options {
     /// A transaction open longer than this holding back the log is reported (metric,
     /// readiness warning, log); `None`: not watched.
     pub horizon_threshold: Option<Duration>,
+    /// Inbound mail's worker (fetches, subscription timers, tests); `None`: not run here.
+    pub mail: Option<workflows::mail::MailSettings>,
 }
 
 impl Default for Options {
@@ -56,6 +58,7 @@ impl Default for Options {
             projections: true,
             consumers: RunnerOptions::default(),
             horizon_threshold: Some(Duration::from_secs(30)),
+            mail: Some(workflows::mail::MailSettings::default()),
         }
     }
 }
@@ -124,6 +127,17 @@ pub fn start(parts: &Parts, options: &Options, shutdown: CancellationToken) -> R
             )
         };
         tasks.spawn(engine.run(wakeups.clone(), shutdown.clone()));
+    }
+    if let (Some(settings), true) = (&options.mail, options.workers > 0) {
+        let worker = workflows::mail::MailWorker::new(
+            parts.bus.clone(),
+            parts.vault.clone(),
+            parts.graph.clone(),
+            parts.metrics.clone(),
+            settings.clone(),
+            format!("{}-mail", options.owner),
+        );
+        tasks.spawn(worker.run(wakeups.clone(), shutdown.clone()));
     }
     if let Some(poll) = options.scheduler_poll {
         // Every instance runs a scheduler; each tick fires once across them.

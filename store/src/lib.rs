@@ -27,4 +27,4 @@ pub use log::{
 };
 pub use metrics::Metrics;
 pub use snapshots::SnapshotWriter;
-pub use vault::{SealedCredential, Vault, VaultError};
+pub use vault::{DelegatedTokens, MailboxSecret, SealedCredential, Vault, VaultError};

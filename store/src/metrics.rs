@@ -48,6 +48,15 @@ pub struct Metrics {
     /// threshold).
     pub log_horizon_held: Gauge,
     horizon_warning: Arc<Mutex<Option<String>>>,
+    /// Inbound mail (R6): webhook notifications by verdict, mail work by kind and outcome.
+    pub mail_notifications: Family<MailLabels, Counter>,
+    pub mail_work: Family<MailLabels, Counter>,
+}
+
+/// Labels of the inbound mail counters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, prometheus_client::encoding::EncodeLabelSet)]
+pub struct MailLabels {
+    pub outcome: String,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -169,7 +178,21 @@ impl Metrics {
             "How long the oldest open transaction has held back what consumers can read",
             log_horizon_held.clone(),
         );
+        let mail_notifications = Family::<MailLabels, Counter>::default();
+        registry.register(
+            "mail_notifications",
+            "Graph change notifications received by the mail webhook, by verdict",
+            mail_notifications.clone(),
+        );
+        let mail_work = Family::<MailLabels, Counter>::default();
+        registry.register(
+            "mail_work",
+            "Mail worker items done, by kind and outcome",
+            mail_work.clone(),
+        );
         Self {
+            mail_notifications,
+            mail_work,
             registry: Arc::new(registry),
             consumer_blocked,
             blocked: Arc::default(),

@@ -15,6 +15,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use uuid::Uuid;
 
+mod mailbox;
+pub use mailbox::{DelegatedTokens, MailboxSecret};
+
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
     #[error("the vault key must be 32 bytes, base64-encoded")]

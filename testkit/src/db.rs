@@ -29,6 +29,8 @@ pub const READ_MODEL_TABLES: &[(&str, &str)] = &[
     ("rm_contacts", "contact_id"),
     ("rm_reconciliation_items", "item_id"),
     ("rm_contact_settings", "workspace_id"),
+    ("rm_mailboxes", "mailbox_id"),
+    ("rm_inbound_emails", "email_key"),
 ];
 
 struct Cluster {

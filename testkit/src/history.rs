@@ -38,6 +38,7 @@ pub struct History {
     schedule: Option<Schedule>,
     globex: Option<Globex>,
     contacts: Option<ContactBook>,
+    mailbox: Option<domain::mailbox::MailboxId>,
 }
 
 /// The runs of [`HistoryBuilder::runs`], all of them resyncs.
@@ -88,6 +89,7 @@ impl History {
             schedule: false,
             other_workspace: false,
             contacts: false,
+            mail: false,
         }
     }
 
@@ -100,6 +102,7 @@ impl History {
             .schedule()
             .other_workspace()
             .contacts()
+            .mail()
             .build()
             .await
     }
@@ -122,6 +125,11 @@ impl History {
         self.contacts.as_ref().expect("a history with .contacts()")
     }
 
+    /// contoso's help desk mailbox of [`HistoryBuilder::mail`].
+    pub fn mailbox(&self) -> domain::mailbox::MailboxId {
+        self.mailbox.expect("a history with .mail()")
+    }
+
     pub fn globex(&self) -> &Globex {
         self.globex
             .as_ref()
@@ -139,9 +147,17 @@ pub struct HistoryBuilder<'a> {
     schedule: bool,
     other_workspace: bool,
     contacts: bool,
+    mail: bool,
 }
 
 impl HistoryBuilder<'_> {
+    /// contoso's help desk mailbox: added, subscribed, one message notified and received
+    /// (enriched), another notified and received minimally (its fetch failed).
+    pub fn mail(mut self) -> Self {
+        self.mail = true;
+        self
+    }
+
     /// contoso is resynced; two policy snapshots from Graph (the second with a diff and a
     /// drift alert), an import (a third snapshot, no second alert within the hour, and the
     /// policy intent) and a license refresh.
@@ -237,7 +253,12 @@ impl HistoryBuilder<'_> {
             }
             false => None,
         };
+        let mailbox = match self.mail {
+            true => Some(mail(bus, &contoso).await),
+            false => None,
+        };
         History {
+            mailbox,
             contoso,
             fabrikam,
             northwind,
@@ -467,4 +488,87 @@ pub async fn release_scope(bus: &CommandBus, run: RunId) {
         .await
         .unwrap();
     uow.commit().await.unwrap();
+}
+
+async fn mail(bus: &CommandBus, contoso: &TenantKey) -> domain::mailbox::MailboxId {
+    use domain::inbound_email::{
+        EmailData, InboundEmail, InboundEmailCommand, Participant, Processed,
+    };
+    use domain::mailbox::{Mailbox, MailboxCommand};
+    let id = app::mailboxes::add_mailbox(
+        bus,
+        &vault(),
+        &owner(),
+        app::mailboxes::NewMailbox {
+            tenant: contoso.clone(),
+            address: "help@contoso.com".into(),
+            delegated: None,
+            legacy_client_state: None,
+        },
+    )
+    .await
+    .unwrap();
+    let system = engine("acme");
+    bus.execute::<Mailbox>(
+        &id.to_string(),
+        MailboxCommand::RecordSubscription {
+            subscription_id: "sub-contoso-1".into(),
+            expires_at: Utc::now().trunc_subsecs(0) + chrono::Duration::days(2),
+        },
+        &system,
+    )
+    .await
+    .unwrap();
+    for (message, fetched) in [("AAMkADhistory1", true), ("AAMkADhistory2", false)] {
+        let stream = InboundEmail::id(id, message);
+        bus.execute::<InboundEmail>(
+            &stream,
+            InboundEmailCommand::RecordNotification {
+                workspace: contoso.workspace.clone(),
+                tenant: contoso.clone(),
+                mailbox: id,
+                message_id: message.into(),
+                subscription_id: "sub-contoso-1".into(),
+            },
+            &system,
+        )
+        .await
+        .unwrap();
+        let email = fetched.then(|| {
+            Box::new(EmailData {
+                internet_message_id: Some("<h1@customer.example>".into()),
+                subject: "Printer".into(),
+                from: Some(Participant {
+                    name: "Pat".into(),
+                    address: "pat@customer.example".into(),
+                }),
+                to: vec![],
+                cc: vec![],
+                received_at: Some(Utc::now().trunc_subsecs(0)),
+                thread_id: Some("conv-1".into()),
+                in_reply_to: None,
+                references: vec![],
+                body_text: "jammed".into(),
+                body_truncated: false,
+                body_preview: "jammed".into(),
+                headers: vec![],
+                attachments: vec![],
+            })
+        });
+        let failure = (!fetched).then_some(ReasonCode::MailFetchFailed);
+        bus.execute::<InboundEmail>(
+            &stream,
+            InboundEmailCommand::Receive {
+                email,
+                failure,
+                processed: fetched.then(|| Processed::Categorized {
+                    category: "tenantflow/processed".into(),
+                }),
+            },
+            &system,
+        )
+        .await
+        .unwrap();
+    }
+    id
 }

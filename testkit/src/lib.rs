@@ -19,6 +19,8 @@ mod engine;
 mod graphql;
 mod history;
 #[cfg(feature = "service")]
+mod mail;
+#[cfg(feature = "service")]
 mod served;
 mod tenants;
 mod wait;
@@ -33,6 +35,8 @@ pub use graphql::{token, GraphqlClient};
 pub use history::{
     queued_resync, record_progress, release_scope, Globex, History, HistoryBuilder, Runs, Schedule,
 };
+#[cfg(feature = "service")]
+pub use mail::MailWorld;
 #[cfg(feature = "service")]
 pub use served::TestApp;
 pub use tenants::{engine, guid, meta, owner, vault, ReadyTenant};

@@ -23,7 +23,7 @@ async fn event_count(db: &testkit::TestDb) -> i64 {
 }
 
 /// A graphql-transport-ws subscription.
-async fn subscribe(
+pub(crate) async fn subscribe(
     base_url: &str,
     token: &str,
     query: &str,
@@ -122,7 +122,9 @@ async fn a_subscription_may_be_sent_as_a_persisted_query_hash() {
     assert_eq!(update["runUpdated"]["id"], started["runId"], "{update}");
 }
 
-async fn next_within(stream: &mut (impl futures::Stream<Item = Value> + Unpin)) -> Value {
+pub(crate) async fn next_within(
+    stream: &mut (impl futures::Stream<Item = Value> + Unpin),
+) -> Value {
     tokio::time::timeout(std::time::Duration::from_secs(20), stream.next())
         .await
         .expect("a subscription update in time")

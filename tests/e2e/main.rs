@@ -14,4 +14,6 @@ mod health;
 mod history;
 mod hostile;
 mod lifecycle;
+mod mail;
+mod mail_crash;
 mod retry;

@@ -8,6 +8,7 @@
 pub mod contacts;
 pub mod engine;
 pub mod health;
+pub mod mail;
 pub mod plan;
 pub mod resync;
 pub mod retry;

@@ -9,6 +9,7 @@ mod enums;
 mod errors;
 mod feed;
 mod introspection;
+mod mail;
 mod mutation;
 mod next_steps;
 mod page;

@@ -3,7 +3,7 @@
 //! extension and change nothing.
 
 use app::Started;
-use async_graphql::{Context, Enum, InputObject, Object};
+use async_graphql::{Context, Enum, InputObject, Object, ID};
 use chrono::{DateTime, Utc};
 use domain::connection::ConnectionCommand;
 use domain::tenant::TenantCommand;
@@ -113,6 +113,42 @@ pub struct CoreMutation;
 
 #[Object]
 impl CoreMutation {
+    /// Adds a mailbox of a tenant; its subscription is created right after (Owner, Manager).
+    async fn add_mailbox(
+        &self,
+        ctx: &Context<'_>,
+        input: super::mail::AddMailboxInput,
+    ) -> async_graphql::Result<super::mail::MailboxPayload> {
+        super::mail::add_mailbox(ctx, meta(ctx)?, input).await
+    }
+
+    /// Tests a mailbox's connection; the finding shows as `lastTest` (Owner, Manager, Operator).
+    async fn test_mailbox(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> async_graphql::Result<super::mail::MailboxPayload> {
+        super::mail::act(ctx, meta(ctx)?, id, super::mail::MailboxAction::Test).await
+    }
+
+    /// Renews a mailbox's subscription now (Owner, Manager, Operator).
+    async fn renew_mailbox(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> async_graphql::Result<super::mail::MailboxPayload> {
+        super::mail::act(ctx, meta(ctx)?, id, super::mail::MailboxAction::Renew).await
+    }
+
+    /// Disables a mailbox: its notifications are ignored, its subscription deleted (Owner, Manager).
+    async fn disable_mailbox(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> async_graphql::Result<super::mail::MailboxPayload> {
+        super::mail::act(ctx, meta(ctx)?, id, super::mail::MailboxAction::Disable).await
+    }
+
     /// Registers a tenant in the caller's workspace (Owner, Manager).
     async fn register_tenant(
         &self,

@@ -144,6 +144,37 @@ pub struct CoreQuery;
 
 #[Object]
 impl CoreQuery {
+    /// Mailboxes of the caller's workspace (inbound mail), oldest first.
+    async fn mailboxes(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(name = "tenantId")] tenant_id: Option<String>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Connection<String, super::mail::MailboxNode>> {
+        super::mail::mailboxes(ctx, tenant_id, first, after).await
+    }
+
+    /// One mailbox by id.
+    async fn mailbox(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> async_graphql::Result<Option<super::mail::MailboxNode>> {
+        super::mail::mailbox(ctx, id).await
+    }
+
+    /// Inbound emails, newest first (by notification).
+    async fn inbound_emails(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<super::mail::InboundEmailFilter>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Connection<String, super::mail::InboundEmailNode>> {
+        super::mail::inbound_emails(ctx, filter, first, after).await
+    }
+
     /// Tenants of the caller's workspace, by display name. `search` keeps those whose
     /// display name, primary domain or Entra tenant id contains it (case-insensitive).
     async fn tenants(

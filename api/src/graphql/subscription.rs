@@ -28,6 +28,18 @@ async fn load(
 
 #[Subscription]
 impl SubscriptionRoot {
+    /// Streams each inbound email once it is received (enriched or minimal): the
+    /// workspace's, or one mailbox's.
+    async fn inbound_email_received(
+        &self,
+        ctx: &Context<'_>,
+        mailbox_id: Option<async_graphql::ID>,
+    ) -> async_graphql::Result<
+        impl Stream<Item = async_graphql::Result<super::mail::InboundEmailNode>>,
+    > {
+        super::mail::received_feed(ctx, mailbox_id).await
+    }
+
     /// Streams a run each time it changes: one run by `runId`, or every run of a tenant by
     /// `tenantId`. With `runId`, the current state comes first.
     async fn run_updated(

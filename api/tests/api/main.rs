@@ -6,6 +6,7 @@ mod contacts;
 mod dashboard;
 mod filters;
 mod graphql_js;
+mod mail;
 mod persisted;
 mod relay;
 mod schema;

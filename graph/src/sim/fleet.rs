@@ -132,6 +132,8 @@ pub(crate) fn seed_world(config: &SimConfig) -> World {
     tenants.insert(partner_id, partner);
     let cipp_api_client_id = seeder.uuid().to_string();
     World {
+        refresh_tokens: HashMap::new(),
+        delegated: HashMap::new(),
         page_size: config.page_size.max(1),
         subscription_max_minutes: config.subscription_max_minutes,
         token_lifetime: config.token_lifetime,

@@ -23,6 +23,7 @@ mod faults;
 mod fleet;
 mod http;
 mod mail;
+mod notify;
 mod routes;
 mod state;
 mod wire;
@@ -504,6 +505,57 @@ impl SimHandle {
         mail: &NewMail,
     ) -> Result<DeliveryReport, SimError> {
         self.sim.deliver_mail(tenant, user, mail).await
+    }
+
+    /// Posts the `created` notification of message `message_id` to subscription
+    /// `subscription_id` again (Graph delivers more than once), with `client_state` in
+    /// place of the registered one when given (a forgery).
+    pub async fn notify_message(
+        &self,
+        tenant: Uuid,
+        subscription_id: &str,
+        message_id: &str,
+        client_state: Option<&str>,
+    ) -> Result<Delivery, SimError> {
+        self.sim
+            .notify_message(tenant, subscription_id, message_id, client_state)
+            .await
+    }
+
+    /// Posts a lifecycle notification (`reauthorizationRequired`, `missed`, ...).
+    pub async fn notify_lifecycle(
+        &self,
+        tenant: Uuid,
+        subscription_id: &str,
+        event: &str,
+    ) -> Result<Delivery, SimError> {
+        self.sim
+            .notify_lifecycle(tenant, subscription_id, event)
+            .await
+    }
+
+    /// Drops a subscription and posts `subscriptionRemoved` for it.
+    pub async fn remove_subscription(
+        &self,
+        tenant: Uuid,
+        subscription_id: &str,
+    ) -> Result<Delivery, SimError> {
+        self.sim.remove_subscription(tenant, subscription_id).await
+    }
+
+    /// A delegated refresh token for `user` (id or UPN) of `tenant`.
+    pub fn issue_refresh_token(&self, tenant: Uuid, user: &str) -> Result<String, SimError> {
+        self.sim.issue_refresh_token(tenant, user)
+    }
+
+    /// Revokes every refresh token of `user`.
+    pub fn revoke_refresh_tokens(&self, tenant: Uuid, user: &str) -> Result<(), SimError> {
+        self.sim.revoke_refresh_tokens(tenant, user)
+    }
+
+    /// Lets a subscription run out now.
+    pub fn expire_subscription(&self, tenant: Uuid, subscription_id: &str) -> Result<(), SimError> {
+        self.sim.expire_subscription(tenant, subscription_id)
     }
 
     /// Every message in a mailbox, all folders, with all fields.

@@ -56,6 +56,11 @@ pub(crate) fn router(sim: Arc<Sim>) -> Router {
             "/tenantRelationships/delegatedAdminCustomers",
             get(list_customers),
         )
+        .route("/me", get(super::notify::me))
+        .route(
+            "/users/{user}/mailFolders/{folder}/messages",
+            get(super::notify::list_inbox_messages),
+        )
         .route("/subscriptions", post(mail::create_subscription))
         .route(
             "/subscriptions/{id}",
@@ -394,6 +399,9 @@ fn issue_token(
         form.entry("client_secret".to_owned()).or_insert(secret);
     }
     let field = |key: &str| form.get(key).map(String::as_str).unwrap_or_default();
+    if field("grant_type") == "refresh_token" {
+        return super::notify::refresh_grant(world, tenant_key, tenant, &form);
+    }
     if field("grant_type") != "client_credentials" {
         return Err(OAuthRefusal::new(
             400,
@@ -485,7 +493,7 @@ fn basic_credentials(incoming: &Incoming) -> Option<(String, String)> {
 }
 
 /// The token service's error shape.
-struct OAuthRefusal {
+pub(crate) struct OAuthRefusal {
     status: u16,
     error: &'static str,
     code: u32,
@@ -495,7 +503,7 @@ struct OAuthRefusal {
 }
 
 impl OAuthRefusal {
-    fn new(status: u16, error: &'static str, code: u32, description: &str) -> Self {
+    pub(crate) fn new(status: u16, error: &'static str, code: u32, description: &str) -> Self {
         Self {
             status,
             error,

@@ -40,6 +40,10 @@ pub(crate) struct World {
     pub(crate) cipp_api_client_id: String,
     pub(crate) tenants: HashMap<Uuid, TenantState>,
     pub(crate) tokens: HashMap<String, IssuedToken>,
+    /// Delegated refresh tokens: token to (tenant, user id).
+    pub(crate) refresh_tokens: HashMap<String, (Uuid, String)>,
+    /// Delegated access tokens: token to the user id it was issued for.
+    pub(crate) delegated: HashMap<String, String>,
     /// Seeded, so ids minted while running are reproducible too.
     pub(crate) rng: StdRng,
 }
@@ -426,8 +430,30 @@ impl TenantState {
             .as_mut()
             .ok_or_else(|| SimError::Invalid(format!("{} has no mailbox", user_id)))?;
         let inbox = mailbox.folder_id("inbox").unwrap_or_default().to_owned();
-        let (json, attachments) =
+        let (mut json, attachments) =
             message_json(mail, &message_id, &inbox, (&name, &address), attachment_ids);
+        // A reply joins the conversation of the message it answers, as Exchange threads it.
+        let answered: Vec<&str> = mail
+            .headers
+            .iter()
+            .filter(|h| {
+                h.name.eq_ignore_ascii_case("In-Reply-To")
+                    || h.name.eq_ignore_ascii_case("References")
+            })
+            .flat_map(|h| h.value.split_whitespace())
+            .collect();
+        let conversation = mailbox
+            .messages
+            .iter()
+            .find(|m| {
+                m.json["internetMessageId"]
+                    .as_str()
+                    .is_some_and(|id| answered.contains(&id))
+            })
+            .map(|m| m.json["conversationId"].clone());
+        if let Some(conversation) = conversation {
+            json["conversationId"] = conversation;
+        }
         mailbox.messages.push(StoredMessage { json, attachments });
         Ok((user_id, message_id))
     }
@@ -484,11 +510,19 @@ fn message_json(
         .chars()
         .take(255)
         .collect();
-    let internet_message_id = format!(
-        "<{}@{}>",
-        Uuid::new_v4().simple(),
-        domain_of(&mail.from_address)
-    );
+    // A Message-ID the sender set is the message's; otherwise one is made up.
+    let given = mail
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("Message-ID"))
+        .map(|h| h.value.clone());
+    let internet_message_id = given.unwrap_or_else(|| {
+        format!(
+            "<{}@{}>",
+            Uuid::new_v4().simple(),
+            domain_of(&mail.from_address)
+        )
+    });
     let mut headers = vec![
         json!({"name": "Message-ID", "value": internet_message_id}),
         json!({"name": "From", "value": format!("{} <{}>", mail.from_name, mail.from_address)}),
@@ -497,6 +531,7 @@ fn message_json(
     headers.extend(
         mail.headers
             .iter()
+            .filter(|h| !h.name.eq_ignore_ascii_case("Message-ID"))
             .map(|h| json!({"name": h.name, "value": h.value})),
     );
     let attachments: Vec<Value> = mail

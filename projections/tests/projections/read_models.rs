@@ -43,7 +43,8 @@ async fn every_read_model_is_listed_once_with_the_tables_it_owns() {
             "audit_log",
             "policies",
             "schedules",
-            "contacts"
+            "contacts",
+            "mailboxes"
         ]
     );
     let owned: Vec<&str> = all
