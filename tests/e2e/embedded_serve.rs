@@ -67,11 +67,20 @@ async fn serve_runs_embedded_postgres_answers_health_and_stops_it_on_ctrl_c() {
         data["tenants"]["edges"][0]["node"]["connections"][0]["graphEndpoint"],
         "simulator"
     );
-    // ... and each resync runs to success against the simulator.
-    let runs = "{ runs { edges { node { type outcome } } } }";
+    // ... and each resync runs to success against the simulator, as do the contact sync's
+    // discovery and first sync.
+    let runs = "{ runs(first: 50) { edges { node { type outcome } } } }";
     demo.eventually(runs, serde_json::json!({}), |d| {
         let edges = d["runs"]["edges"].as_array().cloned().unwrap_or_default();
-        edges.len() == 5 && edges.iter().all(|e| e["node"]["outcome"] == "succeeded")
+        let succeeded = |t: &str| {
+            edges
+                .iter()
+                .filter(|e| e["node"]["type"] == t && e["node"]["outcome"] == "succeeded")
+                .count()
+        };
+        succeeded("policy.resync") == 5
+            && succeeded("contacts.discover") == 1
+            && succeeded("contacts.sync") == 1
     })
     .await;
 

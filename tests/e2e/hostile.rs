@@ -1,6 +1,10 @@
 //! A hostile client against the real binary: bodies that never end, queries whose
 //! fragments explode, NUL characters. Each is answered quickly with a typed refusal, the
-//! process keeps its memory, and `/healthz` answers meanwhile.
+//! process keeps its memory, and `/healthz` answers meanwhile. The bounds asserted are
+//! generous (a loaded CI machine); each test prints what it measured.
+
+// The measured figures are printed for the issue notes and CI logs.
+#![allow(clippy::print_stderr)]
 
 use crate::common::graphql::start_server;
 use domain::Role;
@@ -82,6 +86,7 @@ async fn huge_bodies_are_refused_before_they_are_read_and_cost_no_memory() {
     }
     let took = started.elapsed();
     let after = rss_mb(pid);
+    eprintln!("hostile bodies: refused in {took:?}; RSS {before:.1} MB -> {after:.1} MB");
     assert!(
         after - before < 50.0,
         "memory grew from {before:.1} MB to {after:.1} MB"
@@ -140,6 +145,7 @@ async fn exploding_fragments_are_refused_before_validation_and_health_answers_me
             "{answer}"
         );
         // The check is linear in the query's 1.5 KB; generous for a loaded machine.
+        eprintln!("exploding fragments: refused in {took:?}");
         assert!(took < Duration::from_secs(2), "took {took:?}");
     }
 }
