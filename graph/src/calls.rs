@@ -235,9 +235,14 @@ impl GraphApi for GraphClient {
         message_id: &str,
     ) -> Result<Message, GraphError> {
         let endpoint = Endpoint::GetMessage;
-        let url = with_select(
+        let mut url = with_select(
             self.graph_url(endpoint, &[user, message_id])?,
             MESSAGE_FIELDS,
+        );
+        // The attachments' metadata in the same call (never their content).
+        url.query_pairs_mut().append_pair(
+            "$expand",
+            &format!("attachments($select={ATTACHMENT_FIELDS})"),
         );
         let mut call = self.graph_call(app, endpoint, url, Body::Empty);
         call.prefer = Some("outlook.body-content-type=\"text\"");

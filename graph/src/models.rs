@@ -474,6 +474,10 @@ pub struct Message {
     pub importance: Option<String>,
     #[serde(default)]
     pub web_link: Option<String>,
+    /// The attachments' metadata, when asked for with `$expand=attachments` (absent
+    /// otherwise).
+    #[serde(default)]
+    pub attachments: Option<Vec<AttachmentMeta>>,
     #[serde(default)]
     pub internet_message_headers: Vec<MessageHeader>,
 }

@@ -530,10 +530,11 @@ impl MailWorker {
         message_id: &str,
     ) -> Result<(EmailData, Option<Processed>), GraphError> {
         let message = self.graph.get_message(app, user, message_id).await?;
-        let attachments = if message.has_attachments == Some(false) {
-            Vec::new()
-        } else {
-            self.graph.list_attachments(app, user, message_id).await?
+        // Expanded with the message; listed separately only when Graph did not expand them.
+        let attachments = match (&message.attachments, message.has_attachments) {
+            (Some(expanded), _) => expanded.clone(),
+            (None, Some(false)) => Vec::new(),
+            (None, _) => self.graph.list_attachments(app, user, message_id).await?,
         };
         let mut email = email_data(&message);
         email.attachments = attachments

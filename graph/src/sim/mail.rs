@@ -115,6 +115,33 @@ pub(crate) async fn get_message(
             let text = html_to_text(body["body"]["content"].as_str().unwrap_or_default());
             body["body"] = json!({"contentType": "text", "content": text});
         }
+        // `$expand=attachments($select=...)`: the attachments' metadata in the message.
+        if incoming
+            .query("$expand")
+            .is_some_and(|e| e.split(',').any(|p| p.trim().starts_with("attachments")))
+        {
+            let fields = [
+                "@odata.type",
+                "id",
+                "name",
+                "contentType",
+                "size",
+                "isInline",
+            ];
+            let attachments: Vec<Value> = stored
+                .attachments
+                .iter()
+                .map(|a| {
+                    Value::Object(
+                        fields
+                            .iter()
+                            .filter_map(|f| a.get(*f).map(|v| ((*f).to_owned(), v.clone())))
+                            .collect(),
+                    )
+                })
+                .collect();
+            body["attachments"] = Value::Array(attachments);
+        }
         body["@odata.context"] =
             json!(incoming.context(&format!("users('{user}')/messages/$entity")));
         Ok((200, body))

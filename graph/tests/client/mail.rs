@@ -152,6 +152,12 @@ async fn a_message_is_read_with_its_headers_participants_and_text_body() {
     assert_eq!(message.has_attachments, Some(true));
     assert_eq!(attachments[0].name.as_deref(), Some("screenshot.png"));
     assert_eq!(attachments[0].size, 2048);
+    // The message came with the same metadata expanded (`$expand=attachments`), and no
+    // content.
+    assert_eq!(message.attachments.as_deref(), Some(&attachments[..]));
+    let asked = sim.requests_to(graph::Endpoint::GetMessage);
+    let query = asked[0].query.clone().unwrap_or_default();
+    assert!(query.contains("expand=attachments"), "{query}");
 }
 
 #[tokio::test]
