@@ -103,6 +103,22 @@ impl World {
         out
     }
 
+    /// A client for each tenant, by its domain; the confirmations that map them.
+    async fn a_client_per_tenant(&self) -> Vec<MappingConfirmation> {
+        let mut rows = Vec::new();
+        for t in &self.tenants {
+            let domains = vec![t.default_domain.clone()];
+            let client = contacts::create_client(self.bus(), &owner(), &t.display_name, domains)
+                .await
+                .unwrap();
+            rows.push(MappingConfirmation {
+                entra_tenant_id: t.tenant_id.into(),
+                client_id: client,
+            });
+        }
+        rows
+    }
+
     async fn contact_events(&self) -> i64 {
         sqlx::query_scalar(
             "SELECT count(*) FROM events WHERE aggregate_type IN ('contact', 'reconciliation_item')",
@@ -320,17 +336,7 @@ async fn a_tenant_that_fails_is_recorded_and_the_others_sync() {
     let w = world(2, 3).await;
     let meta = owner();
     let bus = w.bus();
-    let mut rows = Vec::new();
-    for t in &w.tenants {
-        let client =
-            contacts::create_client(bus, &meta, &t.display_name, vec![t.default_domain.clone()])
-                .await
-                .unwrap();
-        rows.push(MappingConfirmation {
-            entra_tenant_id: t.tenant_id.into(),
-            client_id: client,
-        });
-    }
+    let rows = w.a_client_per_tenant().await;
     assert_eq!(w.discover().await.outcome, RunOutcome::Succeeded);
     contacts::confirm_mappings(bus, &meta, &rows).await.unwrap();
     w.sim.revoke_consent(w.tenants[1].tenant_id).unwrap();
@@ -493,17 +499,7 @@ async fn through_cipp_discovery_and_sync_work_and_switching_the_kind_shreds_the_
     .unwrap();
     assert_eq!(cleared.last(), Some(&serde_json::json!([direct_rows[0]])));
 
-    let mut rows = Vec::new();
-    for t in &w.tenants {
-        let client =
-            contacts::create_client(bus, &meta, &t.display_name, vec![t.default_domain.clone()])
-                .await
-                .unwrap();
-        rows.push(MappingConfirmation {
-            entra_tenant_id: t.tenant_id.into(),
-            client_id: client,
-        });
-    }
+    let rows = w.a_client_per_tenant().await;
     let discovery = w.discover().await;
     assert_eq!(discovery.outcome, RunOutcome::Succeeded, "{discovery:?}");
     let found = summary(&discovery, workflows::contacts::DISCOVER_STEP);
