@@ -373,6 +373,30 @@ pub(crate) fn engines(
     runtime::start(&parts, &options, tokio_util::sync::CancellationToken::new())
 }
 
+/// Waits (polling, at most `within`) until the run `run_id` has ended; returns it.
+pub(crate) async fn run_ended(
+    bus: &store::CommandBus,
+    run_id: domain::RunId,
+    within: Duration,
+) -> anyhow::Result<domain::run::OperationRun> {
+    let deadline = Instant::now() + within;
+    loop {
+        let run = bus
+            .load::<domain::run::OperationRun>(&run_id.to_string())
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .aggregate;
+        if !run.is_active() {
+            return Ok(run);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "run {run_id} did not end within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A rebuild that reports nothing (the benches print their own figures).
 pub(crate) struct Quiet;
 

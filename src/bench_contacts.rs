@@ -72,22 +72,7 @@ async fn run_to_end(
     started: Result<app::Started, app::AppError>,
 ) -> anyhow::Result<OperationRun> {
     let run_id = started.map_err(fail)?.run_id();
-    let deadline = Instant::now() + Duration::from_secs(1800);
-    loop {
-        let run = bus
-            .load::<OperationRun>(&run_id.to_string())
-            .await
-            .map_err(fail)?
-            .aggregate;
-        if !run.is_active() {
-            return Ok(run);
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "run {run_id} did not end in 30 minutes"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::bench::run_ended(bus, run_id, Duration::from_secs(1800)).await
 }
 
 async fn sync(

@@ -426,27 +426,12 @@ async fn map_contacts(
     let discovery = app::contacts::start_discovery(bus, meta)
         .await
         .map_err(fail)?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let run = bus
-            .load::<OperationRun>(&discovery.run_id().to_string())
-            .await
-            .map_err(fail)?
-            .aggregate;
-        if !run.is_active() {
-            anyhow::ensure!(
-                run.outcome == domain::run::RunOutcome::Succeeded,
-                "the discovery did not succeed: {:?}",
-                run.failure_summary
-            );
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the discovery did not end in 2 minutes"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let run = crate::bench::run_ended(bus, discovery.run_id(), Duration::from_secs(120)).await?;
+    anyhow::ensure!(
+        run.outcome == domain::run::RunOutcome::Succeeded,
+        "the discovery did not succeed: {:?}",
+        run.failure_summary
+    );
     if !rows.is_empty() {
         app::contacts::confirm_mappings(bus, meta, &rows)
             .await
@@ -551,7 +536,7 @@ async fn once_each(pool: &sqlx::PgPool) -> anyhow::Result<Vec<String>> {
         (
             "a step completed twice",
             "SELECT aggregate_id || ' ' || (payload -> 'RunStepCompleted' ->> 'step') || ' x' || count(*) FROM events \
-             WHERE event_type = 'RunStepCompleted' AND $1::text[] IS NOT NULL \
+             WHERE event_type = 'RunStepCompleted' \
              GROUP BY aggregate_id, payload -> 'RunStepCompleted' ->> 'step', payload -> 'RunStepCompleted' ->> 'attempt' \
              HAVING count(*) > 1",
         ),
@@ -559,24 +544,24 @@ async fn once_each(pool: &sqlx::PgPool) -> anyhow::Result<Vec<String>> {
             "a run applied an effect twice",
             "SELECT aggregate_id || ' ' || event_type || ' x' || count(*) FROM events \
              WHERE aggregate_type IN ('tenant', 'provider_connection') AND metadata ->> 'actor' LIKE 'workflow:%' \
-             AND event_type IN ('PolicySnapshotted', 'LicensesRefreshed', 'HealthChecked') AND $1::text[] IS NOT NULL \
+             AND event_type IN ('PolicySnapshotted', 'LicensesRefreshed', 'HealthChecked') \
              GROUP BY aggregate_id, event_type, metadata ->> 'correlation_id' HAVING count(*) > 1",
         ),
         (
             "a contact was created twice",
-            "SELECT aggregate_id FROM events WHERE event_type = 'ContactCreated' AND $1::text[] IS NOT NULL \
+            "SELECT aggregate_id FROM events WHERE event_type = 'ContactCreated' \
              GROUP BY aggregate_id HAVING count(*) > 1",
         ),
         (
             "an Entra user was linked twice",
             "SELECT (payload -> 'ContactLinked' -> 'entra_user')::text FROM events \
-             WHERE event_type = 'ContactLinked' AND $1::text[] IS NOT NULL \
+             WHERE event_type = 'ContactLinked' \
              GROUP BY payload -> 'ContactLinked' -> 'entra_user' HAVING count(*) > 1",
         ),
         (
             "a sync recorded a tenant twice",
             "SELECT aggregate_id || ' ' || (payload -> 'ContactSyncRecorded' ->> 'run_id') FROM events \
-             WHERE event_type = 'ContactSyncRecorded' AND $1::text[] IS NOT NULL \
+             WHERE event_type = 'ContactSyncRecorded' \
              GROUP BY aggregate_id, payload -> 'ContactSyncRecorded' ->> 'run_id' HAVING count(*) > 1",
         ),
     ];

@@ -7,7 +7,6 @@
 use app::contacts::{self, MappingConfirmation, PartnerSetup};
 use domain::contact::ContactDetails;
 use domain::contact_settings::FeatureFlag;
-use domain::run::OperationRun;
 use graph::sim::SimHandle;
 use graph::GraphApi;
 use std::time::Duration;
@@ -103,7 +102,7 @@ async fn set_up(
         }
     }
     let discovery = contacts::start_discovery(bus, meta).await.map_err(fail)?;
-    wait_for(bus, discovery.run_id()).await?;
+    crate::bench::run_ended(bus, discovery.run_id(), Duration::from_secs(120)).await?;
     contacts::confirm_mappings(bus, meta, &rows)
         .await
         .map_err(fail)?;
@@ -111,20 +110,4 @@ async fn set_up(
         .await
         .map_err(fail)?;
     Ok(true)
-}
-
-/// Waits (at most two minutes) for a run to end.
-async fn wait_for(bus: &CommandBus, run_id: domain::RunId) -> anyhow::Result<()> {
-    for _ in 0..1200 {
-        let run = bus
-            .load::<OperationRun>(&run_id.to_string())
-            .await
-            .map_err(fail)?
-            .aggregate;
-        if !run.is_active() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Err(fail(format!("run {run_id} did not end in two minutes")))
 }

@@ -848,29 +848,23 @@ impl Workflow for Sync {
         let mut failed_count = 0usize;
         let mut recorded_before = 0usize;
         for (key, mapping) in &mappings {
-            if let Some(done) = recorded(mapping, cx) {
-                recorded_before += 1;
-                add(&mut total, &done.result);
-                if let Some(reason) = done.result.failed {
-                    failed_count += 1;
-                    if failed.len() < MAX_LISTED_FAILURES {
-                        failed.push(failure_entry(mapping, reason));
-                    }
+            // A tenant this run recorded before a crash is counted, not synced again.
+            let outcome = match recorded(mapping, cx) {
+                Some(done) => done,
+                None => {
+                    self.tenant(
+                        cx,
+                        bus,
+                        &meta,
+                        &reach,
+                        &workspace,
+                        key,
+                        mapping,
+                        &field_sync,
+                    )
+                    .await?
                 }
-                continue;
-            }
-            let outcome = self
-                .tenant(
-                    cx,
-                    bus,
-                    &meta,
-                    &reach,
-                    &workspace,
-                    key,
-                    mapping,
-                    &field_sync,
-                )
-                .await?;
+            };
             if !outcome.recorded_now {
                 recorded_before += 1;
             }
