@@ -92,6 +92,9 @@ pub struct Config {
     pub mail_client_secret: Option<SecretString>,
     /// The category a received message is marked with (default `tenantflow/processed`).
     pub mail_category: Option<String>,
+    /// A folder (id or well-known name, e.g. `archive`) received messages are moved to
+    /// after their event is recorded; unset, they stay in the inbox.
+    pub mail_processed_folder: Option<String>,
 }
 
 impl Config {

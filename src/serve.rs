@@ -220,6 +220,7 @@ pub fn app_state(
         workflows: settings.workflows,
         limits: settings.limits,
         graph_endpoint: settings.graph_endpoint,
+        mail_recorder: Default::default(),
     }))
 }
 
@@ -457,6 +458,7 @@ pub fn mail_settings(
             .mail_category
             .clone()
             .unwrap_or(defaults.category.clone()),
+        move_to: config.mail_processed_folder.clone(),
         ..defaults
     })
 }

@@ -12,6 +12,8 @@ use sqlx::PgPool;
 use std::sync::Arc;
 use store::{CommandBus, Metrics, Vault};
 
+pub use mail_webhook::NotificationRecorder;
+
 /// Everything a request handler may reach.
 pub struct App {
     pub pool: PgPool,
@@ -30,6 +32,8 @@ pub struct App {
     /// Which Graph the workflows call (a base URL, or `simulator` in the demo), shown on
     /// every connection.
     pub graph_endpoint: String,
+    /// Batches the mail webhook's concurrent notifications into shared transactions.
+    pub mail_recorder: NotificationRecorder,
 }
 
 /// What one HTTP request may cost: checked before the work they bound.

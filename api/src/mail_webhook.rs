@@ -7,6 +7,11 @@
 //! its fetch work committed); one for an unknown subscription or with a wrong
 //! `clientState` changes nothing and is still acknowledged (Graph would only retry it),
 //! logged and counted. A database failure answers `503`, so Graph delivers it again.
+//!
+//! Graph sends a busy mailbox's notifications over many connections at once. Concurrent
+//! requests share their transaction (group commit, [`NotificationRecorder`]): a request
+//! waits at most for the batch being written before its own, and the database does one
+//! commit (one WAL flush) for the batch instead of one per request.
 
 use axum::body::Body;
 use axum::extract::{Query, State};
@@ -17,7 +22,11 @@ use axum::Router;
 use serde::Deserialize;
 use store::metrics::MailLabels;
 
+use std::sync::{Arc, OnceLock};
+
 use app::mailboxes::{record_notifications, Notification, Verdict};
+use store::CommandBus;
+use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::AppState;
 
@@ -122,10 +131,13 @@ async fn notify(
             lifecycle_event: n.lifecycle_event,
         })
         .collect();
-    let verdicts = match record_notifications(&state.bus, &notifications).await {
+    let verdicts = match state
+        .mail_recorder
+        .record(&state.bus, notifications.clone())
+        .await
+    {
         Ok(verdicts) => verdicts,
-        Err(error) => {
-            tracing::error!(%error, "notifications could not be recorded; Graph will deliver them again");
+        Err(()) => {
             return refused(
                 StatusCode::SERVICE_UNAVAILABLE,
                 domain::ReasonCode::InternalError,
@@ -152,4 +164,105 @@ async fn notify(
         }
     }
     StatusCode::ACCEPTED.into_response()
+}
+
+/// Notifications waiting for a batch, with where their verdicts go.
+struct Pending {
+    notifications: Vec<Notification>,
+    reply: oneshot::Sender<Option<Vec<Verdict>>>,
+}
+
+/// Writers of batches; while one commits, the other gathers the next batch.
+const WRITERS: usize = 2;
+
+/// Records the webhook's notifications, batching concurrent requests into one transaction
+/// each (see the module's docs). Its writers start with the first notification and end
+/// when the recorder is dropped.
+#[derive(Default)]
+pub struct NotificationRecorder {
+    queue: OnceLock<mpsc::Sender<Pending>>,
+}
+
+impl std::fmt::Debug for NotificationRecorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NotificationRecorder")
+            .field("started", &self.queue.get().is_some())
+            .finish()
+    }
+}
+
+impl NotificationRecorder {
+    /// The verdict of each notification once it is durably recorded; `None` when the
+    /// batch could not be written (logged by the writer).
+    async fn record(
+        &self,
+        bus: &CommandBus,
+        notifications: Vec<Notification>,
+    ) -> Result<Vec<Verdict>, ()> {
+        let queue = self.queue.get_or_init(|| {
+            let (sender, receiver) = mpsc::channel(4 * MAX_BATCH);
+            let receiver = Arc::new(Mutex::new(receiver));
+            for _ in 0..WRITERS {
+                tokio::spawn(write_batches(bus.clone(), receiver.clone()));
+            }
+            sender
+        });
+        let (reply, answer) = oneshot::channel();
+        queue
+            .send(Pending {
+                notifications,
+                reply,
+            })
+            .await
+            .map_err(|_| ())?;
+        answer.await.ok().flatten().ok_or(())
+    }
+}
+
+/// Takes what is queued (up to [`MAX_BATCH`] notifications), records it in one
+/// transaction, answers each request; until the queue closes.
+async fn write_batches(bus: CommandBus, queue: Arc<Mutex<mpsc::Receiver<Pending>>>) {
+    loop {
+        let batch = {
+            let mut queue = queue.lock().await;
+            let Some(first) = queue.recv().await else {
+                return;
+            };
+            let mut size = first.notifications.len();
+            let mut batch = vec![first];
+            while size < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(next) => {
+                        size += next.notifications.len();
+                        batch.push(next);
+                    }
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        let all: Vec<Notification> = batch
+            .iter()
+            .flat_map(|p| p.notifications.iter().cloned())
+            .collect();
+        match record_notifications(&bus, &all).await {
+            Ok(verdicts) => {
+                let mut verdicts = verdicts.into_iter();
+                for pending in batch {
+                    let own = verdicts
+                        .by_ref()
+                        .take(pending.notifications.len())
+                        .collect();
+                    // A request that gave up (its client went away) needs no answer.
+                    let _ = pending.reply.send(Some(own));
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, notifications = all.len(), "notifications could not be recorded; Graph will deliver them again");
+                for pending in batch {
+                    let _ = pending.reply.send(None);
+                }
+            }
+        }
+    }
 }

@@ -66,6 +66,7 @@ impl MailWorld {
             workflows: workflows::Registry::standard(),
             limits: api::Limits::default(),
             graph_endpoint: "simulator".to_owned(),
+            mail_recorder: Default::default(),
         }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -127,12 +128,17 @@ impl MailWorld {
 
     /// A mail worker as a freshly started service has one.
     pub fn worker(&self) -> Arc<MailWorker> {
+        self.worker_with(self.settings())
+    }
+
+    /// A mail worker with other settings (start from [`MailWorld::settings`]).
+    pub fn worker_with(&self, settings: MailSettings) -> Arc<MailWorker> {
         Arc::new(MailWorker::new(
             self.bus.clone(),
             self.vault.clone(),
             Arc::new(graph::GraphClient::new(self.sim.graph_config()).expect("a Graph client")),
             self.metrics.clone(),
-            self.settings(),
+            settings,
             format!("mail-test-{}", uuid::Uuid::new_v4().simple()),
         ))
     }

@@ -102,6 +102,7 @@ impl TestApp {
             workflows: parts.workflows.clone(),
             limits: api::Limits::default(),
             graph_endpoint: "simulator".to_owned(),
+            mail_recorder: Default::default(),
         }));
         let background = runtime::start(&parts, &options, shutdown.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

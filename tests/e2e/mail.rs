@@ -170,6 +170,21 @@ async fn mail_delivered_to_a_mailbox_becomes_one_enriched_event_and_is_categoris
     let mailbox = owner.ok(MAILBOX, json!({"id": id})).await;
     assert_eq!(mailbox["mailbox"]["notifications"], 1);
     assert_eq!(mailbox["mailbox"]["received"], 1);
+
+    // Both refetch by their global ids (Relay's `node`); another workspace sees neither.
+    let node = "query($id: ID!) { node(id: $id) { __typename id ... on Mailbox { address } ... on InboundEmail { subject } } }";
+    let mailbox_node = owner.ok(node, json!({"id": id})).await;
+    assert_eq!(mailbox_node["node"]["__typename"], "Mailbox");
+    assert_eq!(mailbox_node["node"]["address"], user.as_str());
+    let email_node = owner.ok(node, json!({"id": email["id"]})).await;
+    assert_eq!(email_node["node"]["__typename"], "InboundEmail");
+    assert_eq!(email_node["node"]["id"], email["id"]);
+    assert_eq!(email_node["node"]["subject"], "Re: Printer on floor 2");
+    let stranger = server.client("globex", Role::Owner);
+    for other in [json!(id), email["id"].clone()] {
+        let seen = stranger.ok(node, json!({"id": other})).await;
+        assert!(seen["node"].is_null(), "{seen}");
+    }
 }
 
 #[tokio::test]

@@ -28,7 +28,7 @@ use domain::mailbox::{
 };
 use domain::tenant::Tenant;
 use domain::{ConnectionId, Provider, ReasonCode};
-use graph::models::{Message, NewSubscription, Recipient};
+use graph::models::{Message, MoveDestination, NewSubscription, Recipient};
 use graph::{AppCredentials, GraphApi, GraphError};
 use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
@@ -52,6 +52,9 @@ pub struct MailSettings {
     pub lifecycle_url: Option<Url>,
     /// The category added to a message once it was received.
     pub category: String,
+    /// A folder (id, or a well-known name such as `archive`) a received message is moved
+    /// to once its event is recorded; `None` leaves it in the inbox.
+    pub move_to: Option<String>,
     /// App client id and secret from the environment; `None`: each tenant's stored
     /// credential (its default Microsoft connection's).
     pub app_client: Option<(String, SecretString)>,
@@ -79,6 +82,7 @@ impl std::fmt::Debug for MailSettings {
                 &self.notification_url.as_ref().map(Url::as_str),
             )
             .field("category", &self.category)
+            .field("move_to", &self.move_to)
             .field("app_client", &self.app_client.as_ref().map(|(id, _)| id))
             .field("subscription_minutes", &self.subscription_minutes)
             .finish_non_exhaustive()
@@ -91,6 +95,7 @@ impl Default for MailSettings {
             notification_url: None,
             lifecycle_url: None,
             category: "tenantflow/processed".to_owned(),
+            move_to: None,
             app_client: None,
             subscription_minutes: 4200,
             renew_before: chrono::Duration::hours(12),
@@ -278,6 +283,7 @@ impl MailWorker {
                 "subscription" => self.subscription(&work).await?,
                 "test" => self.test(&work).await?,
                 "catch_up" => self.catch_up(&work).await?,
+                "move" => self.move_processed(&work).await?,
                 other => {
                     tracing::warn!(kind = other, "unknown mail work: dropped");
                     Done::Finished
@@ -430,9 +436,28 @@ impl MailWorker {
             .map_err(internal)?
             .ok_or_else(missing)?;
         let now = self.now();
-        if tokens.expires_at > now + chrono::Duration::minutes(5)
-            && !tokens.access_token.expose_secret().is_empty()
-        {
+        let fresh = |t: &store::DelegatedTokens| {
+            t.expires_at > now + chrono::Duration::minutes(5)
+                && !t.access_token.expose_secret().is_empty()
+        };
+        if fresh(&tokens) {
+            return Ok(tokens.access_token);
+        }
+        // One refresh at a time per mailbox: the row stays locked until the new tokens
+        // are stored, and whoever waited finds them fresh.
+        let mut tx = self
+            .bus
+            .pool()
+            .begin()
+            .await
+            .map_err(|e| internal(e.into()))?;
+        let tokens = self
+            .vault
+            .delegated_tokens_for_refresh(&mut tx, mailbox.as_uuid())
+            .await
+            .map_err(internal)?
+            .ok_or_else(missing)?;
+        if fresh(&tokens) {
             return Ok(tokens.access_token);
         }
         let grant = self
@@ -444,16 +469,11 @@ impl MailWorker {
             refresh_token: grant.refresh_token.unwrap_or(tokens.refresh_token),
             expires_at: now + chrono::Duration::seconds(grant.expires_in as i64),
         };
-        let mut conn = self
-            .bus
-            .pool()
-            .acquire()
-            .await
-            .map_err(|e| internal(e.into()))?;
         self.vault
-            .store_delegated_tokens(&mut conn, mailbox.as_uuid(), &renewed)
+            .store_delegated_tokens(&mut tx, mailbox.as_uuid(), &renewed)
             .await
             .map_err(internal)?;
+        tx.commit().await.map_err(|e| internal(e.into()))?;
         Ok(grant.access_token)
     }
 
@@ -487,6 +507,7 @@ impl MailWorker {
                 retry_after: None,
             }),
         };
+        let fetched_whole = fetched.is_ok();
         let (email, failure, processed) = match fetched {
             Ok((email, processed)) => (Some(Box::new(email)), None, processed),
             Err(e) if e.is_transient() && work.attempts + 1 < self.settings.fetch_attempts => {
@@ -519,8 +540,58 @@ impl MailWorker {
             Err(e) => return Err(app::AppError::from(e).into()),
         }
         finish(uow.connection(), work).await?;
+        // The move comes after the event: a moved message has a new id, so a fetch
+        // retried after a crash mid-move could not find it. Its own work row, committed
+        // with the event, makes the move survive a crash too.
+        if fetched_whole && self.settings.move_to.is_some() {
+            app::mailboxes::schedule_work(
+                uow.connection(),
+                "move",
+                work.mailbox,
+                &work.workspace,
+                Some(message_id),
+                self.now(),
+            )
+            .await?;
+        }
         uow.commit().await?;
         Ok(Done::Recorded)
+    }
+
+    /// Moves a received message to the configured folder. Graph's `404` means it is
+    /// gone already (moved or deleted by someone); a lasting failure leaves it in place,
+    /// logged and counted: its event stands either way.
+    async fn move_processed(&self, work: &Work) -> Result<Done, MailError> {
+        let (Some(message_id), Some(folder)) =
+            (work.message_id.as_deref(), self.settings.move_to.as_deref())
+        else {
+            return Ok(Done::Finished);
+        };
+        let target = self.target(work.mailbox, false).await?;
+        let Ok(app) = &target.app else {
+            return Ok(Done::Finished);
+        };
+        let destination = match folder.to_ascii_lowercase().as_str() {
+            "inbox" => MoveDestination::Inbox,
+            "deleteditems" => MoveDestination::DeletedItems,
+            "junkemail" => MoveDestination::JunkEmail,
+            "archive" => MoveDestination::Archive,
+            _ => MoveDestination::Folder(folder.to_owned()),
+        };
+        match self
+            .graph
+            .move_message(app, &target.mailbox.address, message_id, &destination)
+            .await
+        {
+            Ok(_) => Ok(Done::Finished),
+            Err(e) if e.is_transient() && work.attempts + 1 < self.settings.fetch_attempts => {
+                Ok(Done::Again(self.retry_at(work.attempts, &e), true))
+            }
+            Err(e) => {
+                tracing::warn!(reason = %e.reason, "a received message could not be moved to its folder; it stays in the inbox");
+                Ok(Done::Finished)
+            }
+        }
     }
 
     async fn fetch_message(

@@ -76,7 +76,7 @@ pub struct MailboxTest {
 
 #[Object(name = "Mailbox")]
 impl MailboxNode {
-    async fn id(&self) -> ID {
+    pub(crate) async fn id(&self) -> ID {
         ID(self.mailbox_id.to_string())
     }
     #[graphql(name = "tenantId")]
@@ -186,7 +186,7 @@ fn participant(p: &domain::inbound_email::Participant) -> EmailParticipant {
 
 #[Object(name = "InboundEmail")]
 impl InboundEmailNode {
-    async fn id(&self) -> ID {
+    pub(crate) async fn id(&self) -> ID {
         ID(self.email_key.clone())
     }
     async fn mailbox_id(&self) -> ID {
@@ -306,6 +306,41 @@ pub struct InboundEmailFilter {
     pub received_after: Option<DateTime<Utc>>,
     /// Received before.
     pub received_before: Option<DateTime<Utc>>,
+}
+
+/// A mailbox (by its UUID) for `node(id:)`.
+pub(crate) async fn mailbox_node(
+    tx: &mut sqlx::PgConnection,
+    id: Uuid,
+) -> async_graphql::Result<Option<MailboxNode>> {
+    sqlx::query_as(&format!(
+        "SELECT {MAILBOX_COLUMNS} FROM rm_mailboxes WHERE mailbox_id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(internal)
+}
+
+/// Whether `id` has the shape of an inbound email's key, `<mailbox id>/<Graph message id>`.
+pub(crate) fn is_email_key(id: &str) -> bool {
+    id.split_once('/').is_some_and(|(mailbox, message)| {
+        Uuid::try_parse(mailbox).is_ok() && domain::inbound_email::valid_message_id(message).is_ok()
+    })
+}
+
+/// An inbound email by its key, for `node(id:)`.
+pub(crate) async fn email_node(
+    tx: &mut sqlx::PgConnection,
+    key: &str,
+) -> async_graphql::Result<Option<InboundEmailNode>> {
+    sqlx::query_as(&format!(
+        "SELECT {EMAIL_COLUMNS} FROM rm_inbound_emails WHERE email_key = $1"
+    ))
+    .bind(key)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(internal)
 }
 
 fn mailbox_id(id: &str) -> async_graphql::Result<MailboxId> {

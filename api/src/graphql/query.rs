@@ -715,7 +715,7 @@ impl CoreQuery {
     }
 
     /// Any entity by its global id (Tenant, ProviderConnection, Run, PolicySnapshot,
-    /// Schedule, Client, Contact); null when none of the caller's workspace has it.
+    /// Schedule, Client, Contact, Mailbox, InboundEmail); null when none of the caller's workspace has it.
     async fn node(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Node>> {
         let id = id.0.trim().to_owned();
         let mut tx = reader(ctx).await?;
@@ -760,7 +760,15 @@ impl CoreQuery {
             if let Some(s) = snapshot {
                 return Ok(Some(Node::PolicySnapshot(s)));
             }
-            return super::contacts::node(ctx, &mut tx, uuid).await;
+            if let Some(found) = super::contacts::node(ctx, &mut tx, uuid).await? {
+                return Ok(Some(found));
+            }
+            let mailbox = super::mail::mailbox_node(&mut tx, uuid).await?;
+            return Ok(mailbox.map(Node::Mailbox));
+        }
+        if super::mail::is_email_key(&id) {
+            let email = super::mail::email_node(&mut tx, &id).await?;
+            return Ok(email.map(Node::InboundEmail));
         }
         if id.len() <= 200 && id.contains(':') {
             let schedule: Option<ScheduleNode> = sqlx::query_as(&format!(

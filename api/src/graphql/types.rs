@@ -14,7 +14,8 @@ use super::query::reader;
 
 /// Anything with a global id, refetchable with `node(id:)` (the Relay convention). Ids are
 /// the entities' own (a tenant key, a run's or connection's or snapshot's or client's or
-/// contact's UUID, a schedule's `<workspace>:<run type>`): unique across types, and the
+/// contact's or mailbox's UUID, a schedule's `<workspace>:<run type>`, an inbound email's
+/// `<mailbox id>/<Graph message id>`): unique across types, and the
 /// same after any rebuild of the read models.
 #[derive(Interface)]
 #[graphql(field(name = "id", ty = "ID", desc = "The global id."))]
@@ -26,6 +27,8 @@ pub enum Node {
     Schedule(ScheduleNode),
     Client(super::contacts::ClientNode),
     Contact(super::contacts::ContactNode),
+    Mailbox(super::mail::MailboxNode),
+    InboundEmail(super::mail::InboundEmailNode),
 }
 
 #[derive(Debug, Clone, SimpleObject, sqlx::FromRow)]

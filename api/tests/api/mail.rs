@@ -521,3 +521,106 @@ async fn an_outage_at_graph_backs_the_subscription_off_and_it_is_created_once_gr
     worker.drain().await.unwrap();
     assert_eq!(world.mailbox(id).await.status, MailboxStatus::Active);
 }
+
+#[tokio::test]
+async fn a_reauthorization_request_renews_the_subscription_it_names_at_once() {
+    let world = MailWorld::new().await;
+    let id = world.add_mailbox(None).await;
+    let worker = world.worker();
+    worker.drain().await.unwrap();
+    let first = world.mailbox(id).await;
+    let subscription = first.subscription_id.clone().unwrap();
+    let expires = first.subscription_expires_at.unwrap();
+    let due = world.renewal_due(id).await.unwrap();
+
+    // Hours before the timer is due, Graph asks for the subscription to be reauthorized.
+    world.clock.advance(Duration::hours(2));
+    assert!(world.clock.now() < due);
+    let asked = world
+        .sim
+        .notify_lifecycle(world.entra, &subscription, "reauthorizationRequired")
+        .await
+        .unwrap();
+    assert_eq!(asked.status, Some(202));
+    worker.drain().await.unwrap();
+
+    let renewed = world.mailbox(id).await;
+    assert_eq!(renewed.status, MailboxStatus::Active);
+    assert_eq!(
+        renewed.subscription_id.as_deref(),
+        Some(subscription.as_str()),
+        "reauthorizing keeps the subscription"
+    );
+    let new_expiry = renewed.subscription_expires_at.unwrap();
+    assert!(new_expiry > expires, "{new_expiry} is not after {expires}");
+    let at_graph = world.sim.subscriptions(world.entra).unwrap();
+    assert_eq!(at_graph.len(), 1);
+    assert_eq!(at_graph[0]["id"], subscription.as_str());
+    let pool = world.db.pool().await;
+    let noticed: Vec<String> = sqlx::query_scalar(
+        "SELECT event_type FROM events WHERE aggregate_type = 'mailbox' AND aggregate_id = $1 ORDER BY sequence",
+    )
+    .bind(id.to_string())
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let at = |t: &str| noticed.iter().rposition(|e| e == t);
+    assert!(
+        at("LifecycleNotified") < at("SubscriptionRenewed") && at("LifecycleNotified").is_some(),
+        "the notice is recorded, then the renewal: {noticed:?}"
+    );
+    // The timer moved with the new expiry.
+    assert!(world.renewal_due(id).await.unwrap() > due);
+}
+
+#[tokio::test]
+async fn a_received_message_is_moved_to_the_configured_folder_after_its_event() {
+    let world = MailWorld::new().await;
+    let id = world.add_mailbox(None).await;
+    let worker = world.worker_with(workflows::mail::MailSettings {
+        move_to: Some("archive".to_owned()),
+        ..world.settings()
+    });
+    worker.drain().await.unwrap();
+    let delivered = world
+        .sim
+        .deliver_mail(world.entra, &world.user, &NewMail::default())
+        .await
+        .unwrap();
+    assert_eq!(delivered.deliveries[0].status, Some(202));
+    let inbox = world.sim.messages(world.entra, &world.user).unwrap()[0]["parentFolderId"].clone();
+    worker.drain().await.unwrap();
+
+    let pool = world.db.pool().await;
+    let received: Vec<String> = sqlx::query_scalar(
+        "SELECT aggregate_id FROM events WHERE event_type = 'InboundEmailReceived'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(received.len(), 1);
+    assert!(
+        received[0].ends_with(&delivered.message_id),
+        "the event names the id the message had when it arrived: {received:?}"
+    );
+    let messages = world.sim.messages(world.entra, &world.user).unwrap();
+    assert_eq!(messages.len(), 1);
+    let moved = &messages[0];
+    assert_ne!(
+        moved["id"],
+        delivered.message_id.as_str(),
+        "a move gives a new id"
+    );
+    assert_ne!(moved["parentFolderId"], inbox, "it left the inbox");
+    assert!(moved["categories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c == "tenantflow/processed"));
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM mail_work WHERE kind = 'move'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the move's work is done");
+    assert_eq!(world.mailbox(id).await.status, MailboxStatus::Active);
+}

@@ -97,19 +97,23 @@ impl Vault {
         Ok(())
     }
 
-    async fn open_mailbox(
+    async fn open_mailbox<'c>(
         &self,
-        pool: &PgPool,
+        executor: impl sqlx::PgExecutor<'c>,
         mailbox: Uuid,
         kind: MailboxSecret,
+        for_update: bool,
     ) -> Result<Option<Vec<u8>>, VaultError> {
-        let row: Option<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
-            "SELECT nonce, ciphertext FROM mailbox_secrets WHERE mailbox_id = $1 AND kind = $2",
-        )
-        .bind(mailbox)
-        .bind(kind.as_str())
-        .fetch_optional(pool)
-        .await?;
+        let sql = if for_update {
+            "SELECT nonce, ciphertext FROM mailbox_secrets WHERE mailbox_id = $1 AND kind = $2 FOR UPDATE"
+        } else {
+            "SELECT nonce, ciphertext FROM mailbox_secrets WHERE mailbox_id = $1 AND kind = $2"
+        };
+        let row: Option<(Vec<u8>, Vec<u8>)> = sqlx::query_as(sql)
+            .bind(mailbox)
+            .bind(kind.as_str())
+            .fetch_optional(executor)
+            .await?;
         let Some((nonce, ciphertext)) = row else {
             return Ok(None);
         };
@@ -152,7 +156,7 @@ impl Vault {
         mailbox: Uuid,
     ) -> Result<Option<SecretString>, VaultError> {
         let plain = self
-            .open_mailbox(pool, mailbox, MailboxSecret::Verification)
+            .open_mailbox(pool, mailbox, MailboxSecret::Verification, false)
             .await?;
         plain
             .map(|p| {
@@ -186,8 +190,28 @@ impl Vault {
         pool: &PgPool,
         mailbox: Uuid,
     ) -> Result<Option<DelegatedTokens>, VaultError> {
+        self.read_delegated(pool, mailbox, false).await
+    }
+
+    /// Like [`delegated_tokens`](Self::delegated_tokens), and holds their row locked until
+    /// `tx` ends: one refresh at a time per mailbox, across instances (a refresh token
+    /// Entra rotated is void, so two refreshing with it at once would revoke one).
+    pub async fn delegated_tokens_for_refresh(
+        &self,
+        tx: &mut PgConnection,
+        mailbox: Uuid,
+    ) -> Result<Option<DelegatedTokens>, VaultError> {
+        self.read_delegated(tx, mailbox, true).await
+    }
+
+    async fn read_delegated<'c>(
+        &self,
+        executor: impl sqlx::PgExecutor<'c>,
+        mailbox: Uuid,
+        for_update: bool,
+    ) -> Result<Option<DelegatedTokens>, VaultError> {
         let Some(plain) = self
-            .open_mailbox(pool, mailbox, MailboxSecret::Delegated)
+            .open_mailbox(executor, mailbox, MailboxSecret::Delegated, for_update)
             .await?
         else {
             return Ok(None);
