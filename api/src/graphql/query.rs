@@ -768,7 +768,7 @@ impl CoreQuery {
         }
         if super::mail::is_email_key(&id) {
             let email = super::mail::email_node(&mut tx, &id).await?;
-            return Ok(email.map(Node::InboundEmail));
+            return Ok(email.map(|e| Node::InboundEmail(Box::new(e))));
         }
         if id.len() <= 200 && id.contains(':') {
             let schedule: Option<ScheduleNode> = sqlx::query_as(&format!(

@@ -28,7 +28,7 @@ pub enum Node {
     Client(super::contacts::ClientNode),
     Contact(super::contacts::ContactNode),
     Mailbox(super::mail::MailboxNode),
-    InboundEmail(super::mail::InboundEmailNode),
+    InboundEmail(Box<super::mail::InboundEmailNode>),
 }
 
 #[derive(Debug, Clone, SimpleObject, sqlx::FromRow)]
