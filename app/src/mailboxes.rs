@@ -357,7 +357,8 @@ pub async fn record_notifications(
     retrying(|| async {
         let mut outcome = verdicts.clone();
         let mut uow = bus.begin().await?;
-        for (n, verdict) in notifications.iter().zip(outcome.iter_mut()) {
+        let mut messages = Vec::new();
+        for (index, (n, verdict)) in notifications.iter().zip(outcome.iter_mut()).enumerate() {
             if !matches!(verdict, Verdict::Accepted | Verdict::AcceptedLegacy) {
                 continue;
             }
@@ -407,33 +408,23 @@ pub async fn record_notifications(
                 *verdict = Verdict::Malformed;
                 continue;
             };
-            let meta = system_meta(&k.workspace_id);
-            let committed = uow
-                .execute::<InboundEmail>(
-                    &InboundEmail::id(k.mailbox(), message_id),
-                    InboundEmailCommand::RecordNotification {
-                        workspace,
-                        tenant,
-                        mailbox: k.mailbox(),
-                        message_id: message_id.to_owned(),
-                        subscription_id: n.subscription_id.clone(),
-                    },
-                    &meta,
-                )
-                .await?;
-            if committed.events.is_empty() {
-                *verdict = Verdict::Duplicate;
-                continue;
+            messages.push((
+                index,
+                Notified {
+                    mailbox: k.mailbox(),
+                    workspace,
+                    tenant,
+                    message_id: message_id.to_owned(),
+                    subscription_id: n.subscription_id.clone(),
+                },
+            ));
+        }
+        let (at, notified): (Vec<usize>, Vec<Notified>) = messages.into_iter().unzip();
+        let new = record_messages(bus, &mut uow, &notified, now).await?;
+        for (i, new) in at.into_iter().zip(new) {
+            if !new {
+                outcome[i] = Verdict::Duplicate;
             }
-            schedule_work(
-                uow.connection(),
-                "fetch",
-                k.mailbox(),
-                &k.workspace_id,
-                Some(message_id),
-                now,
-            )
-            .await?;
         }
         uow.commit().await?;
         Ok(outcome)
@@ -452,7 +443,6 @@ pub async fn record_missed(
     let (Some(workspace), Some(tenant)) = (&state.workspace, &state.tenant) else {
         return Err(AppError::NotFound("mailbox"));
     };
-    let meta = system_meta(workspace.as_str());
     let subscription = state
         .subscription_id
         .clone()
@@ -460,39 +450,116 @@ pub async fn record_missed(
     let now = bus.services().clock.now();
     retrying(|| async {
         let mut uow = bus.begin().await?;
-        let mut new = 0;
-        for message_id in message_ids.iter().filter(|m| valid_message_id(m).is_ok()) {
-            let committed = uow
-                .execute::<InboundEmail>(
-                    &InboundEmail::id(mailbox, message_id),
-                    InboundEmailCommand::RecordNotification {
-                        workspace: workspace.clone(),
-                        tenant: tenant.clone(),
-                        mailbox,
-                        message_id: message_id.clone(),
-                        subscription_id: subscription.clone(),
-                    },
-                    &meta,
-                )
-                .await?;
-            if committed.events.is_empty() {
-                continue;
-            }
-            new += 1;
-            schedule_work(
-                uow.connection(),
-                "fetch",
+        let notified: Vec<Notified> = message_ids
+            .iter()
+            .filter(|m| valid_message_id(m).is_ok())
+            .map(|message_id| Notified {
                 mailbox,
-                workspace.as_str(),
-                Some(message_id),
-                now,
-            )
-            .await?;
-        }
+                workspace: workspace.clone(),
+                tenant: tenant.clone(),
+                message_id: message_id.clone(),
+                subscription_id: subscription.clone(),
+            })
+            .collect();
+        let new = record_messages(bus, &mut uow, &notified, now)
+            .await?
+            .into_iter()
+            .filter(|new| *new)
+            .count();
         uow.commit().await?;
         Ok(new)
     })
     .await
+}
+
+/// A message Graph told of (or that was found after a missed notification).
+struct Notified {
+    mailbox: MailboxId,
+    workspace: WorkspaceId,
+    tenant: TenantKey,
+    message_id: String,
+    subscription_id: String,
+}
+
+/// Records each message as notified, with its fetch work, in `uow`: one read of all their
+/// streams, one append, one insert of the work rows, however many messages. Returns for
+/// each whether it was new (a message notified before, or twice in `messages`, is not).
+async fn record_messages(
+    bus: &CommandBus,
+    uow: &mut store::UnitOfWork,
+    messages: &[Notified],
+    now: DateTime<Utc>,
+) -> Result<Vec<bool>, AppError> {
+    if messages.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<(&'static str, String)> = messages
+        .iter()
+        .map(|m| {
+            (
+                <InboundEmail as cqrs_es::Aggregate>::TYPE,
+                InboundEmail::id(m.mailbox, &m.message_id),
+            )
+        })
+        .collect();
+    let mut streams = uow.fetch_streams(&ids).await?;
+    let mut staged: std::collections::HashMap<String, store::Staged<InboundEmail>> =
+        std::collections::HashMap::new();
+    let mut new = Vec::with_capacity(messages.len());
+    for (m, (_, id)) in messages.iter().zip(&ids) {
+        let stream = match staged.entry(id.clone()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(streams.stage::<InboundEmail>(id)?)
+            }
+        };
+        let decided = stream
+            .decide(
+                bus.services(),
+                InboundEmailCommand::RecordNotification {
+                    workspace: m.workspace.clone(),
+                    tenant: m.tenant.clone(),
+                    mailbox: m.mailbox,
+                    message_id: m.message_id.clone(),
+                    subscription_id: m.subscription_id.clone(),
+                },
+                &system_meta(m.workspace.as_str()),
+            )
+            .await?;
+        new.push(!decided.event_types.is_empty());
+    }
+    let mut appending: Vec<&mut dyn store::StagedStream> = staged
+        .values_mut()
+        .map(|s| s as &mut dyn store::StagedStream)
+        .collect();
+    uow.append_all(&mut appending).await?;
+    let fetches: Vec<&Notified> = messages
+        .iter()
+        .zip(&new)
+        .filter_map(|(m, new)| new.then_some(m))
+        .collect();
+    if !fetches.is_empty() {
+        let keys: Vec<String> = fetches
+            .iter()
+            .map(|m| work_key("fetch", m.mailbox, Some(&m.message_id)))
+            .collect();
+        let mailboxes: Vec<Uuid> = fetches.iter().map(|m| m.mailbox.as_uuid()).collect();
+        let workspaces: Vec<&str> = fetches.iter().map(|m| m.workspace.as_str()).collect();
+        let message_ids: Vec<&str> = fetches.iter().map(|m| m.message_id.as_str()).collect();
+        sqlx::query(
+            "INSERT INTO mail_work (work_key, kind, mailbox_id, workspace_id, message_id, due_at) \
+             SELECT k, 'fetch', m, w, i, $5 FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[]) AS t(k, m, w, i) \
+             ON CONFLICT (work_key) DO UPDATE SET due_at = LEAST(mail_work.due_at, EXCLUDED.due_at)",
+        )
+        .bind(&keys)
+        .bind(&mailboxes)
+        .bind(&workspaces)
+        .bind(&message_ids)
+        .bind(now)
+        .execute(uow.connection())
+        .await?;
+    }
+    Ok(new)
 }
 
 /// The engine's metadata in a workspace.
