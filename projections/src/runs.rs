@@ -56,32 +56,31 @@ const COMPLETE: &str = "UPDATE rm_runs SET version = $2, updated_at = $3, status
     reason_code = coalesce($8, reason_code), \
     next_steps = coalesce($9, next_steps) \
     WHERE run_id = $1 AND version < $2 RETURNING run_id";
+/// The upsert of a step attempt's row, rewritten by a version `$cmp` the row's.
+macro_rules! step_upsert {
+    ($cmp:literal) => {
+        concat!(
+            "INSERT INTO rm_run_steps AS s (run_id, version, step, attempt, workspace_id, status, \
+                 reason_code, message, summary, retry_at, started_at, recorded_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+             ON CONFLICT (run_id, step, attempt) DO UPDATE SET version = EXCLUDED.version, \
+                 workspace_id = EXCLUDED.workspace_id, status = EXCLUDED.status, \
+                 reason_code = EXCLUDED.reason_code, message = EXCLUDED.message, \
+                 summary = EXCLUDED.summary, retry_at = EXCLUDED.retry_at, \
+                 started_at = coalesce(EXCLUDED.started_at, s.started_at), \
+                 recorded_at = EXCLUDED.recorded_at \
+             WHERE s.version ",
+            $cmp,
+            " EXCLUDED.version"
+        )
+    };
+}
 /// Each event of an attempt rewrites its row, except the start time it keeps.
-const STEP: &str = "\
-    INSERT INTO rm_run_steps AS s (run_id, version, step, attempt, workspace_id, status, \
-        reason_code, message, summary, retry_at, started_at, recorded_at) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-    ON CONFLICT (run_id, step, attempt) DO UPDATE SET version = EXCLUDED.version, \
-        workspace_id = EXCLUDED.workspace_id, status = EXCLUDED.status, \
-        reason_code = EXCLUDED.reason_code, message = EXCLUDED.message, \
-        summary = EXCLUDED.summary, retry_at = EXCLUDED.retry_at, \
-        started_at = coalesce(EXCLUDED.started_at, s.started_at), \
-        recorded_at = EXCLUDED.recorded_at \
-    WHERE s.version < EXCLUDED.version";
+const STEP: &str = step_upsert!("<");
 /// The same for the attempts a run's end carries, all at the end's version: each is
 /// written in order (an attempt's later event over its earlier one), and a replay of the
 /// end writes them all again.
-const CARRIED_STEP: &str = "\
-    INSERT INTO rm_run_steps AS s (run_id, version, step, attempt, workspace_id, status, \
-        reason_code, message, summary, retry_at, started_at, recorded_at) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-    ON CONFLICT (run_id, step, attempt) DO UPDATE SET version = EXCLUDED.version, \
-        workspace_id = EXCLUDED.workspace_id, status = EXCLUDED.status, \
-        reason_code = EXCLUDED.reason_code, message = EXCLUDED.message, \
-        summary = EXCLUDED.summary, retry_at = EXCLUDED.retry_at, \
-        started_at = coalesce(EXCLUDED.started_at, s.started_at), \
-        recorded_at = EXCLUDED.recorded_at \
-    WHERE s.version <= EXCLUDED.version";
+const CARRIED_STEP: &str = step_upsert!("<=");
 const NOTIFY: &str = "\
     SELECT pg_notify($1, json_build_object('run_id', run_id, 'workspace', workspace_id, \
         'tenant_key', tenant_key)::text) \

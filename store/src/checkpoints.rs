@@ -22,16 +22,22 @@ pub struct Checkpoint {
     pub version: i32,
 }
 
+impl Checkpoint {
+    /// The checkpoint a task row holds; empty without a row.
+    fn of(row: Option<(Json<Vec<RunEvent>>, i32)>) -> Self {
+        row.map(|(Json(progress), version)| Checkpoint { progress, version })
+            .unwrap_or_default()
+    }
+}
+
 /// The checkpoint of `run_id`; empty when the run has no task (not fed yet, or ended).
 pub async fn read(conn: &mut PgConnection, run_id: RunId) -> Result<Checkpoint, sqlx::Error> {
-    let row: Option<(Json<Vec<RunEvent>>, i32)> =
+    let row =
         sqlx::query_as("SELECT progress, progress_version FROM workflow_tasks WHERE run_id = $1")
             .bind(run_id.as_uuid())
             .fetch_optional(&mut *conn)
             .await?;
-    Ok(row
-        .map(|(Json(progress), version)| Checkpoint { progress, version })
-        .unwrap_or_default())
+    Ok(Checkpoint::of(row))
 }
 
 /// The progress in the checkpoint of `run_id`, for readers (the API's role may read no
@@ -52,16 +58,14 @@ pub async fn progress(
 /// transaction: the task row stays locked until it commits, and the engine's next write
 /// is a conflict (it reads the run again, with the command's effect).
 pub async fn claim(conn: &mut PgConnection, run_id: RunId) -> Result<Checkpoint, sqlx::Error> {
-    let row: Option<(Json<Vec<RunEvent>>, i32)> = sqlx::query_as(
+    let row = sqlx::query_as(
         "UPDATE workflow_tasks SET progress_version = progress_version + 1, updated_at = now() \
          WHERE run_id = $1 RETURNING progress, progress_version",
     )
     .bind(run_id.as_uuid())
     .fetch_optional(&mut *conn)
     .await?;
-    Ok(row
-        .map(|(Json(progress), version)| Checkpoint { progress, version })
-        .unwrap_or_default())
+    Ok(Checkpoint::of(row))
 }
 
 /// Appends `progress` to the checkpoint of `run_id` if `owner` still holds the run's task

@@ -89,13 +89,7 @@ async fn acquire(
     .bind(at)
     .execute(&mut *conn)
     .await;
-    match result {
-        Ok(_) => Ok(()),
-        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23505") => {
-            Err(AppendError::Conflict)
-        }
-        Err(e) => Err(AppendError::Database(e)),
-    }
+    result.map(|_| ()).map_err(AppendError::of_insert)
 }
 
 /// Frees the scope `lock_id` if `run_id` holds it (idempotent), in the caller's

@@ -202,13 +202,7 @@ async fn insert_rows(conn: &mut PgConnection, rows: &EventRows) -> Result<(), Ap
     .bind(&rows.metas)
     .execute(&mut *conn)
     .await;
-    match result {
-        Ok(_) => Ok(()),
-        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23505") => {
-            Err(AppendError::Conflict)
-        }
-        Err(e) => Err(AppendError::Database(e)),
-    }
+    result.map(|_| ()).map_err(AppendError::of_insert)
 }
 
 /// Why appending several streams at once failed.
@@ -220,6 +214,19 @@ pub enum AppendError {
     Corrupt(#[source] serde_json::Error),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+}
+
+impl AppendError {
+    /// A failed INSERT: a key taken meanwhile (a stream's next sequence, a scope's lock) is
+    /// a conflict, anything else the database's error.
+    pub fn of_insert(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => {
+                AppendError::Conflict
+            }
+            e => AppendError::Database(e),
+        }
+    }
 }
 
 /// Event rows for one INSERT, column by column.
