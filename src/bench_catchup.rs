@@ -231,7 +231,7 @@ async fn template(config: &Config, pool: &PgPool) -> anyhow::Result<()> {
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?
                 .aggregate;
-            app::release_scope(&mut uow, &run, run_id, &engine)
+            app::release_scope(&mut uow, &run, run_id)
                 .await
                 .map_err(err)?;
             uow.commit().await?;

@@ -535,9 +535,16 @@ async fn once_each(pool: &sqlx::PgPool) -> anyhow::Result<Vec<String>> {
         ),
         (
             "a step completed twice",
-            "SELECT aggregate_id || ' ' || (payload -> 'RunStepCompleted' ->> 'step') || ' x' || count(*) FROM events \
-             WHERE event_type = 'RunStepCompleted' \
-             GROUP BY aggregate_id, payload -> 'RunStepCompleted' ->> 'step', payload -> 'RunStepCompleted' ->> 'attempt' \
+            // Logged on their own, or carried by the run's end (issue 13).
+            "WITH completed AS ( \
+                 SELECT aggregate_id, payload -> 'RunStepCompleted' AS step FROM events \
+                 WHERE event_type = 'RunStepCompleted' \
+                 UNION ALL \
+                 SELECT e.aggregate_id, c.event -> 'RunStepCompleted' FROM events e \
+                 CROSS JOIN LATERAL jsonb_array_elements(COALESCE(e.payload -> e.event_type -> 'progress', '[]')) c(event) \
+                 WHERE e.aggregate_type = 'operation_run' AND c.event ? 'RunStepCompleted') \
+             SELECT aggregate_id || ' ' || (step ->> 'step') || ' x' || count(*) FROM completed \
+             GROUP BY aggregate_id, step ->> 'step', step ->> 'attempt' \
              HAVING count(*) > 1",
         ),
         (

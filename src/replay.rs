@@ -163,38 +163,44 @@ pub fn replay_run(
 ) -> Result<Replayed, HistoryError> {
     let mut run = OperationRun::default();
     for e in events {
-        let event = store::history::decode::<OperationRun>(e)?;
-        if decided_by_workflow(e, &event) {
-            let diverged = |decided: String, step: Option<&str>| Divergence {
-                run_id: run_id.to_owned(),
-                run_type: run.run_type.clone(),
-                global_position: e.position.global_position,
-                step: event.step().or(step).map(str::to_owned),
-                recorded: describe_event(&event),
-                decided,
-            };
-            match plans(&run.run_type) {
-                Some(plan) => {
-                    let decision = plan.decide(&run, event.at());
-                    if !agrees(&event, &decision) {
-                        let step = match &decision {
-                            Decision::Perform { step, .. } | Decision::Fail { step, .. } => {
-                                Some(*step)
-                            }
-                            _ => None,
-                        };
-                        return Ok(Replayed::Diverges(diverged(describe(&decision), step)));
+        let end = store::history::decode::<OperationRun>(e)?;
+        // A run's end may carry the run's progress (issue 13): each carried event was
+        // decided by the workflow in its turn, before the end.
+        let mut decided: Vec<RunEvent> = end.carried().to_vec();
+        decided.push(end);
+        for event in decided {
+            if decided_by_workflow(e, &event) {
+                let diverged = |decided: String, step: Option<&str>| Divergence {
+                    run_id: run_id.to_owned(),
+                    run_type: run.run_type.clone(),
+                    global_position: e.position.global_position,
+                    step: event.step().or(step).map(str::to_owned),
+                    recorded: describe_event(&event),
+                    decided,
+                };
+                match plans(&run.run_type) {
+                    Some(plan) => {
+                        let decision = plan.decide(&run, event.at());
+                        if !agrees(&event, &decision) {
+                            let step = match &decision {
+                                Decision::Perform { step, .. } | Decision::Fail { step, .. } => {
+                                    Some(*step)
+                                }
+                                _ => None,
+                            };
+                            return Ok(Replayed::Diverges(diverged(describe(&decision), step)));
+                        }
+                    }
+                    // Today's engine fails a run no workflow runs, and so did this history.
+                    None if is_unknown_type_failure(&event) => {}
+                    None => {
+                        let decided = format!("nothing: no workflow runs `{}` today", run.run_type);
+                        return Ok(Replayed::Diverges(diverged(decided, None)));
                     }
                 }
-                // Today's engine fails a run no workflow runs, and so did this history.
-                None if is_unknown_type_failure(&event) => {}
-                None => {
-                    let decided = format!("nothing: no workflow runs `{}` today", run.run_type);
-                    return Ok(Replayed::Diverges(diverged(decided, None)));
-                }
             }
+            run.apply(event);
         }
-        run.apply(event);
     }
     Ok(if run.is_active() {
         Replayed::Active

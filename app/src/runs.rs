@@ -116,7 +116,7 @@ fn precondition(connection: Option<&ProviderConnection>) -> Option<(ReasonCode, 
 }
 
 /// Starts (or dedupes to) a provider-backed operation on a tenant through its default
-/// Microsoft connection. The scope lock and the run are appended in one transaction. An
+/// Microsoft connection. The scope lock's row and the run are written in one transaction. An
 /// archived tenant is refused.
 pub async fn start_operation(
     bus: &CommandBus,
@@ -251,7 +251,7 @@ pub async fn retry_run(
 /// contact sync over every mapped tenant. The module's scope in the workspace is locked
 /// as a tenant's scope is for a tenant's operations: a run of the same type already active
 /// is returned instead (R2.2), another type's active run makes the scope busy. The lock
-/// and the run are appended in one transaction.
+/// and the run are written in one transaction.
 pub async fn start_workspace_operation(
     bus: &CommandBus,
     meta: &Metadata,
@@ -294,10 +294,11 @@ async fn start_over_workspace(
     let lock_id = workspace_scope_key(&workspace, operation.module);
     retrying(|| async {
         let mut uow = bus.begin().await?;
-        let mut streams = uow
-            .fetch_streams(&[(ScopeLock::TYPE, lock_id.clone())])
-            .await?;
-        let mut lock = streams.stage::<ScopeLock>(&lock_id)?;
+        let mut locks =
+            store::scope_locks::fetch(uow.connection(), std::slice::from_ref(&lock_id)).await?;
+        let Some(mut lock) = locks.remove(&lock_id) else {
+            return Err(AppError::NotFound("scope"));
+        };
         if let Some(active) = lock.state().active() {
             if active.run_type == operation.run_type {
                 return Ok(Started::Deduplicated(active.run_id));
@@ -327,7 +328,8 @@ async fn start_over_workspace(
             retry_of: operation.retry_of,
         };
         run.decide(services, queue, meta).await?;
-        uow.append_all(&mut [&mut lock, &mut run]).await?;
+        store::scope_locks::write(uow.connection(), &mut [&mut lock]).await?;
+        uow.append_all(&mut [&mut run]).await?;
         uow.commit().await?;
         Ok(Started::Queued(run_id))
     })
@@ -437,17 +439,13 @@ async fn start_chunk(
             .and_then(|c: &ProviderConnection| c.entra_tenant_id)
             .unwrap_or(r.tenant.entra_tenant_id)
     };
-    let lock_ids: Vec<(&'static str, String)> = chunk
+    let mut lock_ids: Vec<String> = chunk
         .iter()
-        .map(|r| (ScopeLock::TYPE, scope_key(workspace, scope_of(r))))
+        .map(|r| scope_key(workspace, scope_of(r)))
         .collect();
-    let mut streams = uow.fetch_streams(&lock_ids).await?;
-    let mut locks: HashMap<String, Staged<ScopeLock>> = HashMap::new();
-    for (_, id) in &lock_ids {
-        if let Entry::Vacant(slot) = locks.entry(id.clone()) {
-            slot.insert(streams.stage::<ScopeLock>(id)?);
-        }
-    }
+    lock_ids.sort();
+    lock_ids.dedup();
+    let mut locks = store::scope_locks::fetch(uow.connection(), &lock_ids).await?;
     // Decide each start against the staged state (a later tenant of the chunk sees an
     // earlier one's lock), then append everything in one statement.
     let mut runs: Vec<Staged<OperationRun>> = Vec::new();
@@ -484,8 +482,9 @@ async fn start_chunk(
         };
         outcomes.push(decide_start(services, input, r.run_id, lock, &mut runs).await?);
     }
+    let mut held: Vec<&mut Staged<ScopeLock>> = locks.values_mut().collect();
+    store::scope_locks::write(uow.connection(), &mut held).await?;
     let mut staged: Vec<&mut dyn StagedStream> = Vec::new();
-    staged.extend(locks.values_mut().map(|l| l as &mut dyn StagedStream));
     staged.extend(runs.iter_mut().map(|r| r as &mut dyn StagedStream));
     uow.append_all(&mut staged).await?;
     Ok(outcomes)
@@ -603,7 +602,9 @@ async fn decide_start(
 }
 
 /// Asks a run to stop. A queued run is cancelled at once and its scope released in the
-/// same transaction; a running one stops at its next step.
+/// same transaction; a running one stops at its next step. Whether it is running is in its
+/// checkpoint (the engine keeps a run's progress off the log until its end), read and held
+/// in the same transaction, so the engine's next write sees the request.
 pub async fn cancel_run(
     bus: &CommandBus,
     meta: &Metadata,
@@ -612,31 +613,36 @@ pub async fn cancel_run(
     retrying(|| async {
         let mut uow = bus.begin().await?;
         let id = run_id.to_string();
-        guard::load::<OperationRun>(&mut uow, meta, &id).await?;
-        let done = uow
-            .execute::<OperationRun>(&id, RunCommand::RequestCancel, meta)
+        let loaded = guard::load::<OperationRun>(&mut uow, meta, &id).await?;
+        let mut run = Staged::loaded(id, loaded);
+        if run.state().is_active() {
+            let checkpoint = store::checkpoints::claim(uow.connection(), run_id).await?;
+            let state = run.state_mut();
+            for event in checkpoint.progress {
+                state.apply(event);
+            }
+        }
+        run.decide(bus.services(), RunCommand::RequestCancel, meta)
             .await?;
-        if done.aggregate.outcome == RunOutcome::Cancelled {
-            release_scope(&mut uow, &done.aggregate, run_id, &as_system(meta)).await?;
+        uow.append_all(&mut [&mut run]).await?;
+        if run.state().outcome == RunOutcome::Cancelled {
+            release_scope(&mut uow, run.state(), run_id).await?;
         }
         uow.commit().await?;
-        Ok(done.aggregate)
+        Ok(run.into_state())
     })
     .await
 }
 
-/// Releases the scope a run held (idempotent). Workflows call this when a run completes.
+/// Releases the scope a run held (idempotent), in the transaction that ends the run.
 pub async fn release_scope(
     uow: &mut UnitOfWork,
     run: &OperationRun,
     run_id: RunId,
-    meta: &Metadata,
 ) -> Result<(), AppError> {
     let Some(lock_id) = run.scope_lock_id() else {
         return Ok(());
     };
-    uow.execute::<ScopeLock>(&lock_id, ScopeCommand::Release { run_id }, meta)
-        .await
-        .map_err(scope_error)?;
+    store::scope_locks::release(uow.connection(), &lock_id, run_id).await?;
     Ok(())
 }

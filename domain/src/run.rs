@@ -1,6 +1,8 @@
 //! The OperationRun aggregate (R2): one operationally relevant action and its lifecycle.
 //! Aggregate id: the [`RunId`](crate::RunId). Its events are also the workflow history:
-//! steps started, completed or failed, with their attempts.
+//! steps started, completed or failed, with their attempts. The engine keeps a running run's
+//! progress (its start, its steps' attempts) in the run's checkpoint, off the log, and the
+//! run's end carries it into the log ([`RunEvent::carried`]; issue 13).
 //!
 //! Status goes queued -> running -> completed; the outcome says how it completed. Every
 //! other move is refused with [`RunError::InvalidTransition`]. Messages and step
@@ -308,15 +310,30 @@ pub enum RunEvent {
     RunSucceeded {
         summary_counts: BTreeMap<String, i64>,
         at: DateTime<Utc>,
+        /// The run's progress (its start and its steps' attempts) that its checkpoint held
+        /// off the log, carried into the log by its end (issue 13). Absent for runs whose
+        /// progress was logged event by event, and for runs that never started.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        progress: Vec<RunEvent>,
     },
     RunPartiallySucceeded {
         summary_counts: BTreeMap<String, i64>,
         failures: Vec<FailureSummary>,
         at: DateTime<Utc>,
+        /// The run's progress (its start and its steps' attempts) that its checkpoint held
+        /// off the log, carried into the log by its end (issue 13). Absent for runs whose
+        /// progress was logged event by event, and for runs that never started.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        progress: Vec<RunEvent>,
     },
     RunFailed {
         failure: FailureSummary,
         at: DateTime<Utc>,
+        /// The run's progress (its start and its steps' attempts) that its checkpoint held
+        /// off the log, carried into the log by its end (issue 13). Absent for runs whose
+        /// progress was logged event by event, and for runs that never started.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        progress: Vec<RunEvent>,
     },
     RunBlocked {
         reason: ReasonCode,
@@ -328,6 +345,11 @@ pub enum RunEvent {
     },
     RunCancelled {
         at: DateTime<Utc>,
+        /// The run's progress (its start and its steps' attempts) that its checkpoint held
+        /// off the log, carried into the log by its end (issue 13). Absent for runs whose
+        /// progress was logged event by event, and for runs that never started.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        progress: Vec<RunEvent>,
     },
 }
 
@@ -367,7 +389,46 @@ impl RunEvent {
             | RunEvent::RunFailed { at, .. }
             | RunEvent::RunBlocked { at, .. }
             | RunEvent::RunCancelRequested { at }
-            | RunEvent::RunCancelled { at } => *at,
+            | RunEvent::RunCancelled { at, .. } => *at,
+        }
+    }
+
+    /// Whether it records the run's progress (its start, a step's attempt): what the
+    /// engine keeps in the run's checkpoint, off the log, until the run's end carries it
+    /// into the log (issue 13).
+    pub fn is_progress(&self) -> bool {
+        matches!(
+            self,
+            RunEvent::RunStarted { .. }
+                | RunEvent::RunStepStarted { .. }
+                | RunEvent::RunStepCompleted { .. }
+                | RunEvent::RunStepFailed { .. }
+        )
+    }
+
+    /// Makes a run's end carry `progress`, the run's progress the log does not hold (its
+    /// checkpoint's, and what was decided since): the engine does, as it writes the end.
+    /// Other events are left as they are.
+    pub fn carry(&mut self, mut more: Vec<RunEvent>) {
+        if let RunEvent::RunSucceeded { progress, .. }
+        | RunEvent::RunPartiallySucceeded { progress, .. }
+        | RunEvent::RunFailed { progress, .. }
+        | RunEvent::RunCancelled { progress, .. } = self
+        {
+            more.retain(RunEvent::is_progress);
+            progress.append(&mut more);
+        }
+    }
+
+    /// The progress a run's end carries (empty for every other event, and for ends logged
+    /// after their progress).
+    pub fn carried(&self) -> &[RunEvent] {
+        match self {
+            RunEvent::RunSucceeded { progress, .. }
+            | RunEvent::RunPartiallySucceeded { progress, .. }
+            | RunEvent::RunFailed { progress, .. }
+            | RunEvent::RunCancelled { progress, .. } => progress,
+            _ => &[],
         }
     }
 
@@ -714,6 +775,14 @@ impl OperationRun {
         }
     }
 
+    /// Applies the progress a run's end carries, in order (a state that holds it already,
+    /// the engine's, is left as it is).
+    fn carry_in(&mut self, progress: Vec<RunEvent>) {
+        for e in progress.into_iter().filter(RunEvent::is_progress) {
+            self.apply(e);
+        }
+    }
+
     fn complete(&mut self, outcome: RunOutcome, at: DateTime<Utc>) {
         self.status = RunStatus::Completed;
         self.outcome = outcome;
@@ -864,8 +933,12 @@ impl Aggregate for OperationRun {
             RunCommand::Succeed { summary_counts } => {
                 self.require(&[Running], "succeed")?;
                 check_counts(&summary_counts)?;
-                sink.write(RunEvent::RunSucceeded { summary_counts, at }, self)
-                    .await;
+                let event = RunEvent::RunSucceeded {
+                    summary_counts,
+                    at,
+                    progress: Vec::new(),
+                };
+                sink.write(event, self).await;
             }
             RunCommand::PartiallySucceed {
                 summary_counts,
@@ -884,6 +957,7 @@ impl Aggregate for OperationRun {
                     summary_counts,
                     failures,
                     at,
+                    progress: Vec::new(),
                 };
                 sink.write(event, self).await;
             }
@@ -894,6 +968,7 @@ impl Aggregate for OperationRun {
                 let event = RunEvent::RunFailed {
                     failure: sanitize_failure(failure)?,
                     at,
+                    progress: Vec::new(),
                 };
                 sink.write(event, self).await;
             }
@@ -909,14 +984,18 @@ impl Aggregate for OperationRun {
             RunCommand::RequestCancel => {
                 self.require(&[Queued, Running], "be cancelled")?;
                 if self.status == Queued {
-                    sink.write(RunEvent::RunCancelled { at }, self).await;
+                    let progress = Vec::new();
+                    sink.write(RunEvent::RunCancelled { at, progress }, self)
+                        .await;
                 } else if !self.cancel_requested {
                     sink.write(RunEvent::RunCancelRequested { at }, self).await;
                 }
             }
             RunCommand::Cancel => {
                 self.require(&[Queued, Running], "be cancelled")?;
-                sink.write(RunEvent::RunCancelled { at }, self).await;
+                let progress = Vec::new();
+                sink.write(RunEvent::RunCancelled { at, progress }, self)
+                    .await;
             }
         }
         Ok(())
@@ -982,7 +1061,12 @@ impl Aggregate for OperationRun {
                 retry_at,
                 summary: None,
             }),
-            RunEvent::RunSucceeded { summary_counts, at } => {
+            RunEvent::RunSucceeded {
+                summary_counts,
+                at,
+                progress,
+            } => {
+                self.carry_in(progress);
                 self.summary_counts = summary_counts;
                 self.complete(RunOutcome::Succeeded, at);
             }
@@ -990,12 +1074,19 @@ impl Aggregate for OperationRun {
                 summary_counts,
                 failures,
                 at,
+                progress,
             } => {
+                self.carry_in(progress);
                 self.summary_counts = summary_counts;
                 self.failure_summary = failures;
                 self.complete(RunOutcome::PartiallySucceeded, at);
             }
-            RunEvent::RunFailed { failure, at } => {
+            RunEvent::RunFailed {
+                failure,
+                at,
+                progress,
+            } => {
+                self.carry_in(progress);
                 self.failure_summary = vec![failure];
                 self.complete(RunOutcome::Failed, at);
             }
@@ -1009,7 +1100,10 @@ impl Aggregate for OperationRun {
                 self.complete(RunOutcome::Blocked, at);
             }
             RunEvent::RunCancelRequested { .. } => self.cancel_requested = true,
-            RunEvent::RunCancelled { at } => self.complete(RunOutcome::Cancelled, at),
+            RunEvent::RunCancelled { at, progress } => {
+                self.carry_in(progress);
+                self.complete(RunOutcome::Cancelled, at)
+            }
         }
     }
 }
@@ -1406,9 +1500,13 @@ mod tests {
             ended(RunEvent::RunFailed {
                 failure: failure("x"),
                 at: now(),
+                progress: vec![],
             }),
             state(vec![queued(), blocked(vec![NextStep::AddConnection])]),
-            ended(RunEvent::RunCancelled { at: now() }),
+            ended(RunEvent::RunCancelled {
+                at: now(),
+                progress: vec![],
+            }),
         ];
         for run in retryable {
             assert_eq!(run.check_retryable(), Ok(()), "{:?}", run.outcome);
@@ -1416,6 +1514,7 @@ mod tests {
         let succeeded = ended(RunEvent::RunSucceeded {
             summary_counts: counts(1),
             at: now(),
+            progress: vec![],
         });
         let refused = succeeded.check_retryable().unwrap_err();
         assert_eq!(
@@ -1447,6 +1546,7 @@ mod tests {
         let failed_run = RunEvent::RunFailed {
             failure: failure("x"),
             at: now(),
+            progress: vec![],
         };
         assert_eq!(step_failed(2).step(), Some("fetch"));
         assert_eq!(step_failed(2).attempt(), Some(2));
@@ -1501,12 +1601,14 @@ mod tests {
             .then_expect_events(vec![RunEvent::RunSucceeded {
                 summary_counts: counts(3),
                 at: now(),
+                progress: vec![],
             }]);
         let r = state(with(
             running(),
             RunEvent::RunSucceeded {
                 summary_counts: counts(3),
                 at: now(),
+                progress: vec![],
             },
         ));
         assert_eq!(
@@ -1547,7 +1649,13 @@ mod tests {
     fn a_completed_run_refuses_every_transition() {
         for command in every_command_after_queue() {
             let result = F::with(services())
-                .given(with(running(), RunEvent::RunCancelled { at: now() }))
+                .given(with(
+                    running(),
+                    RunEvent::RunCancelled {
+                        at: now(),
+                        progress: vec![],
+                    },
+                ))
                 .when(command.clone())
                 .inspect_result();
             match result {
@@ -1757,6 +1865,7 @@ mod tests {
                 summary_counts: counts(2),
                 failures: vec![failure("tenant x: password=[redacted]")],
                 at: now(),
+                progress: vec![],
             }]);
         let r = state(with(
             running(),
@@ -1764,6 +1873,7 @@ mod tests {
                 summary_counts: counts(2),
                 failures: vec![failure("x")],
                 at: now(),
+                progress: vec![],
             },
         ));
         assert_eq!(r.outcome, RunOutcome::PartiallySucceeded);
@@ -1796,12 +1906,14 @@ mod tests {
             .then_expect_events(vec![RunEvent::RunFailed {
                 failure: failure("502 from graph, secret=[redacted]"),
                 at: now(),
+                progress: vec![],
             }]);
         let r = state(with(
             running(),
             RunEvent::RunFailed {
                 failure: failure("x"),
                 at: now(),
+                progress: vec![],
             },
         ));
         assert_eq!(
@@ -1821,6 +1933,7 @@ mod tests {
             .then_expect_events(vec![RunEvent::RunFailed {
                 failure: failure("x"),
                 at: now(),
+                progress: vec![],
             }]);
     }
 
@@ -1920,8 +2033,17 @@ mod tests {
         F::with(services())
             .given(vec![queued()])
             .when(RunCommand::RequestCancel)
-            .then_expect_events(vec![RunEvent::RunCancelled { at: now() }]);
-        let r = state(vec![queued(), RunEvent::RunCancelled { at: now() }]);
+            .then_expect_events(vec![RunEvent::RunCancelled {
+                at: now(),
+                progress: vec![],
+            }]);
+        let r = state(vec![
+            queued(),
+            RunEvent::RunCancelled {
+                at: now(),
+                progress: vec![],
+            },
+        ]);
         assert_eq!(
             (r.status, r.outcome),
             (RunStatus::Completed, RunOutcome::Cancelled)
@@ -1948,7 +2070,10 @@ mod tests {
         F::with(services())
             .given(with(running(), RunEvent::RunCancelRequested { at: now() }))
             .when(RunCommand::Cancel)
-            .then_expect_events(vec![RunEvent::RunCancelled { at: now() }]);
+            .then_expect_events(vec![RunEvent::RunCancelled {
+                at: now(),
+                progress: vec![],
+            }]);
     }
 
     #[test]
@@ -1988,6 +2113,48 @@ mod tests {
     }
 
     #[test]
+    fn a_runs_end_carries_the_progress_kept_off_the_log_and_folds_into_the_same_run() {
+        let progress = vec![started(), step_failed(1), step_completed(2)];
+        let mut end = RunEvent::RunSucceeded {
+            summary_counts: counts(1),
+            at: now(),
+            progress: vec![],
+        };
+        // Only progress is carried.
+        end.carry(vec![queued()]);
+        assert!(end.carried().is_empty());
+        end.carry(progress.clone());
+        assert_eq!(end.carried(), progress.as_slice());
+        // Folded from the log (queued, then the end), the run is what the engine had.
+        let logged = state(vec![queued(), end.clone()]);
+        let mut engine = state(vec![queued()]);
+        for e in progress {
+            engine.apply(e);
+        }
+        engine.apply(end);
+        assert_eq!(
+            serde_json::to_value(&logged).unwrap(),
+            serde_json::to_value(&engine).unwrap()
+        );
+        let step = logged.step("fetch").unwrap();
+        assert_eq!((step.attempt, step.status), (2, StepStatus::Completed));
+        assert_eq!(logged.started_at, Some(now()));
+        assert_eq!(logged.outcome, RunOutcome::Succeeded);
+    }
+
+    #[test]
+    fn an_end_logged_before_ends_carried_progress_still_reads() {
+        let stored = serde_json::json!({ "RunSucceeded": {
+            "summary_counts": { "steps_completed": 3 },
+            "at": "2026-01-01T00:00:00Z"
+        }});
+        let end: RunEvent = serde_json::from_value(stored.clone()).unwrap();
+        assert!(end.carried().is_empty());
+        // Written back the same: an end that carries nothing says nothing of it.
+        assert_eq!(serde_json::to_value(&end).unwrap(), stored);
+    }
+
+    #[test]
     fn event_types_match_their_stored_tags() {
         assert_event_types_match_payload_tags(&[
             queued(),
@@ -1998,19 +2165,25 @@ mod tests {
             RunEvent::RunSucceeded {
                 summary_counts: counts(1),
                 at: now(),
+                progress: vec![],
             },
             RunEvent::RunPartiallySucceeded {
                 summary_counts: counts(1),
                 failures: vec![],
                 at: now(),
+                progress: vec![],
             },
             RunEvent::RunFailed {
                 failure: failure("x"),
                 at: now(),
+                progress: vec![],
             },
             blocked(vec![]),
             RunEvent::RunCancelRequested { at: now() },
-            RunEvent::RunCancelled { at: now() },
+            RunEvent::RunCancelled {
+                at: now(),
+                progress: vec![],
+            },
         ]);
     }
 }

@@ -2,9 +2,11 @@
 //! [`scope_key`], `{workspace}:{entra tenant guid}`.
 //!
 //! Starting the same operation type again returns the active run (dedupe, no events);
-//! another type is refused as scope busy, naming the active run. The caller appends
-//! `Acquire` and the run's `Queue` in one transaction, so optimistic concurrency on this
-//! stream lets exactly one of many concurrent starts through.
+//! another type is refused as scope busy, naming the active run. The caller writes
+//! `Acquire` and the run's `Queue` in one transaction, so exactly one of many concurrent
+//! starts gets through. Since issue 13 a lock's decisions are written as its row of
+//! `scope_locks` (`store::scope_locks`), not appended as events; the events of earlier
+//! locks stay readable.
 
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;

@@ -60,7 +60,8 @@ pub enum TenantCommand {
         policies: Vec<CuratedPolicy>,
         source: SnapshotSource,
     },
-    /// Records the capabilities its licenses give (R3.5).
+    /// Records the capabilities its licenses give (R3.5); the same as the last recorded
+    /// writes nothing.
     RecordLicenses {
         capabilities: Capabilities,
     },
@@ -491,6 +492,10 @@ impl Aggregate for Tenant {
             }
             TenantCommand::RecordLicenses { capabilities } => {
                 self.require_active()?;
+                // The same capabilities as last time: nothing new to record (issue 13).
+                if self.capabilities.as_ref() == Some(&capabilities) {
+                    return Ok(());
+                }
                 let at = services.clock.now();
                 sink.write(TenantEvent::LicensesRefreshed { capabilities, at }, self)
                     .await;
@@ -879,6 +884,44 @@ mod tests {
             t.connection(conn(1)).map(|c| c.entra_tenant_id),
             Some(guid())
         );
+    }
+
+    #[test]
+    fn licenses_are_recorded_when_their_capabilities_change_and_only_then() {
+        let p1 = Capabilities {
+            ca_p1: true,
+            ca_p2: false,
+            skus: vec!["AAD_PREMIUM".into()],
+        };
+        let refreshed = TenantEvent::LicensesRefreshed {
+            capabilities: p1.clone(),
+            at: now(),
+        };
+        F::with(services())
+            .given(vec![registered()])
+            .when(TenantCommand::RecordLicenses {
+                capabilities: p1.clone(),
+            })
+            .then_expect_events(vec![refreshed.clone()]);
+        F::with(services())
+            .given(vec![registered(), refreshed.clone()])
+            .when(TenantCommand::RecordLicenses {
+                capabilities: p1.clone(),
+            })
+            .then_expect_events(vec![]);
+        let p2 = Capabilities {
+            ca_p2: true,
+            ..p1.clone()
+        };
+        F::with(services())
+            .given(vec![registered(), refreshed])
+            .when(TenantCommand::RecordLicenses {
+                capabilities: p2.clone(),
+            })
+            .then_expect_events(vec![TenantEvent::LicensesRefreshed {
+                capabilities: p2,
+                at: now(),
+            }]);
     }
 
     #[test]

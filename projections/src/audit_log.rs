@@ -99,6 +99,9 @@ impl Projection for AuditLog {
 ///   `policy_count` and `unchanged`);
 /// - `RunSucceeded`, `RunPartiallySucceeded`: the run's `summary_counts` (a resync's carry
 ///   `policy_count` and `unchanged` as 0 or 1), and the failed steps' reason codes;
+/// - a run's end that carries its progress (issue 13: the engine keeps a run's step
+///   attempts off the log until its end): `steps`, each attempt's facts as its own
+///   `RunStepCompleted` or `RunStepFailed` gave them before;
 /// - `PolicySnapshotted`: `snapshot_id`, `policy_count`, `source` and how many policies
 ///   were added, removed or modified (never the policies);
 /// - `PolicyIntentSeeded`: `snapshot_id`;
@@ -120,6 +123,7 @@ fn details(e: &StoredEvent) -> Option<Value> {
                 | "RunPartiallySucceeded"
                 | "RunFailed"
                 | "RunBlocked"
+                | "RunCancelled"
         ) | (Tenant::TYPE, "PolicySnapshotted" | "PolicyIntentSeeded")
             | (ProviderConnection::TYPE, "ConnectionErrored")
     );
@@ -145,6 +149,19 @@ fn details(e: &StoredEvent) -> Option<Value> {
 }
 
 fn run_details(event: RunEvent) -> Option<Value> {
+    let steps: Vec<Value> = event
+        .carried()
+        .iter()
+        .filter_map(|e| run_details(e.clone()))
+        .collect();
+    let mut details = step_or_end_details(event)?;
+    if let (Value::Object(fields), false) = (&mut details, steps.is_empty()) {
+        fields.insert("steps".to_owned(), Value::Array(steps));
+    }
+    Some(details)
+}
+
+fn step_or_end_details(event: RunEvent) -> Option<Value> {
     match event {
         RunEvent::RunStepCompleted {
             step,
@@ -167,6 +184,8 @@ fn run_details(event: RunEvent) -> Option<Value> {
         RunEvent::RunFailed { failure, .. } => Some(json!({
             "reason": failure.reason, "message": failure.message, "step": failure.step,
         })),
+        // A cancelled run reports nothing of its own, but what it carries.
+        RunEvent::RunCancelled { progress, .. } if !progress.is_empty() => Some(json!({})),
         RunEvent::RunBlocked {
             reason, next_steps, ..
         } => Some(json!({ "reason": reason, "next_steps": next_steps })),
@@ -341,6 +360,7 @@ mod tests {
         let succeeded = RunEvent::RunSucceeded {
             summary_counts: counts(4, 1),
             at: chrono::Utc::now(),
+            progress: vec![],
         };
         assert_eq!(
             details(&stored(OperationRun::TYPE, succeeded)),
@@ -356,6 +376,7 @@ mod tests {
                 step: Some("refresh_licenses".into()),
             }],
             at: chrono::Utc::now(),
+            progress: vec![],
         };
         assert_eq!(
             details(&stored(OperationRun::TYPE, partial)),
@@ -375,6 +396,7 @@ mod tests {
                 step: Some("fetch_policies".into()),
             },
             at: chrono::Utc::now(),
+            progress: vec![],
         };
         assert_eq!(
             details(&stored(OperationRun::TYPE, failed)),
@@ -451,6 +473,7 @@ mod tests {
             RunEvent::RunSucceeded {
                 summary_counts: counts(1, 0),
                 at: chrono::Utc::now(),
+                progress: vec![],
             },
         );
         broken.payload = json!({"RunSucceeded": {"summary_counts": "many"}});

@@ -47,26 +47,40 @@ const TOUCH: &str = "UPDATE rm_runs SET version = $2, updated_at = $3 \
     WHERE run_id = $1 AND version < $2 RETURNING run_id";
 const CANCEL_REQUESTED: &str = "UPDATE rm_runs SET version = $2, updated_at = $3, \
     cancel_requested = true WHERE run_id = $1 AND version < $2 RETURNING run_id";
-/// Every way a run ends: its outcome and whatever the ending event reports.
+/// Every way a run ends: its outcome and whatever the ending event reports (with the start
+/// time its carried progress holds).
 const COMPLETE: &str = "UPDATE rm_runs SET version = $2, updated_at = $3, status = $4, \
-    completed_at = $3, outcome = $5, \
+    completed_at = $3, outcome = $5, started_at = coalesce($10, started_at), \
     summary_counts = coalesce($6, summary_counts), \
     failure_summary = coalesce($7, failure_summary), \
     reason_code = coalesce($8, reason_code), \
     next_steps = coalesce($9, next_steps) \
     WHERE run_id = $1 AND version < $2 RETURNING run_id";
+/// The upsert of a step attempt's row, rewritten by a version `$cmp` the row's.
+macro_rules! step_upsert {
+    ($cmp:literal) => {
+        concat!(
+            "INSERT INTO rm_run_steps AS s (run_id, version, step, attempt, workspace_id, status, \
+                 reason_code, message, summary, retry_at, started_at, recorded_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+             ON CONFLICT (run_id, step, attempt) DO UPDATE SET version = EXCLUDED.version, \
+                 workspace_id = EXCLUDED.workspace_id, status = EXCLUDED.status, \
+                 reason_code = EXCLUDED.reason_code, message = EXCLUDED.message, \
+                 summary = EXCLUDED.summary, retry_at = EXCLUDED.retry_at, \
+                 started_at = coalesce(EXCLUDED.started_at, s.started_at), \
+                 recorded_at = EXCLUDED.recorded_at \
+             WHERE s.version ",
+            $cmp,
+            " EXCLUDED.version"
+        )
+    };
+}
 /// Each event of an attempt rewrites its row, except the start time it keeps.
-const STEP: &str = "\
-    INSERT INTO rm_run_steps AS s (run_id, version, step, attempt, workspace_id, status, \
-        reason_code, message, summary, retry_at, started_at, recorded_at) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-    ON CONFLICT (run_id, step, attempt) DO UPDATE SET version = EXCLUDED.version, \
-        workspace_id = EXCLUDED.workspace_id, status = EXCLUDED.status, \
-        reason_code = EXCLUDED.reason_code, message = EXCLUDED.message, \
-        summary = EXCLUDED.summary, retry_at = EXCLUDED.retry_at, \
-        started_at = coalesce(EXCLUDED.started_at, s.started_at), \
-        recorded_at = EXCLUDED.recorded_at \
-    WHERE s.version < EXCLUDED.version";
+const STEP: &str = step_upsert!("<");
+/// The same for the attempts a run's end carries, all at the end's version: each is
+/// written in order (an attempt's later event over its earlier one), and a replay of the
+/// end writes them all again.
+const CARRIED_STEP: &str = step_upsert!("<=");
 const NOTIFY: &str = "\
     SELECT pg_notify($1, json_build_object('run_id', run_id, 'workspace', workspace_id, \
         'tenant_key', tenant_key)::text) \
@@ -154,47 +168,23 @@ async fn apply(
         RunEvent::RunStarted { at } => versioned(START, id, e)
             .bind(at)
             .bind(serde_name(e, &RunStatus::Running)?),
-        RunEvent::RunStepStarted { step, attempt, at } => {
-            let row = StepRow {
-                started_at: Some(at),
-                ..StepRow::new(step, attempt, StepStatus::Started, at)
-            };
-            record_step(tx, e, id, row).await?;
-            versioned(TOUCH, id, e).bind(at)
-        }
-        RunEvent::RunStepCompleted {
-            step,
-            attempt,
-            summary,
-            at,
-        } => {
-            let row = StepRow {
-                summary: Some(summary),
-                ..StepRow::new(step, attempt, StepStatus::Completed, at)
-            };
-            record_step(tx, e, id, row).await?;
-            versioned(TOUCH, id, e).bind(at)
-        }
-        RunEvent::RunStepFailed {
-            step,
-            attempt,
-            reason,
-            message,
-            retry_at,
-            at,
-        } => {
-            let row = StepRow {
-                reason_code: Some(reason.as_str()),
-                message: Some(message),
-                retry_at,
-                ..StepRow::new(step, attempt, StepStatus::Failed, at)
-            };
-            record_step(tx, e, id, row).await?;
+        RunEvent::RunStepStarted { .. }
+        | RunEvent::RunStepCompleted { .. }
+        | RunEvent::RunStepFailed { .. } => {
+            let at = event.at();
+            if let Some(row) = StepRow::of(event) {
+                record_step(tx, e, id, row, STEP).await?;
+            }
             versioned(TOUCH, id, e).bind(at)
         }
         RunEvent::RunCancelRequested { at } => versioned(CANCEL_REQUESTED, id, e).bind(at),
-        RunEvent::RunSucceeded { summary_counts, at } => Ending {
+        RunEvent::RunSucceeded {
+            summary_counts,
+            at,
+            progress,
+        } => Ending {
             summary_counts: Some(to_json(e, &summary_counts)?),
+            started_at: carry_in(tx, e, id, progress).await?,
             ..Ending::new(RunOutcome::Succeeded, at)
         }
         .query(e, id)?,
@@ -202,16 +192,23 @@ async fn apply(
             summary_counts,
             failures,
             at,
+            progress,
         } => Ending {
             summary_counts: Some(to_json(e, &summary_counts)?),
             failure_summary: Some(to_json(e, &failures)?),
+            started_at: carry_in(tx, e, id, progress).await?,
             ..Ending::new(RunOutcome::PartiallySucceeded, at)
         }
         .query(e, id)?,
-        RunEvent::RunFailed { failure, at } => Ending {
+        RunEvent::RunFailed {
+            failure,
+            at,
+            progress,
+        } => Ending {
             reason_code: Some(failure.reason.as_str()),
             // A list, as the aggregate keeps it and as a partial success reports it.
             failure_summary: Some(to_json(e, &[failure])?),
+            started_at: carry_in(tx, e, id, progress).await?,
             ..Ending::new(RunOutcome::Failed, at)
         }
         .query(e, id)?,
@@ -225,10 +222,33 @@ async fn apply(
             ..Ending::new(RunOutcome::Blocked, at)
         }
         .query(e, id)?,
-        RunEvent::RunCancelled { at } => Ending::new(RunOutcome::Cancelled, at).query(e, id)?,
+        RunEvent::RunCancelled { at, progress } => Ending {
+            started_at: carry_in(tx, e, id, progress).await?,
+            ..Ending::new(RunOutcome::Cancelled, at)
+        }
+        .query(e, id)?,
     };
     let row = query.fetch_optional(&mut *tx).await?;
     Ok(row.map(|r| r.try_get("run_id")).transpose()?)
+}
+
+/// Writes the step attempts a run's end carries (issue 13: the engine kept them off the
+/// log until the end); returns the start time it carries.
+async fn carry_in(
+    tx: &mut PgConnection,
+    e: &StoredEvent,
+    id: Uuid,
+    progress: Vec<RunEvent>,
+) -> Result<Option<DateTime<Utc>>, ConsumerError> {
+    let mut started_at = None;
+    for event in progress {
+        if let RunEvent::RunStarted { at } = event {
+            started_at = Some(at);
+        } else if let Some(row) = StepRow::of(event) {
+            record_step(tx, e, id, row, CARRIED_STEP).await?;
+        }
+    }
+    Ok(started_at)
 }
 
 /// How a run ended. `None` leaves a column as it was.
@@ -239,6 +259,7 @@ struct Ending {
     failure_summary: Option<serde_json::Value>,
     reason_code: Option<&'static str>,
     next_steps: Option<serde_json::Value>,
+    started_at: Option<DateTime<Utc>>,
 }
 
 impl Ending {
@@ -250,6 +271,7 @@ impl Ending {
             failure_summary: None,
             reason_code: None,
             next_steps: None,
+            started_at: None,
         }
     }
 
@@ -265,7 +287,8 @@ impl Ending {
             .bind(self.summary_counts)
             .bind(self.failure_summary)
             .bind(self.reason_code)
-            .bind(self.next_steps))
+            .bind(self.next_steps)
+            .bind(self.started_at))
     }
 }
 
@@ -283,6 +306,39 @@ struct StepRow {
 }
 
 impl StepRow {
+    /// The row a step event writes; `None` for other events.
+    fn of(event: RunEvent) -> Option<Self> {
+        Some(match event {
+            RunEvent::RunStepStarted { step, attempt, at } => StepRow {
+                started_at: Some(at),
+                ..StepRow::new(step, attempt, StepStatus::Started, at)
+            },
+            RunEvent::RunStepCompleted {
+                step,
+                attempt,
+                summary,
+                at,
+            } => StepRow {
+                summary: Some(summary),
+                ..StepRow::new(step, attempt, StepStatus::Completed, at)
+            },
+            RunEvent::RunStepFailed {
+                step,
+                attempt,
+                reason,
+                message,
+                retry_at,
+                at,
+            } => StepRow {
+                reason_code: Some(reason.as_str()),
+                message: Some(message),
+                retry_at,
+                ..StepRow::new(step, attempt, StepStatus::Failed, at)
+            },
+            _ => return None,
+        })
+    }
+
     fn new(step: String, attempt: u32, status: StepStatus, at: DateTime<Utc>) -> Self {
         Self {
             step,
@@ -303,12 +359,13 @@ async fn record_step(
     e: &StoredEvent,
     run_id: Uuid,
     row: StepRow,
+    query: &'static str,
 ) -> Result<(), ConsumerError> {
     let attempt = i32::try_from(row.attempt).map_err(|_| ConsumerError::Refused {
         position: e.position,
         message: format!("step attempt {} is out of range", row.attempt),
     })?;
-    versioned(STEP, run_id, e)
+    versioned(query, run_id, e)
         .bind(row.step)
         .bind(attempt)
         .bind(required_meta(e, "workspace")?)

@@ -286,6 +286,44 @@ impl RunHistoryEntry {
         let decoded = decode::<OperationRun>(e)
             .inspect_err(|error| tracing::warn!(%error, "a run event this binary cannot read"))
             .ok();
+        Self::entry(e, &e.event_type, &e.payload, decoded.as_ref())
+    }
+
+    /// The entries for one of a run's stored events: a run's end that carries the run's
+    /// progress (issue 13: the engine keeps it off the log until the end) gives an entry
+    /// for each carried event first, as that event gave when it was logged on its own,
+    /// at the end's place in the log; then the end's own entry.
+    pub fn all_of(e: &StoredEvent) -> Vec<Self> {
+        let decoded = decode::<OperationRun>(e).ok();
+        let carried = decoded.as_ref().map(RunEvent::carried).unwrap_or_default();
+        if carried.is_empty() {
+            return vec![Self::of(e)];
+        }
+        let mut entries: Vec<Self> = carried
+            .iter()
+            .filter_map(|event| {
+                let event_type = cqrs_es::DomainEvent::event_type(event);
+                let payload = serde_json::to_value(event).ok()?;
+                Some(Self::entry(e, &event_type, &payload, Some(event)))
+            })
+            .collect();
+        let mut end = Self::of(e);
+        if let Some(serde_json::Value::Object(details)) = &mut end.details {
+            details.remove("progress");
+            if details.is_empty() {
+                end.details = None;
+            }
+        }
+        entries.push(end);
+        entries
+    }
+
+    fn entry(
+        e: &StoredEvent,
+        event_type: &str,
+        payload: &serde_json::Value,
+        decoded: Option<&RunEvent>,
+    ) -> Self {
         let fields = |event: &RunEvent| {
             (
                 event.at(),
@@ -296,12 +334,11 @@ impl RunHistoryEntry {
         };
         let (at, step, attempt, reason) =
             decoded
-                .as_ref()
                 .map(fields)
                 .unwrap_or((e.recorded_at, None, None, None));
         // Externally tagged: `{"RunStepFailed": {...}}`. What the entry shows on its own is
         // left out of the details.
-        let mut details = match e.payload.get(&e.event_type) {
+        let mut details = match payload.get(event_type) {
             Some(serde_json::Value::Object(fields)) => fields.clone(),
             _ => serde_json::Map::new(),
         };
@@ -316,7 +353,7 @@ impl RunHistoryEntry {
             recorded_at: e.recorded_at,
             at,
             elapsed_ms: 0,
-            event_type: e.event_type.clone(),
+            event_type: event_type.to_owned(),
             step,
             attempt,
             reason,
@@ -334,7 +371,8 @@ pub async fn run_history(
     run_id: RunId,
 ) -> Result<Vec<RunHistoryEntry>, sqlx::Error> {
     let events = stream(conn, OperationRun::TYPE, &run_id.to_string(), None).await?;
-    let mut entries: Vec<RunHistoryEntry> = events.iter().map(RunHistoryEntry::of).collect();
+    let mut entries: Vec<RunHistoryEntry> =
+        events.iter().flat_map(RunHistoryEntry::all_of).collect();
     if let Some(first) = entries.first().map(|e| e.at) {
         for e in &mut entries {
             e.elapsed_ms = (e.at - first).num_milliseconds();

@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod bus;
+pub mod checkpoints;
 pub mod db;
 pub mod embedded;
 pub mod history;
@@ -11,6 +12,7 @@ pub mod horizon;
 pub mod index;
 pub mod log;
 pub mod metrics;
+pub mod scope_locks;
 pub mod snapshots;
 pub mod vault;
 

@@ -484,9 +484,7 @@ pub async fn release_scope(bus: &CommandBus, run: RunId) {
         .await
         .unwrap()
         .aggregate;
-    app::release_scope(&mut uow, &state, run, &engine("acme"))
-        .await
-        .unwrap();
+    app::release_scope(&mut uow, &state, run).await.unwrap();
     uow.commit().await.unwrap();
 }
 

@@ -65,19 +65,32 @@ async fn an_auditor_reads_a_runs_history_and_earlier_states_and_changes_nothing(
             .unwrap()
             > 0
     );
+    // The run's start and steps are carried by its end (issue 13): they share its place in
+    // the log, and keep their own times.
     assert!(history
         .windows(2)
-        .all(|w| w[0]["position"].as_i64() < w[1]["position"].as_i64()));
+        .all(|w| w[0]["position"].as_i64() <= w[1]["position"].as_i64()));
+    assert!(history[1..]
+        .iter()
+        .all(|e| e["position"] == history[5]["position"]));
+    assert!(history
+        .windows(2)
+        .all(|w| w[0]["elapsedMs"].as_i64() <= w[1]["elapsedMs"].as_i64()));
 
-    // The run as it stood once started, and the tenant as it stood when the run was queued.
-    let started = history[1]["position"].as_i64().unwrap();
-    let then = auditor.ok(RUN_AT, json!({"r": run, "p": started})).await["runAt"].clone();
+    // The run as it stood when queued and at its end, and the tenant as it stood when the
+    // run was queued.
+    let queued = history[0]["position"].as_i64().unwrap();
+    let then = auditor.ok(RUN_AT, json!({"r": run, "p": queued})).await["runAt"].clone();
     assert_eq!(
         (&then["version"], &then["position"]),
-        (&json!(2), &json!(started))
+        (&json!(1), &json!(queued))
     );
-    assert_eq!(then["state"]["status"], "running");
+    assert_eq!(then["state"]["status"], "queued");
     assert_eq!(then["state"]["steps"], json!([]));
+    let ended = history[5]["position"].as_i64().unwrap();
+    let end = auditor.ok(RUN_AT, json!({"r": run, "p": ended})).await["runAt"].clone();
+    assert_eq!(end["state"]["status"], "completed");
+    assert_eq!(end["state"]["steps"].as_array().map(Vec::len), Some(3));
     let queued_at = history[0]["recordedAt"].clone();
     let tenant_then = auditor
         .ok(TENANT_AT, json!({"t": tenant, "at": queued_at}))
@@ -96,7 +109,7 @@ async fn an_auditor_reads_a_runs_history_and_earlier_states_and_changes_nothing(
     let globex = server.client("globex", Role::Auditor);
     let q = "query($r: String!, $p: Int!, $t: String!, $at: DateTime!) { run(id: $r) { id } \
              runAt(id: $r, asOf: {position: $p}) { id } tenantAt(id: $t, asOf: {time: $at}) { id } }";
-    let vars = json!({"r": run, "p": started, "t": tenant, "at": queued_at});
+    let vars = json!({"r": run, "p": queued, "t": tenant, "at": queued_at});
     let nothing = globex.ok(q, vars).await;
     assert_eq!(
         nothing,
@@ -122,13 +135,13 @@ async fn an_auditor_reads_a_runs_history_and_earlier_states_and_changes_nothing(
     );
     let (ok, state, err) = run_cli(
         &db,
-        &["state", &format!("run/{run}"), "--at", &started.to_string()],
+        &["state", &format!("run/{run}"), "--at", &queued.to_string()],
     );
     assert!(ok, "{err}");
     let state: Value = serde_json::from_str(&state).unwrap();
     assert_eq!(
         (&state["version"], &state["state"]["status"]),
-        (&json!(2), &json!("running"))
+        (&json!(1), &json!("queued"))
     );
     let (ok, _, err) = run_cli(&db, &["runs", "show", &run, "--workspace", "globex"]);
     assert!(!ok && err.contains("not found"), "{err}");

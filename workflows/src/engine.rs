@@ -1,13 +1,14 @@
-//! The runner: claims due tasks, decides the next action from the run's own history, performs
-//! it and records the result as an event against the version it read. Every effect on
-//! another aggregate carries an idempotency key (run + step + attempt), so a step performed
-//! again after a crash changes nothing twice.
+//! The runner: claims due tasks, decides the next action from the run's own history (its
+//! logged events and its checkpoint), performs it and records the result in the run's
+//! checkpoint, with the step's effects as events, against the versions it read. The run's
+//! end carries the checkpoint into the log (issue 13). Every effect on another aggregate
+//! carries an idempotency key (run + step + attempt), so a step performed again after a
+//! crash changes nothing twice.
 
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::connection::{ConnectionCommand, ProviderConnection};
-use domain::run::{FailureSummary, OperationRun, RunCommand};
-use domain::scope_lock::{ScopeCommand, ScopeLock};
+use domain::run::{FailureSummary, OperationRun, RunCommand, RunEvent};
 use domain::tenant::Tenant;
 use domain::{DomainError, ReasonCode, Role, RunId};
 use graph::{AppCredentials, GraphApi};
@@ -133,10 +134,13 @@ enum Next {
 struct Carried {
     run: Staged<OperationRun>,
     tenant: Option<Staged<Tenant>>,
-    lock: Option<Staged<ScopeLock>>,
     connection: Option<Staged<ProviderConnection>>,
     /// The connection's newest vault row, read with the claim.
     sealed: Option<SealedCredential>,
+    /// The run's progress in its checkpoint (off the log), as of `checkpoint`.
+    unlogged: Vec<RunEvent>,
+    /// The version of the run's checkpoint `unlogged` was read at.
+    checkpoint: i32,
 }
 
 /// How appending what was decided went.
@@ -291,19 +295,27 @@ impl Engine {
                 .fetch_streams(&[(OperationRun::TYPE, id.clone())])
                 .await?;
         }
-        let run = streams.stage::<OperationRun>(&id)?;
+        let mut run = streams.stage::<OperationRun>(&id)?;
+        // The run's progress since its last logged event is in its checkpoint, not the log.
+        let checkpoint =
+            store::checkpoints::read(&mut *self.pool().acquire().await?, run_id).await?;
+        let unlogged = match run.state().is_active() {
+            true => checkpoint.progress,
+            false => Vec::new(),
+        };
+        for event in &unlogged {
+            run.state_mut().apply(event.clone());
+        }
         let context = run.state().context.clone();
         let tenant_id = context.as_ref().map(|c| c.tenant_key.to_string());
         let connection_id = context
             .as_ref()
             .and_then(|c| c.connection_id)
             .map(|c| c.to_string());
-        let lock_id = run.state().scope_lock_id();
         let mut missing = Vec::new();
         for (t, i) in [
             (Tenant::TYPE, &tenant_id),
             (ProviderConnection::TYPE, &connection_id),
-            (ScopeLock::TYPE, &lock_id),
         ] {
             if let Some(i) = i.as_ref().filter(|i| !streams.contains(t, i)) {
                 missing.push((t, i.clone()));
@@ -322,16 +334,13 @@ impl Engine {
             Some(i) => Some(streams.stage::<ProviderConnection>(i)?),
             None => None,
         };
-        let lock = match &lock_id {
-            Some(i) => Some(streams.stage::<ScopeLock>(i)?),
-            None => None,
-        };
         Ok(Carried {
             run,
             tenant,
-            lock,
             connection,
             sealed: None,
+            unlogged,
+            checkpoint: checkpoint.version,
         })
     }
 
@@ -542,24 +551,52 @@ impl Engine {
             self.stage(c, run_id, key, command).await?;
         }
         let ended = !c.run.state().is_active();
-        if ended {
-            // The scope is free again in the same statement that ends the run.
-            let meta = self.meta(c.run.state(), run_id, format!("{run_id}:release"));
-            let lock = c.lock.as_mut().ok_or(EngineError::NoScope)?;
-            lock.decide(self.bus.services(), ScopeCommand::Release { run_id }, &meta)
-                .await?;
+        let idle = c.run.pending_count() == 0
+            && c.tenant.as_ref().is_none_or(|t| t.pending_count() == 0)
+            && c.connection.as_ref().is_none_or(|t| t.pending_count() == 0);
+        if !ended && idle {
+            // Nothing decided since the last write (a run waiting for a retry).
+            return Ok(Settled::Open);
         }
+        // The run's progress goes to its checkpoint, not the log; its end carries it all.
+        let mut progress = c.run.take_pending(RunEvent::is_progress);
+        if ended {
+            let mut all = c.unlogged.clone();
+            all.append(&mut progress);
+            // The end is the last thing decided.
+            if let Some(end) = c.run.pending_mut().last() {
+                end.carry(all);
+            }
+        }
+        let lock_id = match ended {
+            true => Some(c.run.state().scope_lock_id().ok_or(EngineError::NoScope)?),
+            false => None,
+        };
         let mut streams: Vec<&mut dyn StagedStream> = vec![&mut c.run];
         streams.extend(c.tenant.as_mut().map(|t| t as &mut dyn StagedStream));
         streams.extend(c.connection.as_mut().map(|t| t as &mut dyn StagedStream));
-        streams.extend(c.lock.as_mut().map(|l| l as &mut dyn StagedStream));
-        // The task itself is removed by the task feed when it reads the run's end; until
-        // then this runner's lease keeps others away from it.
-        match self.bus.append_all(&mut streams).await {
+        // One transaction: the effects, the run's events, its checkpoint and (when it
+        // ended) its scope. The task itself is removed by the task feed when it reads the
+        // run's end; until then this runner's lease keeps others away from it.
+        let mut uow = self.bus.begin().await?;
+        match uow.append_all(&mut streams).await {
             Ok(()) => {}
             Err(AppendError::Conflict) => return Ok(Settled::Conflict),
             Err(other) => return Err(other.into()),
         }
+        if let Some(lock_id) = lock_id {
+            store::scope_locks::release(uow.connection(), &lock_id, run_id).await?;
+        }
+        let connection = uow.connection();
+        if !store::checkpoints::append(connection, run_id, &self.owner, c.checkpoint, &progress)
+            .await?
+        {
+            // A person's command on the run, or another runner: nothing is written.
+            return Ok(Settled::Conflict);
+        }
+        uow.commit().await?;
+        c.checkpoint += 1;
+        c.unlogged.append(&mut progress);
         if ended {
             tracing::info!(outcome = ?c.run.state().outcome, "run completed");
             return Ok(Settled::Ended);

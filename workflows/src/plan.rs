@@ -299,7 +299,10 @@ mod tests {
 
     #[test]
     fn a_completed_run_needs_nothing() {
-        let r = run(vec![RunEvent::RunCancelled { at: now() }]);
+        let r = run(vec![RunEvent::RunCancelled {
+            at: now(),
+            progress: vec![],
+        }]);
         assert_eq!(PLAN.decide(&r, now()), Decision::Done);
     }
 }

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::connection::ProviderConnection;
 use domain::run::{OperationRun, RunEvent};
-use domain::scope_lock::{scope_key, workspace_scope_key, ScopeLock};
+use domain::scope_lock::ScopeLock;
 use domain::tenant::Tenant;
 use sqlx::{PgConnection, PgPool};
 use std::time::Duration;
@@ -72,7 +72,6 @@ impl Consumer for TaskFeed {
                     run_type,
                     queued_at,
                     context,
-                    workspace_module,
                     ..
                 } => {
                     queued.run_ids.push(run_id);
@@ -86,12 +85,6 @@ impl Consumer for TaskFeed {
                             .as_ref()
                             .and_then(|c| c.connection_id.map(|c| c.to_string())),
                     );
-                    let lock = match (&context, &workspace_module) {
-                        (Some(c), _) => Some(scope_key(&workspace, c.target_scope)),
-                        (None, Some(m)) => Some(workspace_scope_key(&workspace, m)),
-                        (None, None) => None,
-                    };
-                    queued.locks.push(lock);
                 }
                 RunEvent::RunStepFailed {
                     retry_at: Some(at), ..
@@ -135,7 +128,6 @@ struct NewTasks {
     due: Vec<DateTime<Utc>>,
     tenants: Vec<Option<String>>,
     connections: Vec<Option<String>>,
-    locks: Vec<Option<String>>,
 }
 
 impl NewTasks {
@@ -144,8 +136,10 @@ impl NewTasks {
             return Ok(());
         }
         sqlx::query(
-            "INSERT INTO workflow_tasks (run_id, workspace_id, run_type, due_at, tenant_id, connection_id, lock_id) \
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::text[]) \
+            // No `lock_id`: scope locks are rows now (issue 13), so the claim reads no
+            // scope lock stream.
+            "INSERT INTO workflow_tasks (run_id, workspace_id, run_type, due_at, tenant_id, connection_id) \
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[]) \
              ON CONFLICT (run_id) DO NOTHING",
         )
         .bind(&self.run_ids)
@@ -154,7 +148,6 @@ impl NewTasks {
         .bind(&self.due)
         .bind(&self.tenants)
         .bind(&self.connections)
-        .bind(&self.locks)
         .execute(&mut *tx)
         .await?;
         *self = Self::default();

@@ -323,7 +323,7 @@ impl CoreQuery {
             q.push(" AND run_type = ").push_bind(t);
         }
         if let Some(s) = f.status {
-            q.push(" AND status = ").push_bind(s);
+            q.push(format!(" AND {RUN_STATUS} = ")).push_bind(s);
         }
         if let Some(o) = f.outcome {
             q.push(" AND outcome = ").push_bind(o);

@@ -209,9 +209,16 @@ pub struct RunNode {
     pub retry_of: Option<Uuid>,
 }
 
+/// A run's columns, from `rm_runs`. A running run's start and steps are in its checkpoint
+/// until its end carries them into the log (issue 13), so its status and start time come
+/// from there while its row says queued (see [`RUN_STATUS`]).
 pub(crate) const RUN_COLUMNS: &str =
-    "run_id, run_type, tenant_key, status, outcome, cancel_requested, context, initiator, summary_counts, \
-     failure_summary, reason_code, next_steps, queued_at, started_at, completed_at, retry_of";
+    "run_id, run_type, tenant_key, tenantflow_run_status(run_id, status) AS status, outcome, cancel_requested, \
+     context, initiator, summary_counts, failure_summary, reason_code, next_steps, queued_at, \
+     tenantflow_run_started_at(run_id, started_at) AS started_at, completed_at, retry_of";
+
+/// A run's status as the API shows it, for filters over `rm_runs`.
+pub(crate) const RUN_STATUS: &str = "tenantflow_run_status(run_id, status)";
 
 #[ComplexObject]
 impl RunNode {
@@ -238,33 +245,58 @@ impl RunNode {
     }
 
     /// Every recorded step attempt, in order.
+    // Those of the read model, and a running run's from its checkpoint (the read model
+    // learns them at the run's end: issue 13).
     async fn steps(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<RunStep>> {
         let mut tx = reader(ctx).await?;
-        sqlx::query_as::<_, RunStep>(
+        let mut steps = sqlx::query_as::<_, RunStep>(
             "SELECT step, attempt, status, reason_code, message, summary, retry_at, started_at, recorded_at FROM rm_run_steps \
              WHERE run_id = $1 ORDER BY recorded_at, step, attempt LIMIT 500",
         )
         .bind(self.run_id)
         .fetch_all(&mut *tx)
         .await
-        .map_err(internal)
+        .map_err(internal)?;
+        let progress = store::checkpoints::progress(&mut tx, RunId(self.run_id))
+            .await
+            .map_err(internal)?;
+        for event in progress {
+            let Some(attempt) = RunStep::of(event) else {
+                continue;
+            };
+            match steps
+                .iter_mut()
+                .find(|s| s.step == attempt.step && s.attempt == attempt.attempt)
+            {
+                // An attempt logged before the checkpoint held its later events.
+                Some(known) if known.recorded_at < attempt.recorded_at => {
+                    let started_at = known.started_at.or(attempt.started_at);
+                    *known = RunStep {
+                        started_at,
+                        ..attempt
+                    };
+                }
+                Some(_) => {}
+                None => steps.push(attempt),
+            }
+        }
+        steps.sort_by(|a, b| {
+            (a.recorded_at, &a.step, a.attempt).cmp(&(b.recorded_at, &b.step, b.attempt))
+        });
+        Ok(steps)
     }
 
     /// The policy snapshot a resync or import ended with: the one it wrote, or the
     /// existing one when the policies were unchanged. Null for other runs and before the
     /// snapshot step has completed.
     async fn snapshot_id(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Uuid>> {
-        let mut tx = reader(ctx).await?;
-        let id: Option<(Option<String>,)> = sqlx::query_as(
-            "SELECT summary ->> 'snapshot_id' FROM rm_run_steps \
-             WHERE run_id = $1 AND status = 'completed' AND summary ? 'snapshot_id' \
-             ORDER BY recorded_at DESC, attempt DESC LIMIT 1",
-        )
-        .bind(self.run_id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(internal)?;
-        Ok(id.and_then(|(s,)| s).and_then(|s| Uuid::try_parse(&s).ok()))
+        let steps = self.steps(ctx).await?;
+        Ok(steps
+            .iter()
+            .rev()
+            .filter(|s| s.status == "completed")
+            .find_map(|s| s.summary.as_ref()?.get("snapshot_id")?.as_str())
+            .and_then(|s| Uuid::try_parse(s).ok()))
     }
 
     /// The snapshot of `snapshotId`, with its policies and diff.
@@ -403,6 +435,57 @@ pub struct RunStep {
     pub started_at: Option<DateTime<Utc>>,
     /// When the attempt's last event happened.
     pub recorded_at: DateTime<Utc>,
+}
+
+impl RunStep {
+    /// The attempt a step event of a run's checkpoint records; `None` for other events.
+    fn of(event: domain::run::RunEvent) -> Option<Self> {
+        use domain::run::{RunEvent, StepStatus};
+        let step = |step: String, attempt: u32, status: StepStatus, at| RunStep {
+            step,
+            attempt: i32::try_from(attempt).unwrap_or(i32::MAX),
+            status: status.as_str().to_owned(),
+            reason_code: None,
+            message: None,
+            summary: None,
+            retry_at: None,
+            started_at: None,
+            recorded_at: at,
+        };
+        Some(match event {
+            RunEvent::RunStepStarted {
+                step: s,
+                attempt,
+                at,
+            } => RunStep {
+                started_at: Some(at),
+                ..step(s, attempt, StepStatus::Started, at)
+            },
+            RunEvent::RunStepCompleted {
+                step: s,
+                attempt,
+                summary,
+                at,
+            } => RunStep {
+                summary: Some(summary),
+                ..step(s, attempt, StepStatus::Completed, at)
+            },
+            RunEvent::RunStepFailed {
+                step: s,
+                attempt,
+                reason,
+                message,
+                retry_at,
+                at,
+            } => RunStep {
+                reason_code: Some(reason.as_str().to_owned()),
+                message: Some(message),
+                retry_at,
+                ..step(s, attempt, StepStatus::Failed, at)
+            },
+            _ => return None,
+        })
+    }
 }
 
 #[derive(Debug, Clone, SimpleObject, sqlx::FromRow)]

@@ -2,6 +2,7 @@
 //! (one embedded cluster), each test on its own fresh database.
 
 mod contacts;
+mod old_log;
 mod read_models;
 mod replay;
 mod support;

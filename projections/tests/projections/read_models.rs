@@ -420,7 +420,7 @@ async fn a_run_over_the_whole_workspace_is_shown_without_a_tenant_under_its_modu
     assert_eq!(run["tenant_key"], Value::Null);
     assert_eq!(run["context"], json!({ "module": "contacts" }));
     assert_eq!(run["status"], "queued");
-    // Its audit entries name no tenant.
+    // Its audit entry names no tenant (its scope lock is a row, not events: issue 13).
     let entries: Vec<Value> = rows(&mut pool.acquire().await.unwrap(), "rm_audit_log")
         .await
         .into_iter()
@@ -429,7 +429,7 @@ async fn a_run_over_the_whole_workspace_is_shown_without_a_tenant_under_its_modu
                 || e["aggregate_id"] == "acme:contacts"
         })
         .collect();
-    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert_eq!(entries.len(), 1, "{entries:?}");
     assert!(
         entries.iter().all(|e| e["tenant_key"].is_null()),
         "{entries:?}"
@@ -575,11 +575,6 @@ async fn the_audit_log_records_who_did_what_to_which_tenant_for_every_event() {
     assert_eq!(
         tenant_of("operation_run", h.runs().blocked.to_string()).await,
         vec![h.fabrikam.to_string()]
-    );
-    assert_eq!(
-        tenant_of("scope_lock", format!("acme:{CONTOSO}")).await,
-        contoso,
-        "scope locks belong to their runs' tenant"
     );
 
     // The engine's block of a run is attributed to the person's request that caused it.

@@ -105,12 +105,44 @@ where
         })
     }
 
+    /// The stream's aggregate id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
     pub fn state(&self) -> &A {
         &self.state
     }
 
+    /// The state, for facts kept outside the log (a run's checkpoint): a change made here
+    /// is never appended.
+    pub fn state_mut(&mut self) -> &mut A {
+        &mut self.state
+    }
+
+    /// Takes the pending events `off_log` selects out of what will be appended (the state
+    /// keeps them): the caller writes them elsewhere, such as a run's checkpoint.
+    pub fn take_pending(&mut self, off_log: impl Fn(&A::Event) -> bool) -> Vec<A::Event> {
+        let (taken, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|(e, ..)| off_log(e));
+        self.pending = kept;
+        taken.into_iter().map(|(e, ..)| e).collect()
+    }
+
+    /// The events decided and not yet appended, to complete before they are (a run's end
+    /// takes the run's progress held off the log); the state is not changed.
+    pub fn pending_mut(&mut self) -> impl Iterator<Item = &mut A::Event> {
+        self.pending.iter_mut().map(|(e, ..)| e)
+    }
+
     pub fn into_state(self) -> A {
         self.state
+    }
+
+    /// How many events are decided and not yet appended.
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
     }
 
     /// The events decided and not yet appended, in order.
@@ -170,13 +202,7 @@ async fn insert_rows(conn: &mut PgConnection, rows: &EventRows) -> Result<(), Ap
     .bind(&rows.metas)
     .execute(&mut *conn)
     .await;
-    match result {
-        Ok(_) => Ok(()),
-        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23505") => {
-            Err(AppendError::Conflict)
-        }
-        Err(e) => Err(AppendError::Database(e)),
-    }
+    result.map(|_| ()).map_err(AppendError::of_insert)
 }
 
 /// Why appending several streams at once failed.
@@ -188,6 +214,19 @@ pub enum AppendError {
     Corrupt(#[source] serde_json::Error),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+}
+
+impl AppendError {
+    /// A failed INSERT: a key taken meanwhile (a stream's next sequence, a scope's lock) is
+    /// a conflict, anything else the database's error.
+    pub fn of_insert(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => {
+                AppendError::Conflict
+            }
+            e => AppendError::Database(e),
+        }
+    }
 }
 
 /// Event rows for one INSERT, column by column.

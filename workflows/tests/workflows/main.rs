@@ -2,6 +2,7 @@
 //! test on its own fresh database.
 
 mod contacts;
+mod economy;
 mod health;
 mod resync;
 mod schedule;

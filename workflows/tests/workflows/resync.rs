@@ -99,15 +99,19 @@ impl World {
         .unwrap()
     }
 
-    /// Each step completion of the run, in order: (step, the transaction that wrote it,
-    /// when that transaction began).
+    /// The writes of the run's step results, in order, by the effect each step wrote with
+    /// its result in one transaction (a step's result is in the run's checkpoint, written
+    /// with its effects): (the effect's event type, the transaction that wrote it, when
+    /// that transaction began). The snapshot step writes `PolicySnapshotted`, the license
+    /// step `LicensesRefreshed`, the record step `TenantResynced`.
     async fn step_writes(
         &self,
         run_id: RunId,
     ) -> Vec<(String, i64, chrono::DateTime<chrono::Utc>)> {
         sqlx::query_as(
-            "SELECT payload -> 'RunStepCompleted' ->> 'step', transaction_id::text::bigint, recorded_at \
-             FROM events WHERE aggregate_id = $1 AND event_type = 'RunStepCompleted' \
+            "SELECT event_type, transaction_id::text::bigint, recorded_at FROM events \
+             WHERE metadata ->> 'correlation_id' = $1 \
+                 AND event_type IN ('PolicySnapshotted', 'LicensesRefreshed', 'TenantResynced') \
              ORDER BY global_position",
         )
         .bind(run_id.to_string())
@@ -442,18 +446,15 @@ async fn quick_steps_of_a_run_are_written_together_in_one_statement() {
     let run = w.drive(run_id).await;
     assert_eq!(run.outcome, RunOutcome::Succeeded);
     let writes = w.step_writes(run_id).await;
-    let steps: Vec<&str> = writes.iter().map(|(s, ..)| s.as_str()).collect();
+    let effects: Vec<&str> = writes.iter().map(|(s, ..)| s.as_str()).collect();
     assert_eq!(
-        steps,
-        [
-            workflows::resync::SNAPSHOT,
-            workflows::resync::LICENSES,
-            workflows::resync::RECORD
-        ]
+        effects,
+        ["PolicySnapshotted", "LicensesRefreshed", "TenantResynced"]
     );
-    // The run's start, every step and its end: one transaction.
+    // The run's start, every step, their effects and its end: one transaction.
     let transactions: std::collections::BTreeSet<i64> = sqlx::query_scalar(
-        "SELECT transaction_id::text::bigint FROM events WHERE aggregate_id = $1 AND sequence > 1",
+        "SELECT transaction_id::text::bigint FROM events \
+         WHERE (aggregate_id = $1 AND sequence > 1) OR metadata ->> 'correlation_id' = $1",
     )
     .bind(run_id.to_string())
     .fetch_all(w.bus.pool())
@@ -487,7 +488,7 @@ async fn a_result_waiting_for_a_slow_next_step_is_written_when_the_window_ends()
     assert_eq!(w.drive(run_id).await.outcome, RunOutcome::Succeeded);
     let writes = w.step_writes(run_id).await;
     let (snapshot, licenses) = (&writes[0], &writes[1]);
-    assert_eq!(snapshot.0, workflows::resync::SNAPSHOT);
+    assert_eq!(snapshot.0, "PolicySnapshotted");
     assert_ne!(snapshot.1, licenses.1, "written in separate statements");
     assert!(
         licenses.2 - snapshot.2 >= chrono::Duration::milliseconds(1_500),
@@ -564,37 +565,46 @@ async fn the_events_of_one_commit_reach_the_log_in_the_order_they_happened() {
     let w = world().await;
     let run_id = w.queue_resync().await;
     assert_eq!(w.drive(run_id).await.outcome, RunOutcome::Succeeded);
-    // Every event the run caused (its own, its tenant's effects, its scope's), in the
-    // global order.
-    let order: Vec<(String, String)> = sqlx::query_as(
-        "SELECT event_type, COALESCE(payload -> 'RunStepCompleted' ->> 'step', '') FROM events \
+    // Every event the run caused (its own and its tenant's effects), in the global order;
+    // the run's end carries its start and its steps, in the order they happened.
+    let order: Vec<String> = sqlx::query_scalar(
+        "SELECT event_type FROM events \
          WHERE aggregate_id = $1 OR metadata ->> 'correlation_id' = $1 ORDER BY global_position",
     )
     .bind(run_id.to_string())
     .fetch_all(w.bus.pool())
     .await
     .unwrap();
-    let at = |event_type: &str, step: &str| {
-        order
-            .iter()
-            .position(|(t, s)| t == event_type && s == step)
-            .unwrap_or_else(|| panic!("no {event_type} {step} in {order:?}"))
-    };
-    let snapshot = at("PolicySnapshotted", "");
-    let snapshot_done = at("RunStepCompleted", workflows::resync::SNAPSHOT);
-    let licenses = at("LicensesRefreshed", "");
-    let licenses_done = at("RunStepCompleted", workflows::resync::LICENSES);
-    let record_done = at("RunStepCompleted", workflows::resync::RECORD);
-    let succeeded = at("RunSucceeded", "");
-    let released = at("ScopeReleased", "");
-    assert!(at("RunStarted", "") < snapshot, "{order:?}");
-    assert!(snapshot < snapshot_done, "{order:?}");
-    assert!(
-        snapshot_done < licenses && licenses < licenses_done,
-        "{order:?}"
+    assert_eq!(
+        order,
+        [
+            "RunQueued",
+            "PolicySnapshotted",
+            "LicensesRefreshed",
+            "TenantResynced",
+            "RunSucceeded"
+        ]
     );
-    assert!(licenses_done < record_done, "{order:?}");
-    assert!(record_done < succeeded && succeeded < released, "{order:?}");
+    let carried: Vec<(String, String)> = sqlx::query_as(
+        "SELECT p.key, COALESCE(p.value ->> 'step', '') FROM events e \
+             CROSS JOIN LATERAL jsonb_array_elements(e.payload -> 'RunSucceeded' -> 'progress') WITH ORDINALITY AS c(event, n) \
+             CROSS JOIN LATERAL jsonb_each(c.event) p \
+         WHERE e.aggregate_id = $1 AND e.event_type = 'RunSucceeded' ORDER BY c.n",
+    )
+    .bind(run_id.to_string())
+    .fetch_all(w.bus.pool())
+    .await
+    .unwrap();
+    let step = |s: &str| ("RunStepCompleted".to_owned(), s.to_owned());
+    assert_eq!(
+        carried,
+        [
+            ("RunStarted".to_owned(), String::new()),
+            step(workflows::resync::SNAPSHOT),
+            step(workflows::resync::LICENSES),
+            step(workflows::resync::RECORD),
+        ]
+    );
 }
 
 /// A workflow that only this test knows: two steps, one of them calling nothing outside.

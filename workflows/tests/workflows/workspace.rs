@@ -80,13 +80,15 @@ impl World {
             .expect("a workspace operation starts")
     }
 
+    /// The workspace's scope lock of the module, as its row says (issue 13: locks are
+    /// rows, not streams).
     async fn lock(&self) -> ScopeLock {
-        self.stepped
-            .bus
-            .load::<ScopeLock>("acme:sweep")
+        let mut conn = self.stepped.bus.pool().acquire().await.unwrap();
+        let id = "acme:sweep".to_owned();
+        let mut locks = store::scope_locks::fetch(&mut conn, std::slice::from_ref(&id))
             .await
-            .expect("load the scope lock")
-            .aggregate
+            .expect("read the scope lock");
+        locks.remove(&id).expect("a lock").into_state()
     }
 }
 
