@@ -397,13 +397,7 @@ pub(crate) async fn mailbox(
 ) -> async_graphql::Result<Option<MailboxNode>> {
     let id = mailbox_id(&id)?;
     let mut tx = reader(ctx).await?;
-    sqlx::query_as(&format!(
-        "SELECT {MAILBOX_COLUMNS} FROM rm_mailboxes WHERE mailbox_id = $1"
-    ))
-    .bind(id.as_uuid())
-    .fetch_optional(&mut *tx)
-    .await
-    .map_err(internal)
+    mailbox_node(&mut tx, id.as_uuid()).await
 }
 
 /// `inboundEmails`: newest first.
