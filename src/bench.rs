@@ -54,9 +54,6 @@ pub enum BenchCommand {
         #[arg(long, default_value = "bench-contacts.json")]
         json: PathBuf,
     },
-    /// Audit chain: full verification rate (events/s) over a generated, sealed log, against
-    /// a bare SHA-256 pass over the same rows read by the same query; and the sealer's
-    /// catch-up rate. In a scratch database.
     /// A dashboard's list page (20 tenants) over HTTP through GraphQL — the service's
     /// router in this process, keep-alive connections — against the same SQL page read
     /// directly, at 1 and 32 concurrent clients, in a scratch database.
@@ -114,6 +111,9 @@ pub enum BenchCommand {
         #[arg(long, default_value = "bench-results")]
         dir: PathBuf,
     },
+    /// Audit chain: full verification rate (events/s) over a generated, sealed log, against
+    /// a bare SHA-256 pass over the same rows read by the same query; and the sealer's
+    /// catch-up rate. In a scratch database.
     Verify {
         /// Events in the generated log.
         #[arg(long, default_value_t = 1_000_000)]
