@@ -20,7 +20,7 @@ use crate::Projection;
 /// changes them all). The payload is a JSON object `{"run_id": "<uuid>", "workspace":
 /// "<workspace id>", "tenant_key": "<workspace>:<entra guid>"}`; the run's state is in its
 /// `rm_runs` row, committed before the notification is delivered.
-pub const RUNS_CHANNEL: &str = "tenantflow_runs";
+pub use store::checkpoints::RUNS_CHANNEL;
 
 /// Projects [`OperationRun`] events into `rm_runs` and `rm_run_steps`.
 #[derive(Debug, Clone, Copy, Default)]

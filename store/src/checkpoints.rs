@@ -14,6 +14,29 @@ use domain::RunId;
 use sqlx::types::Json;
 use sqlx::PgConnection;
 
+/// The channel `runUpdated` listens on: the runs projection notifies it for what the log
+/// says of a run, the engine for a run's checkpoint.
+pub const RUNS_CHANNEL: &str = "tenantflow_runs";
+
+/// Tells `runUpdated` subscribers that a run's checkpoint moved on (its start or a step,
+/// which are off the log until the run ends, so this projection does not see them). Sent
+/// in the caller's transaction: delivered when it commits, never for a rolled-back step.
+pub async fn notify_progress(
+    conn: &mut PgConnection,
+    run_id: RunId,
+    workspace: &str,
+    tenant_key: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, json_build_object('run_id', $2::uuid, 'workspace', $3::text, 'tenant_key', $4::text)::text)")
+        .bind(RUNS_CHANNEL)
+        .bind(run_id.as_uuid())
+        .bind(workspace)
+        .bind(tenant_key)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 /// A run's progress off the log, and the version it was read at.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Checkpoint {

@@ -594,6 +594,20 @@ impl Engine {
             // A person's command on the run, or another runner: nothing is written.
             return Ok(Settled::Conflict);
         }
+        // Progress off the log: live dashboards hear of it here (its end, through the log).
+        if !ended && !progress.is_empty() {
+            let run = c.run.state();
+            if let Some(workspace) = &run.workspace {
+                let tenant = run.context.as_ref().map(|t| t.tenant_key.to_string());
+                store::checkpoints::notify_progress(
+                    uow.connection(),
+                    run_id,
+                    workspace.as_str(),
+                    tenant.as_deref(),
+                )
+                .await?;
+            }
+        }
         uow.commit().await?;
         c.checkpoint += 1;
         c.unlogged.append(&mut progress);

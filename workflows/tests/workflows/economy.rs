@@ -163,3 +163,53 @@ async fn write_the_log_fixture() {
     });
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
 }
+
+#[tokio::test]
+async fn a_running_runs_steps_are_announced_live_though_they_are_off_the_log() {
+    let w = OneTenant::new(4).await;
+    let pool = w.db.pool().await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+        .await
+        .unwrap();
+    listener
+        .listen(store::checkpoints::RUNS_CHANNEL)
+        .await
+        .unwrap();
+    // Throttled once: the failed attempt and its retry time are written while the run is
+    // still going (a run that goes straight through writes its steps with its end).
+    w.sim.inject(
+        Fault::Throttled {
+            retry_after_secs: Some(5),
+        }
+        .on(Endpoint::ListConditionalAccessPolicies)
+        .times(1),
+    );
+    let run_id = w
+        .stepped
+        .queue(&owner(), &w.tenant, workflows::resync::RUN_TYPE)
+        .await;
+    let run = w.stepped.drive(run_id).await;
+    assert_eq!(run.outcome, RunOutcome::Succeeded);
+
+    // No projection runs here: every notice is the engine's, one per checkpoint written
+    // while the run was going. Notices arrive in commit order: one sent now ends the list.
+    sqlx::query("SELECT pg_notify($1, 'end')")
+        .bind(store::checkpoints::RUNS_CHANNEL)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut notices = Vec::new();
+    loop {
+        let n = listener.recv().await.unwrap();
+        if n.payload() == "end" {
+            break;
+        }
+        notices.push(serde_json::from_str::<serde_json::Value>(n.payload()).unwrap());
+    }
+    assert!(!notices.is_empty(), "the throttled attempt was announced");
+    for notice in &notices {
+        assert_eq!(notice["run_id"], run_id.to_string());
+        assert_eq!(notice["workspace"], w.tenant.workspace.as_str());
+        assert_eq!(notice["tenant_key"], w.tenant.to_string());
+    }
+}
