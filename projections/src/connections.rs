@@ -14,7 +14,7 @@ use sqlx::PgConnection;
 use store::{ConsumerError, StoredEvent};
 use uuid::Uuid;
 
-use crate::event::{events_of, required_meta, serde_name, uuid_id};
+use crate::event::{events_of, required_meta, serde_name, to_json, uuid_id};
 
 /// Projects [`ProviderConnection`] events into `rm_connections`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -224,14 +224,6 @@ impl Columns {
         self.last_error_message.push(r.last_error_message);
         self.created_at.push(r.created_at);
     }
-}
-
-fn to_json(e: &StoredEvent, scopes: &[String]) -> Result<serde_json::Value, ConsumerError> {
-    serde_json::to_value(scopes).map_err(|source| ConsumerError::Decode {
-        position: e.position,
-        event_type: e.event_type.clone(),
-        source,
-    })
 }
 
 /// Applies one event to the rows; whether it changed the connection's row.

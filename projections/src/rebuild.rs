@@ -148,9 +148,13 @@ pub async fn rebuild(
             .execute(&mut *tx)
             .await?;
     }
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&mut *tx)
-        .await?;
+    // What the batches will read as of now (as they do: below every running transaction);
+    // events committed meanwhile may add a few.
+    let total: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
     progress.start(&names, total.max(0) as u64);
     let shadows: Vec<String> = names.iter().map(|n| shadow_schema(n)).collect();
     for (p, shadow) in chosen.iter().zip(&shadows) {
@@ -403,6 +407,9 @@ impl RebuildProgress for Recorder<'_> {
     }
     fn finish(&self, applied: u64) {
         self.tally.applied.store(applied, Ordering::Relaxed);
+        // Events committed during the rebuild may have joined the ones counted at the start
+        // (or ones counted may not yet have been readable): what it read is the total.
+        self.tally.total.store(applied, Ordering::Relaxed);
         self.inner.finish(applied);
     }
 }

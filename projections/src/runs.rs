@@ -11,7 +11,7 @@ use sqlx::PgConnection;
 use store::{Consumer, ConsumerError, Payloads, StoredEvent};
 use uuid::Uuid;
 
-use crate::event::{events_of, required_meta, serde_name, uuid_id};
+use crate::event::{events_of, required_meta, serde_name, to_json, uuid_id};
 use crate::Projection;
 
 /// The channel the runs projection notifies on, once per run a batch changed (a rebuild
@@ -639,15 +639,4 @@ impl StepRow {
             at,
         }
     }
-}
-
-fn to_json<T: serde::Serialize>(
-    e: &StoredEvent,
-    value: &T,
-) -> Result<serde_json::Value, ConsumerError> {
-    serde_json::to_value(value).map_err(|source| ConsumerError::Decode {
-        position: e.position,
-        event_type: e.event_type.clone(),
-        source,
-    })
 }
