@@ -305,7 +305,7 @@ fn apply(
     let Some(slot) = rows.get_mut(&id) else {
         return Ok(false);
     };
-    if !slot.as_ref().is_some_and(|r| r.version < e.sequence) {
+    if slot.as_ref().is_none_or(|r| r.version >= e.sequence) {
         return Ok(false);
     }
     if let ConnectionEvent::ConnectionRemoved { .. } = event {
