@@ -294,6 +294,8 @@ impl Batch {
         }
         let (types, ids): (Vec<&str>, Vec<&str>) = wanted.into_iter().unzip();
         let found: Vec<(String, String, Option<String>, Option<String>)> = sqlx::query_as(EARLIER)
+            // Planned for every batch (see the runs projection).
+            .persistent(false)
             .bind(types)
             .bind(ids)
             .fetch_all(&mut *tx)
@@ -403,6 +405,7 @@ impl Batch {
         if !self.filled.is_empty() {
             let (scopes, tenants): (Vec<String>, Vec<String>) = self.filled.into_iter().unzip();
             sqlx::query(FILL_IN)
+                .persistent(false)
                 .bind(scopes)
                 .bind(tenants)
                 .bind(ScopeLock::TYPE)

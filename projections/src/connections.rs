@@ -84,6 +84,8 @@ impl store::Consumer for Connections {
         let found: Vec<ConnectionRow> = sqlx::query_as(&format!(
             "SELECT {COLUMNS} FROM rm_connections WHERE connection_id = ANY($1)"
         ))
+        // Planned for every batch (see the runs projection).
+        .persistent(false)
         .bind(ids.into_iter().collect::<Vec<_>>())
         .fetch_all(&mut *tx)
         .await?;

@@ -134,15 +134,19 @@ struct Batch {
 
 impl Batch {
     async fn load(tx: &mut PgConnection, ids: &[Uuid]) -> Result<Self, ConsumerError> {
+        // Planned for every batch: a plan cached while the table was small (a rebuild's
+        // shadow starts empty) scans it whole for every batch once it has grown.
         let runs: Vec<RunRow> = sqlx::query_as(&format!(
             "SELECT {RUN_COLUMNS} FROM rm_runs WHERE run_id = ANY($1)"
         ))
+        .persistent(false)
         .bind(ids)
         .fetch_all(&mut *tx)
         .await?;
         let steps: Vec<StepRecord> = sqlx::query_as(&format!(
             "SELECT {STEP_COLUMNS} FROM rm_run_steps WHERE run_id = ANY($1)"
         ))
+        .persistent(false)
         .bind(ids)
         .fetch_all(&mut *tx)
         .await?;
@@ -429,6 +433,7 @@ impl Batch {
         }
         if !self.changed.is_empty() {
             sqlx::query(NOTIFY)
+                .persistent(false)
                 .bind(RUNS_CHANNEL)
                 .bind(self.changed.into_iter().collect::<Vec<Uuid>>())
                 .execute(&mut *tx)

@@ -67,6 +67,8 @@ impl store::Consumer for Tenants {
         let rows: Vec<TenantRow> = sqlx::query_as(&format!(
             "SELECT {COLUMNS} FROM rm_tenants WHERE tenant_key = ANY($1)"
         ))
+        // Planned for every batch (see the runs projection).
+        .persistent(false)
         .bind(keys.into_iter().collect::<Vec<_>>())
         .fetch_all(&mut *tx)
         .await?;
