@@ -401,7 +401,7 @@ pub(crate) async fn run_ended(
 pub(crate) struct Quiet;
 
 impl projections::RebuildProgress for Quiet {
-    fn start(&self, _: &str, _: u64) {}
+    fn start(&self, _: &[&str], _: u64) {}
     fn advance(&self, _: u64) {}
     fn finish(&self, _: u64) {}
 }

@@ -93,7 +93,7 @@ async fn measure_on(
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
-    projections::rebuild(pool, &projections::Tenants, 1000, &crate::bench::Quiet)
+    projections::rebuild(pool, &[&projections::Tenants], 1000, &crate::bench::Quiet)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
 

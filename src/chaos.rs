@@ -637,11 +637,11 @@ async fn check(
 
     // No consumer skipped an event: the read models equal a rebuild from the log.
     let live = read_model_rows(pool).await?;
-    for p in projections::all() {
-        projections::rebuild(pool, p.as_ref(), 1000, &crate::bench::Quiet)
-            .await
-            .map_err(fail)?;
-    }
+    let all = projections::all();
+    let all: Vec<&dyn projections::Projection> = all.iter().map(|p| p.as_ref()).collect();
+    projections::rebuild(pool, &all, 1000, &crate::bench::Quiet)
+        .await
+        .map_err(fail)?;
     let rebuilt = read_model_rows(pool).await?;
     for (table, rows) in &live {
         if rebuilt.get(table) != Some(rows) {

@@ -66,10 +66,11 @@ enum Command {
     },
     /// Apply database migrations and exit.
     Migrate,
-    /// Truncate read models and replay them from the event log, with progress.
+    /// Rebuild read models from the event log in one pass, into shadow tables swapped in at
+    /// the end (readers keep the live ones meanwhile); logs progress with an ETA.
     Rebuild {
         /// Read models to rebuild (tenants, connections, runs, audit_log, policies, schedules,
-        /// contacts).
+        /// contacts, mailboxes).
         names: Vec<String>,
         /// Rebuild every read model.
         #[arg(long, conflicts_with = "names")]

@@ -1,75 +1,85 @@
-//! `tenantflow rebuild`: replays read models from the event log with a progress bar.
+//! `tenantflow rebuild`: rebuilds read models from the event log in one pass, logging its
+//! progress with an ETA (and recording it for `rebuildStatus`).
 
-use indicatif::{ProgressBar, ProgressStyle};
-use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::serve::Database;
 
-struct Bar(ProgressBar);
+/// How often progress is logged.
+const LOG_EVERY: Duration = Duration::from_secs(2);
 
-impl projections::RebuildProgress for Bar {
-    fn start(&self, name: &str, total: u64) {
-        self.0.set_length(total);
-        self.0.set_position(0);
-        self.0.set_message(name.to_owned());
-    }
-    fn advance(&self, replayed: u64) {
-        self.0.set_position(replayed);
-    }
-    fn finish(&self, replayed: u64) {
-        self.0.set_position(replayed);
-    }
+/// Logs how far the rebuild is, at most every [`LOG_EVERY`].
+struct Logged {
+    began: Instant,
+    total: Mutex<u64>,
+    last: Mutex<Instant>,
 }
 
-/// Rebuilds the named read models (or all of them).
-pub async fn run(config: Config, names: Vec<String>, all: bool) -> anyhow::Result<()> {
-    let available = projections::all();
-    let chosen: Vec<Arc<dyn projections::Projection>> = if all {
-        available
-    } else {
-        anyhow::ensure!(
-            !names.is_empty(),
-            "name a read model to rebuild, or pass --all"
+impl projections::RebuildProgress for Logged {
+    fn start(&self, read_models: &[&str], total: u64) {
+        if let Ok(mut t) = self.total.lock() {
+            *t = total;
+        }
+        tracing::info!(
+            read_models = read_models.join(", "),
+            events = total,
+            "rebuilding in one pass over the log"
         );
-        let mut chosen = Vec::new();
-        for n in &names {
-            let p = available
-                .iter()
-                .find(|p| p.name() == n)
-                .cloned()
-                .ok_or_else(|| {
-                    let known: Vec<_> = available.iter().map(|p| p.name().to_owned()).collect();
-                    anyhow::anyhow!("unknown read model `{n}`; known: {}", known.join(", "))
-                })?;
-            chosen.push(p);
-        }
-        chosen
-    };
-    let db = Database::open(&config, "tenantflow").await?;
-    let bar = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template(
-            "{msg:>14} [{bar:40}] {pos}/{len} events ({per_sec}, eta {eta})",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    let progress = Bar(bar.clone());
-    let mut result = Ok(());
-    for p in &chosen {
-        match projections::rebuild(&db.pool, p.as_ref(), 1000, &progress).await {
-            Ok(n) => tracing::info!(
-                read_model = p.name(),
-                events = n,
-                "rebuilt: replayed {n} events"
-            ),
-            Err(e) => {
-                result = Err(anyhow::anyhow!("rebuilding {} failed: {e}", p.name()));
-                break;
-            }
-        }
     }
-    bar.finish_and_clear();
-    db.close().await?;
-    result
+
+    fn advance(&self, applied: u64) {
+        let Ok(mut last) = self.last.lock() else {
+            return;
+        };
+        if last.elapsed() < LOG_EVERY {
+            return;
+        }
+        *last = Instant::now();
+        let total = self.total.lock().map(|t| *t).unwrap_or(0);
+        let elapsed = self.began.elapsed();
+        let eta = projections::eta(applied, total, elapsed).unwrap_or_default();
+        tracing::info!(
+            applied,
+            total,
+            "{:.0}% ({:.0} events/s, eta {} s)",
+            100.0 * applied as f64 / total.max(1) as f64,
+            applied as f64 / elapsed.as_secs_f64(),
+            eta.as_secs()
+        );
+    }
+
+    fn finish(&self, applied: u64) {
+        let seconds = self.began.elapsed().as_secs_f64();
+        tracing::info!(
+            applied,
+            "rebuilt in {seconds:.1} s ({:.0} events/s); swapped in",
+            applied as f64 / seconds
+        );
+    }
 }
+
+/// Rebuilds the named read models (or all of them) in one pass.
+pub async fn run(config: Config, names: Vec<String>, all: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        all || !names.is_empty(),
+        "name a read model to rebuild, or pass --all"
+    );
+    let chosen = projections::choose(projections::all(), &names)?;
+    let chosen: Vec<&dyn projections::Projection> = chosen.iter().map(|p| p.as_ref()).collect();
+    let db = Database::open(&config, "tenantflow").await?;
+    let progress = Logged {
+        began: Instant::now(),
+        total: Mutex::new(0),
+        last: Mutex::new(Instant::now()),
+    };
+    let result = projections::rebuild_recorded(&db.pool, &chosen, BATCH, &progress).await;
+    db.close().await?;
+    result?;
+    Ok(())
+}
+
+/// Events per batch of a rebuild: large, as each batch costs a few round trips per read
+/// model whatever its size.
+pub(crate) const BATCH: i64 = 5000;

@@ -42,6 +42,8 @@ pub enum ReasonCode {
     FeatureDisabled,
     /// A request to the API ran past its deadline and was cancelled.
     RequestTimeout,
+    /// A rebuild of read models is already running (one at a time, across instances).
+    RebuildRunning,
     // Inbound mail (R6).
     /// `/me` is another mailbox than the one configured (mail and userPrincipalName differ).
     MailboxMismatch,
@@ -84,6 +86,7 @@ impl ReasonCode {
             Self::Cancelled => "cancelled",
             Self::FeatureDisabled => "feature_disabled",
             Self::RequestTimeout => "request_timeout",
+            Self::RebuildRunning => "rebuild_running",
             Self::MailboxMismatch => "mailbox_mismatch",
             Self::MailboxRefreshTokenRevoked => "mailbox_refresh_token_revoked",
             Self::MailboxCredentialMissing => "mailbox_credential_missing",
@@ -116,6 +119,7 @@ mod tests {
             ReasonCode::ScopeBusy,
             ReasonCode::FeatureDisabled,
             ReasonCode::RequestTimeout,
+            ReasonCode::RebuildRunning,
         ] {
             let json = serde_json::to_value(code).unwrap();
             assert_eq!(json, serde_json::Value::String(code.as_str().to_owned()));

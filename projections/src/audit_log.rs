@@ -15,7 +15,9 @@
 //! what a run step reported, a run's summary counts (for a resync, `policy_count` and
 //! `unchanged`, R3.6), a snapshot's id and size. Never policies, secrets or Graph payloads.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
 
 use cqrs_es::Aggregate;
 use domain::connection::{ConnectionEvent, ProviderConnection};
@@ -35,17 +37,31 @@ pub struct AuditLog;
 
 const NAME: &str = "audit_log";
 
+/// A batch's rows, one array per column, in one statement.
 const INSERT: &str = "\
     INSERT INTO rm_audit_log (global_position, workspace_id, recorded_at, actor, role, \
         action, aggregate_type, aggregate_id, tenant_key, correlation_id, causation_id, \
         request_id, details) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], \
+        $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
+        $13::jsonb[]) \
     ON CONFLICT (global_position) DO NOTHING";
-const TENANT_OF: &str = "SELECT tenant_key FROM rm_audit_log \
-    WHERE aggregate_type = $1 AND aggregate_id = $2 AND tenant_key IS NOT NULL \
-    ORDER BY global_position LIMIT 1";
-const FILL_IN: &str = "UPDATE rm_audit_log SET tenant_key = $1 \
-    WHERE aggregate_type = $2 AND aggregate_id = $3 AND tenant_key IS NULL";
+/// For each aggregate a batch may ask about: the tenant of its first row already written
+/// (which may have none), and the first tenant any of its rows has.
+const EARLIER: &str = "\
+    SELECT k.t, k.i, f.tenant_key, n.tenant_key \
+    FROM unnest($1::text[], $2::text[]) AS k(t, i) \
+    CROSS JOIN LATERAL (SELECT tenant_key FROM rm_audit_log a \
+        WHERE a.aggregate_type = k.t AND a.aggregate_id = k.i \
+        ORDER BY global_position LIMIT 1) f \
+    LEFT JOIN LATERAL (SELECT tenant_key FROM rm_audit_log a \
+        WHERE a.aggregate_type = k.t AND a.aggregate_id = k.i AND a.tenant_key IS NOT NULL \
+        ORDER BY global_position LIMIT 1) n ON true";
+/// Scopes whose rows recorded before their run's tenant was known get it.
+const FILL_IN: &str = "\
+    UPDATE rm_audit_log a SET tenant_key = f.tenant_key \
+    FROM unnest($1::text[], $2::text[]) AS f(aggregate_id, tenant_key) \
+    WHERE a.aggregate_type = $3 AND a.aggregate_id = f.aggregate_id AND a.tenant_key IS NULL";
 
 #[async_trait::async_trait]
 impl Consumer for AuditLog {
@@ -58,31 +74,21 @@ impl Consumer for AuditLog {
         tx: &mut PgConnection,
         events: &[StoredEvent],
     ) -> Result<(), ConsumerError> {
-        let mut tenants = KnownTenants::default();
+        // The whole batch in three statements, with the rows it writes kept in memory
+        // meanwhile: every answer below is the one applying the events one at a time
+        // would give.
+        let mut batch = Batch::prefetch(tx, events).await?;
         for e in events {
-            let tenant_key = tenants.of(tx, e).await?;
-            sqlx::query(INSERT)
-                .bind(e.position.global_position)
-                .bind(required_meta(e, "workspace")?)
-                .bind(e.recorded_at)
-                .bind(required_meta(e, "actor")?)
-                .bind(required_meta(e, "role")?)
-                .bind(&e.event_type)
-                .bind(&e.aggregate_type)
-                .bind(&e.aggregate_id)
-                .bind(&tenant_key)
-                .bind(e.meta("correlation_id"))
-                .bind(e.meta("causation_id"))
-                .bind(e.meta("request_id"))
-                .bind(details(e))
-                .execute(&mut *tx)
-                .await?;
+            let tenant_key = batch.tenant_of(e);
+            batch.push(e, tenant_key.clone())?;
             if let Some(key) = tenant_key {
-                fill_in_scope(tx, e, &key).await?;
-                tenants.remember(e, key);
+                if let Some(scope) = scope_filled_in_by(e)? {
+                    batch.fill_in(scope, &key);
+                }
+                batch.remember(e, key);
             }
         }
-        Ok(())
+        batch.write(tx).await
     }
 }
 
@@ -241,69 +247,219 @@ fn tenant_details(event: TenantEvent) -> Option<Value> {
     }
 }
 
-/// The tenant of each aggregate seen so far in a batch (`None`: it has none yet), in front
-/// of the rows already written.
-#[derive(Default)]
-struct KnownTenants(HashMap<(String, String), Option<String>>);
+type AggregateRef = (String, String);
 
-impl KnownTenants {
-    async fn of(
-        &mut self,
+/// What an aggregate's rows written before this batch say about its tenant.
+struct Earlier {
+    /// The tenant of its first row (`None`: that row has none).
+    first: Option<String>,
+    /// The tenant of its first row that has one.
+    known: Option<String>,
+}
+
+/// One batch of the audit log: the rows it writes, in memory until the end, and what it
+/// knows of the rows written before it.
+#[derive(Default)]
+struct Batch {
+    /// The tenant of each aggregate seen so far in the batch (`None`: it has none yet).
+    known: HashMap<AggregateRef, Option<String>>,
+    /// The rows written before this batch, of the aggregates the batch may ask about.
+    earlier: HashMap<AggregateRef, Earlier>,
+    /// Scopes filled in by this batch, with the first tenant each got.
+    filled: HashMap<String, String>,
+    rows: Rows,
+}
+
+/// The batch's rows, a column each.
+#[derive(Default)]
+struct Rows {
+    global_position: Vec<i64>,
+    workspace_id: Vec<String>,
+    recorded_at: Vec<DateTime<Utc>>,
+    actor: Vec<String>,
+    role: Vec<String>,
+    action: Vec<String>,
+    aggregate_type: Vec<String>,
+    aggregate_id: Vec<String>,
+    tenant_key: Vec<Option<String>>,
+    correlation_id: Vec<Option<String>>,
+    causation_id: Vec<Option<String>>,
+    request_id: Vec<Option<String>>,
+    details: Vec<Option<Value>>,
+}
+
+/// The fields of an event's payload (inside its variant) that name its tenant, or the run
+/// that has it.
+fn payload_field<'e>(e: &'e StoredEvent, path: &[&str]) -> Option<&'e str> {
+    let fields = e.payload.as_object().and_then(|p| p.values().next());
+    path.iter()
+        .try_fold(fields?, |v, k| v.get(k))
+        .and_then(Value::as_str)
+}
+
+impl Batch {
+    /// Reads what the rows already written say about the aggregates of `events` (and the
+    /// runs their payloads name), in one statement.
+    async fn prefetch(
         tx: &mut PgConnection,
-        e: &StoredEvent,
-    ) -> Result<Option<String>, ConsumerError> {
+        events: &[StoredEvent],
+    ) -> Result<Self, ConsumerError> {
+        let mut wanted: HashSet<(&str, &str)> = HashSet::new();
+        for e in events {
+            wanted.insert((&e.aggregate_type, &e.aggregate_id));
+            if let Some(run_id) = payload_field(e, &["run_id"]) {
+                wanted.insert((OperationRun::TYPE, run_id));
+            }
+        }
+        let (types, ids): (Vec<&str>, Vec<&str>) = wanted.into_iter().unzip();
+        let found: Vec<(String, String, Option<String>, Option<String>)> = sqlx::query_as(EARLIER)
+            // Planned for every batch (see the runs projection).
+            .persistent(false)
+            .bind(types)
+            .bind(ids)
+            .fetch_all(&mut *tx)
+            .await?;
+        let earlier = found
+            .into_iter()
+            .map(|(t, i, first, known)| ((t, i), Earlier { first, known }))
+            .collect();
+        Ok(Self {
+            earlier,
+            ..Self::default()
+        })
+    }
+
+    /// The tenant of `e`: from the event itself, or its aggregate's (or run's) rows.
+    fn tenant_of(&mut self, e: &StoredEvent) -> Option<String> {
         if e.aggregate_type == Tenant::TYPE {
-            return Ok(Some(e.aggregate_id.clone()));
+            return Some(e.aggregate_id.clone());
         }
-        let fields = e.payload.as_object().and_then(|p| p.values().next());
-        let field = |path: &[&str]| {
-            path.iter()
-                .try_fold(fields?, |v, k| v.get(k))
-                .and_then(Value::as_str)
-        };
-        if let Some(key) = field(&["tenant_key"]).or_else(|| field(&["context", "tenant_key"])) {
-            return Ok(Some(key.to_owned()));
+        let key = payload_field(e, &["tenant_key"])
+            .or_else(|| payload_field(e, &["context", "tenant_key"]));
+        if let Some(key) = key {
+            return Some(key.to_owned());
         }
-        match field(&["run_id"]) {
-            Some(run_id) => self.lookup(tx, OperationRun::TYPE, run_id).await,
-            None => self.lookup(tx, &e.aggregate_type, &e.aggregate_id).await,
+        match payload_field(e, &["run_id"]) {
+            Some(run_id) => self.lookup(OperationRun::TYPE, run_id),
+            None => self.lookup(&e.aggregate_type, &e.aggregate_id),
         }
     }
 
-    async fn lookup(
-        &mut self,
-        tx: &mut PgConnection,
-        aggregate_type: &str,
-        aggregate_id: &str,
-    ) -> Result<Option<String>, ConsumerError> {
+    /// The first tenant of an aggregate's rows, as a query would find it at this point of
+    /// the batch (earlier rows first, then this batch's); remembered for the batch.
+    fn lookup(&mut self, aggregate_type: &str, aggregate_id: &str) -> Option<String> {
         let id = (aggregate_type.to_owned(), aggregate_id.to_owned());
-        if let Some(known) = self.0.get(&id) {
-            return Ok(known.clone());
+        if let Some(known) = self.known.get(&id) {
+            return known.clone();
         }
-        let found: Option<String> = sqlx::query_scalar(TENANT_OF)
-            .bind(aggregate_type)
-            .bind(aggregate_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        self.0.insert(id, found.clone());
-        Ok(found)
+        let filled = (aggregate_type == ScopeLock::TYPE)
+            .then(|| self.filled.get(aggregate_id))
+            .flatten();
+        let earlier = self.earlier.get(&id).and_then(|rows| match filled {
+            // Filling in gave every row without a tenant this one, the first row too.
+            Some(tenant) => Some(rows.first.clone().unwrap_or_else(|| tenant.clone())),
+            None => rows.known.clone(),
+        });
+        let found = earlier.or_else(|| {
+            let rows = &self.rows;
+            (0..rows.global_position.len())
+                .find(|&r| {
+                    rows.aggregate_type[r] == aggregate_type
+                        && rows.aggregate_id[r] == aggregate_id
+                        && rows.tenant_key[r].is_some()
+                })
+                .and_then(|r| rows.tenant_key[r].clone())
+        });
+        self.known.insert(id, found.clone());
+        found
     }
 
     fn remember(&mut self, e: &StoredEvent, tenant_key: String) {
         let id = (e.aggregate_type.clone(), e.aggregate_id.clone());
-        self.0.insert(id, Some(tenant_key));
+        self.known.insert(id, Some(tenant_key));
+    }
+
+    fn push(&mut self, e: &StoredEvent, tenant_key: Option<String>) -> Result<(), ConsumerError> {
+        let rows = &mut self.rows;
+        rows.workspace_id
+            .push(required_meta(e, "workspace")?.to_owned());
+        rows.actor.push(required_meta(e, "actor")?.to_owned());
+        rows.role.push(required_meta(e, "role")?.to_owned());
+        rows.global_position.push(e.position.global_position);
+        rows.recorded_at.push(e.recorded_at);
+        rows.action.push(e.event_type.clone());
+        rows.aggregate_type.push(e.aggregate_type.clone());
+        rows.aggregate_id.push(e.aggregate_id.clone());
+        rows.tenant_key.push(tenant_key);
+        rows.correlation_id
+            .push(e.meta("correlation_id").map(str::to_owned));
+        rows.causation_id
+            .push(e.meta("causation_id").map(str::to_owned));
+        rows.request_id
+            .push(e.meta("request_id").map(str::to_owned));
+        rows.details.push(details(e));
+        Ok(())
+    }
+
+    /// The scope's rows without a tenant get `tenant_key`: this batch's now, the earlier
+    /// ones when the batch is written.
+    fn fill_in(&mut self, scope: String, tenant_key: &str) {
+        let rows = &mut self.rows;
+        for r in 0..rows.global_position.len() {
+            if rows.tenant_key[r].is_none()
+                && rows.aggregate_type[r] == ScopeLock::TYPE
+                && rows.aggregate_id[r] == scope
+            {
+                rows.tenant_key[r] = Some(tenant_key.to_owned());
+            }
+        }
+        // Once filled, the earlier rows have none left without a tenant.
+        self.filled
+            .entry(scope)
+            .or_insert_with(|| tenant_key.to_owned());
+    }
+
+    /// Fills in the earlier rows' scopes, then writes the batch's rows.
+    async fn write(self, tx: &mut PgConnection) -> Result<(), ConsumerError> {
+        if !self.filled.is_empty() {
+            let (scopes, tenants): (Vec<String>, Vec<String>) = self.filled.into_iter().unzip();
+            sqlx::query(FILL_IN)
+                .persistent(false)
+                .bind(scopes)
+                .bind(tenants)
+                .bind(ScopeLock::TYPE)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let rows = self.rows;
+        if rows.global_position.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(INSERT)
+            .bind(rows.global_position)
+            .bind(rows.workspace_id)
+            .bind(rows.recorded_at)
+            .bind(rows.actor)
+            .bind(rows.role)
+            .bind(rows.action)
+            .bind(rows.aggregate_type)
+            .bind(rows.aggregate_id)
+            .bind(rows.tenant_key)
+            .bind(rows.correlation_id)
+            .bind(rows.causation_id)
+            .bind(rows.request_id)
+            .bind(rows.details)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
     }
 }
 
-/// When a run is queued, its scope lock's rows recorded before it (the acquisition) get
-/// the run's tenant.
-async fn fill_in_scope(
-    tx: &mut PgConnection,
-    e: &StoredEvent,
-    tenant_key: &str,
-) -> Result<(), ConsumerError> {
+/// The scope whose rows a run's queueing fills in with the run's tenant: a scope is
+/// acquired just before its run is queued, when the run's tenant is not known yet.
+fn scope_filled_in_by(e: &StoredEvent) -> Result<Option<String>, ConsumerError> {
     if e.aggregate_type != OperationRun::TYPE || e.event_type != "RunQueued" {
-        return Ok(());
+        return Ok(None);
     }
     let RunEvent::RunQueued {
         workspace,
@@ -311,15 +467,9 @@ async fn fill_in_scope(
         ..
     } = e.decode::<RunEvent>()?
     else {
-        return Ok(());
+        return Ok(None);
     };
-    sqlx::query(FILL_IN)
-        .bind(tenant_key)
-        .bind(ScopeLock::TYPE)
-        .bind(scope_key(&workspace, context.target_scope))
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
+    Ok(Some(scope_key(&workspace, context.target_scope)))
 }
 
 #[cfg(test)]

@@ -91,6 +91,18 @@ where
     sqlx::query(sql).bind(key).bind(event.sequence)
 }
 
+/// A value an event carries, as JSON for a `jsonb` column.
+pub(crate) fn to_json<T: Serialize + ?Sized>(
+    e: &StoredEvent,
+    value: &T,
+) -> Result<serde_json::Value, ConsumerError> {
+    serde_json::to_value(value).map_err(|source| ConsumerError::Decode {
+        position: e.position,
+        event_type: e.event_type.clone(),
+        source,
+    })
+}
+
 /// The event's aggregate id as a UUID (connections and runs are keyed by one).
 pub(crate) fn uuid_id(event: &StoredEvent) -> Result<uuid::Uuid, ConsumerError> {
     event

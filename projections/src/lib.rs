@@ -22,6 +22,7 @@ mod contacts;
 mod event;
 mod mailboxes;
 mod policies;
+mod rebuild;
 mod runner;
 mod runs;
 mod schedules;
@@ -34,12 +35,17 @@ pub use connections::Connections;
 pub use contacts::Contacts;
 pub use mailboxes::Mailboxes;
 pub use policies::Policies;
-pub use runner::{rebuild, spawn_all, Projection, RebuildProgress};
+pub use rebuild::{
+    choose, eta, rebuild, rebuild_recorded, rebuild_status, start_rebuild, RebuildError,
+    RebuildProgress, RebuildState, RebuildStatus,
+};
+pub use runner::{spawn_all, Projection};
 pub use runs::{Runs, RUNS_CHANNEL};
 pub use schedules::Schedules;
 pub use tenants::Tenants;
 
-/// Every read model, for the service (live) and `tenantflow rebuild NAME|--all`.
+/// Every read model, for the service (live) and `tenantflow rebuild NAME|--all` (rebuilt in
+/// one pass over the log).
 pub fn all() -> Vec<Arc<dyn Projection>> {
     vec![
         Arc::new(Tenants),

@@ -158,18 +158,34 @@ pub async fn read_batch_of(
     limit: i64,
     payloads: Payloads,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    let (aggregates, event_types) = match payloads {
-        Payloads::All => (None, None),
-        Payloads::OfAggregates(types) => (Some(types), None),
-        Payloads::OfEvents(types) => (None, Some(types)),
-    };
+    read_batch_for(conn, after, limit, &[payloads]).await
+}
+
+/// Like [`read_batch`], with payloads for the events any of `wanted` names: one read of the
+/// log for several consumers (a rebuild of several read models).
+pub async fn read_batch_for(
+    conn: &mut PgConnection,
+    after: Position,
+    limit: i64,
+    wanted: &[Payloads],
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    let all = wanted.contains(&Payloads::All);
+    let mut aggregates: Vec<&str> = Vec::new();
+    let mut event_types: Vec<&str> = Vec::new();
+    for payloads in wanted {
+        match payloads {
+            Payloads::All => {}
+            Payloads::OfAggregates(types) => aggregates.extend_from_slice(types),
+            Payloads::OfEvents(types) => event_types.extend_from_slice(types),
+        }
+    }
     let rows: Vec<EventRow> = sqlx::query_as(
         "SELECT transaction_id::text::bigint, global_position, aggregate_type, aggregate_id, \
              sequence, event_type, event_version, \
-             CASE WHEN ($4::text[] IS NULL OR aggregate_type = ANY($4)) \
-                   AND ($5::text[] IS NULL OR event_type = ANY($5)) THEN payload ELSE 'null'::jsonb END, \
-             CASE WHEN ($4::text[] IS NULL OR aggregate_type = ANY($4)) \
-                   AND ($5::text[] IS NULL OR event_type = ANY($5)) THEN metadata ELSE '{}'::jsonb END, \
+             CASE WHEN $6 OR aggregate_type = ANY($4) OR event_type = ANY($5) \
+                  THEN payload ELSE 'null'::jsonb END, \
+             CASE WHEN $6 OR aggregate_type = ANY($4) OR event_type = ANY($5) \
+                  THEN metadata ELSE '{}'::jsonb END, \
              recorded_at FROM events \
          WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
            AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
@@ -186,6 +202,7 @@ pub async fn read_batch_of(
     .bind(limit)
     .bind(aggregates)
     .bind(event_types)
+    .bind(all)
     .fetch_all(conn)
     .await?;
     Ok(rows.into_iter().map(from_row).collect())

@@ -617,7 +617,9 @@ async fn rebuild_replays_every_read_model_to_the_same_rows() {
 
     let printed = crate::common::read_models::assert_rebuild_reproduces_read_models(&db).await;
     assert!(
-        printed.contains("read_model=\"runs\"") && printed.contains("rebuilt: replayed"),
+        printed.contains("rebuilding in one pass")
+            && printed.contains("runs, audit_log")
+            && printed.contains("swapped in"),
         "{printed}"
     );
 

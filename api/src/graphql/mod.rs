@@ -15,6 +15,7 @@ mod next_steps;
 mod page;
 mod persisted;
 mod query;
+mod rebuild;
 mod subscription;
 mod types;
 
@@ -28,17 +29,25 @@ pub use mutation::RequestId;
 pub use persisted::{hash as persisted_query_hash, ManifestError, PersistedQueries};
 pub use subscription::SubscriptionRoot;
 
-/// Every query: the core ones and those of contact sync.
+/// Every query: the core ones, those of contact sync, and the rebuild's status.
 // Merged under the GraphQL name `QueryRoot`, the name clients' fragments already use.
 #[derive(async_graphql::MergedObject, Default)]
 #[graphql(name = "QueryRoot")]
-pub struct QueryRoot(query::CoreQuery, contacts::ContactQuery);
+pub struct QueryRoot(
+    query::CoreQuery,
+    contacts::ContactQuery,
+    rebuild::RebuildQuery,
+);
 
-/// Every mutation: the core ones and contact sync's, under one root type named
+/// Every mutation: the core ones, contact sync's and the rebuild's, under one root type named
 /// `MutationRoot`.
 #[derive(async_graphql::MergedObject, Default)]
 #[graphql(name = "MutationRoot")]
-pub struct MutationRoot(mutation::CoreMutation, contact_mutation::ContactMutation);
+pub struct MutationRoot(
+    mutation::CoreMutation,
+    contact_mutation::ContactMutation,
+    rebuild::RebuildMutation,
+);
 
 /// The schema type.
 pub type TenantflowSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;

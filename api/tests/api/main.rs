@@ -8,6 +8,7 @@ mod filters;
 mod graphql_js;
 mod mail;
 mod persisted;
+mod rebuild;
 mod relay;
 mod schema;
 mod service;

@@ -297,18 +297,10 @@ async fn contact_events_applied_again_twice_over_or_rebuilt_leave_the_same_rows(
 
     // A rebuild, one event per batch and all at once, reproduces the live rows.
     for batch_size in [1, 1000] {
-        let replayed = projections::rebuild(&pool, &contacts, batch_size, &Quiet)
+        let replayed = projections::rebuild(&pool, &[&contacts], batch_size, &Quiet)
             .await
             .unwrap();
         assert_eq!(replayed as i64, log_length(&pool).await);
         assert_eq!(contact_rows(&pool).await, live, "batches of {batch_size}");
     }
-}
-
-struct Quiet;
-
-impl projections::RebuildProgress for Quiet {
-    fn start(&self, _name: &str, _total: u64) {}
-    fn advance(&self, _replayed: u64) {}
-    fn finish(&self, _replayed: u64) {}
 }

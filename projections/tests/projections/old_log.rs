@@ -24,7 +24,7 @@ const EXPECTED: &str = concat!(
 struct Quiet;
 
 impl projections::RebuildProgress for Quiet {
-    fn start(&self, _name: &str, _total: u64) {}
+    fn start(&self, _names: &[&str], _total: u64) {}
     fn advance(&self, _replayed: u64) {}
     fn finish(&self, _replayed: u64) {}
 }
@@ -117,18 +117,21 @@ async fn a_log_written_by_the_previous_version_rebuilds_into_the_same_read_model
     let pool = db.pool().await;
     let loaded = load_the_old_log(&pool).await;
     assert!(loaded > 50, "the fixture holds the runs it names");
-    for p in projections::all() {
-        // Consumers read below the oldest transaction still open in the cluster, which a
-        // test on another database may hold for a while: rebuilt until the whole log is.
-        let what = format!("{} rebuilt from the whole log", p.name());
-        testkit::eventually(&what, testkit::CATCH_UP, || async {
-            let replayed = projections::rebuild(&pool, p.as_ref(), 1000, &Quiet)
+    let all = projections::all();
+    let every: Vec<&dyn projections::Projection> = all.iter().map(|p| p.as_ref()).collect();
+    // Consumers read below the oldest transaction still open in the cluster, which a test
+    // on another database may hold for a while: rebuilt until the whole log is.
+    testkit::eventually(
+        "every read model rebuilt from the whole log",
+        testkit::CATCH_UP,
+        || async {
+            let replayed = projections::rebuild(&pool, &every, 1000, &Quiet)
                 .await
                 .unwrap();
             replayed as usize == loaded
-        })
-        .await;
-    }
+        },
+    )
+    .await;
     let got = what_the_log_gives(&pool).await;
     if std::env::var_os("TENANTFLOW_BLESS").is_some() {
         let text = serde_json::to_string_pretty(&got).unwrap();

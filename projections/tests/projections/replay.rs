@@ -20,7 +20,7 @@ struct Counted {
 }
 
 impl projections::RebuildProgress for Counted {
-    fn start(&self, _name: &str, total: u64) {
+    fn start(&self, _read_models: &[&str], total: u64) {
         self.total.store(total, Ordering::SeqCst);
     }
     fn advance(&self, _replayed: u64) {}
@@ -73,21 +73,41 @@ async fn rebuilding_every_read_model_reproduces_the_tables_built_live() {
     let live = snapshot_of(&pool).await;
     let events = log_length(&pool).await as u64;
 
-    // One event per batch puts a batch boundary between every two events, including
-    // those of one transaction (a scope acquired, then its run queued).
+    // One pass over the log feeds them all. One event per batch puts a batch boundary
+    // between every two events, including those of one transaction (a scope acquired,
+    // then its run queued).
+    let all = projections::all();
+    let all: Vec<&dyn projections::Projection> = all.iter().map(|p| p.as_ref()).collect();
     for batch_size in [1, 1000] {
-        for p in projections::all() {
-            let progress = Counted::default();
-            let replayed = projections::rebuild(&pool, p.as_ref(), batch_size, &progress)
-                .await
-                .unwrap();
-            assert_eq!(replayed, events, "{}", p.name());
-            assert_eq!(progress.total.load(Ordering::SeqCst), events);
-            assert_eq!(progress.finished.load(Ordering::SeqCst), events);
-            assert_eq!(consumed(&pool, p.name()).await as u64, events);
+        let progress = Counted::default();
+        let replayed = projections::rebuild(&pool, &all, batch_size, &progress)
+            .await
+            .unwrap();
+        assert_eq!(replayed, events);
+        assert_eq!(progress.total.load(Ordering::SeqCst), events);
+        assert_eq!(progress.finished.load(Ordering::SeqCst), events);
+        for p in &all {
+            assert_eq!(
+                consumed(&pool, p.name()).await as u64,
+                events,
+                "{}",
+                p.name()
+            );
         }
         assert_eq!(snapshot_of(&pool).await, live, "batches of {batch_size}");
     }
+    // A subset, and each alone, the same.
+    let runs_and_audit: [&dyn projections::Projection; 2] =
+        [&projections::Runs, &projections::AuditLog];
+    projections::rebuild(&pool, &runs_and_audit, 7, &Quiet)
+        .await
+        .unwrap();
+    for p in &all {
+        projections::rebuild(&pool, &[*p], 1000, &Quiet)
+            .await
+            .unwrap();
+    }
+    assert_eq!(snapshot_of(&pool).await, live, "a subset, and each alone");
     // The live runners continue where the rebuild stopped: nothing is applied again.
     for consumer in consumers() {
         let runner = ConsumerRunner::new(
@@ -107,7 +127,7 @@ struct Paused {
 }
 
 impl projections::RebuildProgress for Paused {
-    fn start(&self, _name: &str, _total: u64) {}
+    fn start(&self, _read_models: &[&str], _total: u64) {}
     fn advance(&self, _replayed: u64) {
         if let Some(started) = self.started.lock().unwrap().take() {
             started.send(()).unwrap();
@@ -180,7 +200,7 @@ async fn readers_are_served_during_a_rebuild_which_swaps_in_equal_tables() {
             .unwrap();
         runtime.block_on(async move {
             let pool = PgPool::connect(&url).await.unwrap();
-            projections::rebuild(&pool, &projections::Tenants, 1, progress.as_ref()).await
+            projections::rebuild(&pool, &[&projections::Tenants], 1, progress.as_ref()).await
         })
     });
     tokio::task::spawn_blocking(move || started.recv().unwrap())
@@ -208,6 +228,109 @@ async fn readers_are_served_during_a_rebuild_which_swaps_in_equal_tables() {
             .await
             .unwrap();
     assert_eq!(shadows, 0, "the shadow schema is gone");
+}
+
+/// A rebuild of every read model (recorded, as the CLI and the API run it), one event per
+/// batch, held after its first batch on a thread and runtime of its own until `go`.
+fn paused_rebuild(
+    url: String,
+) -> (
+    std::thread::JoinHandle<Result<u64, projections::RebuildError>>,
+    std::sync::mpsc::Receiver<()>,
+    std::sync::mpsc::Sender<()>,
+) {
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let (go, go_rx) = std::sync::mpsc::channel();
+    let paused = Paused {
+        started: std::sync::Mutex::new(Some(started_tx)),
+        go: std::sync::Mutex::new(go_rx),
+    };
+    let rebuild = std::thread::spawn(move || {
+        // Two workers: the paused one, and one that records the progress meanwhile.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let pool = PgPool::connect(&url).await.unwrap();
+            let all = projections::all();
+            let all: Vec<&dyn projections::Projection> = all.iter().map(|p| p.as_ref()).collect();
+            projections::rebuild_recorded(&pool, &all, 1, &paused).await
+        })
+    });
+    (rebuild, started, go)
+}
+
+#[tokio::test]
+async fn a_second_rebuild_is_refused_while_one_runs_and_its_progress_is_recorded() {
+    let (db, bus, _) = projected_history().await;
+    let pool = bus.pool().clone();
+    let live = snapshot_of(&pool).await;
+    let events = log_length(&pool).await;
+    assert!(projections::rebuild_status(&pool).await.unwrap().is_none());
+
+    let (rebuild, started, go) = paused_rebuild(db.url());
+    tokio::task::spawn_blocking(move || started.recv().unwrap())
+        .await
+        .unwrap();
+    let running = testkit::eventually("the rebuild to be recorded", CATCH_UP, || async {
+        projections::rebuild_status(&pool)
+            .await
+            .unwrap()
+            .filter(|s| s.events_applied == 1)
+    })
+    .await;
+    assert_eq!(running.state, projections::RebuildState::Running);
+    assert_eq!(running.events_total, events);
+    let names: Vec<String> = projections::all()
+        .iter()
+        .map(|p| p.name().to_owned())
+        .collect();
+    assert_eq!(running.read_models, names);
+    assert!(running.eta().is_some(), "{running:?}");
+
+    // Another rebuild, of any read model and by either way in, is refused and records
+    // nothing over the running one's row.
+    let refused = projections::rebuild(&pool, &[&projections::Tenants], 1000, &Quiet).await;
+    assert!(
+        matches!(refused, Err(projections::RebuildError::AlreadyRunning)),
+        "{refused:?}"
+    );
+    let refused = projections::start_rebuild(pool.clone(), projections::all(), 1000).await;
+    assert!(
+        matches!(refused, Err(projections::RebuildError::AlreadyRunning)),
+        "{refused:?}"
+    );
+    let still = projections::rebuild_status(&pool).await.unwrap().unwrap();
+    assert_eq!(still.state, projections::RebuildState::Running);
+    assert_eq!(still.read_models, names);
+
+    go.send(()).unwrap();
+    let applied = tokio::task::spawn_blocking(move || rebuild.join().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(applied as i64, events);
+    let done = projections::rebuild_status(&pool).await.unwrap().unwrap();
+    assert_eq!(done.state, projections::RebuildState::Succeeded);
+    assert_eq!((done.events_applied, done.events_total), (events, events));
+    assert!(done.finished_at.is_some() && done.error.is_none() && done.eta().is_none());
+    assert_eq!(snapshot_of(&pool).await, live);
+
+    // Once it is done, the next one starts (in the background) and ends the same way.
+    projections::start_rebuild(pool.clone(), projections::all(), 1000)
+        .await
+        .unwrap();
+    let again = testkit::eventually("the second rebuild to end", CATCH_UP, || async {
+        projections::rebuild_status(&pool)
+            .await
+            .unwrap()
+            .filter(|s| s.state != projections::RebuildState::Running)
+    })
+    .await;
+    assert_eq!(again.state, projections::RebuildState::Succeeded);
+    assert_eq!(snapshot_of(&pool).await, live);
 }
 
 /// Appends an event straight to the log (the command bus would never write these).

@@ -103,3 +103,12 @@ pub fn micros(v: &Value) -> i64 {
         .unwrap()
         .timestamp_micros()
 }
+
+/// A rebuild's progress that nobody follows.
+pub struct Quiet;
+
+impl projections::RebuildProgress for Quiet {
+    fn start(&self, _read_models: &[&str], _total: u64) {}
+    fn advance(&self, _applied: u64) {}
+    fn finish(&self, _applied: u64) {}
+}

@@ -1,0 +1,514 @@
+//! Rebuilding read models from the event log (issue 17, item 4).
+//!
+//! One pass over the log feeds every read model being rebuilt: each batch is read (and its
+//! JSON parsed) once, with the payloads any of them asks for, and handed to each read model
+//! in turn, each writing shadow copies of its tables in a schema of its own. At the end the
+//! shadows take the live tables' place in the same transaction, so readers keep reading the
+//! live tables until then. Only one rebuild runs at a time (a transaction-scoped advisory
+//! lock); its progress is recorded in `rebuild_status` for operators.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use store::log::read_batch_for;
+use store::{ConsumerError, Payloads, Position};
+use tokio::sync::{oneshot, Notify};
+
+use crate::Projection;
+
+/// The advisory lock a rebuild holds for its whole transaction (any instance, the CLI or
+/// the API). Below 2^31, so `pg_locks` shows it as `classid = 0, objid = key`.
+const REBUILD_LOCK: i64 = 0x5245_4255;
+
+/// Why a rebuild did not happen or did not finish. Nothing of it was swapped in.
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    /// Another rebuild (on this or another instance) holds the lock.
+    #[error("a rebuild is already running")]
+    AlreadyRunning,
+    #[error("unknown read model `{name}`; known: {known}")]
+    UnknownReadModel { name: String, known: String },
+    /// The background task ended before it could say whether it started (it panicked).
+    #[error("the rebuild stopped before it started")]
+    Stopped,
+    #[error(transparent)]
+    Consumer(#[from] ConsumerError),
+}
+
+impl From<sqlx::Error> for RebuildError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Consumer(e.into())
+    }
+}
+
+impl RebuildError {
+    /// A short message for operators: what failed and where in the log, never a payload
+    /// (a decode error's own text may quote one).
+    fn summary(&self) -> String {
+        match self {
+            Self::Consumer(ConsumerError::Database(_)) => "database error".to_owned(),
+            Self::Consumer(ConsumerError::Decode { position, .. }) => format!(
+                "the event at global position {} cannot be decoded",
+                position.global_position
+            ),
+            Self::Consumer(ConsumerError::Refused { position, .. }) => format!(
+                "the event at global position {} was refused",
+                position.global_position
+            ),
+            Self::Consumer(ConsumerError::UnknownEvent { position, .. }) => format!(
+                "the event at global position {} is of a type this version does not know",
+                position.global_position
+            ),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Reports rebuild progress: events applied to every read model so far, of the total.
+pub trait RebuildProgress: Send + Sync {
+    fn start(&self, read_models: &[&str], total: u64);
+    fn advance(&self, applied: u64);
+    fn finish(&self, applied: u64);
+}
+
+/// Time left at the rate so far, once there is a rate.
+pub fn eta(applied: u64, total: u64, elapsed: Duration) -> Option<Duration> {
+    if applied == 0 || elapsed.is_zero() {
+        return None;
+    }
+    let left = total.saturating_sub(applied) as f64;
+    Some(Duration::from_secs_f64(
+        left * elapsed.as_secs_f64() / applied as f64,
+    ))
+}
+
+/// The read models named (each once, in the order of `available`), or all of them.
+pub fn choose(
+    available: Vec<Arc<dyn Projection>>,
+    names: &[String],
+) -> Result<Vec<Arc<dyn Projection>>, RebuildError> {
+    if let Some(name) = names
+        .iter()
+        .find(|n| !available.iter().any(|p| p.name() == n.as_str()))
+    {
+        let known: Vec<_> = available.iter().map(|p| p.name().to_owned()).collect();
+        return Err(RebuildError::UnknownReadModel {
+            name: name.clone(),
+            known: known.join(", "),
+        });
+    }
+    if names.is_empty() {
+        return Ok(available);
+    }
+    Ok(available
+        .into_iter()
+        .filter(|p| names.iter().any(|n| n == p.name()))
+        .collect())
+}
+
+/// Rebuilds `projections` in one pass over the log, in one transaction: shadow tables
+/// filled batch by batch, then swapped in. Readers keep the live tables until the swap,
+/// which waits only for the queries running at that moment; the live runners of these
+/// projections (on any instance) wait on their checkpoint rows meanwhile and continue from
+/// where the rebuild ended. Returns the number of events read (each applied to every read
+/// model that handles it).
+pub async fn rebuild(
+    pool: &PgPool,
+    projections: &[&dyn Projection],
+    batch_size: i64,
+    progress: &dyn RebuildProgress,
+) -> Result<u64, RebuildError> {
+    let mut chosen: Vec<&dyn Projection> = Vec::new();
+    for p in projections {
+        if !chosen.iter().any(|c| c.name() == p.name()) {
+            chosen.push(*p);
+        }
+    }
+    let names: Vec<&str> = chosen.iter().map(|p| p.name()).collect();
+    let mut tx = pool.begin().await?;
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(REBUILD_LOCK)
+        .fetch_one(&mut *tx)
+        .await?;
+    if !locked {
+        return Err(RebuildError::AlreadyRunning);
+    }
+    for name in &names {
+        sqlx::query(
+            "INSERT INTO consumer_checkpoints (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("SELECT 1 FROM consumer_checkpoints WHERE name = $1 FOR UPDATE")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+    }
+    // What the batches will read as of now (as they do: below every running transaction);
+    // events committed meanwhile may add a few.
+    let total: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    progress.start(&names, total.max(0) as u64);
+    let shadows: Vec<String> = names.iter().map(|n| shadow_schema(n)).collect();
+    for (p, shadow) in chosen.iter().zip(&shadows) {
+        // A rebuild cut short (a crash) left its schema behind; nothing else uses it.
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS {shadow} CASCADE"))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&format!("CREATE SCHEMA {shadow}"))
+            .execute(&mut *tx)
+            .await?;
+        for table in p.tables() {
+            sqlx::query(&format!(
+                "CREATE TABLE {shadow}.{table} (LIKE public.{table} INCLUDING ALL)"
+            ))
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    // The payloads any of them reads; each projection decodes only its own events.
+    let wanted: Vec<Payloads> = chosen.iter().map(|p| p.payloads_of()).collect();
+    let mut position = Position::default();
+    let mut applied = 0u64;
+    loop {
+        let events = read_batch_for(&mut tx, position, batch_size, &wanted).await?;
+        let Some(last) = events.last().map(|e| e.position) else {
+            break;
+        };
+        for (p, shadow) in chosen.iter().zip(&shadows) {
+            // The projection's statements name its tables unqualified: they write its
+            // shadows.
+            sqlx::query(&format!("SET LOCAL search_path = {shadow}, public"))
+                .execute(&mut *tx)
+                .await?;
+            p.handle(&mut tx, &events).await?;
+        }
+        applied += events.len() as u64;
+        position = last;
+        progress.advance(applied);
+    }
+    sqlx::query("SET LOCAL search_path = public")
+        .execute(&mut *tx)
+        .await?;
+    for (p, shadow) in chosen.iter().zip(&shadows) {
+        for table in p.tables() {
+            sqlx::query("SELECT tenantflow_swap_in_shadow($1, $2)")
+                .bind(shadow)
+                .bind(table)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(&format!("DROP SCHEMA {shadow}"))
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query(
+        "UPDATE consumer_checkpoints SET transaction_id = $2::text::xid8, global_position = $3, \
+         events_consumed = $4, updated_at = now() WHERE name = ANY($1)",
+    )
+    .bind(&names)
+    .bind(position.transaction_id.to_string())
+    .bind(position.global_position)
+    .bind(applied as i64)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    progress.finish(applied);
+    Ok(applied)
+}
+
+fn shadow_schema(name: &str) -> String {
+    format!(
+        "rebuild_{}",
+        name.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+    )
+}
+
+/// Where a rebuild is, as last recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RebuildState {
+    Running,
+    Succeeded,
+    Failed,
+    /// Recorded as running, but no rebuild holds the lock: its process ended mid-way
+    /// (nothing of it was swapped in).
+    Interrupted,
+}
+
+/// The latest rebuild, as recorded in `rebuild_status`.
+#[derive(Debug, Clone)]
+pub struct RebuildStatus {
+    pub state: RebuildState,
+    pub read_models: Vec<String>,
+    pub events_applied: i64,
+    pub events_total: i64,
+    pub started_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Short and sanitized: where in the log it failed, never a payload.
+    pub error: Option<String>,
+}
+
+impl RebuildStatus {
+    /// Time left while running, at the rate so far.
+    pub fn eta(&self) -> Option<Duration> {
+        if self.state != RebuildState::Running {
+            return None;
+        }
+        let elapsed = (self.updated_at - self.started_at).to_std().ok()?;
+        eta(
+            self.events_applied.max(0) as u64,
+            self.events_total.max(0) as u64,
+            elapsed,
+        )
+    }
+}
+
+type StatusRow = (
+    String,
+    Vec<String>,
+    i64,
+    i64,
+    DateTime<Utc>,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+    Option<String>,
+);
+
+/// The latest rebuild, if there was one.
+pub async fn rebuild_status(pool: &PgPool) -> Result<Option<RebuildStatus>, sqlx::Error> {
+    let row: Option<StatusRow> = sqlx::query_as(
+        "SELECT CASE WHEN state = 'running' AND NOT EXISTS (SELECT 1 FROM pg_locks \
+                  WHERE locktype = 'advisory' AND granted AND classid = 0 \
+                    AND objid = $1::bigint::oid AND objsubid = 1) \
+                THEN 'interrupted' ELSE state END, \
+             read_models, events_applied, events_total, started_at, updated_at, finished_at, error \
+         FROM rebuild_status",
+    )
+    .bind(REBUILD_LOCK)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|r| RebuildStatus {
+        state: match r.0.as_str() {
+            "running" => RebuildState::Running,
+            "succeeded" => RebuildState::Succeeded,
+            "failed" => RebuildState::Failed,
+            _ => RebuildState::Interrupted,
+        },
+        read_models: r.1,
+        events_applied: r.2,
+        events_total: r.3,
+        started_at: r.4,
+        updated_at: r.5,
+        finished_at: r.6,
+        error: r.7,
+    }))
+}
+
+/// How often a running rebuild records how far it is.
+const RECORD_EVERY: Duration = Duration::from_secs(1);
+
+/// What the rebuild has told its progress so far, shared with the task that records it.
+#[derive(Default)]
+struct Tally {
+    /// The read models and when it started: set once it holds the lock.
+    begun: Mutex<Option<(Vec<String>, DateTime<Utc>)>>,
+    total: AtomicU64,
+    applied: AtomicU64,
+    started: Notify,
+    /// Told once the rebuild's row says it runs (taken then).
+    told: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl Tally {
+    fn begun(&self) -> Option<(Vec<String>, DateTime<Utc>)> {
+        self.begun.lock().ok().and_then(|b| b.clone())
+    }
+
+    fn tell(&self) {
+        if let Some(told) = self.told.lock().ok().and_then(|mut t| t.take()) {
+            // The caller may have stopped waiting; the rebuild goes on.
+            let _ = told.send(());
+        }
+    }
+
+    /// Writes the whole row: the state, and everything known so far.
+    async fn record(
+        &self,
+        pool: &PgPool,
+        state: &str,
+        error: Option<String>,
+    ) -> Result<(), sqlx::Error> {
+        let Some((read_models, started_at)) = self.begun() else {
+            return Ok(());
+        };
+        sqlx::query(
+            "INSERT INTO rebuild_status (id, state, read_models, events_applied, events_total, \
+                 started_at, updated_at, finished_at, error) \
+             VALUES (true, $1, $2, $3, $4, $5, now(), \
+                 CASE WHEN $1 = 'running' THEN NULL ELSE now() END, $6) \
+             ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, \
+                 read_models = EXCLUDED.read_models, events_applied = EXCLUDED.events_applied, \
+                 events_total = EXCLUDED.events_total, started_at = EXCLUDED.started_at, \
+                 updated_at = EXCLUDED.updated_at, finished_at = EXCLUDED.finished_at, \
+                 error = EXCLUDED.error",
+        )
+        .bind(state)
+        .bind(read_models)
+        .bind(self.applied.load(Ordering::Relaxed) as i64)
+        .bind(self.total.load(Ordering::Relaxed) as i64)
+        .bind(started_at)
+        .bind(error)
+        .execute(pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records the running rebuild once it starts, then every [`RECORD_EVERY`]. A failed
+    /// record is logged and tried again: the rebuild does not depend on it.
+    async fn keep_recording(&self, pool: &PgPool) {
+        self.started.notified().await;
+        loop {
+            match self.record(pool, "running", None).await {
+                Ok(()) => self.tell(),
+                Err(error) => tracing::warn!(%error, "cannot record the rebuild's progress"),
+            }
+            tokio::time::sleep(RECORD_EVERY).await;
+        }
+    }
+}
+
+/// Passes progress on to `inner` and keeps the tally that [`rebuild_recorded`] records.
+struct Recorder<'a> {
+    tally: &'a Tally,
+    inner: &'a dyn RebuildProgress,
+}
+
+impl RebuildProgress for Recorder<'_> {
+    fn start(&self, read_models: &[&str], total: u64) {
+        self.tally.total.store(total, Ordering::Relaxed);
+        if let Ok(mut begun) = self.tally.begun.lock() {
+            let names = read_models.iter().map(|n| (*n).to_owned()).collect();
+            *begun = Some((names, Utc::now()));
+        }
+        self.tally.started.notify_one();
+        self.inner.start(read_models, total);
+    }
+    fn advance(&self, applied: u64) {
+        self.tally.applied.store(applied, Ordering::Relaxed);
+        self.inner.advance(applied);
+    }
+    fn finish(&self, applied: u64) {
+        self.tally.applied.store(applied, Ordering::Relaxed);
+        // Events committed during the rebuild may have joined the ones counted at the start
+        // (or ones counted may not yet have been readable): what it read is the total.
+        self.tally.total.store(applied, Ordering::Relaxed);
+        self.inner.finish(applied);
+    }
+}
+
+/// [`rebuild`], recording its progress in `rebuild_status` (from a task and connections of
+/// its own, so operators see it while the rebuild's transaction is open). A rebuild refused
+/// because another one runs records nothing: the row is the running one's.
+pub async fn rebuild_recorded(
+    pool: &PgPool,
+    projections: &[&dyn Projection],
+    batch_size: i64,
+    progress: &dyn RebuildProgress,
+) -> Result<u64, RebuildError> {
+    recorded(pool, projections, batch_size, progress, None)
+        .await
+        .0
+}
+
+/// [`rebuild_recorded`]; `told` is told once the rebuild holds the lock and its row says
+/// so. Also returns whether it got that far.
+async fn recorded(
+    pool: &PgPool,
+    projections: &[&dyn Projection],
+    batch_size: i64,
+    progress: &dyn RebuildProgress,
+    told: Option<oneshot::Sender<()>>,
+) -> (Result<u64, RebuildError>, bool) {
+    let tally = Arc::new(Tally {
+        told: Mutex::new(told),
+        ..Tally::default()
+    });
+    let recording = tokio::spawn({
+        let (tally, pool) = (tally.clone(), pool.clone());
+        async move { tally.keep_recording(&pool).await }
+    });
+    let recorder = Recorder {
+        tally: &tally,
+        inner: progress,
+    };
+    let outcome = rebuild(pool, projections, batch_size, &recorder).await;
+    recording.abort();
+    // Ended, whatever it was doing (cancelled mid-record at worst).
+    let _ = recording.await;
+    let begun = tally.begun().is_some();
+    if !begun || matches!(outcome, Err(RebuildError::AlreadyRunning)) {
+        return (outcome, false);
+    }
+    let (state, error) = match &outcome {
+        Ok(_) => ("succeeded", None),
+        Err(e) => ("failed", Some(e.summary())),
+    };
+    if let Err(error) = tally.record(pool, state, error).await {
+        tracing::warn!(%error, "cannot record the rebuild's end");
+    }
+    // A rebuild quicker than its first record is started (and done) now.
+    tally.tell();
+    (outcome, true)
+}
+
+/// Progress nobody follows (the API's rebuilds are followed through `rebuild_status`).
+struct Unwatched;
+
+impl RebuildProgress for Unwatched {
+    fn start(&self, _read_models: &[&str], _total: u64) {}
+    fn advance(&self, _applied: u64) {}
+    fn finish(&self, _applied: u64) {}
+}
+
+/// Starts a recorded rebuild of `projections` in the background; returns once it holds the
+/// lock, or with why it did not start ([`RebuildError::AlreadyRunning`]). Its end is in
+/// `rebuild_status`, and a failure after the start is logged here, where nobody else sees
+/// it.
+pub async fn start_rebuild(
+    pool: PgPool,
+    projections: Vec<Arc<dyn Projection>>,
+    batch_size: i64,
+) -> Result<(), RebuildError> {
+    let (started_tx, started_rx) = oneshot::channel();
+    let (refused_tx, refused_rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let chosen: Vec<&dyn Projection> = projections.iter().map(|p| p.as_ref()).collect();
+        let began = Instant::now();
+        match recorded(&pool, &chosen, batch_size, &Unwatched, Some(started_tx)).await {
+            (Ok(applied), _) => tracing::info!(
+                events = applied,
+                seconds = began.elapsed().as_secs_f64(),
+                "read models rebuilt"
+            ),
+            (Err(error), false) => {
+                // The caller is still waiting (for one of the two).
+                let _ = refused_tx.send(error);
+            }
+            (Err(error), true) => tracing::error!(%error, "rebuilding read models failed"),
+        }
+    });
+    tokio::select! {
+        biased;
+        Ok(()) = started_rx => Ok(()),
+        Ok(error) = refused_rx => Err(error),
+        else => Err(RebuildError::Stopped),
+    }
+}
