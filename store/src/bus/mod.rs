@@ -14,6 +14,8 @@ mod streams;
 use cqrs_es::Aggregate;
 use domain::{Authorize, Permission, Role, Services};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use tracing::Instrument;
 
 use crate::metrics::{CommandLabels, Metrics};
@@ -90,7 +92,14 @@ pub struct CommandBus {
     pool: PgPool,
     services: Services,
     metrics: Metrics,
+    /// Streams this process saw exist: a command on one is decided on its loaded state
+    /// straight away (see [`CommandBus::append_as_new`]).
+    existing: Arc<Mutex<HashSet<(&'static str, String)>>>,
 }
+
+/// Most streams remembered as existing; past it the memory starts over (a forgotten stream
+/// costs one refused append, once).
+const EXISTING_REMEMBERED: usize = 100_000;
 
 impl std::fmt::Debug for CommandBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -117,6 +126,7 @@ impl CommandBus {
             pool,
             services,
             metrics,
+            existing: Arc::default(),
         }
     }
 
@@ -140,6 +150,13 @@ impl CommandBus {
         A: Aggregate<Services = Services>,
         A::Command: Authorize + Clone + Send,
     {
+        if let Some(created) = self.append_as_new::<A>(id, &command, metadata).await? {
+            self.record(A::TYPE, "ok");
+            self.metrics
+                .events_appended
+                .inc_by(created.events.len() as u64);
+            return Ok(created);
+        }
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -168,10 +185,82 @@ impl CommandBus {
                     self.record(A::TYPE, outcome(&other));
                     if let Ok(c) = &other {
                         self.metrics.events_appended.inc_by(c.events.len() as u64);
+                        if c.version > 0 {
+                            self.remember(A::TYPE, id);
+                        }
                     }
                     return other;
                 }
             }
+        }
+    }
+
+    /// A command that creates its stream (a tenant registered, a connection created) is
+    /// decided on the empty state and appended as the stream's first events: one round
+    /// trip instead of a read and an append. A stream that exists already holds sequence 1,
+    /// so the append is a conflict and nothing is written; so is a command the empty state
+    /// refuses or that decides nothing there. `None` then: decide on the loaded state.
+    /// (This rests on a stream's first event staying in `events`: whatever archives
+    /// streams must keep their heads.)
+    async fn append_as_new<A>(
+        &self,
+        id: &str,
+        command: &A::Command,
+        metadata: &Metadata,
+    ) -> Result<Option<Committed<A>>, BusError<A::Error>>
+    where
+        A: Aggregate<Services = Services>,
+        A::Command: Authorize + Clone + Send,
+    {
+        if !metadata.role.allows(command.permission()) || self.exists(A::TYPE, id) {
+            return Ok(None);
+        }
+        let mut stage = Staged::new(id, A::default(), 0);
+        match stage
+            .decide(&self.services, command.clone(), metadata)
+            .await
+        {
+            Ok(decided) if !decided.event_types.is_empty() => {}
+            _ => return Ok(None),
+        }
+        let events = stage.pending_events();
+        let mut conn = self.pool.acquire().await?;
+        match append_streams(&mut conn, &mut [&mut stage]).await {
+            Ok(_) => {
+                self.remember(A::TYPE, id);
+                Ok(Some(Committed {
+                    version: stage.version(),
+                    aggregate: stage.into_state(),
+                    events,
+                    repeated: false,
+                }))
+            }
+            Err(AppendError::Conflict) => {
+                self.remember(A::TYPE, id);
+                Ok(None)
+            }
+            Err(AppendError::Corrupt(source)) => Err(BusError::Corrupt {
+                aggregate_type: A::TYPE,
+                aggregate_id: id.to_owned(),
+                sequence: 0,
+                source,
+            }),
+            Err(AppendError::Database(e)) => Err(BusError::Database(e)),
+        }
+    }
+
+    fn exists(&self, aggregate_type: &'static str, id: &str) -> bool {
+        self.existing
+            .lock()
+            .is_ok_and(|known| known.contains(&(aggregate_type, id.to_owned())))
+    }
+
+    fn remember(&self, aggregate_type: &'static str, id: &str) {
+        if let Ok(mut known) = self.existing.lock() {
+            if known.len() >= EXISTING_REMEMBERED {
+                known.clear();
+            }
+            known.insert((aggregate_type, id.to_owned()));
         }
     }
 

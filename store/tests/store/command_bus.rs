@@ -229,3 +229,44 @@ async fn postgres_es_reads_and_extends_streams_written_by_the_bus() {
     cqrs.execute("c1", CounterCommand::Add(4)).await.unwrap();
     assert_eq!(bus.load::<Counter>("c1").await.unwrap().aggregate.value, 7);
 }
+
+#[tokio::test]
+async fn a_command_that_would_start_a_stream_another_process_started_is_decided_on_its_state() {
+    let db = TestDb::new().await;
+    // Two processes: neither knows what the other wrote.
+    let (first, second) = (db.bus().await, db.bus().await);
+    let one = first
+        .execute::<Counter>("c1", CounterCommand::Add(1), &meta(Role::Operator))
+        .await
+        .unwrap();
+    assert_eq!((one.version, one.aggregate.value), (1, 1));
+    // On the empty state `Add(2)` would be the stream's first event; the stream has one,
+    // so it is decided again on the loaded state.
+    let two = second
+        .execute::<Counter>("c1", CounterCommand::Add(2), &meta(Role::Operator))
+        .await
+        .unwrap();
+    assert_eq!((two.version, two.aggregate.value), (2, 3));
+    // And the same, a second time, for a process that now knows the stream.
+    let three = second
+        .execute::<Counter>("c1", CounterCommand::Add(4), &meta(Role::Operator))
+        .await
+        .unwrap();
+    assert_eq!((three.version, three.aggregate.value), (3, 7));
+    assert_eq!(event_count(&first).await, 3);
+    assert_eq!(first.load::<Counter>("c1").await.unwrap().aggregate.value, 7);
+    // A repeated idempotency key is recognised from another process too.
+    let keyed = meta(Role::Operator).with_idempotency_key("k1");
+    first
+        .execute::<Counter>("c2", CounterCommand::Add(1), &keyed)
+        .await
+        .unwrap();
+    let again = db
+        .bus()
+        .await
+        .execute::<Counter>("c2", CounterCommand::Add(1), &keyed)
+        .await
+        .unwrap();
+    assert!(again.repeated);
+    assert_eq!(event_count(&first).await, 4);
+}
