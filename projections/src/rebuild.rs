@@ -285,14 +285,19 @@ type StatusRow = (
 /// The latest rebuild, if there was one.
 pub async fn rebuild_status(pool: &PgPool) -> Result<Option<RebuildStatus>, sqlx::Error> {
     let row: Option<StatusRow> = sqlx::query_as(
-        "SELECT CASE WHEN state = 'running' AND NOT EXISTS (SELECT 1 FROM pg_locks \
+        "SELECT CASE WHEN state = 'running' AND updated_at < now() - make_interval(secs => $2) \
+                  AND NOT EXISTS (SELECT 1 FROM pg_locks \
                   WHERE locktype = 'advisory' AND granted AND classid = 0 \
-                    AND objid = $1::bigint::oid AND objsubid = 1) \
+                    AND objid = $1::bigint::oid AND objsubid = 1 \
+                    AND database = (SELECT oid FROM pg_database WHERE datname = current_database())) \
                 THEN 'interrupted' ELSE state END, \
              read_models, events_applied, events_total, started_at, updated_at, finished_at, error \
          FROM rebuild_status",
     )
     .bind(REBUILD_LOCK)
+    // A running rebuild records itself every second; between its commit and its last
+    // record it holds no lock for a moment, which is not an interruption.
+    .bind(STALE_AFTER.as_secs_f64())
     .fetch_optional(pool)
     .await?;
     Ok(row.map(|r| RebuildStatus {
@@ -314,6 +319,9 @@ pub async fn rebuild_status(pool: &PgPool) -> Result<Option<RebuildStatus>, sqlx
 
 /// How often a running rebuild records how far it is.
 const RECORD_EVERY: Duration = Duration::from_secs(1);
+/// A row that says `running` without a rebuild holding the lock is an interrupted rebuild
+/// once it has not been recorded for this long.
+const STALE_AFTER: Duration = Duration::from_secs(5);
 
 /// What the rebuild has told its progress so far, shared with the task that records it.
 #[derive(Default)]
@@ -323,6 +331,8 @@ struct Tally {
     total: AtomicU64,
     applied: AtomicU64,
     started: Notify,
+    /// Asks the recording task to end (between records, never in the middle of one).
+    stop: Notify,
     /// Told once the rebuild's row says it runs (taken then).
     told: Mutex<Option<oneshot::Sender<()>>>,
 }
@@ -374,13 +384,19 @@ impl Tally {
     /// Records the running rebuild once it starts, then every [`RECORD_EVERY`]. A failed
     /// record is logged and tried again: the rebuild does not depend on it.
     async fn keep_recording(&self, pool: &PgPool) {
-        self.started.notified().await;
+        tokio::select! {
+            () = self.started.notified() => {}
+            () = self.stop.notified() => return,
+        }
         loop {
             match self.record(pool, "running", None).await {
                 Ok(()) => self.tell(),
                 Err(error) => tracing::warn!(%error, "cannot record the rebuild's progress"),
             }
-            tokio::time::sleep(RECORD_EVERY).await;
+            tokio::select! {
+                () = self.stop.notified() => return,
+                () = tokio::time::sleep(RECORD_EVERY) => {}
+            }
         }
     }
 }
@@ -450,8 +466,9 @@ async fn recorded(
         inner: progress,
     };
     let outcome = rebuild(pool, projections, batch_size, &recorder).await;
-    recording.abort();
-    // Ended, whatever it was doing (cancelled mid-record at worst).
+    // Stopped between records: a `running` record still in flight could land after the
+    // last one and undo it.
+    tally.stop.notify_one();
     let _ = recording.await;
     let begun = tally.begun().is_some();
     if !begun || matches!(outcome, Err(RebuildError::AlreadyRunning)) {

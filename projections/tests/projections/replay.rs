@@ -590,3 +590,34 @@ async fn a_live_projection_reads_only_the_payloads_it_asks_for() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_rebuild_left_running_without_its_lock_reads_as_interrupted_once_it_stops_recording() {
+    let db = testkit::TestDb::new().await;
+    let pool = db.pool().await;
+    // What a process killed mid-rebuild leaves: its row says running, nobody holds the lock.
+    let left = |seconds_ago: f64| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO rebuild_status (id, state, read_models, events_applied, events_total, \
+                     started_at, updated_at) \
+                 VALUES (true, 'running', ARRAY['runs'], 10, 100, now() - make_interval(secs => $1), \
+                     now() - make_interval(secs => $1)) \
+                 ON CONFLICT (id) DO UPDATE SET updated_at = EXCLUDED.updated_at",
+            )
+            .bind(seconds_ago)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    // Just recorded: a rebuild between its commit and its last record looks like this.
+    left(0.0).await;
+    let fresh = projections::rebuild_status(&pool).await.unwrap().unwrap();
+    assert_eq!(fresh.state, projections::RebuildState::Running);
+    // Silent for a minute: its process is gone.
+    left(60.0).await;
+    let stale = projections::rebuild_status(&pool).await.unwrap().unwrap();
+    assert_eq!(stale.state, projections::RebuildState::Interrupted);
+}

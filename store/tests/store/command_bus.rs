@@ -254,7 +254,10 @@ async fn a_command_that_would_start_a_stream_another_process_started_is_decided_
         .unwrap();
     assert_eq!((three.version, three.aggregate.value), (3, 7));
     assert_eq!(event_count(&first).await, 3);
-    assert_eq!(first.load::<Counter>("c1").await.unwrap().aggregate.value, 7);
+    assert_eq!(
+        first.load::<Counter>("c1").await.unwrap().aggregate.value,
+        7
+    );
     // A repeated idempotency key is recognised from another process too.
     let keyed = meta(Role::Operator).with_idempotency_key("k1");
     first
