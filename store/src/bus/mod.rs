@@ -15,7 +15,8 @@ use cqrs_es::Aggregate;
 use domain::{Authorize, Permission, Role, Services};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::metrics::{CommandLabels, Metrics};
@@ -95,6 +96,42 @@ pub struct CommandBus {
     /// Streams this process saw exist: a command on one is decided on its loaded state
     /// straight away (see [`CommandBus::append_as_new`]).
     existing: Arc<Mutex<HashSet<(&'static str, String)>>>,
+    announcer: Arc<Announcer>,
+}
+
+/// Announces this process's committed appends on [`EVENTS_CHANNEL`](crate::log::EVENTS_CHANNEL)
+/// so every instance's consumers wake. One task per bus sends the notifications, one at a
+/// time: commits signalled while one is being sent are covered by the next, so a burst of
+/// appends costs a notification or two, and no append's commit waits on the notification
+/// queue's lock (a trigger's NOTIFY made every appending transaction do so). Consumers poll
+/// as well, for appends whose process died before announcing them.
+#[derive(Default)]
+struct Announcer {
+    queue: OnceLock<mpsc::Sender<()>>,
+}
+
+impl Announcer {
+    /// Called after a commit that appended events.
+    fn announce(&self, pool: &PgPool) {
+        let queue = self.queue.get_or_init(|| {
+            let (sender, mut receiver) = mpsc::channel::<()>(1);
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                while receiver.recv().await.is_some() {
+                    if let Err(error) = sqlx::query("SELECT pg_notify($1, '')")
+                        .bind(crate::log::EVENTS_CHANNEL)
+                        .execute(&pool)
+                        .await
+                    {
+                        tracing::debug!(%error, "appends could not be announced; consumers will poll");
+                    }
+                }
+            });
+            sender
+        });
+        // Full: a notification not sent yet covers this commit too.
+        let _ = queue.try_send(());
+    }
 }
 
 /// Most streams remembered as existing; past it the memory starts over (a forgotten stream
@@ -127,6 +164,7 @@ impl CommandBus {
             services,
             metrics,
             existing: Arc::default(),
+            announcer: Arc::default(),
         }
     }
 
@@ -151,6 +189,7 @@ impl CommandBus {
         A::Command: Authorize + Clone + Send,
     {
         if let Some(created) = self.append_as_new::<A>(id, &command, metadata).await? {
+            self.announcer.announce(&self.pool);
             self.record(A::TYPE, "ok");
             self.metrics
                 .events_appended
@@ -185,6 +224,9 @@ impl CommandBus {
                     self.record(A::TYPE, outcome(&other));
                     if let Ok(c) = &other {
                         self.metrics.events_appended.inc_by(c.events.len() as u64);
+                        if !c.events.is_empty() {
+                            self.announcer.announce(&self.pool);
+                        }
                         if c.version > 0 {
                             self.remember(A::TYPE, id);
                         }
@@ -290,6 +332,9 @@ impl CommandBus {
         let mut conn = self.pool.acquire().await?;
         let appended = append_streams(&mut conn, streams).await?;
         self.metrics.events_appended.inc_by(appended);
+        if appended > 0 {
+            self.announcer.announce(&self.pool);
+        }
         Ok(())
     }
 
@@ -406,6 +451,9 @@ impl UnitOfWork {
     pub async fn commit(self) -> Result<(), sqlx::Error> {
         self.tx.commit().await?;
         self.bus.metrics.events_appended.inc_by(self.appended);
+        if self.appended > 0 {
+            self.bus.announcer.announce(&self.bus.pool);
+        }
         Ok(())
     }
 }
