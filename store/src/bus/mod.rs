@@ -188,14 +188,36 @@ impl CommandBus {
         A: Aggregate<Services = Services>,
         A::Command: Authorize + Clone + Send,
     {
-        if let Some(created) = self.append_as_new::<A>(id, &command, metadata).await? {
-            self.announcer.announce(&self.pool);
-            self.record(A::TYPE, "ok");
-            self.metrics
-                .events_appended
-                .inc_by(created.events.len() as u64);
-            return Ok(created);
+        let result = match self.append_as_new::<A>(id, &command, metadata).await {
+            Ok(Some(created)) => Ok(created),
+            Ok(None) => self.decide_on_loaded::<A>(id, command, metadata).await,
+            Err(e) => Err(e),
+        };
+        self.record(A::TYPE, outcome(&result));
+        if let Ok(c) = &result {
+            self.metrics.events_appended.inc_by(c.events.len() as u64);
+            if !c.events.is_empty() {
+                self.announcer.announce(&self.pool);
+            }
+            if c.version > 0 {
+                self.remember(A::TYPE, id);
+            }
         }
+        result
+    }
+
+    /// Loads, decides and appends; a lost optimistic race is decided again on the new
+    /// state.
+    async fn decide_on_loaded<A>(
+        &self,
+        id: &str,
+        command: A::Command,
+        metadata: &Metadata,
+    ) -> Result<Committed<A>, BusError<A::Error>>
+    where
+        A: Aggregate<Services = Services>,
+        A::Command: Authorize + Clone + Send,
+    {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -218,21 +240,8 @@ impl CommandBus {
                         "optimistic conflict, retrying"
                     );
                     conflict_pause(attempt).await;
-                    continue;
                 }
-                other => {
-                    self.record(A::TYPE, outcome(&other));
-                    if let Ok(c) = &other {
-                        self.metrics.events_appended.inc_by(c.events.len() as u64);
-                        if !c.events.is_empty() {
-                            self.announcer.announce(&self.pool);
-                        }
-                        if c.version > 0 {
-                            self.remember(A::TYPE, id);
-                        }
-                    }
-                    return other;
-                }
+                other => return other,
             }
         }
     }
@@ -268,26 +277,17 @@ impl CommandBus {
         let events = stage.pending_events();
         let mut conn = self.pool.acquire().await?;
         match append_streams(&mut conn, &mut [&mut stage]).await {
-            Ok(_) => {
-                self.remember(A::TYPE, id);
-                Ok(Some(Committed {
-                    version: stage.version(),
-                    aggregate: stage.into_state(),
-                    events,
-                    repeated: false,
-                }))
-            }
+            Ok(_) => Ok(Some(Committed {
+                version: stage.version(),
+                aggregate: stage.into_state(),
+                events,
+                repeated: false,
+            })),
             Err(AppendError::Conflict) => {
                 self.remember(A::TYPE, id);
                 Ok(None)
             }
-            Err(AppendError::Corrupt(source)) => Err(BusError::Corrupt {
-                aggregate_type: A::TYPE,
-                aggregate_id: id.to_owned(),
-                sequence: 0,
-                source,
-            }),
-            Err(AppendError::Database(e)) => Err(BusError::Database(e)),
+            Err(e) => Err(bus_error::<A>(e, id, stage.version())),
         }
     }
 
@@ -458,6 +458,23 @@ impl UnitOfWork {
     }
 }
 
+/// A failed append of stream `id` of `A`, at `sequence`, as the bus reports it.
+fn bus_error<A: Aggregate>(e: AppendError, id: &str, sequence: i64) -> BusError<A::Error> {
+    match e {
+        AppendError::Conflict => BusError::Conflict {
+            aggregate_type: A::TYPE,
+            aggregate_id: id.to_owned(),
+        },
+        AppendError::Corrupt(source) => BusError::Corrupt {
+            aggregate_type: A::TYPE,
+            aggregate_id: id.to_owned(),
+            sequence,
+            source,
+        },
+        AppendError::Database(e) => BusError::Database(e),
+    }
+}
+
 /// The one-aggregate command path: load, decide on a stage (the same decision path as
 /// staged appends: role, idempotency, `handle`), append what was decided in one statement.
 async fn decide_and_append<A>(
@@ -508,19 +525,7 @@ where
             let version = stage.version();
             append_streams(conn, &mut [&mut stage])
                 .await
-                .map_err(|e| match e {
-                    AppendError::Conflict => BusError::Conflict {
-                        aggregate_type: A::TYPE,
-                        aggregate_id: id.to_owned(),
-                    },
-                    AppendError::Corrupt(source) => BusError::Corrupt {
-                        aggregate_type: A::TYPE,
-                        aggregate_id: id.to_owned(),
-                        sequence: version,
-                        source,
-                    },
-                    AppendError::Database(e) => BusError::Database(e),
-                })?;
+                .map_err(|e| bus_error::<A>(e, id, version))?;
             tracing::debug!(events = events.len(), version, "command applied");
         }
         Ok(Committed {
