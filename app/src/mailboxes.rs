@@ -73,17 +73,34 @@ pub async fn schedule_work(
     message_id: Option<&str>,
     due_at: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    let key = work_key(kind, mailbox, message_id);
+    schedule_works(conn, kind, &[(mailbox, workspace, message_id)], due_at).await
+}
+
+/// [`schedule_work`] for several rows of one kind (mailbox, workspace, message), in one
+/// statement.
+async fn schedule_works(
+    conn: &mut PgConnection,
+    kind: &str,
+    rows: &[(MailboxId, &str, Option<&str>)],
+    due_at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let keys: Vec<String> = rows
+        .iter()
+        .map(|(mailbox, _, message)| work_key(kind, *mailbox, *message))
+        .collect();
+    let mailboxes: Vec<Uuid> = rows.iter().map(|(m, ..)| m.as_uuid()).collect();
+    let workspaces: Vec<&str> = rows.iter().map(|(_, w, _)| *w).collect();
+    let messages: Vec<Option<&str>> = rows.iter().map(|(.., m)| *m).collect();
     sqlx::query(
         "INSERT INTO mail_work (work_key, kind, mailbox_id, workspace_id, message_id, due_at) \
-         VALUES ($1, $2, $3, $4, $5, $6) \
+         SELECT k, $5, m, w, i, $6 FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[]) AS t(k, m, w, i) \
          ON CONFLICT (work_key) DO UPDATE SET due_at = LEAST(mail_work.due_at, EXCLUDED.due_at)",
     )
-    .bind(key)
+    .bind(&keys)
+    .bind(&mailboxes)
+    .bind(&workspaces)
+    .bind(&messages)
     .bind(kind)
-    .bind(mailbox.as_uuid())
-    .bind(workspace)
-    .bind(message_id)
     .bind(due_at)
     .execute(conn)
     .await?;
@@ -533,31 +550,14 @@ async fn record_messages(
         .map(|s| s as &mut dyn store::StagedStream)
         .collect();
     uow.append_all(&mut appending).await?;
-    let fetches: Vec<&Notified> = messages
+    let fetches: Vec<(MailboxId, &str, Option<&str>)> = messages
         .iter()
         .zip(&new)
-        .filter_map(|(m, new)| new.then_some(m))
+        .filter(|(_, new)| **new)
+        .map(|(m, _)| (m.mailbox, m.workspace.as_str(), Some(m.message_id.as_str())))
         .collect();
     if !fetches.is_empty() {
-        let keys: Vec<String> = fetches
-            .iter()
-            .map(|m| work_key("fetch", m.mailbox, Some(&m.message_id)))
-            .collect();
-        let mailboxes: Vec<Uuid> = fetches.iter().map(|m| m.mailbox.as_uuid()).collect();
-        let workspaces: Vec<&str> = fetches.iter().map(|m| m.workspace.as_str()).collect();
-        let message_ids: Vec<&str> = fetches.iter().map(|m| m.message_id.as_str()).collect();
-        sqlx::query(
-            "INSERT INTO mail_work (work_key, kind, mailbox_id, workspace_id, message_id, due_at) \
-             SELECT k, 'fetch', m, w, i, $5 FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[]) AS t(k, m, w, i) \
-             ON CONFLICT (work_key) DO UPDATE SET due_at = LEAST(mail_work.due_at, EXCLUDED.due_at)",
-        )
-        .bind(&keys)
-        .bind(&mailboxes)
-        .bind(&workspaces)
-        .bind(&message_ids)
-        .bind(now)
-        .execute(uow.connection())
-        .await?;
+        schedule_works(uow.connection(), "fetch", &fetches, now).await?;
     }
     Ok(new)
 }
