@@ -131,7 +131,6 @@ async fn measure(config: &Config, pool: &PgPool, events: usize) -> anyhow::Resul
 
 /// The template history, through the real use cases, and the SQL function that copies it.
 async fn template(config: &Config, pool: &PgPool) -> anyhow::Result<()> {
-    use domain::run::{OperationRun, RunCommand};
     use domain::{Provider, Role};
     // k-th copy: the workspace renamed, and the last group of every UUID led by k.
     sqlx::query(
@@ -190,37 +189,7 @@ async fn template(config: &Config, pool: &PgPool) -> anyhow::Result<()> {
         .await
         .map_err(err)?;
         for _ in 0..2 {
-            let started =
-                app::start_operation(&bus, &owner, &tenant, "policy.resync", "conditional_access")
-                    .await
-                    .map_err(err)?;
-            let run_id = started.run_id();
-            let id = run_id.to_string();
-            for command in [
-                RunCommand::Start,
-                RunCommand::CompleteStep {
-                    step: "snapshot_policies".into(),
-                    attempt: 1,
-                    summary: serde_json::json!({ "policy_count": 12, "unchanged": true }),
-                },
-                RunCommand::Succeed {
-                    summary_counts: [("policy_count".to_owned(), 12)].into(),
-                },
-            ] {
-                bus.execute::<OperationRun>(&id, command, &engine)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-            }
-            let mut uow = bus.begin().await?;
-            let run = uow
-                .load::<OperationRun>(&id)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .aggregate;
-            app::release_scope(&mut uow, &run, run_id)
-                .await
-                .map_err(err)?;
-            uow.commit().await?;
+            crate::bench::finished_resync(&bus, &owner, &engine, &tenant).await?;
         }
     }
     Ok(())

@@ -1,7 +1,8 @@
-//! `tenantflow bench graphql`: a dashboard's list page (20 tenants) over HTTP — GraphQL,
-//! keep-alive connections, the service's router in this process — against the same SQL
-//! page read directly (the resolver's query in the same workspace-reader transaction), at
-//! 1 and at 32 concurrent clients, in a scratch database.
+//! `tenantflow bench graphql`: what a dashboard reads over HTTP — GraphQL, keep-alive
+//! connections, the service's router in this process — against the same SQL read directly
+//! (the resolvers' queries in the same workspace-reader transaction), at 1 and at 32
+//! concurrent clients, in a scratch database. Three pages: the tenant list (20 tenants), the
+//! run list (20 runs) and one run with its steps.
 
 use anyhow::Context;
 use serde::Serialize;
@@ -15,18 +16,48 @@ use crate::config::Config;
 use crate::serve::Database;
 
 /// The page a tenant list screen asks for.
-const LIST_PAGE: &str = "{ tenants(first: 20) { edges { node { id displayName primaryDomain status lastResyncedAt } } pageInfo { hasNextPage endCursor } } }";
+const TENANTS_PAGE: &str = "{ tenants(first: 20) { edges { node { id displayName primaryDomain status lastResyncedAt } } pageInfo { hasNextPage endCursor } } }";
 
 /// The resolver's SQL for that page (api/src/graphql/query.rs, `tenants`).
-const SQL_PAGE: &str =
+const TENANTS_SQL: &str =
     "SELECT tenant_key, entra_tenant_id, display_name, primary_domain, status, registered_at, \
      archived_at, last_resynced_at, intent_snapshot_id, intent_hash, intent_seeded_at \
      FROM rm_tenants WHERE workspace_id = $1 ORDER BY display_name, tenant_key LIMIT 21";
+
+/// The page a run list screen asks for.
+const RUNS_PAGE: &str = "{ runs(first: 20) { edges { node { id type tenantId status outcome queuedAt completedAt reasonCode } } pageInfo { hasNextPage endCursor } } }";
+
+/// The resolver's SQL for that page (`runs`, api/src/graphql/types.rs `RUN_COLUMNS`).
+const RUNS_SQL: &str =
+    "SELECT run_id, run_type, tenant_key, tenantflow_run_status(run_id, status) AS status, outcome, cancel_requested, \
+     context, initiator, summary_counts, failure_summary, reason_code, next_steps, queued_at, \
+     tenantflow_run_started_at(run_id, started_at) AS started_at, completed_at, retry_of \
+     FROM rm_runs WHERE workspace_id = $1 ORDER BY queued_at DESC, run_id DESC LIMIT 21";
+
+/// A run's page: the run and every step attempt.
+const RUN_PAGE: &str = "query($id: String!) { run(id: $id) { id type status outcome queuedAt completedAt steps { step attempt status recordedAt } } }";
+
+/// The resolvers' SQL for that page: the run, its steps, its checkpoint.
+const RUN_SQL: [&str; 3] = [
+    "SELECT run_id, run_type, tenant_key, tenantflow_run_status(run_id, status) AS status, outcome, cancel_requested, \
+     context, initiator, summary_counts, failure_summary, reason_code, next_steps, queued_at, \
+     tenantflow_run_started_at(run_id, started_at) AS started_at, completed_at, retry_of \
+     FROM rm_runs WHERE run_id = $1",
+    "SELECT step, attempt, status, reason_code, message, summary, retry_at, started_at, recorded_at FROM rm_run_steps \
+     WHERE run_id = $1 ORDER BY recorded_at, step, attempt LIMIT 500",
+    "SELECT progress FROM workflow_tasks WHERE run_id = $1",
+];
+
+/// Tenants that get runs, and runs each.
+const TENANTS_WITH_RUNS: usize = 20;
+const RUNS_PER_TENANT: usize = 3;
 
 const WORKSPACE: &str = "bench";
 
 #[derive(Debug, Serialize)]
 struct AtConcurrency {
+    /// `tenants`, `runs` or `run`.
+    page: &'static str,
     concurrency: usize,
     graphql: PhaseResult,
     sql: PhaseResult,
@@ -41,7 +72,7 @@ struct GraphqlReport {
     requests: usize,
     runs: Vec<AtConcurrency>,
     target_ratio: f64,
-    /// The p99 the list page must stay under at 32 clients.
+    /// The p99 every page must stay under at 32 clients.
     target_p99_ms_at_32: f64,
 }
 
@@ -52,13 +83,14 @@ pub async fn run(
     json: PathBuf,
 ) -> anyhow::Result<()> {
     let db = Database::open_scratch(&config, "tenantflow_bench_graphql").await?;
-    let result = measure_on(&config, &db.pool, tenants, requests).await;
+    let result = measure_on(&config, &db.pool, tenants.max(TENANTS_WITH_RUNS), requests).await;
     db.close().await?;
     let report = result?;
     for r in &report.runs {
         tracing::info!(
+            page = r.page,
             concurrency = r.concurrency,
-            "GraphQL list page: {:.0}/s (p50 {:.2} ms, p99 {:.2} ms); same SQL page: {:.0}/s (p99 {:.2} ms); ratio {:.2} (target >= {:.1})",
+            "GraphQL: {:.0}/s (p50 {:.2} ms, p99 {:.2} ms); same SQL: {:.0}/s (p99 {:.2} ms); ratio {:.2} (target >= {:.1})",
             r.graphql.per_second,
             r.graphql.p50_ms,
             r.graphql.p99_ms,
@@ -71,6 +103,14 @@ pub async fn run(
     crate::bench::publish(&report, &json)
 }
 
+/// One page as a dashboard asks for it, and the rows the SQL side must find.
+struct Page {
+    name: &'static str,
+    body: serde_json::Value,
+    /// Checks the GraphQL answer.
+    check: fn(&serde_json::Value) -> bool,
+}
+
 async fn measure_on(
     config: &Config,
     pool: &PgPool,
@@ -80,10 +120,12 @@ async fn measure_on(
     let metrics = store::Metrics::new();
     let bus = store::CommandBus::new(pool.clone(), domain::Services::system(), metrics.clone());
     let owner = store::Metadata::new(WORKSPACE, "bench", domain::Role::Owner);
+    let engine = store::Metadata::new(WORKSPACE, "workflow:bench", domain::Role::System);
     let run: u32 = rand::random();
+    let mut last_run = None;
     for i in 0..tenants {
         let guid = format!("{run:08x}-0000-4000-8000-{i:012x}").parse()?;
-        app::register_tenant(
+        let tenant = app::register_tenant(
             &bus,
             &owner,
             guid,
@@ -92,10 +134,22 @@ async fn measure_on(
         )
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if i < TENANTS_WITH_RUNS {
+            for _ in 0..RUNS_PER_TENANT {
+                last_run =
+                    Some(crate::bench::finished_resync(&bus, &owner, &engine, &tenant).await?);
+            }
+        }
     }
-    projections::rebuild(pool, &[&projections::Tenants], 1000, &crate::bench::Quiet)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let last_run = last_run.context("no run was made")?;
+    projections::rebuild(
+        pool,
+        &[&projections::Tenants, &projections::Runs],
+        1000,
+        &crate::bench::Quiet,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
 
     // The service's router, as `serve` builds it, on a loopback port.
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -135,61 +189,100 @@ async fn measure_on(
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()?;
-    let body = Arc::new(serde_json::json!({ "query": LIST_PAGE }));
-    let page = {
-        let (client, url, token, body) = (client.clone(), url.clone(), token.clone(), body.clone());
-        move |_: usize| {
-            let (client, url, token, body) =
-                (client.clone(), url.clone(), token.clone(), body.clone());
-            async move {
-                let answer: serde_json::Value = client
-                    .post(&url)
-                    .bearer_auth(&token)
-                    .json(&*body)
-                    .send()
-                    .await?
-                    .error_for_status()?
-                    .json()
-                    .await?;
-                let edges = answer["data"]["tenants"]["edges"].as_array().map(Vec::len);
-                anyhow::ensure!(
-                    edges == Some(20.min(tenants)),
-                    "unexpected answer: {answer}"
-                );
-                Ok(())
-            }
-        }
-    };
-    let sql = {
-        let pool = pool.clone();
-        move |_: usize| {
-            let pool = pool.clone();
-            async move {
-                let mut tx = store::db::workspace_reader(&pool, WORKSPACE).await?;
-                let rows = sqlx::query(SQL_PAGE)
-                    .bind(WORKSPACE)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                anyhow::ensure!(rows.len() == 21.min(tenants), "unexpected page");
-                Ok(())
-            }
-        }
-    };
-
+    let pages = [
+        Page {
+            name: "tenants",
+            body: serde_json::json!({ "query": TENANTS_PAGE }),
+            check: |a| a["data"]["tenants"]["edges"].as_array().map(Vec::len) == Some(20),
+        },
+        Page {
+            name: "runs",
+            body: serde_json::json!({ "query": RUNS_PAGE }),
+            check: |a| a["data"]["runs"]["edges"].as_array().map(Vec::len) == Some(20),
+        },
+        Page {
+            name: "run",
+            body: serde_json::json!({ "query": RUN_PAGE, "variables": { "id": last_run.to_string() } }),
+            check: |a| {
+                a["data"]["run"]["steps"]
+                    .as_array()
+                    .is_some_and(|s| !s.is_empty())
+            },
+        },
+    ];
     let mut runs = Vec::new();
-    for concurrency in [1, 32] {
-        // Warm-up: connections opened, statements prepared.
-        measure(200, concurrency, page.clone()).await?;
-        measure(200, concurrency, sql.clone()).await?;
-        let graphql = measure(requests, concurrency, page.clone()).await?;
-        let sql = measure(requests, concurrency, sql.clone()).await?;
-        runs.push(AtConcurrency {
-            concurrency,
-            ratio: graphql.per_second / sql.per_second,
-            graphql,
-            sql,
-        });
+    for page in pages {
+        let graphql = {
+            let (client, url, token) = (client.clone(), url.clone(), token.clone());
+            let (body, check) = (Arc::new(page.body), page.check);
+            move |_: usize| {
+                let (client, url, token, body) =
+                    (client.clone(), url.clone(), token.clone(), body.clone());
+                async move {
+                    let answer: serde_json::Value = client
+                        .post(&url)
+                        .bearer_auth(&token)
+                        .json(&*body)
+                        .send()
+                        .await?
+                        .error_for_status()?
+                        .json()
+                        .await?;
+                    anyhow::ensure!(check(&answer), "unexpected answer: {answer}");
+                    Ok(())
+                }
+            }
+        };
+        let name = page.name;
+        let sql = {
+            let pool = pool.clone();
+            move |_: usize| {
+                let pool = pool.clone();
+                async move {
+                    let mut tx = store::db::workspace_reader(&pool, WORKSPACE).await?;
+                    let found = match name {
+                        "tenants" => sqlx::query(TENANTS_SQL)
+                            .bind(WORKSPACE)
+                            .fetch_all(&mut *tx)
+                            .await?
+                            .len(),
+                        "runs" => sqlx::query(RUNS_SQL)
+                            .bind(WORKSPACE)
+                            .fetch_all(&mut *tx)
+                            .await?
+                            .len(),
+                        _ => {
+                            let mut rows = 0;
+                            for sql in RUN_SQL {
+                                rows += sqlx::query(sql)
+                                    .bind(last_run)
+                                    .fetch_all(&mut *tx)
+                                    .await?
+                                    .len();
+                            }
+                            rows
+                        }
+                    };
+                    tx.commit().await?;
+                    anyhow::ensure!(found > 1, "unexpected page");
+                    Ok(())
+                }
+            }
+        };
+        for concurrency in [1, 32] {
+            // Warm-up: connections opened, statements prepared.
+            measure(200, concurrency, graphql.clone()).await?;
+            measure(200, concurrency, sql.clone()).await?;
+            let graphql = measure(requests, concurrency, graphql.clone()).await?;
+            let sql = measure(requests, concurrency, sql.clone()).await?;
+            runs.push(AtConcurrency {
+                page: name,
+                concurrency,
+                ratio: graphql.per_second / sql.per_second,
+                graphql,
+                sql,
+            });
+        }
     }
     shutdown.cancel();
     server

@@ -209,8 +209,8 @@ impl Bounded {
         &self,
         request: async_graphql::Request,
     ) -> Result<async_graphql::Request, Box<async_graphql::Response>> {
-        let request = self.state.persisted.resolve(request)?;
-        crate::graphql::checked(&request, &self.limits)?;
+        let mut request = self.state.persisted.resolve(request)?;
+        crate::graphql::checked(&mut request, &self.limits)?;
         Ok(request)
     }
 }

@@ -50,13 +50,47 @@ pub async fn migrations_current(pool: &PgPool) -> Result<bool, DbError> {
 /// row-level security policies admit only rows of the workspace set in `app.workspace`
 /// (read models, and events by their metadata), so a query whose own filter is wrong still
 /// sees no other workspace's data (R8.3).
+///
+/// A workspace that is a slug (`domain::WorkspaceId`: lower-case letters, digits and `-`,
+/// nothing that can close a literal) is set in the `BEGIN` itself, so the transaction costs
+/// one round trip before its first query instead of three; anything else is bound as a
+/// parameter.
 pub async fn workspace_reader(
     pool: &PgPool,
     workspace: &str,
 ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET LOCAL ROLE tenantflow_reader")
-        .execute(&mut *tx)
+    confined(pool, workspace, "BEGIN").await
+}
+
+/// [`workspace_reader`] in one snapshot: every statement sees the log and read models as
+/// they were at its first (`REPEATABLE READ`; read-only, so it never fails to serialise).
+pub async fn workspace_snapshot(
+    pool: &PgPool,
+    workspace: &str,
+) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    confined(
+        pool,
+        workspace,
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+    )
+    .await
+}
+
+async fn confined(
+    pool: &PgPool,
+    workspace: &str,
+    begin: &str,
+) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    if workspace.parse::<domain::WorkspaceId>().is_ok() {
+        return pool
+            .begin_with(format!(
+                "{begin}; SET LOCAL ROLE tenantflow_reader; \
+                 SELECT set_config('app.workspace', '{workspace}', true)"
+            ))
+            .await;
+    }
+    let mut tx = pool
+        .begin_with(format!("{begin}; SET LOCAL ROLE tenantflow_reader"))
         .await?;
     sqlx::query("SELECT set_config('app.workspace', $1, true)")
         .bind(workspace)

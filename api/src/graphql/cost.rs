@@ -35,9 +35,11 @@ impl Default for QueryLimits {
     }
 }
 
-/// Refuses a request whose query is over the limits or that carries a NUL character.
+/// Refuses a request whose query is over the limits or that carries a NUL character. The
+/// document parsed for the checks is kept in the request, so execution does not parse it
+/// again.
 pub(crate) fn check(
-    request: &async_graphql::Request,
+    request: &mut async_graphql::Request,
     limits: &QueryLimits,
 ) -> Result<(), Box<async_graphql::Response>> {
     let query = &request.query;
@@ -64,7 +66,9 @@ pub(crate) fn check(
             limits.max_expanded_selections
         )));
     }
-    check_variables(&doc, request)
+    check_variables(&doc, request)?;
+    request.set_parsed_query(doc);
+    Ok(())
 }
 
 /// Each variable's value against the type its operation declares, for the built-in
@@ -284,10 +288,10 @@ mod tests {
         let limits = QueryLimits::default();
         let q = "query($i: Int!, $s: String, $l: [ID!], $b: Boolean!) { me { role } }";
         let ok = serde_json::json!({ "i": 5, "s": null, "l": ["a", 7], "b": true });
-        assert!(check(&with_variables(q, ok), &limits).is_ok());
+        assert!(check(&mut with_variables(q, ok), &limits).is_ok());
         // A single value where a list is declared is a list of one.
         let one = serde_json::json!({ "i": 5, "l": "a", "b": false });
-        assert!(check(&with_variables(q, one), &limits).is_ok());
+        assert!(check(&mut with_variables(q, one), &limits).is_ok());
         for bad in [
             serde_json::json!({ "i": "s3cret", "b": true }),
             serde_json::json!({ "i": 1.5, "b": true }),
@@ -297,7 +301,7 @@ mod tests {
             serde_json::json!({ "i": null, "b": true }),
             serde_json::json!({ "i": 1, "b": "yes" }),
         ] {
-            let refused = check(&with_variables(q, bad.clone()), &limits).unwrap_err();
+            let refused = check(&mut with_variables(q, bad.clone()), &limits).unwrap_err();
             let message = &refused.errors[0].message;
             assert!(message.contains("is declared"), "{bad}: {message}");
             assert!(
@@ -310,7 +314,7 @@ mod tests {
     #[test]
     fn over_the_limit_or_with_a_nul_is_refused_as_validation_failed() {
         let limits = QueryLimits::default();
-        let refused = check(&async_graphql::Request::new(doubling(30)), &limits).unwrap_err();
+        let refused = check(&mut async_graphql::Request::new(doubling(30)), &limits).unwrap_err();
         assert_eq!(
             refused.errors[0]
                 .extensions
@@ -319,13 +323,18 @@ mod tests {
                 .map(|c| c.to_string()),
             Some("\"validation_failed\"".to_owned())
         );
-        assert!(check(&async_graphql::Request::new("{ me { role } }"), &limits).is_ok());
-        assert!(check(&async_graphql::Request::new("{ me { role } }\0"), &limits).is_err());
-        let with_nul = async_graphql::Request::new("query($s: String) { me { role } }").variables(
-            async_graphql::Variables::from_json(serde_json::json!({ "s": "a\u{0}b" })),
-        );
-        assert!(check(&with_nul, &limits).is_err());
+        assert!(check(&mut async_graphql::Request::new("{ me { role } }"), &limits).is_ok());
+        assert!(check(
+            &mut async_graphql::Request::new("{ me { role } }\0"),
+            &limits
+        )
+        .is_err());
+        let mut with_nul = async_graphql::Request::new("query($s: String) { me { role } }")
+            .variables(async_graphql::Variables::from_json(
+                serde_json::json!({ "s": "a\u{0}b" }),
+            ));
+        assert!(check(&mut with_nul, &limits).is_err());
         let long = "#".repeat(limits.max_query_bytes + 1);
-        assert!(check(&async_graphql::Request::new(long), &limits).is_err());
+        assert!(check(&mut async_graphql::Request::new(long), &limits).is_err());
     }
 }

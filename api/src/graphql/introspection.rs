@@ -35,19 +35,19 @@ pub(crate) enum Route {
 }
 
 /// Where `query` (with the operation the request names) goes.
-pub(crate) fn route(query: &str, operation_name: Option<&str>) -> Route {
-    let Ok(doc) = async_graphql::parser::parse_query(query) else {
+pub(crate) fn route(doc: Option<&ExecutableDocument>, operation_name: Option<&str>) -> Route {
+    let Some(doc) = doc else {
         return Route::Ordinary;
     };
-    let Some(op) = super::cost::operation(&doc, operation_name) else {
+    let Some(op) = super::cost::operation(doc, operation_name) else {
         return Route::Ordinary;
     };
     if op.node.ty != OperationType::Query
-        || !only_introspection(&doc, &op.node.selection_set.node, &mut HashSet::new())
+        || !only_introspection(doc, &op.node.selection_set.node, &mut HashSet::new())
     {
         return Route::Ordinary;
     }
-    if list_nesting(&doc, &op.node.selection_set.node, 0, &mut Vec::new()) >= MAX_LIST_NESTING {
+    if list_nesting(doc, &op.node.selection_set.node, 0, &mut Vec::new()) >= MAX_LIST_NESTING {
         Route::TooDeep
     } else {
         Route::Introspection
@@ -152,6 +152,12 @@ pub(crate) fn too_deep() -> async_graphql::Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// How the text `query` is routed (parsed as the HTTP layer parses it).
+    fn route(query: &str, operation_name: Option<&str>) -> Route {
+        let doc = async_graphql::parser::parse_query(query).ok();
+        super::route(doc.as_ref(), operation_name)
+    }
 
     #[test]
     fn a_query_of_introspection_fields_only_is_introspection() {

@@ -19,6 +19,7 @@ mod rebuild;
 mod subscription;
 mod types;
 
+use async_graphql::parser::types::OperationType;
 use async_graphql::Schema;
 
 pub use cost::QueryLimits;
@@ -80,15 +81,28 @@ pub(crate) async fn execute(
     limits: &QueryLimits,
     request: async_graphql::Request,
 ) -> async_graphql::Response {
-    let request = match persisted.resolve(request) {
+    let mut request = match persisted.resolve(request) {
         Ok(request) => request,
         Err(refused) => return *refused,
     };
-    // Before anything whose cost grows with the query's fragments.
-    if let Err(refused) = cost::check(&request, limits) {
+    // Before anything whose cost grows with the query's fragments; it keeps the parsed
+    // document in the request (what does not parse is left to execution to report).
+    if let Err(refused) = cost::check(&mut request, limits) {
         return *refused;
     }
-    match route(&request.query, request.operation_name.as_deref()) {
+    let operation_name = request.operation_name.take();
+    let parsed = request.parsed_query().ok();
+    let is_query = parsed
+        .and_then(|doc| cost::operation(doc, operation_name.as_deref()))
+        .is_some_and(|op| op.node.ty == OperationType::Query);
+    let route = route(parsed, operation_name.as_deref());
+    request.operation_name = operation_name;
+    match route {
+        Route::Ordinary if is_query => {
+            schema
+                .execute(request.data(query::RequestReader::default()))
+                .await
+        }
         Route::Ordinary => schema.execute(request).await,
         Route::Introspection => {
             introspection::schema()
@@ -101,7 +115,7 @@ pub(crate) async fn execute(
 
 /// The checks a request's document passes before it is validated (see `cost`).
 pub(crate) fn checked(
-    request: &async_graphql::Request,
+    request: &mut async_graphql::Request,
     limits: &QueryLimits,
 ) -> Result<(), Box<async_graphql::Response>> {
     cost::check(request, limits)

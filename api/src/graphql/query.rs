@@ -6,7 +6,8 @@ use async_graphql::connection::Connection;
 use async_graphql::{Context, InputObject, Object, ID};
 use chrono::{DateTime, Utc};
 use domain::run::{RunOutcome, RunStatus};
-use sqlx::{Postgres, QueryBuilder, Transaction};
+use sqlx::{PgConnection, Postgres, QueryBuilder, Transaction};
+use std::sync::Arc;
 use store::history::{AggregateKind, HistoryError};
 use uuid::Uuid;
 
@@ -25,11 +26,56 @@ pub(crate) fn state<'a>(ctx: &'a Context<'_>) -> async_graphql::Result<&'a AppSt
     ctx.data::<AppState>()
 }
 
-/// A read transaction confined to the caller's workspace by row-level security.
-pub(crate) async fn reader(
-    ctx: &Context<'_>,
-) -> async_graphql::Result<Transaction<'static, Postgres>> {
-    reader_for(&state(ctx)?.pool, &caller(ctx)?.workspace).await
+/// A read transaction confined to the caller's workspace by row-level security: the
+/// request's shared one when it has one (a query over HTTP, see [`RequestReader`]), else
+/// one of its own.
+pub(crate) async fn reader(ctx: &Context<'_>) -> async_graphql::Result<Reader> {
+    let (pool, workspace) = (&state(ctx)?.pool, &caller(ctx)?.workspace);
+    let Some(shared) = ctx.data_opt::<RequestReader>() else {
+        return Ok(Reader::Own(reader_for(pool, workspace).await?));
+    };
+    let mut slot = shared.0.clone().lock_owned().await;
+    if slot.is_none() {
+        let tx = store::db::workspace_snapshot(pool, workspace)
+            .await
+            .map_err(internal)?;
+        *slot = Some(tx);
+    }
+    Ok(Reader::Shared(slot))
+}
+
+/// One read transaction for every resolver of a query request, opened by the first read:
+/// a list page whose rows each load more (a run's steps, a tenant's connections) costs one
+/// `BEGIN` and workspace set-up instead of one per field, and sees one point of the log
+/// throughout (`REPEATABLE READ`). Resolvers take it in turn. Mutations and subscriptions
+/// do not get one: a mutation reads its own writes, and a subscription must not hold a
+/// transaction open.
+#[derive(Clone, Default)]
+pub(crate) struct RequestReader(Arc<tokio::sync::Mutex<Option<Transaction<'static, Postgres>>>>);
+
+/// A workspace-confined read transaction (see [`reader`]): use it as a connection.
+pub(crate) enum Reader {
+    Own(Transaction<'static, Postgres>),
+    Shared(tokio::sync::OwnedMutexGuard<Option<Transaction<'static, Postgres>>>),
+}
+
+impl std::ops::Deref for Reader {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        match self {
+            Reader::Own(tx) => tx,
+            Reader::Shared(slot) => slot.as_ref().expect("a shared reader is opened before use"),
+        }
+    }
+}
+
+impl std::ops::DerefMut for Reader {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        match self {
+            Reader::Own(tx) => tx,
+            Reader::Shared(slot) => slot.as_mut().expect("a shared reader is opened before use"),
+        }
+    }
 }
 
 /// A read transaction as `tenantflow_reader` with `app.workspace` set to `workspace`.

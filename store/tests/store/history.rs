@@ -186,3 +186,31 @@ async fn a_workspace_reader_sees_only_its_own_workspaces_streams() {
         .unwrap()
         .is_empty());
 }
+
+#[tokio::test]
+async fn a_workspace_reader_runs_as_the_reader_role_with_its_workspace_set_whatever_the_name() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    // A slug is set in the BEGIN itself; anything else is bound as a parameter, so a name
+    // that would close a literal is only a name.
+    for workspace in ["acme", "globex-2", "Acme'; RESET ROLE; --", "a\\'b"] {
+        let plain = store::db::workspace_reader(&pool, workspace).await.unwrap();
+        let snapshot = store::db::workspace_snapshot(&pool, workspace)
+            .await
+            .unwrap();
+        for (mut tx, isolation) in [(plain, "read committed"), (snapshot, "repeatable read")] {
+            let seen: (String, String, String) = sqlx::query_as(
+                "SELECT current_user::text, current_setting('app.workspace'), \
+                 current_setting('transaction_isolation')",
+            )
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+            // (SET LOCAL outside a transaction would have left neither.)
+            assert_eq!(
+                (seen.0.as_str(), seen.1.as_str(), seen.2.as_str()),
+                ("tenantflow_reader", workspace, isolation)
+            );
+        }
+    }
+}
