@@ -174,6 +174,7 @@ async fn measure_on(
             workflows: workflows::Registry::standard(),
             limits: api::Limits::default(),
             graph_endpoint: "simulator".to_owned(),
+            replica: None,
         },
         &shutdown,
     );

@@ -147,6 +147,7 @@ async fn mail(
             workflows: parts.workflows.clone(),
             limits: api::Limits::default(),
             graph_endpoint: "simulator".to_owned(),
+            replica: None,
         },
         &shutdown,
     );

@@ -24,6 +24,13 @@ pub enum LogFormat {
 pub struct Config {
     /// An existing PostgreSQL server; without it an embedded cluster is started.
     pub database_url: Option<SecretString>,
+    /// A streaming replica of the database (`TENANTFLOW_DATABASE_READ_URL`): GraphQL
+    /// queries read there while it is within `database_read_max_lag_ms` of the primary and
+    /// has replayed the caller's own last write; everything else uses the primary.
+    pub database_read_url: Option<SecretString>,
+    /// How far behind the primary (ms) the read replica may be before queries go to the
+    /// primary instead.
+    pub database_read_max_lag_ms: u64,
     /// Where the embedded cluster, its password and the vault key live.
     pub data_dir: PathBuf,
     /// HTTP listen address.
@@ -115,6 +122,7 @@ struct Defaults {
     log_format: LogFormat,
     log_filter: String,
     database_max_connections: u32,
+    database_read_max_lag_ms: u64,
     demo_tenants: usize,
     workflow_workers: usize,
     workflow_lease_seconds: u64,
@@ -136,6 +144,7 @@ impl Default for Defaults {
             log_format: LogFormat::Pretty,
             log_filter: "info,sqlx=warn".to_owned(),
             database_max_connections: 20,
+            database_read_max_lag_ms: 5000,
             demo_tenants: 5,
             workflow_workers: 4,
             workflow_lease_seconds: 60,

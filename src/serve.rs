@@ -197,6 +197,8 @@ pub struct ApiSettings {
     pub limits: api::Limits,
     /// Which Graph the workflows call, shown on every connection.
     pub graph_endpoint: String,
+    /// Where queries read, when not from the primary.
+    pub replica: Option<store::ReadReplica>,
 }
 
 /// The API's state as the service serves it (also served by `bench graphql`).
@@ -221,7 +223,42 @@ pub fn app_state(
         limits: settings.limits,
         graph_endpoint: settings.graph_endpoint,
         mail_recorder: Default::default(),
+        replica: settings.replica,
     }))
+}
+
+/// The read replica of `database_read_url`, checked to be a standby of this database.
+async fn read_replica(
+    config: &Config,
+    db: &Database,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<store::ReadReplica>> {
+    let Some(url) = &config.database_read_url else {
+        return Ok(None);
+    };
+    let options = PgConnectOptions::from_str(url.expose_secret())
+        .context("database_read_url is not a valid postgres:// URL")?;
+    let pool = store::connect(options, config.database_max_connections)
+        .await
+        .context("cannot connect to the read replica (database_read_url)")?;
+    let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+        .fetch_one(&pool)
+        .await?;
+    anyhow::ensure!(
+        standby,
+        "database_read_url names a server that is not a standby (pg_is_in_recovery() is false): it would not follow the primary"
+    );
+    let options = store::ReplicaOptions {
+        max_lag: std::time::Duration::from_millis(config.database_read_max_lag_ms),
+        ..store::ReplicaOptions::default()
+    };
+    let replica = store::ReadReplica::start(db.pool.clone(), pool, options, shutdown.clone());
+    replica.sample().await;
+    tracing::info!(
+        max_lag_ms = config.database_read_max_lag_ms,
+        "GraphQL queries read from the replica"
+    );
+    Ok(Some(replica))
 }
 
 /// What one request may cost, from the configuration.
@@ -305,6 +342,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         workflows: workflows::Registry::standard(),
     };
+    let replica = read_replica(&config, &db, &shutdown).await?;
     let state = app_state(
         &db.pool,
         bus,
@@ -316,6 +354,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             workflows: parts.workflows.clone(),
             limits: api_limits(&config),
             graph_endpoint,
+            replica,
         },
         &shutdown,
     );

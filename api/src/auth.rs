@@ -27,6 +27,14 @@ pub struct Caller {
     pub role: Role,
 }
 
+impl Caller {
+    /// Who this is, across workspaces (`<workspace>/<subject>`): the key its writes are
+    /// remembered under for read-your-writes on a replica.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.workspace, self.subject)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     #[error("missing bearer token: send `Authorization: Bearer <token>` (mint one with `tenantflow token`)")]

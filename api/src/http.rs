@@ -67,6 +67,7 @@ async fn graphql(State(state): State<AppState>, headers: HeaderMap, body: Body) 
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let span = tracing::info_span!("graphql", workspace = %caller.workspace, subject = %caller.subject, request_id = %request_id);
+    let writer = state.replica.as_ref().map(|r| (r, caller.key()));
     let req = req
         .data(state.clone())
         .data(state.runs.clone())
@@ -74,8 +75,14 @@ async fn graphql(State(state): State<AppState>, headers: HeaderMap, body: Body) 
         .data(RequestId(request_id));
     let deadline = state.limits.request_timeout;
     // The span follows the future (an entered guard would leak across awaits).
-    let work = crate::graphql::execute(&state.schema, &state.persisted, &state.limits.query, req)
-        .instrument(span);
+    let work = crate::graphql::execute(
+        &state.schema,
+        &state.persisted,
+        &state.limits.query,
+        req,
+        writer,
+    )
+    .instrument(span);
     match tokio::time::timeout(deadline, work).await {
         Ok(response) => GraphQLResponse::from(response).into_response(),
         Err(_) => {

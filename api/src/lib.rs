@@ -34,6 +34,8 @@ pub struct App {
     pub graph_endpoint: String,
     /// Batches the mail webhook's concurrent notifications into shared transactions.
     pub mail_recorder: NotificationRecorder,
+    /// A streaming replica that queries read from (`database_read_url`), if any.
+    pub replica: Option<store::ReadReplica>,
 }
 
 /// What one HTTP request may cost: checked before the work they bound.

@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use serde::Deserialize;
-use store::metrics::MailLabels;
+use store::metrics::OutcomeLabels;
 
 use std::sync::{Arc, OnceLock};
 
@@ -149,7 +149,7 @@ async fn notify(
         state
             .metrics
             .mail_notifications
-            .get_or_create(&MailLabels {
+            .get_or_create(&OutcomeLabels {
                 outcome: verdict.as_str().to_owned(),
             })
             .inc();

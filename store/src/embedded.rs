@@ -102,29 +102,12 @@ impl EmbeddedPostgres {
     /// Creates the cluster on first use, then starts it and waits until it accepts
     /// connections. Blocking: call it from `spawn_blocking` in async code.
     pub fn start(options: &EmbeddedOptions) -> Result<Self, EmbeddedError> {
-        let bin_dir = find_bin_dir().ok_or(EmbeddedError::BinariesNotFound)?;
-        let run_as = if running_as_root() {
-            Some(postgres_user()?)
-        } else {
-            None
-        };
-        fs::create_dir_all(&options.data_dir).map_err(io_err(&options.data_dir))?;
-        let data_dir = fs::canonicalize(&options.data_dir).map_err(io_err(&options.data_dir))?;
-        let cluster_dir = cluster_dir_for(&data_dir, run_as.as_ref());
-        if cluster_dir != data_dir.join("postgres") {
-            tracing::warn!(
-                cluster_dir = %cluster_dir.display(),
-                "the postgres user cannot reach the data directory; keeping the cluster elsewhere"
-            );
-        }
-        fs::create_dir_all(&cluster_dir).map_err(io_err(&cluster_dir))?;
-        if let Some(u) = &run_as {
-            std::os::unix::fs::chown(&cluster_dir, Some(u.uid), Some(u.gid))
-                .map_err(io_err(&cluster_dir))?;
-        }
-        fs::set_permissions(&cluster_dir, fs::Permissions::from_mode(0o700))
-            .map_err(io_err(&cluster_dir))?;
-
+        let Prepared {
+            bin_dir,
+            run_as,
+            data_dir,
+            cluster_dir,
+        } = prepare(options)?;
         let password_file = data_dir.join("postgres.password");
         let initialized = cluster_dir.join("PG_VERSION").exists();
         let password = if initialized {
@@ -186,6 +169,58 @@ impl EmbeddedPostgres {
             }
         }
         Err(last_err.unwrap_or(EmbeddedError::NotReady(Duration::ZERO, log_path)))
+    }
+
+    /// A streaming replica of `primary` (hot standby: it answers reads), created with
+    /// `pg_basebackup` on first use, then started as [`start`](Self::start) starts a
+    /// cluster. Blocking. The replica shares the primary's superuser password.
+    pub fn start_replica_of(
+        primary: &EmbeddedPostgres,
+        options: &EmbeddedOptions,
+    ) -> Result<Self, EmbeddedError> {
+        let Prepared {
+            bin_dir,
+            run_as,
+            data_dir,
+            cluster_dir,
+        } = prepare(options)?;
+        if !cluster_dir.join("PG_VERSION").exists() {
+            let password_file = data_dir.join("postgres.password");
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&password_file)
+                .map_err(io_err(&password_file))?;
+            f.write_all(primary.password.expose_secret().as_bytes())
+                .map_err(io_err(&password_file))?;
+            let mut cmd = command(&bin_dir, "pg_basebackup", run_as.as_ref());
+            cmd.arg("-D")
+                .arg(&cluster_dir)
+                .arg("-h")
+                .arg(&primary.cluster_dir)
+                .args(["-p", &primary.port.to_string(), "-U", SUPERUSER])
+                // WAL streamed alongside, a checkpoint at once, standby.signal and
+                // primary_conninfo written (-R).
+                .args(["-X", "stream", "-c", "fast", "-R"])
+                .env("PGPASSWORD", primary.password.expose_secret());
+            if options.ephemeral {
+                cmd.arg("--no-sync");
+            }
+            let out = cmd.output().map_err(|e| EmbeddedError::Command {
+                action: "pg_basebackup",
+                detail: e.to_string(),
+            })?;
+            if !out.status.success() {
+                return Err(EmbeddedError::Command {
+                    action: "pg_basebackup",
+                    detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                });
+            }
+            tracing::info!(cluster_dir = %cluster_dir.display(), "made a streaming replica of the embedded cluster");
+        }
+        Self::start(options)
     }
 
     /// Connection options for a database of this cluster (over the unix socket).
@@ -343,6 +378,45 @@ fn postgres_user() -> Result<RunAs, EmbeddedError> {
 /// `<data_dir>/postgres`, unless we run as root and the postgres user cannot traverse
 /// every directory above it (a checkout under a private home directory): then a
 /// postgres-owned directory under /var/lib keyed by the data directory's path.
+/// Where a cluster goes, made ready for the `postgres` user.
+struct Prepared {
+    bin_dir: PathBuf,
+    run_as: Option<RunAs>,
+    data_dir: PathBuf,
+    cluster_dir: PathBuf,
+}
+
+fn prepare(options: &EmbeddedOptions) -> Result<Prepared, EmbeddedError> {
+    let bin_dir = find_bin_dir().ok_or(EmbeddedError::BinariesNotFound)?;
+    let run_as = if running_as_root() {
+        Some(postgres_user()?)
+    } else {
+        None
+    };
+    fs::create_dir_all(&options.data_dir).map_err(io_err(&options.data_dir))?;
+    let data_dir = fs::canonicalize(&options.data_dir).map_err(io_err(&options.data_dir))?;
+    let cluster_dir = cluster_dir_for(&data_dir, run_as.as_ref());
+    if cluster_dir != data_dir.join("postgres") {
+        tracing::warn!(
+            cluster_dir = %cluster_dir.display(),
+            "the postgres user cannot reach the data directory; keeping the cluster elsewhere"
+        );
+    }
+    fs::create_dir_all(&cluster_dir).map_err(io_err(&cluster_dir))?;
+    if let Some(u) = &run_as {
+        std::os::unix::fs::chown(&cluster_dir, Some(u.uid), Some(u.gid))
+            .map_err(io_err(&cluster_dir))?;
+    }
+    fs::set_permissions(&cluster_dir, fs::Permissions::from_mode(0o700))
+        .map_err(io_err(&cluster_dir))?;
+    Ok(Prepared {
+        bin_dir,
+        run_as,
+        data_dir,
+        cluster_dir,
+    })
+}
+
 fn cluster_dir_for(data_dir: &Path, run_as: Option<&RunAs>) -> PathBuf {
     let preferred = data_dir.join("postgres");
     let Some(user) = run_as else {
@@ -407,7 +481,12 @@ fn initdb(
 ) -> Result<(), EmbeddedError> {
     // initdb reads the superuser password from a file the postgres user can read; it
     // lives only for the duration of initdb, inside the (0700) cluster's parent.
-    let pwfile = std::env::temp_dir().join(format!("tenantflow-initdb-{}.pw", std::process::id()));
+    // Unique per initdb: one process may create several clusters at once (tests).
+    let pwfile = std::env::temp_dir().join(format!(
+        "tenantflow-initdb-{}-{}.pw",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
     {
         let mut f = fs::OpenOptions::new()
             .write(true)

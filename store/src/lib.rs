@@ -12,6 +12,7 @@ pub mod horizon;
 pub mod index;
 pub mod log;
 pub mod metrics;
+pub mod replica;
 pub mod scope_locks;
 pub mod snapshots;
 pub mod vault;
@@ -28,5 +29,6 @@ pub use log::{
     StoredEvent, Wakeups,
 };
 pub use metrics::Metrics;
+pub use replica::{ReadReplica, ReadRoute, ReplicaOptions};
 pub use snapshots::SnapshotWriter;
 pub use vault::{DelegatedTokens, MailboxSecret, SealedCredential, Vault, VaultError};

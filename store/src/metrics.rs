@@ -49,13 +49,15 @@ pub struct Metrics {
     pub log_horizon_held: Gauge,
     horizon_warning: Arc<Mutex<Option<String>>>,
     /// Inbound mail (R6): webhook notifications by verdict, mail work by kind and outcome.
-    pub mail_notifications: Family<MailLabels, Counter>,
-    pub mail_work: Family<MailLabels, Counter>,
+    pub mail_notifications: Family<OutcomeLabels, Counter>,
+    pub mail_work: Family<OutcomeLabels, Counter>,
+    /// GraphQL query requests by where they read (with a read replica configured).
+    pub reads: Family<OutcomeLabels, Counter>,
 }
 
-/// Labels of the inbound mail counters.
+/// Labels of the counters by outcome (inbound mail, replica reads).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, prometheus_client::encoding::EncodeLabelSet)]
-pub struct MailLabels {
+pub struct OutcomeLabels {
     pub outcome: String,
 }
 
@@ -178,19 +180,26 @@ impl Metrics {
             "How long the oldest open transaction has held back what consumers can read",
             log_horizon_held.clone(),
         );
-        let mail_notifications = Family::<MailLabels, Counter>::default();
+        let mail_notifications = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "mail_notifications",
             "Graph change notifications received by the mail webhook, by verdict",
             mail_notifications.clone(),
         );
-        let mail_work = Family::<MailLabels, Counter>::default();
+        let mail_work = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "mail_work",
             "Mail worker items done, by kind and outcome",
             mail_work.clone(),
         );
+        let reads = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "replica_reads",
+            "Query requests by where they read: replica, primary_own_write or primary_stale",
+            reads.clone(),
+        );
         Self {
+            reads,
             mail_notifications,
             mail_work,
             registry: Arc::new(registry),
@@ -206,6 +215,20 @@ impl Metrics {
             consumer_events,
             consumer_failures,
         }
+    }
+
+    /// Counts a query request's read by where it went.
+    pub fn read_routed(&self, route: crate::ReadRoute) {
+        let outcome = match route {
+            crate::ReadRoute::Replica => "replica",
+            crate::ReadRoute::PrimaryOwnWrite => "primary_own_write",
+            crate::ReadRoute::PrimaryStale => "primary_stale",
+        };
+        self.reads
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
     }
 
     /// The Prometheus text exposition of every metric.

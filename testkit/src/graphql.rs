@@ -9,8 +9,13 @@ use crate::wait::eventually;
 /// A bearer token for someone with `role` in `workspace`, signed with [`JWT_SECRET`] and
 /// valid for an hour.
 pub fn token(workspace: &str, role: domain::Role) -> String {
+    token_for("test-user", workspace, role)
+}
+
+/// A bearer token as [`token`] makes, for the person `subject`.
+pub fn token_for(subject: &str, workspace: &str, role: domain::Role) -> String {
     let auth = api::auth::Authenticator::new(&secrecy::SecretString::from(JWT_SECRET.to_owned()));
-    auth.mint("test-user", workspace, role, chrono::Duration::hours(1))
+    auth.mint(subject, workspace, role, chrono::Duration::hours(1))
         .expect("a token for a person's role")
 }
 
@@ -29,6 +34,14 @@ impl GraphqlClient {
             base_url: base_url.to_owned(),
             token: token(workspace, role),
             http: reqwest::Client::new(),
+        }
+    }
+
+    /// A client for the person `subject` with `role` in `workspace`.
+    pub fn as_subject(base_url: &str, subject: &str, workspace: &str, role: domain::Role) -> Self {
+        Self {
+            token: token_for(subject, workspace, role),
+            ..Self::new(base_url, workspace, role)
         }
     }
 

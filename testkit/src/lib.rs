@@ -20,6 +20,7 @@ mod graphql;
 mod history;
 #[cfg(feature = "service")]
 mod mail;
+mod replica;
 #[cfg(feature = "service")]
 mod served;
 mod tenants;
@@ -31,12 +32,13 @@ pub use contact_book::{CIPP_FINGERPRINT, CIPP_URL, DELTA_LINK, DIRECT_FINGERPRIN
 pub use db::{count_events, TestDb, READ_MODEL_TABLES};
 pub use engine::{OneTenant, SteppedEngine};
 #[cfg(feature = "service")]
-pub use graphql::{token, GraphqlClient};
+pub use graphql::{token, token_for, GraphqlClient};
 pub use history::{
     queued_resync, record_progress, release_scope, Globex, History, HistoryBuilder, Runs, Schedule,
 };
 #[cfg(feature = "service")]
 pub use mail::MailWorld;
+pub use replica::{Replicated, DATABASE as REPLICATED_DATABASE};
 #[cfg(feature = "service")]
 pub use served::TestApp;
 pub use tenants::{engine, guid, meta, owner, vault, ReadyTenant};

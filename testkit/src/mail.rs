@@ -67,6 +67,7 @@ impl MailWorld {
             limits: api::Limits::default(),
             graph_endpoint: "simulator".to_owned(),
             mail_recorder: Default::default(),
+            replica: None,
         }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

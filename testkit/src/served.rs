@@ -103,6 +103,7 @@ impl TestApp {
             limits: api::Limits::default(),
             graph_endpoint: "simulator".to_owned(),
             mail_recorder: Default::default(),
+            replica: None,
         }));
         let background = runtime::start(&parts, &options, shutdown.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

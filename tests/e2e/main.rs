@@ -16,4 +16,5 @@ mod hostile;
 mod lifecycle;
 mod mail;
 mod mail_crash;
+mod replica;
 mod retry;

@@ -33,7 +33,7 @@ use graph::{AppCredentials, GraphApi, GraphError};
 use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgConnection;
-use store::metrics::MailLabels;
+use store::metrics::OutcomeLabels;
 use store::{CommandBus, Metrics, Vault, Wakeups};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -299,7 +299,7 @@ impl MailWorker {
         };
         self.metrics
             .mail_work
-            .get_or_create(&MailLabels {
+            .get_or_create(&OutcomeLabels {
                 outcome: format!("{}_{outcome}", work.kind),
             })
             .inc();

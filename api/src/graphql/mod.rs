@@ -75,11 +75,14 @@ pub fn schema() -> TenantflowSchema {
 /// Executes a request: its persisted query (if it names one by hash) resolved first, then
 /// with the schema its kind calls for: introspection with the limits made for it,
 /// anything else with the ordinary ones.
+/// `writer`: with a read replica, where a mutation's caller is remembered (its key), so
+/// its later queries read its writes.
 pub(crate) async fn execute(
     schema: &TenantflowSchema,
     persisted: &PersistedQueries,
     limits: &QueryLimits,
     request: async_graphql::Request,
+    writer: Option<(&store::ReadReplica, String)>,
 ) -> async_graphql::Response {
     let mut request = match persisted.resolve(request) {
         Ok(request) => request,
@@ -92,9 +95,10 @@ pub(crate) async fn execute(
     }
     let operation_name = request.operation_name.take();
     let parsed = request.parsed_query().ok();
-    let is_query = parsed
+    let kind = parsed
         .and_then(|doc| cost::operation(doc, operation_name.as_deref()))
-        .is_some_and(|op| op.node.ty == OperationType::Query);
+        .map(|op| op.node.ty);
+    let is_query = kind == Some(OperationType::Query);
     let route = route(parsed, operation_name.as_deref());
     request.operation_name = operation_name;
     match route {
@@ -103,7 +107,16 @@ pub(crate) async fn execute(
                 .execute(request.data(query::RequestReader::default()))
                 .await
         }
-        Route::Ordinary => schema.execute(request).await,
+        Route::Ordinary => {
+            let response = schema.execute(request).await;
+            if let (Some(OperationType::Mutation), Some((replica, key))) = (kind, writer) {
+                if let Err(e) = replica.wrote(&key).await {
+                    // Its next reads may then miss its write on the replica for a moment.
+                    tracing::warn!(error = %e, "could not note a mutation's WAL position for read-your-writes");
+                }
+            }
+            response
+        }
         Route::Introspection => {
             introspection::schema()
                 .execute(request.only_introspection())

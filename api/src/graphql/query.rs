@@ -36,6 +36,14 @@ pub(crate) async fn reader(ctx: &Context<'_>) -> async_graphql::Result<Reader> {
     };
     let mut slot = shared.0.clone().lock_owned().await;
     if slot.is_none() {
+        let pool = match &state(ctx)?.replica {
+            Some(replica) => {
+                let (pool, route) = replica.pool_for(&caller(ctx)?.key()).await;
+                state(ctx)?.metrics.read_routed(route);
+                pool
+            }
+            None => pool,
+        };
         let tx = store::db::workspace_snapshot(pool, workspace)
             .await
             .map_err(internal)?;
