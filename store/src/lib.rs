@@ -1,6 +1,6 @@
 //! Persistence: the PostgreSQL event store, the command bus, the gap-free global log,
 //! the credential vault, the embedded cluster, the service's metrics and the audit hash
-//! chain.
+//! chain. `events` is partitioned by global position (see [`partitions`]).
 
 pub mod audit;
 pub mod bus;
@@ -12,6 +12,7 @@ pub mod horizon;
 pub mod index;
 pub mod log;
 pub mod metrics;
+pub mod partitions;
 pub mod scope_locks;
 pub mod snapshots;
 pub mod vault;
