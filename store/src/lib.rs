@@ -2,6 +2,7 @@
 //! the credential vault, the embedded cluster, the service's metrics and the audit hash
 //! chain. `events` is partitioned by global position (see [`partitions`]).
 
+pub mod archive;
 pub mod audit;
 pub mod bus;
 pub mod checkpoints;
