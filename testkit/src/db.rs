@@ -105,6 +105,25 @@ impl TestDb {
         Self { name, options }
     }
 
+    /// A new, empty database (no migrations applied), for tests of the migrations
+    /// themselves.
+    pub async fn unmigrated() -> Self {
+        let cluster = tokio::task::spawn_blocking(cluster)
+            .await
+            .expect("cluster start");
+        let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect_with(&cluster.pg.connect_options("postgres"))
+            .await
+            .expect("connect to the test cluster");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .expect("create a test database");
+        let _ = admin.close().await;
+        let options = cluster.pg.connect_options(&name);
+        Self { name, options }
+    }
+
     /// A pool on this test's database.
     pub async fn pool(&self) -> PgPool {
         self.pool_of(10).await

@@ -6,7 +6,7 @@ use crate::counter::{Counter, CounterCommand};
 use domain::Role;
 use std::sync::Arc;
 use store::log::read_batch;
-use store::{AppendError, BusError, Position};
+use store::{AppendError, BusError, CommandBus, Metrics, Position};
 use testkit::TestDb;
 
 fn meta() -> store::Metadata {
@@ -174,4 +174,76 @@ async fn ordinary_updates_and_deletes_are_still_refused_in_every_partition() {
         assert!(refused.to_string().contains("append-only"), "{refused}");
     }
     assert_eq!(testkit::count_events(bus.pool(), "Added").await, 7);
+}
+
+#[tokio::test]
+async fn the_migration_moves_an_existing_log_into_the_first_partition_and_keeps_its_keys() {
+    let db = TestDb::unmigrated().await;
+    let pool = db.pool().await;
+    let before_partitioning = sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Owned(
+            store::MIGRATOR
+                .iter()
+                .filter(|m| m.version < 20261202000090)
+                .cloned()
+                .collect(),
+        ),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    before_partitioning.run(&pool).await.unwrap();
+    // A log as the previous version wrote it: three streams of ten events.
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+         SELECT 'counter', 'c' || (i % 3), i / 3 + 1, 'Added', '1.0', \
+             jsonb_build_object('Added', jsonb_build_object('by', 1)), '{\"workspace\": \"acme\"}' \
+         FROM generate_series(0, 29) AS i",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let log = "SELECT global_position, aggregate_id, sequence, transaction_id::text FROM events \
+               ORDER BY transaction_id, global_position";
+    let old: Vec<(i64, String, i64, String)> = sqlx::query_as(log).fetch_all(&pool).await.unwrap();
+
+    store::migrate(&pool).await.unwrap();
+
+    let moved: Vec<(i64, String, i64, String)> =
+        sqlx::query_as(log).fetch_all(&pool).await.unwrap();
+    assert_eq!(moved, old);
+    let holding: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT tableoid::regclass::text FROM events")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(holding, vec!["events_moved".to_owned()]);
+    // The moved streams' sequences are still taken; new events continue after the old log,
+    // in the partitions made ahead.
+    let bus = CommandBus::new(pool.clone(), domain::Services::system(), Metrics::new());
+    let done = bus
+        .execute::<Counter>("c0", CounterCommand::Add(1), &meta())
+        .await
+        .unwrap();
+    assert_eq!((done.version, done.aggregate.value), (11, 11));
+    let (position, partition): (i64, String) = sqlx::query_as(
+        "SELECT global_position, tableoid::regclass::text FROM events \
+         WHERE aggregate_id = 'c0' AND sequence = 11",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(
+        position > 30 && partition != "events_moved",
+        "{position} {partition}"
+    );
+    let again = sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+         VALUES ('counter', 'c1', 5, 'Added', '1.0', '{}', '{}')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap_err();
+    assert!(matches!(
+        AppendError::of_insert(again),
+        AppendError::Conflict
+    ));
 }
