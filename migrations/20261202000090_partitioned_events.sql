@@ -15,6 +15,8 @@ ALTER INDEX events_global_order RENAME TO events_moved_global_order;
 ALTER INDEX events_event_type RENAME TO events_moved_event_type;
 ALTER INDEX events_recorded_at RENAME TO events_moved_recorded_at;
 ALTER INDEX events_workspace RENAME TO events_moved_workspace;
+ALTER INDEX events_tenants_by_workspace RENAME TO events_moved_tenants_by_workspace;
+ALTER INDEX events_archived_tenants RENAME TO events_moved_archived_tenants;
 DROP TRIGGER events_append_only ON events_moved;
 DROP POLICY workspace_isolation ON events_moved;
 ALTER TABLE events_moved DISABLE ROW LEVEL SECURITY;
@@ -55,6 +57,11 @@ CREATE INDEX events_event_type ON events (event_type, global_position);
 CREATE INDEX events_recorded_at ON events (recorded_at);
 CREATE INDEX events_workspace ON events ((metadata ->> 'workspace'), global_position);
 CREATE INDEX events_stream ON events (aggregate_type, aggregate_id, sequence);
+-- The fan-out's lookups of a workspace's tenants (migration 000007).
+CREATE INDEX events_tenants_by_workspace ON events ((metadata ->> 'workspace'), aggregate_id)
+    WHERE aggregate_type = 'tenant' AND sequence = 1;
+CREATE INDEX events_archived_tenants ON events (aggregate_id)
+    WHERE aggregate_type = 'tenant' AND event_type = 'TenantArchived';
 
 -- Optimistic concurrency across partitions: every event's (stream, sequence), in one
 -- table that is not partitioned, whose primary key refuses a sequence taken by a committed

@@ -216,6 +216,17 @@ async fn the_migration_moves_an_existing_log_into_the_first_partition_and_keeps_
             .await
             .unwrap();
     assert_eq!(holding, vec!["events_moved".to_owned()]);
+    // Every index of the old table serves the partitioned one (none is left behind as the
+    // old table's own, which new partitions would lack).
+    let own_indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT i.indexrelid::regclass::text FROM pg_index i \
+         WHERE i.indrelid = 'events_moved'::regclass \
+           AND NOT EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhrelid = i.indexrelid)",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(own_indexes, Vec::<String>::new());
     // The moved streams' sequences are still taken; new events continue after the old log,
     // in the partitions made ahead.
     let bus = CommandBus::new(pool.clone(), domain::Services::system(), Metrics::new());
