@@ -3,6 +3,7 @@
 
 mod archive;
 mod contacts;
+mod growth;
 mod old_log;
 mod read_models;
 mod replay;
