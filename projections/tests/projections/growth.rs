@@ -81,10 +81,15 @@ async fn a_large_log_across_partitions_archives_its_oldest_runs_and_stays_verifi
     let all = projections::all();
     let all: Vec<&dyn projections::Projection> = all.iter().map(|p| p.as_ref()).collect();
     let started = Instant::now();
-    let applied = projections::rebuild(&pool, &all, 1000, &Quiet).await.unwrap();
+    let applied = projections::rebuild(&pool, &all, 1000, &Quiet)
+        .await
+        .unwrap();
     assert_eq!(applied as i64, events);
     let rebuild = started.elapsed().as_secs_f64();
-    eprintln!("rebuild: {rebuild:.1} s, {:.0} events/s", events as f64 / rebuild);
+    eprintln!(
+        "rebuild: {rebuild:.1} s, {:.0} events/s",
+        events as f64 / rebuild
+    );
 
     let started = Instant::now();
     catch_up(&pool, Arc::new(store::AuditSealer)).await;
@@ -95,20 +100,22 @@ async fn a_large_log_across_partitions_archives_its_oldest_runs_and_stays_verifi
         .unwrap();
     assert!(verified.ok(), "{:?}", verified.first_bad());
     let verify = started.elapsed().as_secs_f64();
-    eprintln!("verify: {verify:.1} s, {:.0} events/s", events as f64 / verify);
+    eprintln!(
+        "verify: {verify:.1} s, {:.0} events/s",
+        events as f64 / verify
+    );
 
     // The oldest closed runs, past the default retention.
     let runs_before: i64 = sqlx::query_scalar("SELECT count(*) FROM rm_runs")
         .fetch_one(&pool)
         .await
         .unwrap();
-    let now: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
-        "SELECT max(completed_at) + make_interval(days => $1 + 1) FROM rm_runs",
-    )
-    .bind(archive::DEFAULT_RUN_RETENTION_DAYS)
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let now: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT max(completed_at) + make_interval(days => $1 + 1) FROM rm_runs")
+            .bind(archive::DEFAULT_RUN_RETENTION_DAYS)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     let dir = std::env::temp_dir().join(format!("tenantflow-growth-{}", uuid::Uuid::new_v4()));
     let options = ArchiveOptions {
         dir: dir.clone(),
@@ -142,8 +149,13 @@ async fn a_large_log_across_partitions_archives_its_oldest_runs_and_stays_verifi
         started.elapsed().as_secs_f64()
     );
     let started = Instant::now();
-    projections::rebuild(&pool, &all, 1000, &Quiet).await.unwrap();
-    eprintln!("rebuild after archival: {:.1} s", started.elapsed().as_secs_f64());
+    projections::rebuild(&pool, &all, 1000, &Quiet)
+        .await
+        .unwrap();
+    eprintln!(
+        "rebuild after archival: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let runs_after: i64 = sqlx::query_scalar("SELECT count(*) FROM rm_runs")
         .fetch_one(&pool)
         .await
