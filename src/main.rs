@@ -1,6 +1,7 @@
 //! `tenantflow`: the one binary. Parses the command line and calls into the crates.
 
 mod architecture;
+mod archive;
 mod bench;
 mod bench_catchup;
 mod bench_contacts;
@@ -91,6 +92,25 @@ enum Command {
         /// (the history before it is the one the head was taken from).
         #[arg(long, value_name = "POSITION:HASH")]
         expect: Option<store::audit::KeptHead>,
+        /// Also check the archived segments in this directory (`tenantflow archive`): their
+        /// hashes, manifests and links into the live chain.
+        #[arg(long, value_name = "DIR")]
+        archive: Option<PathBuf>,
+    },
+    /// Archive closed run histories past their workspace's retention (default 90 days):
+    /// each segment is written as gzip-compressed NDJSON with a manifest, fsynced, read back
+    /// and checked against the audit chain, and only then are its events removed from the
+    /// hot log. Run summaries stay in the run list and the audit log.
+    Archive {
+        /// The archive directory.
+        #[arg(long, value_name = "DIR", default_value = "archive")]
+        dir: PathBuf,
+        /// Only report what would be archived.
+        #[arg(long)]
+        dry_run: bool,
+        /// First set a workspace's retention of closed runs, `WORKSPACE=DAYS`.
+        #[arg(long, value_name = "WORKSPACE=DAYS", value_parser = archive::parse_retention)]
+        retention: Option<(String, i64)>,
     },
     /// Write a workspace's sealed events with their chain hashes as NDJSON, for auditors who
     /// check the chain with their own tools (see README, "Audit chain").
@@ -258,7 +278,20 @@ fn main() -> std::process::ExitCode {
                 workspace,
                 from,
                 expect,
-            } => verify::run(config, workspace, from, expect).await,
+                archive,
+            } => verify::run(config, workspace, from, expect, archive).await,
+            Command::Archive {
+                dir,
+                dry_run,
+                retention,
+            } => {
+                let request = archive::ArchiveRequest {
+                    dir,
+                    dry_run,
+                    retention,
+                };
+                archive::run(config, request).await
+            }
             Command::Export {
                 workspace,
                 since,

@@ -4,6 +4,8 @@
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+use store::archive::ArchiveVerification;
 use store::audit::{KeptHead, Verification, VerifyOptions, VerifyProgress};
 
 use crate::config::Config;
@@ -28,15 +30,28 @@ pub async fn run(
     workspace: Option<String>,
     from: Option<KeptHead>,
     expect: Option<KeptHead>,
+    archive: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let db = Database::open(&config, "tenantflow").await?;
     let result = verify(&db, workspace, from, expect).await;
+    let archives = match (&result, &archive) {
+        (Ok(_), Some(dir)) => Some(
+            store::archive::verify_archives(&db.pool, dir)
+                .await
+                .context("cannot check the archive"),
+        ),
+        _ => None,
+    };
     db.close().await?;
     let verification = result?;
-    print(&verification);
-    match verification.first_bad() {
+    let archives = archives.transpose()?;
+    print(&verification, archives.as_ref());
+    if let Some(first) = verification.first_bad() {
+        return Err(anyhow::anyhow!("the audit chain is broken: {first}"));
+    }
+    match archives.as_ref().and_then(|a| a.problems.first()) {
         None => Ok(()),
-        Some(first) => Err(anyhow::anyhow!("the audit chain is broken: {first}")),
+        Some(first) => Err(anyhow::anyhow!("the archive is broken: {first}")),
     }
 }
 
@@ -72,7 +87,7 @@ async fn verify(
     Ok(verification)
 }
 
-fn print(v: &Verification) {
+fn print(v: &Verification, archives: Option<&ArchiveVerification>) {
     let mut lines = Vec::new();
     match v.sealed_through {
         None => lines.push("nothing is sealed yet".to_owned()),
@@ -92,8 +107,15 @@ fn print(v: &Verification) {
             None => "global chain".to_owned(),
             Some(w) => format!("workspace {w:?}"),
         };
+        let archived = match chain.archived {
+            0 => String::new(),
+            n => format!(" ({n} archived, linked on their seals)"),
+        };
         match &chain.first_bad {
-            None => lines.push(format!("  ok      {name}: {} events", chain.checked)),
+            None => lines.push(format!(
+                "  ok      {name}: {} events{archived}",
+                chain.checked
+            )),
             Some(b) => lines.push(format!(
                 "  BROKEN  {name}: {} good events, then {b}",
                 chain.checked
@@ -111,6 +133,19 @@ fn print(v: &Verification) {
             "head: {head}\n  (keep it elsewhere; `tenantflow verify{workspace} --expect {head}` \
              later checks the history still leads to it, `--from {head}` checks what follows)"
         ));
+    }
+    if let Some(a) = archives {
+        match a.problems.is_empty() {
+            true => lines.push(format!(
+                "  ok      archive: {} segments, {} events, linked into the live chain",
+                a.segments, a.events
+            )),
+            false => {
+                for p in &a.problems {
+                    lines.push(format!("  BROKEN  archive {p}"));
+                }
+            }
+        }
     }
     #[allow(clippy::print_stdout)]
     {

@@ -171,6 +171,13 @@ pub async fn rebuild(
             ))
             .execute(&mut *tx)
             .await?;
+            // Archived runs' summaries (their events are no longer in the log): the runs
+            // and audit log read models start from them (migration 000091).
+            sqlx::query("SELECT tenantflow_seed_archived_runs($1, $2)")
+                .bind(shadow)
+                .bind(table)
+                .execute(&mut *tx)
+                .await?;
         }
     }
     // The payloads any of them reads; each projection decodes only its own events.

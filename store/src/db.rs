@@ -27,10 +27,12 @@ pub async fn connect(options: PgConnectOptions, max_connections: u32) -> Result<
         .map_err(DbError::Connect)
 }
 
-/// Applies pending migrations. Safe to run from several processes at once (sqlx takes an
-/// advisory lock).
+/// Applies pending migrations, then makes sure the event log has its partitions ahead
+/// (start-up's partition maintenance). Safe to run from several processes at once (sqlx
+/// takes an advisory lock, and so does partition maintenance).
 pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     MIGRATOR.run(pool).await?;
+    crate::partitions::ensure(pool, 0).await?;
     Ok(())
 }
 

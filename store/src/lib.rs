@@ -1,7 +1,8 @@
 //! Persistence: the PostgreSQL event store, the command bus, the gap-free global log,
 //! the credential vault, the embedded cluster, the service's metrics and the audit hash
-//! chain.
+//! chain. `events` is partitioned by global position (see [`partitions`]).
 
+pub mod archive;
 pub mod audit;
 pub mod bus;
 pub mod checkpoints;
@@ -12,6 +13,7 @@ pub mod horizon;
 pub mod index;
 pub mod log;
 pub mod metrics;
+pub mod partitions;
 pub mod replica;
 pub mod scope_locks;
 pub mod snapshots;

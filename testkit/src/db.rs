@@ -89,6 +89,17 @@ pub struct TestDb {
 impl TestDb {
     /// Creates a new database from the migrated template.
     pub async fn new() -> Self {
+        Self::create(&format!(" TEMPLATE {TEMPLATE}")).await
+    }
+
+    /// A new, empty database (no migrations applied), for tests of the migrations
+    /// themselves.
+    pub async fn unmigrated() -> Self {
+        Self::create("").await
+    }
+
+    /// `CREATE DATABASE` with a fresh name and `options` (e.g. its template).
+    async fn create(options: &str) -> Self {
         let cluster = tokio::task::spawn_blocking(cluster)
             .await
             .expect("cluster start");
@@ -96,13 +107,16 @@ impl TestDb {
         let mut admin = PgConnection::connect_with(&cluster.pg.connect_options("postgres"))
             .await
             .expect("connect to the test cluster");
-        sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE}"))
+        sqlx::query(&format!("CREATE DATABASE {name}{options}"))
             .execute(&mut admin)
             .await
             .expect("create a test database");
         let _ = admin.close().await;
-        let options = cluster.pg.connect_options(&name);
-        Self { name, options }
+        let connect = cluster.pg.connect_options(&name);
+        Self {
+            name,
+            options: connect,
+        }
     }
 
     /// A pool on this test's database.

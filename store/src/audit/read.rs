@@ -37,9 +37,14 @@ pub(crate) struct SealLink {
     pub workspace_id: String,
     pub workspace_hash: Vec<u8>,
     pub global_hash: Vec<u8>,
+    /// The sealed event's stream was archived (`tenantflow archive`): its event is in a
+    /// segment, not in `events`.
+    pub archived: bool,
 }
 
-const LINK_COLUMNS: &str = "seal_no, global_position, workspace_id, workspace_hash, global_hash";
+/// `archived` is a hashed subplan: `archived_streams` is read once per query.
+const LINK_COLUMNS: &str = "seal_no, global_position, workspace_id, workspace_hash, global_hash, \
+     (aggregate_type, aggregate_id) IN (SELECT aggregate_type, aggregate_id FROM archived_streams) AS archived";
 
 /// A seal as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]

@@ -146,6 +146,9 @@ pub struct ChainReport {
     pub checked: u64,
     /// The last position found good.
     pub through: Option<i64>,
+    /// Links of archived events taken from their seals (their segments are checked by
+    /// [`crate::archive::verify_archives`]), included in `checked`.
+    pub archived: u64,
     pub first_bad: Option<Break>,
 }
 
@@ -263,6 +266,7 @@ struct ChainWalk {
     seals: VecDeque<Arc<SealLink>>,
     events: VecDeque<Arc<Recomputed>>,
     checked: u64,
+    archived: u64,
     through: Option<i64>,
     mismatch: Option<Mismatch>,
 }
@@ -277,6 +281,7 @@ impl ChainWalk {
             seals: VecDeque::new(),
             events: VecDeque::new(),
             checked: 0,
+            archived: 0,
             through: None,
             mismatch: None,
         }
@@ -297,7 +302,17 @@ impl ChainWalk {
     }
 
     fn advance(&mut self) {
-        while let (Some(seal), Some(event)) = (self.seals.front(), self.events.front()) {
+        loop {
+            if self.seals.front().is_some_and(|s| s.archived) {
+                self.pass_archived();
+                if self.mismatch.is_some() {
+                    return;
+                }
+                continue;
+            }
+            let (Some(seal), Some(event)) = (self.seals.front(), self.events.front()) else {
+                return;
+            };
             if seal.global_position == event.position {
                 let hash = link(&self.previous, &event.canonical);
                 let sealed = if self.global {
@@ -327,8 +342,43 @@ impl ChainWalk {
         }
     }
 
+    /// The seal at the front is an archived event's: its stored hash is the link (the
+    /// event is not in `events` to recompute it from).
+    fn pass_archived(&mut self) {
+        let Some(seal) = self.seals.pop_front() else {
+            return;
+        };
+        let sealed = if self.global {
+            &seal.global_hash
+        } else {
+            &seal.workspace_hash
+        };
+        match super::chain::stored_hash(sealed) {
+            Some(hash) => {
+                if self.watch == Some(seal.global_position) {
+                    self.watched = Some(hash);
+                }
+                self.previous = hash;
+                self.checked += 1;
+                self.archived += 1;
+                self.through = Some(seal.global_position);
+            }
+            None => {
+                self.mismatch = Some(Mismatch {
+                    seal: Some(seal),
+                    event: None,
+                });
+                self.seals.clear();
+                self.events.clear();
+            }
+        }
+    }
+
     /// At the end of both streams: whatever is left unmatched is the mismatch.
     fn finish(&mut self) {
+        while self.mismatch.is_none() && self.seals.front().is_some_and(|s| s.archived) {
+            self.pass_archived();
+        }
         if self.mismatch.is_none() && (!self.seals.is_empty() || !self.events.is_empty()) {
             self.mismatch = Some(Mismatch {
                 seal: self.seals.pop_front(),
@@ -594,6 +644,7 @@ pub async fn verify(
                     workspace: options.workspace.clone(),
                     checked: 0,
                     through: None,
+                    archived: 0,
                     first_bad: Some(broken),
                 }],
                 sealed_through: Some(last.global_position),
@@ -726,6 +777,7 @@ pub async fn verify(
             workspace: Some(w.clone()),
             checked: 0,
             through: None,
+            archived: 0,
             first_bad: None,
         });
     }
@@ -790,6 +842,7 @@ async fn report(
         workspace,
         checked: walk.checked,
         through: walk.through,
+        archived: walk.archived,
         first_bad,
     })
 }
@@ -904,6 +957,7 @@ mod tests {
                     workspace_id: e.chain.clone(),
                     workspace_hash: previous.to_vec(),
                     global_hash: previous.to_vec(),
+                    archived: false,
                 })
             })
             .collect()

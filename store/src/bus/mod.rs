@@ -471,7 +471,7 @@ fn bus_error<A: Aggregate>(e: AppendError, id: &str, sequence: i64) -> BusError<
             sequence,
             source,
         },
-        AppendError::Database(e) => BusError::Database(e),
+        AppendError::Database(e) | AppendError::NoPartition(e) => BusError::Database(e),
     }
 }
 

@@ -210,6 +210,11 @@ async fn insert_rows(conn: &mut PgConnection, rows: &EventRows) -> Result<(), Ap
 pub enum AppendError {
     #[error("a stream was changed concurrently; retry")]
     Conflict,
+    /// The log has no partition for the positions being appended: partition maintenance
+    /// (at start-up and every few minutes while serving, see `store::partitions`) has
+    /// not kept ahead. Nothing was written.
+    #[error("the event log has no partition for new events; run `tenantflow migrate` (or serve) to create partitions ahead: {0}")]
+    NoPartition(#[source] sqlx::Error),
     #[error("an event cannot be serialized: {0}")]
     Corrupt(#[source] serde_json::Error),
     #[error("database error: {0}")]
@@ -218,11 +223,20 @@ pub enum AppendError {
 
 impl AppendError {
     /// A failed INSERT: a key taken meanwhile (a stream's next sequence, a scope's lock) is
-    /// a conflict, anything else the database's error.
+    /// a conflict; a position beyond the last partition is [`AppendError::NoPartition`];
+    /// anything else the database's error.
     pub fn of_insert(e: sqlx::Error) -> Self {
         match e {
             sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => {
                 AppendError::Conflict
+            }
+            // A row routed to no partition is a check violation naming the partitioned
+            // table.
+            sqlx::Error::Database(db)
+                if db.code().as_deref() == Some("23514")
+                    && db.message().starts_with("no partition of relation") =>
+            {
+                AppendError::NoPartition(sqlx::Error::Database(db))
             }
             e => AppendError::Database(e),
         }

@@ -7,4 +7,5 @@ mod counter;
 mod global_log;
 mod history;
 mod horizon;
+mod partitions;
 mod snapshots;
