@@ -25,7 +25,7 @@ pub struct Browser {
     driver: Child,
 }
 
-/// The executables: `TENANTFLOW_CHROMIUM` and `TENANTFLOW_CHROMEDRIVER` override.
+/// The executables: `CHROMIUM_PATH` and `CHROMEDRIVER_PATH` override.
 fn executables() -> (PathBuf, PathBuf) {
     let path = |var: &str, default: &str| {
         std::env::var_os(var)
@@ -33,8 +33,8 @@ fn executables() -> (PathBuf, PathBuf) {
             .unwrap_or_else(|| PathBuf::from(default))
     };
     (
-        path("TENANTFLOW_CHROMIUM", CHROMIUM),
-        path("TENANTFLOW_CHROMEDRIVER", CHROMEDRIVER),
+        path("CHROMIUM_PATH", CHROMIUM),
+        path("CHROMEDRIVER_PATH", CHROMEDRIVER),
     )
 }
 
@@ -63,8 +63,8 @@ fn ensure_installed() -> &'static Result<(), String> {
         } else {
             Err(format!(
                 "Chromium is needed for the console's browser tests and could not be installed \
-                 (`apt-get install chromium chromium-driver` as root; or set TENANTFLOW_CHROMIUM \
-                 and TENANTFLOW_CHROMEDRIVER): {}",
+                 (`apt-get install chromium chromium-driver` as root; or set CHROMIUM_PATH \
+                 and CHROMEDRIVER_PATH): {}",
                 String::from_utf8_lossy(&out.stderr).trim()
             ))
         }

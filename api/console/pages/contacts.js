@@ -56,7 +56,7 @@ async function drawQueue(section, session) {
 async function drawMappings(section) {
   const { tenantMappings } = await gql(`{ tenantMappings(first: 100) { edges { node {
     id displayName defaultDomain state source confirmedClient { name } proposal { state reason client { name } }
-    lastSync { outcome } } } } }`);
+    } } } }`);
   section.replaceChildren(h("h2", "Tenant mappings"), table(
     ["Tenant", "Domain", "State", "Client", "Proposal", "Source"],
     tenantMappings.edges.map(({ node: m }) => [m.displayName, m.defaultDomain, badge(m.state),

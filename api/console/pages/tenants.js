@@ -104,7 +104,7 @@ async function one(main, session, id) {
         : "none (an import seeds it)")),
     h("section", h("h2", "Connections"), table(["Name", "Status", "Health", "Default", "Consent", "Credential", "Graph", "Last error"],
       t.connections.map((c) => [c.displayName, badge(c.status), badge(c.healthStatus), c.isDefault ? "yes" : "",
-        c.consentGranted ? "granted" : "missing", c.credentialFingerprint ? h("code", c.credentialFingerprint.slice(0, 12)) : "none",
+        c.consentGranted ? "granted" : "missing", c.credentialFingerprint ? h("code", c.credentialFingerprint) : "none",
         c.graphEndpoint, c.lastErrorReasonCode ? h("code", c.lastErrorReasonCode) : ""]),
       "No connection: add one to operate this tenant.")),
     h("section", h("h2", "Alerts"), alertTable(session, id, data.alerts.edges.map((e) => e.node))),
