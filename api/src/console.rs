@@ -75,7 +75,8 @@ fn etags() -> &'static [HeaderValue] {
             .iter()
             .map(|a| {
                 let digest = hex::encode(&Sha256::digest(a.body)[..12]);
-                HeaderValue::from_str(&format!("\"{digest}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
+                HeaderValue::from_str(&format!("\"{digest}\""))
+                    .unwrap_or(HeaderValue::from_static("\"0\""))
             })
             .collect()
     })
@@ -89,7 +90,10 @@ fn serve(i: usize, headers: &HeaderMap) -> Response {
     let fresh = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag.to_str().unwrap_or_default()));
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim() == etag.to_str().unwrap_or_default())
+        });
     let cache = [
         (header::ETAG, etag),
         (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
@@ -99,7 +103,10 @@ fn serve(i: usize, headers: &HeaderMap) -> Response {
     }
     (
         cache,
-        [(header::CONTENT_TYPE, HeaderValue::from_static(asset.content_type))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(asset.content_type),
+        )],
         asset.body,
     )
         .into_response()

@@ -31,13 +31,13 @@ mod wait;
 
 #[cfg(feature = "browser")]
 pub use browser::{foreign, Browser, PAGE_WAIT};
-#[cfg(feature = "browser")]
-pub use fantoccini;
 pub use consumers::{caught_up, has_read_everything, SteppedConsumer, CATCH_UP};
 pub use contact_book::{set_field_sync, set_flag, ContactBook};
 pub use contact_book::{CIPP_FINGERPRINT, CIPP_URL, DELTA_LINK, DIRECT_FINGERPRINT};
 pub use db::{count_events, TestDb, READ_MODEL_TABLES};
 pub use engine::{OneTenant, SteppedEngine};
+#[cfg(feature = "browser")]
+pub use fantoccini;
 #[cfg(feature = "service")]
 pub use graphql::{token, GraphqlClient};
 pub use history::{

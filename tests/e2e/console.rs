@@ -148,12 +148,7 @@ impl Demo {
 /// Signs in by pasting `token` and waits for the tenants page.
 async fn sign_in(browser: &Browser, base: &str, token: &str) {
     browser.goto(&format!("{base}/")).await;
-    browser
-        .find("#token")
-        .await
-        .send_keys(token)
-        .await
-        .unwrap();
+    browser.find("#token").await.send_keys(token).await.unwrap();
     browser.click("form.signin button[type=submit]").await;
     rendered(browser, "tenants").await;
 }
@@ -213,7 +208,10 @@ fn report_timing(page: &str, timing: &Value) {
 
 /// Whether the document that `mark_document` marked is still the one shown (no reload).
 async fn same_document(browser: &Browser) -> bool {
-    browser.eval("return window.tenantflowTestMark === true").await == json!(true)
+    browser
+        .eval("return window.tenantflowTestMark === true")
+        .await
+        == json!(true)
 }
 
 async fn mark_document(browser: &Browser) {
@@ -280,7 +278,10 @@ async fn console_signs_in_lists_the_demo_tenants_and_follows_a_resync_live() {
     let steps = browser
         .eval("return document.querySelectorAll('#timeline li').length")
         .await;
-    assert!(steps.as_u64().unwrap() >= 3, "queued, started, steps, end: {steps}");
+    assert!(
+        steps.as_u64().unwrap() >= 3,
+        "queued, started, steps, end: {steps}"
+    );
     only_own_origin(&browser, &base, "run").await;
     browser.screenshot(&screenshot_path("run")).await;
 
@@ -401,7 +402,10 @@ async fn console_shows_a_snapshot_diff_after_a_portal_edit_and_resolves_a_reconc
         no_problem(&browser, page).await;
         browser.screenshot(&screenshot_path(page)).await;
         if page == "events" {
-            assert!(browser.has("#chain[data-chain]").await, "the chain's status");
+            assert!(
+                browser.has("#chain[data-chain]").await,
+                "the chain's status"
+            );
         }
     }
     browser.close().await;
@@ -429,19 +433,21 @@ async fn console_for_a_readonly_token_shows_no_action_and_the_api_refuses_one() 
     assert!(!browser.has("button[data-action]").await, "no resync");
     let run = demo
         .client(Role::Readonly)
-        .ok(
-            "{ runs(first: 1) { edges { node { id } } } }",
-            json!({}),
-        )
+        .ok("{ runs(first: 1) { edges { node { id } } } }", json!({}))
         .await["runs"]["edges"][0]["node"]["id"]
         .as_str()
         .unwrap()
         .to_owned();
     open(&browser, &format!("runs/{run}"), "run").await;
-    assert!(!browser.has("button[data-action]").await, "no cancel or retry");
+    assert!(
+        !browser.has("button[data-action]").await,
+        "no cancel or retry"
+    );
     open(&browser, "contacts", "contacts").await;
     assert!(!browser.has("button[data-action]").await, "no resolve");
-    browser.screenshot(&screenshot_path("narrow-readonly")).await;
+    browser
+        .screenshot(&screenshot_path("narrow-readonly"))
+        .await;
 
     // ... and the API refuses what the buttons would have done.
     let refused = demo
