@@ -416,7 +416,16 @@ async fn console_for_a_readonly_token_shows_no_action_and_the_api_refuses_one() 
     let demo = Demo::start().await;
     let base = demo.url().to_owned();
     let (tenant, _) = demo.tenants().await.remove(0);
-    let browser = Browser::start(420, 800).await;
+    // A phone-sized window in dark mode.
+    let browser = Browser::start_with(
+        420,
+        800,
+        &[
+            "--force-dark-mode",
+            "--blink-settings=preferredColorScheme=0",
+        ],
+    )
+    .await;
 
     // A token that is not one is refused on the sign-in page.
     browser.goto(&format!("{base}/")).await;
@@ -445,8 +454,12 @@ async fn console_for_a_readonly_token_shows_no_action_and_the_api_refuses_one() 
     );
     open(&browser, "contacts", "contacts").await;
     assert!(!browser.has("button[data-action]").await, "no resolve");
+    let dark = browser
+        .eval("return matchMedia('(prefers-color-scheme: dark)').matches")
+        .await;
+    assert_eq!(dark, json!(true), "the window prefers dark");
     browser
-        .screenshot(&screenshot_path("narrow-readonly"))
+        .screenshot(&screenshot_path("narrow-dark-readonly"))
         .await;
 
     // ... and the API refuses what the buttons would have done.

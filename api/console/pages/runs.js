@@ -66,7 +66,8 @@ async function list(main, session) {
         row: true,
         attrs: { dataset: { run: r.id, status: r.status, outcome: r.outcome } },
         cells: [
-          h("a", { href: `#/runs/${r.id}` }, r.id.slice(0, 8)),
+          // Run ids are UUIDv7 (time first): their end tells runs apart.
+          h("a", { href: `#/runs/${r.id}`, title: r.id }, `…${r.id.slice(-12)}`),
           r.type, names.get(r.tenantId) || r.tenantId || "—",
           badge(r.status), badge(r.outcome), r.reasonCode || "", when(r.queuedAt), when(r.completedAt),
         ],
@@ -161,12 +162,13 @@ async function one(main, session, id) {
         run.retryOf ? [h("dt", "Retry of"), h("dd", h("a", { href: `#/runs/${run.retryOf}` }, run.retryOf))] : null,
         h("dt", "Counts"), h("dd", json(run.summaryCounts))));
     const next = Array.isArray(run.nextSteps) ? run.nextSteps : [];
-    body.replaceChildren(
+    body.replaceChildren(...[
       next.length ? h("section", h("h2", "Next steps"), h("ul", next.map((s) => h("li", s.href && s.href.startsWith("/") ? h("a", { href: s.href }, s.label) : s.label)))) : null,
       h("section", h("h2", "Timeline"), timeline(run)),
       h("section", h("h2", "Steps"), table(["Step", "Attempt", "Status", "Reason", "Message", "Retry at", "Recorded"],
         run.steps.map((s) => [s.step, s.attempt, badge(s.status), s.reasonCode || "", s.message || "", when(s.retryAt), when(s.recordedAt)]),
-        "No step has run yet.")));
+        "No step has run yet.")),
+    ].filter(Boolean));
   };
   const act = async (mutation) => {
     try {

@@ -130,7 +130,7 @@ function summary(diff) {
 
 function alertTable(session, tenantId, alerts) {
   return table(["Kind", "Raised", "Snapshot", "Acknowledged", ""], alerts.map((a) => [
-    a.kind, when(a.raisedAt), h("code", a.snapshotId.slice(0, 8)),
+    a.kind, when(a.raisedAt), h("code", { title: a.snapshotId }, `…${a.snapshotId.slice(-12)}`),
     a.acknowledgedAt ? [when(a.acknowledgedAt), ` by ${a.acknowledgedBy}`] : badge("open"),
     session.operate && !a.acknowledgedAt ? h("button", {
       type: "button", dataset: { action: "acknowledge" },
