@@ -99,6 +99,15 @@ export function problem(error) {
     h("strong", "Something went wrong. "), error && error.message ? error.message : String(error));
 }
 
+/// Calls `action` once typing in `input` pauses (a search box); its failure is drawn into `into`.
+export function onTyping(input, action, into) {
+  let timer;
+  input.addEventListener("input", () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => action().catch((e) => into.replaceChildren(problem(e))), 200);
+  });
+}
+
 /// Short JSON for a cell.
 export function json(value) {
   if (value === null || value === undefined) return h("span.muted", "—");

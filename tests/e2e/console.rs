@@ -70,13 +70,7 @@ impl Demo {
         let q = "{ runs(first: 50) { edges { node { type outcome } } } }";
         self.client(Role::Readonly)
             .eventually(q, json!({}), |d| {
-                let edges = d["runs"]["edges"].as_array().cloned().unwrap_or_default();
-                let succeeded = |t: &str| {
-                    edges
-                        .iter()
-                        .filter(|e| e["node"]["type"] == t && e["node"]["outcome"] == "succeeded")
-                        .count()
-                };
+                let succeeded = |t: &str| crate::common::graphql::succeeded_runs(d, t);
                 succeeded("policy.resync") == 3 && succeeded("contacts.sync") == 1
             })
             .await;

@@ -1,7 +1,7 @@
 // Contact sync: the reconciliation queue (resolved from here), the tenant mappings and the
 // contact books. Each section shows its own refusal (a feature turned off, say).
 import { gql } from "../api.js";
-import { h, badge, when, table, problem, rendered } from "../ui.js";
+import { h, badge, when, table, problem, rendered, onTyping } from "../ui.js";
 
 export async function render(main, session) {
   const queue = h("section", { id: "reconciliation" });
@@ -78,10 +78,6 @@ async function drawContacts(section) {
         badge(c.status), c.linked ? "yes" : "no", when(c.updatedAt)]),
       search.value ? "No contact matches." : "No contact yet."));
   };
-  let timer;
-  search.addEventListener("input", () => {
-    clearTimeout(timer);
-    timer = setTimeout(() => load().catch((e) => list.replaceChildren(problem(e))), 200);
-  });
+  onTyping(search, load, list);
   await load();
 }

@@ -1,7 +1,7 @@
 // Tenants: the list (search, connection health, last resync, licenses) and one tenant
 // (connections, intent, alerts, snapshots with a side-by-side diff).
 import { gql } from "../api.js";
-import { h, badge, when, table, problem, rendered } from "../ui.js";
+import { h, badge, when, table, problem, rendered, onTyping } from "../ui.js";
 
 export async function render(main, session, id) {
   return id ? one(main, session, id) : list(main, session);
@@ -55,11 +55,7 @@ async function list(main, session) {
       }),
       search.value ? "No tenant matches." : "No tenant is registered in this workspace yet."));
   };
-  let timer;
-  search.addEventListener("input", () => {
-    clearTimeout(timer);
-    timer = setTimeout(() => load().catch((e) => body.replaceChildren(problem(e))), 200);
-  });
+  onTyping(search, load, body);
   await load();
   rendered("tenants");
 }
