@@ -429,6 +429,27 @@ async fn console_for_a_readonly_token_shows_no_action_and_the_api_refuses_one() 
     browser.click("form.signin button[type=submit]").await;
     browser.find("[data-problem=signin]").await;
 
+    // An expired one says so.
+    let expired =
+        api::auth::Authenticator::new(&secrecy::SecretString::from(testkit::JWT_SECRET.to_owned()))
+            .mint("ann", "demo", Role::Owner, chrono::Duration::hours(-1))
+            .unwrap();
+    browser.goto(&format!("{base}/")).await;
+    browser
+        .find("#token")
+        .await
+        .send_keys(&expired)
+        .await
+        .unwrap();
+    browser.click("form.signin button[type=submit]").await;
+    let notice = browser
+        .find("[data-problem=signin]")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(notice.contains("expired"), "{notice}");
+
     sign_in(&browser, &base, &testkit::token("demo", Role::Readonly)).await;
     assert!(!browser.has("button[data-action]").await, "no resync");
     let run = demo
