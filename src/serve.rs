@@ -370,7 +370,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
 
     tracing::info!(
-        "tenantflow is listening on http://{addr} (GraphiQL: http://{addr}/graphql, health: /healthz, readiness: /readyz, metrics: /metrics)"
+        "tenantflow is listening on http://{addr} (console: http://{addr}/, API: /graphql, health: /healthz, readiness: /readyz, metrics: /metrics)"
     );
 
     if demo.is_some() {
@@ -385,7 +385,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         #[allow(clippy::print_stdout)]
         {
             println!(
-                "\ntenantflow demo is running.\n  GraphiQL:  http://{addr}/graphql\n  Token (owner of workspace `{}`, 12 h; paste as header `Authorization: Bearer <token>`):\n  {token}\n  Try: {{ tenants {{ edges {{ node {{ id displayName connections {{ status isDefault }} }} }} }} }}\n",
+                "\ntenantflow demo is running.\n  Console:  http://{addr}/ (paste the token below to sign in)\n  Token (owner of workspace `{}`, 12 h; or send it as the header `Authorization: Bearer <token>` to /graphql):\n  {token}\n  Try: {{ tenants {{ edges {{ node {{ id displayName connections {{ status isDefault }} }} }} }} }}\n",
                 crate::demo::WORKSPACE
             );
         }

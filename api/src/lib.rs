@@ -1,11 +1,13 @@
-//! The HTTP surface: GraphQL (queries, mutations, subscriptions), health, readiness and
-//! metrics.
+//! The HTTP surface: GraphQL (queries, mutations, subscriptions), health, readiness,
+//! metrics and the operator console.
 
 pub mod auth;
+pub mod console;
 pub mod graphql;
 mod http;
 mod mail_webhook;
 mod ops;
+pub mod security;
 
 use axum::Router;
 use sqlx::PgPool;
@@ -75,9 +77,11 @@ pub fn router(state: AppState) -> Router {
     ops::routes()
         .merge(http::routes())
         .merge(mail_webhook::routes())
+        .merge(console::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             ops::track_requests,
         ))
+        .layer(axum::middleware::from_fn(security::headers))
         .with_state(state)
 }

@@ -9,8 +9,12 @@
 //!   ([`History`]); a contact sync history of one workspace ([`ContactBook`]);
 //! - an engine driven by the test on a controlled clock ([`SteppedEngine`]);
 //! - with the feature `service`: the service in this process on a free port ([`TestApp`])
-//!   and a GraphQL client for it or for the real binary ([`GraphqlClient`]).
+//!   and a GraphQL client for it or for the real binary ([`GraphqlClient`]);
+//! - with the feature `browser`: a headless Chromium over WebDriver ([`Browser`]), installed
+//!   from the system's packages when missing.
 
+#[cfg(feature = "browser")]
+mod browser;
 mod consumers;
 mod contact_book;
 mod db;
@@ -26,11 +30,15 @@ mod served;
 mod tenants;
 mod wait;
 
+#[cfg(feature = "browser")]
+pub use browser::{foreign, Browser, PAGE_WAIT};
 pub use consumers::{caught_up, has_read_everything, SteppedConsumer, CATCH_UP};
 pub use contact_book::{set_field_sync, set_flag, ContactBook};
 pub use contact_book::{CIPP_FINGERPRINT, CIPP_URL, DELTA_LINK, DIRECT_FINGERPRINT};
 pub use db::{count_events, TestDb, READ_MODEL_TABLES};
 pub use engine::{OneTenant, SteppedEngine};
+#[cfg(feature = "browser")]
+pub use fantoccini;
 #[cfg(feature = "service")]
 pub use graphql::{token, token_for, GraphqlClient};
 pub use history::{

@@ -71,13 +71,7 @@ async fn serve_runs_embedded_postgres_answers_health_and_stops_it_on_ctrl_c() {
     // discovery and first sync.
     let runs = "{ runs(first: 50) { edges { node { type outcome } } } }";
     demo.eventually(runs, serde_json::json!({}), |d| {
-        let edges = d["runs"]["edges"].as_array().cloned().unwrap_or_default();
-        let succeeded = |t: &str| {
-            edges
-                .iter()
-                .filter(|e| e["node"]["type"] == t && e["node"]["outcome"] == "succeeded")
-                .count()
-        };
+        let succeeded = |t: &str| crate::common::graphql::succeeded_runs(d, t);
         succeeded("policy.resync") == 5
             && succeeded("contacts.discover") == 1
             && succeeded("contacts.sync") == 1

@@ -332,13 +332,27 @@ async fn requests_without_a_valid_token_get_401_with_a_clear_message() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    // GraphiQL is served for people.
+    // People get the console's query page, served by the binary itself (GraphiQL's
+    // page loaded its code from a CDN), under a policy that allows only this origin.
     let page = http
         .get(format!("{}/graphql", server.base_url))
         .send()
         .await
         .unwrap();
     assert_eq!(page.status(), 200);
+    let header = |name: &str| {
+        page.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(header("content-type"), "text/html; charset=utf-8");
+    assert!(header("content-security-policy").contains("default-src 'self'"));
+    assert_eq!(header("x-content-type-options"), "nosniff");
+    let html = page.text().await.unwrap();
+    assert!(html.contains("/console/main.js"), "{html}");
+    assert_eq!(api::console::external_urls(&html), Vec::<String>::new());
 }
 
 #[tokio::test]

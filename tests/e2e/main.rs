@@ -5,6 +5,7 @@
 mod audit_chain;
 mod chaos;
 mod common;
+mod console;
 mod contacts;
 mod crash;
 mod embedded_serve;

@@ -40,8 +40,9 @@ impl SubscriptionRoot {
         super::mail::received_feed(ctx, mailbox_id).await
     }
 
-    /// Streams a run each time it changes: one run by `runId`, or every run of a tenant by
-    /// `tenantId`. With `runId`, the current state comes first.
+    /// Streams a run each time it changes: one run by `runId`, every run of a tenant by
+    /// `tenantId`, or every run of the workspace with neither (a live run list). With
+    /// `runId`, the current state comes first.
     async fn run_updated(
         &self,
         ctx: &Context<'_>,
@@ -53,9 +54,6 @@ impl SubscriptionRoot {
                 uuid::Uuid::try_parse(&r).map_err(|_| invalid("`runId` is not a valid run id"))
             })
             .transpose()?;
-        if run_id.is_none() && tenant_id.is_none() {
-            return Err(invalid("give `runId` or `tenantId`"));
-        }
         let workspace = caller(ctx)?.workspace.clone();
         let pool = state(ctx)?.pool.clone();
         let mut notices = ctx.data::<RunFeed>()?.subscribe();
@@ -77,7 +75,9 @@ impl SubscriptionRoot {
                 if notice.workspace != workspace {
                     continue;
                 }
-                let wanted = run_id.map(|r| r == notice.run_id).unwrap_or(false)
+                let every = run_id.is_none() && tenant_id.is_none();
+                let wanted = every
+                    || run_id.map(|r| r == notice.run_id).unwrap_or(false)
                     || tenant_id.as_deref().is_some_and(|t| notice.tenant_key.as_deref() == Some(t));
                 if !wanted {
                     continue;

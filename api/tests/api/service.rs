@@ -123,3 +123,58 @@ async fn an_instance_whose_read_models_wait_for_a_newer_version_is_not_ready() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_console_is_served_with_its_types_entity_tags_and_security_headers() {
+    let app = TestApp::start().await;
+    let http = reqwest::Client::new();
+    for (path, content_type) in [
+        ("/", "text/html; charset=utf-8"),
+        ("/console/main.js", "text/javascript; charset=utf-8"),
+        ("/console/pages/runs.js", "text/javascript; charset=utf-8"),
+        ("/console/console.css", "text/css; charset=utf-8"),
+        ("/console/icon.svg", "image/svg+xml"),
+    ] {
+        let r = http
+            .get(format!("{}{path}", app.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let h = r.headers();
+        assert_eq!(h["content-type"], content_type, "{path}");
+        assert_eq!(h["cache-control"], "no-cache", "{path}");
+        assert_eq!(
+            h["content-security-policy"],
+            api::security::CONTENT_SECURITY_POLICY
+        );
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        assert_eq!(h["referrer-policy"], "no-referrer");
+        assert_eq!(h["x-frame-options"], "DENY");
+        // The browser's copy is current: 304 without a body.
+        let etag = h["etag"].clone();
+        let again = http
+            .get(format!("{}{path}", app.url()))
+            .header("if-none-match", etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status(), 304, "{path}");
+    }
+    let missing = http
+        .get(format!("{}/console/nothing.js", app.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    // The API's answers carry the headers too.
+    let api = http
+        .post(format!("{}/graphql", app.url()))
+        .json(&json!({"query": "{ me { role } }"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 401);
+    assert_eq!(api.headers()["x-frame-options"], "DENY");
+    app.stop().await;
+}

@@ -154,3 +154,17 @@ pub async fn resynced_sim_tenant(
         .to_owned();
     (tenant, run)
 }
+
+/// How many runs of `run_type` succeeded in a `runs { edges { node { type outcome } } }`
+/// answer.
+pub fn succeeded_runs(data: &serde_json::Value, run_type: &str) -> usize {
+    data["runs"]["edges"]
+        .as_array()
+        .map(|edges| {
+            edges
+                .iter()
+                .filter(|e| e["node"]["type"] == run_type && e["node"]["outcome"] == "succeeded")
+                .count()
+        })
+        .unwrap_or(0)
+}
