@@ -723,3 +723,39 @@ pub(crate) async fn finished_resync(
     uow.commit().await?;
     Ok(run_id.as_uuid())
 }
+
+/// Gives `tenant` a Microsoft connection with a credential and consent, so its runs start.
+pub(crate) async fn connect_tenant(
+    bus: &store::CommandBus,
+    vault: &store::Vault,
+    owner: &store::Metadata,
+    tenant: &domain::TenantKey,
+    guid: domain::EntraTenantId,
+) -> anyhow::Result<()> {
+    let err = |e: app::AppError| anyhow::anyhow!("{e}");
+    let connection = app::create_connection(
+        bus,
+        owner,
+        tenant,
+        domain::Provider::Microsoft,
+        guid,
+        "Graph",
+    )
+    .await
+    .map_err(err)?;
+    let secret = secrecy::SecretString::from(format!("bench-secret-{guid}"));
+    app::set_credential(bus, vault, owner, connection, "app", &secret, None)
+        .await
+        .map_err(err)?;
+    app::change_connection(
+        bus,
+        owner,
+        connection,
+        domain::connection::ConnectionCommand::GrantConsent {
+            scopes: vec!["Policy.Read.All".into()],
+        },
+    )
+    .await
+    .map_err(err)?;
+    Ok(())
+}

@@ -131,7 +131,7 @@ async fn measure(config: &Config, pool: &PgPool, events: usize) -> anyhow::Resul
 
 /// The template history, through the real use cases, and the SQL function that copies it.
 async fn template(config: &Config, pool: &PgPool) -> anyhow::Result<()> {
-    use domain::{Provider, Role};
+    use domain::Role;
     // k-th copy: the workspace renamed, and the last group of every UUID led by k.
     sqlx::query(
         "CREATE OR REPLACE FUNCTION bench_copy(t text, k int) RETURNS text LANGUAGE sql IMMUTABLE AS $$ \
@@ -170,24 +170,7 @@ async fn template(config: &Config, pool: &PgPool) -> anyhow::Result<()> {
         )
         .await
         .map_err(err)?;
-        let connection =
-            app::create_connection(&bus, &owner, &tenant, Provider::Microsoft, guid, "Graph")
-                .await
-                .map_err(err)?;
-        let secret = secrecy::SecretString::from(format!("bench-secret-{i}"));
-        app::set_credential(&bus, &vault, &owner, connection, "app", &secret, None)
-            .await
-            .map_err(err)?;
-        app::change_connection(
-            &bus,
-            &owner,
-            connection,
-            domain::connection::ConnectionCommand::GrantConsent {
-                scopes: vec!["Policy.Read.All".into()],
-            },
-        )
-        .await
-        .map_err(err)?;
+        crate::bench::connect_tenant(&bus, &vault, &owner, &tenant, guid).await?;
         for _ in 0..2 {
             crate::bench::finished_resync(&bus, &owner, &engine, &tenant).await?;
         }

@@ -121,10 +121,11 @@ async fn measure_on(
     let bus = store::CommandBus::new(pool.clone(), domain::Services::system(), metrics.clone());
     let owner = store::Metadata::new(WORKSPACE, "bench", domain::Role::Owner);
     let engine = store::Metadata::new(WORKSPACE, "workflow:bench", domain::Role::System);
+    let vault = crate::serve::open_vault(config)?;
     let run: u32 = rand::random();
     let mut last_run = None;
     for i in 0..tenants {
-        let guid = format!("{run:08x}-0000-4000-8000-{i:012x}").parse()?;
+        let guid: domain::EntraTenantId = format!("{run:08x}-0000-4000-8000-{i:012x}").parse()?;
         let tenant = app::register_tenant(
             &bus,
             &owner,
@@ -135,6 +136,7 @@ async fn measure_on(
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
         if i < TENANTS_WITH_RUNS {
+            crate::bench::connect_tenant(&bus, &vault, &owner, &tenant, guid).await?;
             for _ in 0..RUNS_PER_TENANT {
                 last_run =
                     Some(crate::bench::finished_resync(&bus, &owner, &engine, &tenant).await?);
@@ -167,7 +169,7 @@ async fn measure_on(
         pool,
         bus,
         metrics,
-        crate::serve::open_vault(config)?,
+        vault,
         crate::serve::ApiSettings {
             auth,
             persisted: api::graphql::PersistedQueries::open(),
