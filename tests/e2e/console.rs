@@ -244,16 +244,21 @@ async fn console_signs_in_lists_the_demo_tenants_and_follows_a_resync_live() {
             "tr[data-tenant=\"{tenant}\"] button[data-action=resync]"
         ))
         .await;
-    // The run's page shows it once the read model has it (the subscription says when).
+    // The run's page shows it once the read model has it (the subscription says when). Read
+    // in one script: the element is redrawn as the run moves, so a handle found first can
+    // be stale by the time its attribute is asked for.
+    browser
+        .wait_until(
+            "the run's page shows its outcome",
+            "return document.querySelector('#run-outcome [data-status]') !== null",
+        )
+        .await;
     let first = browser
-        .find("#run-outcome [data-status]")
-        .await
-        .attr("data-status")
-        .await
-        .unwrap();
+        .eval("return document.querySelector('#run-outcome [data-status]').getAttribute('data-status')")
+        .await;
     assert_eq!(
-        first.as_deref(),
-        Some("pending"),
+        first,
+        json!("pending"),
         "the run is under way when its page opens"
     );
     browser

@@ -569,8 +569,17 @@ async fn a_reauthorization_request_renews_the_subscription_it_names_at_once() {
         at("LifecycleNotified") < at("SubscriptionRenewed") && at("LifecycleNotified").is_some(),
         "the notice is recorded, then the renewal: {noticed:?}"
     );
-    // The timer moved with the new expiry.
-    assert!(world.renewal_due(id).await.unwrap() > due);
+    // The timer moved with the new expiry: `renew_before` ahead of it, less a jitter of at
+    // most a quarter of that (so it need not be later than the first timer, which had its
+    // own jitter: the 2 hours advanced here are less than the jitter's 3).
+    let renew_before = world.settings().renew_before;
+    let moved = world.renewal_due(id).await.unwrap();
+    let latest = new_expiry - renew_before;
+    let earliest = latest - renew_before / 4;
+    assert!(
+        (earliest..=latest).contains(&moved),
+        "the timer {moved} is not between {earliest} and {latest} (first timer {due})"
+    );
 }
 
 #[tokio::test]
