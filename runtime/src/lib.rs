@@ -113,6 +113,10 @@ pub fn start(parts: &Parts, options: &Options, shutdown: CancellationToken) -> R
         );
         tasks.spawn(runner.run(wakeups.clone(), shutdown.clone()));
     }
+    // Engines wake when the task feed made work due, not on every append (and listen
+    // only where there are engines).
+    let task_wakeups = (options.workers > 0)
+        .then(|| Wakeups::listen_on(pool.clone(), store::log::TASKS_CHANNEL, shutdown.clone()));
     for i in 0..options.workers {
         let engine = Engine {
             lease: options.lease,
@@ -126,7 +130,8 @@ pub fn start(parts: &Parts, options: &Options, shutdown: CancellationToken) -> R
                 format!("{}-{i}", options.owner),
             )
         };
-        tasks.spawn(engine.run(wakeups.clone(), shutdown.clone()));
+        let engine_wakeups = task_wakeups.clone().unwrap_or_else(|| wakeups.clone());
+        tasks.spawn(engine.run(engine_wakeups, shutdown.clone()));
     }
     if let (Some(settings), true) = (&options.mail, options.workers > 0) {
         let worker = workflows::mail::MailWorker::new(

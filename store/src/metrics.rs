@@ -53,6 +53,8 @@ pub struct Metrics {
     pub mail_work: Family<OutcomeLabels, Counter>,
     /// GraphQL query requests by where they read (with a read replica configured).
     pub reads: Family<OutcomeLabels, Counter>,
+    /// Task claims by the workflow engines: `task` (a run to advance) or `empty`.
+    pub engine_claims: Family<OutcomeLabels, Counter>,
 }
 
 /// Labels of the counters by outcome (inbound mail, replica reads).
@@ -198,8 +200,15 @@ impl Metrics {
             "Query requests by where they read: replica, primary_own_write or primary_stale",
             reads.clone(),
         );
+        let engine_claims = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "engine_claims",
+            "Task claims by the workflow engines, by outcome: task (a run to advance) or empty",
+            engine_claims.clone(),
+        );
         Self {
             reads,
+            engine_claims,
             mail_notifications,
             mail_work,
             registry: Arc::new(registry),
@@ -225,6 +234,16 @@ impl Metrics {
             crate::ReadRoute::PrimaryStale => "primary_stale",
         };
         self.reads
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts an engine's claim: whether it found a task.
+    pub fn engine_claimed(&self, found: bool) {
+        let outcome = if found { "task" } else { "empty" };
+        self.engine_claims
             .get_or_create(&OutcomeLabels {
                 outcome: outcome.to_owned(),
             })

@@ -250,9 +250,9 @@ impl Engine {
         // The lease is measured from before the claim on this process's monotonic clock,
         // so it is never thought longer than the database made it.
         let asked = Instant::now();
-        let Some(claimed) =
-            claim_with_streams(self.pool(), &self.owner, self.lease, self.now()).await?
-        else {
+        let claimed = claim_with_streams(self.pool(), &self.owner, self.lease, self.now()).await?;
+        self.bus.metrics().engine_claimed(claimed.is_some());
+        let Some(claimed) = claimed else {
             return Ok(false);
         };
         let Claimed {
@@ -895,8 +895,10 @@ impl Engine {
         ))
     }
 
-    /// Runs until `shutdown`: advances every due task, then waits for new events or the
-    /// next poll (retries come due without an event).
+    /// Runs until `shutdown`: advances every due task, then waits for `wakeups` or the
+    /// next poll (retries and expired leases come due without a notification). The
+    /// runtime passes the task feed's wakeups ([`store::log::TASKS_CHANNEL`]), which fire
+    /// when work came due, not on every append.
     pub async fn run(self, mut wakeups: Wakeups, shutdown: CancellationToken) {
         loop {
             if shutdown.is_cancelled() {

@@ -51,6 +51,9 @@ impl Consumer for TaskFeed {
         // due-time changes in between go one by one, after the inserts before them.
         let mut queued = NewTasks::default();
         let mut ended: Vec<Uuid> = Vec::new();
+        // Whether this batch made work due now (a new task, a cancellation): then the
+        // engines are woken when it commits.
+        let mut made_due = false;
         for e in events
             .iter()
             .filter(|e| e.aggregate_type == OperationRun::TYPE)
@@ -74,6 +77,7 @@ impl Consumer for TaskFeed {
                     context,
                     ..
                 } => {
+                    made_due = true;
                     queued.run_ids.push(run_id);
                     queued.workspaces.push(workspace.as_str().to_owned());
                     queued.run_types.push(run_type);
@@ -97,6 +101,7 @@ impl Consumer for TaskFeed {
                         .await?;
                 }
                 RunEvent::RunCancelRequested { at } => {
+                    made_due = true;
                     queued.flush(tx).await?;
                     sqlx::query("UPDATE workflow_tasks SET due_at = LEAST(due_at, $2), updated_at = now() WHERE run_id = $1")
                         .bind(run_id)
@@ -112,6 +117,14 @@ impl Consumer for TaskFeed {
         if !ended.is_empty() {
             sqlx::query("DELETE FROM workflow_tasks WHERE run_id = ANY($1)")
                 .bind(&ended)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if made_due {
+            // Delivered at commit, once per batch: the feed commits a few times a second
+            // under load, so the notification queue's lock costs nothing measurable here.
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(store::log::TASKS_CHANNEL)
                 .execute(&mut *tx)
                 .await?;
         }

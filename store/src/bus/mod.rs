@@ -172,6 +172,11 @@ impl CommandBus {
         &self.pool
     }
 
+    /// The metrics this bus counts into (shared with whoever made it).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     pub fn services(&self) -> &Services {
         &self.services
     }

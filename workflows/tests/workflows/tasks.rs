@@ -156,3 +156,44 @@ async fn an_expired_lease_is_claimed_by_another_runner_and_the_old_holder_cannot
         .await
         .unwrap());
 }
+
+/// The next notification's payload (waiting at most 30 s).
+async fn next(listener: &mut sqlx::postgres::PgListener) -> String {
+    tokio::time::timeout(Duration::from_secs(30), listener.recv())
+        .await
+        .expect("a notification within 30 s")
+        .unwrap()
+        .payload()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn the_feed_wakes_the_engines_only_when_it_made_work_due() {
+    let db = TestDb::new().await;
+    let bus = db.bus().await;
+    let pool = bus.pool().clone();
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+        .await
+        .unwrap();
+    listener.listen(store::log::TASKS_CHANNEL).await.unwrap();
+
+    // A tenant and its connection: appends that give the engines nothing to do.
+    let (tenant, _) = ReadyTenant::new(&bus, CONTOSO).build().await;
+    feed(&pool).await;
+    // Notifications arrive in commit order: had the feed notified, its would come first.
+    sqlx::query("SELECT pg_notify($1, 'marker')")
+        .bind(store::log::TASKS_CHANNEL)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut listener).await,
+        "marker",
+        "no wakeup without work"
+    );
+
+    // A queued run: the feed's commit wakes the engines.
+    queued_resync(&bus, &tenant).await;
+    feed(&pool).await;
+    assert_eq!(next(&mut listener).await, "", "the feed's wakeup");
+}
