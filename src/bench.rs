@@ -144,10 +144,16 @@ pub struct PhaseResult {
 struct AppendReport {
     benchmark: &'static str,
     concurrency: usize,
+    /// Command appends with the audit chain's sealer running beside them, as in the
+    /// service (the sealer reads, hashes and seals every event on the same cores).
     command_append: PhaseResult,
+    /// The same command appends with nothing beside them: the append path alone.
+    command_append_alone: PhaseResult,
     raw_insert: PhaseResult,
     /// command_append.per_second / raw_insert.per_second
     ratio: f64,
+    /// command_append_alone.per_second / raw_insert.per_second
+    ratio_alone: f64,
     target_ratio: f64,
     /// The audit chain's sealer, running beside the command appends as in the service.
     sealer: SealerLag,
@@ -274,6 +280,13 @@ async fn all(config: Config, dir: PathBuf) -> anyhow::Result<()> {
             number(&r["target_ratio"]),
         ));
     }
+    let a = read("append")?;
+    figures.push(at_least(
+        "append",
+        "ratio, sealer off",
+        number(&a["ratio_alone"]),
+        number(&a["target_ratio"]),
+    ));
     let c = read("catchup")?;
     figures.push(at_least(
         "catchup",
@@ -493,10 +506,13 @@ async fn append(
     );
     tracing::info!(
         concurrency,
-        "command append: {:.0}/s (p50 {:.2} ms, p99 {:.2} ms); raw insert: {:.0}/s (p50 {:.2} ms, p99 {:.2} ms); ratio {:.2} (target >= {:.1})",
+        "command append: {:.0}/s (p50 {:.2} ms, p99 {:.2} ms), alone {:.0}/s (p50 {:.2} ms, ratio {:.2}); raw insert: {:.0}/s (p50 {:.2} ms, p99 {:.2} ms); ratio {:.2} (target >= {:.1})",
         report.command_append.per_second,
         report.command_append.p50_ms,
         report.command_append.p99_ms,
+        report.command_append_alone.per_second,
+        report.command_append_alone.p50_ms,
+        report.ratio_alone,
         report.raw_insert.per_second,
         report.raw_insert.p50_ms,
         report.raw_insert.p99_ms,
@@ -570,8 +586,13 @@ async fn append_on(
     })
     .await?;
     let b = bus.clone();
-    // The sealer starts caught up (the warm-up's events sealed), then runs beside the
-    // appends as it does in the service.
+    let command_append_alone = measure(total, concurrency, move |i| {
+        register(b.clone(), 2 * total + i)
+    })
+    .await?;
+    let b = bus.clone();
+    // The sealer starts caught up (the warm-up's and the first phase's events sealed), then
+    // runs beside the appends as it does in the service.
     let sealer = Sealer::start(pool).await?;
     let command_append = measure(total, concurrency, move |i| register(b.clone(), i)).await?;
     let sealer = sealer.finish().await?;
@@ -579,7 +600,9 @@ async fn append_on(
     Ok(AppendReport {
         benchmark: "append",
         concurrency,
+        ratio_alone: command_append_alone.per_second / raw_insert.per_second,
         command_append,
+        command_append_alone,
         raw_insert,
         ratio,
         target_ratio: 0.8,

@@ -30,6 +30,23 @@ struct ResyncReport {
     /// workflow / bare loop
     ratio: f64,
     target_ratio: f64,
+    /// The engines' task claims during the timed phase, per run: those that found a run
+    /// to advance and those that found nothing.
+    claims_per_run: f64,
+    empty_claims_per_run: f64,
+}
+
+/// The engines' claims so far: (found a task, found nothing).
+fn claims(metrics: &Metrics) -> (u64, u64) {
+    let count = |outcome: &str| {
+        metrics
+            .engine_claims
+            .get_or_create(&store::metrics::OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .get()
+    };
+    (count("task"), count("empty"))
 }
 
 pub async fn run(
@@ -45,10 +62,12 @@ pub async fn run(
     tracing::info!(
         tenants,
         concurrency,
-        "workflow: {:.1} resyncs/s ({:.1} s, of which starting the runs {:.1} s); bare loop: {:.1} tenants/s; ratio {:.2} (target >= {:.1})",
+        "workflow: {:.1} resyncs/s ({:.1} s, of which starting the runs {:.1} s; {:.2} claims per run, {:.2} empty); bare loop: {:.1} tenants/s; ratio {:.2} (target >= {:.1})",
         report.workflow_resyncs_per_second,
         report.workflow_seconds,
         report.starts_seconds,
+        report.claims_per_run,
+        report.empty_claims_per_run,
         report.bare_loop.per_second,
         report.ratio,
         report.target_ratio
@@ -112,8 +131,10 @@ async fn resync(
     }
 
     let mut after = feed_caught_up(pool).await?;
+    tracing::info!(tenants, "fleet registered; resyncing every tenant");
     // A fleet resync starts a run per tenant as a schedule's fan-out does: one fleet start.
     let started = Instant::now();
+    let claims_before = claims(&metrics);
     let requests: Vec<app::StartRequest> = keys
         .iter()
         .map(|k| app::StartRequest {
@@ -176,6 +197,7 @@ async fn resync(
     }
     drop(watcher);
     let workflow_seconds = started.elapsed().as_secs_f64();
+    let claims_after = claims(&metrics);
     background.stop().await;
     let failed: i64 =
         sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'RunFailed'")
@@ -223,6 +245,8 @@ async fn resync(
         ratio: per_second / bare_loop.per_second,
         bare_loop,
         target_ratio: 0.5,
+        claims_per_run: (claims_after.0 - claims_before.0) as f64 / keys.len() as f64,
+        empty_claims_per_run: (claims_after.1 - claims_before.1) as f64 / keys.len() as f64,
     })
 }
 
