@@ -269,24 +269,20 @@ async fn all(config: Config, dir: PathBuf) -> anyhow::Result<()> {
     for name in ["append", "resync", "verify", "contacts"] {
         let r = read(name)?;
         figures.push(at_least(
-            match name {
-                "append" => "append",
-                "resync" => "resync",
-                "contacts" => "contacts",
-                _ => "verify",
-            },
+            name,
             "ratio",
             number(&r["ratio"]),
             number(&r["target_ratio"]),
         ));
+        if name == "append" {
+            figures.push(at_least(
+                name,
+                "ratio, sealer off",
+                number(&r["ratio_alone"]),
+                number(&r["target_ratio"]),
+            ));
+        }
     }
-    let a = read("append")?;
-    figures.push(at_least(
-        "append",
-        "ratio, sealer off",
-        number(&a["ratio_alone"]),
-        number(&a["target_ratio"]),
-    ));
     let c = read("catchup")?;
     figures.push(at_least(
         "catchup",

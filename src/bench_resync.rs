@@ -36,19 +36,6 @@ struct ResyncReport {
     empty_claims_per_run: f64,
 }
 
-/// The engines' claims so far: (found a task, found nothing).
-fn claims(metrics: &Metrics) -> (u64, u64) {
-    let count = |outcome: &str| {
-        metrics
-            .engine_claims
-            .get_or_create(&store::metrics::OutcomeLabels {
-                outcome: outcome.to_owned(),
-            })
-            .get()
-    };
-    (count("task"), count("empty"))
-}
-
 pub async fn run(
     config: Config,
     tenants: usize,
@@ -134,7 +121,7 @@ async fn resync(
     tracing::info!(tenants, "fleet registered; resyncing every tenant");
     // A fleet resync starts a run per tenant as a schedule's fan-out does: one fleet start.
     let started = Instant::now();
-    let claims_before = claims(&metrics);
+    let claims_before = metrics.engine_claims_counted();
     let requests: Vec<app::StartRequest> = keys
         .iter()
         .map(|k| app::StartRequest {
@@ -197,7 +184,7 @@ async fn resync(
     }
     drop(watcher);
     let workflow_seconds = started.elapsed().as_secs_f64();
-    let claims_after = claims(&metrics);
+    let claims_after = metrics.engine_claims_counted();
     background.stop().await;
     let failed: i64 =
         sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'RunFailed'")

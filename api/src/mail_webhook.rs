@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use serde::Deserialize;
-use store::metrics::OutcomeLabels;
+use store::Metrics;
 
 use std::sync::{Arc, OnceLock};
 
@@ -146,13 +146,7 @@ async fn notify(
         }
     };
     for (n, verdict) in notifications.iter().zip(&verdicts) {
-        state
-            .metrics
-            .mail_notifications
-            .get_or_create(&OutcomeLabels {
-                outcome: verdict.as_str().to_owned(),
-            })
-            .inc();
+        Metrics::by_outcome(&state.metrics.mail_notifications, verdict.as_str()).inc();
         match verdict {
             Verdict::UnknownSubscription | Verdict::WrongClientState | Verdict::Malformed => {
                 tracing::warn!(subscription = %n.subscription_id, verdict = verdict.as_str(), "change notification ignored");

@@ -115,23 +115,24 @@ pub fn start(parts: &Parts, options: &Options, shutdown: CancellationToken) -> R
     }
     // Engines wake when the task feed made work due, not on every append (and listen
     // only where there are engines).
-    let task_wakeups = (options.workers > 0)
-        .then(|| Wakeups::listen_on(pool.clone(), store::log::TASKS_CHANNEL, shutdown.clone()));
-    for i in 0..options.workers {
-        let engine = Engine {
-            lease: options.lease,
-            backoff: options.backoff,
-            write_window: options.write_window,
-            workflows: parts.workflows.clone(),
-            ..Engine::new(
-                parts.bus.clone(),
-                parts.vault.clone(),
-                parts.graph.clone(),
-                format!("{}-{i}", options.owner),
-            )
-        };
-        let engine_wakeups = task_wakeups.clone().unwrap_or_else(|| wakeups.clone());
-        tasks.spawn(engine.run(engine_wakeups, shutdown.clone()));
+    if options.workers > 0 {
+        let task_wakeups =
+            Wakeups::listen_on(pool.clone(), store::log::TASKS_CHANNEL, shutdown.clone());
+        for i in 0..options.workers {
+            let engine = Engine {
+                lease: options.lease,
+                backoff: options.backoff,
+                write_window: options.write_window,
+                workflows: parts.workflows.clone(),
+                ..Engine::new(
+                    parts.bus.clone(),
+                    parts.vault.clone(),
+                    parts.graph.clone(),
+                    format!("{}-{i}", options.owner),
+                )
+            };
+            tasks.spawn(engine.run(task_wakeups.clone(), shutdown.clone()));
+        }
     }
     if let (Some(settings), true) = (&options.mail, options.workers > 0) {
         let worker = workflows::mail::MailWorker::new(

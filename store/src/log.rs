@@ -11,6 +11,7 @@
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use sqlx::{PgConnection, PgPool};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -336,7 +337,7 @@ pub struct ConsumerRunner {
     metrics: Metrics,
     /// Whether this runner has made sure its checkpoint row exists (rows are never
     /// deleted), so later batches skip that insert: one round trip less a batch.
-    checkpoint_exists: std::sync::atomic::AtomicBool,
+    checkpoint_exists: AtomicBool,
 }
 
 impl ConsumerRunner {
@@ -351,7 +352,7 @@ impl ConsumerRunner {
             consumer,
             options,
             metrics,
-            checkpoint_exists: std::sync::atomic::AtomicBool::new(false),
+            checkpoint_exists: AtomicBool::new(false),
         }
     }
 
@@ -364,10 +365,7 @@ impl ConsumerRunner {
     /// Applies at most one batch.
     pub async fn step(&self) -> Result<Progress, ConsumerError> {
         let name = self.consumer.name();
-        if !self
-            .checkpoint_exists
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
+        if !self.checkpoint_exists.load(Ordering::Relaxed) {
             // Committed on its own, so it stands whatever the batch below does.
             sqlx::query(
                 "INSERT INTO consumer_checkpoints (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
@@ -375,8 +373,7 @@ impl ConsumerRunner {
             .bind(name)
             .execute(&self.pool)
             .await?;
-            self.checkpoint_exists
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+            self.checkpoint_exists.store(true, Ordering::Relaxed);
         }
         let mut tx = self.pool.begin().await?;
         // The row lock makes this instance the only one advancing the consumer; others skip.

@@ -226,6 +226,15 @@ impl Metrics {
         }
     }
 
+    /// The counter of `family` for `outcome` (made on first use).
+    pub fn by_outcome(family: &Family<OutcomeLabels, Counter>, outcome: &str) -> Counter {
+        family
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .clone()
+    }
+
     /// Counts a query request's read by where it went.
     pub fn read_routed(&self, route: crate::ReadRoute) {
         let outcome = match route {
@@ -233,21 +242,25 @@ impl Metrics {
             crate::ReadRoute::PrimaryOwnWrite => "primary_own_write",
             crate::ReadRoute::PrimaryStale => "primary_stale",
         };
-        self.reads
-            .get_or_create(&OutcomeLabels {
-                outcome: outcome.to_owned(),
-            })
-            .inc();
+        Self::by_outcome(&self.reads, outcome).inc();
+    }
+
+    /// The engines' claims counter for those that found a task, or for those that did not.
+    fn engine_claims_of(&self, found: bool) -> Counter {
+        Self::by_outcome(&self.engine_claims, if found { "task" } else { "empty" })
     }
 
     /// Counts an engine's claim: whether it found a task.
     pub fn engine_claimed(&self, found: bool) {
-        let outcome = if found { "task" } else { "empty" };
-        self.engine_claims
-            .get_or_create(&OutcomeLabels {
-                outcome: outcome.to_owned(),
-            })
-            .inc();
+        self.engine_claims_of(found).inc();
+    }
+
+    /// The engines' claims so far: (found a task, found nothing).
+    pub fn engine_claims_counted(&self) -> (u64, u64) {
+        (
+            self.engine_claims_of(true).get(),
+            self.engine_claims_of(false).get(),
+        )
     }
 
     /// The Prometheus text exposition of every metric.

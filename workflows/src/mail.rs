@@ -33,7 +33,6 @@ use graph::{AppCredentials, GraphApi, GraphError};
 use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgConnection;
-use store::metrics::OutcomeLabels;
 use store::{CommandBus, Metrics, Vault, Wakeups};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -297,12 +296,7 @@ impl MailWorker {
             Done::Again(_, true) => "retry",
             Done::Again(_, false) => "scheduled",
         };
-        self.metrics
-            .mail_work
-            .get_or_create(&OutcomeLabels {
-                outcome: format!("{}_{outcome}", work.kind),
-            })
-            .inc();
+        Metrics::by_outcome(&self.metrics.mail_work, &format!("{}_{outcome}", work.kind)).inc();
         match done {
             Done::Recorded => {}
             Done::Finished => finish(&mut *self.bus.pool().acquire().await?, &work).await?,
