@@ -1,11 +1,13 @@
 //! Rebuilding read models from the event log (issue 17, item 4).
 //!
 //! One pass over the log feeds every read model being rebuilt: each batch is read (and its
-//! JSON parsed) once, with the payloads any of them asks for, and handed to each read model
-//! in turn, each writing shadow copies of its tables in a schema of its own. At the end the
-//! shadows take the live tables' place in the same transaction, so readers keep reading the
-//! live tables until then. Only one rebuild runs at a time (a transaction-scoped advisory
-//! lock); its progress is recorded in `rebuild_status` for operators.
+//! JSON parsed) once, with the payloads any of them asks for, and handed to fillers on up to
+//! [`REBUILD_CONNECTIONS`] connections of their own, each writing shadow copies of its read
+//! models' tables (a schema per read model) in one transaction, so PostgreSQL applies the
+//! read models in parallel. Once every filler has committed the whole log, the shadows take
+//! the live tables' place in one short transaction, so readers keep reading the live tables
+//! until then. Only one rebuild runs at a time (an advisory lock held by the transaction
+//! that reads and swaps); its progress is recorded in `rebuild_status` for operators.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,8 +16,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use store::log::read_batch_for;
-use store::{ConsumerError, Payloads, Position};
-use tokio::sync::{oneshot, Notify};
+use store::{ConsumerError, Payloads, Position, StoredEvent};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::Projection;
 
@@ -109,8 +111,8 @@ pub fn choose(
         .collect())
 }
 
-/// Rebuilds `projections` in one pass over the log, in one transaction: shadow tables
-/// filled batch by batch, then swapped in. Readers keep the live tables until the swap,
+/// Rebuilds `projections` in one pass over the log: shadow tables filled batch by batch
+/// (see [`fill_shadows`]), then swapped in by the transaction that read the log. Readers keep the live tables until the swap,
 /// which waits only for the queries running at that moment; the live runners of these
 /// projections (on any instance) wait on their checkpoint rows meanwhile and continue from
 /// where the rebuild ended. Returns the number of events read (each applied to every read
@@ -157,8 +159,137 @@ pub async fn rebuild(
     .await?;
     progress.start(&names, total.max(0) as u64);
     let shadows: Vec<String> = names.iter().map(|n| shadow_schema(n)).collect();
-    for (p, shadow) in chosen.iter().zip(&shadows) {
-        // A rebuild cut short (a crash) left its schema behind; nothing else uses it.
+    let filled = match fill_shadows(pool, &mut tx, &chosen, &shadows, batch_size, progress).await {
+        Ok(reached) => swap_in(&mut tx, &chosen, &shadows)
+            .await
+            .map(|()| reached)
+            .map_err(RebuildError::from),
+        Err(e) => Err(e),
+    };
+    let (position, applied) = match filled {
+        Ok(reached) => reached,
+        Err(e) => {
+            // Nothing was swapped in; the filled shadows are dropped (or by the next
+            // rebuild, which drops what a crashed one left).
+            let _ = tx.rollback().await;
+            drop_shadows(pool, &shadows).await;
+            return Err(e);
+        }
+    };
+    sqlx::query(
+        "UPDATE consumer_checkpoints SET transaction_id = $2::text::xid8, global_position = $3, \
+         events_consumed = $4, updated_at = now() WHERE name = ANY($1)",
+    )
+    .bind(&names)
+    .bind(position.transaction_id.to_string())
+    .bind(position.global_position)
+    .bind(applied as i64)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    progress.finish(applied);
+    Ok(applied)
+}
+
+/// The most connections a rebuild fills shadows on, besides the one that reads the log and
+/// swaps them in. Read models are spread over them by [`Projection::rebuild_weight`].
+pub const REBUILD_CONNECTIONS: usize = 3;
+
+/// A batch for the fillers, or the end of the log (commit what you filled).
+#[derive(Clone)]
+enum ToFill {
+    Batch(Arc<Vec<StoredEvent>>),
+    End,
+}
+
+/// Reads the log in batches on `tx` (once, with the payloads any read model asks for) and
+/// hands each batch to fillers on connections of their own, each applying it to its read
+/// models' shadow tables in a transaction that commits at the end of the log. PostgreSQL
+/// applies the read models in parallel, the next batch is read meanwhile, and no filler
+/// commits unless the whole log was read and applied. Returns where the log ended and how
+/// many events were read.
+async fn fill_shadows(
+    pool: &PgPool,
+    tx: &mut sqlx::PgConnection,
+    chosen: &[&dyn Projection],
+    shadows: &[String],
+    batch_size: i64,
+    progress: &dyn RebuildProgress,
+) -> Result<(Position, u64), RebuildError> {
+    let groups = spread(chosen, REBUILD_CONNECTIONS);
+    let mut senders = Vec::with_capacity(groups.len());
+    let mut fillers = Vec::with_capacity(groups.len());
+    for group in groups {
+        let (send, receive) = mpsc::channel::<ToFill>(1);
+        senders.push(send);
+        let group: Vec<(&dyn Projection, &str)> = group
+            .into_iter()
+            .map(|i| (chosen[i], shadows[i].as_str()))
+            .collect();
+        fillers.push(fill(pool, group, receive));
+    }
+    // The payloads any of them reads; each projection decodes only its own events.
+    let wanted: Vec<Payloads> = chosen.iter().map(|p| p.payloads_of()).collect();
+    let read = async move {
+        let mut position = Position::default();
+        let mut applied = 0u64;
+        loop {
+            let events = read_batch_for(&mut *tx, position, batch_size, &wanted).await?;
+            let Some(last) = events.last().map(|e| e.position) else {
+                break;
+            };
+            applied += events.len() as u64;
+            let batch = ToFill::Batch(Arc::new(events));
+            for send in &senders {
+                if send.send(batch.clone()).await.is_err() {
+                    // That filler failed; its error is the one to report.
+                    return Ok(None);
+                }
+            }
+            position = last;
+            progress.advance(applied);
+        }
+        for send in &senders {
+            if send.send(ToFill::End).await.is_err() {
+                return Ok(None);
+            }
+        }
+        Ok::<_, RebuildError>(Some((position, applied)))
+    };
+    let (read, filled) = tokio::join!(read, futures::future::join_all(fillers));
+    // A filler's own error first: the reader only saw that it stopped listening.
+    filled.into_iter().collect::<Result<Vec<()>, _>>()?;
+    read?.ok_or(RebuildError::Stopped)
+}
+
+/// Spreads read models (by index) over at most `connections` groups, heaviest first onto
+/// the lightest group so far.
+fn spread(chosen: &[&dyn Projection], connections: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..chosen.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(chosen[i].rebuild_weight()));
+    let mut groups: Vec<(u32, Vec<usize>)> = Vec::new();
+    for i in order {
+        if groups.len() < connections.max(1) {
+            groups.push((chosen[i].rebuild_weight(), vec![i]));
+        } else if let Some(lightest) = groups.iter_mut().min_by_key(|(weight, _)| *weight) {
+            lightest.0 += chosen[i].rebuild_weight();
+            lightest.1.push(i);
+        }
+    }
+    groups.into_iter().map(|(_, group)| group).collect()
+}
+
+/// One filler: makes its read models' shadow tables (dropping what a crashed rebuild left),
+/// applies every batch it is handed, builds the indexes it deferred and commits at the end.
+/// A closed channel before the end (the reader failed) rolls everything back.
+async fn fill(
+    pool: &PgPool,
+    group: Vec<(&dyn Projection, &str)>,
+    mut batches: mpsc::Receiver<ToFill>,
+) -> Result<(), RebuildError> {
+    let mut tx = pool.begin().await?;
+    let mut deferred = Vec::new();
+    for (p, shadow) in &group {
         sqlx::query(&format!("DROP SCHEMA IF EXISTS {shadow} CASCADE"))
             .execute(&mut *tx)
             .await?;
@@ -179,32 +310,76 @@ pub async fn rebuild(
                 .execute(&mut *tx)
                 .await?;
         }
-    }
-    // The payloads any of them reads; each projection decodes only its own events.
-    let wanted: Vec<Payloads> = chosen.iter().map(|p| p.payloads_of()).collect();
-    let mut position = Position::default();
-    let mut applied = 0u64;
-    loop {
-        let events = read_batch_for(&mut tx, position, batch_size, &wanted).await?;
-        let Some(last) = events.last().map(|e| e.position) else {
-            break;
-        };
-        for (p, shadow) in chosen.iter().zip(&shadows) {
-            // The projection's statements name its tables unqualified: they write its
-            // shadows.
-            sqlx::query(&format!("SET LOCAL search_path = {shadow}, public"))
-                .execute(&mut *tx)
-                .await?;
-            p.handle(&mut tx, &events).await?;
+        for index in p.indexes_built_after_rebuild() {
+            deferred.extend(defer_index(&mut tx, shadow, index).await?);
         }
-        applied += events.len() as u64;
-        position = last;
-        progress.advance(applied);
+    }
+    loop {
+        match batches.recv().await {
+            Some(ToFill::Batch(events)) => {
+                for (p, shadow) in &group {
+                    // The projection's statements name its tables unqualified: they write
+                    // its shadows.
+                    sqlx::query(&format!("SET LOCAL search_path = {shadow}, public"))
+                        .execute(&mut *tx)
+                        .await?;
+                    p.handle(&mut tx, &events).await?;
+                }
+            }
+            Some(ToFill::End) => break,
+            None => return Err(RebuildError::Stopped),
+        }
     }
     sqlx::query("SET LOCAL search_path = public")
         .execute(&mut *tx)
         .await?;
-    for (p, shadow) in chosen.iter().zip(&shadows) {
+    for build in deferred {
+        sqlx::query(&build).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Drops the shadow copy of the live index named `index` (a filled table's index is built
+/// faster at once than row by row); returns the statement that builds it again. Nothing
+/// when there is no such live index.
+async fn defer_index(
+    tx: &mut sqlx::PgConnection,
+    shadow: &str,
+    index: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    // Live and shadow indexes match by their definition with the name and table left out
+    // (as the swap matches them to rename the shadow's).
+    let found: Option<(String, String)> = sqlx::query_as(
+        r"SELECT s.indexname::text, s.indexdef FROM pg_indexes l JOIN pg_indexes s
+             ON s.schemaname = $1 AND s.tablename = l.tablename
+            AND regexp_replace(s.indexdef, ' INDEX \S+ ON \S+ ', ' INDEX ON ')
+              = regexp_replace(l.indexdef, ' INDEX \S+ ON \S+ ', ' INDEX ON ')
+          WHERE l.schemaname = 'public' AND l.indexname = $2",
+    )
+    .bind(shadow)
+    .bind(index)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((name, build)) = found else {
+        return Ok(None);
+    };
+    sqlx::query(&format!("DROP INDEX {shadow}.{name}"))
+        .execute(&mut *tx)
+        .await?;
+    Ok(Some(build))
+}
+
+/// Swaps every filled shadow table in for its live table and drops the emptied schemas.
+async fn swap_in(
+    tx: &mut sqlx::PgConnection,
+    chosen: &[&dyn Projection],
+    shadows: &[String],
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SET LOCAL search_path = public")
+        .execute(&mut *tx)
+        .await?;
+    for (p, shadow) in chosen.iter().zip(shadows) {
         for table in p.tables() {
             sqlx::query("SELECT tenantflow_swap_in_shadow($1, $2)")
                 .bind(shadow)
@@ -216,19 +391,30 @@ pub async fn rebuild(
             .execute(&mut *tx)
             .await?;
     }
-    sqlx::query(
-        "UPDATE consumer_checkpoints SET transaction_id = $2::text::xid8, global_position = $3, \
-         events_consumed = $4, updated_at = now() WHERE name = ANY($1)",
-    )
-    .bind(&names)
-    .bind(position.transaction_id.to_string())
-    .bind(position.global_position)
-    .bind(applied as i64)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    progress.finish(applied);
-    Ok(applied)
+    Ok(())
+}
+
+/// Drops a failed rebuild's shadows, unless another rebuild has started meanwhile (they
+/// are its own now; it dropped ours when it made them).
+async fn drop_shadows(pool: &PgPool, shadows: &[String]) {
+    let dropped = async {
+        let mut tx = pool.begin().await?;
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(REBUILD_LOCK)
+            .fetch_one(&mut *tx)
+            .await?;
+        if locked {
+            for shadow in shadows {
+                sqlx::query(&format!("DROP SCHEMA IF EXISTS {shadow} CASCADE"))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await
+    };
+    if let Err(error) = dropped.await {
+        tracing::warn!(%error, "cannot drop a failed rebuild's shadow tables; the next rebuild will");
+    }
 }
 
 fn shadow_schema(name: &str) -> String {

@@ -11,6 +11,19 @@ use tokio_util::sync::CancellationToken;
 /// be idempotent: applying an event twice leaves the same rows.
 pub trait Projection: Consumer {
     fn tables(&self) -> &'static [&'static str];
+
+    /// Roughly how much database time this read model takes in a rebuild, relative to the
+    /// others (default 1): a rebuild spreads read models over its connections by it.
+    fn rebuild_weight(&self) -> u32 {
+        1
+    }
+
+    /// Indexes of its tables (by their live names) that its handler never reads through:
+    /// a rebuild builds them once its shadow tables are filled, which is quicker than
+    /// keeping them row by row.
+    fn indexes_built_after_rebuild(&self) -> &'static [&'static str] {
+        &[]
+    }
 }
 
 /// Starts one runner per projection. A failing projection retries with backoff without

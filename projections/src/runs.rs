@@ -78,6 +78,15 @@ impl Projection for Runs {
     fn tables(&self) -> &'static [&'static str] {
         &["rm_runs", "rm_run_steps"]
     }
+
+    fn rebuild_weight(&self) -> u32 {
+        2
+    }
+
+    /// The run lists' orders; the handler reads runs and steps by run id only.
+    fn indexes_built_after_rebuild(&self) -> &'static [&'static str] {
+        &["rm_runs_workspace", "rm_runs_tenant"]
+    }
 }
 
 /// An `rm_runs` row.

@@ -72,6 +72,7 @@ async fn rebuilding_every_read_model_reproduces_the_tables_built_live() {
     let pool = bus.pool().clone();
     let live = snapshot_of(&pool).await;
     let events = log_length(&pool).await as u64;
+    let indexes = every_index(&pool).await;
 
     // One pass over the log feeds them all. One event per batch puts a batch boundary
     // between every two events, including those of one transaction (a scope acquired,
@@ -108,6 +109,9 @@ async fn rebuilding_every_read_model_reproduces_the_tables_built_live() {
             .unwrap();
     }
     assert_eq!(snapshot_of(&pool).await, live, "a subset, and each alone");
+    // Indexes built after the fill (the audit log's and the run list's) are back as they
+    // were, under their names.
+    assert_eq!(every_index(&pool).await, indexes);
     // The live runners continue where the rebuild stopped: nothing is applied again.
     for consumer in consumers() {
         let runner = ConsumerRunner::new(
@@ -155,6 +159,17 @@ async fn acme_reads(pool: &PgPool) -> Result<i64, sqlx::Error> {
         .await?;
     tx.rollback().await?;
     Ok(n)
+}
+
+/// Every read model table's indexes: name and definition.
+async fn every_index(pool: &PgPool) -> Vec<(String, String)> {
+    sqlx::query_as(
+        "SELECT indexname::text, indexdef FROM pg_indexes WHERE schemaname = 'public' \
+         AND tablename LIKE 'rm\\_%' ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
 }
 
 async fn index_names(pool: &PgPool, table: &str) -> Vec<String> {
@@ -425,6 +440,47 @@ async fn an_event_that_cannot_be_decoded_stops_its_projection_without_advancing_
             .await
             .unwrap();
     assert_eq!(recorded, 1, "the audit log records it without decoding it");
+}
+
+#[tokio::test]
+async fn a_rebuild_that_fails_on_one_connection_swaps_nothing_in_and_leaves_no_shadows() {
+    let (_db, bus, _) = projected_history().await;
+    let pool = bus.pool().clone();
+    let live = snapshot_of(&pool).await;
+    // The tenants read model's filler fails at this event; the audit log's, on another
+    // connection, has applied it (it records events without decoding them).
+    let bad = append_raw(
+        &pool,
+        &format!("acme:{NORTHWIND}-x"),
+        "TenantRenamed",
+        json!({ "TenantRenamed": { "display_name": 42 } }),
+    )
+    .await;
+    let all = projections::all();
+    let all: Vec<&dyn projections::Projection> = all.iter().map(|p| p.as_ref()).collect();
+    let failed = projections::rebuild(&pool, &all, 3, &Quiet).await;
+    match failed {
+        Err(projections::RebuildError::Consumer(ConsumerError::Decode { position, .. })) => {
+            assert_eq!(position.global_position, bad)
+        }
+        other => panic!("expected the tenants filler's decode error, got {other:?}"),
+    }
+    assert_eq!(snapshot_of(&pool).await, live, "nothing was swapped in");
+    let shadows: i64 =
+        sqlx::query_scalar(r"SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'rebuild\_%'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(shadows, 0, "the fillers' shadows are gone");
+    // The lock was let go: a rebuild of the others goes through.
+    projections::rebuild(
+        &pool,
+        &[&projections::Runs, &projections::AuditLog],
+        3,
+        &Quiet,
+    )
+    .await
+    .unwrap();
 }
 
 /// A newer version's `tenants` projection, as far as this test needs one: it knows every
