@@ -159,7 +159,7 @@ pub async fn rebuild(
     .await?;
     progress.start(&names, total.max(0) as u64);
     let shadows: Vec<String> = names.iter().map(|n| shadow_schema(n)).collect();
-    let filled = match fill_shadows(pool, &mut tx, &chosen, &shadows, batch_size, progress).await {
+    let filled = match fill_shadows(pool, &chosen, &shadows, batch_size, progress).await {
         Ok(reached) => swap_in(&mut tx, &chosen, &shadows)
             .await
             .map(|()| reached)
@@ -202,15 +202,14 @@ enum ToFill {
     End,
 }
 
-/// Reads the log in batches on `tx` (once, with the payloads any read model asks for) and
-/// hands each batch to fillers on connections of their own, each applying it to its read
+/// Reads the log in batches (once, with the payloads any read model asks for) and hands
+/// each batch to fillers on connections of their own, each applying it to its read
 /// models' shadow tables in a transaction that commits at the end of the log. PostgreSQL
 /// applies the read models in parallel, the next batch is read meanwhile, and no filler
 /// commits unless the whole log was read and applied. Returns where the log ended and how
 /// many events were read.
 async fn fill_shadows(
     pool: &PgPool,
-    tx: &mut sqlx::PgConnection,
     chosen: &[&dyn Projection],
     shadows: &[String],
     batch_size: i64,
@@ -230,11 +229,12 @@ async fn fill_shadows(
     }
     // The payloads any of them reads; each projection decodes only its own events.
     let wanted: Vec<Payloads> = chosen.iter().map(|p| p.payloads_of()).collect();
-    let read = async move {
+    let mut read = read_ahead(pool, wanted, batch_size);
+    let hand_out = async move {
         let mut position = Position::default();
         let mut applied = 0u64;
-        loop {
-            let events = read_batch_for(&mut *tx, position, batch_size, &wanted).await?;
+        while let Some(events) = read.recv().await {
+            let events = events?;
             let Some(last) = events.last().map(|e| e.position) else {
                 break;
             };
@@ -256,10 +256,43 @@ async fn fill_shadows(
         }
         Ok::<_, RebuildError>(Some((position, applied)))
     };
-    let (read, filled) = tokio::join!(read, futures::future::join_all(fillers));
+    let (read, filled) = tokio::join!(hand_out, futures::future::join_all(fillers));
     // A filler's own error first: the reader only saw that it stopped listening.
     filled.into_iter().collect::<Result<Vec<()>, _>>()?;
     read?.ok_or(RebuildError::Stopped)
+}
+
+/// Reads the log from the start in batches, on a connection and task of its own (decoding
+/// a batch's JSON overlaps with applying the one before), until a batch comes back empty;
+/// the empty batch is sent too. Stops when nobody listens.
+fn read_ahead(
+    pool: &PgPool,
+    wanted: Vec<Payloads>,
+    batch_size: i64,
+) -> mpsc::Receiver<Result<Vec<StoredEvent>, sqlx::Error>> {
+    let (send, receive) = mpsc::channel(1);
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        let read = async {
+            let mut conn = pool.acquire().await?;
+            let mut position = Position::default();
+            loop {
+                let events = read_batch_for(&mut conn, position, batch_size, &wanted).await?;
+                let last = events.last().map(|e| e.position);
+                if send.send(Ok(events)).await.is_err() {
+                    return Ok(());
+                }
+                match last {
+                    Some(last) => position = last,
+                    None => return Ok(()),
+                }
+            }
+        };
+        if let Err(e) = read.await {
+            let _ = send.send(Err(e)).await;
+        }
+    });
+    receive
 }
 
 /// Spreads read models (by index) over at most `connections` groups, heaviest first onto
