@@ -164,13 +164,23 @@ fn details(e: &StoredEvent) -> Option<Value> {
     })
 }
 
-fn run_details(event: RunEvent) -> Option<Value> {
-    let steps: Vec<Value> = event
-        .carried()
-        .iter()
-        .filter_map(|e| run_details(e.clone()))
-        .collect();
-    let mut details = step_or_end_details(event)?;
+fn run_details(mut event: RunEvent) -> Option<Value> {
+    // Taken out of the end, not copied: a step's summary is a JSON object of its own.
+    let carried = match &mut event {
+        RunEvent::RunSucceeded { progress, .. }
+        | RunEvent::RunPartiallySucceeded { progress, .. }
+        | RunEvent::RunFailed { progress, .. }
+        | RunEvent::RunCancelled { progress, .. } => std::mem::take(progress),
+        _ => Vec::new(),
+    };
+    // A cancelled run reports nothing of its own, but what it carries.
+    let cancelled_carrying = matches!(event, RunEvent::RunCancelled { .. }) && !carried.is_empty();
+    let steps: Vec<Value> = carried.into_iter().filter_map(run_details).collect();
+    let mut details = if cancelled_carrying {
+        json!({})
+    } else {
+        step_or_end_details(event)?
+    };
     if let (Value::Object(fields), false) = (&mut details, steps.is_empty()) {
         fields.insert("steps".to_owned(), Value::Array(steps));
     }
@@ -200,8 +210,6 @@ fn step_or_end_details(event: RunEvent) -> Option<Value> {
         RunEvent::RunFailed { failure, .. } => Some(json!({
             "reason": failure.reason, "message": failure.message, "step": failure.step,
         })),
-        // A cancelled run reports nothing of its own, but what it carries.
-        RunEvent::RunCancelled { progress, .. } if !progress.is_empty() => Some(json!({})),
         RunEvent::RunBlocked {
             reason, next_steps, ..
         } => Some(json!({ "reason": reason, "next_steps": next_steps })),

@@ -70,9 +70,10 @@ impl StoredEvent {
         self.metadata.get(key).and_then(|v| v.as_str())
     }
 
-    /// Decodes the payload as an aggregate's event type.
+    /// Decodes the payload as an aggregate's event type (from the parsed payload in place:
+    /// a copy of it first was a tenth of a rebuild's time in the client).
     pub fn decode<E: DeserializeOwned>(&self) -> Result<E, ConsumerError> {
-        serde_json::from_value(self.payload.clone()).map_err(|source| ConsumerError::Decode {
+        E::deserialize(&self.payload).map_err(|source| ConsumerError::Decode {
             position: self.position,
             event_type: self.event_type.clone(),
             source,
