@@ -37,15 +37,17 @@ pub struct AuditLog;
 
 const NAME: &str = "audit_log";
 
-/// A batch's rows, one array per column, in one statement.
+/// A batch's rows, one array per column, in one statement; with [`ON_CONFLICT`] live.
 const INSERT: &str = "\
     INSERT INTO rm_audit_log (global_position, workspace_id, recorded_at, actor, role, \
         action, aggregate_type, aggregate_id, tenant_key, correlation_id, causation_id, \
         request_id, details) \
     SELECT * FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], \
         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
-        $13::jsonb[]) \
-    ON CONFLICT (global_position) DO NOTHING";
+        $13::jsonb[])";
+/// What makes a live batch idempotent: an event's row is written once. A rebuild applies
+/// every event once, so it leaves the check out (a fifth of its inserts' time).
+const ON_CONFLICT: &str = " ON CONFLICT (global_position) DO NOTHING";
 /// For each aggregate a batch may ask about: the tenant of its first row already written
 /// (which may have none), and the first tenant any of its rows has.
 const EARLIER: &str = "\
@@ -74,6 +76,24 @@ impl Consumer for AuditLog {
         tx: &mut PgConnection,
         events: &[StoredEvent],
     ) -> Result<(), ConsumerError> {
+        apply(tx, events, Applied::Maybe).await
+    }
+}
+
+/// Whether the events of a batch may have been applied before.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Applied {
+    Maybe,
+    /// A rebuild's: every event is applied once.
+    Never,
+}
+
+async fn apply(
+    tx: &mut PgConnection,
+    events: &[StoredEvent],
+    applied: Applied,
+) -> Result<(), ConsumerError> {
+    {
         // The whole batch in three statements, with the rows it writes kept in memory
         // meanwhile: every answer below is the one applying the events one at a time
         // would give.
@@ -88,13 +108,22 @@ impl Consumer for AuditLog {
                 batch.remember(e, key);
             }
         }
-        batch.write(tx).await
+        batch.write(tx, applied).await
     }
 }
 
+#[async_trait::async_trait]
 impl Projection for AuditLog {
     fn tables(&self) -> &'static [&'static str] {
         &["rm_audit_log"]
+    }
+
+    async fn rebuild_handle(
+        &self,
+        tx: &mut PgConnection,
+        events: &[StoredEvent],
+    ) -> Result<(), ConsumerError> {
+        apply(tx, events, Applied::Never).await
     }
 
     /// A row per event: over half of a whole rebuild's time in PostgreSQL.
@@ -438,7 +467,7 @@ impl Batch {
     }
 
     /// Fills in the earlier rows' scopes, then writes the batch's rows.
-    async fn write(self, tx: &mut PgConnection) -> Result<(), ConsumerError> {
+    async fn write(self, tx: &mut PgConnection, applied: Applied) -> Result<(), ConsumerError> {
         if !self.filled.is_empty() {
             let (scopes, tenants): (Vec<String>, Vec<String>) = self.filled.into_iter().unzip();
             sqlx::query(FILL_IN)
@@ -453,7 +482,11 @@ impl Batch {
         if rows.global_position.is_empty() {
             return Ok(());
         }
-        sqlx::query(INSERT)
+        let insert = match applied {
+            Applied::Maybe => format!("{INSERT}{ON_CONFLICT}"),
+            Applied::Never => INSERT.to_owned(),
+        };
+        sqlx::query(&insert)
             .bind(rows.global_position)
             .bind(rows.workspace_id)
             .bind(rows.recorded_at)

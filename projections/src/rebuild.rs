@@ -219,7 +219,7 @@ async fn fill_shadows(
     let mut senders = Vec::with_capacity(groups.len());
     let mut fillers = Vec::with_capacity(groups.len());
     for group in groups {
-        let (send, receive) = mpsc::channel::<ToFill>(1);
+        let (send, receive) = mpsc::channel::<ToFill>(2);
         senders.push(send);
         let group: Vec<(&dyn Projection, &str)> = group
             .into_iter()
@@ -270,7 +270,7 @@ fn read_ahead(
     wanted: Vec<Payloads>,
     batch_size: i64,
 ) -> mpsc::Receiver<Result<Vec<StoredEvent>, sqlx::Error>> {
-    let (send, receive) = mpsc::channel(1);
+    let (send, receive) = mpsc::channel(2);
     let pool = pool.clone();
     tokio::spawn(async move {
         let read = async {
@@ -322,6 +322,8 @@ async fn fill(
 ) -> Result<(), RebuildError> {
     let mut tx = pool.begin().await?;
     let mut deferred = Vec::new();
+    // Time each read model spent applying batches, for the log.
+    let mut applying = vec![Duration::ZERO; group.len()];
     for (p, shadow) in &group {
         sqlx::query(&format!("DROP SCHEMA IF EXISTS {shadow} CASCADE"))
             .execute(&mut *tx)
@@ -350,13 +352,15 @@ async fn fill(
     loop {
         match batches.recv().await {
             Some(ToFill::Batch(events)) => {
-                for (p, shadow) in &group {
+                for ((p, shadow), spent) in group.iter().zip(&mut applying) {
+                    let began = Instant::now();
                     // The projection's statements name its tables unqualified: they write
                     // its shadows.
                     sqlx::query(&format!("SET LOCAL search_path = {shadow}, public"))
                         .execute(&mut *tx)
                         .await?;
-                    p.handle(&mut tx, &events).await?;
+                    p.rebuild_handle(&mut tx, &events).await?;
+                    *spent += began.elapsed();
                 }
             }
             Some(ToFill::End) => break,
@@ -366,10 +370,23 @@ async fn fill(
     sqlx::query("SET LOCAL search_path = public")
         .execute(&mut *tx)
         .await?;
+    let began = Instant::now();
     for build in deferred {
         sqlx::query(&build).execute(&mut *tx).await?;
     }
     tx.commit().await?;
+    for ((p, _), spent) in group.iter().zip(applying) {
+        tracing::debug!(
+            read_model = p.name(),
+            seconds = spent.as_secs_f64(),
+            "shadow filled"
+        );
+    }
+    tracing::debug!(
+        read_models = ?group.iter().map(|(p, _)| p.name()).collect::<Vec<_>>(),
+        index_seconds = began.elapsed().as_secs_f64(),
+        "deferred indexes built and shadows committed"
+    );
     Ok(())
 }
 

@@ -1,14 +1,16 @@
 //! Running projections live.
 
+use sqlx::PgConnection;
 use sqlx::PgPool;
 use std::sync::Arc;
 use store::log::{ConsumerRunner, RunnerOptions, Wakeups};
-use store::{Consumer, Metrics};
+use store::{Consumer, ConsumerError, Metrics, StoredEvent};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// A read model: a consumer plus the tables it owns (truncated on rebuild). Handlers must
 /// be idempotent: applying an event twice leaves the same rows.
+#[async_trait::async_trait]
 pub trait Projection: Consumer {
     fn tables(&self) -> &'static [&'static str];
 
@@ -23,6 +25,18 @@ pub trait Projection: Consumer {
     /// keeping them row by row.
     fn indexes_built_after_rebuild(&self) -> &'static [&'static str] {
         &[]
+    }
+
+    /// Applies a batch in a rebuild: to shadow tables that start with nothing but archived
+    /// runs' summaries, every event of the log once, in order. A projection may leave out
+    /// here what makes [`Consumer::handle`] idempotent where that costs; by default it is
+    /// `handle`.
+    async fn rebuild_handle(
+        &self,
+        tx: &mut PgConnection,
+        events: &[StoredEvent],
+    ) -> Result<(), ConsumerError> {
+        self.handle(tx, events).await
     }
 }
 
