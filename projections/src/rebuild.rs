@@ -320,7 +320,10 @@ async fn fill(
     group: Vec<(&dyn Projection, &str)>,
     mut batches: mpsc::Receiver<ToFill>,
 ) -> Result<(), RebuildError> {
-    let mut tx = pool.begin().await?;
+    // A crashed rebuild's schemas are seldom there: no notice each time they are not.
+    let mut tx = pool
+        .begin_with("BEGIN; SET LOCAL client_min_messages = warning")
+        .await?;
     let mut deferred = Vec::new();
     // Time each read model spent applying batches, for the log.
     let mut applying = vec![Duration::ZERO; group.len()];
