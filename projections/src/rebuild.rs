@@ -112,8 +112,9 @@ pub fn choose(
 }
 
 /// Rebuilds `projections` in one pass over the log: shadow tables filled batch by batch
-/// (see [`fill_shadows`]), then swapped in by the transaction that read the log. Readers keep the live tables until the swap,
-/// which waits only for the queries running at that moment; the live runners of these
+/// (see [`fill_shadows`]), then swapped in by the transaction that holds the rebuild's lock.
+/// Readers keep the live tables until the swap, which waits only for the queries running
+/// at that moment; the live runners of these
 /// projections (on any instance) wait on their checkpoint rows meanwhile and continue from
 /// where the rebuild ended. Returns the number of events read (each applied to every read
 /// model that handles it).
@@ -138,6 +139,8 @@ pub async fn rebuild(
     if !locked {
         return Err(RebuildError::AlreadyRunning);
     }
+    // Where each live runner was: it waits on its row until the swap.
+    let mut live_reached = Vec::with_capacity(names.len());
     for name in &names {
         sqlx::query(
             "INSERT INTO consumer_checkpoints (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
@@ -145,10 +148,17 @@ pub async fn rebuild(
         .bind(name)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("SELECT 1 FROM consumer_checkpoints WHERE name = $1 FOR UPDATE")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
+        let (transaction_id, global_position): (i64, i64) = sqlx::query_as(
+            "SELECT transaction_id::text::bigint, global_position FROM consumer_checkpoints \
+             WHERE name = $1 FOR UPDATE",
+        )
+        .bind(name)
+        .fetch_one(&mut *tx)
+        .await?;
+        live_reached.push(Position {
+            transaction_id,
+            global_position,
+        });
     }
     // What the batches will read as of now (as they do: below every running transaction);
     // events committed meanwhile may add a few.
@@ -186,6 +196,9 @@ pub async fn rebuild(
     .bind(applied as i64)
     .execute(&mut *tx)
     .await?;
+    for (p, reached) in chosen.iter().zip(live_reached) {
+        p.announce_rebuilt(&mut tx, reached, position).await?;
+    }
     tx.commit().await?;
     progress.finish(applied);
     Ok(applied)
@@ -215,7 +228,10 @@ async fn fill_shadows(
     batch_size: i64,
     progress: &dyn RebuildProgress,
 ) -> Result<(Position, u64), RebuildError> {
-    let groups = spread(chosen, REBUILD_CONNECTIONS);
+    // The swapping transaction and the reader hold a connection each; a small pool gets
+    // fewer fillers rather than a rebuild that waits for connections it holds itself.
+    let spare = (pool.options().get_max_connections() as usize).saturating_sub(2);
+    let groups = spread(chosen, REBUILD_CONNECTIONS.min(spare).max(1));
     let mut senders = Vec::with_capacity(groups.len());
     let mut fillers = Vec::with_capacity(groups.len());
     for group in groups {

@@ -4,7 +4,7 @@ use sqlx::PgConnection;
 use sqlx::PgPool;
 use std::sync::Arc;
 use store::log::{ConsumerRunner, RunnerOptions, Wakeups};
-use store::{Consumer, ConsumerError, Metrics, StoredEvent};
+use store::{Consumer, ConsumerError, Metrics, Position, StoredEvent};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +37,18 @@ pub trait Projection: Consumer {
         events: &[StoredEvent],
     ) -> Result<(), ConsumerError> {
         self.handle(tx, events).await
+    }
+
+    /// Tells readers, in the transaction that swapped the rebuilt tables in, what the
+    /// rebuild brought in that the live tables had not caught up with: the events after
+    /// `live_reached` (where the live runner was), up to `rebuilt_to`. Nothing by default.
+    async fn announce_rebuilt(
+        &self,
+        _tx: &mut PgConnection,
+        _live_reached: Position,
+        _rebuilt_to: Position,
+    ) -> Result<(), sqlx::Error> {
+        Ok(())
     }
 }
 

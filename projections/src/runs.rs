@@ -8,14 +8,14 @@ use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::run::{OperationRun, RunEvent, RunOutcome, RunStatus, StepStatus};
 use sqlx::PgConnection;
-use store::{Consumer, ConsumerError, Payloads, StoredEvent};
+use store::{Consumer, ConsumerError, Payloads, Position, StoredEvent};
 use uuid::Uuid;
 
 use crate::event::{events_of, required_meta, serde_name, to_json, uuid_id};
 use crate::Projection;
 
-/// The channel the runs projection notifies on, once per run a batch changed (a rebuild
-/// changes them all). The payload is a JSON object `{"run_id": "<uuid>", "workspace":
+/// The channel the runs projection notifies on, once per run a batch changed (a rebuild,
+/// once it has swapped its tables in, per run the live tables had not caught up with). The payload is a JSON object `{"run_id": "<uuid>", "workspace":
 /// "<workspace id>", "tenant_key": "<workspace>:<entra guid>"}`; the run's state is in its
 /// `rm_runs` row, committed before the notification is delivered.
 pub use store::checkpoints::RUNS_CHANNEL;
@@ -55,28 +55,83 @@ impl Consumer for Runs {
         tx: &mut PgConnection,
         events: &[StoredEvent],
     ) -> Result<(), ConsumerError> {
-        let ids: Vec<Uuid> = events
-            .iter()
-            .filter(|e| e.aggregate_type == OperationRun::TYPE)
-            .filter_map(|e| e.aggregate_id.parse().ok())
-            .collect::<BTreeSet<Uuid>>()
-            .into_iter()
-            .collect();
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let mut batch = Batch::load(tx, &ids).await?;
-        for decoded in events_of::<OperationRun>(NAME, events) {
-            let (e, event) = decoded?;
-            batch.apply(e, event)?;
-        }
-        batch.write(tx).await
+        apply(tx, events, Notify::ChangedRuns).await
     }
 }
 
+/// Whether a batch notifies [`RUNS_CHANNEL`] of the runs it changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Notify {
+    ChangedRuns,
+    /// A rebuild writes shadow tables that readers do not see until the swap; it notifies
+    /// after it (see [`Projection::announce_rebuilt`]).
+    Nothing,
+}
+
+async fn apply(
+    tx: &mut PgConnection,
+    events: &[StoredEvent],
+    notify: Notify,
+) -> Result<(), ConsumerError> {
+    let ids: Vec<Uuid> = events
+        .iter()
+        .filter(|e| e.aggregate_type == OperationRun::TYPE)
+        .filter_map(|e| e.aggregate_id.parse().ok())
+        .collect::<BTreeSet<Uuid>>()
+        .into_iter()
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut batch = Batch::load(tx, &ids).await?;
+    for decoded in events_of::<OperationRun>(NAME, events) {
+        let (e, event) = decoded?;
+        batch.apply(e, event)?;
+    }
+    batch.write(tx, notify).await
+}
+
+#[async_trait::async_trait]
 impl Projection for Runs {
     fn tables(&self) -> &'static [&'static str] {
         &["rm_runs", "rm_run_steps"]
+    }
+
+    async fn rebuild_handle(
+        &self,
+        tx: &mut PgConnection,
+        events: &[StoredEvent],
+    ) -> Result<(), ConsumerError> {
+        apply(tx, events, Notify::Nothing).await
+    }
+
+    /// Notifies the runs whose events the live tables had not caught up with: to a
+    /// subscriber, the rows the swap brought in that it has not been told of.
+    async fn announce_rebuilt(
+        &self,
+        tx: &mut PgConnection,
+        live_reached: Position,
+        rebuilt_to: Position,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "SELECT pg_notify($1, json_build_object('run_id', r.run_id, \
+                 'workspace', r.workspace_id, 'tenant_key', r.tenant_key)::text) \
+             FROM rm_runs r JOIN (SELECT DISTINCT aggregate_id FROM events \
+                 WHERE aggregate_type = $2 \
+                   AND (transaction_id, global_position) > ($3::text::xid8, $4) \
+                   AND (transaction_id, global_position) <= ($5::text::xid8, $6)) e \
+               ON r.run_id::text = e.aggregate_id",
+        )
+        .persistent(false)
+        .bind(RUNS_CHANNEL)
+        .bind(OperationRun::TYPE)
+        .bind(live_reached.transaction_id.to_string())
+        .bind(live_reached.global_position)
+        .bind(rebuilt_to.transaction_id.to_string())
+        .bind(rebuilt_to.global_position)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
     }
 
     fn rebuild_weight(&self) -> u32 {
@@ -438,7 +493,7 @@ impl Batch {
 
     /// Writes the changed rows back, then notifies their runs (delivered on commit). A
     /// replay that changed nothing writes and notifies nothing.
-    async fn write(mut self, tx: &mut PgConnection) -> Result<(), ConsumerError> {
+    async fn write(mut self, tx: &mut PgConnection, notify: Notify) -> Result<(), ConsumerError> {
         if !self.changed.is_empty() {
             let rows: Vec<RunRow> = self
                 .changed
@@ -455,7 +510,7 @@ impl Batch {
                 .collect();
             upsert_steps(tx, rows).await?;
         }
-        if !self.changed.is_empty() {
+        if notify == Notify::ChangedRuns && !self.changed.is_empty() {
             sqlx::query(NOTIFY)
                 .persistent(false)
                 .bind(RUNS_CHANNEL)

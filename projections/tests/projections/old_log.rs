@@ -21,14 +21,6 @@ const EXPECTED: &str = concat!(
     "/tests/fixtures/log_v1_read_models.json"
 );
 
-struct Quiet;
-
-impl projections::RebuildProgress for Quiet {
-    fn start(&self, _names: &[&str], _total: u64) {}
-    fn advance(&self, _replayed: u64) {}
-    fn finish(&self, _replayed: u64) {}
-}
-
 /// Inserts the fixture's events as they were recorded: each of its transactions in one
 /// transaction, with its global positions and times.
 async fn load_the_old_log(pool: &PgPool) -> usize {

@@ -867,3 +867,48 @@ async fn run_changes_are_announced_on_the_runs_channel_when_their_batch_commits(
     let n = next_run_notification(&mut listener).await;
     assert_eq!(n["run_id"], next.to_string());
 }
+
+#[tokio::test]
+async fn a_rebuild_announces_after_its_swap_only_the_runs_the_live_tables_had_not_caught_up_with() {
+    let db = TestDb::new().await;
+    let bus = db.bus().await;
+    let pool = bus.pool().clone();
+    let h = History::of(&bus).runs().build().await;
+    catch_up(&pool, Arc::new(projections::Runs)).await;
+    // Queued since the live runner last read the log.
+    let next = queued_resync(&bus, &h.contoso).await;
+    let mut listener = PgListener::connect_with(&pool).await.unwrap();
+    listener.listen(RUNS_CHANNEL).await.unwrap();
+    let marker = || async {
+        sqlx::query("SELECT pg_notify($1, '{\"marker\": true}')")
+            .bind(RUNS_CHANNEL)
+            .execute(&pool)
+            .await
+            .unwrap();
+    };
+
+    projections::rebuild(&pool, &[&projections::Runs], 1000, &Quiet)
+        .await
+        .unwrap();
+    marker().await;
+    let n = next_run_notification(&mut listener).await;
+    assert_eq!(n["run_id"], next.to_string());
+    assert_eq!(n["tenant_key"], h.contoso.to_string());
+    // The notice comes with the swap: the row is in the table readers read.
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM rm_runs WHERE run_id::text = $1")
+            .bind(next.to_string())
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+    assert_eq!(status.as_deref(), Some("queued"));
+    // The runs the live tables had, rewritten by the rebuild, are not announced again.
+    assert_eq!(next_run_notification(&mut listener).await["marker"], true);
+
+    // A rebuild with nothing new announces nothing.
+    projections::rebuild(&pool, &[&projections::Runs], 1000, &Quiet)
+        .await
+        .unwrap();
+    marker().await;
+    assert_eq!(next_run_notification(&mut listener).await["marker"], true);
+}
