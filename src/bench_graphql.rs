@@ -65,12 +65,23 @@ struct AtConcurrency {
     ratio: f64,
 }
 
+/// A request that reads nothing (`{ __typename }`) through the same HTTP, authentication and
+/// GraphQL path: the most any page can do in this harness, whose load generator shares the
+/// machine's cores with the server and PostgreSQL.
+#[derive(Debug, Serialize)]
+struct FloorAt {
+    concurrency: usize,
+    graphql: PhaseResult,
+}
+
 #[derive(Debug, Serialize)]
 struct GraphqlReport {
     benchmark: &'static str,
     tenants: usize,
     requests: usize,
     runs: Vec<AtConcurrency>,
+    /// `{ __typename }` at the same concurrencies.
+    floor: Vec<FloorAt>,
     target_ratio: f64,
     /// The p99 every page must stay under at 32 clients.
     target_p99_ms_at_32: f64,
@@ -86,6 +97,15 @@ pub async fn run(
     let result = measure_on(&config, &db.pool, tenants.max(TENANTS_WITH_RUNS), requests).await;
     db.close().await?;
     let report = result?;
+    for f in &report.floor {
+        tracing::info!(
+            concurrency = f.concurrency,
+            "GraphQL reading nothing ({{ __typename }}): {:.0}/s (p50 {:.2} ms, p99 {:.2} ms)",
+            f.graphql.per_second,
+            f.graphql.p50_ms,
+            f.graphql.p99_ms,
+        );
+    }
     for r in &report.runs {
         tracing::info!(
             page = r.page,
@@ -101,6 +121,37 @@ pub async fn run(
         );
     }
     crate::bench::publish(&report, &json)
+}
+
+/// Posts `page` to the service and checks its answer: one operation of the load.
+fn over_http(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    page: &Page,
+) -> impl Fn(usize) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>
+       + Clone
+       + Send
+       + Sync
+       + 'static {
+    let (client, url, token) = (client.clone(), url.to_owned(), token.to_owned());
+    let (body, check) = (Arc::new(page.body.clone()), page.check);
+    move |_: usize| {
+        let (client, url, token, body) = (client.clone(), url.clone(), token.clone(), body.clone());
+        Box::pin(async move {
+            let answer: serde_json::Value = client
+                .post(&url)
+                .bearer_auth(&token)
+                .json(&*body)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            anyhow::ensure!(check(&answer), "unexpected answer: {answer}");
+            Ok(())
+        })
+    }
 }
 
 /// One page as a dashboard asks for it, and the rows the SQL side must find.
@@ -213,29 +264,23 @@ async fn measure_on(
             },
         },
     ];
+    let floor_page = Page {
+        name: "floor",
+        body: serde_json::json!({ "query": "{ __typename }" }),
+        check: |a| a["data"]["__typename"] == "QueryRoot",
+    };
+    let mut floor = Vec::new();
+    for concurrency in [1, 32] {
+        let request = over_http(&client, &url, &token, &floor_page);
+        measure(200, concurrency, request.clone()).await?;
+        floor.push(FloorAt {
+            concurrency,
+            graphql: measure(requests, concurrency, request).await?,
+        });
+    }
     let mut runs = Vec::new();
     for page in pages {
-        let graphql = {
-            let (client, url, token) = (client.clone(), url.clone(), token.clone());
-            let (body, check) = (Arc::new(page.body), page.check);
-            move |_: usize| {
-                let (client, url, token, body) =
-                    (client.clone(), url.clone(), token.clone(), body.clone());
-                async move {
-                    let answer: serde_json::Value = client
-                        .post(&url)
-                        .bearer_auth(&token)
-                        .json(&*body)
-                        .send()
-                        .await?
-                        .error_for_status()?
-                        .json()
-                        .await?;
-                    anyhow::ensure!(check(&answer), "unexpected answer: {answer}");
-                    Ok(())
-                }
-            }
-        };
+        let graphql = over_http(&client, &url, &token, &page);
         let name = page.name;
         let sql = {
             let pool = pool.clone();
@@ -297,6 +342,7 @@ async fn measure_on(
         tenants,
         requests,
         runs,
+        floor,
         target_ratio: 0.5,
         target_p99_ms_at_32: 10.0,
     })
