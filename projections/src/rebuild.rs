@@ -169,13 +169,16 @@ pub async fn rebuild(
     .await?;
     progress.start(&names, total.max(0) as u64);
     let shadows: Vec<String> = names.iter().map(|n| shadow_schema(n)).collect();
-    let filled = match fill_shadows(pool, &chosen, &shadows, batch_size, progress).await {
+    let filled = fill_shadows(pool, &chosen, &shadows, batch_size, progress).await;
+    let began = Instant::now();
+    let filled = match filled {
         Ok(reached) => swap_in(&mut tx, &chosen, &shadows)
             .await
             .map(|()| reached)
             .map_err(RebuildError::from),
         Err(e) => Err(e),
     };
+    let swapped = began.elapsed();
     let (position, applied) = match filled {
         Ok(reached) => reached,
         Err(e) => {
@@ -196,10 +199,17 @@ pub async fn rebuild(
     .bind(applied as i64)
     .execute(&mut *tx)
     .await?;
+    let began = Instant::now();
     for (p, reached) in chosen.iter().zip(live_reached) {
         p.announce_rebuilt(&mut tx, reached, position).await?;
     }
+    let announced = began.elapsed();
     tx.commit().await?;
+    tracing::debug!(
+        swap_seconds = swapped.as_secs_f64(),
+        announce_seconds = announced.as_secs_f64(),
+        "rebuilt read models swapped in"
+    );
     progress.finish(applied);
     Ok(applied)
 }
