@@ -93,23 +93,21 @@ async fn apply(
     events: &[StoredEvent],
     applied: Applied,
 ) -> Result<(), ConsumerError> {
-    {
-        // The whole batch in three statements, with the rows it writes kept in memory
-        // meanwhile: every answer below is the one applying the events one at a time
-        // would give.
-        let mut batch = Batch::prefetch(tx, events).await?;
-        for e in events {
-            let tenant_key = batch.tenant_of(e);
-            batch.push(e, tenant_key.clone())?;
-            if let Some(key) = tenant_key {
-                if let Some(scope) = scope_filled_in_by(e)? {
-                    batch.fill_in(scope, &key);
-                }
-                batch.remember(e, key);
+    // The whole batch in three statements, with the rows it writes kept in memory
+    // meanwhile: every answer below is the one applying the events one at a time
+    // would give.
+    let mut batch = Batch::prefetch(tx, events).await?;
+    for e in events {
+        let tenant_key = batch.tenant_of(e);
+        batch.push(e, tenant_key.clone())?;
+        if let Some(key) = tenant_key {
+            if let Some(scope) = scope_filled_in_by(e)? {
+                batch.fill_in(scope, &key);
             }
+            batch.remember(e, key);
         }
-        batch.write(tx, applied).await
     }
+    batch.write(tx, applied).await
 }
 
 #[async_trait::async_trait]

@@ -114,9 +114,8 @@ pub fn choose(
 /// Rebuilds `projections` in one pass over the log: shadow tables filled batch by batch
 /// (see [`fill_shadows`]), then swapped in by the transaction that holds the rebuild's lock.
 /// Readers keep the live tables until the swap, which waits only for the queries running
-/// at that moment; the live runners of these
-/// projections (on any instance) wait on their checkpoint rows meanwhile and continue from
-/// where the rebuild ended. Returns the number of events read (each applied to every read
+/// at that moment; the live runners of these projections (on any instance) wait on their
+/// checkpoint rows meanwhile and continue from where the rebuild ended. Returns the number of events read (each applied to every read
 /// model that handles it).
 pub async fn rebuild(
     pool: &PgPool,

@@ -15,9 +15,10 @@ use crate::event::{events_of, required_meta, serde_name, to_json, uuid_id};
 use crate::Projection;
 
 /// The channel the runs projection notifies on, once per run a batch changed (a rebuild,
-/// once it has swapped its tables in, per run the live tables had not caught up with). The payload is a JSON object `{"run_id": "<uuid>", "workspace":
-/// "<workspace id>", "tenant_key": "<workspace>:<entra guid>"}`; the run's state is in its
-/// `rm_runs` row, committed before the notification is delivered.
+/// once it has swapped its tables in, per run the live tables had not caught up with). The
+/// payload is a JSON object `{"run_id": "<uuid>", "workspace": "<workspace id>",
+/// "tenant_key": "<workspace>:<entra guid>"}`; the run's state is in its `rm_runs` row,
+/// committed before the notification is delivered.
 pub use store::checkpoints::RUNS_CHANNEL;
 
 /// Projects [`OperationRun`] events into `rm_runs` and `rm_run_steps`.
@@ -113,24 +114,29 @@ impl Projection for Runs {
         live_reached: Position,
         rebuilt_to: Position,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "SELECT pg_notify($1, json_build_object('run_id', r.run_id, \
-                 'workspace', r.workspace_id, 'tenant_key', r.tenant_key)::text) \
-             FROM rm_runs r JOIN (SELECT DISTINCT aggregate_id FROM events \
-                 WHERE aggregate_type = $2 \
-                   AND (transaction_id, global_position) > ($3::text::xid8, $4) \
-                   AND (transaction_id, global_position) <= ($5::text::xid8, $6)) e \
-               ON r.run_id::text = e.aggregate_id",
+        let runs: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT aggregate_id FROM events WHERE aggregate_type = $1 \
+               AND (transaction_id, global_position) > ($2::text::xid8, $3) \
+               AND (transaction_id, global_position) <= ($4::text::xid8, $5)",
         )
         .persistent(false)
-        .bind(RUNS_CHANNEL)
         .bind(OperationRun::TYPE)
         .bind(live_reached.transaction_id.to_string())
         .bind(live_reached.global_position)
         .bind(rebuilt_to.transaction_id.to_string())
         .bind(rebuilt_to.global_position)
-        .execute(&mut *tx)
+        .fetch_all(&mut *tx)
         .await?;
+        let runs: Vec<Uuid> = runs.iter().filter_map(|id| id.parse().ok()).collect();
+        if !runs.is_empty() {
+            // The same notice a live batch sends.
+            sqlx::query(NOTIFY)
+                .persistent(false)
+                .bind(RUNS_CHANNEL)
+                .bind(runs)
+                .execute(&mut *tx)
+                .await?;
+        }
         Ok(())
     }
 

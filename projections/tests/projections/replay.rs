@@ -383,6 +383,18 @@ async fn append_raw(
     .unwrap()
 }
 
+/// Appends a tenant rename whose name is a number: the tenants read model cannot decode
+/// it (the audit log records events without decoding them). Returns its position.
+async fn append_undecodable_rename(pool: &PgPool) -> i64 {
+    append_raw(
+        pool,
+        &format!("acme:{NORTHWIND}-x"),
+        "TenantRenamed",
+        json!({ "TenantRenamed": { "display_name": 42 } }),
+    )
+    .await
+}
+
 async fn checkpoint(pool: &PgPool, name: &str) -> (i64, i64, i64) {
     sqlx::query_as(
         "SELECT transaction_id::text::bigint, global_position, events_consumed \
@@ -401,13 +413,7 @@ async fn an_event_that_cannot_be_decoded_stops_its_projection_without_advancing_
     let before = checkpoint(&pool, "tenants").await;
     let tenants_before = snapshot_of(&pool).await["rm_tenants"].clone();
 
-    let bad = append_raw(
-        &pool,
-        &format!("acme:{NORTHWIND}-x"),
-        "TenantRenamed",
-        json!({ "TenantRenamed": { "display_name": 42 } }),
-    )
-    .await;
+    let bad = append_undecodable_rename(&pool).await;
 
     let runner = ConsumerRunner::new(
         pool.clone(),
@@ -460,13 +466,7 @@ async fn a_rebuild_that_fails_on_one_connection_swaps_nothing_in_and_leaves_no_s
     let live = snapshot_of(&pool).await;
     // The tenants read model's filler fails at this event; the audit log's, on another
     // connection, has applied it (it records events without decoding them).
-    let bad = append_raw(
-        &pool,
-        &format!("acme:{NORTHWIND}-x"),
-        "TenantRenamed",
-        json!({ "TenantRenamed": { "display_name": 42 } }),
-    )
-    .await;
+    let bad = append_undecodable_rename(&pool).await;
     let all = projections::all();
     let all: Vec<&dyn projections::Projection> = all.iter().map(|p| p.as_ref()).collect();
     let failed = projections::rebuild(&pool, &all, 3, &Quiet).await;
