@@ -155,7 +155,7 @@ async fn resync(
     let mut watcher = pool.acquire().await?;
     let mut done = 0usize;
     while done < keys.len() {
-        let batch = store::log::read_batch_of(
+        let batch = store::log::read_live_batch(
             &mut watcher,
             after,
             10_000,

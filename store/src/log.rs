@@ -176,16 +176,7 @@ pub async fn read_batch_for(
     limit: i64,
     wanted: &[Payloads],
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    let all = wanted.contains(&Payloads::All);
-    let mut aggregates: Vec<&str> = Vec::new();
-    let mut event_types: Vec<&str> = Vec::new();
-    for payloads in wanted {
-        match payloads {
-            Payloads::All => {}
-            Payloads::OfAggregates(types) => aggregates.extend_from_slice(types),
-            Payloads::OfEvents(types) => event_types.extend_from_slice(types),
-        }
-    }
+    let filter = PayloadFilter::of(wanted);
     let rows: Vec<EventRow> = sqlx::query_as(
         "SELECT transaction_id::text::bigint, global_position, aggregate_type, aggregate_id, \
              sequence, event_type, event_version, \
@@ -202,17 +193,68 @@ pub async fn read_batch_for(
     // would keep scanning it whole after it has grown (until the next ANALYZE). ORDER BY
     // names the table's columns: a bare `transaction_id` is the bigint output column
     // above, which no index has, so PostgreSQL sorted everything after the checkpoint for
-    // every batch (90 ms a batch at 100,000 events, growing with the log).
+    // every batch (90 ms a batch at 100,000 events, growing with the log). A rebuild's
+    // batches are large enough for the planning not to matter; live consumers read
+    // through [`read_live_batch`].
     .persistent(false)
     .bind(after.transaction_id.to_string())
     .bind(after.global_position)
     .bind(limit)
-    .bind(aggregates)
-    .bind(event_types)
-    .bind(all)
+    .bind(filter.aggregates)
+    .bind(filter.event_types)
+    .bind(filter.all)
     .fetch_all(conn)
     .await?;
     Ok(rows.into_iter().map(from_row).collect())
+}
+
+/// Like [`read_batch_of`], for the small batches of a live consumer: the same statement in
+/// a function (`tenantflow_read_log`, migration 20261203000010) planned once per
+/// connection, always as the ordered index scan, instead of at every call. Its rows pass
+/// through a tuplestore, so large batches (a rebuild's) read with [`read_batch_for`].
+pub async fn read_live_batch(
+    conn: &mut PgConnection,
+    after: Position,
+    limit: i64,
+    payloads: Payloads,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    let filter = PayloadFilter::of(&[payloads]);
+    let rows: Vec<EventRow> =
+        sqlx::query_as("SELECT * FROM tenantflow_read_log($1, $2, $3, $4, $5, $6)")
+            .bind(after.transaction_id.to_string())
+            .bind(after.global_position)
+            .bind(limit)
+            .bind(filter.aggregates)
+            .bind(filter.event_types)
+            .bind(filter.all)
+            .fetch_all(conn)
+            .await?;
+    Ok(rows.into_iter().map(from_row).collect())
+}
+
+/// The payloads a read returns, as the read's parameters.
+struct PayloadFilter {
+    all: bool,
+    aggregates: Vec<&'static str>,
+    event_types: Vec<&'static str>,
+}
+
+impl PayloadFilter {
+    fn of(wanted: &[Payloads]) -> Self {
+        let mut filter = PayloadFilter {
+            all: wanted.contains(&Payloads::All),
+            aggregates: Vec::new(),
+            event_types: Vec::new(),
+        };
+        for payloads in wanted {
+            match payloads {
+                Payloads::All => {}
+                Payloads::OfAggregates(types) => filter.aggregates.extend_from_slice(types),
+                Payloads::OfEvents(types) => filter.event_types.extend_from_slice(types),
+            }
+        }
+        filter
+    }
 }
 
 /// A named catch-up consumer of the global log (a projection, the workflow task feed, the
@@ -393,7 +435,7 @@ impl ConsumerRunner {
             global_position,
         };
         let payloads = self.consumer.payloads_of();
-        let events = read_batch_of(&mut tx, after, self.options.batch_size, payloads).await?;
+        let events = read_live_batch(&mut tx, after, self.options.batch_size, payloads).await?;
         let Some(last) = events.last().map(|e| e.position) else {
             tx.rollback().await?;
             self.metrics

@@ -110,6 +110,10 @@ struct Announcer {
     queue: OnceLock<mpsc::Sender<()>>,
 }
 
+/// The least time between two of a bus's announcements. A consumer woken by one reads
+/// every event committed before it, so a burst is announced at most once per gap.
+const ANNOUNCE_GAP: std::time::Duration = std::time::Duration::from_millis(2);
+
 impl Announcer {
     /// Called after a commit that appended events.
     fn announce(&self, pool: &PgPool) {
@@ -125,6 +129,11 @@ impl Announcer {
                     {
                         tracing::debug!(%error, "appends could not be announced; consumers will poll");
                     }
+                    // Commits signalled meanwhile wait for the next one: under load this
+                    // keeps the notifications (a round trip and a pooled connection each)
+                    // to one per gap, while the first append after a quiet spell is
+                    // announced at once.
+                    tokio::time::sleep(ANNOUNCE_GAP).await;
                 }
             });
             sender

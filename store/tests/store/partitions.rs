@@ -5,7 +5,7 @@
 use crate::counter::{Counter, CounterCommand};
 use domain::Role;
 use std::sync::Arc;
-use store::log::read_batch;
+use store::log::{read_batch, read_batch_of, read_live_batch, Payloads};
 use store::{AppendError, BusError, CommandBus, Metrics, Position};
 use testkit::TestDb;
 
@@ -58,6 +58,95 @@ async fn appends_fill_several_partitions_and_the_reader_reads_them_in_order() {
         assert_eq!(sequences, (1..=sequences.len() as i64).collect::<Vec<_>>());
     }
     assert_eq!(bus.load::<Counter>("c0").await.unwrap().aggregate.value, 9);
+}
+
+/// The live consumers' read keeps its plan on the connection. Partitions made after that
+/// plan must still be read, in the same order and with the same payload filter as the
+/// direct read.
+#[tokio::test]
+async fn the_live_read_planned_before_new_partitions_reads_them_as_the_direct_read_does() {
+    let db = TestDb::new().await;
+    let bus = db.bus().await;
+    store::partitions::resize(bus.pool(), 10).await.unwrap();
+    // One connection throughout, so every read after the first uses its cached plan.
+    let mut conn = bus.pool().acquire().await.unwrap();
+    let (mut after, mut live) = (Position::default(), Vec::new());
+    let only_counters = Payloads::OfAggregates(&["counter"]);
+    for i in 0..35 {
+        store::partitions::ensure(bus.pool(), 0).await.unwrap();
+        bus.execute::<Counter>(&format!("c{}", i % 4), CounterCommand::Add(1), &meta())
+            .await
+            .unwrap();
+        loop {
+            let batch = read_live_batch(&mut conn, after, 4, only_counters)
+                .await
+                .unwrap();
+            let Some(last) = batch.last() else { break };
+            after = last.position;
+            live.extend(batch);
+        }
+    }
+    assert!(partitions_holding_events(bus.pool()).await >= 4);
+    // Other tests' open transactions can hold the reader's horizon back for a moment.
+    let pool = bus.pool().clone();
+    let read = live.len();
+    let rest = testkit::eventually("every event read live", testkit::CATCH_UP, || async {
+        let mut conn = pool.acquire().await.unwrap();
+        let mut rest = Vec::new();
+        let mut at = after;
+        loop {
+            let batch = read_live_batch(&mut conn, at, 4, only_counters)
+                .await
+                .unwrap();
+            let Some(last) = batch.last() else { break };
+            at = last.position;
+            rest.extend(batch);
+        }
+        (read + rest.len() == 35).then_some(rest)
+    })
+    .await;
+    live.extend(rest);
+    let direct = read_batch(&mut conn, Position::default(), 100)
+        .await
+        .unwrap();
+    assert_eq!(direct.len(), 35);
+    let key = |e: &store::StoredEvent| {
+        (
+            e.position,
+            e.aggregate_id.clone(),
+            e.sequence,
+            e.payload.clone(),
+        )
+    };
+    assert_eq!(
+        live.iter().map(key).collect::<Vec<_>>(),
+        direct.iter().map(key).collect::<Vec<_>>()
+    );
+    // A filter that names nothing read here: positions without payloads or metadata.
+    let bare = read_live_batch(
+        &mut conn,
+        Position::default(),
+        100,
+        Payloads::OfEvents(&["Other"]),
+    )
+    .await
+    .unwrap();
+    let bare_direct = read_batch_of(
+        &mut conn,
+        Position::default(),
+        100,
+        Payloads::OfEvents(&["Other"]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(bare.len(), 35);
+    assert!(bare
+        .iter()
+        .all(|e| e.payload.is_null() && e.metadata == serde_json::json!({})));
+    assert_eq!(
+        bare.iter().map(key).collect::<Vec<_>>(),
+        bare_direct.iter().map(key).collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test]
