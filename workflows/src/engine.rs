@@ -259,10 +259,11 @@ impl Engine {
             task,
             streams,
             credential,
+            checkpoint,
         } = claimed;
         let span = tracing::info_span!("run", run_id = %task.run_id, run_type = %task.run_type, workspace = %task.workspace_id);
         match self
-            .advance(&task, asked + self.lease, streams, credential)
+            .advance(&task, asked + self.lease, (streams, checkpoint), credential)
             .instrument(span)
             .await
         {
@@ -285,9 +286,14 @@ impl Engine {
         }
     }
 
-    /// The run and the streams its steps decide on, from `streams` (read with the claim);
-    /// whatever is missing there is read now.
-    async fn carry(&self, run_id: RunId, mut streams: Streams) -> Result<Carried, EngineError> {
+    /// The run and the streams its steps decide on, from `streams` and `checkpoint` (read
+    /// with the claim); whatever is missing there is read now.
+    async fn carry(
+        &self,
+        run_id: RunId,
+        mut streams: Streams,
+        checkpoint: Option<store::checkpoints::Checkpoint>,
+    ) -> Result<Carried, EngineError> {
         let id = run_id.to_string();
         if !streams.contains(OperationRun::TYPE, &id) {
             streams = self
@@ -297,8 +303,10 @@ impl Engine {
         }
         let mut run = streams.stage::<OperationRun>(&id)?;
         // The run's progress since its last logged event is in its checkpoint, not the log.
-        let checkpoint =
-            store::checkpoints::read(&mut *self.pool().acquire().await?, run_id).await?;
+        let checkpoint = match checkpoint {
+            Some(read) => read,
+            None => store::checkpoints::read(&mut *self.pool().acquire().await?, run_id).await?,
+        };
         let unlogged = match run.state().is_active() {
             true => checkpoint.progress,
             false => Vec::new(),
@@ -346,7 +354,7 @@ impl Engine {
 
     /// Reads the run and its streams again (after a conflict).
     async fn reload(&self, run_id: RunId) -> Result<Carried, EngineError> {
-        self.carry(run_id, Streams::default()).await
+        self.carry(run_id, Streams::default(), None).await
     }
 
     /// Extends the task's lease when half of it is used up, so a long run keeps it; fails
@@ -373,11 +381,11 @@ impl Engine {
         &self,
         task: &Task,
         mut lease_ends: Instant,
-        streams: Streams,
+        (streams, checkpoint): (Streams, store::checkpoints::Checkpoint),
         sealed: Option<SealedCredential>,
     ) -> Result<Next, EngineError> {
         let run_id = RunId(task.run_id);
-        let mut c = self.carry(run_id, streams).await?;
+        let mut c = self.carry(run_id, streams, Some(checkpoint)).await?;
         c.sealed = sealed;
         let mut credentials = None;
         // Since when decided results wait, unwritten, for the next step's.

@@ -199,6 +199,8 @@ pub struct Claimed {
     /// The connection's newest vault row; the engine uses it only if it is the one the
     /// connection names.
     pub credential: Option<SealedCredential>,
+    /// The run's checkpoint, from the task row the claim updated.
+    pub checkpoint: store::checkpoints::Checkpoint,
 }
 
 /// A row of `tenantflow_claim_task`: the claimed task, one row of a stream it names (or
@@ -221,10 +223,13 @@ struct ClaimRow {
     client_id: Option<String>,
     nonce: Option<Vec<u8>>,
     ciphertext: Option<Vec<u8>>,
+    /// The task row's progress as JSON text (the same on every row; parsed once).
+    progress: String,
+    progress_version: i32,
 }
 
 /// Claims like [`claim`] and, in the same statement, reads the streams the run's steps
-/// decide on and the connection's newest credential.
+/// decide on, the connection's newest credential and the run's checkpoint.
 pub async fn claim_with_streams(
     pool: &PgPool,
     owner: &str,
@@ -276,6 +281,11 @@ pub async fn claim_with_streams(
         }),
         _ => None,
     };
+    let checkpoint = store::checkpoints::Checkpoint {
+        progress: serde_json::from_str(&first.progress)
+            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+        version: first.progress_version,
+    };
     let mut streams = Streams::default();
     for row in rows {
         if let (Some(t), Some(i), Some(is_snapshot), Some(sequence), Some(payload)) = (
@@ -302,6 +312,7 @@ pub async fn claim_with_streams(
         task,
         streams,
         credential,
+        checkpoint,
     }))
 }
 

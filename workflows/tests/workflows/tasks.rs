@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use testkit::{owner, queued_resync, ReadyTenant, SteppedConsumer, TestDb, CONTOSO};
 use uuid::Uuid;
-use workflows::tasks::{claim, release, TaskFeed};
+use workflows::tasks::{claim, claim_with_streams, release, TaskFeed};
 
 /// Runs the task feed until it has read every event.
 async fn feed(pool: &sqlx::PgPool) {
@@ -46,6 +46,47 @@ async fn a_queued_run_gets_a_task_and_a_cancelled_run_loses_it() {
         .await
         .unwrap();
     assert_eq!(left, 0, "a completed run needs no more work");
+}
+
+/// The claim returns the run's checkpoint from the task row it takes, as a separate read
+/// of it would: the engine decides on it without reading it again.
+#[tokio::test]
+async fn a_claim_returns_the_checkpoint_its_task_row_holds() {
+    let db = TestDb::new().await;
+    let bus = db.bus().await;
+    let pool = bus.pool().clone();
+    let (tenant, _) = ReadyTenant::new(&bus, CONTOSO).build().await;
+    let run = queued_resync(&bus, &tenant).await;
+    feed(&pool).await;
+    let lease = Duration::from_secs(30);
+    let first = claim_with_streams(&pool, "runner-a", lease, chrono::Utc::now())
+        .await
+        .unwrap()
+        .expect("a due task");
+    assert_eq!(first.checkpoint, store::checkpoints::Checkpoint::default());
+    let started = domain::run::RunEvent::RunStarted {
+        at: chrono::Utc::now(),
+    };
+    let mut conn = pool.acquire().await.unwrap();
+    assert!(
+        store::checkpoints::append(&mut conn, run, "runner-a", 0, &[started.clone()])
+            .await
+            .unwrap()
+    );
+    assert!(
+        release(&pool, run.as_uuid(), "runner-a", chrono::Utc::now())
+            .await
+            .unwrap()
+    );
+    let again = claim_with_streams(&pool, "runner-b", lease, chrono::Utc::now())
+        .await
+        .unwrap()
+        .expect("the released task");
+    assert_eq!(again.task.run_id, run.as_uuid());
+    let read = store::checkpoints::read(&mut conn, run).await.unwrap();
+    assert_eq!(again.checkpoint, read);
+    assert_eq!(again.checkpoint.progress, vec![started]);
+    assert_eq!(again.checkpoint.version, 1);
 }
 
 async fn insert_tasks(pool: &sqlx::PgPool, n: usize, due_in_secs: i64) -> BTreeSet<Uuid> {
