@@ -592,13 +592,17 @@ impl Engine {
             Err(AppendError::Conflict) => return Ok(Settled::Conflict),
             Err(other) => return Err(other.into()),
         }
-        if let Some(lock_id) = lock_id {
-            store::scope_locks::release(uow.connection(), &lock_id, run_id).await?;
-        }
+        // The checkpoint and (when the run ended) the freed scope, in one statement.
         let connection = uow.connection();
-        if !store::checkpoints::append(connection, run_id, &self.owner, c.checkpoint, &progress)
-            .await?
-        {
+        let written = store::checkpoints::append(
+            connection,
+            run_id,
+            &self.owner,
+            (c.checkpoint, &progress),
+            lock_id.as_deref(),
+        )
+        .await?;
+        if !written {
             // A person's command on the run, or another runner: nothing is written.
             return Ok(Settled::Conflict);
         }

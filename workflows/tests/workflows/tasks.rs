@@ -68,11 +68,15 @@ async fn a_claim_returns_the_checkpoint_its_task_row_holds() {
         at: chrono::Utc::now(),
     };
     let mut conn = pool.acquire().await.unwrap();
-    assert!(
-        store::checkpoints::append(&mut conn, run, "runner-a", 0, &[started.clone()])
-            .await
-            .unwrap()
-    );
+    assert!(store::checkpoints::append(
+        &mut conn,
+        run,
+        "runner-a",
+        (0, std::slice::from_ref(&started)),
+        None
+    )
+    .await
+    .unwrap());
     assert!(
         release(&pool, run.as_uuid(), "runner-a", chrono::Utc::now())
             .await
@@ -87,6 +91,50 @@ async fn a_claim_returns_the_checkpoint_its_task_row_holds() {
     assert_eq!(again.checkpoint, read);
     assert_eq!(again.checkpoint.progress, vec![started]);
     assert_eq!(again.checkpoint.version, 1);
+}
+
+/// The checkpoint write that ends a run frees the run's scope in the same statement; a
+/// write refused for a stale version leaves the scope held once its transaction rolls back.
+#[tokio::test]
+async fn the_checkpoint_write_that_ends_a_run_frees_its_scope_and_a_refused_one_does_not() {
+    let db = TestDb::new().await;
+    let bus = db.bus().await;
+    let pool = bus.pool().clone();
+    let (tenant, _) = ReadyTenant::new(&bus, CONTOSO).build().await;
+    let run = queued_resync(&bus, &tenant).await;
+    feed(&pool).await;
+    claim_with_streams(
+        &pool,
+        "runner-a",
+        Duration::from_secs(30),
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap()
+    .expect("a due task");
+    let held = || async {
+        sqlx::query_scalar::<_, String>("SELECT lock_id FROM scope_locks WHERE run_id = $1")
+            .bind(run.as_uuid())
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+    };
+    let lock_id = held().await.expect("the run holds its scope");
+    let mut tx = pool.begin().await.unwrap();
+    let stale = store::checkpoints::append(&mut tx, run, "runner-a", (7, &[]), Some(&lock_id));
+    assert!(!stale.await.unwrap(), "a stale version is refused");
+    tx.rollback().await.unwrap();
+    assert_eq!(held().await.as_deref(), Some(lock_id.as_str()));
+    let mut tx = pool.begin().await.unwrap();
+    let ending = store::checkpoints::append(&mut tx, run, "runner-a", (0, &[]), Some(&lock_id));
+    assert!(ending.await.unwrap());
+    tx.commit().await.unwrap();
+    assert_eq!(held().await, None, "the scope is free");
+    let version = store::checkpoints::read(&mut pool.acquire().await.unwrap(), run)
+        .await
+        .unwrap()
+        .version;
+    assert_eq!(version, 1);
 }
 
 async fn insert_tasks(pool: &sqlx::PgPool, n: usize, due_in_secs: i64) -> BTreeSet<Uuid> {
