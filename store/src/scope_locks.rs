@@ -48,11 +48,14 @@ pub async fn fetch(
 
 /// Writes what was decided on `locks`: an acquisition inserts the lock's row (a row
 /// inserted meanwhile by another start is a conflict: the caller starts over and finds
-/// it), a release deletes the row if the run still holds it.
+/// it), a release deletes the row if the run still holds it. Acquisitions are inserted
+/// together, one statement for a fleet start's chunk instead of one per run; a release
+/// first writes the acquisitions decided before it, so the rows change in decision order.
 pub async fn write(
     conn: &mut PgConnection,
     locks: &mut [&mut Staged<ScopeLock>],
 ) -> Result<(), AppendError> {
+    let mut acquired = Acquisitions::default();
     for lock in locks.iter_mut() {
         let id = lock.id().to_owned();
         for event in lock.pending_events() {
@@ -61,35 +64,60 @@ pub async fn write(
                     run_id,
                     run_type,
                     at,
-                } => acquire(conn, &id, run_id, &run_type, at).await?,
-                ScopeEvent::ScopeReleased { run_id, .. } => release(conn, &id, run_id).await?,
+                } => acquired.push(&id, run_id, run_type, at),
+                ScopeEvent::ScopeReleased { run_id, .. } => {
+                    acquired.insert(conn).await?;
+                    release(conn, &id, run_id).await?;
+                }
             }
         }
+    }
+    acquired.insert(conn).await?;
+    for lock in locks.iter_mut() {
         lock.mark_appended();
     }
     Ok(())
 }
 
-async fn acquire(
-    conn: &mut PgConnection,
-    lock_id: &str,
-    run_id: RunId,
-    run_type: &str,
-    at: DateTime<Utc>,
-) -> Result<(), AppendError> {
-    let workspace = lock_id.split(':').next().unwrap_or_default();
-    let result = sqlx::query(
-        "INSERT INTO scope_locks (lock_id, workspace_id, run_id, run_type, acquired_at) \
-         VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(lock_id)
-    .bind(workspace)
-    .bind(run_id.as_uuid())
-    .bind(run_type)
-    .bind(at)
-    .execute(&mut *conn)
-    .await;
-    result.map(|_| ()).map_err(AppendError::of_insert)
+/// Lock rows to insert, column by column.
+#[derive(Default)]
+struct Acquisitions {
+    lock_ids: Vec<String>,
+    workspaces: Vec<String>,
+    run_ids: Vec<Uuid>,
+    run_types: Vec<String>,
+    at: Vec<DateTime<Utc>>,
+}
+
+impl Acquisitions {
+    fn push(&mut self, lock_id: &str, run_id: RunId, run_type: String, at: DateTime<Utc>) {
+        let workspace = lock_id.split(':').next().unwrap_or_default();
+        self.lock_ids.push(lock_id.to_owned());
+        self.workspaces.push(workspace.to_owned());
+        self.run_ids.push(run_id.as_uuid());
+        self.run_types.push(run_type);
+        self.at.push(at);
+    }
+
+    /// Inserts the rows gathered so far (none: no statement) and forgets them.
+    async fn insert(&mut self, conn: &mut PgConnection) -> Result<(), AppendError> {
+        if self.lock_ids.is_empty() {
+            return Ok(());
+        }
+        let result = sqlx::query(
+            "INSERT INTO scope_locks (lock_id, workspace_id, run_id, run_type, acquired_at) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::uuid[], $4::text[], $5::timestamptz[])",
+        )
+        .bind(&self.lock_ids)
+        .bind(&self.workspaces)
+        .bind(&self.run_ids)
+        .bind(&self.run_types)
+        .bind(&self.at)
+        .execute(&mut *conn)
+        .await;
+        *self = Self::default();
+        result.map(|_| ()).map_err(AppendError::of_insert)
+    }
 }
 
 /// Frees the scope `lock_id` if `run_id` holds it (idempotent), in the caller's
