@@ -101,7 +101,8 @@ pub async fn append(
     conn: &mut PgConnection,
     run_id: RunId,
     owner: &str,
-    (version, progress): (i32, &[RunEvent]),
+    version: i32,
+    progress: &[RunEvent],
     releasing: Option<&str>,
 ) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(

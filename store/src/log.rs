@@ -176,8 +176,8 @@ pub async fn read_batch_for(
     limit: i64,
     wanted: &[Payloads],
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    let filter = PayloadFilter::of(wanted);
-    let rows: Vec<EventRow> = sqlx::query_as(
+    read_with(
+        conn,
         "SELECT transaction_id::text::bigint, global_position, aggregate_type, aggregate_id, \
              sequence, event_type, event_version, \
              CASE WHEN $6 OR aggregate_type = ANY($4) OR event_type = ANY($5) \
@@ -188,24 +188,19 @@ pub async fn read_batch_for(
          WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
            AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
          ORDER BY events.transaction_id, events.global_position LIMIT $3",
+        // Planned at every call (once per batch): a plan cached while `events` was small
+        // would keep scanning it whole after it has grown (until the next ANALYZE). ORDER BY
+        // names the table's columns: a bare `transaction_id` is the bigint output column
+        // above, which no index has, so PostgreSQL sorted everything after the checkpoint
+        // for every batch (90 ms a batch at 100,000 events, growing with the log). A
+        // rebuild's batches are large enough for the planning not to matter; live consumers
+        // read through [`read_live_batch`].
+        false,
+        after,
+        limit,
+        wanted,
     )
-    // Planned at every call (once per batch): a plan cached while `events` was small
-    // would keep scanning it whole after it has grown (until the next ANALYZE). ORDER BY
-    // names the table's columns: a bare `transaction_id` is the bigint output column
-    // above, which no index has, so PostgreSQL sorted everything after the checkpoint for
-    // every batch (90 ms a batch at 100,000 events, growing with the log). A rebuild's
-    // batches are large enough for the planning not to matter; live consumers read
-    // through [`read_live_batch`].
-    .persistent(false)
-    .bind(after.transaction_id.to_string())
-    .bind(after.global_position)
-    .bind(limit)
-    .bind(filter.aggregates)
-    .bind(filter.event_types)
-    .bind(filter.all)
-    .fetch_all(conn)
-    .await?;
-    Ok(rows.into_iter().map(from_row).collect())
+    .await
 }
 
 /// Like [`read_batch_of`], for the small batches of a live consumer: the same statement in
@@ -218,43 +213,49 @@ pub async fn read_live_batch(
     limit: i64,
     payloads: Payloads,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    let filter = PayloadFilter::of(&[payloads]);
-    let rows: Vec<EventRow> =
-        sqlx::query_as("SELECT * FROM tenantflow_read_log($1, $2, $3, $4, $5, $6)")
-            .bind(after.transaction_id.to_string())
-            .bind(after.global_position)
-            .bind(limit)
-            .bind(filter.aggregates)
-            .bind(filter.event_types)
-            .bind(filter.all)
-            .fetch_all(conn)
-            .await?;
-    Ok(rows.into_iter().map(from_row).collect())
+    read_with(
+        conn,
+        "SELECT * FROM tenantflow_read_log($1, $2, $3, $4, $5, $6)",
+        true,
+        after,
+        limit,
+        &[payloads],
+    )
+    .await
 }
 
-/// The payloads a read returns, as the read's parameters.
-struct PayloadFilter {
-    all: bool,
-    aggregates: Vec<&'static str>,
-    event_types: Vec<&'static str>,
-}
-
-impl PayloadFilter {
-    fn of(wanted: &[Payloads]) -> Self {
-        let mut filter = PayloadFilter {
-            all: wanted.contains(&Payloads::All),
-            aggregates: Vec::new(),
-            event_types: Vec::new(),
-        };
-        for payloads in wanted {
-            match payloads {
-                Payloads::All => {}
-                Payloads::OfAggregates(types) => filter.aggregates.extend_from_slice(types),
-                Payloads::OfEvents(types) => filter.event_types.extend_from_slice(types),
-            }
+/// Runs one of the log's reads: `statement` takes the position after which to read ($1
+/// and $2), the limit ($3) and the payload filter: aggregate types ($4), event types ($5),
+/// every payload ($6).
+async fn read_with(
+    conn: &mut PgConnection,
+    statement: &'static str,
+    persistent: bool,
+    after: Position,
+    limit: i64,
+    wanted: &[Payloads],
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    let all = wanted.contains(&Payloads::All);
+    let mut aggregates: Vec<&str> = Vec::new();
+    let mut event_types: Vec<&str> = Vec::new();
+    for payloads in wanted {
+        match payloads {
+            Payloads::All => {}
+            Payloads::OfAggregates(types) => aggregates.extend_from_slice(types),
+            Payloads::OfEvents(types) => event_types.extend_from_slice(types),
         }
-        filter
     }
+    let rows: Vec<EventRow> = sqlx::query_as(statement)
+        .persistent(persistent)
+        .bind(after.transaction_id.to_string())
+        .bind(after.global_position)
+        .bind(limit)
+        .bind(aggregates)
+        .bind(event_types)
+        .bind(all)
+        .fetch_all(conn)
+        .await?;
+    Ok(rows.into_iter().map(from_row).collect())
 }
 
 /// A named catch-up consumer of the global log (a projection, the workflow task feed, the

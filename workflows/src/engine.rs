@@ -263,7 +263,7 @@ impl Engine {
         } = claimed;
         let span = tracing::info_span!("run", run_id = %task.run_id, run_type = %task.run_type, workspace = %task.workspace_id);
         match self
-            .advance(&task, asked + self.lease, (streams, checkpoint), credential)
+            .advance(&task, asked + self.lease, streams, checkpoint, credential)
             .instrument(span)
             .await
         {
@@ -381,7 +381,8 @@ impl Engine {
         &self,
         task: &Task,
         mut lease_ends: Instant,
-        (streams, checkpoint): (Streams, store::checkpoints::Checkpoint),
+        streams: Streams,
+        checkpoint: store::checkpoints::Checkpoint,
         sealed: Option<SealedCredential>,
     ) -> Result<Next, EngineError> {
         let run_id = RunId(task.run_id);
@@ -598,7 +599,8 @@ impl Engine {
             connection,
             run_id,
             &self.owner,
-            (c.checkpoint, &progress),
+            c.checkpoint,
+            &progress,
             lock_id.as_deref(),
         )
         .await?;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use testkit::{owner, queued_resync, ReadyTenant, SteppedConsumer, TestDb, CONTOSO};
 use uuid::Uuid;
-use workflows::tasks::{claim, claim_with_streams, release, TaskFeed};
+use workflows::tasks::{claim, claim_with_streams, release, Claimed, TaskFeed};
 
 /// Runs the task feed until it has read every event.
 async fn feed(pool: &sqlx::PgPool) {
@@ -48,6 +48,23 @@ async fn a_queued_run_gets_a_task_and_a_cancelled_run_loses_it() {
     assert_eq!(left, 0, "a completed run needs no more work");
 }
 
+/// A queued resync of a ready tenant, its task fed and claimed by `runner-a`.
+async fn claimed_resync(bus: &store::CommandBus) -> (domain::RunId, Claimed) {
+    let (tenant, _) = ReadyTenant::new(bus, CONTOSO).build().await;
+    let run = queued_resync(bus, &tenant).await;
+    feed(bus.pool()).await;
+    let claimed = claim_with_streams(
+        bus.pool(),
+        "runner-a",
+        Duration::from_secs(30),
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap()
+    .expect("a due task");
+    (run, claimed)
+}
+
 /// The claim returns the run's checkpoint from the task row it takes, as a separate read
 /// of it would: the engine decides on it without reading it again.
 #[tokio::test]
@@ -55,14 +72,7 @@ async fn a_claim_returns_the_checkpoint_its_task_row_holds() {
     let db = TestDb::new().await;
     let bus = db.bus().await;
     let pool = bus.pool().clone();
-    let (tenant, _) = ReadyTenant::new(&bus, CONTOSO).build().await;
-    let run = queued_resync(&bus, &tenant).await;
-    feed(&pool).await;
-    let lease = Duration::from_secs(30);
-    let first = claim_with_streams(&pool, "runner-a", lease, chrono::Utc::now())
-        .await
-        .unwrap()
-        .expect("a due task");
+    let (run, first) = claimed_resync(&bus).await;
     assert_eq!(first.checkpoint, store::checkpoints::Checkpoint::default());
     let started = domain::run::RunEvent::RunStarted {
         at: chrono::Utc::now(),
@@ -72,7 +82,8 @@ async fn a_claim_returns_the_checkpoint_its_task_row_holds() {
         &mut conn,
         run,
         "runner-a",
-        (0, std::slice::from_ref(&started)),
+        0,
+        std::slice::from_ref(&started),
         None
     )
     .await
@@ -82,6 +93,7 @@ async fn a_claim_returns_the_checkpoint_its_task_row_holds() {
             .await
             .unwrap()
     );
+    let lease = Duration::from_secs(30);
     let again = claim_with_streams(&pool, "runner-b", lease, chrono::Utc::now())
         .await
         .unwrap()
@@ -100,18 +112,7 @@ async fn the_checkpoint_write_that_ends_a_run_frees_its_scope_and_a_refused_one_
     let db = TestDb::new().await;
     let bus = db.bus().await;
     let pool = bus.pool().clone();
-    let (tenant, _) = ReadyTenant::new(&bus, CONTOSO).build().await;
-    let run = queued_resync(&bus, &tenant).await;
-    feed(&pool).await;
-    claim_with_streams(
-        &pool,
-        "runner-a",
-        Duration::from_secs(30),
-        chrono::Utc::now(),
-    )
-    .await
-    .unwrap()
-    .expect("a due task");
+    let (run, _) = claimed_resync(&bus).await;
     let held = || async {
         sqlx::query_scalar::<_, String>("SELECT lock_id FROM scope_locks WHERE run_id = $1")
             .bind(run.as_uuid())
@@ -121,12 +122,12 @@ async fn the_checkpoint_write_that_ends_a_run_frees_its_scope_and_a_refused_one_
     };
     let lock_id = held().await.expect("the run holds its scope");
     let mut tx = pool.begin().await.unwrap();
-    let stale = store::checkpoints::append(&mut tx, run, "runner-a", (7, &[]), Some(&lock_id));
+    let stale = store::checkpoints::append(&mut tx, run, "runner-a", 7, &[], Some(&lock_id));
     assert!(!stale.await.unwrap(), "a stale version is refused");
     tx.rollback().await.unwrap();
     assert_eq!(held().await.as_deref(), Some(lock_id.as_str()));
     let mut tx = pool.begin().await.unwrap();
-    let ending = store::checkpoints::append(&mut tx, run, "runner-a", (0, &[]), Some(&lock_id));
+    let ending = store::checkpoints::append(&mut tx, run, "runner-a", 0, &[], Some(&lock_id));
     assert!(ending.await.unwrap());
     tx.commit().await.unwrap();
     assert_eq!(held().await, None, "the scope is free");
