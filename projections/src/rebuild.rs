@@ -115,8 +115,8 @@ pub fn choose(
 /// (see [`fill_shadows`]), then swapped in by the transaction that holds the rebuild's lock.
 /// Readers keep the live tables until the swap, which waits only for the queries running
 /// at that moment; the live runners of these projections (on any instance) wait on their
-/// checkpoint rows meanwhile and continue from where the rebuild ended. Returns the number of events read (each applied to every read
-/// model that handles it).
+/// checkpoint rows meanwhile and continue from where the rebuild ended. Returns the number
+/// of events read (each applied to every read model that handles it).
 pub async fn rebuild(
     pool: &PgPool,
     projections: &[&dyn Projection],
