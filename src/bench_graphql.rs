@@ -29,9 +29,10 @@ const RUNS_PAGE: &str = "{ runs(first: 20) { edges { node { id type tenantId sta
 
 /// The resolver's SQL for that page (`runs`, api/src/graphql/types.rs `RUN_COLUMNS`).
 const RUNS_SQL: &str =
-    "SELECT run_id, run_type, tenant_key, tenantflow_run_status(run_id, status) AS status, outcome, cancel_requested, \
-     context, initiator, summary_counts, failure_summary, reason_code, next_steps, queued_at, \
-     tenantflow_run_started_at(run_id, started_at) AS started_at, completed_at, retry_of \
+    "SELECT run_id, run_type, tenant_key, CASE WHEN status = 'queued' THEN tenantflow_run_status(run_id, status) ELSE status END AS status, \
+     outcome, cancel_requested, context, initiator, summary_counts, failure_summary, reason_code, \
+     next_steps, queued_at, coalesce(started_at, tenantflow_run_started_at(run_id, NULL)) AS started_at, \
+     completed_at, retry_of \
      FROM rm_runs WHERE workspace_id = $1 ORDER BY queued_at DESC, run_id DESC LIMIT 21";
 
 /// A run's page: the run and every step attempt.
@@ -39,9 +40,10 @@ const RUN_PAGE: &str = "query($id: String!) { run(id: $id) { id type status outc
 
 /// The resolvers' SQL for that page: the run, its steps, its checkpoint.
 const RUN_SQL: [&str; 3] = [
-    "SELECT run_id, run_type, tenant_key, tenantflow_run_status(run_id, status) AS status, outcome, cancel_requested, \
-     context, initiator, summary_counts, failure_summary, reason_code, next_steps, queued_at, \
-     tenantflow_run_started_at(run_id, started_at) AS started_at, completed_at, retry_of \
+    "SELECT run_id, run_type, tenant_key, CASE WHEN status = 'queued' THEN tenantflow_run_status(run_id, status) ELSE status END AS status, \
+     outcome, cancel_requested, context, initiator, summary_counts, failure_summary, reason_code, \
+     next_steps, queued_at, coalesce(started_at, tenantflow_run_started_at(run_id, NULL)) AS started_at, \
+     completed_at, retry_of \
      FROM rm_runs WHERE run_id = $1",
     "SELECT step, attempt, status, reason_code, message, summary, retry_at, started_at, recorded_at FROM rm_run_steps \
      WHERE run_id = $1 ORDER BY recorded_at, step, attempt LIMIT 500",

@@ -211,14 +211,20 @@ pub struct RunNode {
 
 /// A run's columns, from `rm_runs`. A running run's start and steps are in its checkpoint
 /// until its end carries them into the log (issue 13), so its status and start time come
-/// from there while its row says queued (see [`RUN_STATUS`]).
+/// from there while its row says queued (see [`RUN_STATUS`]). The functions that look
+/// there are called only for the rows that need them (a queued status, no start time): a
+/// call per row, even one that returns its argument, tripled the cost of a page of ended
+/// runs (0.72 ms against 0.26 ms in `pgbench`).
 pub(crate) const RUN_COLUMNS: &str =
-    "run_id, run_type, tenant_key, tenantflow_run_status(run_id, status) AS status, outcome, cancel_requested, \
-     context, initiator, summary_counts, failure_summary, reason_code, next_steps, queued_at, \
-     tenantflow_run_started_at(run_id, started_at) AS started_at, completed_at, retry_of";
+    "run_id, run_type, tenant_key, \
+     CASE WHEN status = 'queued' THEN tenantflow_run_status(run_id, status) ELSE status END AS status, \
+     outcome, cancel_requested, context, initiator, summary_counts, failure_summary, reason_code, \
+     next_steps, queued_at, coalesce(started_at, tenantflow_run_started_at(run_id, NULL)) AS started_at, \
+     completed_at, retry_of";
 
-/// A run's status as the API shows it, for filters over `rm_runs`.
-pub(crate) const RUN_STATUS: &str = "tenantflow_run_status(run_id, status)";
+/// A run's status as the API shows it, for filters over `rm_runs` (as in [`RUN_COLUMNS`]).
+pub(crate) const RUN_STATUS: &str =
+    "CASE WHEN status = 'queued' THEN tenantflow_run_status(run_id, status) ELSE status END";
 
 #[ComplexObject]
 impl RunNode {
