@@ -83,8 +83,20 @@ const PRUNE_ABOVE: usize = 256;
 
 #[derive(Default)]
 pub(crate) struct TokenCache {
-    slots: Mutex<HashMap<TokenKey, Slot>>,
+    slots: Mutex<Slots>,
     generations: std::sync::atomic::AtomicU64,
+}
+
+/// The slots, and the size at which unusable ones are next pruned: twice what the last
+/// pruning kept (at least [`PRUNE_ABOVE`]), so a fleet's first pass, where every tenant's
+/// slot is new, prunes a few times instead of scanning every slot for each new one.
+#[derive(Default)]
+struct Slots {
+    map: HashMap<TokenKey, Slot>,
+    prune_at: usize,
+    /// Prunings so far (for the tests).
+    #[cfg_attr(not(test), allow(dead_code))]
+    prunes: usize,
 }
 
 /// Refresh this long before expiry: 10 % of the lifetime, at most five minutes.
@@ -98,18 +110,20 @@ impl TokenCache {
             .slots
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if !slots.contains_key(key) && slots.len() >= PRUNE_ABOVE {
+        if !slots.map.contains_key(key) && slots.map.len() >= slots.prune_at.max(PRUNE_ABOVE) {
             // Forget slots nobody waits on that hold no usable token (failed or expired),
             // so a stream of wrong credentials cannot grow the cache without bound.
-            slots.retain(|_, slot| {
+            slots.map.retain(|_, slot| {
                 Arc::strong_count(slot) > 1
                     || slot
                         .try_lock()
                         .map(|held| held.as_ref().is_some_and(CachedToken::is_usable))
                         .unwrap_or(true)
             });
+            slots.prune_at = 2 * slots.map.len();
+            slots.prunes += 1;
         }
-        slots.entry(key.clone()).or_default().clone()
+        slots.map.entry(key.clone()).or_default().clone()
     }
 
     pub(crate) fn fresh(&self, response: TokenResponse) -> CachedToken {
@@ -170,8 +184,31 @@ mod tests {
             let secret = SecretString::from(n.to_string());
             drop(cache.slot(&TokenKey::new(Uuid::nil(), "app", &secret, "scope")));
         }
-        let size = cache.slots.lock().unwrap().len();
+        let size = cache.slots.lock().unwrap().map.len();
         assert!(size <= PRUNE_ABOVE, "cache holds {size} slots");
+    }
+
+    #[test]
+    fn a_large_fleets_new_slots_prune_a_few_times_not_once_each() {
+        let cache = TokenCache::default();
+        let key = |n: usize| {
+            let secret = SecretString::from(n.to_string());
+            TokenKey::new(Uuid::nil(), "app", &secret, "scope")
+        };
+        // Slots in use (a token being fetched for each) cannot be pruned.
+        let held: Vec<Slot> = (0..2 * PRUNE_ABOVE).map(|n| cache.slot(&key(n))).collect();
+        for n in held.len()..held.len() + 4 * PRUNE_ABOVE {
+            drop(cache.slot(&key(n)));
+        }
+        let slots = cache.slots.lock().unwrap();
+        // One scan per new slot would be 1,024 scans.
+        assert!(slots.prunes <= 4, "{} prunings", slots.prunes);
+        // Still bounded: at most twice the slots in use (plus the one just added).
+        assert!(
+            slots.map.len() <= 2 * held.len() + 1,
+            "cache holds {} slots",
+            slots.map.len()
+        );
     }
 
     #[test]

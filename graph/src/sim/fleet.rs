@@ -142,6 +142,7 @@ pub(crate) fn seed_world(config: &SimConfig) -> World {
         cipp_api_client_id,
         tenants,
         tokens: HashMap::new(),
+        prune_tokens_at: 0,
         rng: seeder.rng,
     }
 }

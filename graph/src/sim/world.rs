@@ -40,6 +40,9 @@ pub(crate) struct World {
     pub(crate) cipp_api_client_id: String,
     pub(crate) tenants: HashMap<Uuid, TenantState>,
     pub(crate) tokens: HashMap<String, IssuedToken>,
+    /// The token count at which expired tokens are next forgotten: twice what the last
+    /// pruning kept, so issuing a fleet's tokens does not scan every token each time.
+    pub(crate) prune_tokens_at: usize,
     /// Delegated refresh tokens: token to (tenant, user id).
     pub(crate) refresh_tokens: HashMap<String, (Uuid, String)>,
     /// Delegated access tokens: token to the user id it was issued for.
@@ -190,7 +193,11 @@ impl World {
         rand::thread_rng().fill_bytes(&mut bytes);
         let token = format!("sim.{}", URL_SAFE_NO_PAD.encode(bytes));
         let now = Instant::now();
-        self.tokens.retain(|_, issued| issued.expires_at > now);
+        if self.tokens.len() >= self.prune_tokens_at {
+            // An expired token is refused whether or not it is still here.
+            self.tokens.retain(|_, issued| issued.expires_at > now);
+            self.prune_tokens_at = (2 * self.tokens.len()).max(1024);
+        }
         self.tokens.insert(
             token.clone(),
             IssuedToken {
