@@ -912,3 +912,73 @@ async fn a_rebuild_announces_after_its_swap_only_the_runs_the_live_tables_had_no
     marker().await;
     assert_eq!(next_run_notification(&mut listener).await["marker"], true);
 }
+
+/// The runs read model, also recording how its rebuild filler's lookup of the steps its
+/// batch's runs already have is planned in the shadow table (`EXPLAIN`, once a batch).
+struct PlanWatch {
+    runs: projections::Runs,
+    plans: std::sync::Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl store::Consumer for PlanWatch {
+    fn name(&self) -> &str {
+        store::Consumer::name(&self.runs)
+    }
+    fn payloads_of(&self) -> store::log::Payloads {
+        store::Consumer::payloads_of(&self.runs)
+    }
+    async fn handle(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        events: &[store::StoredEvent],
+    ) -> Result<(), store::ConsumerError> {
+        store::Consumer::handle(&self.runs, tx, events).await
+    }
+}
+
+#[async_trait::async_trait]
+impl projections::Projection for PlanWatch {
+    fn tables(&self) -> &'static [&'static str] {
+        projections::Projection::tables(&self.runs)
+    }
+    fn indexes_built_after_rebuild(&self) -> &'static [&'static str] {
+        projections::Projection::indexes_built_after_rebuild(&self.runs)
+    }
+    async fn rebuild_handle(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        events: &[store::StoredEvent],
+    ) -> Result<(), store::ConsumerError> {
+        projections::Projection::rebuild_handle(&self.runs, tx, events).await?;
+        // As many runs as a large batch names; which ones does not change the plan.
+        let ids: Vec<uuid::Uuid> = (0..625).map(|_| uuid::Uuid::now_v7()).collect();
+        let plan: Vec<String> =
+            sqlx::query_scalar("EXPLAIN SELECT * FROM rm_run_steps WHERE run_id = ANY($1)")
+                .bind(ids)
+                .fetch_all(&mut *tx)
+                .await?;
+        self.plans.lock().unwrap().push(plan.join("\n"));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_rebuilds_lookups_in_its_growing_shadow_tables_go_through_their_keys_index() {
+    let (_db, bus, _) = with_history().await;
+    let pool = bus.pool().clone();
+    let watch = PlanWatch {
+        runs: projections::Runs,
+        plans: std::sync::Mutex::new(Vec::new()),
+    };
+    // Small batches: the shadow holds rows after the first, and is never analysed.
+    projections::rebuild(&pool, &[&watch], 5, &Quiet)
+        .await
+        .unwrap();
+    let plans = watch.plans.into_inner().unwrap();
+    assert!(plans.len() > 2, "{} batches", plans.len());
+    for plan in &plans {
+        assert!(plan.contains("rm_run_steps_pkey"), "{plan}");
+        assert!(!plan.contains("Seq Scan"), "{plan}");
+    }
+}
