@@ -18,37 +18,35 @@ use crate::serve::Database;
 /// The page a tenant list screen asks for.
 const TENANTS_PAGE: &str = "{ tenants(first: 20) { edges { node { id displayName primaryDomain status lastResyncedAt } } pageInfo { hasNextPage endCursor } } }";
 
-/// The resolver's SQL for that page (api/src/graphql/query.rs, `tenants`).
-const TENANTS_SQL: &str =
-    "SELECT tenant_key, entra_tenant_id, display_name, primary_domain, status, registered_at, \
-     archived_at, last_resynced_at, intent_snapshot_id, intent_hash, intent_seeded_at \
-     FROM rm_tenants WHERE workspace_id = $1 ORDER BY display_name, tenant_key LIMIT 21";
-
 /// The page a run list screen asks for.
 const RUNS_PAGE: &str = "{ runs(first: 20) { edges { node { id type tenantId status outcome queuedAt completedAt reasonCode } } pageInfo { hasNextPage endCursor } } }";
-
-/// The resolver's SQL for that page (`runs`, api/src/graphql/types.rs `RUN_COLUMNS`).
-const RUNS_SQL: &str =
-    "SELECT run_id, run_type, tenant_key, CASE WHEN status = 'queued' THEN tenantflow_run_status(run_id, status) ELSE status END AS status, \
-     outcome, cancel_requested, context, initiator, summary_counts, failure_summary, reason_code, \
-     next_steps, queued_at, coalesce(started_at, tenantflow_run_started_at(run_id, NULL)) AS started_at, \
-     completed_at, retry_of \
-     FROM rm_runs WHERE workspace_id = $1 ORDER BY queued_at DESC, run_id DESC LIMIT 21";
 
 /// A run's page: the run and every step attempt.
 const RUN_PAGE: &str = "query($id: String!) { run(id: $id) { id type status outcome queuedAt completedAt steps { step attempt status recordedAt } } }";
 
-/// The resolvers' SQL for that page: the run, its steps, its checkpoint.
-const RUN_SQL: [&str; 3] = [
-    "SELECT run_id, run_type, tenant_key, CASE WHEN status = 'queued' THEN tenantflow_run_status(run_id, status) ELSE status END AS status, \
-     outcome, cancel_requested, context, initiator, summary_counts, failure_summary, reason_code, \
-     next_steps, queued_at, coalesce(started_at, tenantflow_run_started_at(run_id, NULL)) AS started_at, \
-     completed_at, retry_of \
-     FROM rm_runs WHERE run_id = $1",
-    "SELECT step, attempt, status, reason_code, message, summary, retry_at, started_at, recorded_at FROM rm_run_steps \
-     WHERE run_id = $1 ORDER BY recorded_at, step, attempt LIMIT 500",
-    "SELECT progress FROM workflow_tasks WHERE run_id = $1",
-];
+/// The resolvers' SQL for each page, with the columns they read (`api::graphql`): the
+/// tenant list (api/src/graphql/query.rs, `tenants`), the run list (`runs`), and the run
+/// with its steps and its checkpoint.
+fn page_sql() -> (String, String, [String; 3]) {
+    use api::graphql::{RUN_COLUMNS, TENANT_COLUMNS};
+    (
+        format!(
+            "SELECT {TENANT_COLUMNS} FROM rm_tenants WHERE workspace_id = $1 \
+             ORDER BY display_name, tenant_key LIMIT 21"
+        ),
+        format!(
+            "SELECT {RUN_COLUMNS} FROM rm_runs WHERE workspace_id = $1 \
+             ORDER BY queued_at DESC, run_id DESC LIMIT 21"
+        ),
+        [
+            format!("SELECT {RUN_COLUMNS} FROM rm_runs WHERE run_id = $1"),
+            "SELECT step, attempt, status, reason_code, message, summary, retry_at, started_at, recorded_at \
+             FROM rm_run_steps WHERE run_id = $1 ORDER BY recorded_at, step, attempt LIMIT 500"
+                .to_owned(),
+            "SELECT progress FROM workflow_tasks WHERE run_id = $1".to_owned(),
+        ],
+    )
+}
 
 /// Tenants that get runs, and runs each.
 const TENANTS_WITH_RUNS: usize = 20;
@@ -286,24 +284,26 @@ async fn measure_on(
         let name = page.name;
         let sql = {
             let pool = pool.clone();
+            let statements = Arc::new(page_sql());
             move |_: usize| {
-                let pool = pool.clone();
+                let (pool, statements) = (pool.clone(), statements.clone());
                 async move {
+                    let (tenants_sql, runs_sql, run_sql) = &*statements;
                     let mut tx = store::db::workspace_reader(&pool, WORKSPACE).await?;
                     let found = match name {
-                        "tenants" => sqlx::query(TENANTS_SQL)
+                        "tenants" => sqlx::query(tenants_sql)
                             .bind(WORKSPACE)
                             .fetch_all(&mut *tx)
                             .await?
                             .len(),
-                        "runs" => sqlx::query(RUNS_SQL)
+                        "runs" => sqlx::query(runs_sql)
                             .bind(WORKSPACE)
                             .fetch_all(&mut *tx)
                             .await?
                             .len(),
                         _ => {
                             let mut rows = 0;
-                            for sql in RUN_SQL {
+                            for sql in run_sql {
                                 rows += sqlx::query(sql)
                                     .bind(last_run)
                                     .fetch_all(&mut *tx)
