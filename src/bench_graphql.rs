@@ -28,7 +28,7 @@ const RUN_PAGE: &str = "query($id: String!) { run(id: $id) { id type status outc
 /// tenant list (api/src/graphql/query.rs, `tenants`), the run list (`runs`), and the run
 /// with its steps and its checkpoint.
 fn page_sql() -> (String, String, [String; 3]) {
-    use api::graphql::{RUN_COLUMNS, TENANT_COLUMNS};
+    use api::graphql::{RUN_COLUMNS, RUN_STEPS_SQL, TENANT_COLUMNS};
     (
         format!(
             "SELECT {TENANT_COLUMNS} FROM rm_tenants WHERE workspace_id = $1 \
@@ -40,9 +40,7 @@ fn page_sql() -> (String, String, [String; 3]) {
         ),
         [
             format!("SELECT {RUN_COLUMNS} FROM rm_runs WHERE run_id = $1"),
-            "SELECT step, attempt, status, reason_code, message, summary, retry_at, started_at, recorded_at \
-             FROM rm_run_steps WHERE run_id = $1 ORDER BY recorded_at, step, attempt LIMIT 500"
-                .to_owned(),
+            RUN_STEPS_SQL.to_owned(),
             "SELECT progress FROM workflow_tasks WHERE run_id = $1".to_owned(),
         ],
     )

@@ -29,8 +29,8 @@ use introspection::{route, Route};
 pub use mutation::RequestId;
 pub use persisted::{hash as persisted_query_hash, ManifestError, PersistedQueries};
 pub use subscription::SubscriptionRoot;
-/// The columns the tenant and run pages read (for `bench graphql`'s SQL side).
-pub use types::{RUN_COLUMNS, TENANT_COLUMNS};
+/// The columns and statements the tenant and run pages read (for `bench graphql`'s SQL side).
+pub use types::{RUN_COLUMNS, RUN_STEPS_SQL, TENANT_COLUMNS};
 
 /// Every query: the core ones, those of contact sync, and the rebuild's status.
 // Merged under the GraphQL name `QueryRoot`, the name clients' fragments already use.

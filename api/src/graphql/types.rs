@@ -209,22 +209,36 @@ pub struct RunNode {
     pub retry_of: Option<Uuid>,
 }
 
+/// A run's status as the API shows it, over `rm_runs`: one literal for [`RUN_COLUMNS`] and
+/// [`RUN_STATUS`], so the column shown and the filter on it cannot differ.
+macro_rules! run_status {
+    () => {
+        "CASE WHEN status = 'queued' THEN tenantflow_run_status(run_id, status) ELSE status END"
+    };
+}
+
 /// A run's columns, from `rm_runs`. A running run's start and steps are in its checkpoint
 /// until its end carries them into the log (issue 13), so its status and start time come
 /// from there while its row says queued (see [`RUN_STATUS`]). The functions that look
 /// there are called only for the rows that need them (a queued status, no start time): a
 /// call per row, even one that returns its argument, tripled the cost of a page of ended
 /// runs (0.72 ms against 0.26 ms in `pgbench`).
-pub const RUN_COLUMNS: &str =
-    "run_id, run_type, tenant_key, \
-     CASE WHEN status = 'queued' THEN tenantflow_run_status(run_id, status) ELSE status END AS status, \
-     outcome, cancel_requested, context, initiator, summary_counts, failure_summary, reason_code, \
-     next_steps, queued_at, coalesce(started_at, tenantflow_run_started_at(run_id, NULL)) AS started_at, \
-     completed_at, retry_of";
+pub const RUN_COLUMNS: &str = concat!(
+    "run_id, run_type, tenant_key, ",
+    run_status!(),
+    " AS status, outcome, cancel_requested, context, initiator, summary_counts, failure_summary, \
+     reason_code, next_steps, queued_at, \
+     coalesce(started_at, tenantflow_run_started_at(run_id, NULL)) AS started_at, completed_at, retry_of"
+);
 
 /// A run's status as the API shows it, for filters over `rm_runs` (as in [`RUN_COLUMNS`]).
-pub(crate) const RUN_STATUS: &str =
-    "CASE WHEN status = 'queued' THEN tenantflow_run_status(run_id, status) ELSE status END";
+pub(crate) const RUN_STATUS: &str = run_status!();
+
+/// A run's recorded step attempts, in order (a running run's newer ones are in its
+/// checkpoint).
+pub const RUN_STEPS_SQL: &str =
+    "SELECT step, attempt, status, reason_code, message, summary, retry_at, started_at, recorded_at \
+     FROM rm_run_steps WHERE run_id = $1 ORDER BY recorded_at, step, attempt LIMIT 500";
 
 #[ComplexObject]
 impl RunNode {
@@ -255,14 +269,11 @@ impl RunNode {
     // learns them at the run's end: issue 13).
     async fn steps(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<RunStep>> {
         let mut tx = reader(ctx).await?;
-        let mut steps = sqlx::query_as::<_, RunStep>(
-            "SELECT step, attempt, status, reason_code, message, summary, retry_at, started_at, recorded_at FROM rm_run_steps \
-             WHERE run_id = $1 ORDER BY recorded_at, step, attempt LIMIT 500",
-        )
-        .bind(self.run_id)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(internal)?;
+        let mut steps = sqlx::query_as::<_, RunStep>(RUN_STEPS_SQL)
+            .bind(self.run_id)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(internal)?;
         let progress = store::checkpoints::progress(&mut tx, RunId(self.run_id))
             .await
             .map_err(internal)?;
