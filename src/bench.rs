@@ -130,6 +130,68 @@ pub enum BenchCommand {
     },
 }
 
+/// CPU time spent between two readings: this process's (user + system) and the whole
+/// machine's (every process, PostgreSQL's included), from `/proc`. Figures where the
+/// machine is the limit are compared by the CPU each operation costs, not only by rate.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuReading {
+    process_ticks: u64,
+    machine_ticks: u64,
+}
+
+/// CPU milliseconds per operation of a phase (see [`CpuReading`]); zeros where `/proc` is
+/// not readable.
+#[derive(Debug, Serialize, Default)]
+pub struct CpuPerOp {
+    pub process_ms: f64,
+    pub machine_ms: f64,
+}
+
+impl CpuReading {
+    /// Now. Unreadable counters read as zero (the figures are then zero, not wrong).
+    pub fn now() -> Self {
+        // utime and stime are fields 14 and 15 of /proc/self/stat; the command name
+        // (field 2) may hold spaces, so fields are counted after its closing parenthesis.
+        let process_ticks = std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|s| {
+                let rest = s.rsplit_once(')')?.1;
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+            })
+            .unwrap_or(0);
+        // The machine: user, nice, system, irq and softirq of the `cpu` line (not idle,
+        // iowait, or steal: time the hypervisor gave to other machines).
+        let machine_ticks = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| {
+                let line = s.lines().next()?;
+                let f: Vec<u64> = line
+                    .split_whitespace()
+                    .skip(1)
+                    .filter_map(|v| v.parse().ok())
+                    .collect();
+                Some([0, 1, 2, 5, 6].iter().filter_map(|&i| f.get(i)).sum())
+            })
+            .unwrap_or(0);
+        Self {
+            process_ticks,
+            machine_ticks,
+        }
+    }
+
+    /// The CPU spent since `self`, per operation of `operations`. Linux counts in
+    /// hundredths of a second (`USER_HZ`).
+    pub fn per_op(&self, operations: usize) -> CpuPerOp {
+        let now = Self::now();
+        let ms = |ticks: u64| ticks as f64 * 10.0 / operations.max(1) as f64;
+        CpuPerOp {
+            process_ms: ms(now.process_ticks.saturating_sub(self.process_ticks)),
+            machine_ms: ms(now.machine_ticks.saturating_sub(self.machine_ticks)),
+        }
+    }
+}
+
 /// Latency and throughput of one phase.
 #[derive(Debug, Serialize)]
 pub struct PhaseResult {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use store::{CommandBus, Metadata, Metrics};
 
-use crate::bench::{measure, PhaseResult};
+use crate::bench::{measure, CpuPerOp, CpuReading, PhaseResult};
 use crate::config::Config;
 use crate::serve::{open_vault, Database};
 
@@ -34,6 +34,10 @@ struct ResyncReport {
     /// to advance and those that found nothing.
     claims_per_run: f64,
     empty_claims_per_run: f64,
+    /// CPU per run of the workflow phase and per tenant of the bare loop: this process
+    /// (engines, Graph client and simulator) and the whole machine (PostgreSQL too).
+    workflow_cpu: CpuPerOp,
+    bare_loop_cpu: CpuPerOp,
 }
 
 pub async fn run(
@@ -49,13 +53,17 @@ pub async fn run(
     tracing::info!(
         tenants,
         concurrency,
-        "workflow: {:.1} resyncs/s ({:.1} s, of which starting the runs {:.1} s; {:.2} claims per run, {:.2} empty); bare loop: {:.1} tenants/s; ratio {:.2} (target >= {:.1})",
+        "workflow: {:.1} resyncs/s ({:.1} s, of which starting the runs {:.1} s; {:.2} claims per run, {:.2} empty; CPU per run {:.2} ms here, {:.2} ms machine); bare loop: {:.1} tenants/s (CPU {:.2} ms here, {:.2} ms machine); ratio {:.2} (target >= {:.1})",
         report.workflow_resyncs_per_second,
         report.workflow_seconds,
         report.starts_seconds,
         report.claims_per_run,
         report.empty_claims_per_run,
+        report.workflow_cpu.process_ms,
+        report.workflow_cpu.machine_ms,
         report.bare_loop.per_second,
+        report.bare_loop_cpu.process_ms,
+        report.bare_loop_cpu.machine_ms,
         report.ratio,
         report.target_ratio
     );
@@ -121,6 +129,7 @@ async fn resync(
     tracing::info!(tenants, "fleet registered; resyncing every tenant");
     // A fleet resync starts a run per tenant as a schedule's fan-out does: one fleet start.
     let started = Instant::now();
+    let cpu = CpuReading::now();
     let claims_before = metrics.engine_claims_counted();
     let requests: Vec<app::StartRequest> = keys
         .iter()
@@ -184,6 +193,7 @@ async fn resync(
     }
     drop(watcher);
     let workflow_seconds = started.elapsed().as_secs_f64();
+    let workflow_cpu = cpu.per_op(keys.len());
     let claims_after = metrics.engine_claims_counted();
     background.stop().await;
     let failed: i64 =
@@ -197,6 +207,7 @@ async fn resync(
         Arc::new(graph::GraphClient::new(sim.graph_config()).map_err(|e| anyhow::anyhow!("{e}"))?);
     let fleet = Arc::new(fleet);
     let pool2 = pool.clone();
+    let cpu = CpuReading::now();
     let bare_loop = measure(keys.len(), concurrency, move |i| {
         let (client, fleet, pool) = (bare_client.clone(), fleet.clone(), pool2.clone());
         async move {
@@ -220,6 +231,7 @@ async fn resync(
         }
     })
     .await?;
+    let bare_loop_cpu = cpu.per_op(keys.len());
     sim.shutdown().await;
     let per_second = keys.len() as f64 / workflow_seconds;
     Ok(ResyncReport {
@@ -234,6 +246,8 @@ async fn resync(
         target_ratio: 0.5,
         claims_per_run: (claims_after.0 - claims_before.0) as f64 / keys.len() as f64,
         empty_claims_per_run: (claims_after.1 - claims_before.1) as f64 / keys.len() as f64,
+        workflow_cpu,
+        bare_loop_cpu,
     })
 }
 
