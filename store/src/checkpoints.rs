@@ -18,25 +18,6 @@ use sqlx::PgConnection;
 /// says of a run, the engine for a run's checkpoint.
 pub const RUNS_CHANNEL: &str = "tenantflow_runs";
 
-/// Tells `runUpdated` subscribers that a run's checkpoint moved on (its start or a step,
-/// which are off the log until the run ends, so this projection does not see them). Sent
-/// in the caller's transaction: delivered when it commits, never for a rolled-back step.
-pub async fn notify_progress(
-    conn: &mut PgConnection,
-    run_id: RunId,
-    workspace: &str,
-    tenant_key: Option<&str>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_notify($1, json_build_object('run_id', $2::uuid, 'workspace', $3::text, 'tenant_key', $4::text)::text)")
-        .bind(RUNS_CHANNEL)
-        .bind(run_id.as_uuid())
-        .bind(workspace)
-        .bind(tenant_key)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
 /// A run's progress off the log, and the version it was read at.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Checkpoint {
@@ -91,33 +72,73 @@ pub async fn claim(conn: &mut PgConnection, run_id: RunId) -> Result<Checkpoint,
     Ok(Checkpoint::of(row))
 }
 
-/// Appends `progress` to the checkpoint of `run_id` if `owner` still holds the run's task
-/// and nobody wrote the checkpoint since `version` was read; returns whether it did (the
-/// new version is `version + 1`). Appending nothing still checks both. `releasing`: the
-/// scope lock the run frees as it ends, deleted (if the run holds it) by the same
-/// statement, so the transaction that ends a run makes one round trip less. When the
-/// checkpoint is not written the caller must roll back (the deletion goes with it).
-pub async fn append(
-    conn: &mut PgConnection,
-    run_id: RunId,
-    owner: &str,
-    version: i32,
-    progress: &[RunEvent],
-    releasing: Option<&str>,
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "WITH released AS ( \
-             DELETE FROM scope_locks WHERE $5::text IS NOT NULL AND lock_id = $5 AND run_id = $1) \
-         UPDATE workflow_tasks SET progress = progress || $4, \
+/// A runner's write of a run's checkpoint, made with the events it decided
+/// ([`CommandBus::append_checkpointed`](crate::CommandBus::append_checkpointed)): `progress`
+/// is appended to the checkpoint of `run_id` if `owner` still holds the run's task and
+/// nobody wrote the checkpoint since `version` was read (the new version is `version + 1`).
+/// Writing no progress still checks both.
+#[derive(Debug, Clone, Copy)]
+pub struct Write<'a> {
+    pub run_id: RunId,
+    pub owner: &'a str,
+    pub version: i32,
+    pub progress: &'a [RunEvent],
+    /// The scope lock the run frees as it ends, deleted (if the run holds it) by the same
+    /// statement.
+    pub releasing: Option<&'a str>,
+    /// The run's workspace and tenant, to tell `runUpdated` subscribers of the progress
+    /// ([`RUNS_CHANNEL`]); delivered when the write commits, never for a refused one.
+    pub notify: Option<(&'a str, Option<&'a str>)>,
+}
+
+/// The SQLSTATE of a checkpoint write refused because the checkpoint moved (migration
+/// 20261203000020): the statement fails, so the events written with it go too.
+const CHECKPOINT_MOVED: &str = "TF409";
+
+/// The events, the checkpoint, the freed scope and the notification in one statement.
+/// Data-modifying CTEs all run to completion; when the checkpoint's UPDATE matched no row,
+/// `tenantflow_checkpoint_written` raises and the whole statement rolls back.
+const WRITE_WITH_EVENTS: &str = concat!(
+    "WITH released AS ( \
+         DELETE FROM scope_locks WHERE $12::text IS NOT NULL AND lock_id = $12 AND run_id = $8), \
+     moved AS ( \
+         UPDATE workflow_tasks SET progress = progress || $11, \
              progress_version = progress_version + 1, updated_at = now() \
-         WHERE run_id = $1 AND lease_owner = $2 AND progress_version = $3",
-    )
-    .bind(run_id.as_uuid())
-    .bind(owner)
-    .bind(version)
-    .bind(Json(progress))
-    .bind(releasing)
-    .execute(&mut *conn)
-    .await?;
-    Ok(done.rows_affected() == 1)
+         WHERE run_id = $8 AND lease_owner = $9 AND progress_version = $10 RETURNING run_id), \
+     appended AS (",
+    crate::bus::insert_event_rows!(),
+    ") \
+     SELECT tenantflow_checkpoint_written((SELECT count(*) FROM moved)), \
+            CASE WHEN $13::text IS NOT NULL THEN pg_notify($15::text, json_build_object( \
+                'run_id', $8::uuid, 'workspace', $13::text, 'tenant_key', $14::text)::text) END"
+);
+
+/// Writes `rows` and the checkpoint `write` in one statement; `false` (nothing written)
+/// when the checkpoint moved.
+pub(crate) async fn write_with_events(
+    conn: &mut PgConnection,
+    rows: &crate::EventRows,
+    write: &Write<'_>,
+) -> Result<bool, crate::AppendError> {
+    let (workspace, tenant) = match write.notify {
+        Some((workspace, tenant)) => (Some(workspace), tenant),
+        None => (None, None),
+    };
+    let done = rows
+        .bind(sqlx::query(WRITE_WITH_EVENTS))
+        .bind(write.run_id.as_uuid())
+        .bind(write.owner)
+        .bind(write.version)
+        .bind(Json(write.progress))
+        .bind(write.releasing)
+        .bind(workspace)
+        .bind(tenant)
+        .bind(RUNS_CHANNEL)
+        .execute(&mut *conn)
+        .await;
+    match done {
+        Ok(_) => Ok(true),
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(CHECKPOINT_MOVED) => Ok(false),
+        Err(e) => Err(crate::AppendError::of_insert(e)),
+    }
 }

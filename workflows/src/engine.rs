@@ -581,48 +581,36 @@ impl Engine {
             true => Some(c.run.state().scope_lock_id().ok_or(EngineError::NoScope)?),
             false => None,
         };
+        // Progress off the log: live dashboards hear of it with the write (its end,
+        // through the log).
+        let run = c.run.state();
+        let workspace = run.workspace.as_ref().map(|w| w.to_string());
+        let tenant = run.context.as_ref().map(|t| t.tenant_key.to_string());
+        let notify = match (&workspace, ended || progress.is_empty()) {
+            (Some(workspace), false) => Some((workspace.as_str(), tenant.as_deref())),
+            _ => None,
+        };
+        let write = store::checkpoints::Write {
+            run_id,
+            owner: &self.owner,
+            version: c.checkpoint,
+            progress: &progress,
+            releasing: lock_id.as_deref(),
+            notify,
+        };
         let mut streams: Vec<&mut dyn StagedStream> = vec![&mut c.run];
         streams.extend(c.tenant.as_mut().map(|t| t as &mut dyn StagedStream));
         streams.extend(c.connection.as_mut().map(|t| t as &mut dyn StagedStream));
-        // One transaction: the effects, the run's events, its checkpoint and (when it
+        // One statement: the effects, the run's events, its checkpoint and (when it
         // ended) its scope. The task itself is removed by the task feed when it reads the
         // run's end; until then this runner's lease keeps others away from it.
-        let mut uow = self.bus.begin().await?;
-        match uow.append_all(&mut streams).await {
-            Ok(()) => {}
-            Err(AppendError::Conflict) => return Ok(Settled::Conflict),
+        match self.bus.append_checkpointed(&mut streams, &write).await {
+            Ok(true) => {}
+            // A stream moved, or the checkpoint did (a person's command on the run, or
+            // another runner): nothing is written.
+            Ok(false) | Err(AppendError::Conflict) => return Ok(Settled::Conflict),
             Err(other) => return Err(other.into()),
         }
-        // The checkpoint and (when the run ended) the freed scope, in one statement.
-        let connection = uow.connection();
-        let written = store::checkpoints::append(
-            connection,
-            run_id,
-            &self.owner,
-            c.checkpoint,
-            &progress,
-            lock_id.as_deref(),
-        )
-        .await?;
-        if !written {
-            // A person's command on the run, or another runner: nothing is written.
-            return Ok(Settled::Conflict);
-        }
-        // Progress off the log: live dashboards hear of it here (its end, through the log).
-        if !ended && !progress.is_empty() {
-            let run = c.run.state();
-            if let Some(workspace) = &run.workspace {
-                let tenant = run.context.as_ref().map(|t| t.tenant_key.to_string());
-                store::checkpoints::notify_progress(
-                    uow.connection(),
-                    run_id,
-                    workspace.as_str(),
-                    tenant.as_deref(),
-                )
-                .await?;
-            }
-        }
-        uow.commit().await?;
         c.checkpoint += 1;
         c.unlogged.append(&mut progress);
         if ended {

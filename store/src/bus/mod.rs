@@ -20,7 +20,8 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::metrics::{CommandLabels, Metrics};
-use staging::append_streams;
+pub(crate) use staging::insert_event_rows;
+use staging::{append_streams, collect_rows, mark_appended};
 use streams::fetch_streams;
 
 pub use metadata::Metadata;
@@ -350,6 +351,30 @@ impl CommandBus {
             self.announcer.announce(&self.pool);
         }
         Ok(())
+    }
+
+    /// Appends the staged decisions of several streams together with a runner's write of a
+    /// run's checkpoint ([`checkpoints::Write`](crate::checkpoints::Write)), in one
+    /// statement that is its own transaction: one round trip where a transaction of the
+    /// two writes took four. Returns `false`, with nothing written, when the checkpoint
+    /// moved since it was read (another runner, or a person's command on the run); a stream
+    /// that moved is a conflict, as for [`append_all`](Self::append_all).
+    pub async fn append_checkpointed(
+        &self,
+        streams: &mut [&mut dyn StagedStream],
+        write: &crate::checkpoints::Write<'_>,
+    ) -> Result<bool, AppendError> {
+        let rows = collect_rows(streams)?;
+        let mut conn = self.pool.acquire().await?;
+        if !crate::checkpoints::write_with_events(&mut conn, &rows, write).await? {
+            return Ok(false);
+        }
+        mark_appended(streams);
+        self.metrics.events_appended.inc_by(rows.len());
+        if !rows.is_empty() {
+            self.announcer.announce(&self.pool);
+        }
+        Ok(true)
     }
 
     /// Starts a transaction in which several commands append atomically.

@@ -170,17 +170,41 @@ pub(super) async fn append_streams(
     conn: &mut PgConnection,
     streams: &mut [&mut dyn StagedStream],
 ) -> Result<u64, AppendError> {
+    let rows = collect_rows(streams)?;
+    insert_rows(conn, &rows).await?;
+    mark_appended(streams);
+    Ok(rows.len())
+}
+
+/// The pending events of `streams` as rows, in the order they were decided.
+pub(super) fn collect_rows(streams: &[&mut dyn StagedStream]) -> Result<EventRows, AppendError> {
     let mut rows = EventRows::default();
     for s in streams.iter() {
         s.rows(&mut rows)?;
     }
     rows.sort_by_decision();
-    insert_rows(conn, &rows).await?;
+    Ok(rows)
+}
+
+/// After the rows of [`collect_rows`] were written: the streams' pending events are theirs.
+pub(super) fn mark_appended(streams: &mut [&mut dyn StagedStream]) {
     for s in streams.iter_mut() {
         s.mark_appended();
     }
-    Ok(rows.sequences.len() as u64)
 }
+
+/// The INSERT of event rows bound as `$1`..`$7` by [`EventRows::bind`], in the order
+/// decided (global positions follow row order). A macro, so statements that append events
+/// with other writes (a run's checkpoint, `store::checkpoints`) are built from the same
+/// text at compile time.
+macro_rules! insert_event_rows {
+    () => {
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+         SELECT t, i, s, et, ev, p, m FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[]) \
+             WITH ORDINALITY AS r(t, i, s, et, ev, p, m, n) ORDER BY n"
+    };
+}
+pub(crate) use insert_event_rows;
 
 /// Inserts event rows in one statement. A sequence that is already taken (someone
 /// appended to that stream meanwhile) is a conflict.
@@ -188,20 +212,10 @@ async fn insert_rows(conn: &mut PgConnection, rows: &EventRows) -> Result<(), Ap
     if rows.is_empty() {
         return Ok(());
     }
-    let result = sqlx::query(
-        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
-         SELECT t, i, s, et, ev, p, m FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[]) \
-             WITH ORDINALITY AS r(t, i, s, et, ev, p, m, n) ORDER BY n",
-    )
-    .bind(&rows.aggregate_types)
-    .bind(&rows.aggregate_ids)
-    .bind(&rows.sequences)
-    .bind(&rows.types)
-    .bind(&rows.versions)
-    .bind(&rows.payloads)
-    .bind(&rows.metas)
-    .execute(&mut *conn)
-    .await;
+    let result = rows
+        .bind(sqlx::query(insert_event_rows!()))
+        .execute(&mut *conn)
+        .await;
     result.map(|_| ()).map_err(AppendError::of_insert)
 }
 
@@ -258,8 +272,29 @@ pub struct EventRows {
 }
 
 impl EventRows {
-    fn is_empty(&self) -> bool {
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
         self.sequences.is_empty()
+    }
+
+    /// How many rows.
+    pub fn len(&self) -> u64 {
+        self.sequences.len() as u64
+    }
+
+    /// Binds the rows as `$1`..`$7` of [`insert_event_rows`].
+    pub(crate) fn bind<'q>(
+        &'q self,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(&self.aggregate_types)
+            .bind(&self.aggregate_ids)
+            .bind(&self.sequences)
+            .bind(&self.types)
+            .bind(&self.versions)
+            .bind(&self.payloads)
+            .bind(&self.metas)
     }
 
     /// Puts the rows in the order they were decided (global positions follow row order).

@@ -65,6 +65,23 @@ async fn claimed_resync(bus: &store::CommandBus) -> (domain::RunId, Claimed) {
     (run, claimed)
 }
 
+/// Runner A's write of `run`'s checkpoint at `version`, without a notification.
+fn checkpoint_write<'a>(
+    run: domain::RunId,
+    version: i32,
+    progress: &'a [domain::run::RunEvent],
+    releasing: Option<&'a str>,
+) -> store::checkpoints::Write<'a> {
+    store::checkpoints::Write {
+        run_id: run,
+        owner: "runner-a",
+        version,
+        progress,
+        releasing,
+        notify: None,
+    }
+}
+
 /// The claim returns the run's checkpoint from the task row it takes, as a separate read
 /// of it would: the engine decides on it without reading it again.
 #[tokio::test]
@@ -78,16 +95,8 @@ async fn a_claim_returns_the_checkpoint_its_task_row_holds() {
         at: chrono::Utc::now(),
     };
     let mut conn = pool.acquire().await.unwrap();
-    assert!(store::checkpoints::append(
-        &mut conn,
-        run,
-        "runner-a",
-        0,
-        std::slice::from_ref(&started),
-        None
-    )
-    .await
-    .unwrap());
+    let write = checkpoint_write(run, 0, std::slice::from_ref(&started), None);
+    assert!(bus.append_checkpointed(&mut [], &write).await.unwrap());
     assert!(
         release(&pool, run.as_uuid(), "runner-a", chrono::Utc::now())
             .await
@@ -106,13 +115,13 @@ async fn a_claim_returns_the_checkpoint_its_task_row_holds() {
 }
 
 /// The checkpoint write that ends a run frees the run's scope in the same statement; a
-/// write refused for a stale version leaves the scope held once its transaction rolls back.
+/// write refused for a stale version leaves the scope held (the statement rolls back).
 #[tokio::test]
 async fn the_checkpoint_write_that_ends_a_run_frees_its_scope_and_a_refused_one_does_not() {
     let db = TestDb::new().await;
     let bus = db.bus().await;
     let pool = bus.pool().clone();
-    let (run, _) = claimed_resync(&bus).await;
+    let (run, claimed) = claimed_resync(&bus).await;
     let held = || async {
         sqlx::query_scalar::<_, String>("SELECT lock_id FROM scope_locks WHERE run_id = $1")
             .bind(run.as_uuid())
@@ -121,15 +130,35 @@ async fn the_checkpoint_write_that_ends_a_run_frees_its_scope_and_a_refused_one_
             .unwrap()
     };
     let lock_id = held().await.expect("the run holds its scope");
-    let mut tx = pool.begin().await.unwrap();
-    let stale = store::checkpoints::append(&mut tx, run, "runner-a", 7, &[], Some(&lock_id));
-    assert!(!stale.await.unwrap(), "a stale version is refused");
-    tx.rollback().await.unwrap();
+    // A refused write takes the events decided with it back too.
+    let mut streams = claimed.streams;
+    let mut staged = streams
+        .stage::<domain::run::OperationRun>(&run.to_string())
+        .unwrap();
+    let workspace = staged.state().workspace.clone().unwrap().to_string();
+    let meta = store::Metadata::new(workspace, "workflow:runner-a", domain::Role::System);
+    let start = domain::run::RunCommand::Start;
+    staged.decide(bus.services(), start, &meta).await.unwrap();
+    let logged = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events WHERE aggregate_id = $1")
+            .bind(run.to_string())
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let before = logged().await;
+    let stale = checkpoint_write(run, 7, &[], Some(&lock_id));
+    let refused = bus.append_checkpointed(&mut [&mut staged], &stale).await;
+    assert!(!refused.unwrap(), "a stale version is refused");
+    assert_eq!(staged.pending_count(), 1, "the decision is still pending");
+    assert_eq!(
+        logged().await,
+        before,
+        "nothing of the refused write is logged"
+    );
     assert_eq!(held().await.as_deref(), Some(lock_id.as_str()));
-    let mut tx = pool.begin().await.unwrap();
-    let ending = store::checkpoints::append(&mut tx, run, "runner-a", 0, &[], Some(&lock_id));
-    assert!(ending.await.unwrap());
-    tx.commit().await.unwrap();
+    let ending = checkpoint_write(run, 0, &[], Some(&lock_id));
+    assert!(bus.append_checkpointed(&mut [], &ending).await.unwrap());
     assert_eq!(held().await, None, "the scope is free");
     let version = store::checkpoints::read(&mut pool.acquire().await.unwrap(), run)
         .await
@@ -286,4 +315,51 @@ async fn the_feed_wakes_the_engines_only_when_it_made_work_due() {
     queued_resync(&bus, &tenant).await;
     feed(&pool).await;
     assert_eq!(next(&mut listener).await, "", "the feed's wakeup");
+}
+
+/// The mail worker wakes when mail work is queued (the `mail_work` trigger notifies its
+/// channel), not on every commit of the log, as it did when it asked for due mail work
+/// after each one.
+#[tokio::test]
+async fn queued_mail_work_wakes_the_mail_worker_and_other_appends_do_not() {
+    let db = TestDb::new().await;
+    let bus = db.bus().await;
+    let pool = bus.pool().clone();
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+        .await
+        .unwrap();
+    listener.listen(store::log::MAIL_CHANNEL).await.unwrap();
+
+    // Appends that queue no mail work: a tenant, its connection, a resync run.
+    let (tenant, _) = ReadyTenant::new(&bus, CONTOSO).build().await;
+    queued_resync(&bus, &tenant).await;
+    // Notifications arrive in commit order: had those appends notified, theirs would
+    // come first.
+    sqlx::query("SELECT pg_notify($1, 'marker')")
+        .bind(store::log::MAIL_CHANNEL)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut listener).await,
+        "marker",
+        "no wakeup without mail work"
+    );
+
+    // Work queued, and work moved earlier (the same row again): each wakes the worker.
+    let mailbox = domain::mailbox::MailboxId::new();
+    let mut conn = pool.acquire().await.unwrap();
+    for _ in 0..2 {
+        app::mailboxes::schedule_work(
+            &mut conn,
+            "subscription",
+            mailbox,
+            "acme",
+            None,
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(next(&mut listener).await, "", "the queued work's wakeup");
+    }
 }
