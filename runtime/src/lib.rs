@@ -143,10 +143,7 @@ pub fn start(parts: &Parts, options: &Options, shutdown: CancellationToken) -> R
             settings.clone(),
             format!("{}-mail", options.owner),
         );
-        // It wakes when mail work is queued, not on every append.
-        let mail_wakeups =
-            Wakeups::listen_on(pool.clone(), store::log::MAIL_CHANNEL, shutdown.clone());
-        tasks.spawn(worker.run(mail_wakeups, shutdown.clone()));
+        tasks.spawn(worker.run(wakeups.clone(), shutdown.clone()));
     }
     if let Some(poll) = options.scheduler_poll {
         // Every instance runs a scheduler; each tick fires once across them.

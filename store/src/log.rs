@@ -27,10 +27,6 @@ pub const EVENTS_CHANNEL: &str = "tenantflow_events";
 /// do does not wake every idle engine of every instance into an empty claim.
 pub const TASKS_CHANNEL: &str = "tenantflow_tasks";
 
-/// The channel that tells the mail worker that mail work was queued (a statement trigger
-/// on `mail_work`, migration 20261203000021).
-pub const MAIL_CHANNEL: &str = "tenantflow_mail";
-
 /// A place in the global order.
 #[derive(
     Debug,

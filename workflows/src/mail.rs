@@ -185,9 +185,8 @@ impl MailWorker {
         self.bus.services().clock.now()
     }
 
-    /// Works until `shutdown`: whenever `wakeups` fire (the runtime passes those of
-    /// [`store::log::MAIL_CHANNEL`], which fire when mail work is queued) and at least
-    /// every `poll`.
+    /// Works until `shutdown`: whenever events are committed (a notification, a mailbox
+    /// change) and at least every `poll`.
     pub async fn run(self, mut wakeups: Wakeups, shutdown: CancellationToken) {
         let this = Arc::new(self);
         loop {
