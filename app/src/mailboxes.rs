@@ -13,9 +13,8 @@ use domain::{Permission, TenantKey, WorkspaceId};
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
-use sqlx::PgConnection;
 use store::vault::{DelegatedTokens, Vault};
-use store::{CommandBus, Metadata};
+use store::{CommandBus, Metadata, UnitOfWork};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
@@ -64,26 +63,28 @@ pub fn client_state_hash(value: &str) -> Vec<u8> {
     Sha256::digest(value.as_bytes()).to_vec()
 }
 
-/// Inserts (or moves) a mailbox's work row.
+/// Inserts (or moves) a mailbox's work row in `uow`, whose commit then wakes the mail
+/// workers ([`UnitOfWork::queued_mail_work`]).
 pub async fn schedule_work(
-    conn: &mut PgConnection,
+    uow: &mut UnitOfWork,
     kind: &str,
     mailbox: MailboxId,
     workspace: &str,
     message_id: Option<&str>,
     due_at: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    schedule_works(conn, kind, &[(mailbox, workspace, message_id)], due_at).await
+    schedule_works(uow, kind, &[(mailbox, workspace, message_id)], due_at).await
 }
 
 /// [`schedule_work`] for several rows of one kind (mailbox, workspace, message), in one
 /// statement.
 async fn schedule_works(
-    conn: &mut PgConnection,
+    uow: &mut UnitOfWork,
     kind: &str,
     rows: &[(MailboxId, &str, Option<&str>)],
     due_at: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
+    uow.queued_mail_work();
     let keys: Vec<String> = rows
         .iter()
         .map(|(mailbox, _, message)| work_key(kind, *mailbox, *message))
@@ -102,7 +103,7 @@ async fn schedule_works(
     .bind(&messages)
     .bind(kind)
     .bind(due_at)
-    .execute(conn)
+    .execute(uow.connection())
     .await?;
     Ok(())
 }
@@ -173,7 +174,7 @@ pub async fn add_mailbox(
             .await?;
         }
         schedule_work(
-            uow.connection(),
+            &mut uow,
             "subscription",
             id,
             workspace.as_str(),
@@ -228,7 +229,7 @@ async fn command_with_timer(
                 .await?;
         }
         schedule_work(
-            uow.connection(),
+            &mut uow,
             "subscription",
             mailbox,
             &meta.workspace,
@@ -259,8 +260,9 @@ pub async fn test_mailbox(
         });
     }
     let now = bus.services().clock.now();
-    let mut conn = bus.pool().acquire().await?;
-    schedule_work(&mut conn, "test", mailbox, &meta.workspace, None, now).await?;
+    let mut uow = bus.begin().await?;
+    schedule_work(&mut uow, "test", mailbox, &meta.workspace, None, now).await?;
+    uow.commit().await?;
     Ok(())
 }
 
@@ -388,15 +390,7 @@ pub async fn record_notifications(
                 } else {
                     "subscription"
                 };
-                schedule_work(
-                    uow.connection(),
-                    kind,
-                    k.mailbox(),
-                    &k.workspace_id,
-                    None,
-                    now,
-                )
-                .await?;
+                schedule_work(&mut uow, kind, k.mailbox(), &k.workspace_id, None, now).await?;
                 if let Some(e) = domain::mailbox::LifecycleEvent::parse_graph(event) {
                     let meta = system_meta(&k.workspace_id);
                     // A disabled mailbox ignores lifecycle notices; nothing to record.
@@ -557,7 +551,7 @@ async fn record_messages(
         .map(|(m, _)| (m.mailbox, m.workspace.as_str(), Some(m.message_id.as_str())))
         .collect();
     if !fetches.is_empty() {
-        schedule_works(uow.connection(), "fetch", &fetches, now).await?;
+        schedule_works(uow, "fetch", &fetches, now).await?;
     }
     Ok(new)
 }

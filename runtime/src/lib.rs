@@ -143,7 +143,10 @@ pub fn start(parts: &Parts, options: &Options, shutdown: CancellationToken) -> R
             settings.clone(),
             format!("{}-mail", options.owner),
         );
-        tasks.spawn(worker.run(wakeups.clone(), shutdown.clone()));
+        // It wakes when mail work was committed, not on every append.
+        let mail_wakeups =
+            Wakeups::listen_on(pool.clone(), store::log::MAIL_CHANNEL, shutdown.clone());
+        tasks.spawn(worker.run(mail_wakeups, shutdown.clone()));
     }
     if let Some(poll) = options.scheduler_poll {
         // Every instance runs a scheduler; each tick fires once across them.

@@ -27,6 +27,10 @@ pub const EVENTS_CHANNEL: &str = "tenantflow_events";
 /// do does not wake every idle engine of every instance into an empty claim.
 pub const TASKS_CHANNEL: &str = "tenantflow_tasks";
 
+/// The channel that tells mail workers that mail work was queued: announced after the
+/// commit that queued it ([`CommandBus::announce_mail_work`](crate::CommandBus::announce_mail_work)).
+pub const MAIL_CHANNEL: &str = "tenantflow_mail";
+
 /// A place in the global order.
 #[derive(
     Debug,

@@ -185,8 +185,9 @@ impl MailWorker {
         self.bus.services().clock.now()
     }
 
-    /// Works until `shutdown`: whenever events are committed (a notification, a mailbox
-    /// change) and at least every `poll`.
+    /// Works until `shutdown`: whenever `wakeups` fire (the runtime passes those of
+    /// [`store::log::MAIL_CHANNEL`], announced after every commit that queued mail work)
+    /// and at least every `poll`.
     pub async fn run(self, mut wakeups: Wakeups, shutdown: CancellationToken) {
         let this = Arc::new(self);
         loop {
@@ -539,7 +540,7 @@ impl MailWorker {
         // with the event, makes the move survive a crash too.
         if fetched_whole && self.settings.move_to.is_some() {
             app::mailboxes::schedule_work(
-                uow.connection(),
+                &mut uow,
                 "move",
                 work.mailbox,
                 &work.workspace,
@@ -936,9 +937,9 @@ impl MailWorker {
             new,
             "caught up after a missed notification"
         );
-        let mut conn = self.bus.pool().acquire().await?;
+        let mut uow = self.bus.begin().await?;
         app::mailboxes::schedule_work(
-            &mut conn,
+            &mut uow,
             "subscription",
             work.mailbox,
             &work.workspace,
@@ -946,6 +947,7 @@ impl MailWorker {
             now,
         )
         .await?;
+        uow.commit().await?;
         Ok(Done::Finished)
     }
 }

@@ -98,16 +98,19 @@ pub struct CommandBus {
     /// straight away (see [`CommandBus::append_as_new`]).
     existing: Arc<Mutex<HashSet<(&'static str, String)>>>,
     announcer: Arc<Announcer>,
+    /// Announces queued mail work on [`MAIL_CHANNEL`](crate::log::MAIL_CHANNEL).
+    mail_announcer: Arc<Announcer>,
 }
 
 /// Announces this process's committed appends on [`EVENTS_CHANNEL`](crate::log::EVENTS_CHANNEL)
-/// so every instance's consumers wake. One task per bus sends the notifications, one at a
+/// so every instance's consumers wake (and, on [`MAIL_CHANNEL`](crate::log::MAIL_CHANNEL),
+/// committed mail work so every instance's mail worker does). One task per bus sends the notifications, one at a
 /// time: commits signalled while one is being sent are covered by the next, so a burst of
 /// appends costs a notification or two, and no append's commit waits on the notification
 /// queue's lock (a trigger's NOTIFY made every appending transaction do so). Consumers poll
 /// as well, for appends whose process died before announcing them.
-#[derive(Default)]
 struct Announcer {
+    channel: &'static str,
     queue: OnceLock<mpsc::Sender<()>>,
 }
 
@@ -116,19 +119,27 @@ struct Announcer {
 const ANNOUNCE_GAP: std::time::Duration = std::time::Duration::from_millis(2);
 
 impl Announcer {
-    /// Called after a commit that appended events.
+    fn on(channel: &'static str) -> Arc<Self> {
+        Arc::new(Self {
+            channel,
+            queue: OnceLock::new(),
+        })
+    }
+
+    /// Called after a commit that appended events (or queued what the channel is for).
     fn announce(&self, pool: &PgPool) {
+        let channel = self.channel;
         let queue = self.queue.get_or_init(|| {
             let (sender, mut receiver) = mpsc::channel::<()>(1);
             let pool = pool.clone();
             tokio::spawn(async move {
                 while receiver.recv().await.is_some() {
                     if let Err(error) = sqlx::query("SELECT pg_notify($1, '')")
-                        .bind(crate::log::EVENTS_CHANNEL)
+                        .bind(channel)
                         .execute(&pool)
                         .await
                     {
-                        tracing::debug!(%error, "appends could not be announced; consumers will poll");
+                        tracing::debug!(%error, channel, "commits could not be announced; listeners will poll");
                     }
                     // Commits signalled meanwhile wait for the next one: under load this
                     // keeps the notifications (a round trip and a pooled connection each)
@@ -174,7 +185,8 @@ impl CommandBus {
             services,
             metrics,
             existing: Arc::default(),
-            announcer: Arc::default(),
+            announcer: Announcer::on(crate::log::EVENTS_CHANNEL),
+            mail_announcer: Announcer::on(crate::log::MAIL_CHANNEL),
         }
     }
 
@@ -383,7 +395,16 @@ impl CommandBus {
             tx: self.pool.begin().await?,
             bus: self.clone(),
             appended: 0,
+            mail_work: false,
         })
+    }
+
+    /// Tells every instance's mail worker that mail work was committed (call it after the
+    /// commit that queued the work; [`UnitOfWork::queued_mail_work`] does it for a unit of
+    /// work). Sent after the commit, never inside it: a NOTIFY in the transaction would make
+    /// it hold the notification queue's lock through its commit.
+    pub fn announce_mail_work(&self) {
+        self.mail_announcer.announce(&self.pool);
     }
 
     fn record(&self, aggregate: &'static str, outcome: &'static str) {
@@ -410,6 +431,8 @@ pub struct UnitOfWork {
     tx: Transaction<'static, Postgres>,
     bus: CommandBus,
     appended: u64,
+    /// Whether this transaction queued mail work (announced when it commits).
+    mail_work: bool,
 }
 
 impl UnitOfWork {
@@ -487,11 +510,20 @@ impl UnitOfWork {
         &mut self.tx
     }
 
+    /// Marks that this transaction queued mail work: its commit wakes the mail workers
+    /// ([`CommandBus::announce_mail_work`]).
+    pub fn queued_mail_work(&mut self) {
+        self.mail_work = true;
+    }
+
     pub async fn commit(self) -> Result<(), sqlx::Error> {
         self.tx.commit().await?;
         self.bus.metrics.events_appended.inc_by(self.appended);
         if self.appended > 0 {
             self.bus.announcer.announce(&self.bus.pool);
+        }
+        if self.mail_work {
+            self.bus.announce_mail_work();
         }
         Ok(())
     }

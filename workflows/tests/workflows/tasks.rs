@@ -316,3 +316,56 @@ async fn the_feed_wakes_the_engines_only_when_it_made_work_due() {
     feed(&pool).await;
     assert_eq!(next(&mut listener).await, "", "the feed's wakeup");
 }
+
+/// Mail workers wake when mail work was committed (announced on their channel after the
+/// commit), not on every append, as they did when they asked for due mail work after each
+/// commit of the log.
+#[tokio::test]
+async fn committed_mail_work_wakes_the_mail_workers_and_other_appends_do_not() {
+    let db = TestDb::new().await;
+    let bus = db.bus().await;
+    let pool = bus.pool().clone();
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+        .await
+        .unwrap();
+    let channels = [store::log::MAIL_CHANNEL, store::log::EVENTS_CHANNEL];
+    listener.listen_all(channels).await.unwrap();
+    // Appends that queue no mail work: announced on the events' channel only.
+    let (tenant, _) = ReadyTenant::new(&bus, CONTOSO).build().await;
+    queued_resync(&bus, &tenant).await;
+    next_on(&mut listener, store::log::EVENTS_CHANNEL).await;
+    sqlx::query("SELECT pg_notify($1, 'marker')")
+        .bind(store::log::MAIL_CHANNEL)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let first = next_on(&mut listener, store::log::MAIL_CHANNEL).await;
+    assert_eq!(first, "marker", "no mail wakeup without mail work");
+
+    // Mail work queued: announced once its transaction commits.
+    let mut uow = bus.begin().await.unwrap();
+    let mailbox = domain::mailbox::MailboxId::new();
+    let now = chrono::Utc::now();
+    app::mailboxes::schedule_work(&mut uow, "subscription", mailbox, "acme", None, now)
+        .await
+        .unwrap();
+    uow.commit().await.unwrap();
+    assert_eq!(
+        next_on(&mut listener, store::log::MAIL_CHANNEL).await,
+        "",
+        "the mail workers' wakeup"
+    );
+}
+
+/// The payload of the next notification on `channel` (others skipped; at most 30 s).
+async fn next_on(listener: &mut sqlx::postgres::PgListener, channel: &str) -> String {
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(30), listener.recv())
+            .await
+            .expect("a notification within 30 s")
+            .unwrap();
+        if n.channel() == channel {
+            return n.payload().to_owned();
+        }
+    }
+}
