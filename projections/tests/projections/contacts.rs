@@ -295,6 +295,7 @@ async fn contact_events_applied_again_twice_over_or_rebuilt_leave_the_same_rows(
     assert_eq!(twice, live);
     tx.rollback().await.unwrap();
 
+    log_below_horizon(&pool).await;
     // A rebuild, one event per batch and all at once, reproduces the live rows.
     for batch_size in [1, 1000] {
         let replayed = projections::rebuild(&pool, &[&contacts], batch_size, &Quiet)

@@ -887,6 +887,7 @@ async fn a_rebuild_announces_after_its_swap_only_the_runs_the_live_tables_had_no
             .unwrap();
     };
 
+    log_below_horizon(&pool).await;
     projections::rebuild(&pool, &[&projections::Runs], 1000, &Quiet)
         .await
         .unwrap();
@@ -906,6 +907,7 @@ async fn a_rebuild_announces_after_its_swap_only_the_runs_the_live_tables_had_no
     assert_eq!(next_run_notification(&mut listener).await["marker"], true);
 
     // A rebuild with nothing new announces nothing.
+    log_below_horizon(&pool).await;
     projections::rebuild(&pool, &[&projections::Runs], 1000, &Quiet)
         .await
         .unwrap();
@@ -972,6 +974,7 @@ async fn a_rebuilds_lookups_in_its_growing_shadow_tables_go_through_their_keys_i
         plans: std::sync::Mutex::new(Vec::new()),
     };
     // Small batches: the shadow holds rows after the first, and is never analysed.
+    log_below_horizon(&pool).await;
     projections::rebuild(&pool, &[&watch], 5, &Quiet)
         .await
         .unwrap();

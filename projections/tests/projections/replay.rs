@@ -79,6 +79,7 @@ async fn rebuilding_every_read_model_reproduces_the_tables_built_live() {
     // then its run queued).
     let all = projections::all();
     let all: Vec<&dyn projections::Projection> = all.iter().map(|p| p.as_ref()).collect();
+    log_below_horizon(&pool).await;
     for batch_size in [1, 1000] {
         let progress = Counted::default();
         let replayed = projections::rebuild(&pool, &all, batch_size, &progress)
@@ -100,6 +101,7 @@ async fn rebuilding_every_read_model_reproduces_the_tables_built_live() {
     // A subset, and each alone, the same.
     let runs_and_audit: [&dyn projections::Projection; 2] =
         [&projections::Runs, &projections::AuditLog];
+    log_below_horizon(&pool).await;
     projections::rebuild(&pool, &runs_and_audit, 7, &Quiet)
         .await
         .unwrap();
@@ -469,6 +471,7 @@ async fn a_rebuild_that_fails_on_one_connection_swaps_nothing_in_and_leaves_no_s
     let bad = append_undecodable_rename(&pool).await;
     let all = projections::all();
     let all: Vec<&dyn projections::Projection> = all.iter().map(|p| p.as_ref()).collect();
+    log_below_horizon(&pool).await;
     let failed = projections::rebuild(&pool, &all, 3, &Quiet).await;
     match failed {
         Err(projections::RebuildError::Consumer(ConsumerError::Decode { position, .. })) => {
