@@ -584,12 +584,14 @@ impl Engine {
         // Progress off the log: live dashboards hear of it with the write (its end,
         // through the log).
         let run = c.run.state();
-        let workspace = run.workspace.as_ref().map(|w| w.to_string());
-        let tenant = run.context.as_ref().map(|t| t.tenant_key.to_string());
-        let notify = match (&workspace, ended || progress.is_empty()) {
-            (Some(workspace), false) => Some((workspace.as_str(), tenant.as_deref())),
+        let notify_to = match (&run.workspace, ended || progress.is_empty()) {
+            (Some(workspace), false) => Some((
+                workspace.to_string(),
+                run.context.as_ref().map(|t| t.tenant_key.to_string()),
+            )),
             _ => None,
         };
+        let notify = notify_to.as_ref().map(|(w, t)| (w.as_str(), t.as_deref()));
         let write = store::checkpoints::Write {
             run_id,
             owner: &self.owner,

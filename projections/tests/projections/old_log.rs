@@ -111,19 +111,14 @@ async fn a_log_written_by_the_previous_version_rebuilds_into_the_same_read_model
     assert!(loaded > 50, "the fixture holds the runs it names");
     let all = projections::all();
     let every: Vec<&dyn projections::Projection> = all.iter().map(|p| p.as_ref()).collect();
-    // Consumers read below the oldest transaction still open in the cluster, which a test
-    // on another database may hold for a while: rebuilt until the whole log is.
-    testkit::eventually(
-        "every read model rebuilt from the whole log",
-        testkit::CATCH_UP,
-        || async {
-            let replayed = projections::rebuild(&pool, &every, 1000, &Quiet)
-                .await
-                .unwrap();
-            replayed as usize == loaded
-        },
-    )
-    .await;
+    log_below_horizon(&pool).await;
+    let replayed = projections::rebuild(&pool, &every, 1000, &Quiet)
+        .await
+        .unwrap();
+    assert_eq!(
+        replayed as usize, loaded,
+        "every read model rebuilt from the whole log"
+    );
     let got = what_the_log_gives(&pool).await;
     if std::env::var_os("TENANTFLOW_BLESS").is_some() {
         let text = serde_json::to_string_pretty(&got).unwrap();

@@ -16,20 +16,21 @@ pub use testkit::READ_MODEL_TABLES as TABLES;
 /// hold theirs for the whole rebuild) can keep this database's latest events above it for a
 /// while; once below, they stay below (newer transactions get newer ids).
 pub async fn log_below_horizon(pool: &PgPool) {
-    for _ in 0..3000 {
-        let above: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM events \
-             WHERE transaction_id >= pg_snapshot_xmin(pg_current_snapshot()))",
-        )
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        if !above {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    panic!("the log's latest events stayed above the oldest running transaction for 30 s");
+    testkit::eventually(
+        "the log's latest events below the oldest running transaction",
+        testkit::CATCH_UP,
+        || async {
+            let above: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM events \
+                 WHERE transaction_id >= pg_snapshot_xmin(pg_current_snapshot()))",
+            )
+            .fetch_one(pool)
+            .await
+            .unwrap();
+            !above
+        },
+    )
+    .await;
 }
 
 /// A fresh database with the complete [`History`] in it.

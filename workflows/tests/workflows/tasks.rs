@@ -300,11 +300,7 @@ async fn the_feed_wakes_the_engines_only_when_it_made_work_due() {
     let (tenant, _) = ReadyTenant::new(&bus, CONTOSO).build().await;
     feed(&pool).await;
     // Notifications arrive in commit order: had the feed notified, its would come first.
-    sqlx::query("SELECT pg_notify($1, 'marker')")
-        .bind(store::log::TASKS_CHANNEL)
-        .execute(&pool)
-        .await
-        .unwrap();
+    marker(&pool, store::log::TASKS_CHANNEL).await;
     assert_eq!(
         next(&mut listener).await,
         "marker",
@@ -334,11 +330,7 @@ async fn committed_mail_work_wakes_the_mail_workers_and_other_appends_do_not() {
     let (tenant, _) = ReadyTenant::new(&bus, CONTOSO).build().await;
     queued_resync(&bus, &tenant).await;
     next_on(&mut listener, store::log::EVENTS_CHANNEL).await;
-    sqlx::query("SELECT pg_notify($1, 'marker')")
-        .bind(store::log::MAIL_CHANNEL)
-        .execute(&pool)
-        .await
-        .unwrap();
+    marker(&pool, store::log::MAIL_CHANNEL).await;
     let first = next_on(&mut listener, store::log::MAIL_CHANNEL).await;
     assert_eq!(first, "marker", "no mail wakeup without mail work");
 
@@ -368,4 +360,14 @@ async fn next_on(listener: &mut sqlx::postgres::PgListener, channel: &str) -> St
             return n.payload().to_owned();
         }
     }
+}
+
+/// Sends a notification with payload `marker` on `channel`: notifications arrive in commit
+/// order, so one sent earlier by what a test watches comes before it.
+async fn marker(pool: &sqlx::PgPool, channel: &str) {
+    sqlx::query("SELECT pg_notify($1, 'marker')")
+        .bind(channel)
+        .execute(pool)
+        .await
+        .unwrap();
 }
