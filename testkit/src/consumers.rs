@@ -75,3 +75,26 @@ pub async fn has_read_everything(pool: &PgPool, name: &str) -> bool {
     .await
     .expect("read a consumer's checkpoint")
 }
+
+/// Waits (at most 30 s) until every event in the log is below the oldest running
+/// transaction, which is where a rebuild stops reading. Transaction ids are the whole
+/// cluster's, so another test's open transaction in another database (a rebuild's fillers
+/// hold theirs for the whole rebuild) can keep this database's latest events above it for a
+/// while; once below, they stay below (newer transactions get newer ids).
+pub async fn log_below_horizon(pool: &PgPool) {
+    eventually(
+        "the log's latest events below the oldest running transaction",
+        CATCH_UP,
+        || async {
+            let above: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM events \
+                 WHERE transaction_id >= pg_snapshot_xmin(pg_current_snapshot()))",
+            )
+            .fetch_one(pool)
+            .await
+            .unwrap();
+            !above
+        },
+    )
+    .await;
+}

@@ -32,7 +32,7 @@ mod wait;
 
 #[cfg(feature = "browser")]
 pub use browser::{foreign, Browser, PAGE_WAIT};
-pub use consumers::{caught_up, has_read_everything, SteppedConsumer, CATCH_UP};
+pub use consumers::{caught_up, has_read_everything, log_below_horizon, SteppedConsumer, CATCH_UP};
 pub use contact_book::{set_field_sync, set_flag, ContactBook};
 pub use contact_book::{CIPP_FINGERPRINT, CIPP_URL, DELTA_LINK, DIRECT_FINGERPRINT};
 pub use db::{count_events, TestDb, READ_MODEL_TABLES};

@@ -63,6 +63,8 @@ async fn an_owner_rebuilds_read_models_in_the_background_and_follows_it_to_its_e
             },
         )
         .await;
+    // A rebuild reads below the oldest running transaction of the shared cluster.
+    testkit::log_below_horizon(&app.pool).await;
 
     let started = owner
         .ok(

@@ -8,30 +8,8 @@ use sqlx::{PgConnection, PgPool};
 use store::{CommandBus, Consumer};
 use testkit::{History, SteppedConsumer, TestDb};
 
+pub use testkit::log_below_horizon;
 pub use testkit::READ_MODEL_TABLES as TABLES;
-
-/// Waits (at most 30 s) until every event in the log is below the oldest running
-/// transaction, which is where a rebuild stops reading. Transaction ids are the whole
-/// cluster's, so another test's open transaction in another database (a rebuild's fillers
-/// hold theirs for the whole rebuild) can keep this database's latest events above it for a
-/// while; once below, they stay below (newer transactions get newer ids).
-pub async fn log_below_horizon(pool: &PgPool) {
-    testkit::eventually(
-        "the log's latest events below the oldest running transaction",
-        testkit::CATCH_UP,
-        || async {
-            let above: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM events \
-                 WHERE transaction_id >= pg_snapshot_xmin(pg_current_snapshot()))",
-            )
-            .fetch_one(pool)
-            .await
-            .unwrap();
-            !above
-        },
-    )
-    .await;
-}
 
 /// A fresh database with the complete [`History`] in it.
 pub async fn with_history() -> (TestDb, CommandBus, History) {

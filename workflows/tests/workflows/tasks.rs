@@ -286,15 +286,23 @@ async fn next(listener: &mut sqlx::postgres::PgListener) -> String {
         .to_owned()
 }
 
-#[tokio::test]
-async fn the_feed_wakes_the_engines_only_when_it_made_work_due() {
+/// A fresh database, its bus, and a listener on `channels`.
+async fn listening_to(
+    channels: &[&str],
+) -> (TestDb, store::CommandBus, sqlx::postgres::PgListener) {
     let db = TestDb::new().await;
     let bus = db.bus().await;
-    let pool = bus.pool().clone();
-    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+    let mut listener = sqlx::postgres::PgListener::connect_with(bus.pool())
         .await
         .unwrap();
-    listener.listen(store::log::TASKS_CHANNEL).await.unwrap();
+    listener.listen_all(channels.iter().copied()).await.unwrap();
+    (db, bus, listener)
+}
+
+#[tokio::test]
+async fn the_feed_wakes_the_engines_only_when_it_made_work_due() {
+    let (_db, bus, mut listener) = listening_to(&[store::log::TASKS_CHANNEL]).await;
+    let pool = bus.pool().clone();
 
     // A tenant and its connection: appends that give the engines nothing to do.
     let (tenant, _) = ReadyTenant::new(&bus, CONTOSO).build().await;
@@ -318,14 +326,9 @@ async fn the_feed_wakes_the_engines_only_when_it_made_work_due() {
 /// commit of the log.
 #[tokio::test]
 async fn committed_mail_work_wakes_the_mail_workers_and_other_appends_do_not() {
-    let db = TestDb::new().await;
-    let bus = db.bus().await;
-    let pool = bus.pool().clone();
-    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
-        .await
-        .unwrap();
     let channels = [store::log::MAIL_CHANNEL, store::log::EVENTS_CHANNEL];
-    listener.listen_all(channels).await.unwrap();
+    let (_db, bus, mut listener) = listening_to(&channels).await;
+    let pool = bus.pool().clone();
     // Appends that queue no mail work: announced on the events' channel only.
     let (tenant, _) = ReadyTenant::new(&bus, CONTOSO).build().await;
     queued_resync(&bus, &tenant).await;
