@@ -187,3 +187,79 @@ async fn a_second_instance_of_a_consumer_waits_while_the_first_holds_it() {
     other.rollback().await.unwrap();
     assert_eq!(runner.step().await.unwrap(), store::Progress::Idle);
 }
+
+/// Appends `n` events to one stream of its own in one transaction.
+async fn append_ticks(pool: &sqlx::PgPool, stream: &str, n: i64) {
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+         SELECT 'stress', $1, s, 'Tick', '1.0', '{}'::jsonb, '{\"workspace\":\"w\"}'::jsonb \
+         FROM generate_series(1, $2) s",
+    )
+    .bind(stream)
+    .bind(n)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// A runner catching up counts the events still ahead after its first full batch and then
+/// at most every `lag_every`; in between, the lag metric goes down by what each batch read.
+/// A partial batch means caught up: no lag.
+#[tokio::test]
+async fn a_catching_up_consumer_counts_its_lag_at_most_every_lag_every_and_estimates_between() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    append_ticks(&pool, "lagging", 50).await;
+    let lag_of = |metrics: &Metrics| {
+        let labels = store::metrics::ConsumerLabels {
+            consumer: "stress-recorder".to_owned(),
+        };
+        metrics.consumer_lag.get_or_create(&labels).get()
+    };
+    let runner_with = |lag_every: Duration, metrics: &Metrics| {
+        ConsumerRunner::new(
+            pool.clone(),
+            Arc::new(Recorder::default()),
+            RunnerOptions {
+                batch_size: 10,
+                lag_every,
+                ..RunnerOptions::default()
+            },
+            metrics.clone(),
+        )
+    };
+
+    // Never counted again within the test: counted once, then estimated.
+    let metrics = Metrics::new();
+    let runner = runner_with(Duration::from_secs(3600), &metrics);
+    runner.step().await.unwrap();
+    assert_eq!(lag_of(&metrics), 40, "counted after the first full batch");
+    append_ticks(&pool, "later", 5).await;
+    runner.step().await.unwrap();
+    assert_eq!(
+        lag_of(&metrics),
+        30,
+        "estimated: the count less the batch (the later appends not yet seen)"
+    );
+
+    // Counted after every full batch: the later appends are seen. A new checkpoint row is
+    // not involved: the second runner continues from the first one's checkpoint.
+    let metrics = Metrics::new();
+    let runner = runner_with(Duration::ZERO, &metrics);
+    runner.step().await.unwrap();
+    assert_eq!(lag_of(&metrics), 25, "35 ahead less this batch, counted");
+    append_ticks(&pool, "latest", 3).await;
+    runner.step().await.unwrap();
+    assert_eq!(
+        lag_of(&metrics),
+        18,
+        "counted again, the latest appends included"
+    );
+    runner.step().await.unwrap();
+    assert_eq!(
+        runner.step().await.unwrap(),
+        store::Progress::Consumed(8),
+        "the last, partial batch"
+    );
+    assert_eq!(lag_of(&metrics), 0, "caught up");
+}
