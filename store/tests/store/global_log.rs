@@ -188,7 +188,8 @@ async fn a_second_instance_of_a_consumer_waits_while_the_first_holds_it() {
     assert_eq!(runner.step().await.unwrap(), store::Progress::Idle);
 }
 
-/// Appends `n` events to one stream of its own in one transaction.
+/// Appends `n` events to one stream of its own in one transaction, and waits until a
+/// consumer can read them.
 async fn append_ticks(pool: &sqlx::PgPool, stream: &str, n: i64) {
     sqlx::query(
         "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
@@ -200,6 +201,8 @@ async fn append_ticks(pool: &sqlx::PgPool, stream: &str, n: i64) {
     .execute(pool)
     .await
     .unwrap();
+    // Readable: a consumer reads only below the cluster's oldest running transaction.
+    testkit::log_below_horizon(pool).await;
 }
 
 /// A runner catching up counts the events still ahead after its first full batch and then
