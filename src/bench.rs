@@ -36,6 +36,11 @@ pub enum BenchCommand {
         /// Engine instances (and bare-loop tasks) working at once.
         #[arg(long, short = 'c', default_value_t = 4)]
         concurrency: usize,
+        /// Partitions the scratch log has behind its first event, as a log grown for
+        /// years has (docs/SCALING.md): empty, of 1,000 positions each. Every statement
+        /// that reads a stream pays for each partition. 0: a young log.
+        #[arg(long, default_value_t = 0)]
+        partitions: u32,
         /// Where to write the JSON results.
         #[arg(long, default_value = "bench-resync.json")]
         json: PathBuf,
@@ -241,8 +246,16 @@ pub async fn run(config: Config, command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Resync {
             tenants,
             concurrency,
+            partitions,
             json,
-        } => crate::bench_resync::run(config, tenants.max(1), concurrency.max(1), json).await,
+        } => {
+            let shape = crate::bench_resync::Shape {
+                tenants: tenants.max(1),
+                concurrency: concurrency.max(1),
+                partitions,
+            };
+            crate::bench_resync::run(config, shape, json).await
+        }
         BenchCommand::Contacts {
             tenants,
             users,
@@ -298,7 +311,12 @@ async fn all(config: Config, dir: PathBuf) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let file = |name: &str| dir.join(format!("bench-{name}.json"));
     append(config.clone(), 5000, 4, file("append")).await?;
-    crate::bench_resync::run(config.clone(), 1000, 4, file("resync")).await?;
+    let shape = crate::bench_resync::Shape {
+        tenants: 1000,
+        concurrency: 4,
+        partitions: 0,
+    };
+    crate::bench_resync::run(config.clone(), shape, file("resync")).await?;
     crate::bench_verify::run(config.clone(), 1_000_000, 10, 2, file("verify")).await?;
     crate::bench_contacts::run(config.clone(), 100, 500, file("contacts")).await?;
     crate::bench_catchup::run(config.clone(), 1_000_000, file("catchup")).await?;

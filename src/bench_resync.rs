@@ -20,6 +20,8 @@ struct ResyncReport {
     benchmark: &'static str,
     tenants: usize,
     concurrency: usize,
+    /// Partitions of the log when the fleet's first event was written.
+    partitions: i64,
     /// Runs from queued to succeeded, per second.
     workflow_resyncs_per_second: f64,
     workflow_seconds: f64,
@@ -40,19 +42,32 @@ struct ResyncReport {
     bare_loop_cpu: CpuPerOp,
 }
 
-pub async fn run(
-    config: Config,
-    tenants: usize,
-    concurrency: usize,
-    json: PathBuf,
-) -> anyhow::Result<()> {
+/// The fleet and the log a resync bench runs on.
+pub struct Shape {
+    pub tenants: usize,
+    /// Engine instances (and bare-loop tasks).
+    pub concurrency: usize,
+    /// Empty partitions put behind the log's first event.
+    pub partitions: u32,
+}
+
+pub async fn run(config: Config, shape: Shape, json: PathBuf) -> anyhow::Result<()> {
+    let Shape {
+        tenants,
+        concurrency,
+        partitions,
+    } = shape;
     let db = Database::open_scratch(&config, "tenantflow_bench").await?;
-    let result = resync(&config, &db.pool, tenants, concurrency).await;
+    let result = match age_log(&db.pool, partitions).await {
+        Ok(()) => resync(&config, &db.pool, tenants, concurrency).await,
+        Err(e) => Err(e),
+    };
     db.close().await?;
     let report = result?;
     tracing::info!(
         tenants,
         concurrency,
+        partitions = report.partitions,
         "workflow: {:.1} resyncs/s ({:.1} s, of which starting the runs {:.1} s; {:.2} claims per run, {:.2} empty; CPU per run {:.2} ms here, {:.2} ms machine); bare loop: {:.1} tenants/s (CPU {:.2} ms here, {:.2} ms machine); ratio {:.2} (target >= {:.1})",
         report.workflow_resyncs_per_second,
         report.workflow_seconds,
@@ -67,7 +82,35 @@ pub async fn run(
         report.ratio,
         report.target_ratio
     );
+
     crate::bench::publish(&report, &json)
+}
+
+/// Gives the scratch log `partitions` empty partitions of 1,000 positions behind the
+/// position its next event gets, then partitions of the default size ahead: the shape of a
+/// log that has grown for years (the positions between are never handed out).
+async fn age_log(pool: &sqlx::PgPool, partitions: u32) -> anyhow::Result<()> {
+    if partitions == 0 {
+        return Ok(());
+    }
+    const SMALL: i64 = 1_000;
+    let (size, grows) = store::partitions::rule(pool).await?;
+    store::partitions::resize(pool, SMALL).await?;
+    let room = SMALL * i64::from(partitions);
+    store::partitions::ensure(pool, room).await?;
+    sqlx::query(
+        "SELECT setval(pg_get_serial_sequence('events', 'global_position'), \
+             coalesce(pg_sequence_last_value(pg_get_serial_sequence('events', 'global_position')), 0) + $1)",
+    )
+    .bind(room)
+    .execute(pool)
+    .await?;
+    if grows {
+        store::partitions::grow(pool, size).await?;
+    } else {
+        store::partitions::resize(pool, size).await?;
+    }
+    Ok(())
 }
 
 async fn resync(
@@ -87,6 +130,9 @@ async fn resync(
     let vault = open_vault(config)?;
     let meta = Metadata::new("bench", "bench", Role::Owner);
     let fleet = sim.tenants();
+    let partitions: i64 = sqlx::query_scalar("SELECT count(*) FROM event_partitions")
+        .fetch_one(pool)
+        .await?;
 
     // The service side runs from the start, as in a running service: the task feed and
     // `concurrency` engines. The fleet's registration flows through the feed before the
@@ -238,6 +284,7 @@ async fn resync(
         benchmark: "resync",
         tenants: keys.len(),
         concurrency,
+        partitions,
         workflow_resyncs_per_second: per_second,
         workflow_seconds,
         starts_seconds,

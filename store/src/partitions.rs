@@ -38,19 +38,40 @@ pub async fn ensure(pool: &PgPool, room: i64) -> Result<i32, sqlx::Error> {
         .await
 }
 
-/// Sets the size of partitions made from now on (in positions, i.e. events) and cuts the
-/// empty partitions ahead again at that size. Partitions that hold events keep theirs.
-/// Takes a short exclusive lock on `events` when it drops an empty partition ahead.
+/// Makes every partition from now on `size` positions (events), the same for all (no
+/// growth, see [`grow`]), and cuts the empty partitions ahead again at that size.
+/// Partitions that hold events keep theirs. Takes a short exclusive lock on `events` when
+/// it drops an empty partition ahead.
 pub async fn resize(pool: &PgPool, size: i64) -> Result<i32, PartitionError> {
+    set_rule(pool, size, false).await
+}
+
+/// Makes each partition from now on as large as every position before it, and at least
+/// `min_size` (the default rule, with 5,000,000): the number of partitions grows with the
+/// logarithm of the log, where every partition costs each statement that reads by stream
+/// or in the global order (docs/SCALING.md). Cuts the empty partitions ahead again.
+pub async fn grow(pool: &PgPool, min_size: i64) -> Result<i32, PartitionError> {
+    set_rule(pool, min_size, true).await
+}
+
+async fn set_rule(pool: &PgPool, size: i64, grows: bool) -> Result<i32, PartitionError> {
     if size <= 0 {
         return Err(PartitionError::BadSize(size));
     }
     Ok(
-        sqlx::query_scalar("SELECT tenantflow_ensure_event_partitions(0, $1)")
+        sqlx::query_scalar("SELECT tenantflow_ensure_event_partitions(0, $1, $2)")
             .bind(size)
+            .bind(grows)
             .fetch_one(pool)
             .await?,
     )
+}
+
+/// Whether new partitions grow with the log ([`grow`]) and their (least) size.
+pub async fn rule(pool: &PgPool) -> Result<(i64, bool), sqlx::Error> {
+    sqlx::query_as("SELECT partition_size, grows FROM event_partitioning")
+        .fetch_one(pool)
+        .await
 }
 
 /// The partitions, in the order of their ranges.

@@ -352,3 +352,71 @@ async fn the_migration_moves_an_existing_log_into_the_first_partition_and_keeps_
         AppendError::Conflict
     ));
 }
+
+/// By default each new partition is as large as every position before it (and at least the
+/// configured size), so the number of partitions grows with the logarithm of the log; a
+/// fixed size, as `resize` sets, makes one partition per `size` events.
+#[tokio::test]
+async fn growing_partitions_double_with_the_log_and_fixed_ones_do_not() {
+    let db = TestDb::new().await;
+    let bus = db.bus().await;
+    let pool = bus.pool();
+    assert_eq!(
+        store::partitions::rule(pool).await.unwrap(),
+        (5_000_000, true),
+        "the default rule"
+    );
+    store::partitions::grow(pool, 10).await.unwrap();
+    for i in 0..100 {
+        store::partitions::ensure(pool, 0).await.unwrap();
+        bus.execute::<Counter>(&format!("c{}", i % 7), CounterCommand::Add(1), &meta())
+            .await
+            .unwrap();
+    }
+    let parts = store::partitions::list(pool).await.unwrap();
+    let sizes: Vec<i64> = parts
+        .iter()
+        .map(|p| p.to_position - p.from_position)
+        .collect();
+    // From position 1: 10, 10, 20, 40, 80, ... (each the positions before it).
+    let parts: Vec<_> = parts.iter().filter(|p| p.from_position >= 1).collect();
+    assert_eq!(parts[0].from_position, 1, "{parts:?}");
+    for p in &parts {
+        assert_eq!(
+            p.to_position - p.from_position,
+            (p.from_position - 1).max(10),
+            "{parts:?}"
+        );
+    }
+    assert!(
+        partitions_holding_events(pool).await <= 5,
+        "100 events in at most 5 partitions: {sizes:?}"
+    );
+
+    // Fixed: the empty ones ahead are recut at 10 each, and stay so.
+    let handed_out = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT pg_sequence_last_value(pg_get_serial_sequence('events', 'global_position'))",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    };
+    let at_resize = handed_out().await;
+    store::partitions::resize(pool, 10).await.unwrap();
+    for i in 0..150 {
+        store::partitions::ensure(pool, 0).await.unwrap();
+        bus.execute::<Counter>(&format!("d{i}"), CounterCommand::Add(1), &meta())
+            .await
+            .unwrap();
+    }
+    let fixed: Vec<i64> = store::partitions::list(pool)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|p| p.from_position > at_resize)
+        .map(|p| p.to_position - p.from_position)
+        .collect();
+    assert!(fixed.len() >= 4, "{fixed:?}");
+    assert!(fixed.iter().all(|&s| s == 10), "{fixed:?}");
+}
