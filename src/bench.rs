@@ -38,8 +38,8 @@ pub enum BenchCommand {
         concurrency: usize,
         /// Partitions the scratch log has behind its first event, as a log grown for
         /// years has (docs/SCALING.md): empty, of 1,000 positions each. Every statement
-        /// that reads a stream pays for each partition. 0: a young log.
-        #[arg(long, default_value_t = 0)]
+        /// that reads a stream pays for each partition. 0: a young log; at most 1,000.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1000))]
         partitions: u32,
         /// Where to write the JSON results.
         #[arg(long, default_value = "bench-resync.json")]
