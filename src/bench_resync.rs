@@ -130,9 +130,7 @@ async fn resync(
     let vault = open_vault(config)?;
     let meta = Metadata::new("bench", "bench", Role::Owner);
     let fleet = sim.tenants();
-    let partitions: i64 = sqlx::query_scalar("SELECT count(*) FROM event_partitions")
-        .fetch_one(pool)
-        .await?;
+    let partitions = store::partitions::count(pool).await?;
 
     // The service side runs from the start, as in a running service: the task feed and
     // `concurrency` engines. The fleet's registration flows through the feed before the

@@ -364,7 +364,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     options.mail = Some(mail_settings(&config, addr)?);
     let background = runtime::start(&parts, &options, shutdown.clone());
     // Event log partitions ahead of the appends (start-up made the first ones).
-    let _partitions = store::partitions::maintain(db.pool.clone(), shutdown.clone());
+    let _partitions =
+        store::partitions::maintain(db.pool.clone(), metrics.clone(), shutdown.clone());
     if let Some(sim) = &demo {
         crate::demo::start_mail(&parts.bus, &parts.vault, sim).await?;
     }

@@ -47,6 +47,9 @@ pub struct Metrics {
     /// Seconds the oldest open transaction has held back the log (0: none past the
     /// threshold).
     pub log_horizon_held: Gauge,
+    /// Partitions of the event log (each costs every stream load and consumer batch a
+    /// little; docs/SCALING.md), as the last maintenance check counted them.
+    pub event_partitions: Gauge,
     horizon_warning: Arc<Mutex<Option<String>>>,
     /// Inbound mail (R6): webhook notifications by verdict, mail work by kind and outcome.
     pub mail_notifications: Family<OutcomeLabels, Counter>,
@@ -182,6 +185,12 @@ impl Metrics {
             "How long the oldest open transaction has held back what consumers can read",
             log_horizon_held.clone(),
         );
+        let event_partitions = Gauge::default();
+        registry.register(
+            "event_partitions",
+            "Partitions of the event log, empty ones ahead included (counted every maintenance check)",
+            event_partitions.clone(),
+        );
         let mail_notifications = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "mail_notifications",
@@ -215,6 +224,7 @@ impl Metrics {
             consumer_blocked,
             blocked: Arc::default(),
             log_horizon_held,
+            event_partitions,
             horizon_warning: Arc::default(),
             commands,
             events_appended,

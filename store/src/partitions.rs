@@ -83,9 +83,14 @@ pub async fn list(pool: &PgPool) -> Result<Vec<Partition>, sqlx::Error> {
     .await
 }
 
-/// Keeps partitions ready ahead until `shutdown`, checking every [`MAINTAIN_EVERY`]. A
-/// failed check is logged and tried again at the next.
-pub fn maintain(pool: PgPool, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+/// Keeps partitions ready ahead until `shutdown`, checking every [`MAINTAIN_EVERY`], and
+/// counts them into `tenantflow_event_partitions`. A failed check is logged and tried again
+/// at the next.
+pub fn maintain(
+    pool: PgPool,
+    metrics: crate::Metrics,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             match ensure(&pool, 0).await {
@@ -95,10 +100,23 @@ pub fn maintain(pool: PgPool, shutdown: CancellationToken) -> tokio::task::JoinH
                     tracing::warn!(%error, "event log partitions could not be created ahead")
                 }
             }
+            match count(&pool).await {
+                Ok(n) => {
+                    metrics.event_partitions.set(n);
+                }
+                Err(error) => tracing::warn!(%error, "event log partitions could not be counted"),
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(MAINTAIN_EVERY) => {}
             }
         }
     })
+}
+
+/// How many partitions the log has, empty ones ahead included.
+pub async fn count(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM event_partitions")
+        .fetch_one(pool)
+        .await
 }

@@ -38,6 +38,21 @@ async fn serve_runs_embedded_postgres_answers_health_and_stops_it_on_ctrl_c() {
         metrics.contains("tenantflow_http_requests_total"),
         "{metrics}"
     );
+    // The partitions' maintenance counts them: the moved old table, the one being filled
+    // and two ahead.
+    let metrics_url = format!("{}/metrics", server.base_url);
+    testkit::eventually(
+        "the log's partitions counted",
+        Duration::from_secs(30),
+        || async {
+            get(&metrics_url)
+                .await
+                .1
+                .lines()
+                .any(|l| l == "tenantflow_event_partitions 4")
+        },
+    )
+    .await;
     assert!(
         postgres_processes_for(&dir) > 0,
         "PostgreSQL runs from the data directory"
