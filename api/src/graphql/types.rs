@@ -193,10 +193,15 @@ pub struct RunNode {
     pub outcome: String,
     /// A cancellation was asked for while the run was running: it stops at its next step.
     pub cancel_requested: bool,
-    pub context: serde_json::Value,
+    // The JSON columns stay text until their field is asked for (a list page of runs does
+    // not ask for them): parsed into values, they were most of the page's decoding.
+    #[graphql(skip)]
+    pub context: LazyJson,
     pub initiator: String,
-    pub summary_counts: serde_json::Value,
-    pub failure_summary: Option<serde_json::Value>,
+    #[graphql(skip)]
+    pub summary_counts: LazyJson,
+    #[graphql(skip)]
+    pub failure_summary: Option<LazyJson>,
     pub reason_code: Option<String>,
     /// Rendered as links by the `nextSteps` field.
     #[graphql(skip)]
@@ -240,11 +245,31 @@ pub const RUN_STEPS_SQL: &str =
     "SELECT step, attempt, status, reason_code, message, summary, retry_at, started_at, recorded_at \
      FROM rm_run_steps WHERE run_id = $1 ORDER BY recorded_at, step, attempt LIMIT 500";
 
+/// A JSON column as the database sent it, parsed when a resolver asks for it.
+pub type LazyJson = sqlx::types::Json<Box<serde_json::value::RawValue>>;
+
+fn parsed(json: &LazyJson) -> async_graphql::Result<serde_json::Value> {
+    serde_json::from_str(json.get()).map_err(|e| internal(sqlx::Error::Decode(Box::new(e))))
+}
+
 #[ComplexObject]
 impl RunNode {
     /// The run id: also its global id (`node`).
     async fn id(&self) -> ID {
         ID(self.run_id.to_string())
+    }
+
+    // Fields of the row, without descriptions (as when they were plain fields).
+    async fn context(&self) -> async_graphql::Result<serde_json::Value> {
+        parsed(&self.context)
+    }
+
+    async fn summary_counts(&self) -> async_graphql::Result<serde_json::Value> {
+        parsed(&self.summary_counts)
+    }
+
+    async fn failure_summary(&self) -> async_graphql::Result<Option<serde_json::Value>> {
+        self.failure_summary.as_ref().map(parsed).transpose()
     }
 
     async fn status(&self) -> async_graphql::Result<RunStatus> {

@@ -43,7 +43,7 @@ async fn a_resync_started_over_graphql_runs_against_the_simulator_to_success() {
         .await["resyncTenant"]
         .clone();
     assert_eq!(started["status"], "QUEUED", "{started}");
-    let q = "query($r: String!) { run(id: $r) { status outcome summaryCounts } }";
+    let q = "query($r: String!) { run(id: $r) { status outcome summaryCounts context failureSummary } }";
     let run = c
         .eventually(q, json!({ "r": started["runId"] }), |d| {
             d["run"]["status"] == "completed"
@@ -55,6 +55,9 @@ async fn a_resync_started_over_graphql_runs_against_the_simulator_to_success() {
         run["summaryCounts"]["policy_count"].as_i64() > Some(0),
         "{run}"
     );
+    // The row's JSON columns, parsed only when asked for.
+    assert!(run["context"].is_object(), "{run}");
+    assert!(run["failureSummary"].is_null(), "{run}");
 
     // Another workspace's token finds nothing of it.
     let globex = app.client("globex", Role::Owner);
