@@ -193,8 +193,9 @@ pub struct RunNode {
     pub outcome: String,
     /// A cancellation was asked for while the run was running: it stops at its next step.
     pub cancel_requested: bool,
-    // The JSON columns stay text until their field is asked for (a list page of runs does
-    // not ask for them): parsed into values, they were most of the page's decoding.
+    // The JSON columns stay text until their field is asked for: a list page of runs does
+    // not ask for them, and parsing them for every row cost the run list about a tenth of
+    // its pages at 32 clients (docs/BENCHMARKS.md).
     #[graphql(skip)]
     pub context: LazyJson,
     pub initiator: String,
