@@ -58,10 +58,11 @@ pub async fn run(config: Config, shape: Shape, json: PathBuf) -> anyhow::Result<
         partitions,
     } = shape;
     let db = Database::open_scratch(&config, "tenantflow_bench").await?;
-    let result = match age_log(&db.pool, partitions).await {
-        Ok(()) => resync(&config, &db.pool, tenants, concurrency).await,
-        Err(e) => Err(e),
-    };
+    let result = async {
+        age_log(&db.pool, partitions).await?;
+        resync(&config, &db.pool, tenants, concurrency).await
+    }
+    .await;
     db.close().await?;
     let report = result?;
     tracing::info!(
@@ -82,7 +83,6 @@ pub async fn run(config: Config, shape: Shape, json: PathBuf) -> anyhow::Result<
         report.ratio,
         report.target_ratio
     );
-
     crate::bench::publish(&report, &json)
 }
 
@@ -105,11 +105,7 @@ async fn age_log(pool: &sqlx::PgPool, partitions: u32) -> anyhow::Result<()> {
     .bind(room)
     .execute(pool)
     .await?;
-    if grows {
-        store::partitions::grow(pool, size).await?;
-    } else {
-        store::partitions::resize(pool, size).await?;
-    }
+    store::partitions::set_rule(pool, size, grows).await?;
     Ok(())
 }
 

@@ -54,7 +54,8 @@ pub async fn grow(pool: &PgPool, min_size: i64) -> Result<i32, PartitionError> {
     set_rule(pool, min_size, true).await
 }
 
-async fn set_rule(pool: &PgPool, size: i64, grows: bool) -> Result<i32, PartitionError> {
+/// [`grow`] when `grows`, else [`resize`]: sets the rule that [`rule`] reads back.
+pub async fn set_rule(pool: &PgPool, size: i64, grows: bool) -> Result<i32, PartitionError> {
     if size <= 0 {
         return Err(PartitionError::BadSize(size));
     }

@@ -42,8 +42,8 @@ pub async fn read_model_rows(db: &testkit::TestDb) -> Vec<Vec<String>> {
 }
 
 /// Waits for the projections and for the log to be readable by a rebuild (below the oldest
-/// running transaction of the shared cluster), runs `tenantflow rebuild --all` and asserts that every read
-/// model has the same rows afterwards. Returns what the rebuild logged.
+/// running transaction of the shared cluster), runs `tenantflow rebuild --all` and asserts
+/// that every read model has the same rows afterwards. Returns what the rebuild logged.
 pub async fn assert_rebuild_reproduces_read_models(db: &testkit::TestDb) -> String {
     projections_caught_up(db).await;
     testkit::log_below_horizon(&db.pool().await).await;

@@ -276,16 +276,6 @@ async fn an_expired_lease_is_claimed_by_another_runner_and_the_old_holder_cannot
         .unwrap());
 }
 
-/// The next notification's payload (waiting at most 30 s).
-async fn next(listener: &mut sqlx::postgres::PgListener) -> String {
-    tokio::time::timeout(Duration::from_secs(30), listener.recv())
-        .await
-        .expect("a notification within 30 s")
-        .unwrap()
-        .payload()
-        .to_owned()
-}
-
 /// A fresh database, its bus, and a listener on `channels`.
 async fn listening_to(
     channels: &[&str],
@@ -310,7 +300,7 @@ async fn the_feed_wakes_the_engines_only_when_it_made_work_due() {
     // Notifications arrive in commit order: had the feed notified, its would come first.
     marker(&pool, store::log::TASKS_CHANNEL).await;
     assert_eq!(
-        next(&mut listener).await,
+        next_on(&mut listener, store::log::TASKS_CHANNEL).await,
         "marker",
         "no wakeup without work"
     );
@@ -318,7 +308,11 @@ async fn the_feed_wakes_the_engines_only_when_it_made_work_due() {
     // A queued run: the feed's commit wakes the engines.
     queued_resync(&bus, &tenant).await;
     feed(&pool).await;
-    assert_eq!(next(&mut listener).await, "", "the feed's wakeup");
+    assert_eq!(
+        next_on(&mut listener, store::log::TASKS_CHANNEL).await,
+        "",
+        "the feed's wakeup"
+    );
 }
 
 /// Mail workers wake when mail work was committed (announced on their channel after the
