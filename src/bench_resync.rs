@@ -1,6 +1,8 @@
 //! `tenantflow bench resync`: the workflow engine resyncing a simulated fleet, against a
 //! bare loop doing the same Graph reads (token, every policy page, subscribed SKUs) and one
-//! insert per tenant.
+//! insert per tenant, and a floor loop doing the same reads and writing a run's share of
+//! the events the workflow wrote (so the report splits a run's cost into the log's and the
+//! engine's).
 
 use domain::connection::ConnectionCommand;
 use domain::{EntraTenantId, Provider, Role, TenantKey};
@@ -40,6 +42,23 @@ struct ResyncReport {
     /// (engines, Graph client and simulator) and the whole machine (PostgreSQL too).
     workflow_cpu: CpuPerOp,
     bare_loop_cpu: CpuPerOp,
+    /// What the workflow left in the log per run (its own events, the tenant's, the scope
+    /// lock's): the same count `docs/SCALING.md` budgets, and their payload and metadata
+    /// bytes as PostgreSQL prints them.
+    events_per_run: f64,
+    event_bytes_per_run: f64,
+    /// The bare loop's reads, then, instead of its one row, a run's share of the events the
+    /// workflow wrote (the same rows, under other stream ids) in one statement, announced
+    /// as the bus announces, with the audit chain's sealer beside: what writing a run's facts
+    /// to this log costs with no engine around it.
+    floor_loop: PhaseResult,
+    floor_loop_cpu: CpuPerOp,
+    floor_sealer: crate::bench::SealerLag,
+    /// floor loop / bare loop: the most an engine that writes those events could reach.
+    floor_ratio: f64,
+    /// workflow / floor loop: the engine's own cost (claims and leases, scope locks, the
+    /// task feed, snapshots, decisions) on top of the log's.
+    engine_ratio: f64,
 }
 
 /// The fleet and the log a resync bench runs on.
@@ -69,7 +88,7 @@ pub async fn run(config: Config, shape: Shape, json: PathBuf) -> anyhow::Result<
         tenants,
         concurrency,
         partitions = report.partitions,
-        "workflow: {:.1} resyncs/s ({:.1} s, of which starting the runs {:.1} s; {:.2} claims per run, {:.2} empty; CPU per run {:.2} ms here, {:.2} ms machine); bare loop: {:.1} tenants/s (CPU {:.2} ms here, {:.2} ms machine); ratio {:.2} (target >= {:.1})",
+        "workflow: {:.1} resyncs/s ({:.1} s, of which starting the runs {:.1} s; {:.2} claims per run, {:.2} empty; CPU per run {:.2} ms here, {:.2} ms machine); bare loop: {:.1} tenants/s (CPU {:.2} ms here, {:.2} ms machine); ratio {:.2} (target >= {:.1}); floor loop ({:.1} events, {:.0} bytes a run): {:.1} tenants/s (CPU {:.2} ms here, {:.2} ms machine), floor ÷ bare {:.2}, workflow ÷ floor {:.2}",
         report.workflow_resyncs_per_second,
         report.workflow_seconds,
         report.starts_seconds,
@@ -81,7 +100,14 @@ pub async fn run(config: Config, shape: Shape, json: PathBuf) -> anyhow::Result<
         report.bare_loop_cpu.process_ms,
         report.bare_loop_cpu.machine_ms,
         report.ratio,
-        report.target_ratio
+        report.target_ratio,
+        report.events_per_run,
+        report.event_bytes_per_run,
+        report.floor_loop.per_second,
+        report.floor_loop_cpu.process_ms,
+        report.floor_loop_cpu.machine_ms,
+        report.floor_ratio,
+        report.engine_ratio,
     );
     crate::bench::publish(&report, &json)
 }
@@ -166,6 +192,7 @@ async fn resync(
     }
 
     let mut after = feed_caught_up(pool).await?;
+    let fleet_registered = after.global_position;
     tracing::info!(tenants, "fleet registered; resyncing every tenant");
     // A fleet resync starts a run per tenant as a schedule's fan-out does: one fleet start.
     let started = Instant::now();
@@ -246,10 +273,10 @@ async fn resync(
     let bare_client: Arc<dyn GraphApi> =
         Arc::new(graph::GraphClient::new(sim.graph_config()).map_err(|e| anyhow::anyhow!("{e}"))?);
     let fleet = Arc::new(fleet);
-    let pool2 = pool.clone();
+    let (bare_fleet, pool2) = (fleet.clone(), pool.clone());
     let cpu = CpuReading::now();
     let bare_loop = measure(keys.len(), concurrency, move |i| {
-        let (client, fleet, pool) = (bare_client.clone(), fleet.clone(), pool2.clone());
+        let (client, fleet, pool) = (bare_client.clone(), bare_fleet.clone(), pool2.clone());
         async move {
             let t = &fleet[i];
             let app = t.credentials();
@@ -272,8 +299,27 @@ async fn resync(
     })
     .await?;
     let bare_loop_cpu = cpu.per_op(keys.len());
+
+    let written = Written::since(pool, fleet_registered).await?;
+    let events_per_run = written.len() as f64 / keys.len() as f64;
+    let event_bytes_per_run = written.bytes as f64 / keys.len() as f64;
+    let floor_client: Arc<dyn GraphApi> =
+        Arc::new(graph::GraphClient::new(sim.graph_config()).map_err(|e| anyhow::anyhow!("{e}"))?);
+    let sealer = crate::bench::Sealer::start(pool).await?;
+    let cpu = CpuReading::now();
+    let floor_loop = floor(
+        &bus,
+        floor_client,
+        fleet.clone(),
+        Arc::new(written),
+        concurrency,
+    )
+    .await?;
+    let floor_loop_cpu = cpu.per_op(keys.len());
+    let floor_sealer = sealer.finish().await?;
     sim.shutdown().await;
     let per_second = keys.len() as f64 / workflow_seconds;
+    let floor_ratio = floor_loop.per_second / bare_loop.per_second;
     Ok(ResyncReport {
         benchmark: "resync",
         tenants: keys.len(),
@@ -289,7 +335,114 @@ async fn resync(
         empty_claims_per_run: (claims_after.1 - claims_before.1) as f64 / keys.len() as f64,
         workflow_cpu,
         bare_loop_cpu,
+        events_per_run,
+        event_bytes_per_run,
+        floor_ratio,
+        engine_ratio: per_second / floor_loop.per_second,
+        floor_loop,
+        floor_loop_cpu,
+        floor_sealer,
     })
+}
+
+/// The events the workflow phase wrote, in log order, column by column.
+#[derive(Default)]
+struct Written {
+    aggregate_types: Vec<String>,
+    aggregate_ids: Vec<String>,
+    sequences: Vec<i64>,
+    event_types: Vec<String>,
+    event_versions: Vec<String>,
+    payloads: Vec<serde_json::Value>,
+    metadata: Vec<serde_json::Value>,
+    bytes: i64,
+}
+
+impl Written {
+    /// Every event after `position`, with stream ids that are not the workflow's (so a
+    /// copy takes no sequence the workflow took).
+    async fn since(pool: &sqlx::PgPool, position: i64) -> anyhow::Result<Self> {
+        type Row = (
+            String,
+            String,
+            i64,
+            String,
+            String,
+            serde_json::Value,
+            serde_json::Value,
+            i64,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT aggregate_type, 'floor:' || aggregate_id, sequence, event_type, event_version, payload, metadata, \
+                    (octet_length(payload::text) + octet_length(metadata::text))::bigint \
+             FROM events WHERE global_position > $1 ORDER BY global_position",
+        )
+        .bind(position)
+        .fetch_all(pool)
+        .await?;
+        let mut written = Self::default();
+        for (t, i, s, et, ev, p, m, bytes) in rows {
+            written.aggregate_types.push(t);
+            written.aggregate_ids.push(i);
+            written.sequences.push(s);
+            written.event_types.push(et);
+            written.event_versions.push(ev);
+            written.payloads.push(p);
+            written.metadata.push(m);
+            written.bytes += bytes;
+        }
+        Ok(written)
+    }
+
+    fn len(&self) -> usize {
+        self.sequences.len()
+    }
+}
+
+/// The floor loop: for each tenant the bare loop's reads, then its share of `written` (the
+/// `i`-th of `fleet.len()` equal slices in log order, so each tenant writes a run's worth)
+/// in one statement, its own transaction, as an engine's settle is.
+async fn floor(
+    bus: &CommandBus,
+    client: Arc<dyn GraphApi>,
+    fleet: Arc<Vec<graph::sim::SimTenant>>,
+    written: Arc<Written>,
+    concurrency: usize,
+) -> anyhow::Result<crate::bench::PhaseResult> {
+    let bus = bus.clone();
+    measure(fleet.len(), concurrency, move |i| {
+        let (client, fleet, written, bus) =
+            (client.clone(), fleet.clone(), written.clone(), bus.clone());
+        async move {
+            let t = &fleet[i];
+            let app = t.credentials();
+            client
+                .list_conditional_access_policies(&app)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            client
+                .list_subscribed_skus(&app)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let slice = written.len() * i / fleet.len()..written.len() * (i + 1) / fleet.len();
+            if slice.is_empty() {
+                return Ok(());
+            }
+            sqlx::query(store::bus::INSERT_EVENT_ROWS)
+                .bind(&written.aggregate_types[slice.clone()])
+                .bind(&written.aggregate_ids[slice.clone()])
+                .bind(&written.sequences[slice.clone()])
+                .bind(&written.event_types[slice.clone()])
+                .bind(&written.event_versions[slice.clone()])
+                .bind(&written.payloads[slice.clone()])
+                .bind(&written.metadata[slice])
+                .execute(bus.pool())
+                .await?;
+            bus.announce_appends();
+            Ok(())
+        }
+    })
+    .await
 }
 
 /// Waits (at most a minute) until the task feed has read every event written so far;

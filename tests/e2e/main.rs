@@ -3,6 +3,7 @@
 //! test's fresh database.
 
 mod audit_chain;
+mod bench;
 mod chaos;
 mod common;
 mod console;

@@ -25,7 +25,7 @@ use staging::{append_streams, collect_rows, mark_appended};
 use streams::fetch_streams;
 
 pub use metadata::Metadata;
-pub use staging::{AppendError, Decided, EventRows, Staged, StagedStream};
+pub use staging::{AppendError, Decided, EventRows, Staged, StagedStream, INSERT_EVENT_ROWS};
 pub(crate) use streams::load;
 pub use streams::{LoadRow, Loaded, Streams};
 
@@ -405,6 +405,13 @@ impl CommandBus {
     /// it hold the notification queue's lock through its commit.
     pub fn announce_mail_work(&self) {
         self.mail_announcer.announce(&self.pool);
+    }
+
+    /// Announces events committed without the bus's own append methods (`bench resync`'s
+    /// floor copies a run's events with [`INSERT_EVENT_ROWS`]), as those methods announce
+    /// theirs: after the commit, one notification for a burst.
+    pub fn announce_appends(&self) {
+        self.announcer.announce(&self.pool);
     }
 
     fn record(&self, aggregate: &'static str, outcome: &'static str) {

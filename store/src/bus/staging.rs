@@ -206,6 +206,10 @@ macro_rules! insert_event_rows {
 }
 pub(crate) use insert_event_rows;
 
+/// The statement of [`insert_event_rows`], for writers outside this crate that copy rows the
+/// bus wrote (`bench resync`'s floor writes a run's events as the engine wrote them).
+pub const INSERT_EVENT_ROWS: &str = insert_event_rows!();
+
 /// Inserts event rows in one statement. A sequence that is already taken (someone
 /// appended to that stream meanwhile) is a conflict.
 async fn insert_rows(conn: &mut PgConnection, rows: &EventRows) -> Result<(), AppendError> {
