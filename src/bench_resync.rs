@@ -42,9 +42,9 @@ struct ResyncReport {
     /// (engines, Graph client and simulator) and the whole machine (PostgreSQL too).
     workflow_cpu: CpuPerOp,
     bare_loop_cpu: CpuPerOp,
-    /// What the workflow left in the log per run (its own events, the tenant's, the scope
-    /// lock's): the same count `docs/SCALING.md` budgets, and their payload and metadata
-    /// bytes as PostgreSQL prints them.
+    /// What the workflow left in the log per run (the run's own events and its tenant's):
+    /// the count `docs/SCALING.md` budgets, and their payload and metadata bytes as
+    /// PostgreSQL prints them.
     events_per_run: f64,
     event_bytes_per_run: f64,
     /// The bare loop's reads, then, instead of its one row, a run's share of the events the
