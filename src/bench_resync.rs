@@ -282,13 +282,8 @@ async fn resync(
         let (client, fleet, pool) = (bare_client.clone(), bare_fleet.clone(), pool2.clone());
         async move {
             let t = &fleet[i];
-            let app = t.credentials();
-            let policies = client
-                .list_conditional_access_policies(&app)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            let skus = client.list_subscribed_skus(&app).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-            let payload = serde_json::json!({ "policies": policies.len(), "skus": skus.len() });
+            let (policies, skus) = graph_reads(client.as_ref(), t).await?;
+            let payload = serde_json::json!({ "policies": policies, "skus": skus });
             sqlx::query(
                 "INSERT INTO bench_raw_inserts (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
                  VALUES ('bare', $1, 1, 'Fetched', '1.0', $2, '{}'::jsonb)",
@@ -310,14 +305,7 @@ async fn resync(
         Arc::new(graph::GraphClient::new(sim.graph_config()).map_err(|e| anyhow::anyhow!("{e}"))?);
     let sealer = crate::bench::Sealer::start(pool).await?;
     let cpu = CpuReading::now();
-    let floor_loop = floor(
-        &bus,
-        floor_client,
-        fleet.clone(),
-        Arc::new(written),
-        concurrency,
-    )
-    .await?;
+    let floor_loop = floor(&bus, floor_client, fleet, Arc::new(written), concurrency).await?;
     let floor_loop_cpu = cpu.per_op(keys.len());
     let floor_sealer = sealer.finish().await?;
     sim.shutdown().await;
@@ -346,6 +334,24 @@ async fn resync(
         floor_loop_cpu,
         floor_sealer,
     })
+}
+
+/// The Graph reads of a resync, made by the bare and floor loops: a token, every policy
+/// page, the subscribed SKUs. Returns how many policies and SKUs the tenant has.
+async fn graph_reads(
+    client: &dyn GraphApi,
+    tenant: &graph::sim::SimTenant,
+) -> anyhow::Result<(usize, usize)> {
+    let app = tenant.credentials();
+    let policies = client
+        .list_conditional_access_policies(&app)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let skus = client
+        .list_subscribed_skus(&app)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((policies.len(), skus.len()))
 }
 
 /// The events the workflow phase wrote, in log order, column by column.
@@ -417,16 +423,7 @@ async fn floor(
         let (client, fleet, written, bus) =
             (client.clone(), fleet.clone(), written.clone(), bus.clone());
         async move {
-            let t = &fleet[i];
-            let app = t.credentials();
-            client
-                .list_conditional_access_policies(&app)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            client
-                .list_subscribed_skus(&app)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            graph_reads(client.as_ref(), &fleet[i]).await?;
             let slice = written.len() * i / fleet.len()..written.len() * (i + 1) / fleet.len();
             if slice.is_empty() {
                 return Ok(());
