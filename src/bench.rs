@@ -664,18 +664,24 @@ async fn append_on(
         "display_name": "Bench tenant 0", "primary_domain": "t0.bench.example",
         "registered_at": chrono::Utc::now()}});
     let sample_meta = serde_json::to_value(Metadata::new("bench", "bench", Role::Owner))?;
+    // The statement's text is made once per table, not in the measured operation.
     let into = move |table: &'static str| {
-        move |pool: PgPool, i: usize, payload: serde_json::Value, meta: serde_json::Value| async move {
-            sqlx::query(&format!(
-                "INSERT INTO {table} (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
-                 VALUES ('tenant', $1, 1, 'TenantRegistered', '1.0', $2, $3)"
-            ))
-            .bind(format!("{table}:{run}:{i}"))
-            .bind(payload)
-            .bind(meta)
-            .execute(&pool)
-            .await?;
-            Ok(())
+        let sql: Arc<str> = format!(
+            "INSERT INTO {table} (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+             VALUES ('tenant', $1, 1, 'TenantRegistered', '1.0', $2, $3)"
+        )
+        .into();
+        move |pool: PgPool, i: usize, payload: serde_json::Value, meta: serde_json::Value| {
+            let sql = sql.clone();
+            async move {
+                sqlx::query(&sql)
+                    .bind(format!("{table}:{run}:{i}"))
+                    .bind(payload)
+                    .bind(meta)
+                    .execute(&pool)
+                    .await?;
+                Ok(())
+            }
         }
     };
     let raw = into("bench_raw_inserts");
@@ -688,8 +694,9 @@ async fn append_on(
         sample_payload.clone(),
         sample_meta.clone(),
     );
+    let warm = raw.clone();
     measure(warmup, concurrency, move |i| {
-        raw(p.clone(), total + i, pl.clone(), m.clone())
+        warm(p.clone(), total + i, pl.clone(), m.clone())
     })
     .await?;
     measure(warmup, concurrency, move |i| register(b.clone(), total + i)).await?;
