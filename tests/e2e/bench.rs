@@ -2,36 +2,14 @@
 //! report is consistent with what the workflow wrote (the floor loop copies exactly the
 //! events the runs left, a first resync's five each, and the sealer seals them all).
 
-use std::process::Command;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_resync_reports_the_workflow_the_bare_loop_and_the_floor_of_the_same_fleet() {
     let _alone = crate::common::alone().await;
     let db = testkit::TestDb::new().await;
-    let dir = std::env::temp_dir().join(format!(
-        "tenantflow-bench-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
-    let json = dir.join("bench-resync.json");
-    let (url, out_dir, json_path) = (db.url(), dir.clone(), json.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_tenantflow"))
-            .arg("--data-dir")
-            .arg(&out_dir)
-            .args(["bench", "resync", "--tenants", "12", "-c", "2"])
-            .arg("--json")
-            .arg(&json_path)
-            .env("DATABASE_URL", url)
-            .env("RUST_LOG", "info")
-            .output()
-            .expect("run tenantflow bench resync")
-    })
-    .await
-    .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "the bench failed:\n{log}");
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).expect("the JSON report")).unwrap();
+    let (ok, log, r) =
+        crate::common::run_reporting(&db, &["bench", "resync", "--tenants", "12", "-c", "2"]).await;
+    assert!(ok, "the bench failed:\n{log}");
+    let r = r.expect("the JSON report");
     assert_eq!(r["tenants"], 12, "{r}");
     // A first resync writes five events (docs/SCALING.md); the floor loop wrote them again.
     assert_eq!(r["events_per_run"], 5.0, "{r}");
@@ -75,5 +53,4 @@ async fn bench_resync_reports_the_workflow_the_bare_loop_and_the_floor_of_the_sa
     assert_eq!((floor, copies), (60, 60), "{r}");
     assert_eq!(events, seals, "every event sealed");
     pool.close().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -116,16 +116,53 @@ impl Drop for Server {
 /// Runs `tenantflow <args>` on `db` to its end (an operator's command, not the service):
 /// whether it succeeded, its stdout and its stderr.
 pub fn run_cli(db: &testkit::TestDb, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tenantflow"))
-        .args(args)
-        .env("DATABASE_URL", db.url())
-        .output()
-        .expect("run tenantflow");
+    let out = tenantflow_on(db, args).output().expect("run tenantflow");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Runs `tenantflow --data-dir <a directory of its own> <args> --json <file>` on `db` to its
+/// end, logging at info (a bench, the chaos harness): whether it succeeded, its stderr, and
+/// the JSON report it wrote, if it wrote one. The directory is removed afterwards.
+pub async fn run_reporting(
+    db: &testkit::TestDb,
+    args: &[&str],
+) -> (bool, String, Option<serde_json::Value>) {
+    let dir = std::env::temp_dir().join(format!(
+        "tenantflow-report-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let json = dir.join("report.json");
+    let mut command = tenantflow_on(db, &["--data-dir"]);
+    command
+        .arg(&dir)
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .env("RUST_LOG", "info");
+    let out = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .expect("run tenantflow");
+    let report = std::fs::read_to_string(&json)
+        .ok()
+        .map(|text| serde_json::from_str(&text).expect("the JSON report"));
+    let _ = std::fs::remove_dir_all(&dir);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        report,
+    )
+}
+
+/// `tenantflow <args>` with `DATABASE_URL` pointing at `db`.
+fn tenantflow_on(db: &testkit::TestDb, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tenantflow"));
+    command.args(args).env("DATABASE_URL", db.url());
+    command
 }
 
 /// PostgreSQL processes serving the cluster in `dir`.
