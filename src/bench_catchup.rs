@@ -105,7 +105,6 @@ async fn measure(config: &Config, pool: &PgPool, events: usize) -> anyhow::Resul
 
     // Every read model, in one pass over the log.
     let all = projections::all();
-    let all: Vec<&dyn projections::Projection> = all.iter().map(|p| p.as_ref()).collect();
     let started = Instant::now();
     let applied = projections::rebuild(pool, &all, crate::rebuild::BATCH, &crate::bench::Quiet)
         .await

@@ -195,7 +195,7 @@ async fn measure_on(
     let last_run = last_run.context("no run was made")?;
     projections::rebuild(
         pool,
-        &[&projections::Tenants, &projections::Runs],
+        &[Arc::new(projections::Tenants), Arc::new(projections::Runs)],
         1000,
         &crate::bench::Quiet,
     )

@@ -638,7 +638,6 @@ async fn check(
     // No consumer skipped an event: the read models equal a rebuild from the log.
     let live = read_model_rows(pool).await?;
     let all = projections::all();
-    let all: Vec<&dyn projections::Projection> = all.iter().map(|p| p.as_ref()).collect();
     projections::rebuild(pool, &all, 1000, &crate::bench::Quiet)
         .await
         .map_err(fail)?;

@@ -67,7 +67,6 @@ pub async fn run(config: Config, names: Vec<String>, all: bool) -> anyhow::Resul
         "name a read model to rebuild, or pass --all"
     );
     let chosen = projections::choose(projections::all(), &names)?;
-    let chosen: Vec<&dyn projections::Projection> = chosen.iter().map(|p| p.as_ref()).collect();
     let db = Database::open(&config, "tenantflow").await?;
     let progress = Logged {
         began: Instant::now(),

@@ -156,7 +156,6 @@ async fn archiving_closed_runs_keeps_verify_the_run_list_and_a_rebuild_whole() {
     // A rebuild from the shorter log keeps them.
     let live = snapshot_of(&pool).await;
     let all = projections::all();
-    let all: Vec<&dyn projections::Projection> = all.iter().map(|p| p.as_ref()).collect();
     log_below_horizon(&pool).await;
     projections::rebuild(&pool, &all, 5, &Quiet).await.unwrap();
     assert_eq!(snapshot_of(&pool).await, live);

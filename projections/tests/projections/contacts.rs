@@ -298,9 +298,14 @@ async fn contact_events_applied_again_twice_over_or_rebuilt_leave_the_same_rows(
     log_below_horizon(&pool).await;
     // A rebuild, one event per batch and all at once, reproduces the live rows.
     for batch_size in [1, 1000] {
-        let replayed = projections::rebuild(&pool, &[&contacts], batch_size, &Quiet)
-            .await
-            .unwrap();
+        let replayed = projections::rebuild(
+            &pool,
+            &[Arc::new(projections::Contacts)],
+            batch_size,
+            &Quiet,
+        )
+        .await
+        .unwrap();
         assert_eq!(replayed as i64, log_length(&pool).await);
         assert_eq!(contact_rows(&pool).await, live, "batches of {batch_size}");
     }

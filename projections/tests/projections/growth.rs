@@ -79,7 +79,6 @@ async fn a_large_log_across_partitions_archives_its_oldest_runs_and_stays_verifi
 
     // Every read model, in one pass over the partitions.
     let all = projections::all();
-    let all: Vec<&dyn projections::Projection> = all.iter().map(|p| p.as_ref()).collect();
     log_below_horizon(&pool).await;
     let started = Instant::now();
     let applied = projections::rebuild(&pool, &all, 1000, &Quiet)

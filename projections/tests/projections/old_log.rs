@@ -110,9 +110,8 @@ async fn a_log_written_by_the_previous_version_rebuilds_into_the_same_read_model
     let loaded = load_the_old_log(&pool).await;
     assert!(loaded > 50, "the fixture holds the runs it names");
     let all = projections::all();
-    let every: Vec<&dyn projections::Projection> = all.iter().map(|p| p.as_ref()).collect();
     log_below_horizon(&pool).await;
-    let replayed = projections::rebuild(&pool, &every, 1000, &Quiet)
+    let replayed = projections::rebuild(&pool, &all, 1000, &Quiet)
         .await
         .unwrap();
     assert_eq!(

@@ -888,7 +888,7 @@ async fn a_rebuild_announces_after_its_swap_only_the_runs_the_live_tables_had_no
     };
 
     log_below_horizon(&pool).await;
-    projections::rebuild(&pool, &[&projections::Runs], 1000, &Quiet)
+    projections::rebuild(&pool, &[Arc::new(projections::Runs)], 1000, &Quiet)
         .await
         .unwrap();
     marker().await;
@@ -908,7 +908,7 @@ async fn a_rebuild_announces_after_its_swap_only_the_runs_the_live_tables_had_no
 
     // A rebuild with nothing new announces nothing.
     log_below_horizon(&pool).await;
-    projections::rebuild(&pool, &[&projections::Runs], 1000, &Quiet)
+    projections::rebuild(&pool, &[Arc::new(projections::Runs)], 1000, &Quiet)
         .await
         .unwrap();
     marker().await;
@@ -969,16 +969,17 @@ impl projections::Projection for PlanWatch {
 async fn a_rebuilds_lookups_in_its_growing_shadow_tables_go_through_their_keys_index() {
     let (_db, bus, _) = with_history().await;
     let pool = bus.pool().clone();
-    let watch = PlanWatch {
+    let watch = Arc::new(PlanWatch {
         runs: projections::Runs,
         plans: std::sync::Mutex::new(Vec::new()),
-    };
+    });
     // Small batches: the shadow holds rows after the first, and is never analysed.
     log_below_horizon(&pool).await;
-    projections::rebuild(&pool, &[&watch], 5, &Quiet)
+    let rebuilt: Arc<dyn projections::Projection> = watch.clone();
+    projections::rebuild(&pool, &[rebuilt], 5, &Quiet)
         .await
         .unwrap();
-    let plans = watch.plans.into_inner().unwrap();
+    let plans = std::mem::take(&mut *watch.plans.lock().unwrap());
     assert!(plans.len() > 2, "{} batches", plans.len());
     for plan in &plans {
         assert!(plan.contains("rm_run_steps_pkey"), "{plan}");

@@ -78,7 +78,6 @@ async fn rebuilding_every_read_model_reproduces_the_tables_built_live() {
     // between every two events, including those of one transaction (a scope acquired,
     // then its run queued).
     let all = projections::all();
-    let all: Vec<&dyn projections::Projection> = all.iter().map(|p| p.as_ref()).collect();
     log_below_horizon(&pool).await;
     for batch_size in [1, 1000] {
         let progress = Counted::default();
@@ -99,14 +98,14 @@ async fn rebuilding_every_read_model_reproduces_the_tables_built_live() {
         assert_eq!(snapshot_of(&pool).await, live, "batches of {batch_size}");
     }
     // A subset, and each alone, the same.
-    let runs_and_audit: [&dyn projections::Projection; 2] =
-        [&projections::Runs, &projections::AuditLog];
+    let runs_and_audit: [Arc<dyn projections::Projection>; 2] =
+        [Arc::new(projections::Runs), Arc::new(projections::AuditLog)];
     log_below_horizon(&pool).await;
     projections::rebuild(&pool, &runs_and_audit, 7, &Quiet)
         .await
         .unwrap();
     for p in &all {
-        projections::rebuild(&pool, &[*p], 1000, &Quiet)
+        projections::rebuild(&pool, std::slice::from_ref(p), 1000, &Quiet)
             .await
             .unwrap();
     }
@@ -228,7 +227,13 @@ async fn readers_are_served_during_a_rebuild_which_swaps_in_equal_tables() {
             .unwrap();
         runtime.block_on(async move {
             let pool = PgPool::connect(&url).await.unwrap();
-            projections::rebuild(&pool, &[&projections::Tenants], 1, progress.as_ref()).await
+            projections::rebuild(
+                &pool,
+                &[Arc::new(projections::Tenants)],
+                1,
+                progress.as_ref(),
+            )
+            .await
         })
     });
     tokio::task::spawn_blocking(move || started.recv().unwrap())
@@ -283,7 +288,6 @@ fn paused_rebuild(
         runtime.block_on(async move {
             let pool = PgPool::connect(&url).await.unwrap();
             let all = projections::all();
-            let all: Vec<&dyn projections::Projection> = all.iter().map(|p| p.as_ref()).collect();
             projections::rebuild_recorded(&pool, &all, 1, &paused).await
         })
     });
@@ -320,7 +324,8 @@ async fn a_second_rebuild_is_refused_while_one_runs_and_its_progress_is_recorded
 
     // Another rebuild, of any read model and by either way in, is refused and records
     // nothing over the running one's row.
-    let refused = projections::rebuild(&pool, &[&projections::Tenants], 1000, &Quiet).await;
+    let refused =
+        projections::rebuild(&pool, &[Arc::new(projections::Tenants)], 1000, &Quiet).await;
     assert!(
         matches!(refused, Err(projections::RebuildError::AlreadyRunning)),
         "{refused:?}"
@@ -470,7 +475,6 @@ async fn a_rebuild_that_fails_on_one_connection_swaps_nothing_in_and_leaves_no_s
     // connection, has applied it (it records events without decoding them).
     let bad = append_undecodable_rename(&pool).await;
     let all = projections::all();
-    let all: Vec<&dyn projections::Projection> = all.iter().map(|p| p.as_ref()).collect();
     log_below_horizon(&pool).await;
     let failed = projections::rebuild(&pool, &all, 3, &Quiet).await;
     match failed {
@@ -489,7 +493,7 @@ async fn a_rebuild_that_fails_on_one_connection_swaps_nothing_in_and_leaves_no_s
     // The lock was let go: a rebuild of the others goes through.
     projections::rebuild(
         &pool,
-        &[&projections::Runs, &projections::AuditLog],
+        &[Arc::new(projections::Runs), Arc::new(projections::AuditLog)],
         3,
         &Quiet,
     )
