@@ -2,9 +2,9 @@
 //!
 //! One pass over the log feeds every read model being rebuilt: each batch is read (and its
 //! JSON parsed) once, with the payloads any of them asks for, and handed to fillers on up to
-//! [`REBUILD_CONNECTIONS`] connections and tasks of their own, each writing shadow copies of its read
-//! models' tables (a schema per read model) in one transaction, so PostgreSQL applies the
-//! read models in parallel. Once every filler has committed the whole log, the shadows take
+//! [`REBUILD_CONNECTIONS`] connections and tasks of their own, each writing shadow copies of
+//! its read models' tables (a schema per read model) in one transaction, so PostgreSQL and
+//! this process apply the read models in parallel. Once every filler has committed the whole log, the shadows take
 //! the live tables' place in one short transaction, so readers keep reading the live tables
 //! until then. Only one rebuild runs at a time (an advisory lock held by the transaction
 //! that reads and swaps); its progress is recorded in `rebuild_status` for operators.
