@@ -305,6 +305,7 @@ struct Earlier {
 
 /// One batch of the audit log: the rows it writes, in memory until the end, and what it
 /// knows of the rows written before it.
+///
 /// Its rows borrow their text from the batch's events (no copy of each field of each event
 /// before it is encoded: copying them was a third of a rebuild's audit log filler in this
 /// process).

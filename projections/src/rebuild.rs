@@ -4,9 +4,9 @@
 //! JSON parsed) once, with the payloads any of them asks for, and handed to fillers on up to
 //! [`REBUILD_CONNECTIONS`] connections and tasks of their own, each writing shadow copies of
 //! its read models' tables (a schema per read model) in one transaction, so PostgreSQL and
-//! this process apply the read models in parallel. Once every filler has committed the whole log, the shadows take
-//! the live tables' place in one short transaction, so readers keep reading the live tables
-//! until then. Only one rebuild runs at a time (an advisory lock held by the transaction
+//! this process apply the read models in parallel. Once every filler has committed the whole
+//! log, the shadows take the live tables' place in one short transaction, so readers keep
+//! reading the live tables until then. Only one rebuild runs at a time (an advisory lock held by the transaction
 //! that reads and swaps); its progress is recorded in `rebuild_status` for operators.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +18,7 @@ use sqlx::PgPool;
 use store::log::read_batch_for;
 use store::{ConsumerError, Payloads, Position, StoredEvent};
 use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::task::JoinSet;
 
 use crate::Projection;
 
@@ -242,7 +243,9 @@ async fn fill_shadows(
     let spare = (pool.options().get_max_connections() as usize).saturating_sub(2);
     let groups = spread(chosen, REBUILD_CONNECTIONS.min(spare).max(1));
     let mut senders = Vec::with_capacity(groups.len());
-    let mut fillers = Vec::with_capacity(groups.len());
+    // Aborted if the rebuild is dropped, as the fillers were while they were its futures:
+    // none goes on to commit a shadow nobody will swap in.
+    let mut fillers = JoinSet::new();
     // Every batch is let go of here, on a task of its own: freeing a batch's parsed
     // payloads took a tenth of the process's time, and fell on whichever filler let go of
     // it last, most often the audit log's, the slowest.
@@ -258,12 +261,7 @@ async fn fill_shadows(
         // A task each, so their work in this process (decoding events, building rows,
         // encoding parameters) runs on as many threads as there are, and the heaviest
         // read model's filler never waits for the others' turns on one.
-        fillers.push(tokio::spawn(fill(
-            pool.clone(),
-            group,
-            receive,
-            done_with.clone(),
-        )));
+        fillers.spawn(fill(pool.clone(), group, receive, done_with.clone()));
     }
     // The payloads any of them reads; each projection decodes only its own events.
     let wanted: Vec<Payloads> = chosen.iter().map(|p| p.payloads_of()).collect();
@@ -295,11 +293,17 @@ async fn fill_shadows(
         }
         Ok::<_, RebuildError>(Some((position, applied)))
     };
-    let (read, filled) = tokio::join!(hand_out, futures::future::join_all(fillers));
+    let all_filled = async {
+        let mut filled = Vec::new();
+        while let Some(one) = fillers.join_next().await {
+            // A filler that panicked stopped the rebuild.
+            filled.push(one.unwrap_or(Err(RebuildError::Stopped)));
+        }
+        filled
+    };
+    let (read, filled) = tokio::join!(hand_out, all_filled);
     // A filler's own error first: the reader only saw that it stopped listening.
-    for filled in filled {
-        filled.map_err(|_| RebuildError::Stopped)??;
-    }
+    filled.into_iter().collect::<Result<Vec<()>, _>>()?;
     read?.ok_or(RebuildError::Stopped)
 }
 
