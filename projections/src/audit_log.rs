@@ -16,6 +16,7 @@
 //! `unchanged`, R3.6), a snapshot's id and size. Never policies, secrets or Graph payloads.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
@@ -29,6 +30,7 @@ use sqlx::PgConnection;
 use store::{Consumer, ConsumerError, StoredEvent};
 
 use crate::event::required_meta;
+use crate::rebuild::{Deferred, ShadowFiller};
 use crate::Projection;
 
 /// Records every event in `rm_audit_log`.
@@ -65,6 +67,12 @@ const FILL_IN: &str = "\
     FROM unnest($1::text[], $2::text[]) AS f(aggregate_id, tenant_key) \
     WHERE a.aggregate_type = $3 AND a.aggregate_id = f.aggregate_id AND a.tenant_key IS NULL";
 
+/// The same, for rows a rebuild's filler knows by position.
+const FILL_IN_AT: &str = "\
+    UPDATE rm_audit_log a SET tenant_key = f.tenant_key \
+    FROM unnest($1::bigint[], $2::text[]) AS f(global_position, tenant_key) \
+    WHERE a.global_position = f.global_position AND a.tenant_key IS NULL";
+
 #[async_trait::async_trait]
 impl Consumer for AuditLog {
     fn name(&self) -> &str {
@@ -97,17 +105,8 @@ async fn apply(
     // meanwhile: every answer below is the one applying the events one at a time
     // would give.
     let mut batch = Batch::prefetch(tx, events).await?;
-    for e in events {
-        let tenant_key = batch.tenant_of(e);
-        batch.push(e, tenant_key.clone())?;
-        if let Some(key) = tenant_key {
-            if let Some(scope) = scope_filled_in_by(e)? {
-                batch.fill_in(scope, &key);
-            }
-            batch.remember(e, key);
-        }
-    }
-    batch.write(tx, applied).await
+    batch.build(events)?;
+    batch.write(tx, applied, FillIn::ByAggregate).await
 }
 
 #[async_trait::async_trait]
@@ -129,10 +128,232 @@ impl Projection for AuditLog {
         4
     }
 
-    /// The auditors' lookups; the handler reads its rows by aggregate only.
+    /// The auditors' lookups, and the aggregates' index, which only [`Consumer::handle`]
+    /// reads through: a rebuild's filler remembers what it wrote instead (and builds the
+    /// index early if the log has more aggregates than it remembers).
     fn indexes_built_after_rebuild(&self) -> &'static [&'static str] {
-        &["rm_audit_log_workspace", "rm_audit_log_tenant"]
+        &[
+            "rm_audit_log_workspace",
+            "rm_audit_log_tenant",
+            AGGREGATE_INDEX,
+        ]
     }
+
+    fn shadow_filler(&self) -> Option<Box<dyn ShadowFiller>> {
+        Some(Self::filler_remembering_at_most(REMEMBERED_AGGREGATES))
+    }
+}
+
+/// The index `EARLIER` and `FILL_IN` read through.
+const AGGREGATE_INDEX: &str = "rm_audit_log_aggregate";
+
+/// How many aggregates a rebuild's filler remembers the tenants of (about 150 bytes each,
+/// so at most some 60 MB). Keeping `rm_audit_log_aggregate` row by row was a third of the
+/// filler's insert, and reading it back for each batch (`EARLIER`) one more statement
+/// per batch; built once at the end it costs a fraction of that. A log with more
+/// aggregates than this has the index built when the filler reaches the limit, and is
+/// filled from there on as the live handler does.
+const REMEMBERED_AGGREGATES: usize = 400_000;
+
+impl AuditLog {
+    /// A rebuild's filler that remembers the tenants of at most `aggregates` aggregates
+    /// before it falls back to reading the rows it wrote (the default is
+    /// [`REMEMBERED_AGGREGATES`]); for tests of that fallback.
+    pub fn filler_remembering_at_most(aggregates: usize) -> Box<dyn ShadowFiller> {
+        Box::new(Filler {
+            limit: aggregates,
+            memory: None,
+            started: false,
+        })
+    }
+}
+
+/// Fills `rm_audit_log`'s shadow in a rebuild. While it remembers every aggregate it wrote
+/// rows of, it asks its memory what `EARLIER` would answer, and fills scopes in by the
+/// positions of their rows; from the limit on (or when the archived runs' summaries it
+/// starts with are more than the limit), it builds the aggregates' index and applies each
+/// batch as [`Consumer::handle`] does, without `ON CONFLICT`.
+struct Filler {
+    limit: usize,
+    memory: Option<Memory>,
+    started: bool,
+}
+
+#[async_trait::async_trait]
+impl ShadowFiller for Filler {
+    async fn apply(
+        &mut self,
+        tx: &mut PgConnection,
+        events: &[StoredEvent],
+        deferred: &mut Deferred,
+    ) -> Result<(), ConsumerError> {
+        if !self.started {
+            self.started = true;
+            self.memory = Memory::of_seeds(tx, self.limit).await?;
+        }
+        let Some(memory) = &mut self.memory else {
+            deferred.build_now(tx, AGGREGATE_INDEX).await?;
+            return apply(tx, events, Applied::Never).await;
+        };
+        let mut batch = Batch::recalled(memory, events);
+        batch.build(events)?;
+        let fill_in = memory.learn(&batch);
+        batch.write(tx, Applied::Never, fill_in).await?;
+        if memory.aggregates > self.limit {
+            tracing::info!(
+                aggregates = memory.aggregates,
+                "the audit log's rebuild remembers no more aggregates: building their index now"
+            );
+            self.memory = None;
+            deferred.build_now(tx, AGGREGATE_INDEX).await?;
+        }
+        Ok(())
+    }
+}
+
+/// What a rebuild's filler knows of the rows it wrote: for each aggregate, what `EARLIER`
+/// would read from them, and the scope rows without a tenant (which a later run's queueing
+/// fills in).
+#[derive(Default)]
+struct Memory {
+    /// By aggregate type, then id.
+    earlier: HashMap<Box<str>, HashMap<Box<str>, Remembered>>,
+    aggregates: usize,
+    /// Each scope's rows without a tenant, by their positions.
+    unfilled: HashMap<Box<str>, Vec<i64>>,
+    /// Each tenant key once.
+    tenants: HashSet<Arc<str>>,
+}
+
+/// An aggregate's [`Earlier`], its tenant keys shared.
+struct Remembered {
+    first: Option<Arc<str>>,
+    known: Option<Arc<str>>,
+}
+
+impl Memory {
+    /// The memory of the shadow's first rows (archived runs' summaries), or `None` when they
+    /// are more than `limit`.
+    async fn of_seeds(tx: &mut PgConnection, limit: usize) -> Result<Option<Self>, ConsumerError> {
+        let seeded: i64 = sqlx::query_scalar("SELECT count(*) FROM rm_audit_log")
+            .fetch_one(&mut *tx)
+            .await?;
+        if usize::try_from(seeded).map_or(true, |seeded| seeded > limit) {
+            return Ok(None);
+        }
+        let rows: Vec<(String, String, Option<String>, i64)> = sqlx::query_as(
+            "SELECT aggregate_type, aggregate_id, tenant_key, global_position \
+             FROM rm_audit_log ORDER BY global_position",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut memory = Self::default();
+        for (aggregate_type, aggregate_id, tenant_key, position) in &rows {
+            memory.row(
+                aggregate_type,
+                aggregate_id,
+                tenant_key.as_deref(),
+                *position,
+            );
+        }
+        Ok(Some(memory))
+    }
+
+    /// Learns what `batch` writes: its scopes filled in, then its rows. Returns the earlier
+    /// rows to fill in, by position.
+    fn learn(&mut self, batch: &Batch) -> FillIn {
+        let mut positions = Vec::new();
+        let mut tenants = Vec::new();
+        for (scope, tenant) in &batch.filled {
+            if let Some(rows) = self.unfilled.remove(scope.as_str()) {
+                tenants.extend(std::iter::repeat_n(tenant.clone(), rows.len()));
+                positions.extend(rows);
+            }
+            let tenant = intern(&mut self.tenants, tenant);
+            let remembered = self
+                .earlier
+                .get_mut(ScopeLock::TYPE)
+                .and_then(|scopes| scopes.get_mut(scope.as_str()));
+            if let Some(remembered) = remembered {
+                // Every row without a tenant got this one, the first row too.
+                let first = remembered.first.take().unwrap_or(tenant);
+                remembered.known = Some(first.clone());
+                remembered.first = Some(first);
+            }
+        }
+        let rows = &batch.rows;
+        for r in 0..rows.global_position.len() {
+            self.row(
+                rows.aggregate_type[r],
+                rows.aggregate_id[r],
+                rows.tenant_key[r].as_deref(),
+                rows.global_position[r],
+            );
+        }
+        FillIn::ByPosition { positions, tenants }
+    }
+
+    /// Learns of one row written.
+    fn row(&mut self, aggregate_type: &str, aggregate_id: &str, tenant: Option<&str>, at: i64) {
+        let tenant = tenant.map(|t| intern(&mut self.tenants, t));
+        if aggregate_type == ScopeLock::TYPE && tenant.is_none() {
+            self.unfilled
+                .entry(aggregate_id.into())
+                .or_default()
+                .push(at);
+        }
+        if !self.earlier.contains_key(aggregate_type) {
+            self.earlier.insert(aggregate_type.into(), HashMap::new());
+        }
+        let Some(of_type) = self.earlier.get_mut(aggregate_type) else {
+            return;
+        };
+        match of_type.get_mut(aggregate_id) {
+            Some(remembered) => {
+                if remembered.known.is_none() {
+                    remembered.known = tenant;
+                }
+            }
+            None => {
+                of_type.insert(
+                    aggregate_id.into(),
+                    Remembered {
+                        first: tenant.clone(),
+                        known: tenant,
+                    },
+                );
+                self.aggregates += 1;
+            }
+        }
+    }
+
+    fn recall(&self, aggregate_type: &str, aggregate_id: &str) -> Option<Earlier> {
+        let remembered = self.earlier.get(aggregate_type)?.get(aggregate_id)?;
+        Some(Earlier {
+            first: remembered.first.as_deref().map(str::to_owned),
+            known: remembered.known.as_deref().map(str::to_owned),
+        })
+    }
+}
+
+fn intern(tenants: &mut HashSet<Arc<str>>, tenant: &str) -> Arc<str> {
+    if let Some(known) = tenants.get(tenant) {
+        return known.clone();
+    }
+    let tenant: Arc<str> = tenant.into();
+    tenants.insert(tenant.clone());
+    tenant
+}
+
+/// How a batch fills in the rows written before it of the scopes it filled in.
+enum FillIn {
+    /// Every row of the scope without a tenant (through `rm_audit_log_aggregate`).
+    ByAggregate,
+    /// These rows (a rebuild's filler knows them).
+    ByPosition {
+        positions: Vec<i64>,
+        tenants: Vec<String>,
+    },
 }
 
 /// The facts of `e` an auditor needs beyond who/what/when, or `None` for an event that
@@ -354,14 +575,7 @@ impl<'e> Batch<'e> {
         tx: &mut PgConnection,
         events: &'e [StoredEvent],
     ) -> Result<Self, ConsumerError> {
-        let mut wanted: HashSet<AggregateRef<'e>> = HashSet::new();
-        for e in events {
-            wanted.insert((&e.aggregate_type, &e.aggregate_id));
-            if let Some(run_id) = payload_field(e, &["run_id"]) {
-                wanted.insert((OperationRun::TYPE, run_id));
-            }
-        }
-        let (types, ids): (Vec<&str>, Vec<&str>) = wanted.into_iter().unzip();
+        let (types, ids): (Vec<&str>, Vec<&str>) = Self::asked_about(events).into_iter().unzip();
         let found: Vec<(i64, Option<String>, Option<String>)> = sqlx::query_as(EARLIER)
             // Planned for every batch (see the runs projection).
             .persistent(false)
@@ -381,6 +595,47 @@ impl<'e> Batch<'e> {
             earlier,
             ..Self::default()
         })
+    }
+
+    /// Like [`Batch::prefetch`], from a rebuild filler's memory of the rows it wrote.
+    fn recalled(memory: &Memory, events: &'e [StoredEvent]) -> Self {
+        let earlier = Self::asked_about(events)
+            .into_iter()
+            .filter_map(|id| Some((id, memory.recall(id.0, id.1)?)))
+            .collect();
+        Self {
+            earlier,
+            ..Self::default()
+        }
+    }
+
+    /// The aggregates a batch may ask about: its events' own, and the runs their payloads
+    /// name.
+    fn asked_about(events: &'e [StoredEvent]) -> HashSet<AggregateRef<'e>> {
+        let mut wanted: HashSet<AggregateRef<'e>> = HashSet::new();
+        for e in events {
+            wanted.insert((&e.aggregate_type, &e.aggregate_id));
+            if let Some(run_id) = payload_field(e, &["run_id"]) {
+                wanted.insert((OperationRun::TYPE, run_id));
+            }
+        }
+        wanted
+    }
+
+    /// The batch's rows, each event's tenant found as applying the events one at a time
+    /// would find it.
+    fn build(&mut self, events: &'e [StoredEvent]) -> Result<(), ConsumerError> {
+        for e in events {
+            let tenant_key = self.tenant_of(e);
+            self.push(e, tenant_key.clone())?;
+            if let Some(key) = tenant_key {
+                if let Some(scope) = scope_filled_in_by(e)? {
+                    self.fill_in(scope, &key);
+                }
+                self.remember(e, key);
+            }
+        }
+        Ok(())
     }
 
     /// The tenant of `e`: from the event itself, or its aggregate's (or run's) rows.
@@ -474,16 +729,32 @@ impl<'e> Batch<'e> {
     }
 
     /// Fills in the earlier rows' scopes, then writes the batch's rows.
-    async fn write(self, tx: &mut PgConnection, applied: Applied) -> Result<(), ConsumerError> {
-        if !self.filled.is_empty() {
-            let (scopes, tenants): (Vec<String>, Vec<String>) = self.filled.into_iter().unzip();
-            sqlx::query(FILL_IN)
-                .persistent(false)
-                .bind(scopes)
-                .bind(tenants)
-                .bind(ScopeLock::TYPE)
-                .execute(&mut *tx)
-                .await?;
+    async fn write(
+        self,
+        tx: &mut PgConnection,
+        applied: Applied,
+        fill_in: FillIn,
+    ) -> Result<(), ConsumerError> {
+        match fill_in {
+            FillIn::ByAggregate if !self.filled.is_empty() => {
+                let (scopes, tenants): (Vec<String>, Vec<String>) = self.filled.into_iter().unzip();
+                sqlx::query(FILL_IN)
+                    .persistent(false)
+                    .bind(scopes)
+                    .bind(tenants)
+                    .bind(ScopeLock::TYPE)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            FillIn::ByPosition { positions, tenants } if !positions.is_empty() => {
+                sqlx::query(FILL_IN_AT)
+                    .persistent(false)
+                    .bind(positions)
+                    .bind(tenants)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            _ => {}
         }
         let rows = self.rows;
         if rows.global_position.is_empty() {

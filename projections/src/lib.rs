@@ -36,8 +36,8 @@ pub use contacts::Contacts;
 pub use mailboxes::Mailboxes;
 pub use policies::Policies;
 pub use rebuild::{
-    choose, eta, rebuild, rebuild_recorded, rebuild_status, start_rebuild, RebuildError,
-    RebuildProgress, RebuildState, RebuildStatus,
+    choose, eta, rebuild, rebuild_recorded, rebuild_status, start_rebuild, Deferred, RebuildError,
+    RebuildProgress, RebuildState, RebuildStatus, ShadowFiller,
 };
 pub use runner::{spawn_all, Projection};
 pub use runs::{Runs, RUNS_CHANNEL};

@@ -378,9 +378,12 @@ async fn fill(
             "BEGIN; SET LOCAL client_min_messages = warning; SET LOCAL enable_seqscan = off",
         )
         .await?;
-    let mut deferred = Vec::new();
+    let mut deferred = Deferred::default();
     // Time each read model spent applying batches, for the log.
     let mut applying = vec![Duration::ZERO; group.len()];
+    // Those that keep state from batch to batch fill through it.
+    let mut fillers: Vec<Option<Box<dyn ShadowFiller>>> =
+        group.iter().map(|(p, _)| p.shadow_filler()).collect();
     for (p, shadow) in &group {
         sqlx::query(&format!("DROP SCHEMA IF EXISTS {shadow} CASCADE"))
             .execute(&mut *tx)
@@ -403,20 +406,27 @@ async fn fill(
                 .await?;
         }
         for index in p.indexes_built_after_rebuild() {
-            deferred.extend(defer_index(&mut tx, shadow, index).await?);
+            if let Some(build) = defer_index(&mut tx, shadow, index).await? {
+                deferred.0.push((*index, build));
+            }
         }
     }
     loop {
         match batches.recv().await {
             Some(ToFill::Batch(events)) => {
-                for ((p, shadow), spent) in group.iter().zip(&mut applying) {
+                for (((p, shadow), spent), filler) in
+                    group.iter().zip(&mut applying).zip(&mut fillers)
+                {
                     let began = Instant::now();
                     // The projection's statements name its tables unqualified: they write
                     // its shadows.
                     sqlx::query(&format!("SET LOCAL search_path = {shadow}, public"))
                         .execute(&mut *tx)
                         .await?;
-                    p.rebuild_handle(&mut tx, &events).await?;
+                    match filler {
+                        Some(filler) => filler.apply(&mut tx, &events, &mut deferred).await?,
+                        None => p.rebuild_handle(&mut tx, &events).await?,
+                    }
                     *spent += began.elapsed();
                 }
                 let _ = done_with.send(events);
@@ -429,7 +439,7 @@ async fn fill(
         .execute(&mut *tx)
         .await?;
     let began = Instant::now();
-    for build in deferred {
+    for (_, build) in deferred.0 {
         sqlx::query(&build).execute(&mut *tx).await?;
     }
     tx.commit().await?;
@@ -446,6 +456,45 @@ async fn fill(
         "deferred indexes built and shadows committed"
     );
     Ok(())
+}
+
+/// The indexes of a filler's shadow tables that are built once they are filled (by the
+/// live index's name), with the statements that build them.
+#[derive(Default)]
+pub struct Deferred(Vec<(&'static str, String)>);
+
+impl Deferred {
+    /// Builds the deferred index `index` (its live name) now, for a filler that goes on to
+    /// read through it; false when it was not deferred (it is there already).
+    pub async fn build_now(
+        &mut self,
+        tx: &mut sqlx::PgConnection,
+        index: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let Some(at) = self.0.iter().position(|(name, _)| *name == index) else {
+            return Ok(false);
+        };
+        let (_, build) = self.0.remove(at);
+        sqlx::query(&build).execute(&mut *tx).await?;
+        Ok(true)
+    }
+}
+
+/// A read model's own filling of its shadow tables in a rebuild (see
+/// [`Projection::shadow_filler`]): one per rebuild, handed every batch of the log in order,
+/// in the filler's transaction with the read model's shadow schema first on the
+/// `search_path`, so it may keep what it learns of the rows it wrote instead of reading
+/// them back.
+#[async_trait::async_trait]
+pub trait ShadowFiller: Send {
+    /// Applies the next batch; `deferred` holds the indexes not there yet (it may build
+    /// one it needs).
+    async fn apply(
+        &mut self,
+        tx: &mut sqlx::PgConnection,
+        events: &[StoredEvent],
+        deferred: &mut Deferred,
+    ) -> Result<(), ConsumerError>;
 }
 
 /// Drops the shadow copy of the live index named `index` (a filled table's index is built

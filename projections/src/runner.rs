@@ -8,6 +8,8 @@ use store::{Consumer, ConsumerError, Metrics, Position, StoredEvent};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::rebuild::ShadowFiller;
+
 /// A read model: a consumer plus the tables it owns (truncated on rebuild). Handlers must
 /// be idempotent: applying an event twice leaves the same rows.
 #[async_trait::async_trait]
@@ -37,6 +39,13 @@ pub trait Projection: Consumer {
         events: &[StoredEvent],
     ) -> Result<(), ConsumerError> {
         self.handle(tx, events).await
+    }
+
+    /// Its own filler for a rebuild, when it keeps state from one batch to the next (and
+    /// may do without indexes its [`Consumer::handle`] reads through). `None`, the default:
+    /// every batch goes to [`Projection::rebuild_handle`].
+    fn shadow_filler(&self) -> Option<Box<dyn ShadowFiller>> {
+        None
     }
 
     /// Tells readers, in the transaction that swapped the rebuilt tables in, what the

@@ -148,4 +148,31 @@ async fn a_log_written_by_the_previous_version_rebuilds_into_the_same_read_model
             );
         }
     }
+    // Its scopes were locked by events, each acquired a batch before its run was queued
+    // when a batch holds one event: the audit log fills their rows in by position from
+    // its filler's memory, or through its index once the filler remembers no more.
+    let scope_rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM rm_audit_log WHERE aggregate_type = 'scope_lock'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(scope_rows > 0, "the old log locks scopes with events");
+    let audit_remembering = |limit| -> Vec<std::sync::Arc<dyn projections::Projection>> {
+        vec![std::sync::Arc::new(AuditLogRemembering { limit })]
+    };
+    for (read_models, batch_size, what) in [
+        (all.clone(), 1, "every read model, batches of 1"),
+        (audit_remembering(0), 1, "the audit log remembering nothing"),
+        (
+            audit_remembering(3),
+            2,
+            "the audit log remembering 3 aggregates",
+        ),
+    ] {
+        log_below_horizon(&pool).await;
+        projections::rebuild(&pool, &read_models, batch_size, &Quiet)
+            .await
+            .unwrap();
+        assert_eq!(what_the_log_gives(&pool).await, got, "{what}");
+    }
 }

@@ -136,6 +136,38 @@ async fn rebuilding_every_read_model_reproduces_the_tables_built_live() {
     }
 }
 
+#[tokio::test]
+async fn an_audit_log_rebuild_past_what_its_filler_remembers_reads_its_rows_back_and_ends_equal() {
+    let (_db, bus, _) = projected_history().await;
+    let pool = bus.pool().clone();
+    let live = snapshot_of(&pool).await;
+    let indexes = every_index(&pool).await;
+    let aggregates: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT (aggregate_type, aggregate_id)) FROM events")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(aggregates > 4, "a history of {aggregates} aggregates");
+    log_below_horizon(&pool).await;
+    // Nothing remembered (the index is built before the second batch), a few aggregates
+    // (built part way, with batches of one and of seven), and all of them.
+    for (limit, batch_size) in [(0, 7), (3, 1), (3, 7), (aggregates as usize, 7)] {
+        let audit: [Arc<dyn projections::Projection>; 1] =
+            [Arc::new(AuditLogRemembering { limit })];
+        projections::rebuild(&pool, &audit, batch_size, &Quiet)
+            .await
+            .unwrap();
+        assert_eq!(
+            snapshot_of(&pool).await,
+            live,
+            "remembering {limit} aggregates, batches of {batch_size}"
+        );
+        // The aggregates' index is there once, under its name, whether it was built part
+        // way or at the end.
+        assert_eq!(every_index(&pool).await, indexes, "remembering {limit}");
+    }
+}
+
 /// Holds a rebuild after its first batch until the test lets it go on.
 struct Paused {
     started: std::sync::Mutex<Option<std::sync::mpsc::Sender<()>>>,

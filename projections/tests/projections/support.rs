@@ -113,3 +113,37 @@ impl projections::RebuildProgress for Quiet {
     fn advance(&self, _applied: u64) {}
     fn finish(&self, _applied: u64) {}
 }
+
+/// The audit log, with a rebuild filler that remembers at most `limit` aggregates.
+pub struct AuditLogRemembering {
+    pub limit: usize,
+}
+
+#[async_trait::async_trait]
+impl Consumer for AuditLogRemembering {
+    fn name(&self) -> &str {
+        Consumer::name(&projections::AuditLog)
+    }
+    async fn handle(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        events: &[store::StoredEvent],
+    ) -> Result<(), store::ConsumerError> {
+        Consumer::handle(&projections::AuditLog, tx, events).await
+    }
+}
+
+#[async_trait::async_trait]
+impl projections::Projection for AuditLogRemembering {
+    fn tables(&self) -> &'static [&'static str] {
+        projections::Projection::tables(&projections::AuditLog)
+    }
+    fn indexes_built_after_rebuild(&self) -> &'static [&'static str] {
+        projections::Projection::indexes_built_after_rebuild(&projections::AuditLog)
+    }
+    fn shadow_filler(&self) -> Option<Box<dyn projections::ShadowFiller>> {
+        Some(projections::AuditLog::filler_remembering_at_most(
+            self.limit,
+        ))
+    }
+}
