@@ -26,7 +26,8 @@ use domain::run::{OperationRun, RunEvent};
 use domain::scope_lock::{scope_key, ScopeLock};
 use domain::tenant::{Tenant, TenantEvent};
 use serde_json::{json, Value};
-use sqlx::PgConnection;
+use sqlx::postgres::PgArguments;
+use sqlx::{Arguments, PgConnection};
 use store::{Consumer, ConsumerError, StoredEvent};
 
 use crate::event::required_meta;
@@ -106,7 +107,7 @@ async fn apply(
     // would give.
     let mut batch = Batch::prefetch(tx, events).await?;
     batch.build(events)?;
-    batch.write(tx, applied, FillIn::ByAggregate).await
+    batch.encode(FillIn::ByAggregate)?.write(tx, applied).await
 }
 
 #[async_trait::async_trait]
@@ -164,6 +165,7 @@ impl AuditLog {
             limit: aggregates,
             memory: None,
             started: false,
+            unsent: None,
         })
     }
 }
@@ -173,10 +175,17 @@ impl AuditLog {
 /// positions of their rows; from the limit on (or when the archived runs' summaries it
 /// starts with are more than the limit), it builds the aggregates' index and applies each
 /// batch as [`Consumer::handle`] does, without `ON CONFLICT`.
+///
+/// While it remembers, each batch's rows are made (and their parameters encoded) on a
+/// thread of their own while the batch before is written: nothing in them waits on what
+/// PostgreSQL answers, so this process's work on a batch and PostgreSQL's on the last
+/// overlap instead of taking turns.
 struct Filler {
     limit: usize,
     memory: Option<Memory>,
     started: bool,
+    /// The last batch's statements, made but not sent yet.
+    unsent: Option<Encoded>,
 }
 
 #[async_trait::async_trait]
@@ -184,30 +193,54 @@ impl ShadowFiller for Filler {
     async fn apply(
         &mut self,
         tx: &mut PgConnection,
-        events: &[StoredEvent],
+        events: &Arc<Vec<StoredEvent>>,
         deferred: &mut Deferred,
     ) -> Result<(), ConsumerError> {
         if !self.started {
             self.started = true;
             self.memory = Memory::of_seeds(tx, self.limit).await?;
         }
-        let Some(memory) = &mut self.memory else {
+        let Some(mut memory) = self.memory.take() else {
+            self.finish(tx, deferred).await?;
             deferred.build_now(tx, AGGREGATE_INDEX).await?;
             return apply(tx, events, Applied::Never).await;
         };
-        let mut batch = Batch::recalled(memory, events);
-        batch.build(events)?;
-        let fill_in = memory.learn(&batch);
-        batch.write(tx, Applied::Never, fill_in).await?;
+        let batch = events.clone();
+        let made = tokio::task::spawn_blocking(move || {
+            let encoded = memory.make(&batch);
+            (memory, encoded)
+        });
+        let (sent, made) = tokio::join!(self.finish(tx, deferred), made);
+        // Making a batch never fails but by a bug: its panic is the filler's own.
+        let (memory, encoded) = match made {
+            Ok(made) => made,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => std::panic::resume_unwind(Box::new(e.to_string())),
+        };
+        sent?;
+        self.unsent = Some(encoded?);
         if memory.aggregates > self.limit {
             tracing::info!(
                 aggregates = memory.aggregates,
                 "the audit log's rebuild remembers no more aggregates: building their index now"
             );
-            self.memory = None;
+            self.finish(tx, deferred).await?;
             deferred.build_now(tx, AGGREGATE_INDEX).await?;
+        } else {
+            self.memory = Some(memory);
         }
         Ok(())
+    }
+
+    async fn finish(
+        &mut self,
+        tx: &mut PgConnection,
+        _deferred: &mut Deferred,
+    ) -> Result<(), ConsumerError> {
+        match self.unsent.take() {
+            Some(encoded) => encoded.write(tx, Applied::Never).await,
+            None => Ok(()),
+        }
     }
 }
 
@@ -257,6 +290,14 @@ impl Memory {
             );
         }
         Ok(Some(memory))
+    }
+
+    /// Makes a batch's statements from what it remembers, and learns what they write.
+    fn make(&mut self, events: &[StoredEvent]) -> Result<Encoded, ConsumerError> {
+        let mut batch = Batch::recalled(self, events);
+        batch.build(events)?;
+        let fill_in = self.learn(&batch);
+        batch.encode(fill_in)
     }
 
     /// Learns what `batch` writes: its scopes filled in, then its rows. Returns the earlier
@@ -728,58 +769,78 @@ impl<'e> Batch<'e> {
             .or_insert_with(|| tenant_key.to_owned());
     }
 
-    /// Fills in the earlier rows' scopes, then writes the batch's rows.
-    async fn write(
-        self,
-        tx: &mut PgConnection,
-        applied: Applied,
-        fill_in: FillIn,
-    ) -> Result<(), ConsumerError> {
-        match fill_in {
+    /// The batch's statements, their parameters encoded (owning nothing of the events):
+    /// what fills in the earlier rows' scopes, and the rows.
+    fn encode(self, fill_in: FillIn) -> Result<Encoded, ConsumerError> {
+        let mut filling = PgArguments::default();
+        let fill_in = match fill_in {
             FillIn::ByAggregate if !self.filled.is_empty() => {
                 let (scopes, tenants): (Vec<String>, Vec<String>) = self.filled.into_iter().unzip();
-                sqlx::query(FILL_IN)
-                    .persistent(false)
-                    .bind(scopes)
-                    .bind(tenants)
-                    .bind(ScopeLock::TYPE)
-                    .execute(&mut *tx)
-                    .await?;
+                filling.add(scopes).map_err(sqlx::Error::Encode)?;
+                filling.add(tenants).map_err(sqlx::Error::Encode)?;
+                filling.add(ScopeLock::TYPE).map_err(sqlx::Error::Encode)?;
+                Some((FILL_IN, filling))
             }
             FillIn::ByPosition { positions, tenants } if !positions.is_empty() => {
-                sqlx::query(FILL_IN_AT)
-                    .persistent(false)
-                    .bind(positions)
-                    .bind(tenants)
-                    .execute(&mut *tx)
-                    .await?;
+                filling.add(positions).map_err(sqlx::Error::Encode)?;
+                filling.add(tenants).map_err(sqlx::Error::Encode)?;
+                Some((FILL_IN_AT, filling))
             }
-            _ => {}
-        }
+            _ => None,
+        };
         let rows = self.rows;
         if rows.global_position.is_empty() {
-            return Ok(());
+            return Ok(Encoded {
+                fill_in,
+                rows: None,
+            });
         }
+        let mut args = PgArguments::default();
+        let add =
+            |result: Result<(), sqlx::error::BoxDynError>| result.map_err(sqlx::Error::Encode);
+        add(args.add(rows.global_position))?;
+        add(args.add(rows.workspace_id))?;
+        add(args.add(rows.recorded_at))?;
+        add(args.add(rows.actor))?;
+        add(args.add(rows.role))?;
+        add(args.add(rows.action))?;
+        add(args.add(rows.aggregate_type))?;
+        add(args.add(rows.aggregate_id))?;
+        add(args.add(rows.tenant_key))?;
+        add(args.add(rows.correlation_id))?;
+        add(args.add(rows.causation_id))?;
+        add(args.add(rows.request_id))?;
+        add(args.add(rows.details))?;
+        Ok(Encoded {
+            fill_in,
+            rows: Some(args),
+        })
+    }
+}
+
+/// A batch's statements with their parameters encoded, ready to send.
+struct Encoded {
+    fill_in: Option<(&'static str, PgArguments)>,
+    rows: Option<PgArguments>,
+}
+
+impl Encoded {
+    /// Fills in the earlier rows' scopes, then writes the batch's rows.
+    async fn write(self, tx: &mut PgConnection, applied: Applied) -> Result<(), ConsumerError> {
+        if let Some((statement, args)) = self.fill_in {
+            sqlx::query_with(statement, args)
+                .persistent(false)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let Some(rows) = self.rows else {
+            return Ok(());
+        };
         let insert = match applied {
             Applied::Maybe => format!("{INSERT}{ON_CONFLICT}"),
             Applied::Never => INSERT.to_owned(),
         };
-        sqlx::query(&insert)
-            .bind(rows.global_position)
-            .bind(rows.workspace_id)
-            .bind(rows.recorded_at)
-            .bind(rows.actor)
-            .bind(rows.role)
-            .bind(rows.action)
-            .bind(rows.aggregate_type)
-            .bind(rows.aggregate_id)
-            .bind(rows.tenant_key)
-            .bind(rows.correlation_id)
-            .bind(rows.causation_id)
-            .bind(rows.request_id)
-            .bind(rows.details)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query_with(&insert, rows).execute(&mut *tx).await?;
         Ok(())
     }
 }

@@ -435,6 +435,14 @@ async fn fill(
             None => return Err(RebuildError::Stopped),
         }
     }
+    for ((_, shadow), filler) in group.iter().zip(&mut fillers) {
+        if let Some(filler) = filler {
+            sqlx::query(&format!("SET LOCAL search_path = {shadow}, public"))
+                .execute(&mut *tx)
+                .await?;
+            filler.finish(&mut tx, &mut deferred).await?;
+        }
+    }
     sqlx::query("SET LOCAL search_path = public")
         .execute(&mut *tx)
         .await?;
@@ -488,11 +496,19 @@ impl Deferred {
 #[async_trait::async_trait]
 pub trait ShadowFiller: Send {
     /// Applies the next batch; `deferred` holds the indexes not there yet (it may build
-    /// one it needs).
+    /// one it needs). It may hold back writes until the next batch or [`Self::finish`].
     async fn apply(
         &mut self,
         tx: &mut sqlx::PgConnection,
-        events: &[StoredEvent],
+        events: &Arc<Vec<StoredEvent>>,
+        deferred: &mut Deferred,
+    ) -> Result<(), ConsumerError>;
+
+    /// Writes what it held back, after the log's last batch and before the deferred
+    /// indexes are built and the shadows committed.
+    async fn finish(
+        &mut self,
+        tx: &mut sqlx::PgConnection,
         deferred: &mut Deferred,
     ) -> Result<(), ConsumerError>;
 }
