@@ -62,6 +62,7 @@ async fn graphql(State(state): State<AppState>, headers: HeaderMap, body: Body) 
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let span = tracing::info_span!("graphql", workspace = %caller.workspace, subject = %caller.subject, request_id = %request_id);
     let writer = state.replica.as_ref().map(|r| (r, caller.key()));
+    let workspace = caller.workspace.to_string();
     let req = req
         .data(state.clone())
         .data(state.runs.clone())
@@ -74,6 +75,7 @@ async fn graphql(State(state): State<AppState>, headers: HeaderMap, body: Body) 
         &state.persisted,
         &state.limits.query,
         req,
+        &workspace,
         writer,
     )
     .instrument(span);

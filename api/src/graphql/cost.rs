@@ -8,6 +8,7 @@
 //! too rather than deep inside a resolver.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_graphql::parser::types::{
     BaseType, DocumentOperations, ExecutableDocument, OperationDefinition, Selection, SelectionSet,
@@ -15,6 +16,8 @@ use async_graphql::parser::types::{
 };
 use async_graphql::parser::Positioned;
 use async_graphql::{ErrorExtensions, Value};
+
+use super::documents::{Documents, Parsed};
 
 /// Limits on one request's query, checked before it is routed or validated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,9 +41,13 @@ impl Default for QueryLimits {
 /// Refuses a request whose query is over the limits or that carries a NUL character. The
 /// document parsed for the checks is kept in the request, so execution does not parse it
 /// again.
+///
+/// With `documents`, the document of a text the workspace sent before is taken from them
+/// instead of parsed again.
 pub(crate) fn check(
     request: &mut async_graphql::Request,
     limits: &QueryLimits,
+    documents: Option<(&Documents, &str)>,
 ) -> Result<(), Box<async_graphql::Response>> {
     let query = &request.query;
     if query.len() > limits.max_query_bytes {
@@ -56,18 +63,28 @@ pub(crate) fn check(
         ));
     }
     // What does not parse is the ordinary validation's error to report (cheaply).
-    let Ok(doc) = async_graphql::parser::parse_query(query) else {
+    let parse = |query: &str| {
+        let doc = async_graphql::parser::parse_query(query).ok()?;
+        let expanded = expanded_size(&doc);
+        Some(Parsed { doc, expanded })
+    };
+    let parsed = match documents {
+        Some((documents, workspace)) => documents.get_or_parse(workspace, query, parse),
+        None => parse(query).map(Arc::new),
+    };
+    let Some(parsed) = parsed else {
         return Ok(());
     };
-    let expanded = expanded_size(&doc);
+    let (doc, expanded) = (&parsed.doc, parsed.expanded);
     if expanded > limits.max_expanded_selections {
         return Err(refusal(format!(
             "the query expands to more than {} selections once its fragments are spread",
             limits.max_expanded_selections
         )));
     }
-    check_variables(&doc, request)?;
-    request.set_parsed_query(doc);
+    check_variables(doc, request)?;
+    // Every request's own copy: execution takes the document out of the request.
+    request.set_parsed_query(doc.clone());
     Ok(())
 }
 
@@ -287,34 +304,56 @@ mod tests {
     fn variables_must_be_of_the_type_they_are_declared() {
         let limits = QueryLimits::default();
         let q = "query($i: Int!, $s: String, $l: [ID!], $b: Boolean!) { me { role } }";
-        let ok = serde_json::json!({ "i": 5, "s": null, "l": ["a", 7], "b": true });
-        assert!(check(&mut with_variables(q, ok), &limits).is_ok());
-        // A single value where a list is declared is a list of one.
-        let one = serde_json::json!({ "i": 5, "l": "a", "b": false });
-        assert!(check(&mut with_variables(q, one), &limits).is_ok());
-        for bad in [
-            serde_json::json!({ "i": "s3cret", "b": true }),
-            serde_json::json!({ "i": 1.5, "b": true }),
-            serde_json::json!({ "i": 3_000_000_000i64, "b": true }),
-            serde_json::json!({ "i": 1, "s": 5, "b": true }),
-            serde_json::json!({ "i": 1, "l": [true], "b": true }),
-            serde_json::json!({ "i": null, "b": true }),
-            serde_json::json!({ "i": 1, "b": "yes" }),
-        ] {
-            let refused = check(&mut with_variables(q, bad.clone()), &limits).unwrap_err();
-            let message = &refused.errors[0].message;
-            assert!(message.contains("is declared"), "{bad}: {message}");
-            assert!(
-                !message.contains("s3cret"),
-                "the value is never echoed: {message}"
-            );
+        let kept = Documents::default();
+        // Parsed each time, and from the kept document: each request's variables are
+        // checked either way.
+        for documents in [None, Some((&kept, "acme")), Some((&kept, "acme"))] {
+            let ok = serde_json::json!({ "i": 5, "s": null, "l": ["a", 7], "b": true });
+            assert!(check(&mut with_variables(q, ok), &limits, documents).is_ok());
+            // A single value where a list is declared is a list of one.
+            let one = serde_json::json!({ "i": 5, "l": "a", "b": false });
+            assert!(check(&mut with_variables(q, one), &limits, documents).is_ok());
+            for bad in [
+                serde_json::json!({ "i": "s3cret", "b": true }),
+                serde_json::json!({ "i": 1.5, "b": true }),
+                serde_json::json!({ "i": 3_000_000_000i64, "b": true }),
+                serde_json::json!({ "i": 1, "s": 5, "b": true }),
+                serde_json::json!({ "i": 1, "l": [true], "b": true }),
+                serde_json::json!({ "i": null, "b": true }),
+                serde_json::json!({ "i": 1, "b": "yes" }),
+            ] {
+                let refused =
+                    check(&mut with_variables(q, bad.clone()), &limits, documents).unwrap_err();
+                let message = &refused.errors[0].message;
+                assert!(message.contains("is declared"), "{bad}: {message}");
+                assert!(
+                    !message.contains("s3cret"),
+                    "the value is never echoed: {message}"
+                );
+            }
         }
+        assert_eq!(kept.len(), 1);
     }
 
     #[test]
     fn over_the_limit_or_with_a_nul_is_refused_as_validation_failed() {
         let limits = QueryLimits::default();
-        let refused = check(&mut async_graphql::Request::new(doubling(30)), &limits).unwrap_err();
+        let kept = Documents::default();
+        for _ in 0..2 {
+            // Kept or not, its document is over the limit.
+            assert!(check(
+                &mut async_graphql::Request::new(doubling(30)),
+                &limits,
+                Some((&kept, "acme"))
+            )
+            .is_err());
+        }
+        let refused = check(
+            &mut async_graphql::Request::new(doubling(30)),
+            &limits,
+            None,
+        )
+        .unwrap_err();
         assert_eq!(
             refused.errors[0]
                 .extensions
@@ -323,18 +362,24 @@ mod tests {
                 .map(|c| c.to_string()),
             Some("\"validation_failed\"".to_owned())
         );
-        assert!(check(&mut async_graphql::Request::new("{ me { role } }"), &limits).is_ok());
+        assert!(check(
+            &mut async_graphql::Request::new("{ me { role } }"),
+            &limits,
+            None
+        )
+        .is_ok());
         assert!(check(
             &mut async_graphql::Request::new("{ me { role } }\0"),
-            &limits
+            &limits,
+            None
         )
         .is_err());
         let mut with_nul = async_graphql::Request::new("query($s: String) { me { role } }")
             .variables(async_graphql::Variables::from_json(
                 serde_json::json!({ "s": "a\u{0}b" }),
             ));
-        assert!(check(&mut with_nul, &limits).is_err());
+        assert!(check(&mut with_nul, &limits, None).is_err());
         let long = "#".repeat(limits.max_query_bytes + 1);
-        assert!(check(&mut async_graphql::Request::new(long), &limits).is_err());
+        assert!(check(&mut async_graphql::Request::new(long), &limits, None).is_err());
     }
 }

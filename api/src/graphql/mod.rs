@@ -5,6 +5,7 @@ pub mod compat;
 mod contact_mutation;
 mod contacts;
 mod cost;
+mod documents;
 mod enums;
 mod errors;
 mod feed;
@@ -84,6 +85,7 @@ pub(crate) async fn execute(
     persisted: &PersistedQueries,
     limits: &QueryLimits,
     request: async_graphql::Request,
+    workspace: &str,
     writer: Option<(&store::ReadReplica, String)>,
 ) -> async_graphql::Response {
     let mut request = match persisted.resolve(request) {
@@ -92,7 +94,11 @@ pub(crate) async fn execute(
     };
     // Before anything whose cost grows with the query's fragments; it keeps the parsed
     // document in the request (what does not parse is left to execution to report).
-    if let Err(refused) = cost::check(&mut request, limits) {
+    if let Err(refused) = cost::check(
+        &mut request,
+        limits,
+        Some((&persisted.documents, workspace)),
+    ) {
         return *refused;
     }
     let operation_name = request.operation_name.take();
@@ -133,7 +139,7 @@ pub(crate) fn checked(
     request: &mut async_graphql::Request,
     limits: &QueryLimits,
 ) -> Result<(), Box<async_graphql::Response>> {
-    cost::check(request, limits)
+    cost::check(request, limits, None)
 }
 
 /// The schema in SDL (committed as `api/schema.graphql`; `tenantflow schema` prints it).

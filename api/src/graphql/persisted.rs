@@ -28,6 +28,8 @@ pub struct PersistedQueries {
     only_known: bool,
     /// Texts clients sent with their hash (APQ), by hash.
     remembered: Mutex<HashMap<String, String>>,
+    /// The parsed documents of the texts workspaces send again.
+    pub(crate) documents: super::documents::Documents,
 }
 
 /// Why a list of known queries cannot be used.
@@ -75,6 +77,7 @@ impl PersistedQueries {
             known,
             only_known: true,
             remembered: Mutex::default(),
+            documents: Default::default(),
         })
     }
 
