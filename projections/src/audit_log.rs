@@ -116,14 +116,6 @@ impl Projection for AuditLog {
         &["rm_audit_log"]
     }
 
-    async fn rebuild_handle(
-        &self,
-        tx: &mut PgConnection,
-        events: &[StoredEvent],
-    ) -> Result<(), ConsumerError> {
-        apply(tx, events, Applied::Never).await
-    }
-
     /// A row per event: over half of a whole rebuild's time in PostgreSQL.
     fn rebuild_weight(&self) -> u32 {
         4
@@ -163,8 +155,7 @@ impl AuditLog {
     pub fn filler_remembering_at_most(aggregates: usize) -> Box<dyn ShadowFiller> {
         Box::new(Filler {
             limit: aggregates,
-            memory: None,
-            started: false,
+            phase: Phase::Unstarted,
             unsent: None,
         })
     }
@@ -182,10 +173,19 @@ impl AuditLog {
 /// overlap instead of taking turns.
 struct Filler {
     limit: usize,
-    memory: Option<Memory>,
-    started: bool,
+    phase: Phase,
     /// The last batch's statements, made but not sent yet.
     unsent: Option<Encoded>,
+}
+
+/// Where a [`Filler`] is.
+enum Phase {
+    /// Before its first batch: it has not read the shadow's seeded rows yet.
+    Unstarted,
+    /// It remembers every aggregate it wrote rows of.
+    Remembering(Memory),
+    /// Past its limit: it reads earlier rows back through the aggregates' index.
+    Reading,
 }
 
 #[async_trait::async_trait]
@@ -196,12 +196,16 @@ impl ShadowFiller for Filler {
         events: &Arc<Vec<StoredEvent>>,
         deferred: &mut Deferred,
     ) -> Result<(), ConsumerError> {
-        if !self.started {
-            self.started = true;
-            self.memory = Memory::of_seeds(tx, self.limit).await?;
+        if matches!(self.phase, Phase::Unstarted) {
+            self.phase = match Memory::of_seeds(tx, self.limit).await? {
+                Some(memory) => Phase::Remembering(memory),
+                None => Phase::Reading,
+            };
         }
-        let Some(mut memory) = self.memory.take() else {
-            self.finish(tx, deferred).await?;
+        // Taken out for the thread that makes the batch; put back unless past the limit.
+        let Phase::Remembering(mut memory) = std::mem::replace(&mut self.phase, Phase::Reading)
+        else {
+            self.finish(tx).await?;
             deferred.build_now(tx, AGGREGATE_INDEX).await?;
             return apply(tx, events, Applied::Never).await;
         };
@@ -210,7 +214,7 @@ impl ShadowFiller for Filler {
             let encoded = memory.make(&batch);
             (memory, encoded)
         });
-        let (sent, made) = tokio::join!(self.finish(tx, deferred), made);
+        let (sent, made) = tokio::join!(self.finish(tx), made);
         // Making a batch never fails but by a bug: its panic is the filler's own.
         let (memory, encoded) = match made {
             Ok(made) => made,
@@ -224,19 +228,15 @@ impl ShadowFiller for Filler {
                 aggregates = memory.aggregates,
                 "the audit log's rebuild remembers no more aggregates: building their index now"
             );
-            self.finish(tx, deferred).await?;
+            self.finish(tx).await?;
             deferred.build_now(tx, AGGREGATE_INDEX).await?;
         } else {
-            self.memory = Some(memory);
+            self.phase = Phase::Remembering(memory);
         }
         Ok(())
     }
 
-    async fn finish(
-        &mut self,
-        tx: &mut PgConnection,
-        _deferred: &mut Deferred,
-    ) -> Result<(), ConsumerError> {
+    async fn finish(&mut self, tx: &mut PgConnection) -> Result<(), ConsumerError> {
         match self.unsent.take() {
             Some(encoded) => encoded.write(tx, Applied::Never).await,
             None => Ok(()),

@@ -418,11 +418,7 @@ async fn fill(
                     group.iter().zip(&mut applying).zip(&mut fillers)
                 {
                     let began = Instant::now();
-                    // The projection's statements name its tables unqualified: they write
-                    // its shadows.
-                    sqlx::query(&format!("SET LOCAL search_path = {shadow}, public"))
-                        .execute(&mut *tx)
-                        .await?;
+                    write_into(&mut tx, shadow).await?;
                     match filler {
                         Some(filler) => filler.apply(&mut tx, &events, &mut deferred).await?,
                         None => p.rebuild_handle(&mut tx, &events).await?,
@@ -437,10 +433,8 @@ async fn fill(
     }
     for ((_, shadow), filler) in group.iter().zip(&mut fillers) {
         if let Some(filler) = filler {
-            sqlx::query(&format!("SET LOCAL search_path = {shadow}, public"))
-                .execute(&mut *tx)
-                .await?;
-            filler.finish(&mut tx, &mut deferred).await?;
+            write_into(&mut tx, shadow).await?;
+            filler.finish(&mut tx).await?;
         }
     }
     sqlx::query("SET LOCAL search_path = public")
@@ -463,6 +457,15 @@ async fn fill(
         index_seconds = began.elapsed().as_secs_f64(),
         "deferred indexes built and shadows committed"
     );
+    Ok(())
+}
+
+/// Puts the read model's shadow schema first on the `search_path`: its statements name its
+/// tables unqualified, so they write its shadows.
+async fn write_into(tx: &mut sqlx::PgConnection, shadow: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!("SET LOCAL search_path = {shadow}, public"))
+        .execute(&mut *tx)
+        .await?;
     Ok(())
 }
 
@@ -506,11 +509,7 @@ pub trait ShadowFiller: Send {
 
     /// Writes what it held back, after the log's last batch and before the deferred
     /// indexes are built and the shadows committed.
-    async fn finish(
-        &mut self,
-        tx: &mut sqlx::PgConnection,
-        deferred: &mut Deferred,
-    ) -> Result<(), ConsumerError>;
+    async fn finish(&mut self, tx: &mut sqlx::PgConnection) -> Result<(), ConsumerError>;
 }
 
 /// Drops the shadow copy of the live index named `index` (a filled table's index is built

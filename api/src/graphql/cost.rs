@@ -75,16 +75,17 @@ pub(crate) fn check(
     let Some(parsed) = parsed else {
         return Ok(());
     };
-    let (doc, expanded) = (&parsed.doc, parsed.expanded);
-    if expanded > limits.max_expanded_selections {
+    if parsed.expanded > limits.max_expanded_selections {
         return Err(refusal(format!(
             "the query expands to more than {} selections once its fragments are spread",
             limits.max_expanded_selections
         )));
     }
-    check_variables(doc, request)?;
-    // Every request's own copy: execution takes the document out of the request.
-    request.set_parsed_query(doc.clone());
+    check_variables(&parsed.doc, request)?;
+    // Execution takes the document out of the request: a kept one is copied, one parsed
+    // for this request alone is moved.
+    let doc = Arc::try_unwrap(parsed).map_or_else(|kept| kept.doc.clone(), |own| own.doc);
+    request.set_parsed_query(doc);
     Ok(())
 }
 
