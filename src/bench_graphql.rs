@@ -11,7 +11,7 @@ use std::future::IntoFuture;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::bench::{measure, PhaseResult};
+use crate::bench::{measure, CpuPerOp, CpuReading, PhaseResult};
 use crate::config::Config;
 use crate::serve::Database;
 
@@ -59,6 +59,10 @@ struct AtConcurrency {
     concurrency: usize,
     graphql: PhaseResult,
     sql: PhaseResult,
+    /// CPU per request of each side: this process's (the server and the load generator
+    /// together) and the machine's (PostgreSQL's too).
+    graphql_cpu: CpuPerOp,
+    sql_cpu: CpuPerOp,
     /// graphql.per_second / sql.per_second
     ratio: f64,
 }
@@ -70,6 +74,7 @@ struct AtConcurrency {
 struct FloorAt {
     concurrency: usize,
     graphql: PhaseResult,
+    graphql_cpu: CpuPerOp,
 }
 
 #[derive(Debug, Serialize)]
@@ -108,12 +113,16 @@ pub async fn run(
         tracing::info!(
             page = r.page,
             concurrency = r.concurrency,
-            "GraphQL: {:.0}/s (p50 {:.2} ms, p99 {:.2} ms); same SQL: {:.0}/s (p99 {:.2} ms); ratio {:.2} (target >= {:.1})",
+            "GraphQL: {:.0}/s (p50 {:.2} ms, p99 {:.2} ms; CPU {:.0} µs here, {:.0} µs machine); same SQL: {:.0}/s (p99 {:.2} ms; CPU {:.0} µs here, {:.0} µs machine); ratio {:.2} (target >= {:.1})",
             r.graphql.per_second,
             r.graphql.p50_ms,
             r.graphql.p99_ms,
+            r.graphql_cpu.process_ms * 1000.0,
+            r.graphql_cpu.machine_ms * 1000.0,
             r.sql.per_second,
             r.sql.p99_ms,
+            r.sql_cpu.process_ms * 1000.0,
+            r.sql_cpu.machine_ms * 1000.0,
             r.ratio,
             report.target_ratio,
         );
@@ -271,9 +280,12 @@ async fn measure_on(
     for concurrency in [1, 32] {
         let request = over_http(&client, &url, &token, &floor_page);
         measure(200, concurrency, request.clone()).await?;
+        let cpu = CpuReading::now();
+        let graphql = measure(requests, concurrency, request).await?;
         floor.push(FloorAt {
             concurrency,
-            graphql: measure(requests, concurrency, request).await?,
+            graphql,
+            graphql_cpu: cpu.per_op(requests),
         });
     }
     let mut runs = Vec::new();
@@ -321,14 +333,20 @@ async fn measure_on(
             // Warm-up: connections opened, statements prepared.
             measure(200, concurrency, graphql.clone()).await?;
             measure(200, concurrency, sql.clone()).await?;
+            let cpu = CpuReading::now();
             let graphql = measure(requests, concurrency, graphql.clone()).await?;
+            let graphql_cpu = cpu.per_op(requests);
+            let cpu = CpuReading::now();
             let sql = measure(requests, concurrency, sql.clone()).await?;
+            let sql_cpu = cpu.per_op(requests);
             runs.push(AtConcurrency {
                 page: name,
                 concurrency,
                 ratio: graphql.per_second / sql.per_second,
                 graphql,
                 sql,
+                graphql_cpu,
+                sql_cpu,
             });
         }
     }
