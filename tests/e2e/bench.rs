@@ -54,3 +54,65 @@ async fn bench_resync_reports_the_workflow_the_bare_loop_and_the_floor_of_the_sa
     assert_eq!(events, seals, "every event sealed");
     pool.close().await;
 }
+
+/// `tenantflow bench graphql` on a small workspace: every page answered through the
+/// service's HTTP path (its load generator checks each answer), at both concurrencies, with
+/// the floor, the tenant page without its rows' fields, and the CPU each request cost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_graphql_reports_every_page_the_floor_and_the_page_without_fields() {
+    let _alone = crate::common::alone().await;
+    let db = testkit::TestDb::new().await;
+    let (ok, log, r) = crate::common::run_reporting(
+        &db,
+        &["bench", "graphql", "--tenants", "25", "--requests", "40"],
+    )
+    .await;
+    assert!(ok, "the bench failed:\n{log}");
+    let r = r.expect("the JSON report");
+    assert_eq!(r["tenants"], 25, "{r}");
+    let runs = r["runs"].as_array().expect("runs");
+    let mut seen = Vec::new();
+    for run in runs {
+        let (page, concurrency) = (run["page"].as_str().unwrap(), run["concurrency"].as_u64());
+        seen.push((page.to_owned(), concurrency.unwrap()));
+        for side in ["graphql", "sql"] {
+            assert_eq!(run[side]["operations"], 40, "{page}: {run}");
+            assert!(run[side]["per_second"].as_f64().unwrap() > 0.0, "{run}");
+        }
+        let ratio = run["graphql"]["per_second"].as_f64().unwrap()
+            / run["sql"]["per_second"].as_f64().unwrap();
+        assert!(
+            (run["ratio"].as_f64().unwrap() - ratio).abs() < 1e-9,
+            "{run}"
+        );
+        assert!(run["graphql_cpu"]["process_ms"].as_f64().is_some(), "{run}");
+    }
+    let pages = ["tenants", "runs", "run"];
+    let wanted: Vec<(String, u64)> = pages
+        .iter()
+        .flat_map(|p| [(p.to_string(), 1), (p.to_string(), 32)])
+        .collect();
+    assert_eq!(seen, wanted, "{r}");
+    for at in ["floor", "without_fields"] {
+        let rows = r[at].as_array().expect(at);
+        assert_eq!(rows.len(), 2, "{at}: {r}");
+        for row in rows {
+            assert_eq!(row["graphql"]["operations"], 40, "{at}: {row}");
+        }
+    }
+    // The page without fields is compared with the tenant page's SQL at its concurrency.
+    for row in r["without_fields"].as_array().unwrap() {
+        let concurrency = row["concurrency"].as_u64().unwrap();
+        let sql = runs
+            .iter()
+            .find(|x| x["page"] == "tenants" && x["concurrency"].as_u64() == Some(concurrency))
+            .unwrap()["sql"]["per_second"]
+            .as_f64()
+            .unwrap();
+        let ratio = row["graphql"]["per_second"].as_f64().unwrap() / sql;
+        assert!(
+            (row["ratio_to_page_sql"].as_f64().unwrap() - ratio).abs() < 1e-9,
+            "{row}"
+        );
+    }
+}

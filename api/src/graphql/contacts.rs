@@ -34,7 +34,7 @@ use uuid::Uuid;
 
 use super::enums::stored;
 use super::errors::{feature_disabled, internal, invalid};
-use super::page::{connection, PageRequest};
+use super::page::{connection, Cursor, PageRequest};
 use super::query::{caller, parse_uuid, reader};
 use super::types::{Node, RunNode, RUN_COLUMNS};
 
@@ -955,7 +955,7 @@ impl ContactQuery {
         status: Option<ClientStatus>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, ClientNode>> {
+    ) -> async_graphql::Result<Connection<Cursor, ClientNode>> {
         let page = PageRequest::parse(first, after)?;
         let mut tx = reader(ctx).await?;
         require(ctx, &mut tx, &[DomainFlag::Ui]).await?;
@@ -989,7 +989,7 @@ impl ContactQuery {
         state: Option<MappingState>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, TenantMappingNode>> {
+    ) -> async_graphql::Result<Connection<Cursor, TenantMappingNode>> {
         let page = PageRequest::parse(first, after)?;
         let mut tx = reader(ctx).await?;
         require(ctx, &mut tx, &[DomainFlag::Ui]).await?;
@@ -1106,7 +1106,7 @@ impl ContactQuery {
         search: Option<String>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, ContactNode>> {
+    ) -> async_graphql::Result<Connection<Cursor, ContactNode>> {
         let page = PageRequest::parse(first, after)?;
         let client_id = client_id.map(|c| parse_uuid(&c, "client")).transpose()?;
         let search = search.filter(|s| !s.trim().is_empty());
@@ -1185,7 +1185,7 @@ impl ContactQuery {
         status: Option<ReconciliationStatus>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, ReconciliationItemNode>> {
+    ) -> async_graphql::Result<Connection<Cursor, ReconciliationItemNode>> {
         let page = PageRequest::parse(first, after)?;
         let mut tx = reader(ctx).await?;
         require(ctx, &mut tx, &[DomainFlag::Ui, DomainFlag::AmbiguousQueue]).await?;
@@ -1227,7 +1227,7 @@ impl ContactQuery {
         ctx: &Context<'_>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, ContactSyncRun>> {
+    ) -> async_graphql::Result<Connection<Cursor, ContactSyncRun>> {
         let page = PageRequest::parse(first, after)?;
         let mut tx = reader(ctx).await?;
         require(ctx, &mut tx, &[DomainFlag::Ui]).await?;

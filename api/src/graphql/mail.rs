@@ -13,7 +13,7 @@ use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::errors::{app_error, internal, invalid};
-use super::page::{connection, PageRequest};
+use super::page::{connection, Cursor, PageRequest};
 use super::query::{caller, reader, reader_for, state};
 
 /// Where a mailbox stands.
@@ -362,7 +362,7 @@ pub(crate) async fn mailboxes(
     tenant_id: Option<String>,
     first: Option<i32>,
     after: Option<String>,
-) -> async_graphql::Result<Connection<String, MailboxNode>> {
+) -> async_graphql::Result<Connection<Cursor, MailboxNode>> {
     let page = PageRequest::parse(first, after)?;
     let caller = caller(ctx)?;
     let mut q = QueryBuilder::<Postgres>::new(format!(
@@ -406,7 +406,7 @@ pub(crate) async fn inbound_emails(
     filter: Option<InboundEmailFilter>,
     first: Option<i32>,
     after: Option<String>,
-) -> async_graphql::Result<Connection<String, InboundEmailNode>> {
+) -> async_graphql::Result<Connection<Cursor, InboundEmailNode>> {
     let page = PageRequest::parse(first, after)?;
     let filter = filter.unwrap_or_default();
     let caller = caller(ctx)?;

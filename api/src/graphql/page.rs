@@ -1,6 +1,6 @@
 //! Relay-style cursor pagination: opaque cursors over a keyset, bounded page sizes.
 
-use async_graphql::connection::{Connection, Edge};
+use async_graphql::connection::{Connection, CursorType, Edge};
 use async_graphql::OutputType;
 use base64::Engine;
 
@@ -71,16 +71,60 @@ fn decode(cursor: &str) -> async_graphql::Result<Vec<serde_json::Value>> {
     }
 }
 
+/// A row's place in its list: its sort key, made into the opaque cursor string only when a
+/// client asks for it (an edge's `cursor`, `pageInfo`'s `startCursor` and `endCursor`), so a
+/// page whose edges nobody asks the cursor of encodes one cursor, not one per row.
+pub struct Cursor(Vec<serde_json::Value>);
+
+impl CursorType for Cursor {
+    type Error = &'static str;
+
+    fn decode_cursor(s: &str) -> Result<Self, Self::Error> {
+        decode(s).map(Cursor).map_err(|_| "invalid cursor")
+    }
+
+    fn encode_cursor(&self) -> String {
+        encode(&self.0)
+    }
+}
+
 /// Builds a connection from up to `limit` rows; `key` gives each row's cursor key.
 pub(crate) fn connection<T: OutputType>(
     req: &PageRequest,
     mut rows: Vec<T>,
     key: impl Fn(&T) -> Vec<serde_json::Value>,
-) -> Connection<String, T> {
+) -> Connection<Cursor, T> {
     let has_next = rows.len() as i64 > req.first;
     rows.truncate(req.first as usize);
     let mut c = Connection::new(req.after.is_some(), has_next);
     c.edges
-        .extend(rows.into_iter().map(|r| Edge::new(encode(&key(&r)), r)));
+        .extend(rows.into_iter().map(|r| Edge::new(Cursor(key(&r)), r)));
     c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_is_made_only_from_its_key_and_reads_back_to_it() {
+        let key = vec![
+            serde_json::json!("Contoso"),
+            serde_json::json!("acme:6f1c2a4e-0000-4000-8000-000000000001"),
+        ];
+        let cursor = Cursor(key.clone()).encode_cursor();
+        assert_eq!(
+            cursor,
+            encode(&key),
+            "the same opaque string as an eager one"
+        );
+        assert_eq!(Cursor::decode_cursor(&cursor).unwrap().0, key);
+        assert_eq!(decode(&cursor).unwrap(), key);
+        assert!(Cursor::decode_cursor("not a cursor!").is_err());
+        assert!(Cursor::decode_cursor(&encode_raw("{\"not\": \"a list\"}")).is_err());
+    }
+
+    fn encode_raw(text: &str) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+    }
 }

@@ -119,6 +119,11 @@ impl PersistedQueries {
                 )),
             };
         }
+        // The text's hash is needed only to check it against the one sent with it, or
+        // against the manifest: an ordinary request is not hashed.
+        if wanted.is_none() && !self.only_known {
+            return Ok(request);
+        }
         let actual = hash(&request.query);
         if wanted.as_ref().is_some_and(|w| *w != actual) {
             return Err(refusal(
@@ -156,10 +161,7 @@ impl PersistedQueries {
 
 /// Lowercase hex SHA-256 of a query's text, as APQ clients compute it.
 pub fn hash(query: &str) -> String {
-    Sha256::digest(query.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(Sha256::digest(query.as_bytes()))
 }
 
 fn refusal(message: &str, code: &'static str) -> Box<Response> {
@@ -230,6 +232,14 @@ mod tests {
         assert_eq!(
             code(only.resolve(with_hash("", &hash(other)))),
             "\"PERSISTED_QUERY_NOT_FOUND\""
+        );
+    }
+
+    #[test]
+    fn a_hash_is_lowercase_hex_sha256() {
+        assert_eq!(
+            hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }
 

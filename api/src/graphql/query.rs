@@ -12,7 +12,7 @@ use store::history::{AggregateKind, HistoryError};
 use uuid::Uuid;
 
 use super::errors::{internal, invalid};
-use super::page::{connection, PageRequest};
+use super::page::{connection, Cursor, PageRequest};
 use super::types::*;
 use crate::auth::Caller;
 use crate::AppState;
@@ -205,7 +205,7 @@ impl CoreQuery {
         #[graphql(name = "tenantId")] tenant_id: Option<String>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, super::mail::MailboxNode>> {
+    ) -> async_graphql::Result<Connection<Cursor, super::mail::MailboxNode>> {
         super::mail::mailboxes(ctx, tenant_id, first, after).await
     }
 
@@ -225,7 +225,7 @@ impl CoreQuery {
         filter: Option<super::mail::InboundEmailFilter>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, super::mail::InboundEmailNode>> {
+    ) -> async_graphql::Result<Connection<Cursor, super::mail::InboundEmailNode>> {
         super::mail::inbound_emails(ctx, filter, first, after).await
     }
 
@@ -237,7 +237,7 @@ impl CoreQuery {
         search: Option<String>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, TenantNode>> {
+    ) -> async_graphql::Result<Connection<Cursor, TenantNode>> {
         let page = PageRequest::parse(first, after)?;
         let caller = caller(ctx)?;
         let mut q = QueryBuilder::<Postgres>::new(format!(
@@ -303,7 +303,7 @@ impl CoreQuery {
         #[graphql(name = "tenantId")] tenant_id: Option<String>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, ConnectionNode>> {
+    ) -> async_graphql::Result<Connection<Cursor, ConnectionNode>> {
         let page = PageRequest::parse(first, after)?;
         let caller = caller(ctx)?;
         let mut q = QueryBuilder::<Postgres>::new(format!(
@@ -344,7 +344,7 @@ impl CoreQuery {
         filter: Option<RunFilter>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, RunNode>> {
+    ) -> async_graphql::Result<Connection<Cursor, RunNode>> {
         let page = PageRequest::parse(first, after)?;
         let f = filter.unwrap_or_default();
         // The domain's enums are the one list of what a run's status and outcome can be.
@@ -483,7 +483,7 @@ impl CoreQuery {
         filter: Option<AuditFilter>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, AuditEntry>> {
+    ) -> async_graphql::Result<Connection<Cursor, AuditEntry>> {
         let page = PageRequest::parse(first, after)?;
         let f = filter.unwrap_or_default();
         let caller = caller(ctx)?;
@@ -529,7 +529,7 @@ impl CoreQuery {
         order: Option<EventOrder>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, EventNode>> {
+    ) -> async_graphql::Result<Connection<Cursor, EventNode>> {
         let page = PageRequest::parse(first, after)?;
         let f = filter.unwrap_or_default();
         let caller = caller(ctx)?;
@@ -606,7 +606,7 @@ impl CoreQuery {
         taken: Option<TimeRange>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, SnapshotNode>> {
+    ) -> async_graphql::Result<Connection<Cursor, SnapshotNode>> {
         let page = PageRequest::parse(first, after)?;
         let caller = caller(ctx)?;
         let mut q = QueryBuilder::<Postgres>::new(format!(
@@ -651,7 +651,7 @@ impl CoreQuery {
         acknowledged: Option<bool>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, Alert>> {
+    ) -> async_graphql::Result<Connection<Cursor, Alert>> {
         let page = PageRequest::parse(first, after)?;
         let caller = caller(ctx)?;
         let mut q = QueryBuilder::<Postgres>::new(
@@ -698,7 +698,7 @@ impl CoreQuery {
         ctx: &Context<'_>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, ScheduleNode>> {
+    ) -> async_graphql::Result<Connection<Cursor, ScheduleNode>> {
         let page = PageRequest::parse(first, after)?;
         let caller = caller(ctx)?;
         let mut q = QueryBuilder::<Postgres>::new(format!(
