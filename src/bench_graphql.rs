@@ -26,9 +26,10 @@ const TENANTS_PAGE: &str = "{ tenants(first: 20) { edges { node { id displayName
 /// The page a run list screen asks for.
 const RUNS_PAGE: &str = "{ runs(first: 20) { edges { node { id type tenantId status outcome queuedAt completedAt reasonCode } } pageInfo { hasNextPage endCursor } } }";
 
-/// The tenant list's request with none of its rows' fields: the same SQL through the same
+/// The list pages' requests with none of their rows' fields: the same SQL through the same
 /// HTTP, authentication, GraphQL and transaction, resolving nothing but `hasNextPage`.
 const BARE_TENANTS_PAGE: &str = "{ tenants(first: 20) { pageInfo { hasNextPage } } }";
+const BARE_RUNS_PAGE: &str = "{ runs(first: 20) { pageInfo { hasNextPage } } }";
 
 /// A run's page: the run and every step attempt.
 const RUN_PAGE: &str = "query($id: String!) { run(id: $id) { id type status outcome queuedAt completedAt steps { step attempt status recordedAt } } }";
@@ -88,10 +89,12 @@ struct FloorAt {
 
 #[derive(Debug, Serialize)]
 struct WithoutFieldsAt {
+    /// `tenants` or `runs`: the list page whose request this is, without its rows' fields.
+    page: &'static str,
     concurrency: usize,
     graphql: PhaseResult,
     graphql_cpu: CpuPerOp,
-    /// graphql.per_second / the tenant page's SQL per second at this concurrency
+    /// graphql.per_second / the page's SQL per second at this concurrency
     ratio_to_page_sql: f64,
 }
 
@@ -103,8 +106,8 @@ struct GraphqlReport {
     runs: Vec<AtConcurrency>,
     /// `{ __typename }` at the same concurrencies.
     floor: Vec<FloorAt>,
-    /// The tenant page's request with none of its rows' fields, against the tenant page's
-    /// SQL: the most any change to how fields are resolved could bring that page to.
+    /// The list pages' requests with none of their rows' fields, against each page's SQL:
+    /// the most any change to how fields are resolved could bring those pages to.
     without_fields: Vec<WithoutFieldsAt>,
     target_ratio: f64,
     /// The p99 every page must stay under at 32 clients.
@@ -132,8 +135,9 @@ pub async fn run(
     }
     for w in &report.without_fields {
         tracing::info!(
+            page = w.page,
             concurrency = w.concurrency,
-            "GraphQL, the tenant page without its rows' fields: {:.0}/s (p99 {:.2} ms; CPU {:.0} µs here, {:.0} µs machine); ratio to the page's SQL {:.2}",
+            "GraphQL, the page without its rows' fields: {:.0}/s (p99 {:.2} ms; CPU {:.0} µs here, {:.0} µs machine); ratio to the page's SQL {:.2}",
             w.graphql.per_second,
             w.graphql.p99_ms,
             w.graphql_cpu.process_ms * 1000.0,
@@ -281,6 +285,11 @@ struct BareTenantsData {
 }
 
 #[derive(Deserialize)]
+struct BareRunsData {
+    runs: BarePage,
+}
+
+#[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct BarePage {
     page_info: PageInfo,
@@ -407,12 +416,21 @@ async fn measure_on(
         body: serde_json::json!({ "query": "{ __typename }" }),
         check: |a| data::<Typename>(a).is_some_and(|d| d.typename == "QueryRoot"),
     };
-    // The tenant page's SQL, with none of its rows' fields asked for.
-    let bare_page = Page {
-        name: "tenants without fields",
-        body: serde_json::json!({ "query": BARE_TENANTS_PAGE }),
-        check: |a| data::<BareTenantsData>(a).is_some_and(|d| d.tenants.page_info.has_next_page),
-    };
+    // The list pages' SQL, with none of their rows' fields asked for.
+    let bare_pages = [
+        Page {
+            name: "tenants",
+            body: serde_json::json!({ "query": BARE_TENANTS_PAGE }),
+            check: |a| {
+                data::<BareTenantsData>(a).is_some_and(|d| d.tenants.page_info.has_next_page)
+            },
+        },
+        Page {
+            name: "runs",
+            body: serde_json::json!({ "query": BARE_RUNS_PAGE }),
+            check: |a| data::<BareRunsData>(a).is_some_and(|d| d.runs.page_info.has_next_page),
+        },
+    ];
     let mut floor = Vec::new();
     for concurrency in [1, 32] {
         let request = over_http(&connections, &floor_page);
@@ -488,21 +506,24 @@ async fn measure_on(
         }
     }
     let mut without_fields = Vec::new();
-    for concurrency in [1, 32] {
-        let request = over_http(&connections, &bare_page);
-        measure(200, concurrency, request.clone()).await?;
-        let cpu = CpuReading::now();
-        let graphql = measure(requests, concurrency, request).await?;
-        let page_sql = runs
-            .iter()
-            .find(|r| r.page == "tenants" && r.concurrency == concurrency)
-            .map_or(f64::NAN, |r| r.sql.per_second);
-        without_fields.push(WithoutFieldsAt {
-            concurrency,
-            ratio_to_page_sql: graphql.per_second / page_sql,
-            graphql,
-            graphql_cpu: cpu.per_op(requests),
-        });
+    for page in &bare_pages {
+        for concurrency in [1, 32] {
+            let request = over_http(&connections, page);
+            measure(200, concurrency, request.clone()).await?;
+            let cpu = CpuReading::now();
+            let graphql = measure(requests, concurrency, request).await?;
+            let page_sql = runs
+                .iter()
+                .find(|r| r.page == page.name && r.concurrency == concurrency)
+                .map_or(f64::NAN, |r| r.sql.per_second);
+            without_fields.push(WithoutFieldsAt {
+                page: page.name,
+                concurrency,
+                ratio_to_page_sql: graphql.per_second / page_sql,
+                graphql,
+                graphql_cpu: cpu.per_op(requests),
+            });
+        }
     }
     shutdown.cancel();
     server

@@ -57,9 +57,9 @@ async fn bench_resync_reports_the_workflow_the_bare_loop_and_the_floor_of_the_sa
 
 /// `tenantflow bench graphql` on a small workspace: every page answered through the
 /// service's HTTP path (its load generator checks each answer), at both concurrencies, with
-/// the floor, the tenant page without its rows' fields, and the CPU each request cost.
+/// the floor, the list pages without their rows' fields, and the CPU each request cost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bench_graphql_reports_every_page_the_floor_and_the_page_without_fields() {
+async fn bench_graphql_reports_every_page_the_floor_and_the_list_pages_without_fields() {
     let _alone = crate::common::alone().await;
     let db = testkit::TestDb::new().await;
     let (ok, log, r) = crate::common::run_reporting(
@@ -93,19 +93,35 @@ async fn bench_graphql_reports_every_page_the_floor_and_the_page_without_fields(
         .flat_map(|p| [(p.to_string(), 1), (p.to_string(), 32)])
         .collect();
     assert_eq!(seen, wanted, "{r}");
-    for at in ["floor", "without_fields"] {
+    for (at, count) in [("floor", 2), ("without_fields", 4)] {
         let rows = r[at].as_array().expect(at);
-        assert_eq!(rows.len(), 2, "{at}: {r}");
+        assert_eq!(rows.len(), count, "{at}: {r}");
         for row in rows {
             assert_eq!(row["graphql"]["operations"], 40, "{at}: {row}");
         }
     }
-    // The page without fields is compared with the tenant page's SQL at its concurrency.
+    // Each list page without fields is compared with its page's SQL at its concurrency.
+    let bare: Vec<(&str, u64)> = r["without_fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["page"].as_str().unwrap(),
+                x["concurrency"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        bare,
+        [("tenants", 1), ("tenants", 32), ("runs", 1), ("runs", 32)],
+        "{r}"
+    );
     for row in r["without_fields"].as_array().unwrap() {
         let concurrency = row["concurrency"].as_u64().unwrap();
         let sql = runs
             .iter()
-            .find(|x| x["page"] == "tenants" && x["concurrency"].as_u64() == Some(concurrency))
+            .find(|x| x["page"] == row["page"] && x["concurrency"].as_u64() == Some(concurrency))
             .unwrap()["sql"]["per_second"]
             .as_f64()
             .unwrap();
