@@ -23,7 +23,7 @@ use domain::{
     Client, ClientId, Contact, ContactId, EntraTenantId, ReconciliationItemId, WorkspaceId,
 };
 use secrecy::{ExposeSecret, SecretString};
-use store::index::index_stream;
+use store::index::{index_stream, index_streams};
 use store::{CommandBus, Metadata, UnitOfWork, Vault};
 use uuid::Uuid;
 
@@ -433,7 +433,7 @@ pub async fn create_contact(
     };
     uow.execute::<Contact>(&contact_id.to_string(), create, meta)
         .await?;
-    index_contact(&mut uow, &workspace, client_id, contact_id).await?;
+    index_contacts(&mut uow, &workspace, client_id, &[contact_id]).await?;
     uow.commit().await?;
     Ok(contact_id)
 }
@@ -600,7 +600,7 @@ pub async fn resolve_reconciliation(
                     entra_user: Some(entra_user),
                 };
                 uow.execute::<Contact>(&key, create, meta).await?;
-                index_contact(&mut uow, &workspace, client_id, contact_id).await?;
+                index_contacts(&mut uow, &workspace, client_id, &[contact_id]).await?;
                 Resolution::CreatedNew { contact_id }
             }
             ResolutionChoice::Ignore => Resolution::Ignored,
@@ -627,19 +627,21 @@ pub enum ResolutionChoice {
     Ignore,
 }
 
-/// Lists a contact under its client in the stream index (in the creating transaction).
-pub async fn index_contact(
+/// Lists contacts under their client in the stream index (in the creating transaction), in
+/// one statement.
+pub async fn index_contacts(
     uow: &mut UnitOfWork,
     workspace: &WorkspaceId,
     client_id: ClientId,
-    contact_id: ContactId,
+    contact_ids: &[ContactId],
 ) -> Result<(), AppError> {
-    index_stream(
+    let ids: Vec<String> = contact_ids.iter().map(ContactId::to_string).collect();
+    index_streams(
         uow.connection(),
         workspace.as_str(),
         <Contact as cqrs_es::Aggregate>::TYPE,
         &client_id.to_string(),
-        &contact_id.to_string(),
+        &ids,
     )
     .await?;
     Ok(())

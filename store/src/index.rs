@@ -13,14 +13,32 @@ pub async fn index_stream(
     parent: &str,
     aggregate_id: &str,
 ) -> Result<(), sqlx::Error> {
+    index_streams(conn, workspace, aggregate_type, parent, &[aggregate_id]).await
+}
+
+/// [`index_stream`] for many streams of one type under one parent, in one statement (a
+/// contact sync lists a tenant's new contacts together: one round trip, not one each).
+/// Nothing is sent for none.
+pub async fn index_streams<S: AsRef<str>>(
+    conn: &mut PgConnection,
+    workspace: &str,
+    aggregate_type: &str,
+    parent: &str,
+    aggregate_ids: &[S],
+) -> Result<(), sqlx::Error> {
+    if aggregate_ids.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = aggregate_ids.iter().map(AsRef::as_ref).collect();
     sqlx::query(
         "INSERT INTO stream_index (workspace_id, aggregate_type, parent_id, aggregate_id) \
-         VALUES ($1, $2, $3, $4) ON CONFLICT (aggregate_type, aggregate_id) DO NOTHING",
+         SELECT $1, $2, $3, id FROM UNNEST($4::text[]) AS id \
+         ON CONFLICT (aggregate_type, aggregate_id) DO NOTHING",
     )
     .bind(workspace)
     .bind(aggregate_type)
     .bind(parent)
-    .bind(aggregate_id)
+    .bind(&ids)
     .execute(conn)
     .await?;
     Ok(())

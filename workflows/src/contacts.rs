@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use app::contacts::{index_contact, is_synced, sync_subject_client};
+use app::contacts::{index_contacts, is_synced, sync_subject_client};
 use cqrs_es::Aggregate;
 use domain::contact_settings::ContactSyncSettings;
 use domain::contact_sync::{decide, BookContact, SyncCommand, SyncScope, UpstreamChange};
@@ -28,7 +28,7 @@ use domain::tenant_mapping::{
 use domain::{Client, ClientId, Contact, ContactId, ReasonCode, Role, WorkspaceId};
 use graph::models::{DeltaLink, User, UserChange};
 use graph::{AppCredentials, CippCredentials, GraphApi, GraphError};
-use store::index::{index_stream, indexed_streams};
+use store::index::{index_streams, indexed_streams};
 use store::{CommandBus, Metadata, Staged, StagedStream, Streams, UnitOfWork};
 
 use crate::plan::{Plan, StepDef};
@@ -349,19 +349,21 @@ impl Workflow for Discover {
             }
             *counts.entry(mapping.state().state.as_str()).or_default() += 1;
         }
-        for (key, mapping) in keys.iter().zip(&staged) {
-            if mapping.state().workspace.is_some() {
-                index_stream(
-                    uow.connection(),
-                    workspace.as_str(),
-                    TenantMapping::TYPE,
-                    "",
-                    key,
-                )
-                .await
-                .map_err(store_failure)?;
-            }
-        }
+        let recorded: Vec<&String> = keys
+            .iter()
+            .zip(&staged)
+            .filter(|(_, mapping)| mapping.state().workspace.is_some())
+            .map(|(key, _)| key)
+            .collect();
+        index_streams(
+            uow.connection(),
+            workspace.as_str(),
+            TenantMapping::TYPE,
+            "",
+            &recorded,
+        )
+        .await
+        .map_err(store_failure)?;
         let mut refs: Vec<&mut dyn StagedStream> = staged
             .iter_mut()
             .map(|s| s as &mut dyn StagedStream)
@@ -667,22 +669,18 @@ impl Sync {
                 .decide(services, record, meta)
                 .await
                 .map_err(store_failure)?;
-            for contact_id in &book.created {
-                index_contact(&mut uow, workspace, client_id, *contact_id)
-                    .await
-                    .map_err(store_failure)?;
-            }
-            for item in &book.queued {
-                index_stream(
-                    uow.connection(),
-                    workspace.as_str(),
-                    ReconciliationItem::TYPE,
-                    &client_id.to_string(),
-                    item,
-                )
+            index_contacts(&mut uow, workspace, client_id, &book.created)
                 .await
                 .map_err(store_failure)?;
-            }
+            index_streams(
+                uow.connection(),
+                workspace.as_str(),
+                ReconciliationItem::TYPE,
+                &client_id.to_string(),
+                &book.queued,
+            )
+            .await
+            .map_err(store_failure)?;
             let mut refs: Vec<&mut dyn StagedStream> = Vec::new();
             refs.extend(book.staged.values_mut().map(|s| s as &mut dyn StagedStream));
             refs.extend(book.items.values_mut().map(|s| s as &mut dyn StagedStream));

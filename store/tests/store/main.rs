@@ -9,3 +9,4 @@ mod history;
 mod horizon;
 mod partitions;
 mod snapshots;
+mod stream_index;
