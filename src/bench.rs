@@ -156,6 +156,18 @@ pub struct CpuPerOp {
     pub machine_ms: f64,
 }
 
+/// As `bench graphql` logs it, in µs per operation.
+impl std::fmt::Display for CpuPerOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CPU {:.0} µs here, {:.0} µs machine",
+            self.process_ms * 1000.0,
+            self.machine_ms * 1000.0
+        )
+    }
+}
+
 impl CpuReading {
     /// Now. Unreadable counters read as zero (the figures are then zero, not wrong).
     pub fn now() -> Self {

@@ -137,11 +137,10 @@ pub async fn run(
         tracing::info!(
             page = w.page,
             concurrency = w.concurrency,
-            "GraphQL, the page without its rows' fields: {:.0}/s (p99 {:.2} ms; CPU {:.0} µs here, {:.0} µs machine); ratio to the page's SQL {:.2}",
+            "GraphQL, the page without its rows' fields: {:.0}/s (p99 {:.2} ms; {}); ratio to the page's SQL {:.2}",
             w.graphql.per_second,
             w.graphql.p99_ms,
-            w.graphql_cpu.process_ms * 1000.0,
-            w.graphql_cpu.machine_ms * 1000.0,
+            w.graphql_cpu,
             w.ratio_to_page_sql,
         );
     }
@@ -149,16 +148,14 @@ pub async fn run(
         tracing::info!(
             page = r.page,
             concurrency = r.concurrency,
-            "GraphQL: {:.0}/s (p50 {:.2} ms, p99 {:.2} ms; CPU {:.0} µs here, {:.0} µs machine); same SQL: {:.0}/s (p99 {:.2} ms; CPU {:.0} µs here, {:.0} µs machine); ratio {:.2} (target >= {:.1})",
+            "GraphQL: {:.0}/s (p50 {:.2} ms, p99 {:.2} ms; {}); same SQL: {:.0}/s (p99 {:.2} ms; {}); ratio {:.2} (target >= {:.1})",
             r.graphql.per_second,
             r.graphql.p50_ms,
             r.graphql.p99_ms,
-            r.graphql_cpu.process_ms * 1000.0,
-            r.graphql_cpu.machine_ms * 1000.0,
+            r.graphql_cpu,
             r.sql.per_second,
             r.sql.p99_ms,
-            r.sql_cpu.process_ms * 1000.0,
-            r.sql_cpu.machine_ms * 1000.0,
+            r.sql_cpu,
             r.ratio,
             report.target_ratio,
         );
