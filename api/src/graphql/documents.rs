@@ -30,7 +30,15 @@ pub(crate) struct Parsed {
 /// See the module's doc.
 #[derive(Debug, Default)]
 pub(crate) struct Documents {
-    kept: Mutex<HashMap<(String, String), Arc<Parsed>>>,
+    kept: Mutex<Kept>,
+}
+
+/// The kept documents by workspace, then by text (so a lookup borrows both, copying
+/// neither), and how many there are in all.
+#[derive(Debug, Default)]
+struct Kept {
+    by_workspace: HashMap<String, HashMap<String, Arc<Parsed>>>,
+    count: usize,
 }
 
 impl Documents {
@@ -42,31 +50,40 @@ impl Documents {
         query: &str,
         parse: impl FnOnce(&str) -> Option<Parsed>,
     ) -> Option<Arc<Parsed>> {
-        let cacheable = query.len() <= CACHED_QUERY_BYTES;
-        let key = (workspace.to_owned(), query.to_owned());
-        if cacheable {
-            if let Some(parsed) = self.lock().get(&key) {
-                return Some(parsed.clone());
-            }
+        if query.len() > CACHED_QUERY_BYTES {
+            return parse(query).map(Arc::new);
+        }
+        let known = self
+            .lock()
+            .by_workspace
+            .get(workspace)
+            .and_then(|texts| texts.get(query))
+            .cloned();
+        if known.is_some() {
+            return known;
         }
         let parsed = Arc::new(parse(query)?);
-        if cacheable {
-            let mut kept = self.lock();
-            if kept.len() >= KEPT {
-                kept.clear();
-            }
-            kept.insert(key, parsed.clone());
+        let mut kept = self.lock();
+        if kept.count >= KEPT {
+            *kept = Kept::default();
         }
+        let added = kept
+            .by_workspace
+            .entry(workspace.to_owned())
+            .or_default()
+            .insert(query.to_owned(), parsed.clone())
+            .is_none();
+        kept.count += usize::from(added);
         Some(parsed)
     }
 
     /// How many documents are kept.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().count
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Arc<Parsed>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Kept> {
         // A panic while holding it cannot leave the map half-written: use it as it is.
         self.kept
             .lock()
