@@ -36,7 +36,8 @@ use super::enums::stored;
 use super::errors::{feature_disabled, internal, invalid};
 use super::page::{connection, Cursor, PageRequest};
 use super::query::{caller, parse_uuid, reader};
-use super::types::{Node, RunNode, RUN_COLUMNS};
+use super::runs::RunList;
+use super::types::{Node, RunNode};
 
 /// The run type of contact syncs in `rm_runs`.
 const CONTACT_SYNC_RUN_TYPE: &str = "contacts.sync";
@@ -1231,22 +1232,9 @@ impl ContactQuery {
         let page = PageRequest::parse(first, after)?;
         let mut tx = reader(ctx).await?;
         require(ctx, &mut tx, &[DomainFlag::Ui]).await?;
-        let mut q = QueryBuilder::<Postgres>::new(format!(
-            "SELECT {RUN_COLUMNS} FROM rm_runs WHERE workspace_id = "
-        ));
-        q.push_bind(&caller(ctx)?.workspace)
-            .push(" AND run_type = ")
-            .push_bind(CONTACT_SYNC_RUN_TYPE);
-        if let (Some(at), Some(id)) = (page.key_str(0)?, page.key_str(1)?) {
-            let at: DateTime<Utc> = at.parse().map_err(|_| invalid("invalid cursor"))?;
-            q.push(" AND (queued_at, run_id) < (")
-                .push_bind(at)
-                .push(", ")
-                .push_bind(parse_uuid(&id, "run")?)
-                .push(")");
-        }
-        q.push(" ORDER BY queued_at DESC, run_id DESC LIMIT ")
-            .push_bind(page.limit());
+        let mut list = RunList::page(&caller(ctx)?.workspace, &page)?;
+        list.run_type = Some(CONTACT_SYNC_RUN_TYPE.to_owned());
+        let mut q = list.query();
         let rows: Vec<RunNode> = q
             .build_query_as()
             .fetch_all(&mut *tx)

@@ -17,6 +17,7 @@ mod page;
 mod persisted;
 mod query;
 mod rebuild;
+mod runs;
 mod subscription;
 mod types;
 

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::errors::{internal, invalid};
 use super::page::{connection, Cursor, PageRequest};
+use super::runs::RunList;
 use super::types::*;
 use crate::auth::Caller;
 use crate::AppState;
@@ -365,53 +366,25 @@ impl CoreQuery {
                 )));
             }
         }
-        let caller = caller(ctx)?;
-        let mut q = QueryBuilder::<Postgres>::new(format!(
-            "SELECT {RUN_COLUMNS} FROM rm_runs WHERE workspace_id = "
-        ));
-        q.push_bind(&caller.workspace);
-        if let Some(t) = f.tenant_id {
-            q.push(" AND tenant_key = ").push_bind(t);
+        let mut list = RunList::page(&caller(ctx)?.workspace, &page)?;
+        list.tenant = f.tenant_id;
+        list.run_type = f.run_type;
+        list.queued_after = f.queued_after;
+        list.queued_before = f.queued_before;
+        // Checked above.
+        if let Some(s) = f.status.as_deref().and_then(RunStatus::parse) {
+            list.status_in([s]);
         }
-        if let Some(t) = f.run_type {
-            q.push(" AND run_type = ").push_bind(t);
-        }
-        if let Some(s) = f.status {
-            q.push(format!(" AND {RUN_STATUS} = ")).push_bind(s);
-        }
-        if let Some(o) = f.outcome {
-            q.push(" AND outcome = ").push_bind(o);
+        if let Some(o) = f.outcome.as_deref().and_then(RunOutcome::parse) {
+            list.outcome_in([o]);
         }
         if let Some(statuses) = f.status_in {
-            let names: Vec<&str> = statuses
-                .into_iter()
-                .map(|s| RunStatus::from(s).as_str())
-                .collect();
-            q.push(" AND status = ANY(").push_bind(names).push(")");
+            list.status_in(statuses.into_iter().map(RunStatus::from));
         }
         if let Some(outcomes) = f.outcome_in {
-            let names: Vec<&str> = outcomes
-                .into_iter()
-                .map(|o| RunOutcome::from(o).as_str())
-                .collect();
-            q.push(" AND outcome = ANY(").push_bind(names).push(")");
+            list.outcome_in(outcomes.into_iter().map(RunOutcome::from));
         }
-        if let Some(t) = f.queued_after {
-            q.push(" AND queued_at >= ").push_bind(t);
-        }
-        if let Some(t) = f.queued_before {
-            q.push(" AND queued_at < ").push_bind(t);
-        }
-        if let (Some(at), Some(id)) = (page.key_str(0)?, page.key_str(1)?) {
-            let at: DateTime<Utc> = at.parse().map_err(|_| invalid("invalid cursor"))?;
-            q.push(" AND (queued_at, run_id) < (")
-                .push_bind(at)
-                .push(", ")
-                .push_bind(parse_uuid(&id, "run")?)
-                .push(")");
-        }
-        q.push(" ORDER BY queued_at DESC, run_id DESC LIMIT ")
-            .push_bind(page.limit());
+        let mut q = list.query();
         let mut tx = reader(ctx).await?;
         let rows: Vec<RunNode> = q
             .build_query_as()

@@ -145,3 +145,173 @@ async fn alerts_filter_by_the_time_they_were_raised_and_are_acknowledged_once() 
     assert_eq!(operator.error_code(ACKNOWLEDGE, alert).await, "not_found");
     app.stop().await;
 }
+
+const RUN: &str = "query($id: String!) { run(id: $id) { status } }";
+const RUNS: &str =
+    "query($f: RunFilter, $n: Int, $a: String) { runs(filter: $f, first: $n, after: $a) { \
+     edges { node { id status outcome } } pageInfo { hasNextPage endCursor } } }";
+
+/// The ids of a `runs` page, in order.
+fn run_ids(data: &Value) -> Vec<String> {
+    nodes(data, "runs")
+        .iter()
+        .map(|r| r["id"].as_str().expect("an id").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn runs_filter_on_the_status_shown_and_merge_outcomes_newest_first() {
+    use domain::reason::ReasonCode;
+    use domain::run::{FailureSummary, RunCommand};
+
+    // No engines: the test records each run's life itself, as an engine would.
+    let options = runtime::Options {
+        workers: 0,
+        ..TestApp::options()
+    };
+    let app = TestApp::start_with(graph::sim::SimConfig::default(), options).await;
+    let (contoso, _) = testkit::ReadyTenant::new(&app.bus, testkit::CONTOSO)
+        .build()
+        .await;
+    let (fabrikam, _) = testkit::ReadyTenant::new(&app.bus, testkit::FABRIKAM)
+        .named("Fabrikam", "fabrikam.com")
+        .build()
+        .await;
+    let failure = FailureSummary {
+        reason: ReasonCode::ProviderAuthFailed,
+        message: "refused".into(),
+        step: None,
+    };
+    // Contoso's runs one after the other: failed, blocked, cancelled, then one running.
+    let mut ran = Vec::new();
+    for end in [
+        vec![RunCommand::Start, RunCommand::Fail { failure }],
+        vec![RunCommand::Block {
+            reason: ReasonCode::ProviderConsentMissing,
+            next_steps: vec![],
+        }],
+        vec![RunCommand::Start, RunCommand::Cancel],
+    ] {
+        let run = testkit::queued_resync(&app.bus, &contoso).await;
+        testkit::record_progress(&app.bus, run, end).await;
+        testkit::release_scope(&app.bus, run).await;
+        ran.push(run.to_string());
+    }
+    let running = testkit::queued_resync(&app.bus, &contoso).await;
+    testkit::record_progress(&app.bus, running, [RunCommand::Start]).await;
+    let queued = testkit::queued_resync(&app.bus, &fabrikam).await;
+    let [failed, blocked, cancelled] = [ran[0].as_str(), ran[1].as_str(), ran[2].as_str()];
+    let (running, queued) = (running.to_string(), queued.to_string());
+    let (running, queued) = (running.as_str(), queued.as_str());
+
+    let c = app.client("acme", Role::Readonly);
+    let all = c
+        .eventually(RUNS, json!({"n": 10}), |d| {
+            let shown = nodes(d, "runs");
+            shown.len() == 5 && shown[1]["status"] == "running"
+        })
+        .await;
+    assert_eq!(
+        run_ids(&all),
+        [queued, running, cancelled, blocked, failed],
+        "{all}"
+    );
+    let listed = |filter: Value| {
+        let c = &c;
+        async move { run_ids(&c.ok(RUNS, json!({ "f": filter, "n": 10 })).await) }
+    };
+
+    // The status filters find a running run by the status it shows, though its row in the
+    // read model says queued until it ends.
+    assert_eq!(listed(json!({"statusIn": ["running"]})).await, [running]);
+    assert_eq!(listed(json!({"status": "running"})).await, [running]);
+    assert_eq!(listed(json!({"statusIn": ["queued"]})).await, [queued]);
+    assert_eq!(
+        listed(json!({"statusIn": ["queued", "running"]})).await,
+        [queued, running]
+    );
+    assert_eq!(
+        listed(json!({"statusIn": ["completed"]})).await,
+        [cancelled, blocked, failed]
+    );
+    // Both status filters: what both name.
+    assert_eq!(
+        listed(json!({"status": "queued", "statusIn": ["running"]})).await,
+        Vec::<String>::new()
+    );
+
+    // Several unsuccessful outcomes are merged newest first, and page on as one list.
+    let first = c
+        .ok(
+            RUNS,
+            json!({"f": {"outcomeIn": ["failed", "blocked", "cancelled"]}, "n": 2}),
+        )
+        .await;
+    assert_eq!(run_ids(&first), [cancelled, blocked], "{first}");
+    assert_eq!(first["runs"]["pageInfo"]["hasNextPage"], true, "{first}");
+    let rest = c
+        .ok(
+            RUNS,
+            json!({"f": {"outcomeIn": ["failed", "blocked", "cancelled"]}, "n": 2,
+                   "a": first["runs"]["pageInfo"]["endCursor"]}),
+        )
+        .await;
+    assert_eq!(run_ids(&rest), [failed], "{rest}");
+    assert_eq!(rest["runs"]["pageInfo"]["hasNextPage"], false, "{rest}");
+    assert_eq!(
+        listed(json!({"outcomeIn": ["failed", "blocked"], "tenantId": contoso.to_string()})).await,
+        [blocked, failed]
+    );
+    assert_eq!(
+        listed(json!({"outcomeIn": ["failed", "blocked"], "tenantId": fabrikam.to_string()})).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        listed(json!({"outcomeIn": ["pending"]})).await,
+        [queued, running]
+    );
+    assert_eq!(
+        listed(json!({"outcomeIn": ["succeeded", "cancelled"]})).await,
+        [cancelled]
+    );
+    assert_eq!(
+        listed(json!({"outcomeIn": ["failed"], "statusIn": ["running"]})).await,
+        Vec::<String>::new()
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_run_an_engine_is_running_is_listed_as_running() {
+    use graph::sim::Fault;
+    use graph::Endpoint;
+
+    let app = TestApp::start().await;
+    let c = app.client("acme", Role::Owner);
+    let (tenant, _) = ready(&c, &app.sim().tenants().remove(0)).await;
+    // The policy fetch answers slowly, so the run is still running while it is listed.
+    app.sim()
+        .inject(Fault::Slow { delay_ms: 3_000 }.on(Endpoint::ListConditionalAccessPolicies));
+    let run = resync(&c, &tenant).await;
+    // Its start is in the engine's checkpoint; its row in the read model still says queued.
+    c.eventually(RUN, json!({"id": run}), |d| d["run"]["status"] == "running")
+        .await;
+    let listed = |filter: Value| {
+        let c = &c;
+        async move { run_ids(&c.ok(RUNS, json!({ "f": filter })).await) }
+    };
+    assert_eq!(
+        listed(json!({"statusIn": ["running"]})).await,
+        [run.as_str()]
+    );
+    assert_eq!(listed(json!({"status": "running"})).await, [run.as_str()]);
+    assert_eq!(
+        listed(json!({"statusIn": ["queued"]})).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        listed(json!({"outcomeIn": ["pending"]})).await,
+        [run.as_str()]
+    );
+    app.stop().await;
+}

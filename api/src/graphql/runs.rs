@@ -1,0 +1,290 @@
+//! The run list's SQL: one statement per page over `rm_runs`, shaped so that each filter
+//! reads an index in the list's order and stops at the page's end (migration
+//! `20261204000001_run_list_indexes.sql`).
+//!
+//! - Statuses are the ones the API shows: a running run's row says `queued` until its end
+//!   carries its start into the log, so "running" is read among the queued rows
+//!   ([`RUN_STATUS`]). A filter on not-yet-ended statuses names them as literals, so
+//!   PostgreSQL sees that the small index of active runs holds every row it wants.
+//! - Outcomes that are not a success each have their rows together in one index, in order:
+//!   several of them are read one by one and merged (`UNION ALL`), instead of reading all
+//!   their rows to sort them.
+//!
+//! Statuses and outcomes are written into the statement as literals: they come only from
+//! the domain's closed sets (`as_str`), and a literal, unlike a parameter, lets the planner
+//! prove a partial index's condition in every plan it keeps.
+
+use chrono::{DateTime, Utc};
+use domain::run::{RunOutcome, RunStatus};
+use sqlx::{Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use super::errors::invalid;
+use super::page::PageRequest;
+use super::query::parse_uuid;
+use super::types::{RUN_COLUMNS, RUN_STATUS};
+
+/// Which runs a page lists, newest first, every filter already checked.
+#[derive(Debug, Default)]
+pub(crate) struct RunList {
+    pub workspace: String,
+    pub tenant: Option<String>,
+    pub run_type: Option<String>,
+    /// The statuses shown; `None` for any. Empty matches nothing.
+    pub statuses: Option<Vec<RunStatus>>,
+    /// The outcomes; `None` for any. Empty matches nothing.
+    pub outcomes: Option<Vec<RunOutcome>>,
+    pub queued_after: Option<DateTime<Utc>>,
+    pub queued_before: Option<DateTime<Utc>>,
+    /// The last row of the page before: its queue time and id.
+    pub after: Option<(DateTime<Utc>, Uuid)>,
+    /// Rows to read: the page and one more.
+    pub limit: i64,
+}
+
+/// The outcomes kept together in `rm_runs_unsuccessful`.
+const UNSUCCESSFUL: [RunOutcome; 4] = [
+    RunOutcome::PartiallySucceeded,
+    RunOutcome::Failed,
+    RunOutcome::Cancelled,
+    RunOutcome::Blocked,
+];
+
+impl RunList {
+    /// A page of `page.limit()` rows after `page`'s cursor.
+    pub fn page(workspace: &str, page: &PageRequest) -> async_graphql::Result<Self> {
+        Ok(Self {
+            workspace: workspace.to_owned(),
+            after: after(page)?,
+            limit: page.limit(),
+            ..Self::default()
+        })
+    }
+
+    /// Keeps only the runs shown in one of `statuses` (with those kept before).
+    pub fn status_in(&mut self, statuses: impl IntoIterator<Item = RunStatus>) {
+        self.statuses = Some(narrowed(self.statuses.take(), statuses));
+    }
+
+    /// Keeps only the runs with one of `outcomes` (with those kept before).
+    pub fn outcome_in(&mut self, outcomes: impl IntoIterator<Item = RunOutcome>) {
+        self.outcomes = Some(narrowed(self.outcomes.take(), outcomes));
+    }
+
+    /// The page's statement.
+    pub fn query(&self) -> QueryBuilder<'static, Postgres> {
+        let merged = self
+            .outcomes
+            .as_ref()
+            .filter(|o| o.len() > 1 && o.iter().all(|o| UNSUCCESSFUL.contains(o)));
+        let Some(outcomes) = merged else {
+            let mut q = QueryBuilder::new("");
+            self.push_select(&mut q, self.outcomes.as_deref());
+            return q;
+        };
+        let mut q = QueryBuilder::new("SELECT * FROM (");
+        for (i, outcome) in outcomes.iter().enumerate() {
+            q.push(if i == 0 { "(" } else { " UNION ALL (" });
+            self.push_select(&mut q, Some(std::slice::from_ref(outcome)));
+            q.push(")");
+        }
+        q.push(") r ORDER BY queued_at DESC, run_id DESC LIMIT ")
+            .push_bind(self.limit);
+        q
+    }
+
+    /// One `SELECT` of the page, with `outcomes` for the outcomes.
+    fn push_select(
+        &self,
+        q: &mut QueryBuilder<'static, Postgres>,
+        outcomes: Option<&[RunOutcome]>,
+    ) {
+        q.push(format!(
+            "SELECT {RUN_COLUMNS} FROM rm_runs WHERE workspace_id = "
+        ))
+        .push_bind(self.workspace.clone());
+        if let Some(t) = &self.tenant {
+            q.push(" AND tenant_key = ").push_bind(t.clone());
+        }
+        if let Some(t) = &self.run_type {
+            q.push(" AND run_type = ").push_bind(t.clone());
+        }
+        if let Some(statuses) = &self.statuses {
+            push_statuses(q, statuses);
+        }
+        if let Some(outcomes) = outcomes {
+            q.push(" AND outcome");
+            push_literals(q, outcomes.iter().map(|o| o.as_str()));
+        }
+        if let Some(t) = self.queued_after {
+            q.push(" AND queued_at >= ").push_bind(t);
+        }
+        if let Some(t) = self.queued_before {
+            q.push(" AND queued_at < ").push_bind(t);
+        }
+        if let Some((at, id)) = self.after {
+            q.push(" AND (queued_at, run_id) < (")
+                .push_bind(at)
+                .push(", ")
+                .push_bind(id)
+                .push(")");
+        }
+        q.push(" ORDER BY queued_at DESC, run_id DESC LIMIT ")
+            .push_bind(self.limit);
+    }
+}
+
+/// The run list's cursor: the queue time and id of the last run shown.
+fn after(page: &PageRequest) -> async_graphql::Result<Option<(DateTime<Utc>, Uuid)>> {
+    let (Some(at), Some(id)) = (page.key_str(0)?, page.key_str(1)?) else {
+        return Ok(None);
+    };
+    let at = at.parse().map_err(|_| invalid("invalid cursor"))?;
+    Ok(Some((at, parse_uuid(&id, "run")?)))
+}
+
+/// `kept`, if any, less what is not in `these`.
+fn narrowed<T: PartialEq>(kept: Option<Vec<T>>, these: impl IntoIterator<Item = T>) -> Vec<T> {
+    let mut these: Vec<T> = these.into_iter().collect();
+    if let Some(kept) = kept {
+        these.retain(|t| kept.contains(t));
+    }
+    these
+}
+
+/// ` AND` the shown status is one of `statuses`.
+fn push_statuses(q: &mut QueryBuilder<'static, Postgres>, statuses: &[RunStatus]) {
+    let queued = statuses.contains(&RunStatus::Queued);
+    let running = statuses.contains(&RunStatus::Running);
+    // A running run's row says queued (or, written before its start moved to the
+    // checkpoint, running).
+    let mut stored: Vec<&'static str> = statuses.iter().map(|s| s.as_str()).collect();
+    if running && !queued {
+        stored.push(RunStatus::Queued.as_str());
+    }
+    q.push(" AND status");
+    push_literals(q, stored);
+    // Among the queued rows, which are queued and which running.
+    if queued != running {
+        q.push(format!(" AND {RUN_STATUS}"));
+        push_literals(q, statuses.iter().map(|s| s.as_str()));
+    }
+}
+
+/// ` IN ('a', 'b')`, or ` IS NULL AND false` for none: `values` are the domain's own
+/// spellings, never a client's text.
+fn push_literals(
+    q: &mut QueryBuilder<'static, Postgres>,
+    values: impl IntoIterator<Item = &'static str>,
+) {
+    let values: Vec<&str> = values.into_iter().collect();
+    if values.is_empty() {
+        q.push(" IS NULL AND false");
+        return;
+    }
+    let quoted: Vec<String> = values
+        .iter()
+        .map(|v| {
+            assert!(
+                !v.is_empty() && v.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "`{v}` is not a domain spelling"
+            );
+            format!("'{v}'")
+        })
+        .collect();
+    q.push(format!(" IN ({})", quoted.join(", ")));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sql(list: &RunList) -> String {
+        list.query().sql().to_owned()
+    }
+
+    fn list() -> RunList {
+        RunList {
+            workspace: "acme".into(),
+            limit: 21,
+            ..RunList::default()
+        }
+    }
+
+    #[test]
+    fn a_running_filter_reads_the_queued_rows_for_the_running_ones() {
+        let mut l = list();
+        l.status_in([RunStatus::Running]);
+        let s = sql(&l);
+        assert!(
+            s.contains(" AND status IN ('running', 'queued') AND CASE"),
+            "{s}"
+        );
+        assert!(
+            s.ends_with(" IN ('running') ORDER BY queued_at DESC, run_id DESC LIMIT $2"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn queued_and_running_together_need_no_check_of_the_checkpoint() {
+        let mut l = list();
+        l.status_in([RunStatus::Queued, RunStatus::Running]);
+        let s = sql(&l);
+        let filter = &s[s.find(" FROM rm_runs").unwrap()..];
+        assert_eq!(
+            filter,
+            " FROM rm_runs WHERE workspace_id = $1 AND status IN ('queued', 'running') \
+             ORDER BY queued_at DESC, run_id DESC LIMIT $2"
+        );
+    }
+
+    #[test]
+    fn two_status_filters_keep_what_both_name_and_none_keeps_nothing() {
+        let mut l = list();
+        l.status_in([RunStatus::Queued, RunStatus::Completed]);
+        l.status_in([RunStatus::Completed]);
+        assert_eq!(l.statuses, Some(vec![RunStatus::Completed]));
+        l.status_in([RunStatus::Running]);
+        assert_eq!(l.statuses, Some(vec![]));
+        assert!(sql(&l).contains(" AND status IS NULL AND false ORDER BY"));
+    }
+
+    #[test]
+    fn several_unsuccessful_outcomes_are_read_one_by_one_and_merged() {
+        let mut l = list();
+        l.tenant = Some("acme:t".into());
+        l.outcome_in([RunOutcome::Failed, RunOutcome::Blocked]);
+        let s = sql(&l);
+        assert!(s.starts_with("SELECT * FROM ((SELECT run_id,"), "{s}");
+        assert!(s.contains(" AND outcome IN ('failed') ORDER BY"), "{s}");
+        assert!(s.contains(") UNION ALL (SELECT run_id,"), "{s}");
+        assert!(s.contains(" AND outcome IN ('blocked') ORDER BY"), "{s}");
+        // Each arm binds its own workspace, tenant and limit; the merge its limit.
+        assert!(
+            s.ends_with(") r ORDER BY queued_at DESC, run_id DESC LIMIT $7"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn a_success_among_the_outcomes_is_one_filter() {
+        let mut l = list();
+        l.outcome_in([RunOutcome::Succeeded, RunOutcome::Failed]);
+        let s = sql(&l);
+        assert!(s.starts_with("SELECT run_id,"), "{s}");
+        assert!(
+            s.contains(" AND outcome IN ('succeeded', 'failed') ORDER BY"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn every_status_and_outcome_is_a_plain_literal() {
+        let mut l = list();
+        l.status_in(RunStatus::ALL);
+        l.outcome_in(RunOutcome::ALL);
+        let s = sql(&l);
+        assert!(s.contains("'partially_succeeded'"), "{s}");
+    }
+}
