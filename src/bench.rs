@@ -77,6 +77,22 @@ pub enum BenchCommand {
         #[arg(long, default_value = "bench-graphql.json")]
         json: PathBuf,
     },
+    /// The run list of a workspace that kept years of runs: each filter a dashboard offers
+    /// (status, outcome, type, tenant, a time range) asked for over HTTP through GraphQL, at
+    /// one client, its p50 and p99; and the bytes a run takes in the read model and each of
+    /// its indexes. The runs are written into the run read model directly, in a scratch
+    /// database.
+    Runs {
+        /// Runs in the read model (nine in ten in the bench's workspace).
+        #[arg(long, default_value_t = 1_000_000)]
+        runs: usize,
+        /// Requests per page.
+        #[arg(long, default_value_t = 200)]
+        requests: usize,
+        /// Where to write the JSON results.
+        #[arg(long, default_value = "bench-runs.json")]
+        json: PathBuf,
+    },
     /// Every read model rebuilt from a generated log (a template history made through the
     /// use cases, copied into many workspaces), against an ordered raw read of the same
     /// rows, in a scratch database.
@@ -291,6 +307,11 @@ pub async fn run(config: Config, command: BenchCommand) -> anyhow::Result<()> {
             requests,
             json,
         } => crate::bench_graphql::run(config, tenants.max(1), requests.max(1), json).await,
+        BenchCommand::Runs {
+            runs,
+            requests,
+            json,
+        } => crate::bench_runs::run(config, runs.max(1), requests.max(1), json).await,
         BenchCommand::Catchup { events, json } => {
             crate::bench_catchup::run(config, events.max(1), json).await
         }
@@ -346,6 +367,7 @@ async fn all(config: Config, dir: PathBuf) -> anyhow::Result<()> {
     crate::bench_contacts::run(config.clone(), 100, 500, file("contacts")).await?;
     crate::bench_catchup::run(config.clone(), 1_000_000, file("catchup")).await?;
     crate::bench_graphql::run(config.clone(), 200, 5000, file("graphql")).await?;
+    crate::bench_runs::run(config.clone(), 1_000_000, 200, file("runs")).await?;
     crate::bench_idle::run(Duration::from_secs(5), file("idle")).await?;
     crate::bench_mail::run(config.clone(), 2000, 8, file("mail")).await?;
 
@@ -450,6 +472,15 @@ async fn all(config: Config, dir: PathBuf) -> anyhow::Result<()> {
                 number(&g["target_p99_ms_at_32"]),
             ));
         }
+    }
+    let r = read("runs")?;
+    for page in r["pages"].as_array().cloned().unwrap_or_default() {
+        figures.push(below(
+            "runs",
+            &format!("{} p99 ms", page["page"].as_str().unwrap_or("?")),
+            number(&page["graphql"]["p99_ms"]),
+            number(&r["target_p99_ms"]),
+        ));
     }
     let idle = read("idle")?;
     figures.push(below(

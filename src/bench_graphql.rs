@@ -60,7 +60,7 @@ fn page_sql() -> (String, String, [String; 3]) {
 const TENANTS_WITH_RUNS: usize = 20;
 const RUNS_PER_TENANT: usize = 3;
 
-const WORKSPACE: &str = "bench";
+pub(crate) const WORKSPACE: &str = "bench";
 
 #[derive(Debug, Serialize)]
 struct AtConcurrency {
@@ -163,11 +163,81 @@ pub async fn run(
     crate::bench::publish(&report, &json)
 }
 
+/// The service's router, as `serve` builds it, on a loopback port, and the load
+/// generator's connections to it with a token of the bench workspace's (read-only).
+pub(crate) struct Served {
+    pub connections: Arc<Connections>,
+    shutdown: tokio_util::sync::CancellationToken,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Served {
+    pub(crate) async fn start(
+        pool: &PgPool,
+        bus: store::CommandBus,
+        metrics: store::Metrics,
+        vault: store::Vault,
+    ) -> anyhow::Result<Self> {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let secret = secrecy::SecretString::from(format!("{:032x}", rand::random::<u128>()));
+        let auth = api::auth::Authenticator::new(&secret);
+        let token = auth
+            .mint(
+                "bench",
+                WORKSPACE,
+                domain::Role::Readonly,
+                chrono::Duration::hours(1),
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let state = crate::serve::app_state(
+            pool,
+            bus,
+            metrics,
+            vault,
+            crate::serve::ApiSettings {
+                auth,
+                persisted: api::graphql::PersistedQueries::open(),
+                workflows: workflows::Registry::standard(),
+                limits: api::Limits::default(),
+                graph_endpoint: "simulator".to_owned(),
+                replica: None,
+            },
+            &shutdown,
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let stop = shutdown.clone();
+        let server = tokio::spawn(
+            axum::serve(listener, api::router(state))
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .into_future(),
+        );
+        let connections = Arc::new(Connections {
+            addr,
+            token,
+            idle: Default::default(),
+        });
+        Ok(Self {
+            connections,
+            shutdown,
+            server,
+        })
+    }
+
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.server
+            .await
+            .context("the bench's server panicked")?
+            .context("the bench's server failed")
+    }
+}
+
 /// The load generator's connections to the service: plain HTTP/1.1 with keep-alive, one per
 /// client at a time, opened when no idle one is left. Lighter than a general HTTP client
 /// (no pool keyed by host, no redirects, no body encoding per request), so that less of the
 /// machine's two cores goes to the harness rather than to the service it measures.
-struct Connections {
+pub(crate) struct Connections {
     addr: std::net::SocketAddr,
     token: String,
     idle: std::sync::Mutex<Vec<SendRequest<Full<Bytes>>>>,
@@ -175,7 +245,7 @@ struct Connections {
 
 impl Connections {
     /// POSTs `body` to `/graphql`; the answer's status and body.
-    async fn post(&self, body: Bytes) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
+    pub(crate) async fn post(&self, body: Bytes) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut sender = match idle {
             Some(sender) => sender,
@@ -235,7 +305,7 @@ fn over_http(
 
 /// An answer's `data`, if it has no `errors`. The checks read only what they need: the rest
 /// is parsed (a malformed answer still fails) but not kept.
-fn data<D: serde::de::DeserializeOwned>(answer: &[u8]) -> Option<D> {
+pub(crate) fn data<D: serde::de::DeserializeOwned>(answer: &[u8]) -> Option<D> {
     #[derive(Deserialize)]
     struct Answer<D> {
         data: Option<D>,
@@ -246,8 +316,8 @@ fn data<D: serde::de::DeserializeOwned>(answer: &[u8]) -> Option<D> {
 }
 
 #[derive(Deserialize)]
-struct Edges {
-    edges: Vec<IgnoredAny>,
+pub(crate) struct Edges {
+    pub edges: Vec<IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -261,8 +331,8 @@ struct TenantsData {
 }
 
 #[derive(Deserialize)]
-struct RunsData {
-    runs: Edges,
+pub(crate) struct RunsData {
+    pub runs: Edges,
 }
 
 #[derive(Deserialize)]
@@ -348,47 +418,8 @@ async fn measure_on(
     .await
     .map_err(|e| anyhow::anyhow!("{e}"))?;
 
-    // The service's router, as `serve` builds it, on a loopback port.
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let secret = secrecy::SecretString::from(format!("{:032x}", rand::random::<u128>()));
-    let auth = api::auth::Authenticator::new(&secret);
-    let token = auth
-        .mint(
-            "bench",
-            WORKSPACE,
-            domain::Role::Readonly,
-            chrono::Duration::hours(1),
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let state = crate::serve::app_state(
-        pool,
-        bus,
-        metrics,
-        vault,
-        crate::serve::ApiSettings {
-            auth,
-            persisted: api::graphql::PersistedQueries::open(),
-            workflows: workflows::Registry::standard(),
-            limits: api::Limits::default(),
-            graph_endpoint: "simulator".to_owned(),
-            replica: None,
-        },
-        &shutdown,
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let stop = shutdown.clone();
-    let server = tokio::spawn(
-        axum::serve(listener, api::router(state))
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .into_future(),
-    );
-
-    let connections = Arc::new(Connections {
-        addr,
-        token,
-        idle: Default::default(),
-    });
+    let served = Served::start(pool, bus, metrics, vault).await?;
+    let connections = served.connections.clone();
     let pages = [
         Page {
             name: "tenants",
@@ -522,11 +553,7 @@ async fn measure_on(
             });
         }
     }
-    shutdown.cancel();
-    server
-        .await
-        .context("the bench's server panicked")?
-        .context("the bench's server failed")?;
+    served.stop().await?;
     Ok(GraphqlReport {
         benchmark: "graphql",
         tenants,

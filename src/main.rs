@@ -9,6 +9,7 @@ mod bench_graphql;
 mod bench_idle;
 mod bench_mail;
 mod bench_resync;
+mod bench_runs;
 mod bench_verify;
 mod chaos;
 mod config;

@@ -144,9 +144,16 @@ impl Projection for Runs {
         2
     }
 
-    /// The run lists' orders; the handler reads runs and steps by run id only.
+    /// The run lists' indexes (migration 20261204000001); the handler reads runs and steps
+    /// by run id only.
     fn indexes_built_after_rebuild(&self) -> &'static [&'static str] {
-        &["rm_runs_workspace", "rm_runs_tenant"]
+        &[
+            "rm_runs_workspace",
+            "rm_runs_tenant",
+            "rm_runs_type",
+            "rm_runs_active",
+            "rm_runs_unsuccessful",
+        ]
     }
 }
 

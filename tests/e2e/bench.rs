@@ -132,3 +132,67 @@ async fn bench_graphql_reports_every_page_the_floor_and_the_list_pages_without_f
         );
     }
 }
+
+#[tokio::test]
+async fn bench_runs_reports_every_filter_of_the_run_list_over_a_long_history() {
+    let _alone = crate::common::alone().await;
+    let db = testkit::TestDb::new().await;
+    let (ok, log, r) = crate::common::run_reporting(
+        &db,
+        &["bench", "runs", "--runs", "5000", "--requests", "10"],
+    )
+    .await;
+    assert!(ok, "the bench failed:\n{log}");
+    let r = r.expect("the JSON report");
+    // Nine in ten runs are the bench workspace's.
+    assert_eq!(
+        (r["runs"].as_u64(), r["workspace_runs"].as_u64()),
+        (Some(5000), Some(4500)),
+        "{r}"
+    );
+    let pages: Vec<(&str, u64)> = r["pages"]
+        .as_array()
+        .expect("pages")
+        .iter()
+        .map(|p| {
+            assert_eq!(p["graphql"]["operations"], 10, "{p}");
+            assert!(p["graphql"]["p99_ms"].as_f64().unwrap() > 0.0, "{p}");
+            (p["page"].as_str().unwrap(), p["rows"].as_u64().unwrap())
+        })
+        .collect();
+    // The bench checked every answer against a count in SQL; these are those counts.
+    assert_eq!(
+        pages,
+        [
+            ("newest", 20),
+            ("a year back", 20),
+            ("running", 0),
+            ("queued", 20),
+            ("failed or blocked", 20),
+            ("cancelled", 0),
+            ("contact syncs", 20),
+            ("one tenant", 5),
+            ("one tenant's failures", 0),
+        ],
+        "{r}"
+    );
+    let sizes: Vec<&str> = r["sizes"]
+        .as_array()
+        .expect("sizes")
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        sizes,
+        [
+            "rm_runs",
+            "rm_runs_active",
+            "rm_runs_pkey",
+            "rm_runs_tenant",
+            "rm_runs_type",
+            "rm_runs_unsuccessful",
+            "rm_runs_workspace"
+        ],
+        "{r}"
+    );
+}
