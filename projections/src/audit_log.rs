@@ -128,6 +128,8 @@ impl Projection for AuditLog {
         &[
             "rm_audit_log_workspace",
             "rm_audit_log_tenant",
+            "rm_audit_log_actor",
+            "rm_audit_log_action",
             AGGREGATE_INDEX,
         ]
     }
