@@ -8,8 +8,10 @@
 //! engine; the pages read only the read model). Every answer is checked against a count made
 //! in SQL over the same rows.
 
+use api::graphql::RunList;
+use domain::run::{RunOutcome, RunStatus};
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::{PgPool, Row};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -33,6 +35,9 @@ struct PageAt {
     filter: serde_json::Value,
     /// The rows each answer had: as many as SQL counts over the same rows, up to 20.
     rows: usize,
+    /// The rows the page's statement read (returned or filtered out by its scans), by
+    /// PostgreSQL's `EXPLAIN ANALYZE` of the API's own statement.
+    rows_read: u64,
     graphql: PhaseResult,
 }
 
@@ -87,6 +92,7 @@ pub async fn run(
         tracing::info!(
             page = p.page,
             rows = p.rows,
+            rows_read = p.rows_read,
             "{:.0}/s, p50 {:.2} ms, p99 {:.2} ms (target < {:.0})",
             p.graphql.per_second,
             p.graphql.p50_ms,
@@ -97,64 +103,109 @@ pub async fn run(
     crate::bench::publish(&report, &json)
 }
 
-/// One filter of the run list, and the same rows counted in SQL on the stored columns.
+/// One filter of the run list: as a dashboard asks for it, as the API lists it, and the same
+/// rows counted in SQL on the stored columns.
 struct Filter {
     page: &'static str,
     filter: serde_json::Value,
+    list: RunList,
     counted: String,
 }
 
-fn filters() -> Vec<Filter> {
+fn filters() -> anyhow::Result<Vec<Filter>> {
     let tenant = tenant_key(7);
-    let filter = |page, filter, counted: &str| Filter {
-        page,
-        filter,
-        counted: counted.to_owned(),
+    let filter = |page, filter, set: &dyn Fn(&mut RunList), counted: &str| {
+        let mut list = RunList {
+            workspace: WORKSPACE.to_owned(),
+            limit: 21,
+            ..RunList::default()
+        };
+        set(&mut list);
+        Filter {
+            page,
+            filter,
+            list,
+            counted: counted.to_owned(),
+        }
     };
-    vec![
-        filter("newest", serde_json::json!({}), "true"),
+    let year_back = "2026-01-01T00:00:00Z";
+    let before = year_back.parse()?;
+    Ok(vec![
+        filter("newest", serde_json::json!({}), &|_| {}, "true"),
         filter(
             "a year back",
-            serde_json::json!({ "queuedBefore": "2026-01-01T00:00:00Z" }),
-            "queued_at < '2026-01-01T00:00:00Z'",
+            serde_json::json!({ "queuedBefore": year_back }),
+            &|l| l.queued_before = Some(before),
+            &format!("queued_at < '{year_back}'"),
         ),
         // No engine runs in the bench: none is running, so the page proves there is none.
         filter(
             "running",
             serde_json::json!({ "statusIn": ["running"] }),
+            &|l| l.status_in([RunStatus::Running]),
             "status = 'running'",
         ),
         filter(
             "queued",
             serde_json::json!({ "statusIn": ["queued"] }),
+            &|l| l.status_in([RunStatus::Queued]),
             "status = 'queued'",
         ),
         filter(
             "failed or blocked",
             serde_json::json!({ "outcomeIn": ["failed", "blocked"] }),
+            &|l| l.outcome_in([RunOutcome::Failed, RunOutcome::Blocked]),
             "outcome IN ('failed', 'blocked')",
         ),
         filter(
             "cancelled",
             serde_json::json!({ "outcomeIn": ["cancelled"] }),
+            &|l| l.outcome_in([RunOutcome::Cancelled]),
             "outcome = 'cancelled'",
         ),
         filter(
             "contact syncs",
             serde_json::json!({ "type": "contacts.sync" }),
+            &|l| l.run_type = Some("contacts.sync".to_owned()),
             "run_type = 'contacts.sync'",
         ),
         filter(
             "one tenant",
             serde_json::json!({ "tenantId": tenant }),
+            &|l| l.tenant = Some(tenant.clone()),
             &format!("tenant_key = '{tenant}'"),
         ),
         filter(
             "one tenant's failures",
             serde_json::json!({ "tenantId": tenant, "outcomeIn": ["failed"] }),
+            &|l| {
+                l.tenant = Some(tenant.clone());
+                l.outcome_in([RunOutcome::Failed]);
+            },
             &format!("tenant_key = '{tenant}' AND outcome = 'failed'"),
         ),
-    ]
+    ])
+}
+
+/// The rows a plan's scans read: those they returned and those their filters removed (a
+/// bitmap's index side and a subquery's scan are counted in the nodes they feed).
+fn rows_read(plan: &serde_json::Value) -> u64 {
+    let count = |key: &str| plan[key].as_f64().unwrap_or(0.0);
+    let mut read = 0.0;
+    let node = plan["Node Type"].as_str().unwrap_or_default();
+    if node.ends_with("Scan") && node != "Bitmap Index Scan" && node != "Subquery Scan" {
+        read = (count("Actual Rows")
+            + count("Rows Removed by Filter")
+            + count("Rows Removed by Index Recheck"))
+            * count("Actual Loops").max(1.0);
+    }
+    read as u64
+        + plan["Plans"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(rows_read)
+            .sum::<u64>()
 }
 
 fn tenant_key(i: i64) -> String {
@@ -197,7 +248,7 @@ async fn measure_on(
     let vault = crate::serve::open_vault(config)?;
     let served = Served::start(pool, bus, metrics, vault).await?;
     let mut pages = Vec::new();
-    for f in filters() {
+    for f in filters()? {
         let counted: i64 = sqlx::query_scalar(&format!(
             "SELECT count(*) FROM rm_runs WHERE workspace_id = $1 AND {}",
             f.counted
@@ -227,10 +278,20 @@ async fn measure_on(
         // Warm-up: a connection opened, the statement prepared.
         measure(20, 1, request.clone()).await?;
         let graphql = measure(requests, 1, request).await?;
+        let mut tx = store::db::workspace_reader(pool, WORKSPACE).await?;
+        let explained: serde_json::Value = f
+            .list
+            .explained()
+            .build()
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+        tx.rollback().await?;
         pages.push(PageAt {
             page,
             filter: f.filter,
             rows,
+            rows_read: rows_read(&explained[0]["Plan"]),
             graphql,
         });
     }

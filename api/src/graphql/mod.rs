@@ -30,6 +30,7 @@ pub use introspection::MAX_INTROSPECTION_DEPTH;
 use introspection::{route, Route};
 pub use mutation::RequestId;
 pub use persisted::{hash as persisted_query_hash, ManifestError, PersistedQueries};
+pub use runs::RunList;
 pub use subscription::SubscriptionRoot;
 /// The columns and statements the tenant and run pages read (for `bench graphql`'s SQL side).
 pub use types::{RUN_COLUMNS, RUN_STEPS_SQL, TENANT_COLUMNS};

@@ -24,9 +24,10 @@ use super::page::PageRequest;
 use super::query::parse_uuid;
 use super::types::{RUN_COLUMNS, RUN_STATUS};
 
-/// Which runs a page lists, newest first, every filter already checked.
+/// Which runs a page lists, newest first, every filter already checked. Public for
+/// `bench runs`, which asks PostgreSQL how many rows each page's statement reads.
 #[derive(Debug, Default)]
-pub(crate) struct RunList {
+pub struct RunList {
     pub workspace: String,
     pub tenant: Option<String>,
     pub run_type: Option<String>,
@@ -52,7 +53,7 @@ const UNSUCCESSFUL: [RunOutcome; 4] = [
 
 impl RunList {
     /// A page of `page.limit()` rows after `page`'s cursor.
-    pub fn page(workspace: &str, page: &PageRequest) -> async_graphql::Result<Self> {
+    pub(crate) fn page(workspace: &str, page: &PageRequest) -> async_graphql::Result<Self> {
         Ok(Self {
             workspace: workspace.to_owned(),
             after: after(page)?,
@@ -73,16 +74,26 @@ impl RunList {
 
     /// The page's statement.
     pub fn query(&self) -> QueryBuilder<'static, Postgres> {
+        self.statement("")
+    }
+
+    /// The page's statement under `EXPLAIN (ANALYZE, FORMAT JSON)`: what it read.
+    pub fn explained(&self) -> QueryBuilder<'static, Postgres> {
+        self.statement("EXPLAIN (ANALYZE, FORMAT JSON) ")
+    }
+
+    fn statement(&self, prefix: &str) -> QueryBuilder<'static, Postgres> {
         let merged = self
             .outcomes
             .as_ref()
             .filter(|o| o.len() > 1 && o.iter().all(|o| UNSUCCESSFUL.contains(o)));
         let Some(outcomes) = merged else {
-            let mut q = QueryBuilder::new("");
+            let mut q = QueryBuilder::new(prefix);
             self.push_select(&mut q, self.outcomes.as_deref());
             return q;
         };
-        let mut q = QueryBuilder::new("SELECT * FROM (");
+        let mut q = QueryBuilder::new(prefix);
+        q.push("SELECT * FROM (");
         for (i, outcome) in outcomes.iter().enumerate() {
             q.push(if i == 0 { "(" } else { " UNION ALL (" });
             self.push_select(&mut q, Some(std::slice::from_ref(outcome)));
