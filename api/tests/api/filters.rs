@@ -274,6 +274,12 @@ async fn runs_filter_on_the_status_shown_and_merge_outcomes_newest_first() {
         listed(json!({"outcomeIn": ["succeeded", "cancelled"]})).await,
         [cancelled]
     );
+    // A hostile list names the same outcomes thousands of times: each is read once.
+    let many = ["failed", "blocked", "cancelled"].repeat(2_000);
+    assert_eq!(
+        listed(json!({ "outcomeIn": many })).await,
+        [cancelled, blocked, failed]
+    );
     assert_eq!(
         listed(json!({"outcomeIn": ["failed"], "statusIn": ["running"]})).await,
         Vec::<String>::new()
