@@ -152,6 +152,12 @@ fn filters() -> anyhow::Result<Vec<Filter>> {
             "status = 'queued'",
         ),
         filter(
+            "pending",
+            serde_json::json!({ "outcomeIn": ["pending"] }),
+            &|l| l.outcome_in([RunOutcome::Pending]),
+            "outcome = 'pending'",
+        ),
+        filter(
             "failed or blocked",
             serde_json::json!({ "outcomeIn": ["failed", "blocked"] }),
             &|l| l.outcome_in([RunOutcome::Failed, RunOutcome::Blocked]),

@@ -175,6 +175,7 @@ async fn bench_runs_reports_every_filter_of_the_run_list_over_a_long_history() {
             ("a year back", 20),
             ("running", 0),
             ("queued", 20),
+            ("pending", 20),
             ("failed or blocked", 20),
             ("cancelled", 0),
             ("contact syncs", 20),

@@ -8,7 +8,7 @@
 //!   PostgreSQL sees that the small index of active runs holds every row it wants.
 //! - Outcomes that are not a success each have their rows together in one index, in order:
 //!   several of them are read one by one and merged (`UNION ALL`), instead of reading all
-//!   their rows to sort them.
+//!   their rows to sort them. `pending` is read among the runs not yet ended.
 //!
 //! Statuses and outcomes are written into the statement as literals: they come only from
 //! the domain's closed sets (`as_str`), and a literal, unlike a parameter, lets the planner
@@ -83,10 +83,11 @@ impl RunList {
     }
 
     fn statement(&self, prefix: &str) -> QueryBuilder<'static, Postgres> {
-        let merged = self
-            .outcomes
-            .as_ref()
-            .filter(|o| o.len() > 1 && o.iter().all(|o| UNSUCCESSFUL.contains(o)));
+        let merged = self.outcomes.as_ref().filter(|o| {
+            o.len() > 1
+                && o.iter()
+                    .all(|o| *o == RunOutcome::Pending || UNSUCCESSFUL.contains(o))
+        });
         let Some(outcomes) = merged else {
             let mut q = QueryBuilder::new(prefix);
             self.push_select(&mut q, self.outcomes.as_deref());
@@ -126,6 +127,11 @@ impl RunList {
         if let Some(outcomes) = outcomes {
             q.push(" AND outcome");
             push_literals(q, outcomes.iter().map(|o| o.as_str()));
+            // A run's outcome is pending exactly while it has not ended: said so, the
+            // planner reads the few runs not yet ended (`rm_runs_active`).
+            if outcomes == [RunOutcome::Pending] {
+                q.push(" AND status <> 'completed'");
+            }
         }
         if let Some(t) = self.queued_after {
             q.push(" AND queued_at >= ").push_bind(t);
@@ -294,6 +300,26 @@ mod tests {
         assert_eq!(l.statuses, Some(vec![RunStatus::Completed]));
         let s = sql(&l);
         assert_eq!(s.matches(" UNION ALL ").count(), 1, "{s}");
+    }
+
+    #[test]
+    fn pending_is_read_among_the_runs_not_yet_ended_and_merged_with_failures() {
+        let mut l = list();
+        l.outcome_in([RunOutcome::Pending]);
+        let s = sql(&l);
+        assert!(
+            s.contains(" AND outcome IN ('pending') AND status <> 'completed' ORDER BY"),
+            "{s}"
+        );
+        l.outcomes = None;
+        l.outcome_in([RunOutcome::Pending, RunOutcome::Failed]);
+        let s = sql(&l);
+        assert!(
+            s.contains(" AND outcome IN ('pending') AND status <> 'completed' ORDER BY"),
+            "{s}"
+        );
+        assert!(s.contains(") UNION ALL (SELECT run_id,"), "{s}");
+        assert!(s.contains(" AND outcome IN ('failed') ORDER BY"), "{s}");
     }
 
     #[test]
