@@ -161,8 +161,8 @@ fn after(page: &PageRequest) -> async_graphql::Result<Option<(DateTime<Utc>, Uui
 }
 
 /// `these`, each once, less what `kept` (if any) leaves out. A client may name a value many
-/// times (a request body of 256 KB holds
-/// twenty thousand): each outcome would be an arm of the merge.
+/// times (a request body of 256 KB holds twenty thousand), and each outcome would be an arm
+/// of the merge.
 fn narrowed<T: PartialEq>(kept: Option<Vec<T>>, these: impl IntoIterator<Item = T>) -> Vec<T> {
     let mut once: Vec<T> = Vec::new();
     for t in these {
