@@ -7,15 +7,19 @@
 -- list's own order, and its leading columns are a filter the list offers, so a page reads
 -- its rows and stops. Measured on 2,000,000 runs (1,800,000 in one workspace, 1.4% failed,
 -- 0.5% blocked, 90 queued): a filter on a rare status or outcome read the whole workspace
--- (a running run: 115 ms; a cancelled one: 80 ms); a page now reads about its own rows.
+-- (the running runs: 185-370 ms; no cancelled one: 216 ms); a page now reads about its
+-- own rows.
+
+-- The indexes are built before the old ones are dropped, and under new names: building one
+-- takes a lock that lets the table be read (the API keeps serving the run list; the runs
+-- projection waits), while dropping one locks out readers until the migration commits. At
+-- 2,000,000 runs each took 1.4-2.2 s to build.
 
 -- All runs, newest first.
-DROP INDEX rm_runs_workspace;
-CREATE INDEX rm_runs_workspace ON rm_runs (workspace_id, queued_at DESC, run_id DESC);
+CREATE INDEX rm_runs_newest ON rm_runs (workspace_id, queued_at DESC, run_id DESC);
 
 -- One tenant's runs.
-DROP INDEX rm_runs_tenant;
-CREATE INDEX rm_runs_tenant ON rm_runs (workspace_id, tenant_key, queued_at DESC, run_id DESC);
+CREATE INDEX rm_runs_tenant_newest ON rm_runs (workspace_id, tenant_key, queued_at DESC, run_id DESC);
 
 -- One type's runs (`runs(filter: {type})`, `contactSyncRuns`): a weekly contact sync among
 -- a fleet's daily resyncs is one run in thousands.
@@ -31,3 +35,7 @@ CREATE INDEX rm_runs_active ON rm_runs (workspace_id, queued_at DESC, run_id DES
 -- (api/src/graphql/runs.rs).
 CREATE INDEX rm_runs_unsuccessful ON rm_runs (workspace_id, outcome, queued_at DESC, run_id DESC)
     WHERE outcome NOT IN ('succeeded', 'pending');
+
+-- Last, the first two, which the new ones above replace.
+DROP INDEX rm_runs_workspace;
+DROP INDEX rm_runs_tenant;

@@ -148,8 +148,8 @@ impl Projection for Runs {
     /// by run id only.
     fn indexes_built_after_rebuild(&self) -> &'static [&'static str] {
         &[
-            "rm_runs_workspace",
-            "rm_runs_tenant",
+            "rm_runs_newest",
+            "rm_runs_tenant_newest",
             "rm_runs_type",
             "rm_runs_active",
             "rm_runs_unsuccessful",

@@ -195,11 +195,11 @@ async fn bench_runs_reports_every_filter_of_the_run_list_over_a_long_history() {
         [
             "rm_runs",
             "rm_runs_active",
+            "rm_runs_newest",
             "rm_runs_pkey",
-            "rm_runs_tenant",
+            "rm_runs_tenant_newest",
             "rm_runs_type",
-            "rm_runs_unsuccessful",
-            "rm_runs_workspace"
+            "rm_runs_unsuccessful"
         ],
         "{r}"
     );
