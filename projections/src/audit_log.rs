@@ -130,6 +130,7 @@ impl Projection for AuditLog {
             "rm_audit_log_tenant",
             "rm_audit_log_actor",
             "rm_audit_log_action",
+            "rm_audit_log_recorded",
             AGGREGATE_INDEX,
         ]
     }

@@ -1,6 +1,7 @@
 //! The GraphQL API (R8.2–R8.4): queries over read models, mutations that map to the
 //! application services, and live run progress over WebSocket.
 
+mod audit;
 pub mod compat;
 mod contact_mutation;
 mod contacts;

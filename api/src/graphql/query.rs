@@ -11,6 +11,7 @@ use std::sync::Arc;
 use store::history::{AggregateKind, HistoryError};
 use uuid::Uuid;
 
+use super::audit::AuditList;
 use super::errors::{internal, invalid};
 use super::page::{connection, Cursor, PageRequest};
 use super::runs::RunList;
@@ -172,7 +173,7 @@ pub struct TimeRange {
 
 impl TimeRange {
     /// Appends ` AND column >= after AND column < before` for the ends given.
-    fn push(&self, q: &mut QueryBuilder<'_, Postgres>, column: &str) {
+    pub(crate) fn push(&self, q: &mut QueryBuilder<'_, Postgres>, column: &str) {
         if let Some(t) = self.after {
             q.push(format!(" AND {column} >= ")).push_bind(t);
         }
@@ -460,36 +461,20 @@ impl CoreQuery {
         let page = PageRequest::parse(first, after)?;
         let f = filter.unwrap_or_default();
         let caller = caller(ctx)?;
-        let mut q = QueryBuilder::<Postgres>::new(
-            "SELECT global_position, recorded_at, actor, role, action, aggregate_type, aggregate_id, tenant_key, correlation_id, \
-             details FROM rm_audit_log WHERE workspace_id = ",
-        );
-        q.push_bind(&caller.workspace);
-        for t in [tenant_id, f.tenant_id].into_iter().flatten() {
-            q.push(" AND tenant_key = ").push_bind(t);
-        }
-        if let Some(actor) = f.actor {
-            q.push(" AND actor = ").push_bind(actor);
-        }
-        if let Some(action) = f.action {
-            q.push(" AND action = ").push_bind(action);
-        }
-        TimeRange {
-            after: f.recorded_after,
-            before: f.recorded_before,
-        }
-        .push(&mut q, "recorded_at");
-        if let Some(p) = page.key_i64(0)? {
-            q.push(" AND global_position < ").push_bind(p);
-        }
-        q.push(" ORDER BY global_position DESC LIMIT ")
-            .push_bind(page.limit());
+        let list = AuditList {
+            workspace: &caller.workspace,
+            tenants: [tenant_id, f.tenant_id].into_iter().flatten().collect(),
+            actor: f.actor,
+            action: f.action,
+            recorded: TimeRange {
+                after: f.recorded_after,
+                before: f.recorded_before,
+            },
+            before_position: page.key_i64(0)?,
+            limit: page.limit(),
+        };
         let mut tx = reader(ctx).await?;
-        let rows: Vec<AuditEntry> = q
-            .build_query_as()
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(internal)?;
+        let rows = list.fetch(&mut tx).await.map_err(internal)?;
         Ok(connection(&page, rows, |a| vec![a.global_position.into()]))
     }
 

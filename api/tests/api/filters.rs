@@ -321,3 +321,119 @@ async fn a_run_an_engine_is_running_is_listed_as_running() {
     );
     app.stop().await;
 }
+
+const AUDIT: &str =
+    "query($f: AuditFilter, $n: Int, $a: String) { auditLog(filter: $f, first: $n, after: $a) { \
+     edges { node { globalPosition recordedAt } } pageInfo { hasNextPage endCursor } } }";
+
+#[tokio::test]
+async fn an_audit_time_window_lists_its_rows_newest_first_however_many_it_holds() {
+    // No engines, no projections: the rows are written straight into the audit log, one a
+    // minute for 25,000 minutes, beside another workspace's, at positions no event has.
+    let options = runtime::Options {
+        workers: 0,
+        projections: false,
+        ..TestApp::options()
+    };
+    let app = TestApp::start_with(graph::sim::SimConfig::default(), options).await;
+    let base: chrono::DateTime<chrono::Utc> = "2024-01-01T00:00:00Z".parse().expect("a time");
+    sqlx::query(
+        "INSERT INTO rm_audit_log (global_position, workspace_id, recorded_at, actor, role, action, \
+             aggregate_type, aggregate_id, tenant_key) \
+         SELECT 10000000 + g, CASE WHEN g % 4 = 3 THEN 'other' ELSE 'acme' END, \
+             $1 + g * interval '1 minute', 'system', 'system', 'RunQueued', 'OperationRun', g::text, \
+             'tenant-' || (g % 3) \
+         FROM generate_series(1, 25000) g",
+    )
+    .bind(base)
+    .execute(&app.pool)
+    .await
+    .expect("audit rows");
+    // A row that committed late: recorded at minute 100, after every other row in the log.
+    sqlx::query(
+        "INSERT INTO rm_audit_log (global_position, workspace_id, recorded_at, actor, role, action, \
+             aggregate_type, aggregate_id, tenant_key) \
+         VALUES (10030000, 'acme', $1 + interval '100 minutes 30 seconds', 'system', 'system', 'RunQueued', \
+             'OperationRun', 'late', 'tenant-1')",
+    )
+    .bind(base)
+    .execute(&app.pool)
+    .await
+    .expect("the late row");
+
+    let c = app.client("acme", Role::Auditor);
+    let minute = |m: i64| (base + chrono::Duration::minutes(m)).to_rfc3339();
+    // Every page of a filter, by cursor, and the positions the table holds for it.
+    let listed = |filter: Value| {
+        let c = &c;
+        async move {
+            let mut shown = Vec::new();
+            let mut after = Value::Null;
+            loop {
+                let page = c
+                    .ok(AUDIT, json!({ "f": filter, "n": 100, "a": after }))
+                    .await;
+                let entries = nodes(&page, "auditLog");
+                shown.extend(
+                    entries
+                        .iter()
+                        .map(|e| e["globalPosition"].as_i64().expect("a position")),
+                );
+                let info = &page["auditLog"]["pageInfo"];
+                if info["hasNextPage"] != true {
+                    return shown;
+                }
+                after = info["endCursor"].clone();
+            }
+        }
+    };
+    let expected = |from: i64, to: i64, tenant: Option<&str>| {
+        let (pool, tenant) = (&app.pool, tenant.map(str::to_owned));
+        let (from, to) = (
+            base + chrono::Duration::minutes(from),
+            base + chrono::Duration::minutes(to),
+        );
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT global_position FROM rm_audit_log WHERE workspace_id = 'acme' \
+                 AND recorded_at >= $1 AND recorded_at < $2 AND ($3::text IS NULL OR tenant_key = $3) \
+                 ORDER BY global_position DESC",
+            )
+            .bind(from)
+            .bind(to)
+            .bind(tenant)
+            .fetch_all(pool)
+            .await
+            .expect("the expected rows")
+        }
+    };
+
+    // A narrow window, read by itself: the late row is its newest.
+    let narrow = listed(json!({"recordedAfter": minute(50), "recordedBefore": minute(150)})).await;
+    assert_eq!(narrow, expected(50, 150, None).await);
+    assert_eq!(
+        narrow.len(),
+        76,
+        "75 of the 100 minutes are acme's, and the late row"
+    );
+    assert_eq!(narrow[0], 10030000);
+    // The same window for one tenant.
+    let tenant = listed(json!({
+        "recordedAfter": minute(50), "recordedBefore": minute(150), "tenantId": "tenant-1"
+    }))
+    .await;
+    assert_eq!(tenant, expected(50, 150, Some("tenant-1")).await);
+    assert!(tenant.contains(&10030000) && tenant.len() < narrow.len());
+    // A window of 20,000 minutes holds more rows than are read by themselves (10,000): it
+    // is read in the page's order, with the same answer.
+    let wide = listed(json!({"recordedAfter": minute(0), "recordedBefore": minute(20000)})).await;
+    assert!(wide.len() > 10_000, "{}", wide.len());
+    assert_eq!(wide, expected(0, 20000, None).await);
+    // An empty window, and the other workspace's rows never.
+    assert!(
+        listed(json!({"recordedAfter": minute(30000), "recordedBefore": minute(40000)}))
+            .await
+            .is_empty()
+    );
+    app.stop().await;
+}
