@@ -93,6 +93,21 @@ pub enum BenchCommand {
         #[arg(long, default_value = "bench-runs.json")]
         json: PathBuf,
     },
+    /// The audit log of a workspace that kept years of events: each filter an auditor has
+    /// (tenant, actor, action, a time window) asked for over HTTP through GraphQL, at one
+    /// client, its p50 and p99. The rows are written into the audit log directly, in a
+    /// scratch database.
+    Audit {
+        /// Rows in the audit log (nine in ten in the bench's workspace).
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: usize,
+        /// Requests per page.
+        #[arg(long, default_value_t = 100)]
+        requests: usize,
+        /// Where to write the JSON results.
+        #[arg(long, default_value = "bench-audit.json")]
+        json: PathBuf,
+    },
     /// Every read model rebuilt from a generated log (a template history made through the
     /// use cases, copied into many workspaces), against an ordered raw read of the same
     /// rows, in a scratch database.
@@ -312,6 +327,11 @@ pub async fn run(config: Config, command: BenchCommand) -> anyhow::Result<()> {
             requests,
             json,
         } => crate::bench_runs::run(config, runs.max(1), requests.max(1), json).await,
+        BenchCommand::Audit {
+            rows,
+            requests,
+            json,
+        } => crate::bench_audit::run(config, rows.max(1), requests.max(1), json).await,
         BenchCommand::Catchup { events, json } => {
             crate::bench_catchup::run(config, events.max(1), json).await
         }
@@ -368,6 +388,7 @@ async fn all(config: Config, dir: PathBuf) -> anyhow::Result<()> {
     crate::bench_catchup::run(config.clone(), 1_000_000, file("catchup")).await?;
     crate::bench_graphql::run(config.clone(), 200, 5000, file("graphql")).await?;
     crate::bench_runs::run(config.clone(), 1_000_000, 200, file("runs")).await?;
+    crate::bench_audit::run(config.clone(), 1_000_000, 100, file("audit")).await?;
     crate::bench_idle::run(Duration::from_secs(5), file("idle")).await?;
     crate::bench_mail::run(config.clone(), 2000, 8, file("mail")).await?;
 
@@ -481,6 +502,17 @@ async fn all(config: Config, dir: PathBuf) -> anyhow::Result<()> {
             number(&page["graphql"]["p99_ms"]),
             number(&r["target_p99_ms"]),
         ));
+    }
+    let a = read("audit")?;
+    for page in a["pages"].as_array().cloned().unwrap_or_default() {
+        if page["targeted"] == true {
+            figures.push(below(
+                "audit",
+                &format!("{} p99 ms", page["page"].as_str().unwrap_or("?")),
+                number(&page["graphql"]["p99_ms"]),
+                number(&a["target_p99_ms"]),
+            ));
+        }
     }
     let idle = read("idle")?;
     figures.push(below(

@@ -3,6 +3,7 @@
 mod architecture;
 mod archive;
 mod bench;
+mod bench_audit;
 mod bench_catchup;
 mod bench_contacts;
 mod bench_graphql;

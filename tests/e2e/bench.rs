@@ -204,3 +204,73 @@ async fn bench_runs_reports_every_filter_of_the_run_list_over_a_long_history() {
         "{r}"
     );
 }
+
+#[tokio::test]
+async fn bench_audit_reports_every_filter_of_the_audit_log_over_a_long_history() {
+    let _alone = crate::common::alone().await;
+    let db = testkit::TestDb::new().await;
+    let (ok, log, r) = crate::common::run_reporting(
+        &db,
+        &["bench", "audit", "--rows", "5000", "--requests", "10"],
+    )
+    .await;
+    assert!(ok, "the bench failed:\n{log}");
+    let r = r.expect("the JSON report");
+    // Nine in ten rows are the bench workspace's.
+    assert_eq!(
+        (r["rows"].as_u64(), r["workspace_rows"].as_u64()),
+        (Some(5000), Some(4500)),
+        "{r}"
+    );
+    let pages: Vec<(&str, u64, bool)> = r["pages"]
+        .as_array()
+        .expect("pages")
+        .iter()
+        .map(|p| {
+            assert_eq!(p["graphql"]["operations"], 10, "{p}");
+            assert!(p["graphql"]["p99_ms"].as_f64().unwrap() > 0.0, "{p}");
+            (
+                p["page"].as_str().unwrap(),
+                p["rows"].as_u64().unwrap(),
+                p["targeted"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    // The bench checked every answer against a count in SQL. The fixed ones: a page of the
+    // workspace's rows; the one person's ten rows less the one in the other workspace; the
+    // operator's 14; no connection disabled in 5,000 rows; the tenant's five.
+    let fixed: Vec<_> = pages.iter().take(5).copied().collect();
+    assert_eq!(
+        fixed,
+        [
+            ("newest", 50, true),
+            ("one person's actions", 9, true),
+            ("a frequent actor", 14, true),
+            ("a rare action", 0, true),
+            ("one tenant", 5, true),
+        ],
+        "{r}"
+    );
+    // The windows: a row every five hours or so, nine in ten the workspace's.
+    let windows: Vec<_> = pages.iter().skip(5).map(|(p, _, t)| (*p, *t)).collect();
+    assert_eq!(
+        windows,
+        [
+            ("a day, 1.5 years back", true),
+            ("three days, 2 years back", true),
+            ("a tenant's day", true),
+            ("a month, 1.5 years back", false),
+            ("before 2 years back", false),
+        ],
+        "{r}"
+    );
+    for (page, rows, _) in &pages[5..] {
+        let expected = match *page {
+            "a tenant's day" => 0..=1,
+            "a day, 1.5 years back" => 3..=5,
+            "three days, 2 years back" => 11..=13,
+            _ => 50..=50,
+        };
+        assert!(expected.contains(rows), "{page}: {rows} rows: {r}");
+    }
+}
