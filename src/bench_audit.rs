@@ -14,8 +14,8 @@ use sqlx::PgPool;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use crate::bench::{measure, PhaseResult};
-use crate::bench_graphql::{data, Edges, Served, WORKSPACE};
+use crate::bench::PhaseResult;
+use crate::bench_graphql::{measure_page, Edges, Served, WORKSPACE};
 use crate::config::Config;
 use crate::serve::Database;
 
@@ -206,29 +206,18 @@ async fn measure_on(
         .fetch_one(pool)
         .await?;
         let rows = counted.min(50) as usize;
-        let body = axum::body::Bytes::from(
-            serde_json::json!({ "query": AUDIT_PAGE, "variables": { "f": f.filter } }).to_string(),
-        );
-        let connections = served.connections.clone();
-        let page = f.page;
-        let request = move |_: usize| {
-            let (connections, body) = (connections.clone(), body.clone());
-            async move {
-                let (status, answer) = connections.post(body).await?;
-                let found = data::<AuditData>(&answer).map(|d| d.audit_log.edges.len());
-                anyhow::ensure!(
-                    status == hyper::StatusCode::OK && found == Some(rows),
-                    "{page}: {rows} rows expected, the answer ({status}): {}",
-                    String::from_utf8_lossy(&answer[..answer.len().min(500)])
-                );
-                Ok(())
-            }
-        };
-        // Warm-up: a connection opened, the statement prepared.
-        measure(5, 1, request.clone()).await?;
-        let graphql = measure(requests, 1, request).await?;
+        let graphql = measure_page(
+            &served,
+            f.page,
+            AUDIT_PAGE,
+            &f.filter,
+            rows,
+            (5, requests),
+            |d: AuditData| d.audit_log.edges.len(),
+        )
+        .await?;
         pages.push(PageAt {
-            page,
+            page: f.page,
             filter: f.filter,
             rows,
             targeted: f.targeted,

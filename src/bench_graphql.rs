@@ -315,6 +315,39 @@ pub(crate) fn data<D: serde::de::DeserializeOwned>(answer: &[u8]) -> Option<D> {
     answer.errors.is_none().then_some(answer.data).flatten()
 }
 
+/// One filtered page at one client: `warm_up` requests (a connection opened, the statement
+/// prepared), then `requests` timed. Every answer must be `200 OK` with `rows` rows, as
+/// `found` counts them in its `data`.
+pub(crate) async fn measure_page<D: serde::de::DeserializeOwned + 'static>(
+    served: &Served,
+    page: &'static str,
+    query: &str,
+    filter: &serde_json::Value,
+    rows: usize,
+    (warm_up, requests): (usize, usize),
+    found: fn(D) -> usize,
+) -> anyhow::Result<PhaseResult> {
+    let body = Bytes::from(
+        serde_json::json!({ "query": query, "variables": { "f": filter } }).to_string(),
+    );
+    let connections = served.connections.clone();
+    let request = move |_: usize| {
+        let (connections, body) = (connections.clone(), body.clone());
+        async move {
+            let (status, answer) = connections.post(body).await?;
+            let shown = data::<D>(&answer).map(found);
+            anyhow::ensure!(
+                status == hyper::StatusCode::OK && shown == Some(rows),
+                "{page}: {rows} rows expected, the answer ({status}): {}",
+                String::from_utf8_lossy(&answer[..answer.len().min(500)])
+            );
+            Ok(())
+        }
+    };
+    measure(warm_up, 1, request.clone()).await?;
+    measure(requests, 1, request).await
+}
+
 #[derive(Deserialize)]
 pub(crate) struct Edges {
     pub edges: Vec<IgnoredAny>,

@@ -15,8 +15,8 @@ use sqlx::{PgPool, Row};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use crate::bench::{measure, PhaseResult};
-use crate::bench_graphql::{data, RunsData, Served, WORKSPACE};
+use crate::bench::PhaseResult;
+use crate::bench_graphql::{measure_page, RunsData, Served, WORKSPACE};
 use crate::config::Config;
 use crate::serve::Database;
 
@@ -263,27 +263,16 @@ async fn measure_on(
         .fetch_one(pool)
         .await?;
         let rows = counted.min(20) as usize;
-        let body = axum::body::Bytes::from(
-            serde_json::json!({ "query": RUNS_PAGE, "variables": { "f": f.filter } }).to_string(),
-        );
-        let connections = served.connections.clone();
-        let page = f.page;
-        let request = move |_: usize| {
-            let (connections, body) = (connections.clone(), body.clone());
-            async move {
-                let (status, answer) = connections.post(body).await?;
-                let found = data::<RunsData>(&answer).map(|d| d.runs.edges.len());
-                anyhow::ensure!(
-                    status == hyper::StatusCode::OK && found == Some(rows),
-                    "{page}: {rows} runs expected, the answer ({status}): {}",
-                    String::from_utf8_lossy(&answer[..answer.len().min(500)])
-                );
-                Ok(())
-            }
-        };
-        // Warm-up: a connection opened, the statement prepared.
-        measure(20, 1, request.clone()).await?;
-        let graphql = measure(requests, 1, request).await?;
+        let graphql = measure_page(
+            &served,
+            f.page,
+            RUNS_PAGE,
+            &f.filter,
+            rows,
+            (20, requests),
+            |d: RunsData| d.runs.edges.len(),
+        )
+        .await?;
         let mut tx = store::db::workspace_reader(pool, WORKSPACE).await?;
         let explained: serde_json::Value = f
             .list
@@ -294,7 +283,7 @@ async fn measure_on(
             .try_get(0)?;
         tx.rollback().await?;
         pages.push(PageAt {
-            page,
+            page: f.page,
             filter: f.filter,
             rows,
             rows_read: rows_read(&explained[0]["Plan"]),
