@@ -1197,12 +1197,11 @@ impl ContactQuery {
         if let Some(s) = status {
             q.push(" AND status = ").push_bind(spelling(s));
         }
-        if let (Some(at), Some(id)) = (page.key_str(0)?, page.key_str(1)?) {
-            let at: DateTime<Utc> = at.parse().map_err(|_| invalid("invalid cursor"))?;
+        if let Some((at, id)) = page.time_and_id("reconciliation item")? {
             q.push(" AND (queued_at, item_id) > (")
                 .push_bind(at)
                 .push(", ")
-                .push_bind(parse_uuid(&id, "reconciliation item")?)
+                .push_bind(id)
                 .push(")");
         }
         q.push(" ORDER BY queued_at, item_id LIMIT ")

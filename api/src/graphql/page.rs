@@ -43,6 +43,19 @@ impl PageRequest {
         }
     }
 
+    /// The `after` cursor of a list ordered by a time and then an id: both keys, the id
+    /// named `what` in the error when it is not one.
+    pub fn time_and_id(
+        &self,
+        what: &str,
+    ) -> async_graphql::Result<Option<(chrono::DateTime<chrono::Utc>, uuid::Uuid)>> {
+        let (Some(at), Some(id)) = (self.key_str(0)?, self.key_str(1)?) else {
+            return Ok(None);
+        };
+        let at = at.parse().map_err(|_| invalid("invalid cursor"))?;
+        Ok(Some((at, super::query::parse_uuid(&id, what)?)))
+    }
+
     /// The `i`-th key of the `after` cursor as an integer.
     pub fn key_i64(&self, i: usize) -> async_graphql::Result<Option<i64>> {
         match &self.after {

@@ -315,12 +315,11 @@ impl CoreQuery {
         if let Some(t) = tenant_id {
             q.push(" AND tenant_key = ").push_bind(t);
         }
-        if let (Some(at), Some(id)) = (page.key_str(0)?, page.key_str(1)?) {
-            let at: DateTime<Utc> = at.parse().map_err(|_| invalid("invalid cursor"))?;
+        if let Some((at, id)) = page.time_and_id("connection")? {
             q.push(" AND (created_at, connection_id) > (")
                 .push_bind(at)
                 .push(", ")
-                .push_bind(parse_uuid(&id, "connection")?)
+                .push_bind(id)
                 .push(")");
         }
         q.push(" ORDER BY created_at, connection_id LIMIT ")
@@ -574,12 +573,11 @@ impl CoreQuery {
             .push(" AND tenant_key = ")
             .push_bind(tenant_id);
         taken.unwrap_or_default().push(&mut q, "taken_at");
-        if let (Some(at), Some(id)) = (page.key_str(0)?, page.key_str(1)?) {
-            let at: DateTime<Utc> = at.parse().map_err(|_| invalid("invalid cursor"))?;
+        if let Some((at, id)) = page.time_and_id("snapshot")? {
             q.push(" AND (taken_at, snapshot_id) < (")
                 .push_bind(at)
                 .push(", ")
-                .push_bind(parse_uuid(&id, "snapshot")?)
+                .push_bind(id)
                 .push(")");
         }
         q.push(" ORDER BY taken_at DESC, snapshot_id DESC LIMIT ")

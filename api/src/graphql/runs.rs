@@ -19,9 +19,7 @@ use domain::run::{RunOutcome, RunStatus};
 use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use super::errors::invalid;
 use super::page::PageRequest;
-use super::query::parse_uuid;
 use super::types::{RUN_COLUMNS, RUN_STATUS};
 
 /// Which runs a page lists, newest first, every filter already checked. Public for
@@ -56,7 +54,7 @@ impl RunList {
     pub(crate) fn page(workspace: &str, page: &PageRequest) -> async_graphql::Result<Self> {
         Ok(Self {
             workspace: workspace.to_owned(),
-            after: after(page)?,
+            after: page.time_and_id("run")?,
             limit: page.limit(),
             ..Self::default()
         })
@@ -149,15 +147,6 @@ impl RunList {
         q.push(" ORDER BY queued_at DESC, run_id DESC LIMIT ")
             .push_bind(self.limit);
     }
-}
-
-/// The run list's cursor: the queue time and id of the last run shown.
-fn after(page: &PageRequest) -> async_graphql::Result<Option<(DateTime<Utc>, Uuid)>> {
-    let (Some(at), Some(id)) = (page.key_str(0)?, page.key_str(1)?) else {
-        return Ok(None);
-    };
-    let at = at.parse().map_err(|_| invalid("invalid cursor"))?;
-    Ok(Some((at, parse_uuid(&id, "run")?)))
 }
 
 /// `these`, each once, less what `kept` (if any) leaves out. A client may name a value many
