@@ -224,6 +224,15 @@ impl Served {
         })
     }
 
+    /// [`Served::start`] with a bus and a vault of its own, for a bench whose fixture is
+    /// written in SQL.
+    pub(crate) async fn start_on(config: &Config, pool: &PgPool) -> anyhow::Result<Self> {
+        let metrics = store::Metrics::new();
+        let bus = store::CommandBus::new(pool.clone(), domain::Services::system(), metrics.clone());
+        let vault = crate::serve::open_vault(config)?;
+        Self::start(pool, bus, metrics, vault).await
+    }
+
     pub(crate) async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
         self.server

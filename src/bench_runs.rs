@@ -249,10 +249,7 @@ async fn measure_on(
         })
         .collect();
 
-    let metrics = store::Metrics::new();
-    let bus = store::CommandBus::new(pool.clone(), domain::Services::system(), metrics.clone());
-    let vault = crate::serve::open_vault(config)?;
-    let served = Served::start(pool, bus, metrics, vault).await?;
+    let served = Served::start_on(config, pool).await?;
     let mut pages = Vec::new();
     for f in filters()? {
         let counted: i64 = sqlx::query_scalar(&format!(
