@@ -447,6 +447,14 @@ async fn all(config: Config, dir: PathBuf) -> anyhow::Result<()> {
                 number(&r["floor_ratio"]),
                 number(&r["target_ratio"]),
             ));
+            // And for the floor with R7's lease: whether an engine that cost nothing beyond
+            // those writes and the least claim R7.1 and R7.2 allow could hold it.
+            figures.push(at_least(
+                name,
+                "leased floor ratio (bound)",
+                number(&r["leased_floor_ratio"]),
+                number(&r["target_ratio"]),
+            ));
         }
     }
     let c = read("catchup")?;

@@ -2,7 +2,7 @@
 //! bare loop doing the same Graph reads (token, every policy page, subscribed SKUs) and one
 //! insert per tenant, and a floor loop doing the same reads and writing a run's share of
 //! the events the workflow wrote (so the report splits a run's cost into the log's and the
-//! engine's).
+//! engine's), and a leased floor loop: the floor with the lease R7 asks of any engine.
 
 use domain::connection::ConnectionCommand;
 use domain::{EntraTenantId, Provider, Role, TenantKey};
@@ -59,6 +59,19 @@ struct ResyncReport {
     /// workflow / floor loop: the engine's own cost (claims and leases, scope locks, the
     /// task feed, snapshots, decisions) on top of the log's.
     engine_ratio: f64,
+    /// The floor loop with the least that R7.1 and R7.2 ask of any engine around it: each
+    /// tenant's task (queued before the phase, untimed) leased by its id in a statement of
+    /// its own, committed before the Graph reads, and freed by the statement that writes
+    /// the run's events. No engine's claim can cost less: it must find its task, not be
+    /// handed the id, and fence its write with the lease.
+    leased_floor_loop: PhaseResult,
+    leased_floor_loop_cpu: CpuPerOp,
+    leased_floor_sealer: crate::bench::SealerLag,
+    /// leased floor loop / bare loop: the most an engine that writes those events and keeps
+    /// R7's lease could reach.
+    leased_floor_ratio: f64,
+    /// workflow / leased floor loop: what the engine costs beyond that least.
+    engine_beyond_lease_ratio: f64,
 }
 
 /// The fleet and the log a resync bench runs on.
@@ -88,7 +101,7 @@ pub async fn run(config: Config, shape: Shape, json: PathBuf) -> anyhow::Result<
         tenants,
         concurrency,
         partitions = report.partitions,
-        "workflow: {:.1} resyncs/s ({:.1} s, of which starting the runs {:.1} s; {:.2} claims per run, {:.2} empty; CPU per run {:.2} ms here, {:.2} ms machine); bare loop: {:.1} tenants/s (CPU {:.2} ms here, {:.2} ms machine); ratio {:.2} (target >= {:.1}); floor loop ({:.1} events, {:.0} bytes a run): {:.1} tenants/s (CPU {:.2} ms here, {:.2} ms machine), floor ÷ bare {:.2}, workflow ÷ floor {:.2}",
+        "workflow: {:.1} resyncs/s ({:.1} s, of which starting the runs {:.1} s; {:.2} claims per run, {:.2} empty; CPU per run {:.2} ms here, {:.2} ms machine); bare loop: {:.1} tenants/s (CPU {:.2} ms here, {:.2} ms machine); ratio {:.2} (target >= {:.1}); floor loop ({:.1} events, {:.0} bytes a run): {:.1} tenants/s (CPU {:.2} ms here, {:.2} ms machine), floor ÷ bare {:.2}, workflow ÷ floor {:.2}; leased floor loop: {:.1} tenants/s (CPU {:.2} ms here, {:.2} ms machine), leased floor ÷ bare {:.2}, workflow ÷ leased floor {:.2}",
         report.workflow_resyncs_per_second,
         report.workflow_seconds,
         report.starts_seconds,
@@ -108,6 +121,11 @@ pub async fn run(config: Config, shape: Shape, json: PathBuf) -> anyhow::Result<
         report.floor_loop_cpu.machine_ms,
         report.floor_ratio,
         report.engine_ratio,
+        report.leased_floor_loop.per_second,
+        report.leased_floor_loop_cpu.process_ms,
+        report.leased_floor_loop_cpu.machine_ms,
+        report.leased_floor_ratio,
+        report.engine_beyond_lease_ratio,
     );
     crate::bench::publish(&report, &json)
 }
@@ -303,14 +321,37 @@ async fn resync(
     let event_bytes_per_run = written.bytes as f64 / keys.len() as f64;
     let floor_client: Arc<dyn GraphApi> =
         Arc::new(graph::GraphClient::new(sim.graph_config()).map_err(|e| anyhow::anyhow!("{e}"))?);
+    let written = Arc::new(written);
     let sealer = crate::bench::Sealer::start(pool).await?;
     let cpu = CpuReading::now();
-    let floor_loop = floor(&bus, floor_client, fleet, Arc::new(written), concurrency).await?;
+    let floor_loop = floor(
+        &bus,
+        floor_client.clone(),
+        fleet.clone(),
+        written.clone(),
+        None,
+        concurrency,
+    )
+    .await?;
     let floor_loop_cpu = cpu.per_op(keys.len());
     let floor_sealer = sealer.finish().await?;
+
+    let tasks = Arc::new(queue_leased_floor(pool, keys.len()).await?);
+    let sealer = crate::bench::Sealer::start(pool).await?;
+    let cpu = CpuReading::now();
+    let leased_floor_loop =
+        floor(&bus, floor_client, fleet, written, Some(tasks), concurrency).await?;
+    let leased_floor_loop_cpu = cpu.per_op(keys.len());
+    let leased_floor_sealer = sealer.finish().await?;
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM workflow_tasks WHERE run_type = $1")
+        .bind(LEASED_FLOOR_TASK)
+        .fetch_one(pool)
+        .await?;
+    anyhow::ensure!(left == 0, "the leased floor left {left} tasks");
     sim.shutdown().await;
     let per_second = keys.len() as f64 / workflow_seconds;
     let floor_ratio = floor_loop.per_second / bare_loop.per_second;
+    let leased_floor_ratio = leased_floor_loop.per_second / bare_loop.per_second;
     Ok(ResyncReport {
         benchmark: "resync",
         tenants: keys.len(),
@@ -333,6 +374,11 @@ async fn resync(
         floor_loop,
         floor_loop_cpu,
         floor_sealer,
+        leased_floor_ratio,
+        engine_beyond_lease_ratio: per_second / leased_floor_loop.per_second,
+        leased_floor_loop,
+        leased_floor_loop_cpu,
+        leased_floor_sealer,
     })
 }
 
@@ -368,8 +414,8 @@ struct Written {
 }
 
 impl Written {
-    /// Every event after `position`, with stream ids that are not the workflow's (so a
-    /// copy takes no sequence the workflow took).
+    /// Every event after `position`, with the stream ids the workflow wrote them under (a
+    /// copy renames them, [`Self::renamed`], so that it takes no sequence the workflow took).
     async fn since(pool: &sqlx::PgPool, position: i64) -> anyhow::Result<Self> {
         type Row = (
             String,
@@ -382,7 +428,7 @@ impl Written {
             i64,
         );
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT aggregate_type, 'floor:' || aggregate_id, sequence, event_type, event_version, payload, metadata, \
+            "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, \
                     (octet_length(payload::text) + octet_length(metadata::text))::bigint \
              FROM events WHERE global_position > $1 ORDER BY global_position",
         )
@@ -406,38 +452,113 @@ impl Written {
     fn len(&self) -> usize {
         self.sequences.len()
     }
+
+    /// The stream ids under `prefix`.
+    fn renamed(&self, prefix: &str) -> Vec<String> {
+        self.aggregate_ids
+            .iter()
+            .map(|id| format!("{prefix}{id}"))
+            .collect()
+    }
+}
+
+/// The run type of the leased floor's tasks (no engine runs one: the engines are stopped
+/// before the loops, and none knows the type).
+const LEASED_FLOOR_TASK: &str = "bench.leased_floor";
+/// The leased floor's lease owner, as an engine names itself on the tasks it leases.
+const LEASE_OWNER: &str = "bench-leased-floor";
+
+/// Queues the leased floor's tasks, one per tenant, due now, as the task feed queues a
+/// fleet start's runs; returns their ids in fleet order.
+async fn queue_leased_floor(
+    pool: &sqlx::PgPool,
+    tenants: usize,
+) -> anyhow::Result<Vec<uuid::Uuid>> {
+    let ids: Vec<uuid::Uuid> = (0..tenants).map(|_| uuid::Uuid::now_v7()).collect();
+    sqlx::query(
+        "INSERT INTO workflow_tasks (run_id, workspace_id, run_type, due_at) \
+         SELECT id, 'bench', $2, now() FROM UNNEST($1::uuid[]) AS t(id)",
+    )
+    .bind(&ids)
+    .bind(LEASED_FLOOR_TASK)
+    .execute(pool)
+    .await?;
+    Ok(ids)
 }
 
 /// The floor loop: for each tenant the bare loop's reads, then its share of `written` (the
 /// `i`-th of `fleet.len()` equal slices in log order, so each tenant writes a run's worth)
-/// in one statement, its own transaction, as an engine's settle is.
+/// in one statement, its own transaction, as an engine's settle is. With `tasks`, the
+/// leased floor: before its reads each tenant leases its task (by id, committed), and the
+/// statement that writes its events deletes the task under that lease.
 async fn floor(
     bus: &CommandBus,
     client: Arc<dyn GraphApi>,
     fleet: Arc<Vec<graph::sim::SimTenant>>,
     written: Arc<Written>,
+    tasks: Option<Arc<Vec<uuid::Uuid>>>,
     concurrency: usize,
 ) -> anyhow::Result<crate::bench::PhaseResult> {
     let bus = bus.clone();
+    let prefix = if tasks.is_some() { "leased:" } else { "floor:" };
+    let ids = Arc::new(written.renamed(prefix));
+    let insert: Arc<str> = match tasks {
+        // The lease is checked where the write happens: the events go in only with the
+        // task's row, deleted under the lease this loop took.
+        Some(_) => format!(
+            "WITH freed AS (DELETE FROM workflow_tasks WHERE run_id = $8 AND lease_owner = $9 RETURNING run_id) {}",
+            store::bus::INSERT_EVENT_ROWS.replace(" ORDER BY n", " WHERE EXISTS (SELECT 1 FROM freed) ORDER BY n")
+        )
+        .into(),
+        None => store::bus::INSERT_EVENT_ROWS.into(),
+    };
     measure(fleet.len(), concurrency, move |i| {
-        let (client, fleet, written, bus) =
-            (client.clone(), fleet.clone(), written.clone(), bus.clone());
+        let (client, fleet, written, ids, tasks, insert, bus) = (
+            client.clone(),
+            fleet.clone(),
+            written.clone(),
+            ids.clone(),
+            tasks.clone(),
+            insert.clone(),
+            bus.clone(),
+        );
         async move {
+            if let Some(tasks) = &tasks {
+                let leased = sqlx::query(
+                    "UPDATE workflow_tasks \
+                     SET lease_owner = $2, lease_until = now() + interval '30 seconds', \
+                         claims = claims + 1, updated_at = now() \
+                     WHERE run_id = $1 AND due_at <= now() \
+                       AND (lease_until IS NULL OR lease_until < now())",
+                )
+                .bind(tasks[i])
+                .bind(LEASE_OWNER)
+                .execute(bus.pool())
+                .await?;
+                anyhow::ensure!(leased.rows_affected() == 1, "task {i} was not leased");
+            }
             graph_reads(client.as_ref(), &fleet[i]).await?;
             let slice = written.len() * i / fleet.len()..written.len() * (i + 1) / fleet.len();
             if slice.is_empty() {
                 return Ok(());
             }
-            sqlx::query(store::bus::INSERT_EVENT_ROWS)
+            let query = sqlx::query(&insert)
                 .bind(&written.aggregate_types[slice.clone()])
-                .bind(&written.aggregate_ids[slice.clone()])
+                .bind(&ids[slice.clone()])
                 .bind(&written.sequences[slice.clone()])
                 .bind(&written.event_types[slice.clone()])
                 .bind(&written.event_versions[slice.clone()])
                 .bind(&written.payloads[slice.clone()])
-                .bind(&written.metadata[slice])
-                .execute(bus.pool())
-                .await?;
+                .bind(&written.metadata[slice.clone()]);
+            let query = match &tasks {
+                Some(tasks) => query.bind(tasks[i]).bind(LEASE_OWNER),
+                None => query,
+            };
+            let inserted = query.execute(bus.pool()).await?;
+            anyhow::ensure!(
+                inserted.rows_affected() == slice.len() as u64,
+                "tenant {i}'s events were not all written"
+            );
             bus.announce_appends();
             Ok(())
         }

@@ -1,6 +1,7 @@
 //! `tenantflow bench resync` on a small fleet: the bench runs on a clean checkout, and its
 //! report is consistent with what the workflow wrote (the floor loop copies exactly the
-//! events the runs left, a first resync's five each, and the sealer seals them all).
+//! events the runs left, a first resync's five each, and the sealer seals them all; the
+//! leased floor does too, leasing and freeing a task per tenant).
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_resync_reports_the_workflow_the_bare_loop_and_the_floor_of_the_same_fleet() {
@@ -14,7 +15,7 @@ async fn bench_resync_reports_the_workflow_the_bare_loop_and_the_floor_of_the_sa
     // A first resync writes five events (docs/SCALING.md); the floor loop wrote them again.
     assert_eq!(r["events_per_run"], 5.0, "{r}");
     assert!(r["event_bytes_per_run"].as_f64().unwrap() > 1_000.0, "{r}");
-    for phase in ["bare_loop", "floor_loop"] {
+    for phase in ["bare_loop", "floor_loop", "leased_floor_loop"] {
         assert_eq!(r[phase]["operations"], 12, "{phase}: {r}");
         assert!(
             r[phase]["per_second"].as_f64().unwrap() > 0.0,
@@ -32,6 +33,17 @@ async fn bench_resync_reports_the_workflow_the_bare_loop_and_the_floor_of_the_sa
             < 1e-9,
         "{r}"
     );
+    assert!(
+        (ratio("leased_floor_ratio") - rate("leased_floor_loop") / rate("bare_loop")).abs() < 1e-9,
+        "{r}"
+    );
+    assert!(
+        (ratio("engine_beyond_lease_ratio")
+            - ratio("workflow_resyncs_per_second") / rate("leased_floor_loop"))
+        .abs()
+            < 1e-9,
+        "{r}"
+    );
 
     // The scratch database stays until the next bench: the floor's rows are the workflow's
     // phase again, row for row, and the sealer sealed every event.
@@ -39,19 +51,34 @@ async fn bench_resync_reports_the_workflow_the_bare_loop_and_the_floor_of_the_sa
     let pool = store::connect(options.database("tenantflow_bench"), 2)
         .await
         .unwrap();
-    let (floor, copies, events, seals): (i64, i64, i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM events WHERE aggregate_id LIKE 'floor:%'), \
-                (SELECT count(*) FROM events f JOIN events o \
-                   ON f.aggregate_id = 'floor:' || o.aggregate_id AND f.aggregate_type = o.aggregate_type \
-                  AND f.sequence = o.sequence AND f.event_type = o.event_type \
-                  AND f.payload = o.payload AND f.metadata = o.metadata), \
-                (SELECT count(*) FROM events), (SELECT count(*) FROM audit_seals)",
+    let copies = |prefix: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as::<_, (i64, i64)>(
+                "SELECT (SELECT count(*) FROM events WHERE aggregate_id LIKE $1 || '%'), \
+                        (SELECT count(*) FROM events f JOIN events o \
+                           ON f.aggregate_id = $1 || o.aggregate_id AND f.aggregate_type = o.aggregate_type \
+                          AND f.sequence = o.sequence AND f.event_type = o.event_type \
+                          AND f.payload = o.payload AND f.metadata = o.metadata)",
+            )
+            .bind(prefix)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(copies("floor:").await, (60, 60), "{r}");
+    assert_eq!(copies("leased:").await, (60, 60), "{r}");
+    let (events, seals, tasks): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM audit_seals), \
+                (SELECT count(*) FROM workflow_tasks)",
     )
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert_eq!((floor, copies), (60, 60), "{r}");
     assert_eq!(events, seals, "every event sealed");
+    // Each leased task was freed by the write it fenced.
+    assert_eq!(tasks, 0, "{r}");
     pool.close().await;
 }
 
