@@ -502,6 +502,20 @@ async fn all(config: Config, dir: PathBuf) -> anyhow::Result<()> {
             ));
         }
     }
+    // The same target for the list pages served with no GraphQL (the JSON floor): whether
+    // a GraphQL layer that cost nothing could hold it.
+    for floor in g["json_floor"].as_array().cloned().unwrap_or_default() {
+        figures.push(at_least(
+            "graphql",
+            &format!(
+                "{} JSON floor ratio at {} (bound)",
+                floor["page"].as_str().unwrap_or("?"),
+                floor["concurrency"]
+            ),
+            number(&floor["ratio_to_page_sql"]),
+            number(&g["target_ratio"]),
+        ));
+    }
     let r = read("runs")?;
     for page in r["pages"].as_array().cloned().unwrap_or_default() {
         figures.push(below(

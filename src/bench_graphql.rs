@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::bench::{measure, CpuPerOp, CpuReading, PhaseResult};
+use crate::bench_graphql_floor::{JsonFloor, ListPage};
 use crate::config::Config;
 use crate::serve::Database;
 
@@ -98,6 +99,20 @@ struct WithoutFieldsAt {
     ratio_to_page_sql: f64,
 }
 
+/// A list page served by the JSON floor (`bench_graphql_floor`): HTTP, the token, the
+/// page's SQL in the confined snapshot and the same answer written by `serde`, no GraphQL.
+#[derive(Debug, Serialize)]
+struct JsonFloorAt {
+    /// `tenants` or `runs`.
+    page: &'static str,
+    concurrency: usize,
+    http: PhaseResult,
+    http_cpu: CpuPerOp,
+    /// http.per_second / the page's SQL per second at this concurrency: the most any
+    /// GraphQL service could bring the page to in this harness.
+    ratio_to_page_sql: f64,
+}
+
 #[derive(Debug, Serialize)]
 struct GraphqlReport {
     benchmark: &'static str,
@@ -109,6 +124,8 @@ struct GraphqlReport {
     /// The list pages' requests with none of their rows' fields, against each page's SQL:
     /// the most any change to how fields are resolved could bring those pages to.
     without_fields: Vec<WithoutFieldsAt>,
+    /// The list pages served with no GraphQL at all, against each page's SQL.
+    json_floor: Vec<JsonFloorAt>,
     target_ratio: f64,
     /// The p99 every page must stay under at 32 clients.
     target_p99_ms_at_32: f64,
@@ -158,6 +175,17 @@ pub async fn run(
             r.sql_cpu,
             r.ratio,
             report.target_ratio,
+        );
+    }
+    for f in &report.json_floor {
+        tracing::info!(
+            page = f.page,
+            concurrency = f.concurrency,
+            "the page without GraphQL (the JSON floor): {:.0}/s (p99 {:.2} ms; {}); ratio to the page's SQL {:.2}",
+            f.http.per_second,
+            f.http.p99_ms,
+            f.http_cpu,
+            f.ratio_to_page_sql,
         );
     }
     crate::bench::publish(&report, &json)
@@ -212,11 +240,7 @@ impl Served {
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .into_future(),
         );
-        let connections = Arc::new(Connections {
-            addr,
-            token,
-            idle: Default::default(),
-        });
+        let connections = Arc::new(Connections::new(addr, token));
         Ok(Self {
             connections,
             shutdown,
@@ -253,6 +277,14 @@ pub(crate) struct Connections {
 }
 
 impl Connections {
+    pub(crate) fn new(addr: std::net::SocketAddr, token: String) -> Self {
+        Self {
+            addr,
+            token,
+            idle: Default::default(),
+        }
+    }
+
     /// POSTs `body` to `/graphql`; the answer's status and body.
     pub(crate) async fn post(&self, body: Bytes) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
@@ -514,8 +546,8 @@ async fn measure_on(
         });
     }
     let mut runs = Vec::new();
-    for page in pages {
-        let graphql = over_http(&connections, &page);
+    for page in &pages {
+        let graphql = over_http(&connections, page);
         let name = page.name;
         let sql = {
             let pool = pool.clone();
@@ -595,6 +627,52 @@ async fn measure_on(
             });
         }
     }
+    let (tenants_sql, runs_sql, _) = page_sql();
+    let mut json_floor = Vec::new();
+    for (page, kind, sql) in [
+        (&pages[0], ListPage::Tenants, tenants_sql),
+        (&pages[1], ListPage::Runs, runs_sql),
+    ] {
+        let floor = JsonFloor::start(pool, kind, sql).await?;
+        // The floor answers what the service answers: the same JSON, field for field.
+        let body = Bytes::from(page.body.to_string());
+        let (_, ours) = connections.post(body.clone()).await?;
+        let (_, floors) = floor.connections.post(body).await?;
+        let (ours, floors): (serde_json::Value, serde_json::Value) = (
+            serde_json::from_slice(&ours)?,
+            serde_json::from_slice(&floors)?,
+        );
+        if ours != floors {
+            let first = |v: &serde_json::Value| v["data"][page.name]["edges"][0].to_string();
+            let info = |v: &serde_json::Value| v["data"][page.name]["pageInfo"].to_string();
+            anyhow::bail!(
+                "the JSON floor's {} page differs from the service's: its first row {} and page {} against {} and {}",
+                page.name,
+                first(&floors),
+                info(&floors),
+                first(&ours),
+                info(&ours)
+            );
+        }
+        for concurrency in [1, 32] {
+            let request = over_http(&floor.connections, page);
+            measure(200, concurrency, request.clone()).await?;
+            let cpu = CpuReading::now();
+            let http = measure(requests, concurrency, request).await?;
+            let page_sql = runs
+                .iter()
+                .find(|r| r.page == page.name && r.concurrency == concurrency)
+                .map_or(f64::NAN, |r| r.sql.per_second);
+            json_floor.push(JsonFloorAt {
+                page: page.name,
+                concurrency,
+                ratio_to_page_sql: http.per_second / page_sql,
+                http,
+                http_cpu: cpu.per_op(requests),
+            });
+        }
+        floor.stop().await?;
+    }
     served.stop().await?;
     Ok(GraphqlReport {
         benchmark: "graphql",
@@ -603,6 +681,7 @@ async fn measure_on(
         runs,
         floor,
         without_fields,
+        json_floor,
         target_ratio: 0.5,
         target_p99_ms_at_32: 10.0,
     })

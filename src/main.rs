@@ -7,6 +7,7 @@ mod bench_audit;
 mod bench_catchup;
 mod bench_contacts;
 mod bench_graphql;
+mod bench_graphql_floor;
 mod bench_idle;
 mod bench_mail;
 mod bench_resync;

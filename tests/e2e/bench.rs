@@ -84,9 +84,10 @@ async fn bench_resync_reports_the_workflow_the_bare_loop_and_the_floor_of_the_sa
 
 /// `tenantflow bench graphql` on a small workspace: every page answered through the
 /// service's HTTP path (its load generator checks each answer), at both concurrencies, with
-/// the floor, the list pages without their rows' fields, and the CPU each request cost.
+/// the floor, the list pages without their rows' fields and without GraphQL (the JSON floor),
+/// and the CPU each request cost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bench_graphql_reports_every_page_the_floor_and_the_list_pages_without_fields() {
+async fn bench_graphql_reports_every_page_the_floors_and_the_list_pages_without_fields() {
     let _alone = crate::common::alone().await;
     let db = testkit::TestDb::new().await;
     let (ok, log, r) = crate::common::run_reporting(
@@ -144,7 +145,34 @@ async fn bench_graphql_reports_every_page_the_floor_and_the_list_pages_without_f
         [("tenants", 1), ("tenants", 32), ("runs", 1), ("runs", 32)],
         "{r}"
     );
-    for row in r["without_fields"].as_array().unwrap() {
+    // The JSON floor (the same pages without GraphQL) likewise, each answer checked by the
+    // load generator as the service's are, and the first against the service's own.
+    let floor: Vec<(&str, u64)> = r["json_floor"]
+        .as_array()
+        .expect("json_floor")
+        .iter()
+        .map(|x| {
+            assert_eq!(x["http"]["operations"], 40, "{x}");
+            (
+                x["page"].as_str().unwrap(),
+                x["concurrency"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(floor, bare, "{r}");
+    let measured = r["without_fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| (row, "graphql"))
+        .chain(
+            r["json_floor"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|row| (row, "http")),
+        );
+    for (row, side) in measured {
         let concurrency = row["concurrency"].as_u64().unwrap();
         let sql = runs
             .iter()
@@ -152,7 +180,7 @@ async fn bench_graphql_reports_every_page_the_floor_and_the_list_pages_without_f
             .unwrap()["sql"]["per_second"]
             .as_f64()
             .unwrap();
-        let ratio = row["graphql"]["per_second"].as_f64().unwrap() / sql;
+        let ratio = row[side]["per_second"].as_f64().unwrap() / sql;
         assert!(
             (row["ratio_to_page_sql"].as_f64().unwrap() - ratio).abs() < 1e-9,
             "{row}"
