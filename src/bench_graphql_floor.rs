@@ -3,9 +3,10 @@
 //! (axum and hyper, keep-alive) and load generator, each request checks the caller's token,
 //! reads the page's SQL in the service's workspace-confined snapshot (R8.3), and writes the
 //! rows with `serde` straight into the answer GraphQL gives (the same fields, the same
-//! shape, the same end cursor). What it costs beyond the page's SQL is what HTTP, the token
-//! and the answer's JSON cost: the page at the target needs GraphQL's parse, validation and
-//! execution to fit in what that leaves.
+//! shape, the same end cursor). Nothing else: no request metrics, no security headers, no
+//! deadline. What it costs beyond the page's SQL is what HTTP, the token and the answer's
+//! JSON cost: the page at the target needs GraphQL's parse, validation and execution, and
+//! the service's own handling, to fit in what that leaves.
 
 use anyhow::Context;
 use axum::body::Bytes;
