@@ -515,6 +515,19 @@ async fn all(config: Config, dir: PathBuf) -> anyhow::Result<()> {
             number(&floor["ratio_to_page_sql"]),
             number(&g["target_ratio"]),
         ));
+        // And the p99's target: in a closed loop the p99 follows the rate, so a page served
+        // without GraphQL that misses it says no GraphQL layer could hold it.
+        if floor["concurrency"] == 32 {
+            figures.push(below(
+                "graphql",
+                &format!(
+                    "{} JSON floor p99 ms at 32 (bound)",
+                    floor["page"].as_str().unwrap_or("?")
+                ),
+                number(&floor["http"]["p99_ms"]),
+                number(&g["target_p99_ms_at_32"]),
+            ));
+        }
     }
     let r = read("runs")?;
     for page in r["pages"].as_array().cloned().unwrap_or_default() {
