@@ -9,6 +9,7 @@ mod cost;
 mod documents;
 mod enums;
 mod errors;
+mod fast;
 mod feed;
 mod introspection;
 mod mail;

@@ -345,7 +345,7 @@ impl CoreQuery {
         filter: Option<RunFilter>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<Cursor, RunNode>> {
+    ) -> async_graphql::Result<Connection<Cursor, super::fast::ListedRun>> {
         let page = PageRequest::parse(first, after)?;
         let f = filter.unwrap_or_default();
         // The domain's enums are the one list of what a run's status and outcome can be.
@@ -386,13 +386,19 @@ impl CoreQuery {
         }
         let mut q = list.query();
         let mut tx = reader(ctx).await?;
-        let rows: Vec<RunNode> = q
-            .build_query_as()
+        let rows: Vec<super::fast::ListedRun> = q
+            .build_query_as::<RunNode>()
             .fetch_all(&mut *tx)
             .await
-            .map_err(internal)?;
+            .map_err(internal)?
+            .into_iter()
+            .map(super::fast::ListedRun)
+            .collect();
         Ok(connection(&page, rows, |r| {
-            vec![r.queued_at.to_rfc3339().into(), r.run_id.to_string().into()]
+            vec![
+                r.0.queued_at.to_rfc3339().into(),
+                r.0.run_id.to_string().into(),
+            ]
         }))
     }
 
