@@ -239,7 +239,7 @@ impl CoreQuery {
         search: Option<String>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<Cursor, TenantNode>> {
+    ) -> async_graphql::Result<Connection<Cursor, super::fast::ListedTenant>> {
         let page = PageRequest::parse(first, after)?;
         let caller = caller(ctx)?;
         let mut q = QueryBuilder::<Postgres>::new(format!(
@@ -269,13 +269,19 @@ impl CoreQuery {
         q.push(" ORDER BY display_name, tenant_key LIMIT ")
             .push_bind(page.limit());
         let mut tx = reader(ctx).await?;
-        let rows: Vec<TenantNode> = q
-            .build_query_as()
+        let rows: Vec<super::fast::ListedTenant> = q
+            .build_query_as::<TenantNode>()
             .fetch_all(&mut *tx)
             .await
-            .map_err(internal)?;
+            .map_err(internal)?
+            .into_iter()
+            .map(super::fast::ListedTenant)
+            .collect();
         Ok(connection(&page, rows, |t| {
-            vec![t.display_name.clone().into(), t.tenant_key.clone().into()]
+            vec![
+                t.0.display_name.clone().into(),
+                t.0.tenant_key.clone().into(),
+            ]
         }))
     }
 

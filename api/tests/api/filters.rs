@@ -299,6 +299,31 @@ async fn runs_filter_on_the_status_shown_and_merge_outcomes_newest_first() {
         listed(json!({"outcomeIn": ["failed"], "statusIn": ["running"]})).await,
         Vec::<String>::new()
     );
+
+    // The tenant list's rows likewise, with one tenant archived.
+    let owner = app.client("acme", Role::Owner);
+    owner
+        .ok(
+            "mutation($id: String!) { archiveTenant(id: $id) { id } }",
+            json!({ "id": fabrikam.to_string() }),
+        )
+        .await;
+    let tenants = |id: &str| {
+        format!(
+            "{{ tenants(first: 10) {{ edges {{ node {{ __typename {id} entraTenantId displayName \
+             primaryDomain status registeredAt archivedAt lastResyncedAt name: displayName }} }} }} }}"
+        )
+    };
+    let flat = c
+        .eventually(&tenants("id"), json!({}), |d| {
+            nodes(d, "tenants")
+                .iter()
+                .any(|t| t["status"] == "archived")
+        })
+        .await;
+    let own_way = c.ok(&tenants("... on Tenant { id }"), json!({})).await;
+    assert_eq!(nodes(&flat, "tenants").len(), 2, "{flat}");
+    assert_eq!(flat, own_way);
     app.stop().await;
 }
 
