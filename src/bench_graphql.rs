@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::bench::{measure, CpuPerOp, CpuReading, PhaseResult};
-use crate::bench_graphql_floor::{JsonFloor, ListPage};
+use crate::bench_graphql_floor::ListPage;
 use crate::config::Config;
 use crate::serve::Database;
 
@@ -199,6 +199,22 @@ pub(crate) struct Served {
     server: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
+/// An authenticator with a fresh secret, and a read-only token of the bench workspace it
+/// accepts.
+pub(crate) fn readonly_token() -> anyhow::Result<(api::auth::Authenticator, String)> {
+    let secret = secrecy::SecretString::from(format!("{:032x}", rand::random::<u128>()));
+    let auth = api::auth::Authenticator::new(&secret);
+    let token = auth
+        .mint(
+            "bench",
+            WORKSPACE,
+            domain::Role::Readonly,
+            chrono::Duration::hours(1),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((auth, token))
+}
+
 impl Served {
     pub(crate) async fn start(
         pool: &PgPool,
@@ -207,16 +223,7 @@ impl Served {
         vault: store::Vault,
     ) -> anyhow::Result<Self> {
         let shutdown = tokio_util::sync::CancellationToken::new();
-        let secret = secrecy::SecretString::from(format!("{:032x}", rand::random::<u128>()));
-        let auth = api::auth::Authenticator::new(&secret);
-        let token = auth
-            .mint(
-                "bench",
-                WORKSPACE,
-                domain::Role::Readonly,
-                chrono::Duration::hours(1),
-            )
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (auth, token) = readonly_token()?;
         let state = crate::serve::app_state(
             pool,
             bus,
@@ -232,15 +239,24 @@ impl Served {
             },
             &shutdown,
         );
+        Self::serve(api::router(state), token, shutdown).await
+    }
+
+    /// Serves `router` on a loopback port until [`Served::stop`] cancels `shutdown`; the
+    /// load generator's connections carry `token`.
+    pub(crate) async fn serve(
+        router: axum::Router,
+        token: String,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
+        let connections = Arc::new(Connections::new(listener.local_addr()?, token));
         let stop = shutdown.clone();
         let server = tokio::spawn(
-            axum::serve(listener, api::router(state))
+            axum::serve(listener, router)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .into_future(),
         );
-        let connections = Arc::new(Connections::new(addr, token));
         Ok(Self {
             connections,
             shutdown,
@@ -342,6 +358,28 @@ fn over_http(
             Ok(())
         })
     }
+}
+
+/// `page` through `connections` at `concurrency`: a warm-up, then `requests` timed, the CPU
+/// they cost, and their rate's ratio to the page's SQL at that concurrency (from `runs`).
+async fn beside_page_sql(
+    connections: &Arc<Connections>,
+    page: &Page,
+    concurrency: usize,
+    requests: usize,
+    runs: &[AtConcurrency],
+) -> anyhow::Result<(PhaseResult, CpuPerOp, f64)> {
+    let request = over_http(connections, page);
+    measure(200, concurrency, request.clone()).await?;
+    let cpu = CpuReading::now();
+    let result = measure(requests, concurrency, request).await?;
+    let cpu = cpu.per_op(requests);
+    let page_sql = runs
+        .iter()
+        .find(|r| r.page == page.name && r.concurrency == concurrency)
+        .map_or(f64::NAN, |r| r.sql.per_second);
+    let ratio = result.per_second / page_sql;
+    Ok((result, cpu, ratio))
 }
 
 /// An answer's `data`, if it has no `errors`. The checks read only what they need: the rest
@@ -610,20 +648,14 @@ async fn measure_on(
     let mut without_fields = Vec::new();
     for page in &bare_pages {
         for concurrency in [1, 32] {
-            let request = over_http(&connections, page);
-            measure(200, concurrency, request.clone()).await?;
-            let cpu = CpuReading::now();
-            let graphql = measure(requests, concurrency, request).await?;
-            let page_sql = runs
-                .iter()
-                .find(|r| r.page == page.name && r.concurrency == concurrency)
-                .map_or(f64::NAN, |r| r.sql.per_second);
+            let (graphql, graphql_cpu, ratio_to_page_sql) =
+                beside_page_sql(&connections, page, concurrency, requests, &runs).await?;
             without_fields.push(WithoutFieldsAt {
                 page: page.name,
                 concurrency,
-                ratio_to_page_sql: graphql.per_second / page_sql,
+                ratio_to_page_sql,
                 graphql,
-                graphql_cpu: cpu.per_op(requests),
+                graphql_cpu,
             });
         }
     }
@@ -633,7 +665,7 @@ async fn measure_on(
         (&pages[0], ListPage::Tenants, tenants_sql),
         (&pages[1], ListPage::Runs, runs_sql),
     ] {
-        let floor = JsonFloor::start(pool, kind, sql).await?;
+        let floor = crate::bench_graphql_floor::serve(pool, kind, sql).await?;
         // The floor answers what the service answers: the same JSON, field for field.
         let body = Bytes::from(page.body.to_string());
         let (_, ours) = connections.post(body.clone()).await?;
@@ -655,20 +687,14 @@ async fn measure_on(
             );
         }
         for concurrency in [1, 32] {
-            let request = over_http(&floor.connections, page);
-            measure(200, concurrency, request.clone()).await?;
-            let cpu = CpuReading::now();
-            let http = measure(requests, concurrency, request).await?;
-            let page_sql = runs
-                .iter()
-                .find(|r| r.page == page.name && r.concurrency == concurrency)
-                .map_or(f64::NAN, |r| r.sql.per_second);
+            let (http, http_cpu, ratio_to_page_sql) =
+                beside_page_sql(&floor.connections, page, concurrency, requests, &runs).await?;
             json_floor.push(JsonFloorAt {
                 page: page.name,
                 concurrency,
-                ratio_to_page_sql: http.per_second / page_sql,
+                ratio_to_page_sql,
                 http,
-                http_cpu: cpu.per_op(requests),
+                http_cpu,
             });
         }
         floor.stop().await?;

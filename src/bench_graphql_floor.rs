@@ -8,7 +8,6 @@
 //! JSON cost: the page at the target needs GraphQL's parse, validation and execution, and
 //! the service's own handling, to fit in what that leaves.
 
-use anyhow::Context;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -17,24 +16,15 @@ use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
-use std::future::IntoFuture;
 use std::sync::Arc;
 
-use crate::bench_graphql::{Connections, WORKSPACE};
+use crate::bench_graphql::{readonly_token, Served};
 
 /// The list pages the floor serves.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum ListPage {
     Tenants,
     Runs,
-}
-
-/// A floor server on a loopback port, serving one list page at `/graphql` whatever the
-/// request's body, and the load generator's connections to it with a token of its own.
-pub(crate) struct JsonFloor {
-    pub connections: Arc<Connections>,
-    shutdown: tokio_util::sync::CancellationToken,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 struct FloorState {
@@ -44,54 +34,28 @@ struct FloorState {
     sql: String,
 }
 
-impl JsonFloor {
-    /// Serves `page` with `sql` (the page's statement as `bench graphql` reads it directly).
-    pub(crate) async fn start(pool: &PgPool, page: ListPage, sql: String) -> anyhow::Result<Self> {
-        let secret = secrecy::SecretString::from(format!("{:032x}", rand::random::<u128>()));
-        let auth = api::auth::Authenticator::new(&secret);
-        let token = auth
-            .mint(
-                "bench",
-                WORKSPACE,
-                domain::Role::Readonly,
-                chrono::Duration::hours(1),
-            )
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let state = Arc::new(FloorState {
-            pool: pool.clone(),
-            auth,
-            page,
-            sql,
-        });
-        let router = axum::Router::new()
-            .route("/graphql", axum::routing::post(serve))
-            .with_state(state);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let connections = Arc::new(Connections::new(listener.local_addr()?, token));
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        let stop = shutdown.clone();
-        let server = tokio::spawn(
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .into_future(),
-        );
-        Ok(Self {
-            connections,
-            shutdown,
-            server,
-        })
-    }
-
-    pub(crate) async fn stop(self) -> anyhow::Result<()> {
-        self.shutdown.cancel();
-        self.server
-            .await
-            .context("the floor's server panicked")?
-            .context("the floor's server failed")
-    }
+/// Serves `page` with `sql` (the page's statement as `bench graphql` reads it directly) at
+/// `/graphql` on a loopback port, whatever the request's body; the load generator's
+/// connections carry a token of its own.
+pub(crate) async fn serve(pool: &PgPool, page: ListPage, sql: String) -> anyhow::Result<Served> {
+    let (auth, token) = readonly_token()?;
+    let state = Arc::new(FloorState {
+        pool: pool.clone(),
+        auth,
+        page,
+        sql,
+    });
+    let router = axum::Router::new()
+        .route("/graphql", axum::routing::post(answer_page))
+        .with_state(state);
+    Served::serve(router, token, tokio_util::sync::CancellationToken::new()).await
 }
 
-async fn serve(State(s): State<Arc<FloorState>>, headers: HeaderMap, _body: Bytes) -> Response {
+async fn answer_page(
+    State(s): State<Arc<FloorState>>,
+    headers: HeaderMap,
+    _body: Bytes,
+) -> Response {
     let caller = match s.auth.authenticate(&headers) {
         Ok(caller) => caller,
         Err(_) => return StatusCode::UNAUTHORIZED.into_response(),
