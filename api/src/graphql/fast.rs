@@ -1,15 +1,18 @@
-//! The rows of the run list and the tenant list, resolved without async-graphql's future per
-//! field when their selection is flat: only the row's own scalar fields (aliases allowed,
-//! `__typename`), no fragments, no directives left after `@skip`/`@include` are applied, no
-//! key twice. Anything else takes async-graphql's own way, whole. The answer is the same
-//! either way (`api/tests/api/filters.rs` compares them); the flat one costs the
-//! run list about a sixth less of this process's CPU per page at 32 clients
-//! (docs/BENCHMARKS.md, "A run list's rows without a future per field").
+//! The run list and the tenant list, answered without async-graphql's future per field when
+//! their selection is flat: every object asked for is one of the page's own (the page, its
+//! `pageInfo`, its edges, their rows), each row asks only for its own scalar fields, aliases
+//! and `__typename` are allowed; no fragments, no directives left after `@skip`/`@include`
+//! are applied, no key twice. Anything else takes async-graphql's own way, whole (a page
+//! whose rows are flat but whose page is not still gets its rows in one pass). The answer is
+//! the same either way (`api/tests/api/filters.rs` compares them); the flat rows cost the run
+//! list about a sixth less of this process's CPU per page at 32 clients (docs/BENCHMARKS.md,
+//! "A run list's rows without a future per field").
 //!
 //! It skips what async-graphql does per field besides resolving it: its extensions' hooks.
 //! The schema has no extensions (`schema()`); one that wants to see every field must turn
 //! this off.
 
+use async_graphql::connection::{Connection, CursorType, Edge, EmptyFields};
 use async_graphql::indexmap::IndexMap;
 use async_graphql::parser::types::{Field, Selection};
 use async_graphql::{ContextSelectionSet, InputType, OutputType, Positioned, ServerResult, Value};
@@ -17,6 +20,7 @@ use chrono::{DateTime, Utc};
 use std::borrow::Cow;
 
 use super::enums::{stored, RunOutcome, RunStatus, TenantStatus};
+use super::page::Cursor;
 use super::types::{RunNode, TenantNode};
 
 /// A [`RunNode`] in a list page: the same GraphQL type (`Run`).
@@ -25,35 +29,122 @@ pub struct ListedRun(pub RunNode);
 /// A [`TenantNode`] in a list page: the same GraphQL type (`Tenant`).
 pub struct ListedTenant(pub TenantNode);
 
-/// The row's object in one pass, each field's value from `value` (None: not a field this
-/// pass answers), or None when the selection is not flat.
-fn flat(
-    ctx: &ContextSelectionSet<'_>,
+/// An object in one pass over its selection `items`: each field's value from `value` (None:
+/// not a field this pass answers), or None when the selection is not flat.
+fn object(
+    items: &[Positioned<Selection>],
     typename: &str,
-    value: impl Fn(&str) -> Option<Value>,
+    mut value: impl FnMut(&Field) -> Option<Value>,
 ) -> Option<Value> {
-    let items = &ctx.item.node.items;
     let mut object = IndexMap::with_capacity(items.len());
     for selection in items {
         let Selection::Field(f) = &selection.node else {
             return None;
         };
         let f = &f.node;
-        if !f.directives.is_empty()
-            || !f.arguments.is_empty()
-            || !f.selection_set.node.items.is_empty()
-        {
+        if !f.directives.is_empty() || !f.arguments.is_empty() {
             return None;
         }
         let v = match f.name.node.as_str() {
             "__typename" => Value::String(typename.to_owned()),
-            name => value(name)?,
+            _ => value(f)?,
         };
         if object.insert(f.response_key().node.clone(), v).is_some() {
             return None;
         }
     }
     Some(Value::Object(object))
+}
+
+/// A field's selection, the fields asked of its value.
+fn asked(f: &Field) -> &[Positioned<Selection>] {
+    &f.selection_set.node.items
+}
+
+/// A row of a list page whose own scalar fields can be answered in one pass.
+pub trait Row: OutputType {
+    /// The field `name`'s value, or None when it is not one of the row's own scalar fields.
+    fn value(&self, name: &str) -> Option<Value>;
+
+    /// The row's object for the selection `items`, or None when it is not flat.
+    fn flat(&self, items: &[Positioned<Selection>]) -> Option<Value> {
+        object(items, &Self::type_name(), |f| {
+            if asked(f).is_empty() {
+                self.value(f.name.node.as_str())
+            } else {
+                None
+            }
+        })
+    }
+}
+
+/// A list page: async-graphql's [`Connection`] of rows, under the same GraphQL type
+/// (`RunConnection`, `TenantConnection`), answered in one pass (the page, its `pageInfo`, its
+/// edges and their rows) when the whole selection is flat; async-graphql's own way, whole,
+/// otherwise.
+pub struct Page<T: Row>(pub Connection<Cursor, T>);
+
+impl<T: Row + Send + Sync> Page<T> {
+    fn flat(&self, items: &[Positioned<Selection>]) -> Option<Value> {
+        let c = &self.0;
+        let cursor = |e: Option<&Edge<Cursor, T, EmptyFields>>| {
+            e.map_or(Value::Null, |e| Value::String(e.cursor.encode_cursor()))
+        };
+        let edge_type = <Edge<Cursor, T, EmptyFields> as OutputType>::type_name();
+        object(items, &<Self as OutputType>::type_name(), |f| {
+            match f.name.node.as_str() {
+                "pageInfo" => object(asked(f), "PageInfo", |p| {
+                    Some(match p.name.node.as_str() {
+                        "hasPreviousPage" => Value::Boolean(c.has_previous_page),
+                        "hasNextPage" => Value::Boolean(c.has_next_page),
+                        "startCursor" => cursor(c.edges.first()),
+                        "endCursor" => cursor(c.edges.last()),
+                        _ => return None,
+                    })
+                }),
+                "edges" => c
+                    .edges
+                    .iter()
+                    .map(|e| {
+                        object(asked(f), &edge_type, |g| match g.name.node.as_str() {
+                            "cursor" => Some(Value::String(e.cursor.encode_cursor())),
+                            "node" => e.node.flat(asked(g)),
+                            _ => None,
+                        })
+                    })
+                    .collect::<Option<Vec<_>>>()
+                    .map(Value::List),
+                "nodes" => c
+                    .edges
+                    .iter()
+                    .map(|e| e.node.flat(asked(f)))
+                    .collect::<Option<Vec<_>>>()
+                    .map(Value::List),
+                _ => None,
+            }
+        })
+    }
+}
+
+impl<T: Row + Send + Sync> OutputType for Page<T> {
+    fn type_name() -> Cow<'static, str> {
+        <Connection<Cursor, T> as OutputType>::type_name()
+    }
+
+    fn create_type_info(registry: &mut async_graphql::registry::Registry) -> String {
+        <Connection<Cursor, T> as OutputType>::create_type_info(registry)
+    }
+
+    async fn resolve(
+        &self,
+        ctx: &ContextSelectionSet<'_>,
+        field: &Positioned<Field>,
+    ) -> ServerResult<Value> {
+        match self.flat(&ctx.item.node.items) {
+            Some(value) => Ok(value),
+            None => OutputType::resolve(&self.0, ctx, field).await,
+        }
+    }
 }
 
 fn text(s: &str) -> Value {
@@ -69,7 +160,7 @@ fn time(at: Option<DateTime<Utc>>) -> Value {
     at.map_or(Value::Null, |t| Value::String(t.to_rfc3339()))
 }
 
-impl ListedRun {
+impl Row for ListedRun {
     fn value(&self, name: &str) -> Option<Value> {
         let r = &self.0;
         Some(match name {
@@ -96,7 +187,7 @@ impl ListedRun {
     }
 }
 
-impl ListedTenant {
+impl Row for ListedTenant {
     fn value(&self, name: &str) -> Option<Value> {
         let t = &self.0;
         Some(match name {
@@ -131,7 +222,7 @@ macro_rules! listed {
                 ctx: &ContextSelectionSet<'_>,
                 field: &Positioned<Field>,
             ) -> ServerResult<Value> {
-                match flat(ctx, &Self::type_name(), |name| self.value(name)) {
+                match self.flat(&ctx.item.node.items) {
                     Some(value) => Ok(value),
                     None => OutputType::resolve(&self.0, ctx, field).await,
                 }

@@ -239,7 +239,7 @@ impl CoreQuery {
         search: Option<String>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<Cursor, super::fast::ListedTenant>> {
+    ) -> async_graphql::Result<super::fast::Page<super::fast::ListedTenant>> {
         let page = PageRequest::parse(first, after)?;
         let caller = caller(ctx)?;
         let mut q = QueryBuilder::<Postgres>::new(format!(
@@ -277,12 +277,12 @@ impl CoreQuery {
             .into_iter()
             .map(super::fast::ListedTenant)
             .collect();
-        Ok(connection(&page, rows, |t| {
+        Ok(super::fast::Page(connection(&page, rows, |t| {
             vec![
                 t.0.display_name.clone().into(),
                 t.0.tenant_key.clone().into(),
             ]
-        }))
+        })))
     }
 
     /// One tenant by its key (`<workspace>:<guid>`).
@@ -351,7 +351,7 @@ impl CoreQuery {
         filter: Option<RunFilter>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<Cursor, super::fast::ListedRun>> {
+    ) -> async_graphql::Result<super::fast::Page<super::fast::ListedRun>> {
         let page = PageRequest::parse(first, after)?;
         let f = filter.unwrap_or_default();
         // The domain's enums are the one list of what a run's status and outcome can be.
@@ -400,12 +400,12 @@ impl CoreQuery {
             .into_iter()
             .map(super::fast::ListedRun)
             .collect();
-        Ok(connection(&page, rows, |r| {
+        Ok(super::fast::Page(connection(&page, rows, |r| {
             vec![
                 r.0.queued_at.to_rfc3339().into(),
                 r.0.run_id.to_string().into(),
             ]
-        }))
+        })))
     }
 
     /// One run with its steps.

@@ -221,20 +221,53 @@ async fn runs_filter_on_the_status_shown_and_merge_outcomes_newest_first() {
         async move { run_ids(&c.ok(RUNS, json!({ "f": filter, "n": 10 })).await) }
     };
 
-    // A list's runs are resolved without a future per field when their selection is flat
-    // (api::graphql::fast); a fragment sends the page async-graphql's own way.
-    // Both answer the same, field for field, for runs in every state here.
-    let page = |id: &str| {
+    // A list page is answered in one pass when its selection is flat (api::graphql::fast):
+    // the page, its pageInfo, edges and rows. A fragment on the page sends the page
+    // async-graphql's own way with its rows still flat; one on the rows sends both the own
+    // way. All three answer the same, field for field, for runs in every state here.
+    let page = |on_page: &str, id: &str| {
         format!(
-            "{{ runs(first: 10) {{ edges {{ node {{ __typename {id} type tenantId status outcome \
+            "{{ runs(first: 4) {{ {on_page} __typename pageInfo {{ __typename hasNextPage \
+             hasPreviousPage startCursor endCursor }} more: pageInfo {{ hasNextPage }} \
+             edges {{ __typename cursor node {{ __typename {id} type tenantId status outcome \
              cancelRequested initiator reasonCode queuedAt startedAt completedAt retryOf \
-             again: status }} }} }} }}"
+             again: status }} }} rows: nodes {{ {id} status }} }} }}"
         )
     };
-    let flat = c.ok(&page("id"), json!({})).await;
-    let own_way = c.ok(&page("... on Run { id }"), json!({})).await;
-    assert_eq!(nodes(&flat, "runs").len(), 5, "{flat}");
-    assert_eq!(flat, own_way);
+    let flat = c.ok(&page("", "id"), json!({})).await;
+    assert_eq!(nodes(&flat, "runs").len(), 4, "{flat}");
+    assert_eq!(
+        flat["runs"]["rows"].as_array().map(Vec::len),
+        Some(4),
+        "{flat}"
+    );
+    assert_eq!(flat["runs"]["pageInfo"]["hasNextPage"], true, "{flat}");
+    for own_way in [
+        page("... on RunConnection { __typename }", "id"),
+        page("", "... on Run { id }"),
+    ] {
+        assert_eq!(flat, c.ok(&own_way, json!({})).await, "{own_way}");
+    }
+    // And on the last page, whose cursors come from an `after`.
+    let after = flat["runs"]["pageInfo"]["endCursor"].clone();
+    let rest =
+        |on_page: &str, id: &str| page(on_page, id).replace("first: 4", "first: 4, after: $a");
+    let ask = |q: String| {
+        let c = &c;
+        let after = after.clone();
+        async move {
+            c.ok(&format!("query($a: String) {q}"), json!({ "a": after }))
+                .await
+        }
+    };
+    let flat = ask(rest("", "id")).await;
+    assert_eq!(nodes(&flat, "runs").len(), 1, "{flat}");
+    assert_eq!(flat["runs"]["pageInfo"]["hasPreviousPage"], true, "{flat}");
+    assert_eq!(
+        flat,
+        ask(rest("... on RunConnection { __typename }", "id")).await
+    );
+    assert_eq!(flat, ask(rest("", "... on Run { id }")).await);
 
     // The status filters find a running run by the status it shows, though its row in the
     // read model says queued until it ends.
@@ -308,22 +341,28 @@ async fn runs_filter_on_the_status_shown_and_merge_outcomes_newest_first() {
             json!({ "id": fabrikam.to_string() }),
         )
         .await;
-    let tenants = |id: &str| {
+    let tenants = |on_page: &str, id: &str| {
         format!(
-            "{{ tenants(first: 10) {{ edges {{ node {{ __typename {id} entraTenantId displayName \
-             primaryDomain status registeredAt archivedAt lastResyncedAt name: displayName }} }} }} }}"
+            "{{ tenants(first: 10) {{ {on_page} __typename pageInfo {{ endCursor startCursor }} \
+             edges {{ cursor node {{ __typename {id} entraTenantId displayName primaryDomain \
+             status registeredAt archivedAt lastResyncedAt name: displayName }} }} \
+             nodes {{ {id} }} }} }}"
         )
     };
     let flat = c
-        .eventually(&tenants("id"), json!({}), |d| {
+        .eventually(&tenants("", "id"), json!({}), |d| {
             nodes(d, "tenants")
                 .iter()
                 .any(|t| t["status"] == "archived")
         })
         .await;
-    let own_way = c.ok(&tenants("... on Tenant { id }"), json!({})).await;
     assert_eq!(nodes(&flat, "tenants").len(), 2, "{flat}");
-    assert_eq!(flat, own_way);
+    for own_way in [
+        tenants("... on TenantConnection { __typename }", "id"),
+        tenants("", "... on Tenant { id }"),
+    ] {
+        assert_eq!(flat, c.ok(&own_way, json!({})).await, "{own_way}");
+    }
     app.stop().await;
 }
 
