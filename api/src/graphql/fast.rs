@@ -12,7 +12,7 @@
 //! The schema has no extensions (`schema()`); one that wants to see every field must turn
 //! this off.
 
-use async_graphql::connection::{Connection, CursorType, Edge, EmptyFields};
+use async_graphql::connection::{Connection, Edge, EmptyFields};
 use async_graphql::indexmap::IndexMap;
 use async_graphql::parser::types::{Field, Selection};
 use async_graphql::{ContextSelectionSet, InputType, OutputType, Positioned, ServerResult, Value};
@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 use std::borrow::Cow;
 
 use super::enums::{stored, RunOutcome, RunStatus, TenantStatus};
-use super::page::Cursor;
+use super::page::{encode, Cursor, PageRequest};
 use super::types::{RunNode, TenantNode};
 
 /// A [`RunNode`] in a list page: the same GraphQL type (`Run`).
@@ -66,6 +66,9 @@ pub trait Row: OutputType {
     /// The field `name`'s value, or None when it is not one of the row's own scalar fields.
     fn value(&self, name: &str) -> Option<Value>;
 
+    /// The row's place in its list, the keys its cursor is made of.
+    fn key(&self) -> Vec<serde_json::Value>;
+
     /// The row's object for the selection `items`, or None when it is not flat.
     fn flat(&self, items: &[Positioned<Selection>]) -> Option<Value> {
         object(items, &Self::type_name(), |f| {
@@ -76,48 +79,64 @@ pub trait Row: OutputType {
             }
         })
     }
+
+    /// The row's cursor, as its edge and `pageInfo` write it.
+    fn cursor(&self) -> Value {
+        Value::String(encode(&self.key()))
+    }
 }
 
-/// A list page: async-graphql's [`Connection`] of rows, under the same GraphQL type
-/// (`RunConnection`, `TenantConnection`), answered in one pass (the page, its `pageInfo`, its
-/// edges and their rows) when the whole selection is flat; async-graphql's own way, whole,
-/// otherwise.
-pub struct Page<T: Row>(pub Connection<Cursor, T>);
+/// A list page of rows under async-graphql's connection type (`RunConnection`,
+/// `TenantConnection`): answered in one pass (the page, its `pageInfo`, its edges and their
+/// rows) when the whole selection is flat, with a row's cursor made only when it is asked
+/// for; as async-graphql's [`Connection`], whole, otherwise.
+pub struct Page<T: Row> {
+    rows: Vec<T>,
+    has_previous: bool,
+    has_next: bool,
+}
 
 impl<T: Row + Send + Sync> Page<T> {
+    /// The page `req` asked for, from up to `req.limit()` rows (one more tells that another
+    /// page follows).
+    pub(crate) fn new(req: &PageRequest, mut rows: Vec<T>) -> Self {
+        let has_next = rows.len() as i64 > req.first;
+        rows.truncate(req.first as usize);
+        Self {
+            rows,
+            has_previous: req.after.is_some(),
+            has_next,
+        }
+    }
+
     fn flat(&self, items: &[Positioned<Selection>]) -> Option<Value> {
-        let c = &self.0;
-        let cursor = |e: Option<&Edge<Cursor, T, EmptyFields>>| {
-            e.map_or(Value::Null, |e| Value::String(e.cursor.encode_cursor()))
-        };
+        let rows = &self.rows;
         let edge_type = <Edge<Cursor, T, EmptyFields> as OutputType>::type_name();
         object(items, &<Self as OutputType>::type_name(), |f| {
             match f.name.node.as_str() {
                 "pageInfo" => object(asked(f), "PageInfo", |p| {
                     Some(match p.name.node.as_str() {
-                        "hasPreviousPage" => Value::Boolean(c.has_previous_page),
-                        "hasNextPage" => Value::Boolean(c.has_next_page),
-                        "startCursor" => cursor(c.edges.first()),
-                        "endCursor" => cursor(c.edges.last()),
+                        "hasPreviousPage" => Value::Boolean(self.has_previous),
+                        "hasNextPage" => Value::Boolean(self.has_next),
+                        "startCursor" => rows.first().map_or(Value::Null, T::cursor),
+                        "endCursor" => rows.last().map_or(Value::Null, T::cursor),
                         _ => return None,
                     })
                 }),
-                "edges" => c
-                    .edges
+                "edges" => rows
                     .iter()
-                    .map(|e| {
+                    .map(|row| {
                         object(asked(f), &edge_type, |g| match g.name.node.as_str() {
-                            "cursor" => Some(Value::String(e.cursor.encode_cursor())),
-                            "node" => e.node.flat(asked(g)),
+                            "cursor" => Some(row.cursor()),
+                            "node" => row.flat(asked(g)),
                             _ => None,
                         })
                     })
                     .collect::<Option<Vec<_>>>()
                     .map(Value::List),
-                "nodes" => c
-                    .edges
+                "nodes" => rows
                     .iter()
-                    .map(|e| e.node.flat(asked(f)))
+                    .map(|row| row.flat(asked(f)))
                     .collect::<Option<Vec<_>>>()
                     .map(Value::List),
                 _ => None,
@@ -140,10 +159,16 @@ impl<T: Row + Send + Sync> OutputType for Page<T> {
         ctx: &ContextSelectionSet<'_>,
         field: &Positioned<Field>,
     ) -> ServerResult<Value> {
-        match self.flat(&ctx.item.node.items) {
-            Some(value) => Ok(value),
-            None => OutputType::resolve(&self.0, ctx, field).await,
+        if let Some(value) = self.flat(&ctx.item.node.items) {
+            return Ok(value);
         }
+        let mut page = Connection::<Cursor, &T>::new(self.has_previous, self.has_next);
+        page.edges.extend(
+            self.rows
+                .iter()
+                .map(|row| Edge::new(Cursor::of(row.key()), row)),
+        );
+        OutputType::resolve(&page, ctx, field).await
     }
 }
 
@@ -161,6 +186,13 @@ fn time(at: Option<DateTime<Utc>>) -> Value {
 }
 
 impl Row for ListedRun {
+    fn key(&self) -> Vec<serde_json::Value> {
+        vec![
+            self.0.queued_at.to_rfc3339().into(),
+            self.0.run_id.to_string().into(),
+        ]
+    }
+
     fn value(&self, name: &str) -> Option<Value> {
         let r = &self.0;
         Some(match name {
@@ -188,6 +220,13 @@ impl Row for ListedRun {
 }
 
 impl Row for ListedTenant {
+    fn key(&self) -> Vec<serde_json::Value> {
+        vec![
+            self.0.display_name.clone().into(),
+            self.0.tenant_key.clone().into(),
+        ]
+    }
+
     fn value(&self, name: &str) -> Option<Value> {
         let t = &self.0;
         Some(match name {

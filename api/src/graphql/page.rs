@@ -89,6 +89,12 @@ fn decode(cursor: &str) -> async_graphql::Result<Vec<serde_json::Value>> {
 /// page whose edges nobody asks the cursor of encodes one cursor, not one per row.
 pub struct Cursor(Vec<serde_json::Value>);
 
+impl Cursor {
+    pub(crate) fn of(key: Vec<serde_json::Value>) -> Self {
+        Self(key)
+    }
+}
+
 impl CursorType for Cursor {
     type Error = &'static str;
 

@@ -277,12 +277,7 @@ impl CoreQuery {
             .into_iter()
             .map(super::fast::ListedTenant)
             .collect();
-        Ok(super::fast::Page(connection(&page, rows, |t| {
-            vec![
-                t.0.display_name.clone().into(),
-                t.0.tenant_key.clone().into(),
-            ]
-        })))
+        Ok(super::fast::Page::new(&page, rows))
     }
 
     /// One tenant by its key (`<workspace>:<guid>`).
@@ -400,12 +395,7 @@ impl CoreQuery {
             .into_iter()
             .map(super::fast::ListedRun)
             .collect();
-        Ok(super::fast::Page(connection(&page, rows, |r| {
-            vec![
-                r.0.queued_at.to_rfc3339().into(),
-                r.0.run_id.to_string().into(),
-            ]
-        })))
+        Ok(super::fast::Page::new(&page, rows))
     }
 
     /// One run with its steps.

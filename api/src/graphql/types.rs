@@ -246,8 +246,44 @@ pub const RUN_STEPS_SQL: &str =
     "SELECT step, attempt, status, reason_code, message, summary, retry_at, started_at, recorded_at \
      FROM rm_run_steps WHERE run_id = $1 ORDER BY recorded_at, step, attempt LIMIT 500";
 
-/// A JSON column as the database sent it, parsed when a resolver asks for it.
-pub type LazyJson = sqlx::types::Json<Box<serde_json::value::RawValue>>;
+/// A `json`/`jsonb` column's text as the database sent it, parsed when a resolver asks for
+/// it. PostgreSQL checked it when it was written, so a row is not read through twice for a
+/// field a list page does not show (sqlx's `Json<RawValue>` parses every value to check it).
+#[derive(Debug, Clone)]
+pub struct LazyJson(Box<str>);
+
+impl LazyJson {
+    pub fn get(&self) -> &str {
+        &self.0
+    }
+}
+
+impl sqlx::Type<sqlx::Postgres> for LazyJson {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <serde_json::Value as sqlx::Type<sqlx::Postgres>>::type_info()
+    }
+
+    fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+        <serde_json::Value as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, sqlx::Postgres> for LazyJson {
+    fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        use sqlx::ValueRef;
+        let jsonb_binary = value.format() == sqlx::postgres::PgValueFormat::Binary
+            && *value.type_info() == <serde_json::Value as sqlx::Type<sqlx::Postgres>>::type_info();
+        let mut text = value.as_bytes()?;
+        if jsonb_binary {
+            // jsonb's binary form is a version byte, then the text.
+            text = match text.split_first() {
+                Some((1, rest)) => rest,
+                _ => return Err("an unknown jsonb format version".into()),
+            };
+        }
+        Ok(Self(std::str::from_utf8(text)?.into()))
+    }
+}
 
 fn parsed(json: &LazyJson) -> async_graphql::Result<serde_json::Value> {
     serde_json::from_str(json.get()).map_err(|e| internal(sqlx::Error::Decode(Box::new(e))))

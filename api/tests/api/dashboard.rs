@@ -266,6 +266,14 @@ async fn a_failed_resync_links_to_its_recovery_and_its_audit_entry_says_why() {
                  "href": format!("/tenants/{tenant}/connections") }])
     );
     assert!(run["snapshotId"].is_null(), "{run}");
+    // The run's JSON columns, read as the database sent them and parsed when asked for.
+    assert_eq!(
+        run["failureSummary"],
+        json!([{ "message": "step snapshot_policies failed",
+                 "reason": "provider_auth_failed", "step": "snapshot_policies" }]),
+        "{run}"
+    );
+    assert!(run["summaryCounts"].is_object(), "{run}");
 
     let failed = c
         .eventually(
