@@ -970,7 +970,7 @@ impl ContactQuery {
         }
         after_name(&mut q, &page, "lower(name)", "client_id", "client")?;
         q.push(" ORDER BY lower(name), client_id LIMIT ")
-            .push_bind(page.limit());
+            .push(page.limit());
         let rows: Vec<ClientNode> = q
             .build_query_as()
             .fetch_all(&mut *tx)
@@ -1010,7 +1010,7 @@ impl ContactQuery {
             "mapping",
         )?;
         q.push(" ORDER BY lower(display_name), mapping_key LIMIT ")
-            .push_bind(page.limit());
+            .push(page.limit());
         let rows: Vec<TenantMappingNode> = q
             .build_query_as()
             .fetch_all(&mut *tx)
@@ -1144,7 +1144,7 @@ impl ContactQuery {
         }
         after_name(&mut q, &page, "lower(name)", "contact_id", "contact")?;
         q.push(" ORDER BY lower(name), contact_id LIMIT ")
-            .push_bind(page.limit());
+            .push(page.limit());
         let rows: Vec<ContactNode> = q
             .build_query_as()
             .fetch_all(&mut *tx)
@@ -1205,7 +1205,7 @@ impl ContactQuery {
                 .push(")");
         }
         q.push(" ORDER BY queued_at, item_id LIMIT ")
-            .push_bind(page.limit());
+            .push(page.limit());
         let rows: Vec<ReconciliationItemNode> = q
             .build_query_as()
             .fetch_all(&mut *tx)

@@ -377,8 +377,7 @@ pub(crate) async fn mailboxes(
         q.push(" AND mailbox_id > ")
             .push_bind(mailbox_id(&id)?.as_uuid());
     }
-    q.push(" ORDER BY mailbox_id LIMIT ")
-        .push_bind(page.limit());
+    q.push(" ORDER BY mailbox_id LIMIT ").push(page.limit());
     let mut tx = reader(ctx).await?;
     let rows: Vec<MailboxNode> = q
         .build_query_as()
@@ -435,7 +434,7 @@ pub(crate) async fn inbound_emails(
     if let Some(seq) = page.key_i64(0)? {
         q.push(" AND seq < ").push_bind(seq);
     }
-    q.push(" ORDER BY seq DESC LIMIT ").push_bind(page.limit());
+    q.push(" ORDER BY seq DESC LIMIT ").push(page.limit());
     let mut tx = reader(ctx).await?;
     let rows: Vec<InboundEmailNode> = q
         .build_query_as()

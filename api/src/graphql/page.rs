@@ -27,6 +27,15 @@ impl PageRequest {
     }
 
     /// Rows to fetch: one more than the page, to know whether another page follows.
+    ///
+    /// A list's statement takes it as a literal (`q.push(page.limit())`), not as a bound
+    /// parameter: a plan that does not know its `LIMIT` costs more than any plan that
+    /// does, so PostgreSQL never settles on a generic plan for the prepared statement and
+    /// plans it again on every execution (`pg_prepared_statements.custom_plans`). That
+    /// cost the tenant and run lists a quarter of their PostgreSQL time a page
+    /// (docs/BENCHMARKS.md). At most `MAX_PAGE` texts per list, each prepared once per
+    /// connection. Lists whose plan should depend on their filters' values (the audit
+    /// log's and the events' time windows) keep it bound.
     pub fn limit(&self) -> i64 {
         self.first + 1
     }

@@ -267,7 +267,7 @@ impl CoreQuery {
                 .push(")");
         }
         q.push(" ORDER BY display_name, tenant_key LIMIT ")
-            .push_bind(page.limit());
+            .push(page.limit());
         let mut tx = reader(ctx).await?;
         let rows: Vec<super::fast::ListedTenant> = q
             .build_query_as::<TenantNode>()
@@ -324,7 +324,7 @@ impl CoreQuery {
                 .push(")");
         }
         q.push(" ORDER BY created_at, connection_id LIMIT ")
-            .push_bind(page.limit());
+            .push(page.limit());
         let mut tx = reader(ctx).await?;
         let rows: Vec<ConnectionNode> = q
             .build_query_as()
@@ -541,6 +541,8 @@ impl CoreQuery {
         q.push(format!(
             " ORDER BY e.transaction_id {direction}, e.global_position {direction} LIMIT "
         ))
+        // Bound, unlike the other lists' (`PageRequest::limit`): a time window's plan depends
+        // on its ends, so this statement is best planned for each request's values.
         .push_bind(page.limit());
         let mut tx = reader(ctx).await?;
         let rows: Vec<EventNode> = q
@@ -583,7 +585,7 @@ impl CoreQuery {
                 .push(")");
         }
         q.push(" ORDER BY taken_at DESC, snapshot_id DESC LIMIT ")
-            .push_bind(page.limit());
+            .push(page.limit());
         let mut tx = reader(ctx).await?;
         let rows: Vec<SnapshotNode> = q
             .build_query_as()
@@ -635,7 +637,7 @@ impl CoreQuery {
                 .push(")");
         }
         q.push(" ORDER BY raised_at DESC, snapshot_id DESC LIMIT ")
-            .push_bind(page.limit());
+            .push(page.limit());
         let mut tx = reader(ctx).await?;
         let rows: Vec<Alert> = q
             .build_query_as()
@@ -666,8 +668,7 @@ impl CoreQuery {
         if let Some(id) = page.key_str(0)? {
             q.push(" AND schedule_id > ").push_bind(id);
         }
-        q.push(" ORDER BY schedule_id LIMIT ")
-            .push_bind(page.limit());
+        q.push(" ORDER BY schedule_id LIMIT ").push(page.limit());
         let mut tx = reader(ctx).await?;
         let rows: Vec<ScheduleNode> = q
             .build_query_as()

@@ -99,7 +99,7 @@ impl RunList {
             q.push(")");
         }
         q.push(") r ORDER BY queued_at DESC, run_id DESC LIMIT ")
-            .push_bind(self.limit);
+            .push(self.limit);
         q
     }
 
@@ -145,7 +145,7 @@ impl RunList {
                 .push(")");
         }
         q.push(" ORDER BY queued_at DESC, run_id DESC LIMIT ")
-            .push_bind(self.limit);
+            .push(self.limit);
     }
 }
 
@@ -231,7 +231,7 @@ mod tests {
             "{s}"
         );
         assert!(
-            s.ends_with(" IN ('running') ORDER BY queued_at DESC, run_id DESC LIMIT $2"),
+            s.ends_with(" IN ('running') ORDER BY queued_at DESC, run_id DESC LIMIT 21"),
             "{s}"
         );
     }
@@ -245,7 +245,7 @@ mod tests {
         assert_eq!(
             filter,
             " FROM rm_runs WHERE workspace_id = $1 AND status IN ('queued', 'running') \
-             ORDER BY queued_at DESC, run_id DESC LIMIT $2"
+             ORDER BY queued_at DESC, run_id DESC LIMIT 21"
         );
     }
 
@@ -270,9 +270,11 @@ mod tests {
         assert!(s.contains(" AND outcome IN ('failed') ORDER BY"), "{s}");
         assert!(s.contains(") UNION ALL (SELECT run_id,"), "{s}");
         assert!(s.contains(" AND outcome IN ('blocked') ORDER BY"), "{s}");
-        // Each arm binds its own workspace, tenant and limit; the merge its limit.
+        // Each arm binds its own workspace and tenant; the limit is written in (a bound
+        // one would have the statement planned again on every execution).
+        assert!(s.contains(" AND tenant_key = $4 AND outcome"), "{s}");
         assert!(
-            s.ends_with(") r ORDER BY queued_at DESC, run_id DESC LIMIT $7"),
+            s.ends_with(") r ORDER BY queued_at DESC, run_id DESC LIMIT 21"),
             "{s}"
         );
     }
