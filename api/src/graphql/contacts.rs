@@ -41,7 +41,8 @@ use super::types::{Node, RunNode};
 
 /// The run type of contact syncs in `rm_runs`.
 const CONTACT_SYNC_RUN_TYPE: &str = "contacts.sync";
-/// The most tenants and clients a preview reads.
+/// The most tenants and clients a preview reads, written into its statements (a bound
+/// `LIMIT` is planned again on every execution: `PageRequest::limit`).
 const PREVIEW_TENANTS: i64 = 1000;
 const PREVIEW_CLIENTS: i64 = 10_000;
 
@@ -1034,19 +1035,17 @@ impl ContactQuery {
         let workspace = &caller(ctx)?.workspace;
         let mappings: Vec<TenantMappingNode> = sqlx::query_as(&format!(
             "SELECT {MAPPING_COLUMNS} FROM rm_tenant_mappings WHERE workspace_id = $1 \
-             ORDER BY lower(display_name), mapping_key LIMIT $2"
+             ORDER BY lower(display_name), mapping_key LIMIT {PREVIEW_TENANTS}"
         ))
         .bind(workspace)
-        .bind(PREVIEW_TENANTS)
         .fetch_all(&mut *tx)
         .await
         .map_err(internal)?;
         let clients: Vec<ClientNode> = sqlx::query_as(&format!(
             "SELECT {CLIENT_COLUMNS} FROM rm_clients WHERE workspace_id = $1 \
-             ORDER BY lower(name), client_id LIMIT $2"
+             ORDER BY lower(name), client_id LIMIT {PREVIEW_CLIENTS}"
         ))
         .bind(workspace)
-        .bind(PREVIEW_CLIENTS)
         .fetch_all(&mut *tx)
         .await
         .map_err(internal)?;
