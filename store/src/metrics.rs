@@ -58,6 +58,8 @@ pub struct Metrics {
     pub reads: Family<OutcomeLabels, Counter>,
     /// Task claims by the workflow engines: `task` (a run to advance) or `empty`.
     pub engine_claims: Family<OutcomeLabels, Counter>,
+    /// List pages answered without async-graphql's validation and execution.
+    pub graphql_own_pages: Counter,
 }
 
 /// Labels of the counters by outcome (inbound mail, replica reads).
@@ -215,9 +217,16 @@ impl Metrics {
             "Task claims by the workflow engines, by outcome: task (a run to advance) or empty",
             engine_claims.clone(),
         );
+        let graphql_own_pages = Counter::default();
+        registry.register(
+            "graphql_own_pages",
+            "GraphQL list pages answered without async-graphql's validation and execution (a document it validated before)",
+            graphql_own_pages.clone(),
+        );
         Self {
             reads,
             engine_claims,
+            graphql_own_pages,
             mail_notifications,
             mail_work,
             registry: Arc::new(registry),
@@ -243,6 +252,11 @@ impl Metrics {
                 outcome: outcome.to_owned(),
             })
             .clone()
+    }
+
+    /// Counts a list page answered its own way.
+    pub fn graphql_own_page(&self) {
+        self.graphql_own_pages.inc();
     }
 
     /// Counts a query request's read by where it went.

@@ -48,7 +48,7 @@ pub(crate) fn check(
     request: &mut async_graphql::Request,
     limits: &QueryLimits,
     documents: Option<(&Documents, &str)>,
-) -> Result<(), Box<async_graphql::Response>> {
+) -> Result<Option<Arc<Parsed>>, Box<async_graphql::Response>> {
     let query = &request.query;
     if query.len() > limits.max_query_bytes {
         return Err(refusal(format!(
@@ -66,14 +66,18 @@ pub(crate) fn check(
     let parse = |query: &str| {
         let doc = async_graphql::parser::parse_query(query).ok()?;
         let expanded = expanded_size(&doc);
-        Some(Parsed { doc, expanded })
+        Some(Parsed {
+            doc,
+            expanded,
+            validated: Default::default(),
+        })
     };
     let parsed = match documents {
         Some((documents, workspace)) => documents.get_or_parse(workspace, query, parse),
         None => parse(query).map(Arc::new),
     };
     let Some(parsed) = parsed else {
-        return Ok(());
+        return Ok(None);
     };
     if parsed.expanded > limits.max_expanded_selections {
         return Err(refusal(format!(
@@ -84,9 +88,16 @@ pub(crate) fn check(
     check_variables(&parsed.doc, request)?;
     // Execution takes the document out of the request: a kept one is copied, one parsed
     // for this request alone is moved.
-    let doc = Arc::try_unwrap(parsed).map_or_else(|kept| kept.doc.clone(), |own| own.doc);
-    request.set_parsed_query(doc);
-    Ok(())
+    match Arc::try_unwrap(parsed) {
+        Ok(own) => {
+            request.set_parsed_query(own.doc);
+            Ok(None)
+        }
+        Err(kept) => {
+            request.set_parsed_query(kept.doc.clone());
+            Ok(Some(kept))
+        }
+    }
 }
 
 /// Each variable's value against the type its operation declares, for the built-in

@@ -25,6 +25,9 @@ pub(crate) struct Parsed {
     pub(crate) doc: ExecutableDocument,
     /// Its selections with every fragment spread expanded.
     pub(crate) expanded: u64,
+    /// async-graphql has validated it: a request with it ran without errors (set by
+    /// `graphql::execute`; what a list page answered its own way relies on).
+    pub(crate) validated: std::sync::atomic::AtomicBool,
 }
 
 /// See the module's doc.
@@ -97,6 +100,7 @@ mod tests {
 
     fn parse(query: &str) -> Option<Parsed> {
         Some(Parsed {
+            validated: Default::default(),
             doc: async_graphql::parser::parse_query(query).ok()?,
             expanded: 1,
         })

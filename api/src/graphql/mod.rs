@@ -25,6 +25,7 @@ mod types;
 
 use async_graphql::parser::types::OperationType;
 use async_graphql::Schema;
+use std::sync::atomic::Ordering;
 
 pub use cost::QueryLimits;
 pub use feed::{RunFeed, RunNotice};
@@ -98,13 +99,14 @@ pub(crate) async fn execute(
     };
     // Before anything whose cost grows with the query's fragments; it keeps the parsed
     // document in the request (what does not parse is left to execution to report).
-    if let Err(refused) = cost::check(
+    let kept = match cost::check(
         &mut request,
         limits,
         Some((&persisted.documents, workspace)),
     ) {
-        return *refused;
-    }
+        Ok(kept) => kept,
+        Err(refused) => return *refused,
+    };
     let operation_name = request.operation_name.take();
     let parsed = request.parsed_query().ok();
     let kind = parsed
@@ -115,9 +117,21 @@ pub(crate) async fn execute(
     request.operation_name = operation_name;
     match route {
         Route::Ordinary if is_query => {
-            schema
+            let validated = kept
+                .as_ref()
+                .filter(|k| k.validated.load(Ordering::Relaxed));
+            if let Some(kept) = validated {
+                if let Some(answer) = fast::answer(&request, &kept.doc).await {
+                    return answer;
+                }
+            }
+            let response = schema
                 .execute(request.data(query::RequestReader::default()))
-                .await
+                .await;
+            if let Some(kept) = kept.filter(|_| response.errors.is_empty()) {
+                kept.validated.store(true, Ordering::Relaxed);
+            }
+            response
         }
         Route::Ordinary => {
             let response = schema.execute(request).await;
@@ -143,7 +157,7 @@ pub(crate) fn checked(
     request: &mut async_graphql::Request,
     limits: &QueryLimits,
 ) -> Result<(), Box<async_graphql::Response>> {
-    cost::check(request, limits, None)
+    cost::check(request, limits, None).map(drop)
 }
 
 /// The schema in SDL (committed as `api/schema.graphql`; `tenantflow schema` prints it).

@@ -38,20 +38,65 @@ pub(crate) async fn reader(ctx: &Context<'_>) -> async_graphql::Result<Reader> {
     };
     let mut slot = shared.0.clone().lock_owned().await;
     if slot.is_none() {
-        let pool = match &state(ctx)?.replica {
-            Some(replica) => {
-                let (pool, route) = replica.pool_for(&caller(ctx)?.key()).await;
-                state(ctx)?.metrics.read_routed(route);
-                pool
-            }
-            None => pool,
-        };
-        let tx = store::db::workspace_snapshot(pool, workspace)
+        let tx = snapshot(state(ctx)?, caller(ctx)?)
             .await
             .map_err(internal)?;
         *slot = Some(tx);
     }
     Ok(Reader::Shared(slot))
+}
+
+/// The tenant list's statement: the workspace's tenants by display name, those `search`
+/// finds (case-insensitive, in the display name, primary domain or Entra tenant id).
+pub(crate) fn tenants_query(
+    workspace: &str,
+    search: Option<String>,
+    page: &PageRequest,
+) -> async_graphql::Result<QueryBuilder<'static, Postgres>> {
+    let mut q = QueryBuilder::<Postgres>::new(format!(
+        "SELECT {TENANT_COLUMNS} FROM rm_tenants WHERE workspace_id = "
+    ));
+    q.push_bind(workspace.to_owned());
+    if let Some(search) = search.filter(|s| !s.trim().is_empty()) {
+        if search.len() > 200 {
+            return Err(invalid("`search` is at most 200 characters"));
+        }
+        let pattern = contains_pattern(&search);
+        q.push(" AND (display_name ILIKE ")
+            .push_bind(pattern.clone())
+            .push(" OR primary_domain ILIKE ")
+            .push_bind(pattern.clone())
+            .push(" OR entra_tenant_id::text ILIKE ")
+            .push_bind(pattern)
+            .push(")");
+    }
+    if let (Some(name), Some(key)) = (page.key_str(0)?, page.key_str(1)?) {
+        q.push(" AND (display_name, tenant_key) > (")
+            .push_bind(name)
+            .push(", ")
+            .push_bind(key)
+            .push(")");
+    }
+    q.push(" ORDER BY display_name, tenant_key LIMIT ")
+        .push(page.limit());
+    Ok(q)
+}
+
+/// A query request's read transaction: the caller's workspace in one snapshot, on the
+/// replica when there is one and the caller has no write it may not have yet.
+pub(crate) async fn snapshot(
+    state: &AppState,
+    caller: &Caller,
+) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    let pool = match &state.replica {
+        Some(replica) => {
+            let (pool, route) = replica.pool_for(&caller.key()).await;
+            state.metrics.read_routed(route);
+            pool
+        }
+        None => &state.pool,
+    };
+    store::db::workspace_snapshot(pool, &caller.workspace).await
 }
 
 /// One read transaction for every resolver of a query request, opened by the first read:
@@ -241,33 +286,7 @@ impl CoreQuery {
         after: Option<String>,
     ) -> async_graphql::Result<super::fast::Page<super::fast::ListedTenant>> {
         let page = PageRequest::parse(first, after)?;
-        let caller = caller(ctx)?;
-        let mut q = QueryBuilder::<Postgres>::new(format!(
-            "SELECT {TENANT_COLUMNS} FROM rm_tenants WHERE workspace_id = "
-        ));
-        q.push_bind(&caller.workspace);
-        if let Some(search) = search.filter(|s| !s.trim().is_empty()) {
-            if search.len() > 200 {
-                return Err(invalid("`search` is at most 200 characters"));
-            }
-            let pattern = contains_pattern(&search);
-            q.push(" AND (display_name ILIKE ")
-                .push_bind(pattern.clone())
-                .push(" OR primary_domain ILIKE ")
-                .push_bind(pattern.clone())
-                .push(" OR entra_tenant_id::text ILIKE ")
-                .push_bind(pattern)
-                .push(")");
-        }
-        if let (Some(name), Some(key)) = (page.key_str(0)?, page.key_str(1)?) {
-            q.push(" AND (display_name, tenant_key) > (")
-                .push_bind(name)
-                .push(", ")
-                .push_bind(key)
-                .push(")");
-        }
-        q.push(" ORDER BY display_name, tenant_key LIMIT ")
-            .push(page.limit());
+        let mut q = tenants_query(&caller(ctx)?.workspace, search, &page)?;
         let mut tx = reader(ctx).await?;
         let rows: Vec<super::fast::ListedTenant> = q
             .build_query_as::<TenantNode>()

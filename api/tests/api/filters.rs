@@ -18,6 +18,22 @@ fn nodes(data: &Value, field: &str) -> Vec<Value> {
     crate::dashboard::nodes(&data[field])
 }
 
+/// List pages the service has answered without async-graphql's validation and execution,
+/// as its metrics count them.
+async fn own_pages(app: &TestApp) -> u64 {
+    let metrics = reqwest::get(format!("{}/metrics", app.url()))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("their text");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tenantflow_graphql_own_pages_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no own pages counter in {metrics}"))
+}
+
 fn positions(events: &[Value]) -> Vec<i64> {
     events
         .iter()
@@ -248,6 +264,7 @@ async fn runs_filter_on_the_status_shown_and_merge_outcomes_newest_first() {
     ] {
         assert_eq!(flat, c.ok(&own_way, json!({})).await, "{own_way}");
     }
+    let first_page = flat.clone();
     // And on the last page, whose cursors come from an `after`.
     let after = flat["runs"]["pageInfo"]["endCursor"].clone();
     let rest =
@@ -268,6 +285,76 @@ async fn runs_filter_on_the_status_shown_and_merge_outcomes_newest_first() {
         ask(rest("... on RunConnection { __typename }", "id")).await
     );
     assert_eq!(flat, ask(rest("", "... on Run { id }")).await);
+
+    // A page whose document async-graphql has validated (the requests above ran without
+    // errors) is answered without its validation and execution (api::graphql::fast::answer):
+    // the same answer, with variables and their defaults, a named operation, and an `after`.
+    let own = || async { own_pages(&app).await };
+    let before = own().await;
+    assert_eq!(c.ok(&page("", "id"), json!({})).await, first_page);
+    assert_eq!(own().await, before + 1, "answered its own way");
+    let named = format!(
+        "query RunsPage($n: Int = 4, $a: String) {}",
+        page("", "id").replacen("runs(first: 4)", "runs(first: $n, after: $a)", 1)
+    );
+    let with = |vars: Value| {
+        let (c, named) = (&c, &named);
+        async move { c.post(named, vars).await }
+    };
+    // The first asks async-graphql (which validates it), the next are answered here.
+    for _ in 0..2 {
+        assert_eq!(with(json!({})).await["data"], first_page);
+        assert_eq!(with(json!({ "a": after.clone() })).await["data"], flat);
+    }
+    assert_eq!(
+        own().await,
+        before + 4,
+        "the named document, after its first time"
+    );
+    // Refusals are async-graphql's, word for word, whichever way the document has gone.
+    let refused = with(json!({ "n": 0 })).await;
+    assert_eq!(
+        refused["errors"][0]["extensions"]["code"], "validation_failed",
+        "{refused}"
+    );
+    assert_eq!(with(json!({ "n": 0 })).await, refused);
+    let bad_cursor = with(json!({ "a": "not a cursor" })).await;
+    assert_eq!(
+        bad_cursor["errors"][0]["message"], "invalid cursor",
+        "{bad_cursor}"
+    );
+    assert_eq!(own().await, before + 4, "no refusal is answered here");
+    // And over HTTP the same: status, headers (but the date) and body.
+    let text = format!("{named} ");
+    let raw = || async {
+        let r = reqwest::Client::new()
+            .post(format!("{}/graphql", app.url()))
+            .bearer_auth(&c.token)
+            .json(&json!({ "query": text, "variables": {} }))
+            .send()
+            .await
+            .expect("an answer");
+        let mut headers: Vec<(String, String)> = r
+            .headers()
+            .iter()
+            .filter(|(name, _)| *name != "date")
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or_default().to_owned()))
+            .collect();
+        headers.sort();
+        (
+            r.status().as_u16(),
+            headers,
+            r.text().await.expect("a body"),
+        )
+    };
+    let ordinary = raw().await;
+    assert_eq!(
+        own().await,
+        before + 4,
+        "a new text goes the ordinary way first"
+    );
+    assert_eq!(raw().await, ordinary);
+    assert_eq!(own().await, before + 5);
 
     // The status filters find a running run by the status it shows, though its row in the
     // read model says queued until it ends.
@@ -363,6 +450,20 @@ async fn runs_filter_on_the_status_shown_and_merge_outcomes_newest_first() {
     ] {
         assert_eq!(flat, c.ok(&own_way, json!({})).await, "{own_way}");
     }
+    // A validated tenant page, answered without async-graphql's execution; and a search.
+    let before = own_pages(&app).await;
+    assert_eq!(c.ok(&tenants("", "id"), json!({})).await, flat);
+    assert_eq!(own_pages(&app).await, before + 1);
+    let search =
+        tenants("", "id").replacen("tenants(first: 10)", "tenants(first: 10, search: $s)", 1);
+    let search = format!("query($s: String) {search}");
+    for _ in 0..2 {
+        let found = c.ok(&search, json!({ "s": "FABRIKAM" })).await;
+        assert_eq!(nodes(&found, "tenants").len(), 1, "{found}");
+        assert_eq!(nodes(&found, "tenants")[0]["status"], "archived", "{found}");
+        assert_eq!(c.ok(&search, json!({ "s": null })).await, flat);
+    }
+    assert_eq!(own_pages(&app).await, before + 4);
     app.stop().await;
 }
 
