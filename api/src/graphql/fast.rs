@@ -284,7 +284,7 @@ listed!(ListedTenant, TenantNode);
 ///
 /// The page is read as the resolver reads it (the same statement, in the request's
 /// confined snapshot, on the replica when the caller's writes allow) and answered with the
-/// same one pass. A tenant page asked for this way costs about a fifth less of this
+/// same one pass. A tenant page asked for this way costs about a tenth less of this
 /// process's CPU at 32 clients (docs/BENCHMARKS.md).
 pub(crate) async fn answer(
     request: &async_graphql::Request,
