@@ -63,6 +63,12 @@ fn asked(f: &Field) -> &[Positioned<Selection>] {
 
 /// A row of a list page whose own scalar fields can be answered in one pass.
 pub trait Row: OutputType {
+    /// The read model's row it lists.
+    type Node: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin;
+
+    /// The row listed.
+    fn listed(node: Self::Node) -> Self;
+
     /// The field `name`'s value, or None when it is not one of the row's own scalar fields.
     fn value(&self, name: &str) -> Option<Value>;
 
@@ -99,7 +105,7 @@ pub struct Page<T: Row> {
 impl<T: Row + Send + Sync> Page<T> {
     /// The page `req` asked for, from up to `req.limit()` rows (one more tells that another
     /// page follows).
-    pub(crate) fn new(req: &PageRequest, mut rows: Vec<T>) -> Self {
+    fn new(req: &PageRequest, mut rows: Vec<T>) -> Self {
         let has_next = rows.len() as i64 > req.first;
         rows.truncate(req.first as usize);
         Self {
@@ -107,6 +113,16 @@ impl<T: Row + Send + Sync> Page<T> {
             has_previous: req.after.is_some(),
             has_next,
         }
+    }
+
+    /// The page `req` asked for, read with `q` (its list's statement) on `conn`.
+    pub(crate) async fn read(
+        q: &mut sqlx::QueryBuilder<'static, sqlx::Postgres>,
+        conn: &mut sqlx::PgConnection,
+        req: &PageRequest,
+    ) -> Result<Self, sqlx::Error> {
+        let nodes = q.build_query_as::<T::Node>().fetch_all(conn).await?;
+        Ok(Self::new(req, nodes.into_iter().map(T::listed).collect()))
     }
 
     fn flat(&self, items: &[Positioned<Selection>]) -> Option<Value> {
@@ -186,6 +202,12 @@ fn time(at: Option<DateTime<Utc>>) -> Value {
 }
 
 impl Row for ListedRun {
+    type Node = RunNode;
+
+    fn listed(node: RunNode) -> Self {
+        Self(node)
+    }
+
     fn key(&self) -> Vec<serde_json::Value> {
         vec![
             self.0.queued_at.to_rfc3339().into(),
@@ -220,6 +242,12 @@ impl Row for ListedRun {
 }
 
 impl Row for ListedTenant {
+    type Node = TenantNode;
+
+    fn listed(node: TenantNode) -> Self {
+        Self(node)
+    }
+
     fn key(&self) -> Vec<serde_json::Value> {
         vec![
             self.0.display_name.clone().into(),
@@ -358,30 +386,20 @@ pub(crate) async fn answer(
         "tenants" => {
             let mut q = super::query::tenants_query(&caller.workspace, search, &page).ok()?;
             let mut tx = super::query::snapshot(state, caller).await.ok()?;
-            let rows: Vec<ListedTenant> = q
-                .build_query_as::<TenantNode>()
-                .fetch_all(&mut *tx)
+            Page::<ListedTenant>::read(&mut q, &mut tx, &page)
                 .await
                 .ok()?
-                .into_iter()
-                .map(ListedTenant)
-                .collect();
-            Page::new(&page, rows).flat(asked(field))?
+                .flat(asked(field))?
         }
         "runs" => {
             let mut q = super::runs::RunList::page(&caller.workspace, &page)
                 .ok()?
                 .query();
             let mut tx = super::query::snapshot(state, caller).await.ok()?;
-            let rows: Vec<ListedRun> = q
-                .build_query_as::<RunNode>()
-                .fetch_all(&mut *tx)
+            Page::<ListedRun>::read(&mut q, &mut tx, &page)
                 .await
                 .ok()?
-                .into_iter()
-                .map(ListedRun)
-                .collect();
-            Page::new(&page, rows).flat(asked(field))?
+                .flat(asked(field))?
         }
         _ => return None,
     };

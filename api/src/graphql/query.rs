@@ -288,15 +288,9 @@ impl CoreQuery {
         let page = PageRequest::parse(first, after)?;
         let mut q = tenants_query(&caller(ctx)?.workspace, search, &page)?;
         let mut tx = reader(ctx).await?;
-        let rows: Vec<super::fast::ListedTenant> = q
-            .build_query_as::<TenantNode>()
-            .fetch_all(&mut *tx)
+        super::fast::Page::read(&mut q, &mut tx, &page)
             .await
-            .map_err(internal)?
-            .into_iter()
-            .map(super::fast::ListedTenant)
-            .collect();
-        Ok(super::fast::Page::new(&page, rows))
+            .map_err(internal)
     }
 
     /// One tenant by its key (`<workspace>:<guid>`).
@@ -406,15 +400,9 @@ impl CoreQuery {
         }
         let mut q = list.query();
         let mut tx = reader(ctx).await?;
-        let rows: Vec<super::fast::ListedRun> = q
-            .build_query_as::<RunNode>()
-            .fetch_all(&mut *tx)
+        super::fast::Page::read(&mut q, &mut tx, &page)
             .await
-            .map_err(internal)?
-            .into_iter()
-            .map(super::fast::ListedRun)
-            .collect();
-        Ok(super::fast::Page::new(&page, rows))
+            .map_err(internal)
     }
 
     /// One run with its steps.
