@@ -80,7 +80,18 @@ async fn graphql(State(state): State<AppState>, headers: HeaderMap, body: Body) 
     )
     .instrument(span);
     match tokio::time::timeout(deadline, work).await {
-        Ok(response) => GraphQLResponse::from(response).into_response(),
+        Ok(crate::graphql::Answer::Executed(response)) => {
+            GraphQLResponse::from(response).into_response()
+        }
+        // As async-graphql-axum answers a response without errors, cache control or headers.
+        Ok(crate::graphql::Answer::Page(json)) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/graphql-response+json",
+            )],
+            json,
+        )
+            .into_response(),
         Err(_) => {
             tracing::warn!(
                 deadline_s = deadline.as_secs(),

@@ -43,7 +43,9 @@ impl Default for QueryLimits {
 /// again.
 ///
 /// With `documents`, the document of a text the workspace sent before is taken from them
-/// instead of parsed again.
+/// instead of parsed again, and returned instead of copied into the request: the caller
+/// sets it (`set_parsed_query`) before executing the request. Without `documents` nothing
+/// is returned.
 pub(crate) fn check(
     request: &mut async_graphql::Request,
     limits: &QueryLimits,
@@ -86,17 +88,15 @@ pub(crate) fn check(
         )));
     }
     check_variables(&parsed.doc, request)?;
-    // Execution takes the document out of the request: a kept one is copied, one parsed
-    // for this request alone is moved.
+    // Execution takes the document out of the request: one parsed for this request alone
+    // is moved in; a kept one is returned, for the caller to copy in only if async-graphql
+    // executes the request.
     match Arc::try_unwrap(parsed) {
         Ok(own) => {
             request.set_parsed_query(own.doc);
             Ok(None)
         }
-        Err(kept) => {
-            request.set_parsed_query(kept.doc.clone());
-            Ok(Some(kept))
-        }
+        Err(kept) => Ok(Some(kept)),
     }
 }
 

@@ -80,6 +80,13 @@ pub fn schema() -> TenantflowSchema {
     .finish()
 }
 
+/// What [`execute`] answers: async-graphql's response, or a list page's response already
+/// written as JSON (see `fast::answer`).
+pub(crate) enum Answer {
+    Executed(async_graphql::Response),
+    Page(Vec<u8>),
+}
+
 /// Executes a request: its persisted query (if it names one by hash) resolved first, then
 /// with the schema its kind calls for: introspection with the limits made for it,
 /// anything else with the ordinary ones.
@@ -92,39 +99,45 @@ pub(crate) async fn execute(
     request: async_graphql::Request,
     workspace: &str,
     writer: Option<(&store::ReadReplica, String)>,
-) -> async_graphql::Response {
+) -> Answer {
     let mut request = match persisted.resolve(request) {
         Ok(request) => request,
-        Err(refused) => return *refused,
+        Err(refused) => return Answer::Executed(*refused),
     };
     // Before anything whose cost grows with the query's fragments; it keeps the parsed
-    // document in the request (what does not parse is left to execution to report).
+    // document in the request, or returns the workspace's kept one (what does not parse
+    // is left to execution to report).
     let kept = match cost::check(
         &mut request,
         limits,
         Some((&persisted.documents, workspace)),
     ) {
         Ok(kept) => kept,
-        Err(refused) => return *refused,
+        Err(refused) => return Answer::Executed(*refused),
     };
     let operation_name = request.operation_name.take();
-    let parsed = request.parsed_query().ok();
+    let parsed = match &kept {
+        Some(kept) => Some(&kept.doc),
+        None => request.parsed_query().ok(),
+    };
     let kind = parsed
         .and_then(|doc| cost::operation(doc, operation_name.as_deref()))
         .map(|op| op.node.ty);
-    let is_query = kind == Some(OperationType::Query);
     let route = route(parsed, operation_name.as_deref());
     request.operation_name = operation_name;
-    match route {
-        Route::Ordinary if is_query => {
-            let validated = kept
-                .as_ref()
-                .filter(|k| k.validated.load(Ordering::Relaxed));
-            if let Some(kept) = validated {
-                if let Some(answer) = fast::answer(&request, &kept.doc).await {
-                    return answer;
-                }
-            }
+    let validated = kept
+        .as_ref()
+        .filter(|k| k.validated.load(Ordering::Relaxed));
+    if let (Route::Ordinary, Some(OperationType::Query), Some(kept)) = (&route, kind, validated) {
+        if let Some(page) = fast::answer(&request, &kept.doc).await {
+            return Answer::Page(page);
+        }
+    }
+    if let Some(kept) = &kept {
+        request.set_parsed_query(kept.doc.clone());
+    }
+    Answer::Executed(match route {
+        Route::Ordinary if kind == Some(OperationType::Query) => {
             let response = schema
                 .execute(request.data(query::RequestReader::default()))
                 .await;
@@ -149,7 +162,7 @@ pub(crate) async fn execute(
                 .await
         }
         Route::TooDeep => introspection::too_deep(),
-    }
+    })
 }
 
 /// The checks a request's document passes before it is validated (see `cost`).
