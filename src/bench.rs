@@ -173,7 +173,7 @@ pub enum BenchCommand {
 /// CPU time spent between two readings: this process's (user + system) and the whole
 /// machine's (every process, PostgreSQL's included), from `/proc`. Figures where the
 /// machine is the limit are compared by the CPU each operation costs, not only by rate.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct CpuReading {
     process_ticks: u64,
     machine_ticks: u64,
@@ -235,11 +235,30 @@ impl CpuReading {
     /// The CPU spent since `self`, per operation of `operations`. Linux counts in
     /// hundredths of a second (`USER_HZ`).
     pub fn per_op(&self, operations: usize) -> CpuPerOp {
+        self.since().per(operations)
+    }
+
+    /// The CPU spent since `self`.
+    fn since(&self) -> CpuReading {
         let now = Self::now();
+        CpuReading {
+            process_ticks: now.process_ticks.saturating_sub(self.process_ticks),
+            machine_ticks: now.machine_ticks.saturating_sub(self.machine_ticks),
+        }
+    }
+
+    /// Adds CPU spent (from `since`).
+    fn add(&mut self, spent: &CpuReading) {
+        self.process_ticks += spent.process_ticks;
+        self.machine_ticks += spent.machine_ticks;
+    }
+
+    /// CPU spent (from `since`), per operation of `operations`.
+    fn per(&self, operations: usize) -> CpuPerOp {
         let ms = |ticks: u64| ticks as f64 * 10.0 / operations.max(1) as f64;
         CpuPerOp {
-            process_ms: ms(now.process_ticks.saturating_sub(self.process_ticks)),
-            machine_ms: ms(now.machine_ticks.saturating_sub(self.machine_ticks)),
+            process_ms: ms(self.process_ticks),
+            machine_ms: ms(self.machine_ticks),
         }
     }
 }
@@ -655,7 +674,90 @@ where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
 {
-    let op = Arc::new(op);
+    Ok(timed(total, concurrency, Arc::new(op)).await?.result())
+}
+
+/// How many turns [`measure_in_turns`] takes.
+const TURNS: usize = 5;
+
+/// Two operations' phases measured in turns, for a ratio of their rates: [`TURNS`] turns of
+/// `total / TURNS` operations a side, the side that goes first alternating (A B, B A, A B,
+/// ...). On a shared machine whose speed drifts over seconds (other guests of its host,
+/// PostgreSQL's background work), two phases run one after the other each see a different
+/// machine, and a phase of a second is easily caught by a slow moment; in turns both see
+/// the same mix. Ramping up and down at each turn's ends costs both sides the same share of
+/// their rate (about `concurrency / 2` operations' time out of `total / TURNS`), so the
+/// ratio keeps no trace of it. Each side's result and CPU per operation, over its turns.
+pub async fn measure_in_turns<A, FA, B, FB>(
+    total: usize,
+    concurrency: usize,
+    a: A,
+    b: B,
+) -> anyhow::Result<[(PhaseResult, CpuPerOp); 2]>
+where
+    A: Fn(usize) -> FA + Send + Sync + 'static,
+    FA: std::future::Future<Output = anyhow::Result<()>> + Send,
+    B: Fn(usize) -> FB + Send + Sync + 'static,
+    FB: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let mut sides: [(Timed, CpuReading); 2] = Default::default();
+    for turn in 0..TURNS {
+        let n = total / TURNS + usize::from(turn < total % TURNS);
+        for side in if turn % 2 == 0 { [0, 1] } else { [1, 0] } {
+            let cpu = CpuReading::now();
+            let phase = if side == 0 {
+                timed(n, concurrency, a.clone()).await?
+            } else {
+                timed(n, concurrency, b.clone()).await?
+            };
+            let (sum, spent) = &mut sides[side];
+            spent.add(&cpu.since());
+            sum.latencies.extend(phase.latencies);
+            sum.seconds += phase.seconds;
+        }
+    }
+    Ok(sides.map(|(timed, spent)| {
+        let cpu = spent.per(timed.latencies.len());
+        (timed.result(), cpu)
+    }))
+}
+
+/// A phase's latencies and how long it took.
+#[derive(Default)]
+struct Timed {
+    latencies: Vec<Duration>,
+    seconds: f64,
+}
+
+impl Timed {
+    fn result(mut self) -> PhaseResult {
+        let latencies = &mut self.latencies;
+        latencies.sort();
+        let pct = |p: f64| {
+            let idx =
+                ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len().max(1)) - 1;
+            latencies
+                .get(idx)
+                .map(|d| d.as_secs_f64() * 1000.0)
+                .unwrap_or(0.0)
+        };
+        let operations = latencies.len();
+        PhaseResult {
+            operations,
+            seconds: self.seconds,
+            per_second: operations as f64 / self.seconds,
+            p50_ms: pct(0.50),
+            p99_ms: pct(0.99),
+        }
+    }
+}
+
+async fn timed<F, Fut>(total: usize, concurrency: usize, op: Arc<F>) -> anyhow::Result<Timed>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let tasks: Vec<_> = (0..concurrency)
@@ -680,22 +782,9 @@ where
     for t in tasks {
         latencies.extend(t.await.context("benchmark task panicked")??);
     }
-    let seconds = started.elapsed().as_secs_f64();
-    latencies.sort();
-    let pct = |p: f64| {
-        let idx =
-            ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len().max(1)) - 1;
-        latencies
-            .get(idx)
-            .map(|d| d.as_secs_f64() * 1000.0)
-            .unwrap_or(0.0)
-    };
-    Ok(PhaseResult {
-        operations: total,
-        seconds,
-        per_second: total as f64 / seconds,
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
+    Ok(Timed {
+        latencies,
+        seconds: started.elapsed().as_secs_f64(),
     })
 }
 

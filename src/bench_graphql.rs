@@ -16,7 +16,7 @@ use std::future::IntoFuture;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::bench::{measure, CpuPerOp, CpuReading, PhaseResult};
+use crate::bench::{measure, measure_in_turns, CpuPerOp, CpuReading, PhaseResult};
 use crate::bench_graphql_floor::ListPage;
 use crate::config::Config;
 use crate::serve::Database;
@@ -74,7 +74,8 @@ struct AtConcurrency {
     /// together) and the machine's (PostgreSQL's too).
     graphql_cpu: CpuPerOp,
     sql_cpu: CpuPerOp,
-    /// graphql.per_second / sql.per_second
+    /// graphql.per_second / sql.per_second, the two measured in turns
+    /// (`bench::measure_in_turns`)
     ratio: f64,
 }
 
@@ -95,7 +96,8 @@ struct WithoutFieldsAt {
     concurrency: usize,
     graphql: PhaseResult,
     graphql_cpu: CpuPerOp,
-    /// graphql.per_second / the page's SQL per second at this concurrency
+    /// graphql.per_second / the page's SQL per second at this concurrency, measured in
+    /// turns with it
     ratio_to_page_sql: f64,
 }
 
@@ -108,8 +110,8 @@ struct JsonFloorAt {
     concurrency: usize,
     http: PhaseResult,
     http_cpu: CpuPerOp,
-    /// http.per_second / the page's SQL per second at this concurrency: the most any
-    /// GraphQL service could bring the page to in this harness.
+    /// http.per_second / the page's SQL per second at this concurrency, measured in turns
+    /// with it: the most any GraphQL service could bring the page to in this harness.
     ratio_to_page_sql: f64,
 }
 
@@ -339,11 +341,7 @@ impl Connections {
 fn over_http(
     connections: &Arc<Connections>,
     page: &Page,
-) -> impl Fn(usize) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>
-       + Clone
-       + Send
-       + Sync
-       + 'static {
+) -> impl Fn(usize) -> Op + Clone + Send + Sync + 'static {
     let connections = connections.clone();
     let (body, check) = (Bytes::from(page.body.to_string()), page.check);
     move |_: usize| {
@@ -360,26 +358,67 @@ fn over_http(
     }
 }
 
-/// `page` through `connections` at `concurrency`: a warm-up, then `requests` timed, the CPU
-/// they cost, and their rate's ratio to the page's SQL at that concurrency (from `runs`).
+/// `page` through `connections` at `concurrency`: a warm-up, then `requests` timed in turns
+/// with the page's SQL (`sql`), the CPU they cost, and their rate's ratio to the SQL's.
 async fn beside_page_sql(
     connections: &Arc<Connections>,
     page: &Page,
+    sql: impl Fn(usize) -> Op + Send + Sync + 'static,
     concurrency: usize,
     requests: usize,
-    runs: &[AtConcurrency],
 ) -> anyhow::Result<(PhaseResult, CpuPerOp, f64)> {
     let request = over_http(connections, page);
     measure(200, concurrency, request.clone()).await?;
-    let cpu = CpuReading::now();
-    let result = measure(requests, concurrency, request).await?;
-    let cpu = cpu.per_op(requests);
-    let page_sql = runs
-        .iter()
-        .find(|r| r.page == page.name && r.concurrency == concurrency)
-        .map_or(f64::NAN, |r| r.sql.per_second);
-    let ratio = result.per_second / page_sql;
+    let [(result, cpu), (sql, _)] = measure_in_turns(requests, concurrency, request, sql).await?;
+    let ratio = result.per_second / sql.per_second;
     Ok((result, cpu, ratio))
+}
+
+/// One operation of a page's SQL, or of its request over HTTP.
+type Op = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>;
+
+/// The page `name`'s SQL run directly on `pool`, in the confined transaction the service
+/// reads in: what the page's GraphQL is measured against.
+fn page_sql_op(
+    pool: &PgPool,
+    name: &'static str,
+    last_run: uuid::Uuid,
+) -> impl Fn(usize) -> Op + Clone + Send + Sync + 'static {
+    let pool = pool.clone();
+    let statements = Arc::new(page_sql());
+    move |_: usize| -> Op {
+        let (pool, statements) = (pool.clone(), statements.clone());
+        Box::pin(async move {
+            let (tenants_sql, runs_sql, run_sql) = &*statements;
+            let mut tx = store::db::workspace_reader(&pool, WORKSPACE).await?;
+            let found = match name {
+                "tenants" => sqlx::query(tenants_sql)
+                    .bind(WORKSPACE)
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .len(),
+                "runs" => sqlx::query(runs_sql)
+                    .bind(WORKSPACE)
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .len(),
+                _ => {
+                    let mut rows = 0;
+                    for sql in run_sql {
+                        rows += sqlx::query(sql)
+                            .bind(last_run)
+                            .fetch_all(&mut *tx)
+                            .await?
+                            .len();
+                    }
+                    rows
+                }
+            };
+            tx.commit().await?;
+            anyhow::ensure!(found > 1, "unexpected page");
+            Ok(())
+        })
+    }
 }
 
 /// An answer's `data`, if it has no `errors`. The checks read only what they need: the rest
@@ -586,56 +625,15 @@ async fn measure_on(
     let mut runs = Vec::new();
     for page in &pages {
         let graphql = over_http(&connections, page);
-        let name = page.name;
-        let sql = {
-            let pool = pool.clone();
-            let statements = Arc::new(page_sql());
-            move |_: usize| {
-                let (pool, statements) = (pool.clone(), statements.clone());
-                async move {
-                    let (tenants_sql, runs_sql, run_sql) = &*statements;
-                    let mut tx = store::db::workspace_reader(&pool, WORKSPACE).await?;
-                    let found = match name {
-                        "tenants" => sqlx::query(tenants_sql)
-                            .bind(WORKSPACE)
-                            .fetch_all(&mut *tx)
-                            .await?
-                            .len(),
-                        "runs" => sqlx::query(runs_sql)
-                            .bind(WORKSPACE)
-                            .fetch_all(&mut *tx)
-                            .await?
-                            .len(),
-                        _ => {
-                            let mut rows = 0;
-                            for sql in run_sql {
-                                rows += sqlx::query(sql)
-                                    .bind(last_run)
-                                    .fetch_all(&mut *tx)
-                                    .await?
-                                    .len();
-                            }
-                            rows
-                        }
-                    };
-                    tx.commit().await?;
-                    anyhow::ensure!(found > 1, "unexpected page");
-                    Ok(())
-                }
-            }
-        };
+        let sql = page_sql_op(pool, page.name, last_run);
         for concurrency in [1, 32] {
             // Warm-up: connections opened, statements prepared.
             measure(200, concurrency, graphql.clone()).await?;
             measure(200, concurrency, sql.clone()).await?;
-            let cpu = CpuReading::now();
-            let graphql = measure(requests, concurrency, graphql.clone()).await?;
-            let graphql_cpu = cpu.per_op(requests);
-            let cpu = CpuReading::now();
-            let sql = measure(requests, concurrency, sql.clone()).await?;
-            let sql_cpu = cpu.per_op(requests);
+            let [(graphql, graphql_cpu), (sql, sql_cpu)] =
+                measure_in_turns(requests, concurrency, graphql.clone(), sql.clone()).await?;
             runs.push(AtConcurrency {
-                page: name,
+                page: page.name,
                 concurrency,
                 ratio: graphql.per_second / sql.per_second,
                 graphql,
@@ -648,8 +646,9 @@ async fn measure_on(
     let mut without_fields = Vec::new();
     for page in &bare_pages {
         for concurrency in [1, 32] {
+            let sql = page_sql_op(pool, page.name, last_run);
             let (graphql, graphql_cpu, ratio_to_page_sql) =
-                beside_page_sql(&connections, page, concurrency, requests, &runs).await?;
+                beside_page_sql(&connections, page, sql, concurrency, requests).await?;
             without_fields.push(WithoutFieldsAt {
                 page: page.name,
                 concurrency,
@@ -687,8 +686,9 @@ async fn measure_on(
             );
         }
         for concurrency in [1, 32] {
+            let sql = page_sql_op(pool, page.name, last_run);
             let (http, http_cpu, ratio_to_page_sql) =
-                beside_page_sql(&floor.connections, page, concurrency, requests, &runs).await?;
+                beside_page_sql(&floor.connections, page, sql, concurrency, requests).await?;
             json_floor.push(JsonFloorAt {
                 page: page.name,
                 concurrency,

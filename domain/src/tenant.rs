@@ -267,6 +267,17 @@ pub enum TenantStatus {
 }
 
 impl TenantStatus {
+    pub const ALL: [TenantStatus; 3] = [
+        TenantStatus::Unregistered,
+        TenantStatus::Active,
+        TenantStatus::Archived,
+    ];
+
+    /// The status spelled `s` (its [`as_str`](Self::as_str)).
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
     /// The stable snake_case spelling.
     pub fn as_str(self) -> &'static str {
         match self {

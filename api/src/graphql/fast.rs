@@ -24,7 +24,7 @@ use async_graphql::{
 use chrono::{DateTime, Utc};
 use std::borrow::Cow;
 
-use super::enums::{stored, RunOutcome, RunStatus, TenantStatus};
+use super::enums::{RunOutcome, RunStatus, TenantStatus};
 use super::page::{encode, Cursor, PageRequest};
 use super::types::{RunNode, TenantNode};
 
@@ -494,9 +494,9 @@ impl Row for ListedTenant {
             "entraTenantId" => out.str(&t.entra_tenant_id.to_string()),
             "displayName" => out.str(&t.display_name),
             "primaryDomain" => out.str(&t.primary_domain),
-            "status" => out.name(enum_name(
-                stored::<domain::tenant::TenantStatus, TenantStatus>(&t.status).ok()?,
-            )?),
+            "status" => out.name(enum_name(TenantStatus::from(
+                domain::tenant::TenantStatus::parse(&t.status)?,
+            ))?),
             "registeredAt" => time(out, Some(t.registered_at)),
             "archivedAt" => time(out, t.archived_at),
             "lastResyncedAt" => time(out, t.last_resynced_at),
