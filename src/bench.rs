@@ -1118,3 +1118,35 @@ pub(crate) async fn connect_tenant(
     .map_err(err)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each side gets its share of the operations, in turns whose first side alternates,
+    /// and its result counts only its own.
+    #[tokio::test]
+    async fn phases_in_turns_alternate_and_keep_their_own_counts() {
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let side = |name: char| {
+            let order = order.clone();
+            move |_: usize| {
+                let order = order.clone();
+                async move {
+                    let mut order = order.lock().unwrap();
+                    if order.last() != Some(&name) {
+                        order.push(name);
+                    }
+                    Ok(())
+                }
+            }
+        };
+        let [(a, _), (b, _)] = measure_in_turns(23, 1, side('a'), side('b')).await.unwrap();
+        assert_eq!((a.operations, b.operations), (23, 23));
+        assert!(a.per_second > 0.0 && b.per_second > 0.0);
+        // A B, B A, A B, B A, A B: one side's turns run on where two turns meet (with A B
+        // every time this would read "ababababab").
+        let order: String = order.lock().unwrap().iter().collect();
+        assert_eq!(order, "ababab");
+    }
+}

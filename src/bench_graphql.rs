@@ -96,8 +96,9 @@ struct WithoutFieldsAt {
     concurrency: usize,
     graphql: PhaseResult,
     graphql_cpu: CpuPerOp,
-    /// graphql.per_second / the page's SQL per second at this concurrency, measured in
-    /// turns with it
+    /// The page's SQL, measured in turns with this request.
+    page_sql: PhaseResult,
+    /// graphql.per_second / page_sql.per_second
     ratio_to_page_sql: f64,
 }
 
@@ -110,8 +111,10 @@ struct JsonFloorAt {
     concurrency: usize,
     http: PhaseResult,
     http_cpu: CpuPerOp,
-    /// http.per_second / the page's SQL per second at this concurrency, measured in turns
-    /// with it: the most any GraphQL service could bring the page to in this harness.
+    /// The page's SQL, measured in turns with the floor.
+    page_sql: PhaseResult,
+    /// http.per_second / page_sql.per_second: the most any GraphQL service could bring
+    /// the page to in this harness.
     ratio_to_page_sql: f64,
 }
 
@@ -359,19 +362,18 @@ fn over_http(
 }
 
 /// `page` through `connections` at `concurrency`: a warm-up, then `requests` timed in turns
-/// with the page's SQL (`sql`), the CPU they cost, and their rate's ratio to the SQL's.
+/// with the page's SQL (`sql`): its result, the CPU it cost, and the SQL's result.
 async fn beside_page_sql(
     connections: &Arc<Connections>,
     page: &Page,
     sql: impl Fn(usize) -> Op + Send + Sync + 'static,
     concurrency: usize,
     requests: usize,
-) -> anyhow::Result<(PhaseResult, CpuPerOp, f64)> {
+) -> anyhow::Result<(PhaseResult, CpuPerOp, PhaseResult)> {
     let request = over_http(connections, page);
     measure(200, concurrency, request.clone()).await?;
     let [(result, cpu), (sql, _)] = measure_in_turns(requests, concurrency, request, sql).await?;
-    let ratio = result.per_second / sql.per_second;
-    Ok((result, cpu, ratio))
+    Ok((result, cpu, sql))
 }
 
 /// One operation of a page's SQL, or of its request over HTTP.
@@ -647,14 +649,15 @@ async fn measure_on(
     for page in &bare_pages {
         for concurrency in [1, 32] {
             let sql = page_sql_op(pool, page.name, last_run);
-            let (graphql, graphql_cpu, ratio_to_page_sql) =
+            let (graphql, graphql_cpu, page_sql) =
                 beside_page_sql(&connections, page, sql, concurrency, requests).await?;
             without_fields.push(WithoutFieldsAt {
                 page: page.name,
                 concurrency,
-                ratio_to_page_sql,
+                ratio_to_page_sql: graphql.per_second / page_sql.per_second,
                 graphql,
                 graphql_cpu,
+                page_sql,
             });
         }
     }
@@ -687,14 +690,15 @@ async fn measure_on(
         }
         for concurrency in [1, 32] {
             let sql = page_sql_op(pool, page.name, last_run);
-            let (http, http_cpu, ratio_to_page_sql) =
+            let (http, http_cpu, page_sql) =
                 beside_page_sql(&floor.connections, page, sql, concurrency, requests).await?;
             json_floor.push(JsonFloorAt {
                 page: page.name,
                 concurrency,
-                ratio_to_page_sql,
+                ratio_to_page_sql: http.per_second / page_sql.per_second,
                 http,
                 http_cpu,
+                page_sql,
             });
         }
         floor.stop().await?;
