@@ -1,5 +1,5 @@
-//! `bench graphql`'s JSON floor: the tenant and run list pages served by the least JSON API
-//! that keeps what the service must keep, with no GraphQL in it. Over the same HTTP/1.1
+//! `bench graphql`'s JSON floor: the tenant and run list pages, and one run with its steps,
+//! served by the least JSON API that keeps what the service must keep, with no GraphQL in it. Over the same HTTP/1.1
 //! (axum and hyper, keep-alive) and load generator, each request checks the caller's token,
 //! reads the page's SQL in the service's workspace-confined snapshot (R8.3), and writes the
 //! rows with `serde` straight into the answer GraphQL gives (the same fields, the same
@@ -20,24 +20,30 @@ use std::sync::Arc;
 
 use crate::bench_graphql::{readonly_token, Served};
 
-/// The list pages the floor serves.
+/// The pages the floor serves.
 #[derive(Clone, Copy, Debug)]
-pub(crate) enum ListPage {
+pub(crate) enum FloorPage {
     Tenants,
     Runs,
+    /// One run, with its steps.
+    Run(uuid::Uuid),
 }
 
 struct FloorState {
     pool: PgPool,
     auth: api::auth::Authenticator,
-    page: ListPage,
-    sql: String,
+    page: FloorPage,
+    sql: Vec<String>,
 }
 
-/// Serves `page` with `sql` (the page's statement as `bench graphql` reads it directly) at
-/// `/graphql` on a loopback port, whatever the request's body; the load generator's
+/// Serves `page` with `sql` (the page's statements as `bench graphql` reads them directly)
+/// at `/graphql` on a loopback port, whatever the request's body; the load generator's
 /// connections carry a token of its own.
-pub(crate) async fn serve(pool: &PgPool, page: ListPage, sql: String) -> anyhow::Result<Served> {
+pub(crate) async fn serve(
+    pool: &PgPool,
+    page: FloorPage,
+    sql: Vec<String>,
+) -> anyhow::Result<Served> {
     let (auth, token) = readonly_token()?;
     let state = Arc::new(FloorState {
         pool: pool.clone(),
@@ -73,8 +79,8 @@ async fn answer_page(
 async fn answer(s: &FloorState, workspace: &str) -> anyhow::Result<Vec<u8>> {
     let mut tx = store::db::workspace_snapshot(&s.pool, workspace).await?;
     let body = match s.page {
-        ListPage::Tenants => {
-            let mut rows: Vec<TenantRow> = sqlx::query_as(&s.sql)
+        FloorPage::Tenants => {
+            let mut rows: Vec<TenantRow> = sqlx::query_as(&s.sql[0])
                 .bind(workspace)
                 .fetch_all(&mut *tx)
                 .await?;
@@ -104,8 +110,8 @@ async fn answer(s: &FloorState, workspace: &str) -> anyhow::Result<Vec<u8>> {
                 },
             })?
         }
-        ListPage::Runs => {
-            let mut rows: Vec<RunRow> = sqlx::query_as(&s.sql)
+        FloorPage::Runs => {
+            let mut rows: Vec<RunRow> = sqlx::query_as(&s.sql[0])
                 .bind(workspace)
                 .fetch_all(&mut *tx)
                 .await?;
@@ -134,6 +140,47 @@ async fn answer(s: &FloorState, workspace: &str) -> anyhow::Result<Vec<u8>> {
                             })
                             .collect(),
                         page_info,
+                    },
+                },
+            })?
+        }
+        FloorPage::Run(id) => {
+            let run: OneRunRow = sqlx::query_as(&s.sql[0])
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+            let steps: Vec<StepRow> = sqlx::query_as(&s.sql[1])
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await?;
+            // A running run's newer attempts are in its checkpoint, which the service merges
+            // in; the floor serves a finished run, whose checkpoint has none.
+            let progress: Option<Option<serde_json::Value>> = sqlx::query_scalar(&s.sql[2])
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            anyhow::ensure!(
+                progress.flatten().is_none_or(|p| p.is_null()),
+                "the floor serves a finished run"
+            );
+            serde_json::to_vec(&Answer {
+                data: RunAnswer {
+                    run: OneRunJson {
+                        id: run.run_id,
+                        run_type: &run.run_type,
+                        status: &run.status,
+                        outcome: &run.outcome,
+                        queued_at: run.queued_at,
+                        completed_at: run.completed_at,
+                        steps: steps
+                            .iter()
+                            .map(|step| StepJson {
+                                step: &step.step,
+                                attempt: step.attempt,
+                                status: &step.status,
+                                recorded_at: step.recorded_at,
+                            })
+                            .collect(),
                     },
                 },
             })?
@@ -177,6 +224,54 @@ struct RunRow {
     queued_at: DateTime<Utc>,
     completed_at: Option<DateTime<Utc>>,
     reason_code: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct OneRunRow {
+    run_id: uuid::Uuid,
+    run_type: String,
+    status: String,
+    outcome: String,
+    queued_at: DateTime<Utc>,
+    completed_at: Option<DateTime<Utc>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct StepRow {
+    step: String,
+    attempt: i32,
+    status: String,
+    recorded_at: DateTime<Utc>,
+}
+
+#[derive(Serialize)]
+struct RunAnswer<'a> {
+    run: OneRunJson<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OneRunJson<'a> {
+    id: uuid::Uuid,
+    #[serde(rename = "type")]
+    run_type: &'a str,
+    status: &'a str,
+    outcome: &'a str,
+    #[serde(serialize_with = "rfc3339")]
+    queued_at: DateTime<Utc>,
+    #[serde(serialize_with = "rfc3339_or_null")]
+    completed_at: Option<DateTime<Utc>>,
+    steps: Vec<StepJson<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StepJson<'a> {
+    step: &'a str,
+    attempt: i32,
+    status: &'a str,
+    #[serde(serialize_with = "rfc3339")]
+    recorded_at: DateTime<Utc>,
 }
 
 #[derive(Serialize)]
