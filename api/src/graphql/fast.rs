@@ -265,6 +265,9 @@ fn object<O: Out>(
     Some(())
 }
 
+/// A row field's writer: the field's value of a row, written to an [`Out`].
+pub type Writer<R, O> = fn(&R, &mut O) -> Option<()>;
+
 /// A row of a list page whose own scalar fields can be answered in one pass.
 pub trait Row: OutputType {
     /// The read model's row it lists.
@@ -273,18 +276,26 @@ pub trait Row: OutputType {
     /// The row listed.
     fn listed(node: Self::Node) -> Self;
 
-    /// Writes the field `name`'s value; None when it is not one of the row's own scalar
-    /// fields.
-    fn write<O: Out>(&self, name: &str, out: &mut O) -> Option<()>;
+    /// The writer of the field `name`, when it is one of the row's own scalar fields: known
+    /// before any row is read. A writer answers None for a value the row cannot show.
+    fn field<O: Out>(name: &str) -> Option<Writer<Self, O>>;
 
     /// The row's place in its list, the keys its cursor is made of.
     fn key(&self) -> Vec<serde_json::Value>;
+
+    /// Whether `fields` are all the row's own scalar fields (or `__typename`).
+    fn answers(fields: &[Plain<'_>]) -> bool {
+        fields.iter().all(|f| {
+            f.name() == "__typename"
+                || (f.asked.is_empty() && Self::field::<Tree>(f.name()).is_some())
+        })
+    }
 
     /// The row's object with `fields`; None when one is not its own scalar field.
     fn flat<O: Out>(&self, fields: &[Plain<'_>], out: &mut O) -> Option<()> {
         object(out, fields, &Self::type_name(), |out, f| {
             if f.asked.is_empty() {
-                self.write(f.name(), out)
+                Self::field::<O>(f.name())?(self, out)
             } else {
                 None
             }
@@ -328,6 +339,21 @@ impl<T: Row + Send + Sync> Page<T> {
     ) -> Result<Self, sqlx::Error> {
         let nodes = q.build_query_as::<T::Node>().fetch_all(conn).await?;
         Ok(Self::new(req, nodes.into_iter().map(T::listed).collect()))
+    }
+
+    /// Whether the rows' part of `fields` (their edges' nodes, their nodes) is theirs to
+    /// answer in the one pass: known before the page is read, so a page whose rows ask for
+    /// more (a tenant's connections) is not read here and then again by async-graphql.
+    fn rows_answer(fields: &[Plain<'_>]) -> bool {
+        fields.iter().all(|f| match f.name() {
+            "edges" => f
+                .asked
+                .iter()
+                .filter(|g| g.name() == "node")
+                .all(|g| T::answers(&g.asked)),
+            "nodes" => T::answers(&f.asked),
+            _ => true,
+        })
     }
 
     /// The page with `fields`; None when they are not all its own.
@@ -411,19 +437,33 @@ impl<T: Row + Send + Sync> OutputType for Page<T> {
     }
 }
 
-fn optional_text<O: Out>(out: &mut O, s: Option<&str>) {
+fn text<O: Out>(out: &mut O, s: &str) -> Option<()> {
+    out.str(s);
+    Some(())
+}
+
+fn optional_text<O: Out>(out: &mut O, s: Option<&str>) -> Option<()> {
     match s {
         Some(s) => out.str(s),
         None => out.null(),
     }
+    Some(())
+}
+
+fn boolean<O: Out>(out: &mut O, value: bool) -> Option<()> {
+    out.bool(value);
+    Some(())
 }
 
 /// A time as the `DateTime` scalar writes it.
-fn time<O: Out>(out: &mut O, at: Option<DateTime<Utc>>) {
-    match at {
-        Some(t) => out.str(&t.to_rfc3339()),
-        None => out.null(),
-    }
+fn time<O: Out>(out: &mut O, at: Option<DateTime<Utc>>) -> Option<()> {
+    optional_text(out, at.map(|t| t.to_rfc3339()).as_deref())
+}
+
+/// An enum value, by its GraphQL name; None when it has none.
+fn enum_value<O: Out, E: EnumType>(out: &mut O, value: E) -> Option<()> {
+    out.name(enum_name(value)?);
+    Some(())
 }
 
 /// An enum value's GraphQL name.
@@ -448,28 +488,31 @@ impl Row for ListedRun {
         ]
     }
 
-    fn write<O: Out>(&self, name: &str, out: &mut O) -> Option<()> {
-        let r = &self.0;
-        match name {
-            "id" => out.str(&r.run_id.to_string()),
-            "type" => out.str(&r.run_type),
-            "tenantId" => optional_text(out, r.tenant_key.as_deref()),
-            "status" => out.name(enum_name(RunStatus::from(domain::run::RunStatus::parse(
-                &r.status,
-            )?))?),
-            "outcome" => out.name(enum_name(RunOutcome::from(
-                domain::run::RunOutcome::parse(&r.outcome)?,
-            ))?),
-            "cancelRequested" => out.bool(r.cancel_requested),
-            "initiator" => out.str(&r.initiator),
-            "reasonCode" => optional_text(out, r.reason_code.as_deref()),
-            "queuedAt" => time(out, Some(r.queued_at)),
-            "startedAt" => time(out, r.started_at),
-            "completedAt" => time(out, r.completed_at),
-            "retryOf" => optional_text(out, r.retry_of.map(|id| id.to_string()).as_deref()),
+    fn field<O: Out>(name: &str) -> Option<Writer<Self, O>> {
+        let write: Writer<Self, O> = match name {
+            "id" => |r, out| text(out, &r.0.run_id.to_string()),
+            "type" => |r, out| text(out, &r.0.run_type),
+            "tenantId" => |r, out| optional_text(out, r.0.tenant_key.as_deref()),
+            "status" => |r, out| {
+                let status = domain::run::RunStatus::parse(&r.0.status)?;
+                enum_value(out, RunStatus::from(status))
+            },
+            "outcome" => |r, out| {
+                let outcome = domain::run::RunOutcome::parse(&r.0.outcome)?;
+                enum_value(out, RunOutcome::from(outcome))
+            },
+            "cancelRequested" => |r, out| boolean(out, r.0.cancel_requested),
+            "initiator" => |r, out| text(out, &r.0.initiator),
+            "reasonCode" => |r, out| optional_text(out, r.0.reason_code.as_deref()),
+            "queuedAt" => |r, out| time(out, Some(r.0.queued_at)),
+            "startedAt" => |r, out| time(out, r.0.started_at),
+            "completedAt" => |r, out| time(out, r.0.completed_at),
+            "retryOf" => {
+                |r, out| optional_text(out, r.0.retry_of.map(|id| id.to_string()).as_deref())
+            }
             _ => return None,
-        }
-        Some(())
+        };
+        Some(write)
     }
 }
 
@@ -487,22 +530,22 @@ impl Row for ListedTenant {
         ]
     }
 
-    fn write<O: Out>(&self, name: &str, out: &mut O) -> Option<()> {
-        let t = &self.0;
-        match name {
-            "id" => out.str(&t.tenant_key),
-            "entraTenantId" => out.str(&t.entra_tenant_id.to_string()),
-            "displayName" => out.str(&t.display_name),
-            "primaryDomain" => out.str(&t.primary_domain),
-            "status" => out.name(enum_name(TenantStatus::from(
-                domain::tenant::TenantStatus::parse(&t.status)?,
-            ))?),
-            "registeredAt" => time(out, Some(t.registered_at)),
-            "archivedAt" => time(out, t.archived_at),
-            "lastResyncedAt" => time(out, t.last_resynced_at),
+    fn field<O: Out>(name: &str) -> Option<Writer<Self, O>> {
+        let write: Writer<Self, O> = match name {
+            "id" => |t, out| text(out, &t.0.tenant_key),
+            "entraTenantId" => |t, out| text(out, &t.0.entra_tenant_id.to_string()),
+            "displayName" => |t, out| text(out, &t.0.display_name),
+            "primaryDomain" => |t, out| text(out, &t.0.primary_domain),
+            "status" => |t, out| {
+                let status = domain::tenant::TenantStatus::parse(&t.0.status)?;
+                enum_value(out, TenantStatus::from(status))
+            },
+            "registeredAt" => |t, out| time(out, Some(t.0.registered_at)),
+            "archivedAt" => |t, out| time(out, t.0.archived_at),
+            "lastResyncedAt" => |t, out| time(out, t.0.last_resynced_at),
             _ => return None,
-        }
-        Some(())
+        };
+        Some(write)
     }
 }
 
@@ -623,27 +666,39 @@ pub(crate) async fn answer(
     let mut out = Json::response(&field.response_key().node);
     match field.name.node.as_str() {
         "tenants" => {
-            let mut q = super::query::tenants_query(&caller.workspace, search, &page).ok()?;
-            let mut tx = super::query::snapshot(state, caller).await.ok()?;
-            Page::<ListedTenant>::read(&mut q, &mut tx, &page)
-                .await
-                .ok()?
-                .write(&fields, &mut out)?;
+            let q = super::query::tenants_query(&caller.workspace, search, &page).ok()?;
+            own_page::<ListedTenant>(q, state, caller, &page, &fields, &mut out).await?;
         }
         "runs" => {
-            let mut q = super::runs::RunList::page(&caller.workspace, &page)
+            let q = super::runs::RunList::page(&caller.workspace, &page)
                 .ok()?
                 .query();
-            let mut tx = super::query::snapshot(state, caller).await.ok()?;
-            Page::<ListedRun>::read(&mut q, &mut tx, &page)
-                .await
-                .ok()?
-                .write(&fields, &mut out)?;
+            own_page::<ListedRun>(q, state, caller, &page, &fields, &mut out).await?;
         }
         _ => return None,
     }
     state.metrics.graphql_own_page();
     Some(out.finish())
+}
+
+/// The page `page` of `T` with `fields`, read with `q` in the request's snapshot and
+/// written to `out`; None, before anything is read, when the rows' fields are not all theirs.
+async fn own_page<T: Row + Send + Sync>(
+    mut q: sqlx::QueryBuilder<'static, sqlx::Postgres>,
+    state: &crate::AppState,
+    caller: &crate::auth::Caller,
+    page: &PageRequest,
+    fields: &[Plain<'_>],
+    out: &mut Json,
+) -> Option<()> {
+    if !Page::<T>::rows_answer(fields) {
+        return None;
+    }
+    let mut tx = super::query::snapshot(state, caller).await.ok()?;
+    Page::<T>::read(&mut q, &mut tx, page)
+        .await
+        .ok()?
+        .write(fields, out)
 }
 
 /// The request's data of type `T` (what `api::http` gave it).
@@ -657,6 +712,36 @@ fn data<T: std::any::Any>(request: &async_graphql::Request) -> Option<&T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether a page's rows are the one pass's to answer is known from the selection
+    /// alone, before the page is read: their own scalar fields are; a field with a
+    /// selection of its own (a tenant's connections) or one the pass does not know is not.
+    #[test]
+    fn a_pages_rows_are_known_answerable_before_it_is_read() {
+        let answers = |query: &str| {
+            let doc = async_graphql::parser::parse_query(query).unwrap();
+            let async_graphql::parser::types::DocumentOperations::Single(op) = &doc.operations
+            else {
+                panic!("one operation")
+            };
+            let Selection::Field(page) = &op.node.selection_set.node.items[0].node else {
+                panic!("a field")
+            };
+            let fields = plain(&page.node.selection_set.node.items).expect("plain");
+            Page::<ListedTenant>::rows_answer(&fields)
+        };
+        assert!(answers(
+            "{ tenants { pageInfo { endCursor } edges { cursor node { __typename id \
+             displayName status lastResyncedAt } } nodes { id entraTenantId } } }"
+        ));
+        assert!(!answers(
+            "{ tenants { edges { node { id connections { id } } } } }"
+        ));
+        assert!(!answers(
+            "{ tenants { nodes { id policyIntent { hash } } } }"
+        ));
+        assert!(!answers("{ tenants { edges { node { id nextSteps } } } }"));
+    }
 
     /// The same values written both ways: the JSON text is what async-graphql serialises
     /// the value tree to, in a response, byte for byte.
