@@ -647,10 +647,10 @@ async fn measure_on(
     }
     let mut without_fields = Vec::new();
     for page in &bare_pages {
+        let sql = page_sql_op(pool, page.name, last_run);
         for concurrency in [1, 32] {
-            let sql = page_sql_op(pool, page.name, last_run);
             let (graphql, graphql_cpu, page_sql) =
-                beside_page_sql(&connections, page, sql, concurrency, requests).await?;
+                beside_page_sql(&connections, page, sql.clone(), concurrency, requests).await?;
             without_fields.push(WithoutFieldsAt {
                 page: page.name,
                 concurrency,
@@ -686,10 +686,11 @@ async fn measure_on(
                 start(&ours)
             );
         }
+        let sql = page_sql_op(pool, page.name, last_run);
         for concurrency in [1, 32] {
-            let sql = page_sql_op(pool, page.name, last_run);
             let (http, http_cpu, page_sql) =
-                beside_page_sql(&floor.connections, page, sql, concurrency, requests).await?;
+                beside_page_sql(&floor.connections, page, sql.clone(), concurrency, requests)
+                    .await?;
             json_floor.push(JsonFloorAt {
                 page: page.name,
                 concurrency,
